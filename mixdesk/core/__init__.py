@@ -1,0 +1,1 @@
+"""MixDesk's core: everything that works without Qt (models, engine, hardware, storage)."""

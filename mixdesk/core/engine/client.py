@@ -1,0 +1,469 @@
+"""The app's side of the engine: start the engine process, load, chat, cancel, survive its death.
+
+Nothing here imports llama_cpp. Every model runs in a child process (see :mod:`.worker`),
+so whatever llama.cpp does to that process (abort on a bad file, GPU out of memory, a
+SIGKILL from the kernel) becomes an :class:`~mixdesk.errors.EngineCrashedError` here, with
+the cause read from the exit status and llama.cpp's log, and a new engine can start.
+
+Typical use::
+
+    with Engine() as engine:
+        engine.load(LoadConfig("model.gguf"))
+        stream = engine.chat([ChatMessage("user", "Hello")])
+        for delta in stream:
+            print(delta.text, end="")
+        print(stream.result.stats.eval_tps)
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import os
+import queue
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+from mixdesk import errors, paths
+from mixdesk.core.chat_template import ChatMessage
+from mixdesk.core.engine import diagnose
+from mixdesk.core.engine.protocol import (
+    KV_CACHE_TYPES,
+    ChatDone,
+    EngineFailure,
+    EngineInfo,
+    LoadConfig,
+    LoadProgress,
+    ModelInfo,
+    SamplingParams,
+    TextDelta,
+    from_dict,
+    messages_to_wire,
+)
+from mixdesk.errors import (
+    EngineBusyError,
+    EngineCrashedError,
+    InvalidArgumentError,
+    MixdeskError,
+    ModelNotFoundError,
+    NoModelLoadedError,
+)
+
+log = logging.getLogger(__name__)
+
+_EVENT_TYPES: dict[str, type[Any]] = {
+    "ready": EngineInfo,
+    "load_progress": LoadProgress,
+    "loaded": ModelInfo,
+    "delta": TextDelta,
+    "done": ChatDone,
+    "error": EngineFailure,
+}
+_KEEP_ENGINE_LOGS = 10
+
+
+class _Died:
+    """Queue sentinel: the engine process ended."""
+
+    def __init__(self, returncode: int | None) -> None:
+        self.returncode = returncode
+
+
+def engine_command() -> list[str]:
+    """Return the command line that starts an engine process (also inside a frozen bundle)."""
+    if getattr(sys, "frozen", False):
+        return [sys.executable, "--engine-worker"]
+    return [sys.executable, "-m", "mixdesk.core.engine.worker"]
+
+
+def validate_load_config(config: LoadConfig) -> None:
+    """Reject settings that make no sense, and a missing model file, before starting anything.
+
+    Raises:
+        InvalidArgumentError: a setting is out of range.
+        ModelNotFoundError: the file does not exist.
+    """
+    if config.n_ctx < 0 or config.n_ctx > 1 << 22:
+        raise InvalidArgumentError(f"Context length {config.n_ctx} is out of range; use 0 to 4194304.")
+    if config.n_batch < 1:
+        raise InvalidArgumentError(f"Batch size {config.n_batch} must be at least 1.")
+    if config.n_threads is not None and config.n_threads < 1:
+        raise InvalidArgumentError(f"Thread count {config.n_threads} must be at least 1.")
+    if config.n_gpu_layers < -1:
+        raise InvalidArgumentError(
+            f"GPU layers {config.n_gpu_layers} is out of range; use -1 (all), 0 (none) or a count."
+        )
+    for name, value in (("K", config.type_k), ("V", config.type_v)):
+        if value not in KV_CACHE_TYPES:
+            raise InvalidArgumentError(
+                f"KV cache type {name}={value!r} is unknown; use one of {', '.join(KV_CACHE_TYPES)}."
+            )
+    path = Path(config.model_path)
+    if not path.exists():
+        raise ModelNotFoundError(str(path))
+    if path.is_dir():
+        raise errors.NotAGgufError(str(path))
+
+
+def validate_sampling(sampling: SamplingParams) -> None:
+    """Reject sampling settings outside llama.cpp's meaningful ranges."""
+    checks = [
+        (sampling.temperature >= 0, f"Temperature {sampling.temperature} must be 0 or more."),
+        (0 < sampling.top_p <= 1, f"top-p {sampling.top_p} must be above 0 and at most 1."),
+        (sampling.top_k >= 0, f"top-k {sampling.top_k} must be 0 (off) or more."),
+        (0 <= sampling.min_p <= 1, f"min-p {sampling.min_p} must be between 0 and 1."),
+        (sampling.repeat_penalty > 0, f"Repeat penalty {sampling.repeat_penalty} must be above 0."),
+        (sampling.seed is None or sampling.seed >= 0, f"Seed {sampling.seed} must be 0 or more."),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise InvalidArgumentError(message)
+
+
+def _failure_to_error(failure: EngineFailure) -> MixdeskError:
+    """Rebuild the engine's error as the same MixdeskError class, with the engine's sentence."""
+    cls = getattr(errors, failure.kind, None)
+    if not (isinstance(cls, type) and issubclass(cls, MixdeskError)):
+        cls = MixdeskError
+    # Bypass constructors that build their sentence from other fields: the text is final.
+    err = cls.__new__(cls)
+    MixdeskError.__init__(err, failure.message)
+    return err
+
+
+class ChatStream(Iterator[TextDelta]):
+    """The answer to one chat request: iterate for text deltas, then read :attr:`result`.
+
+    Iteration can be interrupted (e.g. KeyboardInterrupt) and resumed: call :meth:`cancel`
+    and keep iterating to receive the end of the answer.
+    """
+
+    def __init__(self, engine: Engine, request_id: int) -> None:
+        self._engine = engine
+        self.request_id = request_id
+        self.result: ChatDone | None = None
+        self._text: list[str] = []
+
+    def __iter__(self) -> ChatStream:
+        return self
+
+    def __next__(self) -> TextDelta:
+        if self.result is not None:
+            raise StopIteration
+        while True:
+            event = self._engine._next_event(during="answering")
+            if isinstance(event, TextDelta) and event.request_id == self.request_id:
+                self._text.append(event.text)
+                return event
+            if isinstance(event, ChatDone) and event.request_id == self.request_id:
+                self.result = event
+                self._engine._active = None
+                raise StopIteration
+            if isinstance(event, EngineFailure):
+                self._engine._active = None
+                raise _failure_to_error(event)
+
+    @property
+    def text(self) -> str:
+        """The answer received so far."""
+        return "".join(self._text)
+
+    def cancel(self) -> None:
+        """Ask the engine to stop this answer; it ends with finish_reason "cancelled"."""
+        if self.result is None:
+            self._engine._send({"cmd": "cancel", "id": self.request_id})
+
+    def wait(self) -> ChatDone:
+        """Consume the rest of the answer and return its end."""
+        for _ in self:
+            pass
+        assert self.result is not None
+        return self.result
+
+    def close(self) -> None:
+        """Stop the answer if it is still running and wait for the engine to be ready."""
+        if self.result is None and self._engine.alive:
+            self.cancel()
+            try:
+                self.wait()
+            except MixdeskError:
+                pass
+
+
+class Engine:
+    """One engine process at a time; loading a model starts a fresh one.
+
+    Args:
+        log_dir: where the engine logs (llama.cpp's stderr) go; the user log dir by default.
+        command: the command that starts the engine (tests may wrap it).
+        start_timeout: seconds to wait for a new engine to report ready.
+    """
+
+    def __init__(
+        self,
+        *,
+        log_dir: Path | None = None,
+        command: Sequence[str] | None = None,
+        start_timeout: float = 120.0,
+    ) -> None:
+        self._log_dir = log_dir
+        self._command = list(command) if command else engine_command()
+        self._start_timeout = start_timeout
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._events: queue.Queue[object] = queue.Queue()
+        self._send_lock = threading.Lock()
+        self._ids = itertools.count(1)
+        self._dead: EngineCrashedError | None = None
+        self._active: ChatStream | None = None
+        self.info: EngineInfo | None = None
+        self.model: ModelInfo | None = None
+        self.log_path: Path | None = None
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    @property
+    def alive(self) -> bool:
+        """Whether an engine process is running."""
+        return self._proc is not None and self._proc.poll() is None and self._dead is None
+
+    @property
+    def pid(self) -> int | None:
+        """The engine process's id, if one runs."""
+        return self._proc.pid if self._proc is not None else None
+
+    def start(self) -> EngineInfo:
+        """Start a new engine process (ending any running one) and wait until it is ready."""
+        self.close()
+        log_dir = paths.ensure_dir(self._log_dir or paths.log_dir())
+        _prune_logs(log_dir)
+        self.log_path = log_dir / f"engine-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{next(self._ids)}.log"
+        env = dict(os.environ)
+        env.update(
+            # ggml's abort handler would otherwise attach gdb to print a backtrace.
+            GGML_NO_BACKTRACE="1",
+            PYTHONUNBUFFERED="1",
+            PYTHONIOENCODING="utf-8",
+        )
+        with self.log_path.open("ab") as log_file:
+            self._proc = subprocess.Popen(
+                self._command,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=log_file,
+                env=env,
+                # Out of the terminal's process group: Ctrl-C in the terminal cancels an
+                # answer (the app decides) instead of killing the engine.
+                start_new_session=os.name == "posix",
+            )
+        self._events = queue.Queue()
+        self._dead = None
+        self.model = None
+        assert self._proc.stdout is not None
+        threading.Thread(
+            target=self._read_events, args=(self._proc, self._proc.stdout, self._events), daemon=True
+        ).start()
+        event = self._next_event(during="starting", timeout=self._start_timeout)
+        if isinstance(event, EngineFailure):
+            self.close()
+            raise _failure_to_error(event)
+        if not isinstance(event, EngineInfo):
+            self.close()
+            raise errors.EngineError(f"The engine sent an unexpected first message ({event!r}).")
+        self.info = event
+        log.info("engine %s started (llama-cpp-python %s, GPU offload %s), log %s",
+                 event.pid, event.llama_cpp_version, event.supports_gpu_offload, self.log_path)
+        return event
+
+    def close(self) -> None:
+        """End the engine process and free all its memory (RAM and VRAM)."""
+        proc, self._proc = self._proc, None
+        self.model = None
+        self._active = None
+        if proc is None:
+            return
+        if proc.poll() is None:
+            try:
+                self._write(proc, {"cmd": "shutdown"})
+                assert proc.stdin is not None
+                proc.stdin.close()
+            except OSError:
+                pass
+            try:
+                proc.wait(timeout=3)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        for stream in (proc.stdin, proc.stdout):
+            if stream is not None:
+                try:
+                    stream.close()
+                except OSError:
+                    pass
+        log.info("engine %s ended (exit status %s)", proc.pid, proc.returncode)
+
+    unload = close
+
+    # -- commands ---------------------------------------------------------------------
+
+    def load(
+        self, config: LoadConfig, *, on_progress: Callable[[float], None] | None = None
+    ) -> ModelInfo:
+        """Load a model into a fresh engine process.
+
+        Args:
+            config: the model file and how to load it.
+            on_progress: called with 0..1 as llama.cpp loads the weights.
+
+        Returns:
+            The loaded model's description.
+
+        Raises:
+            ModelNotFoundError, NotAGgufError, CorruptModelError, UnsupportedArchitectureError,
+            LegacyLayoutError, OutOfMemoryError, ModelLoadError: the load failed (the engine
+            lives on, without a model).
+            EngineCrashedError: llama.cpp killed the engine while loading.
+        """
+        validate_load_config(config)
+        self.start()
+        self._send({"cmd": "load", "config": _asdict(config)})
+        while True:
+            event = self._next_event(during="loading the model", model_path=config.model_path)
+            if isinstance(event, LoadProgress):
+                if on_progress is not None:
+                    on_progress(event.fraction)
+            elif isinstance(event, ModelInfo):
+                self.model = event
+                log.info("loaded %s: %s", config.model_path, event)
+                return event
+            elif isinstance(event, EngineFailure):
+                raise _failure_to_error(event)
+
+    def chat(
+        self, messages: Sequence[ChatMessage], sampling: SamplingParams | None = None
+    ) -> ChatStream:
+        """Start an answer to ``messages``; returns the stream of its text.
+
+        Raises:
+            NoModelLoadedError: no model is loaded.
+            EngineBusyError: another answer is still streaming.
+        """
+        sampling = sampling or SamplingParams()
+        validate_sampling(sampling)
+        if self._dead is not None:
+            raise self._dead
+        if not self.alive or self.model is None:
+            raise NoModelLoadedError("No model is loaded; load a model first.")
+        if self._active is not None and self._active.result is None:
+            raise EngineBusyError("The engine is still answering; stop that answer first.")
+        request_id = next(self._ids)
+        self._send({
+            "cmd": "chat",
+            "id": request_id,
+            "messages": messages_to_wire(list(messages)),
+            "sampling": _asdict(sampling),
+        })
+        self._active = ChatStream(self, request_id)
+        return self._active
+
+    def cancel(self) -> None:
+        """Stop the current answer, if any (safe to call from any thread)."""
+        active = self._active
+        if active is not None:
+            active.cancel()
+
+    # -- plumbing ---------------------------------------------------------------------
+
+    def _send(self, message: dict[str, Any]) -> None:
+        if self._dead is not None:
+            raise self._dead
+        if self._proc is None:
+            raise NoModelLoadedError("The engine is not running; load a model first.")
+        try:
+            self._write(self._proc, message)
+        except OSError:
+            # The process is gone; the reader thread will report how it ended.
+            self._next_event(during="receiving a command", timeout=10)
+
+    def _write(self, proc: subprocess.Popen[bytes], message: dict[str, Any]) -> None:
+        data = (json.dumps(message) + "\n").encode("utf-8")
+        with self._send_lock:
+            assert proc.stdin is not None
+            proc.stdin.write(data)
+            proc.stdin.flush()
+
+    def _next_event(
+        self, *, during: str, timeout: float | None = None, model_path: str | None = None
+    ) -> object:
+        if self._dead is not None:
+            raise self._dead
+        try:
+            event = self._events.get(timeout=timeout)
+        except queue.Empty:
+            raise errors.EngineError(
+                f"The engine did not answer within {timeout:.0f} s while {during}; try again."
+            ) from None
+        if isinstance(event, _Died):
+            tail = diagnose.read_tail(self.log_path) if self.log_path else ""
+            model = model_path or (self.model.path if self.model else None)
+            self._dead = diagnose.engine_death(event.returncode, tail, during=during, model_path=model)
+            self.model = None
+            log.error("%s\nlast lines of the engine log %s:\n%s", self._dead, self.log_path,
+                      "\n".join(tail.splitlines()[-25:]))
+            raise self._dead
+        return event
+
+    @staticmethod
+    def _read_events(
+        proc: subprocess.Popen[bytes], stdout: IO[bytes], events: queue.Queue[object]
+    ) -> None:
+        try:
+            for line in stdout:
+                try:
+                    body = json.loads(line)
+                    cls = _EVENT_TYPES[body.pop("type")]
+                    events.put(from_dict(cls, body))
+                except (ValueError, KeyError, TypeError):
+                    log.warning("unreadable engine message: %r", line[:200])
+        except (OSError, ValueError):
+            pass  # stdout closed by close()
+        events.put(_Died(proc.wait()))
+
+
+def _asdict(obj: Any) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    return asdict(obj)
+
+
+def _prune_logs(log_dir: Path) -> None:
+    logs = sorted(log_dir.glob("engine-*.log"), key=lambda p: p.stat().st_mtime)
+    for old in logs[:-_KEEP_ENGINE_LOGS]:
+        try:
+            old.unlink()
+        except OSError:
+            pass
+
+
+__all__ = [
+    "ChatDone",
+    "ChatMessage",
+    "ChatStream",
+    "Engine",
+    "EngineCrashedError",
+    "LoadConfig",
+    "ModelInfo",
+    "SamplingParams",
+    "TextDelta",
+]

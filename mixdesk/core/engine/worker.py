@@ -1,0 +1,438 @@
+"""The engine process: the only place that owns a ``llama_cpp.Llama``.
+
+Started by :class:`mixdesk.core.engine.client.Engine` as a child process. If llama.cpp
+aborts (a bad model file, a GPU out of memory) only this process dies; the app reads the
+exit status and the log and carries on.
+
+Commands arrive as JSON lines on stdin (see :mod:`.protocol`); events go out on a private
+duplicate of stdout, and file descriptor 1 is pointed at stderr so that nothing llama.cpp
+prints can corrupt the protocol. A reader thread watches stdin, so a cancel is seen while
+an answer is being generated, and the process exits as soon as the app goes away (EOF).
+"""
+
+from __future__ import annotations
+
+import codecs
+import collections
+import ctypes
+import json
+import logging
+import os
+import queue
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any
+
+from mixdesk.core.chat_template import (
+    ChatTemplate,
+    TemplateRenderError,
+    render_prompt,
+    select_template,
+)
+from mixdesk.core.engine import diagnose
+from mixdesk.core.engine.protocol import (
+    ChatDone,
+    EngineFailure,
+    EngineInfo,
+    GenerationStats,
+    LoadConfig,
+    LoadProgress,
+    ModelInfo,
+    PerfCounters,
+    SamplingParams,
+    TextDelta,
+    encode,
+    from_dict,
+    messages_from_wire,
+)
+from mixdesk.errors import MixdeskError, NotAGgufError
+
+log = logging.getLogger(__name__)
+
+_KV_TYPES = {"f16": 1, "q8_0": 8, "q4_0": 2}  # ggml_type values
+
+
+class _LogTee:
+    """sys.stderr replacement: passes llama.cpp's log through and keeps its last lines."""
+
+    def __init__(self, target: IO[str], keep: int = 400) -> None:
+        self._target = target
+        self.lines: collections.deque[str] = collections.deque(maxlen=keep)
+
+    def write(self, text: str) -> int:
+        self.lines.append(text)
+        return self._target.write(text)
+
+    def flush(self) -> None:
+        self._target.flush()
+
+    def text(self) -> str:
+        return "".join(self.lines)
+
+
+class _Channel:
+    """Writes protocol events; safe to call from any thread."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._lock = threading.Lock()
+
+    def send(self, data: bytes) -> None:
+        with self._lock:
+            view = memoryview(data)
+            while view:
+                written = os.write(self._fd, view)
+                view = view[written:]
+
+
+class EngineWorker:
+    """Runs load and chat commands against llama.cpp and reports events."""
+
+    def __init__(self, channel: _Channel, tee: _LogTee) -> None:
+        import llama_cpp
+
+        self._lc = llama_cpp
+        self._channel = channel
+        self._tee = tee
+        #: Ids of answers the app asked to stop (added by the stdin reader thread).
+        self.cancelled: set[int] = set()
+        self.current_request = 0
+        self._llm: Any = None
+        self._config: LoadConfig | None = None
+        self._template: ChatTemplate | None = None
+        self._pieces: dict[int, bytes] = {}
+        # ctypes callbacks must stay referenced while llama.cpp may call them.
+        self._abort_cb = llama_cpp.ggml_abort_callback(self._should_abort)
+
+    # -- commands ---------------------------------------------------------------------
+
+    def info(self) -> EngineInfo:
+        """Describe this engine and the llama.cpp build it runs."""
+        lc = self._lc
+        return EngineInfo(
+            pid=os.getpid(),
+            llama_cpp_version=str(getattr(lc, "__version__", "unknown")),
+            supports_gpu_offload=bool(lc.llama_supports_gpu_offload()),
+            system_info=lc.llama_print_system_info().decode("utf-8", errors="replace").strip(),
+        )
+
+    def load(self, config: LoadConfig) -> None:
+        """Load a model, reporting progress; send ``loaded`` or a failure."""
+        path = Path(config.model_path)
+        if not path.is_file():
+            raise MixdeskError(f"Model file not found: {path}. Check the path.")
+        with path.open("rb") as fh:
+            if fh.read(4) != b"GGUF":
+                raise NotAGgufError(str(path))
+        lc = self._lc
+        last = [-1.0]
+
+        def on_progress(fraction: float, _data: Any) -> bool:
+            if fraction - last[0] >= 0.01 or fraction >= 1.0:
+                last[0] = fraction
+                self._channel.send(encode("load_progress", LoadProgress(round(fraction, 4))))
+            return True
+
+        progress_cb = lc.llama_progress_callback(on_progress)
+        n_threads = config.n_threads or _physical_cores()
+        start = time.perf_counter()
+        try:
+            with _model_params_with_progress(progress_cb):
+                self._llm = lc.Llama(
+                    model_path=str(path),
+                    n_gpu_layers=config.n_gpu_layers,
+                    n_ctx=config.n_ctx,
+                    n_threads=n_threads,
+                    n_threads_batch=n_threads,
+                    n_batch=config.n_batch,
+                    flash_attn=config.flash_attn,
+                    type_k=_KV_TYPES[config.type_k],
+                    type_v=_KV_TYPES[config.type_v],
+                    use_mmap=config.use_mmap,
+                    verbose=True,
+                )
+        except ValueError:
+            sys.stderr.flush()
+            raise diagnose.load_failure(str(path), self._tee.text()) from None
+        load_s = time.perf_counter() - start
+        llm = self._llm
+        self._config = config
+        self._pieces = {}
+        metadata = dict(llm.metadata)
+        self._template = select_template(metadata)
+        model = llm._model
+        arch = metadata.get("general.architecture", "unknown")
+        n_layers = int(metadata.get(f"{arch}.block_count", "0") or 0)
+        n_gpu = config.n_gpu_layers
+        if n_gpu < 0 or n_gpu > n_layers:
+            n_gpu = n_layers
+        if not lc.llama_supports_gpu_offload():
+            n_gpu = 0
+        info = ModelInfo(
+            path=str(path),
+            name=metadata.get("general.name", path.stem),
+            architecture=arch,
+            n_layers=n_layers,
+            n_gpu_layers=n_gpu,
+            n_ctx=llm.n_ctx(),
+            n_ctx_train=model.n_ctx_train(),
+            n_vocab=model.n_vocab(),
+            n_params=model.n_params(),
+            size_bytes=model.size(),
+            chat_template_source=self._template.source,
+            system_prompt_folded=not self._template.has_system_role,
+            load_s=round(load_s, 4),
+            n_threads=n_threads,
+        )
+        self._channel.send(encode("loaded", info))
+
+    def chat(self, request_id: int, messages: list[dict[str, str]], sampling: SamplingParams) -> None:
+        """Generate an answer, streaming deltas with live speed; end with ``done``."""
+        llm = self._llm
+        if llm is None or self._template is None:
+            raise MixdeskError("No model is loaded; load a model before chatting.")
+        lc = self._lc
+        model = llm._model
+        bos = model.token_get_text(model.token_bos()) if model.token_bos() >= 0 else ""
+        eos = model.token_get_text(model.token_eos()) if model.token_eos() >= 0 else ""
+        try:
+            prompt = render_prompt(
+                self._template, messages_from_wire(messages), bos_token=bos, eos_token=eos
+            )
+        except TemplateRenderError as err:
+            raise MixdeskError(f"The model's chat template rejected this conversation: {err}.") from None
+        # The template writes BOS itself when it wants one; special=True parses [INST]-like tokens.
+        tokens = llm.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
+        n_ctx = llm.n_ctx()
+        if len(tokens) >= n_ctx:
+            raise MixdeskError(
+                f"The conversation ({len(tokens)} tokens) no longer fits the context of {n_ctx} "
+                "tokens; start a new conversation or load the model with a larger context."
+            )
+        room = n_ctx - len(tokens)
+        max_tokens = room if sampling.max_tokens <= 0 else min(sampling.max_tokens, room)
+
+        self.current_request = request_id
+        cancelled = self.cancelled
+        ctx = llm._ctx.ctx
+        lc.llama_perf_context_reset(ctx)
+        vocab = model.vocab
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        stops = tuple(s for s in sampling.stop if s)
+        text = ""  # everything generated (after stop-string trimming)
+        sent = 0  # characters of ``text`` already sent
+        n_generated = 0
+        finish = "length"
+        start = time.perf_counter()
+        ttft = 0.0
+        llm.set_seed(sampling.seed if sampling.seed is not None else int.from_bytes(os.urandom(4)))
+        generator = llm.generate(
+            tokens,
+            top_k=sampling.top_k,
+            top_p=sampling.top_p,
+            min_p=sampling.min_p,
+            temp=sampling.temperature,
+            repeat_penalty=sampling.repeat_penalty,
+        )
+        # While the prompt is evaluated, llama.cpp polls this callback between graph nodes, so
+        # a cancel interrupts even a long prompt; it is removed for generation, where the
+        # check between tokens is enough and a Python call per node would cost speed.
+        lc.llama_set_abort_callback(ctx, self._abort_cb, None)
+        try:
+            for token in generator:
+                if n_generated == 0:
+                    ttft = time.perf_counter() - start
+                    lc.llama_set_abort_callback(ctx, lc.ggml_abort_callback(0), None)
+                if request_id in cancelled:
+                    finish = "cancelled"
+                    break
+                if lc.llama_vocab_is_eog(vocab, token):
+                    finish = "stop"
+                    break
+                n_generated += 1
+                piece = decoder.decode(self._piece(token))
+                if not text:
+                    piece = piece.lstrip()
+                text += piece
+                stop_at, hold = _stop_position(text, sent, stops)
+                if stop_at >= 0:
+                    text = text[:stop_at]
+                    finish = "stop"
+                    break
+                if len(text) - hold > sent:
+                    chunk = text[sent : len(text) - hold]
+                    sent += len(chunk)
+                    stats = self._stats(len(tokens), n_generated, start, ttft)
+                    self._channel.send(
+                        encode("delta", TextDelta(request_id, chunk, stats, time.monotonic_ns()))
+                    )
+                if n_generated >= max_tokens:
+                    break
+        except RuntimeError:
+            # llama_decode returned "aborted": our abort callback stopped the prompt eval.
+            if request_id not in cancelled:
+                raise
+            finish = "cancelled"
+        finally:
+            generator.close()
+            lc.llama_set_abort_callback(ctx, lc.ggml_abort_callback(0), None)
+        text += decoder.decode(b"", final=True) if finish != "stop" else ""
+        if len(text) > sent:
+            stats = self._stats(len(tokens), n_generated, start, ttft)
+            self._channel.send(encode("delta", TextDelta(request_id, text[sent:], stats, time.monotonic_ns())))
+        stats = self._stats(len(tokens), n_generated, start, ttft)
+        cancelled.discard(request_id)
+        self.current_request = 0
+        self._channel.send(encode("done", ChatDone(request_id, text, finish, stats)))
+        if self._llm is not None and self._llm.verbose:
+            lc.llama_perf_context_print(ctx)
+
+    # -- helpers ----------------------------------------------------------------------
+
+    def _should_abort(self, _data: Any) -> bool:
+        return self.current_request in self.cancelled
+
+    def _piece(self, token: int) -> bytes:
+        piece = self._pieces.get(token)
+        if piece is None:
+            buf = ctypes.create_string_buffer(256)
+            n = self._lc.llama_token_to_piece(self._llm._model.vocab, token, buf, 256, 0, False)
+            piece = buf.raw[: max(n, 0)]
+            self._pieces[token] = piece
+        return piece
+
+    def _stats(self, n_prompt: int, n_generated: int, start: float, ttft: float) -> GenerationStats:
+        perf = self._lc.llama_perf_context(self._llm._ctx.ctx)
+        counters = PerfCounters(
+            t_p_eval_ms=perf.t_p_eval_ms,
+            n_p_eval=perf.n_p_eval,
+            t_eval_ms=perf.t_eval_ms,
+            n_eval=perf.n_eval,
+        )
+        return GenerationStats(
+            prompt_tokens=n_prompt,
+            prompt_eval_tokens=perf.n_p_eval,
+            prompt_tps=_rate(perf.n_p_eval, perf.t_p_eval_ms),
+            eval_tokens=n_generated,
+            eval_tps=_rate(perf.n_eval, perf.t_eval_ms),
+            ttft_s=round(ttft, 6),
+            elapsed_s=round(time.perf_counter() - start, 6),
+            context_used=int(self._llm.n_tokens),
+            context_size=int(self._llm.n_ctx()),
+            perf=counters,
+        )
+
+
+def _rate(count: int, ms: float) -> float:
+    """Tokens per second as llama_perf_context_print computes it."""
+    return round(1e3 * count / ms, 3) if ms > 0 else 0.0
+
+
+def _stop_position(text: str, sent: int, stops: tuple[str, ...]) -> tuple[int, int]:
+    """Find a stop string in the unsent text.
+
+    Returns:
+        (index where a stop string starts or -1, number of trailing characters to hold back
+        because they could be the start of a stop string).
+    """
+    if not stops:
+        return -1, 0
+    search_from = max(0, sent - max(len(s) for s in stops))
+    found = [i for s in stops if (i := text.find(s, search_from)) >= 0]
+    if found:
+        return min(found), 0
+    hold = 0
+    for s in stops:
+        for k in range(min(len(s) - 1, len(text) - sent), 0, -1):
+            if text.endswith(s[:k]):
+                hold = max(hold, k)
+                break
+    return -1, hold
+
+
+def _physical_cores() -> int:
+    import psutil
+
+    return psutil.cpu_count(logical=False) or os.cpu_count() or 1
+
+
+@contextmanager
+def _model_params_with_progress(callback: Any) -> Any:
+    """Make ``Llama`` load with our progress callback.
+
+    llama-cpp-python's ``Llama.__init__`` takes no progress callback, but builds its model
+    parameters from ``llama_cpp.llama_model_default_params()`` just before loading; we hand
+    it defaults with the callback filled in, for the duration of the constructor.
+    """
+    import llama_cpp.llama_cpp as low
+
+    original = low.llama_model_default_params
+
+    def with_callback() -> Any:
+        params = original()
+        params.progress_callback = callback
+        return params
+
+    low.llama_model_default_params = with_callback
+    try:
+        yield
+    finally:
+        low.llama_model_default_params = original
+
+
+def _reader(worker: EngineWorker, commands: queue.Queue[dict[str, Any]]) -> None:
+    """Read commands from stdin; cancels act at once, the rest queue for the main thread."""
+    for raw in sys.stdin.buffer:
+        try:
+            message = json.loads(raw)
+        except ValueError:
+            continue
+        if message.get("cmd") == "cancel":
+            worker.cancelled.add(int(message.get("id", 0)))
+            continue
+        commands.put(message)
+    # The app has gone (closed our stdin or died): nothing left to do, free everything now.
+    os._exit(0)
+
+
+def main() -> int:
+    """Run the engine until told to shut down or until stdin closes."""
+    proto_fd = os.dup(1)
+    os.dup2(2, 1)  # stray C-level prints now land in the log, not in the protocol
+    sys.stdout = sys.stderr
+    tee = _LogTee(sys.stderr)
+    sys.stderr = tee  # type: ignore[assignment]
+    channel = _Channel(proto_fd)
+    try:
+        worker = EngineWorker(channel, tee)
+        channel.send(encode("ready", worker.info()))
+    except Exception as err:  # noqa: BLE001 - report any import failure to the app, then exit
+        channel.send(encode("error", EngineFailure("EngineError", f"The engine could not start: {err}.")))
+        return 1
+    commands: queue.Queue[dict[str, Any]] = queue.Queue()
+    threading.Thread(target=_reader, args=(worker, commands), daemon=True).start()
+    while True:
+        message = commands.get()
+        cmd = message.get("cmd")
+        request_id = int(message.get("id", 0))
+        try:
+            if cmd == "load":
+                worker.load(from_dict(LoadConfig, message["config"]))
+            elif cmd == "chat":
+                worker.chat(request_id, message["messages"], from_dict(SamplingParams, message["sampling"]))
+            elif cmd == "shutdown":
+                return 0
+        except MixdeskError as err:
+            channel.send(encode("error", EngineFailure(type(err).__name__, str(err), request_id)))
+        except Exception as err:  # noqa: BLE001 - the app must hear about every failure
+            log.exception("engine command failed")
+            channel.send(
+                encode("error", EngineFailure("EngineError", f"The engine failed: {err}.", request_id))
+            )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

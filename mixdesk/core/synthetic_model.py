@@ -1,0 +1,196 @@
+"""Write small, real Mixtral-architecture GGUF files with random weights.
+
+llama.cpp loads and runs these exactly as it runs Mixtral 8x7B (same architecture: a
+llama-style decoder whose feed-forward block is a mixture of experts), only smaller. The
+doctor command uses one for its end-to-end engine check; the test-suite and benchmarks
+build on :func:`write_model` for quantised, legacy-layout and broken variants.
+
+Random weights produce gibberish text; what matters is that tokens, timings and errors are
+real. The output layer is shaped so that sampling favours the word-piece tokens (readable
+gibberish) and almost never ends the answer early.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from mixdesk.core.chat_template import MIXTRAL_TEMPLATE
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
+
+_WORDS = (
+    "the of and to in is it you that he was for on are with as his they be at one have this "
+    "from or had by word but what some we can out other were all there when up use your how "
+    "said an each she which do their time if will way about many then them write would like "
+    "so these her long make thing see him two has look more day could go come did number "
+    "sound no most people my over know water than call first who may down side been now find "
+    "mixture expert router token layer"
+).split()
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Shape and options of a generated model.
+
+    K-quantisation needs rows that are multiples of 256 values, so ``n_embd`` and ``n_ff``
+    are multiples of 256 for any model that will be quantised.
+    """
+
+    n_embd: int = 256
+    n_ff: int = 512
+    n_layers: int = 4
+    n_head: int = 4
+    n_head_kv: int = 2
+    n_expert: int = 4
+    n_expert_used: int = 2
+    n_ctx_train: int = 4096
+    name: str = "Mixtral tiny test"
+    chat_template: str | None = MIXTRAL_TEMPLATE
+    #: One 2-D tensor per expert (``blk.N.ffn_gate.E.weight``) as in TheBloke's 2023 files.
+    legacy_expert_layout: bool = False
+    #: Write the same token string twice: llama.cpp aborts the process loading it.
+    duplicate_token: bool = False
+    #: ``general.architecture``; anything but "llama" is unknown to llama.cpp's loader here.
+    architecture: str = "llama"
+    dtype: str = "f32"  # "f32" or "f16"
+    seed: int = 0
+
+    @property
+    def head_dim(self) -> int:
+        """Size of one attention head."""
+        return self.n_embd // self.n_head
+
+
+TINY = ModelSpec()
+#: Mid-size for speed measurements: real work per token (about 335 MiB as Q4_K_M).
+MID = ModelSpec(
+    n_embd=1024,
+    n_ff=2816,
+    n_layers=8,
+    n_head=8,
+    n_head_kv=2,
+    n_expert=8,
+    n_expert_used=2,
+    name="Mixtral mid-size test",
+    dtype="f16",
+)
+
+
+def vocabulary(spec: ModelSpec) -> tuple[list[str], list[float], list[int]]:
+    """Return tokens, scores and token types of a llama (SentencePiece) vocabulary."""
+    tokens = ["<unk>", "<s>", "</s>"]
+    types = [2, 3, 3]  # UNKNOWN, CONTROL, CONTROL
+    tokens += [f"<0x{b:02X}>" for b in range(256)]
+    types += [6] * 256  # BYTE
+    pieces = ["\u2581", *"abcdefghijklmnopqrstuvwxyz", *(f"\u2581{w}" for w in _WORDS)]
+    if spec.duplicate_token:
+        pieces.append(pieces[-1])
+    tokens += pieces
+    types += [1] * len(pieces)  # NORMAL
+    scores = [0.0] * 259 + [-float(i) for i in range(len(pieces))]
+    return tokens, scores, types
+
+
+def _weights(
+    spec: ModelSpec, n_vocab: int
+) -> list[tuple[str, npt.NDArray[np.floating]]]:
+    import numpy as np
+
+    rng = np.random.default_rng(spec.seed)
+    dtype = np.float16 if spec.dtype == "f16" else np.float32
+
+    def mat(rows: int, cols: int, *lead: int) -> npt.NDArray[np.floating]:
+        scale = 1.0 / np.sqrt(cols)
+        return (rng.standard_normal((*lead, rows, cols), dtype=np.float32) * scale).astype(dtype)
+
+    def ones(n: int) -> npt.NDArray[np.floating]:
+        return np.ones(n, dtype=np.float32)
+
+    e, f, kv = spec.n_embd, spec.n_ff, spec.n_head_kv * spec.head_dim
+    out = mat(n_vocab, e) * 3
+    out[:259] = 0  # specials and bytes: logit 0, far below the word pieces
+    tensors: list[tuple[str, npt.NDArray[np.floating]]] = [
+        ("token_embd.weight", (mat(n_vocab, e) * float(np.sqrt(e))).astype(dtype)),
+        ("output_norm.weight", ones(e)),
+        ("output.weight", out),
+    ]
+    for i in range(spec.n_layers):
+        b = f"blk.{i}"
+        tensors += [
+            (f"{b}.attn_norm.weight", ones(e)),
+            (f"{b}.attn_q.weight", mat(e, e)),
+            (f"{b}.attn_k.weight", mat(kv, e)),
+            (f"{b}.attn_v.weight", mat(kv, e)),
+            (f"{b}.attn_output.weight", mat(e, e)),
+            (f"{b}.ffn_norm.weight", ones(e)),
+            (f"{b}.ffn_gate_inp.weight", mat(spec.n_expert, e).astype(np.float32)),
+        ]
+        gate, up, down = mat(f, e, spec.n_expert), mat(f, e, spec.n_expert), mat(e, f, spec.n_expert)
+        if spec.legacy_expert_layout:
+            for x in range(spec.n_expert):
+                tensors += [
+                    (f"{b}.ffn_gate.{x}.weight", gate[x]),
+                    (f"{b}.ffn_down.{x}.weight", down[x]),
+                    (f"{b}.ffn_up.{x}.weight", up[x]),
+                ]
+        else:
+            tensors += [
+                (f"{b}.ffn_gate_exps.weight", gate),
+                (f"{b}.ffn_down_exps.weight", down),
+                (f"{b}.ffn_up_exps.weight", up),
+            ]
+    return tensors
+
+
+def write_model(path: Path, spec: ModelSpec = TINY) -> Path:
+    """Write a GGUF model described by ``spec`` to ``path`` and return ``path``."""
+    import gguf
+
+    tokens, scores, types = vocabulary(spec)
+    writer = gguf.GGUFWriter(str(path), spec.architecture)
+    arch = spec.architecture
+    writer.add_name(spec.name)
+    writer.add_context_length(spec.n_ctx_train)
+    writer.add_embedding_length(spec.n_embd)
+    writer.add_block_count(spec.n_layers)
+    writer.add_feed_forward_length(spec.n_ff)
+    writer.add_head_count(spec.n_head)
+    writer.add_head_count_kv(spec.n_head_kv)
+    writer.add_rope_dimension_count(spec.head_dim)
+    writer.add_rope_freq_base(1_000_000.0)
+    writer.add_layer_norm_rms_eps(1e-5)
+    writer.add_expert_count(spec.n_expert)
+    writer.add_expert_used_count(spec.n_expert_used)
+    writer.add_vocab_size(len(tokens))
+    writer.add_file_type(
+        gguf.LlamaFileType.MOSTLY_F16 if spec.dtype == "f16" else gguf.LlamaFileType.ALL_F32
+    )
+    writer.add_tokenizer_model("llama")
+    writer.add_token_list(tokens)
+    writer.add_token_scores(scores)
+    writer.add_token_types(types)
+    writer.add_bos_token_id(1)
+    writer.add_eos_token_id(2)
+    writer.add_unk_token_id(0)
+    writer.add_add_bos_token(True)
+    writer.add_add_eos_token(False)
+    if spec.chat_template is not None:
+        writer.add_chat_template(spec.chat_template)
+    if arch != "llama":
+        writer.add_string("general.note", "architecture deliberately unknown to llama.cpp")
+    for name, data in _weights(spec, len(tokens)):
+        writer.add_tensor(name, data)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def with_changes(spec: ModelSpec, **changes: object) -> ModelSpec:
+    """Return a copy of ``spec`` with some fields changed."""
+    return replace(spec, **changes)  # type: ignore[arg-type]

@@ -1,0 +1,129 @@
+"""MixDesk's exceptions and the one table that turns any exception into a sentence for the user.
+
+Every error a user can meet is either a :class:`MixdeskError` (whose text is already the
+sentence to show) or a library/OS exception that :func:`user_message` maps to one. Front
+ends (the terminal commands, the GUI's message channel) call :func:`user_message` and never
+format exceptions themselves.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+from collections.abc import Callable
+
+log = logging.getLogger(__name__)
+
+
+class MixdeskError(Exception):
+    """Base of all MixDesk errors. ``str(err)`` is one sentence saying what happened and what to do."""
+
+
+class InvalidArgumentError(MixdeskError):
+    """A setting or command-line value that makes no sense."""
+
+
+class ModelNotFoundError(MixdeskError):
+    """The model file does not exist."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(
+            f"Model file not found: {path}. Check the path, or download a model first."
+        )
+        self.path = path
+
+
+class ModelLoadError(MixdeskError):
+    """llama.cpp could not load a model file (base of the specific load failures)."""
+
+
+class NotAGgufError(ModelLoadError):
+    """The file is not a GGUF model at all."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(
+            f"{path} is not a GGUF model file (it does not start with the GGUF signature); "
+            "pick a .gguf file."
+        )
+        self.path = path
+
+
+class CorruptModelError(ModelLoadError):
+    """The file is a GGUF but damaged (truncated, bad header, broken vocabulary)."""
+
+
+class UnsupportedArchitectureError(ModelLoadError):
+    """The installed llama.cpp does not know the model's architecture."""
+
+
+class LegacyLayoutError(ModelLoadError):
+    """A Mixtral file with one tensor per expert (TheBloke, December 2023) that llama.cpp no longer reads."""
+
+
+class OutOfMemoryError(ModelLoadError):
+    """Not enough RAM or VRAM to load the model with the chosen settings."""
+
+
+class EngineError(MixdeskError):
+    """The engine process failed outside a model load."""
+
+
+class EngineCrashedError(EngineError):
+    """The engine process died (llama.cpp abort, segfault, killed, out of memory)."""
+
+    def __init__(self, message: str, *, returncode: int | None, log_tail: str = "") -> None:
+        super().__init__(message)
+        self.returncode = returncode
+        self.log_tail = log_tail
+
+
+class EngineBusyError(EngineError):
+    """A request came while the engine was still answering another one."""
+
+
+class NoModelLoadedError(EngineError):
+    """A chat was asked of an engine that has no model loaded."""
+
+
+class ContextOverflowError(EngineError):
+    """The conversation no longer fits in the model's context window."""
+
+
+def _os_error_message(err: BaseException) -> str:
+    assert isinstance(err, OSError)
+    where = f": {err.filename}" if err.filename else ""
+    if err.errno == errno.ENOSPC:
+        return f"The disk is full{where}. Free some space and try again."
+    if err.errno in (errno.EACCES, errno.EPERM):
+        return f"Permission denied{where}. Choose a folder you can write to."
+    if err.errno == errno.ENOENT:
+        return f"No such file or folder{where}. Check the path."
+    if err.errno == errno.EISDIR:
+        return f"Expected a file but found a folder{where}. Pick a file."
+    return f"A file operation failed{where} ({err.strerror or err}). Check the path and try again."
+
+
+#: Exception type -> sentence. Matched in order, so subclasses come before their parents.
+ERROR_MESSAGES: list[tuple[type[BaseException], Callable[[BaseException], str]]] = [
+    (MixdeskError, str),
+    (KeyboardInterrupt, lambda _e: "Stopped."),
+    (MemoryError, lambda _e: "MixDesk ran out of memory. Close other programs and try again."),
+    (OSError, _os_error_message),
+]
+
+
+def user_message(err: BaseException) -> str:
+    """Return the one sentence a user should see for ``err``.
+
+    Args:
+        err: any exception.
+
+    Returns:
+        A sentence saying what happened and, where known, what to do.
+    """
+    for exc_type, render in ERROR_MESSAGES:
+        if isinstance(err, exc_type):
+            return render(err)
+    log.error("unexpected error", exc_info=err)
+    name = type(err).__name__
+    return f"Something unexpected went wrong ({name}: {err}). The log has the details."

@@ -1,0 +1,1 @@
+"""The Qt desktop front end (adapters over mixdesk.core; widgets only display)."""
