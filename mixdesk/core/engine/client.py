@@ -221,6 +221,7 @@ class Engine:
         self._ids = itertools.count(1)
         self._dead: EngineCrashedError | None = None
         self._active: ChatStream | None = None
+        self._fresh = False  # started and never asked to load: a load can reuse it
         self.info: EngineInfo | None = None
         self.model: ModelInfo | None = None
         self.log_path: Path | None = None
@@ -282,6 +283,7 @@ class Engine:
             self.close()
             raise errors.EngineError(f"The engine sent an unexpected first message ({event!r}).")
         self.info = event
+        self._fresh = True
         log.info("engine %s started (llama-cpp-python %s, GPU offload %s), log %s",
                  event.pid, event.llama_cpp_version, event.supports_gpu_offload, self.log_path)
         return event
@@ -336,7 +338,9 @@ class Engine:
             EngineCrashedError: llama.cpp killed the engine while loading.
         """
         validate_load_config(config)
-        self.start()
+        if not self._fresh or not self.alive:
+            self.start()
+        self._fresh = False
         self._send({"cmd": "load", "config": _asdict(config)})
         while True:
             event = self._next_event(during="loading the model", model_path=config.model_path)

@@ -48,10 +48,17 @@ from mixdesk.core.engine.protocol import (
     from_dict,
     messages_from_wire,
 )
-from mixdesk.errors import MixdeskError, NotAGgufError
+from mixdesk.errors import (
+    ContextOverflowError,
+    MixdeskError,
+    ModelNotFoundError,
+    NoModelLoadedError,
+    NotAGgufError,
+)
 
 log = logging.getLogger(__name__)
 
+_EXIT_GRACE_S = 2.0
 _KV_TYPES = {"f16": 1, "q8_0": 8, "q4_0": 2}  # ggml_type values
 
 
@@ -123,7 +130,7 @@ class EngineWorker:
         """Load a model, reporting progress; send ``loaded`` or a failure."""
         path = Path(config.model_path)
         if not path.is_file():
-            raise MixdeskError(f"Model file not found: {path}. Check the path.")
+            raise ModelNotFoundError(str(path))
         with path.open("rb") as fh:
             if fh.read(4) != b"GGUF":
                 raise NotAGgufError(str(path))
@@ -193,7 +200,7 @@ class EngineWorker:
         """Generate an answer, streaming deltas with live speed; end with ``done``."""
         llm = self._llm
         if llm is None or self._template is None:
-            raise MixdeskError("No model is loaded; load a model before chatting.")
+            raise NoModelLoadedError("No model is loaded; load a model before chatting.")
         lc = self._lc
         model = llm._model
         bos = model.token_get_text(model.token_bos()) if model.token_bos() >= 0 else ""
@@ -208,7 +215,7 @@ class EngineWorker:
         tokens = llm.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
         n_ctx = llm.n_ctx()
         if len(tokens) >= n_ctx:
-            raise MixdeskError(
+            raise ContextOverflowError(
                 f"The conversation ({len(tokens)} tokens) no longer fits the context of {n_ctx} "
                 "tokens; start a new conversation or load the model with a larger context."
             )
@@ -286,9 +293,10 @@ class EngineWorker:
         stats = self._stats(len(tokens), n_generated, start, ttft)
         cancelled.discard(request_id)
         self.current_request = 0
+        # llama.cpp's own timings go to the log before "done", so the log is complete when the
+        # app hears the answer ended.
+        lc.llama_perf_context_print(ctx)
         self._channel.send(encode("done", ChatDone(request_id, text, finish, stats)))
-        if self._llm is not None and self._llm.verbose:
-            lc.llama_perf_context_print(ctx)
 
     # -- helpers ----------------------------------------------------------------------
 
@@ -394,7 +402,11 @@ def _reader(worker: EngineWorker, commands: queue.Queue[dict[str, Any]]) -> None
             worker.cancelled.add(int(message.get("id", 0)))
             continue
         commands.put(message)
-    # The app has gone (closed our stdin or died): nothing left to do, free everything now.
+    # The app has gone (closed our stdin or died). Stop any answer and let the main thread
+    # finish cleanly; if it is stuck in llama.cpp (a long load), end the process anyway.
+    worker.cancelled.add(worker.current_request)
+    commands.put({"cmd": "shutdown"})
+    time.sleep(_EXIT_GRACE_S)
     os._exit(0)
 
 

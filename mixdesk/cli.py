@@ -1,0 +1,154 @@
+"""``mixdesk``: the terminal front end over mixdesk.core.
+
+With no command it opens the desktop app (until that lands, it prints help). Every error
+ends as one sentence on stderr and a non-zero exit, never a traceback; the full story goes
+to the log file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+from mixdesk import __version__
+from mixdesk.errors import InvalidArgumentError, user_message
+
+log = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are one sentence, like every other error."""
+
+    def error(self, message: str) -> NoReturn:
+        sys.stderr.write(f"{self.prog}: {message}; see `{self.prog} --help`.\n")
+        raise SystemExit(EXIT_USAGE)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive whole number")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} must be 0 or more")
+    return value
+
+
+def _gpu_layers(text: str) -> int:
+    if text in ("all", "-1"):
+        return -1
+    return _non_negative_int(text)
+
+
+# argparse names the type in its messages ("invalid whole number value: 'abc'").
+_positive_int.__name__ = "positive whole number"
+_non_negative_int.__name__ = "whole number"
+_gpu_layers.__name__ = "layer count"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the ``mixdesk`` argument parser with all its commands."""
+    parser = _Parser(
+        prog="mixdesk",
+        description="Run Mixtral-class models on one ordinary machine.",
+        epilog="With no command, MixDesk opens its desktop window.",
+    )
+    parser.add_argument("--version", action="version", version=f"MixDesk {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="also print the log to stderr")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    chat = commands.add_parser("chat", help="chat with a model in the terminal")
+    chat.add_argument("model", metavar="MODEL", help="path to a .gguf model file")
+    chat.add_argument("--prompt", help="answer this one message and exit (otherwise: interactive)")
+    chat.add_argument("--system", help="system prompt")
+    load = chat.add_argument_group("loading")
+    load.add_argument("--ngl", type=_gpu_layers, metavar="N",
+                      help="layers to put on the GPU: a count, 0 for none, 'all' (default: chosen for you)")
+    load.add_argument("--ctx", type=_non_negative_int, default=4096, metavar="N",
+                      help="context length in tokens (0: the model's own; default 4096)")
+    load.add_argument("--threads", type=_positive_int, metavar="N", help="CPU threads (default: physical cores)")
+    load.add_argument("--batch", type=_positive_int, default=512, metavar="N", help="prompt batch size (default 512)")
+    load.add_argument("--flash-attn", action="store_true", help="use flash attention")
+    load.add_argument("--kv-type", choices=("f16", "q8_0", "q4_0"), default="f16",
+                      help="KV cache type (default f16)")
+    load.add_argument("--no-mmap", action="store_true", help="read the whole file into RAM instead of mapping it")
+    sampling = chat.add_argument_group("sampling")
+    sampling.add_argument("--max-tokens", type=int, default=512, metavar="N",
+                          help="tokens to generate at most (0: until the context is full; default 512)")
+    sampling.add_argument("--temperature", "--temp", type=float, default=0.7, metavar="T")
+    sampling.add_argument("--top-p", type=float, default=0.95, metavar="P")
+    sampling.add_argument("--top-k", type=_non_negative_int, default=40, metavar="K")
+    sampling.add_argument("--min-p", type=float, default=0.05, metavar="P")
+    sampling.add_argument("--repeat-penalty", type=float, default=1.1, metavar="R")
+    sampling.add_argument("--seed", type=_non_negative_int, metavar="N", help="random seed (default: random)")
+    sampling.add_argument("--stop", action="append", default=[], metavar="TEXT", help="stop at this text (repeatable)")
+    chat.add_argument("--json", action="store_true", help="print one JSON object with the answer and its speed")
+
+    doctor = commands.add_parser("doctor", help="check that MixDesk can run here, and how")
+    doctor.add_argument("--json", action="store_true", help="print the report as JSON")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``mixdesk`` with ``argv`` (default: the process arguments); return the exit status."""
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    # Hidden entry points used by the app itself (they also work inside a frozen bundle).
+    if args_list[:1] == ["--engine-worker"]:
+        from mixdesk.core.engine import worker
+
+        return worker.main()
+    if args_list[:1] == ["--qt-selftest"]:
+        from mixdesk.core.doctor import qt_selftest
+
+        return qt_selftest()
+
+    parser = build_parser()
+    args = parser.parse_args(args_list)
+    from mixdesk.logsetup import configure_logging
+
+    configure_logging(verbose=args.verbose)
+    log.info("mixdesk %s: %s", __version__, args_list)
+    try:
+        if args.command == "chat":
+            from mixdesk.commands.chat import run_chat
+
+            return run_chat(args)
+        if args.command == "doctor":
+            from mixdesk.commands.doctor import run_doctor
+
+            return run_doctor(args)
+        parser.print_help()
+        return EXIT_OK
+    except KeyboardInterrupt:
+        sys.stderr.write("\nmixdesk: stopped.\n")
+        return 130
+    except Exception as err:  # noqa: BLE001 - the one place every error becomes a sentence
+        if not isinstance(err, InvalidArgumentError):
+            log.debug("command failed", exc_info=err)
+        sys.stderr.write(f"mixdesk: {user_message(err)}\n")
+        return EXIT_ERROR
+
+
+def print_json(data: Any) -> None:
+    """Print ``data`` as one JSON document on stdout."""
+    sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    sys.stdout.flush()
+
+
+def ignore_sigpipe() -> None:
+    """Let ``mixdesk ... | head`` end quietly, as Unix tools do."""
+    if hasattr(signal, "SIGPIPE"):
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)

@@ -1,0 +1,1 @@
+"""Implementations of the terminal commands (argument parsing lives in mixdesk.cli)."""

@@ -1,0 +1,189 @@
+"""``mixdesk chat MODEL``: one answer (``--prompt``) or an interactive multi-turn chat."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+from collections.abc import Iterator
+
+from mixdesk.core.chat_template import ChatMessage
+from mixdesk.core.engine import ChatDone, ChatStream, Engine, GenerationStats, LoadConfig, SamplingParams
+from mixdesk.core.engine.client import validate_load_config, validate_sampling
+from mixdesk.core.engine.protocol import ModelInfo
+from mixdesk.errors import InvalidArgumentError
+
+_HELP = "Type a message and press Enter. /reset starts over, /exit or Ctrl-D quits, Ctrl-C stops an answer."
+
+
+def speed_line(stats: GenerationStats, *, load_s: float | None = None) -> str:
+    """Format the speed figures like llama.cpp's timings, on one line."""
+    parts = []
+    if load_s is not None:
+        parts.append(f"load {load_s * 1000:.2f} ms")
+    parts.append(
+        f"prompt eval {stats.prompt_eval_tokens} tokens, {stats.prompt_tps:.2f} tokens per second"
+    )
+    parts.append(f"eval {stats.eval_tokens} tokens, {stats.eval_tps:.2f} tokens per second")
+    parts.append(f"first token {stats.ttft_s * 1000:.0f} ms")
+    parts.append(f"context {stats.context_used}/{stats.context_size}")
+    return "mixdesk: " + " | ".join(parts)
+
+
+def _load_config(args: argparse.Namespace, n_gpu_layers: int) -> LoadConfig:
+    return LoadConfig(
+        model_path=args.model,
+        n_gpu_layers=n_gpu_layers,
+        n_ctx=args.ctx,
+        n_threads=args.threads,
+        n_batch=args.batch,
+        flash_attn=args.flash_attn,
+        type_k=args.kv_type,
+        type_v=args.kv_type,
+        use_mmap=not args.no_mmap,
+    )
+
+
+def _sampling(args: argparse.Namespace) -> SamplingParams:
+    return SamplingParams(
+        temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        min_p=args.min_p,
+        repeat_penalty=args.repeat_penalty,
+        max_tokens=args.max_tokens,
+        seed=args.seed,
+        stop=tuple(args.stop),
+    )
+
+
+def _choose_gpu_layers(args: argparse.Namespace, engine: Engine) -> tuple[int, str]:
+    if args.ngl is not None:
+        return args.ngl, ""
+    info = engine.start()
+    if not info.supports_gpu_offload:
+        return 0, "CPU only: this llama-cpp-python build cannot offload to a GPU (see `mixdesk doctor`)."
+    return -1, "all layers on the GPU (use --ngl N to put fewer there)."
+
+
+def _load(engine: Engine, config: LoadConfig, *, show_progress: bool) -> ModelInfo:
+    def progress(fraction: float) -> None:
+        sys.stderr.write(f"\rLoading {config.model_path}: {fraction * 100:5.1f}%")
+        sys.stderr.flush()
+
+    info = engine.load(config, on_progress=progress if show_progress else None)
+    if show_progress:
+        sys.stderr.write("\r\x1b[K")
+    return info
+
+
+def _stream(stream: ChatStream, *, echo: bool) -> ChatDone:
+    """Print deltas as they come; Ctrl-C stops the answer but keeps what arrived."""
+    while True:
+        try:
+            for delta in stream:
+                if echo:
+                    sys.stdout.write(delta.text)
+                    sys.stdout.flush()
+            assert stream.result is not None
+            return stream.result
+        except KeyboardInterrupt:
+            stream.cancel()
+
+
+def run_chat(args: argparse.Namespace) -> int:
+    """Run the chat command; returns the exit status."""
+    if args.json and args.prompt is None:
+        raise InvalidArgumentError("--json needs --prompt (it prints one answer as one JSON object).")
+    sampling = _sampling(args)
+    validate_sampling(sampling)
+    validate_load_config(_load_config(args, 0))  # a missing file is reported before any work
+    show_progress = sys.stderr.isatty() and not args.json
+    with Engine() as engine:
+        ngl, why = _choose_gpu_layers(args, engine)
+        if why and not args.json:
+            sys.stderr.write(f"mixdesk: GPU layers: {why}\n")
+        info = _load(engine, _load_config(args, ngl), show_progress=show_progress)
+        history: list[ChatMessage] = []
+        if args.system:
+            history.append(ChatMessage("system", args.system))
+        if args.prompt is not None:
+            history.append(ChatMessage("user", args.prompt))
+            done = _stream(engine.chat(history, sampling), echo=not args.json)
+            if args.json:
+                from mixdesk.cli import print_json
+
+                print_json(_json_result(done, info))
+            else:
+                sys.stdout.write("\n")
+                sys.stderr.write(speed_line(done.stats, load_s=info.load_s) + "\n")
+            return 0
+        return _interactive(engine, info, history, sampling)
+
+
+def _json_result(done: ChatDone, info: ModelInfo) -> dict[str, object]:
+    stats = done.stats
+    return {
+        "text": done.text,
+        "model": info.path,
+        "n_gpu_layers": info.n_gpu_layers,
+        "finish_reason": done.finish_reason,
+        "stats": {
+            "prompt_tokens": stats.prompt_tokens,
+            "prompt_tps": stats.prompt_tps,
+            "eval_tokens": stats.eval_tokens,
+            "eval_tps": stats.eval_tps,
+            "ttft_s": stats.ttft_s,
+            "load_s": info.load_s,
+            "context_used": stats.context_used,
+            "context_size": stats.context_size,
+        },
+    }
+
+
+def _lines(prompt: str) -> Iterator[str]:
+    """Yield the user's lines; Ctrl-C on an empty prompt just shows a new prompt."""
+    interactive = sys.stdin.isatty()
+    while True:
+        try:
+            if interactive:
+                yield input(prompt)
+            else:
+                line = sys.stdin.readline()
+                if not line:
+                    return
+                yield line.rstrip("\n")
+        except EOFError:
+            return
+        except KeyboardInterrupt:
+            sys.stderr.write("\n")
+
+
+def _interactive(
+    engine: Engine, info: ModelInfo, history: list[ChatMessage], sampling: SamplingParams
+) -> int:
+    system = list(history)
+    if sys.stdin.isatty():
+        sys.stderr.write(f"{info.name}: {info.n_layers} layers, {info.n_gpu_layers} on the GPU, "
+                         f"context {info.n_ctx}. {_HELP}\n")
+        with contextlib.suppress(ImportError):
+            import readline  # noqa: F401 - line editing for input()
+    first = True
+    for line in _lines("> "):
+        text = line.strip()
+        if not text:
+            continue
+        if text in ("/exit", "/quit", "/bye"):
+            break
+        if text == "/reset":
+            history[:] = system
+            sys.stderr.write("mixdesk: conversation cleared.\n")
+            continue
+        history.append(ChatMessage("user", text))
+        done = _stream(engine.chat(history, sampling), echo=True)
+        sys.stdout.write("\n")
+        history.append(ChatMessage("assistant", done.text))
+        note = " (stopped)" if done.finish_reason == "cancelled" else ""
+        sys.stderr.write(speed_line(done.stats, load_s=info.load_s if first else None) + note + "\n")
+        first = False
+    return 0

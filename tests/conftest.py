@@ -1,0 +1,66 @@
+"""Shared fixtures: every test runs with its own user directories and real generated models."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from mixdesk.core.engine import Engine
+from tests import model_factory as mf
+
+
+@pytest.fixture(autouse=True)
+def isolated_user_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Point every user directory, the Hub cache and the token at tmp_path (no real home)."""
+    home = tmp_path / "home"
+    for var, sub in (
+        ("XDG_DATA_HOME", "data"),
+        ("XDG_CONFIG_HOME", "config"),
+        ("XDG_CACHE_HOME", "cache"),
+        ("XDG_STATE_HOME", "state"),
+        ("HF_HOME", "hf"),
+    ):
+        monkeypatch.setenv(var, str(home / sub))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("QT_QPA_PLATFORM", "offscreen")
+    for var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "MIXDESK_DATA_DIR", "HF_ENDPOINT"):
+        monkeypatch.delenv(var, raising=False)
+    return home
+
+
+@pytest.fixture(scope="session")
+def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Generated models, made once per test session."""
+    d = tmp_path_factory.mktemp("models")
+    f32 = mf.make_model(d, mf.TINY, "F32", name="tiny")
+    return {
+        "f32": f32,
+        "q4_k_m": mf.make_model(d, mf.TINY, "Q4_K_M", name="tiny"),
+        "q2_k": mf.make_model(d, mf.TINY, "Q2_K", name="tiny"),
+        "no_template": mf.make_model(
+            d, mf.with_changes(mf.TINY, chat_template=None, name="Mixtral 8x7B Instruct v0.1"), name="notemplate"
+        ),
+        "chatml": mf.make_model(
+            d,
+            mf.with_changes(mf.TINY, chat_template=mf.CHATML_TEMPLATE_FOR_TESTS, name="Some ChatML model"),
+            name="chatml",
+        ),
+        "legacy": mf.make_model(d, mf.with_changes(mf.TINY, legacy_expert_layout=True), name="legacy"),
+        "truncated": mf.truncated(f32, d / "truncated.gguf"),
+        "bad_magic": mf.broken_magic(f32, d / "bad-magic.gguf"),
+        "duplicate_vocab": mf.duplicate_vocab(d),
+        "unknown_arch": mf.unknown_architecture(d),
+        "text": mf.text_file(d),
+    }
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> Iterator[Engine]:
+    """A real engine (child process) whose log lives in tmp_path; closed after the test."""
+    eng = Engine(log_dir=tmp_path / "engine-logs")
+    try:
+        yield eng
+    finally:
+        eng.close()
