@@ -75,27 +75,61 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--prompt", help="answer this one message and exit (otherwise: interactive)")
     chat.add_argument("--system", help="system prompt")
     load = chat.add_argument_group("loading")
-    load.add_argument("--ngl", type=_gpu_layers, metavar="N",
-                      help="layers to put on the GPU: a count, 0 for none, 'all' (default: chosen for you)")
-    load.add_argument("--ctx", type=_non_negative_int, default=4096, metavar="N",
-                      help="context length in tokens (0: the model's own; default 4096)")
-    load.add_argument("--threads", type=_positive_int, metavar="N", help="CPU threads (default: physical cores)")
-    load.add_argument("--batch", type=_positive_int, default=512, metavar="N", help="prompt batch size (default 512)")
+    load.add_argument(
+        "--ngl",
+        type=_gpu_layers,
+        metavar="N",
+        help="layers to put on the GPU: a count, 0 for none, 'all' (default: chosen for you)",
+    )
+    load.add_argument(
+        "--ctx",
+        type=_non_negative_int,
+        default=4096,
+        metavar="N",
+        help="context length in tokens (0: the model's own; default 4096)",
+    )
+    load.add_argument(
+        "--threads", type=_positive_int, metavar="N", help="CPU threads (default: physical cores)"
+    )
+    load.add_argument(
+        "--batch",
+        type=_positive_int,
+        default=512,
+        metavar="N",
+        help="prompt batch size (default 512)",
+    )
     load.add_argument("--flash-attn", action="store_true", help="use flash attention")
-    load.add_argument("--kv-type", choices=("f16", "q8_0", "q4_0"), default="f16",
-                      help="KV cache type (default f16)")
-    load.add_argument("--no-mmap", action="store_true", help="read the whole file into RAM instead of mapping it")
+    load.add_argument(
+        "--kv-type",
+        choices=("f16", "q8_0", "q4_0"),
+        default="f16",
+        help="KV cache type (default f16)",
+    )
+    load.add_argument(
+        "--no-mmap", action="store_true", help="read the whole file into RAM instead of mapping it"
+    )
     sampling = chat.add_argument_group("sampling")
-    sampling.add_argument("--max-tokens", type=int, default=512, metavar="N",
-                          help="tokens to generate at most (0: until the context is full; default 512)")
+    sampling.add_argument(
+        "--max-tokens",
+        type=int,
+        default=512,
+        metavar="N",
+        help="tokens to generate at most (0: until the context is full; default 512)",
+    )
     sampling.add_argument("--temperature", "--temp", type=float, default=0.7, metavar="T")
     sampling.add_argument("--top-p", type=float, default=0.95, metavar="P")
     sampling.add_argument("--top-k", type=_non_negative_int, default=40, metavar="K")
     sampling.add_argument("--min-p", type=float, default=0.05, metavar="P")
     sampling.add_argument("--repeat-penalty", type=float, default=1.1, metavar="R")
-    sampling.add_argument("--seed", type=_non_negative_int, metavar="N", help="random seed (default: random)")
-    sampling.add_argument("--stop", action="append", default=[], metavar="TEXT", help="stop at this text (repeatable)")
-    chat.add_argument("--json", action="store_true", help="print one JSON object with the answer and its speed")
+    sampling.add_argument(
+        "--seed", type=_non_negative_int, metavar="N", help="random seed (default: random)"
+    )
+    sampling.add_argument(
+        "--stop", action="append", default=[], metavar="TEXT", help="stop at this text (repeatable)"
+    )
+    chat.add_argument(
+        "--json", action="store_true", help="print one JSON object with the answer and its speed"
+    )
 
     doctor = commands.add_parser("doctor", help="check that MixDesk can run here, and how")
     doctor.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -135,7 +169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write("\nmixdesk: stopped.\n")
         return 130
-    except Exception as err:  # noqa: BLE001 - the one place every error becomes a sentence
+    except Exception as err:
         if not isinstance(err, InvalidArgumentError):
             log.debug("command failed", exc_info=err)
         sys.stderr.write(f"mixdesk: {user_message(err)}\n")

@@ -40,14 +40,20 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "q4_k_m": mf.make_model(d, mf.TINY, "Q4_K_M", name="tiny"),
         "q2_k": mf.make_model(d, mf.TINY, "Q2_K", name="tiny"),
         "no_template": mf.make_model(
-            d, mf.with_changes(mf.TINY, chat_template=None, name="Mixtral 8x7B Instruct v0.1"), name="notemplate"
+            d,
+            mf.with_changes(mf.TINY, chat_template=None, name="Mixtral 8x7B Instruct v0.1"),
+            name="notemplate",
         ),
         "chatml": mf.make_model(
             d,
-            mf.with_changes(mf.TINY, chat_template=mf.CHATML_TEMPLATE_FOR_TESTS, name="Some ChatML model"),
+            mf.with_changes(
+                mf.TINY, chat_template=mf.CHATML_TEMPLATE_FOR_TESTS, name="Some ChatML model"
+            ),
             name="chatml",
         ),
-        "legacy": mf.make_model(d, mf.with_changes(mf.TINY, legacy_expert_layout=True), name="legacy"),
+        "legacy": mf.make_model(
+            d, mf.with_changes(mf.TINY, legacy_expert_layout=True), name="legacy"
+        ),
         "truncated": mf.truncated(f32, d / "truncated.gguf"),
         "bad_magic": mf.broken_magic(f32, d / "bad-magic.gguf"),
         "duplicate_vocab": mf.duplicate_vocab(d),

@@ -22,11 +22,11 @@ from mixdesk.core.synthetic_model import MID, TINY, ModelSpec, with_changes, wri
 QUANTS = ("F32", "F16", "Q4_K_M", "Q2_K", "Q8_0", "Q4_0")
 
 __all__ = [
+    "CHATML_TEMPLATE_FOR_TESTS",
     "MID",
     "QUANTS",
     "TINY",
     "ModelSpec",
-    "CHATML_TEMPLATE_FOR_TESTS",
     "broken_magic",
     "cached_model",
     "duplicate_vocab",
@@ -52,12 +52,16 @@ def quantize(src: Path, dst: Path, quant: str, *, threads: int | None = None) ->
     return dst
 
 
-def make_model(directory: Path, spec: ModelSpec = TINY, quant: str = "F32", *, name: str | None = None) -> Path:
+def make_model(
+    directory: Path, spec: ModelSpec = TINY, quant: str = "F32", *, name: str | None = None
+) -> Path:
     """Write a model of shape ``spec`` in ``quant`` (F32/F16 direct, others via the quantiser)."""
     directory.mkdir(parents=True, exist_ok=True)
     stem = name or f"model-{_spec_key(spec)}"
     if quant in ("F32", "F16"):
-        return write_model(directory / f"{stem}.{quant}.gguf", with_changes(spec, dtype=quant.lower()))
+        return write_model(
+            directory / f"{stem}.{quant}.gguf", with_changes(spec, dtype=quant.lower())
+        )
     source = write_model(directory / f"{stem}.source.gguf", spec)
     try:
         return quantize(source, directory / f"{stem}.{quant}.gguf", quant)
@@ -92,12 +96,17 @@ def broken_magic(src: Path, dst: Path) -> Path:
 
 def duplicate_vocab(directory: Path) -> Path:
     """A model whose vocabulary lists one token twice: llama.cpp aborts the process loading it."""
-    return write_model(directory / "duplicate-vocab.gguf", with_changes(TINY, duplicate_token=True, n_layers=1))
+    return write_model(
+        directory / "duplicate-vocab.gguf", with_changes(TINY, duplicate_token=True, n_layers=1)
+    )
 
 
 def unknown_architecture(directory: Path) -> Path:
     """A well-formed GGUF with an architecture llama.cpp does not know."""
-    return write_model(directory / "unknown-arch.gguf", with_changes(TINY, architecture="mixdeskunknown", n_layers=1))
+    return write_model(
+        directory / "unknown-arch.gguf",
+        with_changes(TINY, architecture="mixdeskunknown", n_layers=1),
+    )
 
 
 def text_file(directory: Path) -> Path:
@@ -108,7 +117,7 @@ def text_file(directory: Path) -> Path:
 
 
 def _spec_key(spec: ModelSpec) -> str:
-    return hashlib.sha1(repr(sorted(asdict(spec).items())).encode()).hexdigest()[:10]
+    return hashlib.sha256(repr(sorted(asdict(spec).items())).encode()).hexdigest()[:10]
 
 
 #: A template with a system role (ChatML), to test that system prompts are kept, not folded.

@@ -8,7 +8,14 @@ import sys
 from collections.abc import Iterator
 
 from mixdesk.core.chat_template import ChatMessage
-from mixdesk.core.engine import ChatDone, ChatStream, Engine, GenerationStats, LoadConfig, SamplingParams
+from mixdesk.core.engine import (
+    ChatDone,
+    ChatStream,
+    Engine,
+    GenerationStats,
+    LoadConfig,
+    SamplingParams,
+)
 from mixdesk.core.engine.client import validate_load_config, validate_sampling
 from mixdesk.core.engine.protocol import ModelInfo
 from mixdesk.errors import InvalidArgumentError
@@ -62,8 +69,11 @@ def _choose_gpu_layers(args: argparse.Namespace, engine: Engine) -> tuple[int, s
         return args.ngl, ""
     info = engine.start()
     if not info.supports_gpu_offload:
-        return 0, "CPU only: this llama-cpp-python build cannot offload to a GPU (see `mixdesk doctor`)."
-    return -1, "all layers on the GPU (use --ngl N to put fewer there)."
+        return (
+            0,
+            "this llama-cpp-python build is CPU-only (`mixdesk doctor` says how to get a GPU build).",
+        )
+    return -1, "all of them (use --ngl N to put fewer there)."
 
 
 def _load(engine: Engine, config: LoadConfig, *, show_progress: bool) -> ModelInfo:
@@ -94,16 +104,20 @@ def _stream(stream: ChatStream, *, echo: bool) -> ChatDone:
 def run_chat(args: argparse.Namespace) -> int:
     """Run the chat command; returns the exit status."""
     if args.json and args.prompt is None:
-        raise InvalidArgumentError("--json needs --prompt (it prints one answer as one JSON object).")
+        raise InvalidArgumentError(
+            "--json needs --prompt (it prints one answer as one JSON object)."
+        )
     sampling = _sampling(args)
     validate_sampling(sampling)
     validate_load_config(_load_config(args, 0))  # a missing file is reported before any work
     show_progress = sys.stderr.isatty() and not args.json
     with Engine() as engine:
         ngl, why = _choose_gpu_layers(args, engine)
-        if why and not args.json:
-            sys.stderr.write(f"mixdesk: GPU layers: {why}\n")
         info = _load(engine, _load_config(args, ngl), show_progress=show_progress)
+        if why and not args.json:
+            sys.stderr.write(
+                f"mixdesk: {info.n_gpu_layers} of {info.n_layers} layers on the GPU: {why}\n"
+            )
         history: list[ChatMessage] = []
         if args.system:
             history.append(ChatMessage("system", args.system))
@@ -164,8 +178,10 @@ def _interactive(
 ) -> int:
     system = list(history)
     if sys.stdin.isatty():
-        sys.stderr.write(f"{info.name}: {info.n_layers} layers, {info.n_gpu_layers} on the GPU, "
-                         f"context {info.n_ctx}. {_HELP}\n")
+        sys.stderr.write(
+            f"{info.name}: {info.n_layers} layers, {info.n_gpu_layers} on the GPU, "
+            f"context {info.n_ctx}. {_HELP}\n"
+        )
         with contextlib.suppress(ImportError):
             import readline  # noqa: F401 - line editing for input()
     first = True
@@ -184,6 +200,8 @@ def _interactive(
         sys.stdout.write("\n")
         history.append(ChatMessage("assistant", done.text))
         note = " (stopped)" if done.finish_reason == "cancelled" else ""
-        sys.stderr.write(speed_line(done.stats, load_s=info.load_s if first else None) + note + "\n")
+        sys.stderr.write(
+            speed_line(done.stats, load_s=info.load_s if first else None) + note + "\n"
+        )
         first = False
     return 0

@@ -23,6 +23,8 @@ def run_doctor(args: argparse.Namespace) -> int:
             sys.stdout.write(f"[{_MARK[check.status]}] {check.name:<12} {check.detail}\n")
             if check.fix:
                 sys.stdout.write(f"       fix: {check.fix}\n")
-        verdict = "MixDesk can run here." if report.ok else "MixDesk cannot run here yet: see FAIL above."
+        verdict = (
+            "MixDesk can run here." if report.ok else "MixDesk cannot run here yet: see FAIL above."
+        )
         sys.stdout.write(verdict + "\n")
     return 0 if report.ok else 1

@@ -117,9 +117,13 @@ def select_template(metadata: Mapping[str, str]) -> ChatTemplate:
     """
     text = metadata.get("tokenizer.chat_template")
     if text:
-        return ChatTemplate(text=text, source="gguf", has_system_role=template_has_system_role(text))
+        return ChatTemplate(
+            text=text, source="gguf", has_system_role=template_has_system_role(text)
+        )
     if is_mistral_family(metadata):
-        return ChatTemplate(text=MIXTRAL_TEMPLATE, source="mixtral (built in)", has_system_role=False)
+        return ChatTemplate(
+            text=MIXTRAL_TEMPLATE, source="mixtral (built in)", has_system_role=False
+        )
     log.warning("model has no chat template and is not Mistral-family; using ChatML")
     return ChatTemplate(text=CHATML_TEMPLATE, source="chatml (built in)", has_system_role=True)
 

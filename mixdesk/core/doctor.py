@@ -25,11 +25,21 @@ from mixdesk.errors import user_message
 OK, WARN, FAIL = "ok", "warn", "fail"
 
 _PACKAGES = (
-    "llama-cpp-python", "huggingface-hub", "PySide6-Essentials", "platformdirs", "psutil", "gguf",
-    "numpy", "jinja2",
+    "llama-cpp-python",
+    "huggingface-hub",
+    "PySide6-Essentials",
+    "platformdirs",
+    "psutil",
+    "gguf",
+    "numpy",
+    "jinja2",
 )
-_CMAKE_FLAGS = {"cuda": "-DGGML_CUDA=on", "rocm": "-DGGML_HIP=on", "metal": "-DGGML_METAL=on",
-                "vulkan": "-DGGML_VULKAN=on"}
+_CMAKE_FLAGS = {
+    "cuda": "-DGGML_CUDA=on",
+    "rocm": "-DGGML_HIP=on",
+    "metal": "-DGGML_METAL=on",
+    "vulkan": "-DGGML_VULKAN=on",
+}
 
 
 @dataclass(frozen=True)
@@ -69,8 +79,10 @@ def gpu_build_command(backend: str) -> str:
         spec = f"llama-cpp-python=={version}"
     except importlib.metadata.PackageNotFoundError:
         spec = "llama-cpp-python"
-    return (f'CMAKE_ARGS="{flag}" {sys.executable} -m pip install --force-reinstall '
-            f"--no-cache-dir {spec}")
+    return (
+        f'CMAKE_ARGS="{flag}" {sys.executable} -m pip install --force-reinstall '
+        f"--no-cache-dir {spec}"
+    )
 
 
 def _versions() -> Check:
@@ -82,25 +94,38 @@ def _versions() -> Check:
             missing.append(name)
     py = platform.python_version()
     detail = f"MixDesk {__version__}, Python {py}; " + ", ".join(found)
-    if sys.version_info < (3, 10):
-        return Check("versions", FAIL, detail, "MixDesk needs Python 3.10 or newer.")
     if missing:
-        return Check("versions", FAIL, detail + f"; missing: {', '.join(missing)}",
-                     f"{sys.executable} -m pip install mixdesk")
+        return Check(
+            "versions",
+            FAIL,
+            detail + f"; missing: {', '.join(missing)}",
+            f"{sys.executable} -m pip install mixdesk",
+        )
     return Check("versions", OK, detail)
 
 
 def _hardware_checks(hw: HardwareInfo) -> list[Check]:
     checks = [
-        Check("ram", OK if hw.ram_total_bytes >= 8 * hardware.GIB else WARN,
-              f"{format_bytes(hw.ram_total_bytes)} total, {format_bytes(hw.ram_available_bytes)} available",
-              "" if hw.ram_total_bytes >= 8 * hardware.GIB else "Mixtral needs at least 16 GiB of RAM plus VRAM."),
+        Check(
+            "ram",
+            OK if hw.ram_total_bytes >= 8 * hardware.GIB else WARN,
+            f"{format_bytes(hw.ram_total_bytes)} total, {format_bytes(hw.ram_available_bytes)} available",
+            ""
+            if hw.ram_total_bytes >= 8 * hardware.GIB
+            else "Mixtral needs at least 16 GiB of RAM plus VRAM.",
+        ),
         Check("cpu", OK, f"{hw.physical_cores} physical cores, {hw.logical_cores} threads"),
     ]
     if hw.gpus:
         for gpu in hw.gpus:
-            checks.append(Check(f"gpu{gpu.index}", OK, f"{gpu.name} ({gpu.backend}): "
-                                f"{format_bytes(gpu.free_bytes)} free of {format_bytes(gpu.total_bytes)}"))
+            checks.append(
+                Check(
+                    f"gpu{gpu.index}",
+                    OK,
+                    f"{gpu.name} ({gpu.backend}): "
+                    f"{format_bytes(gpu.free_bytes)} free of {format_bytes(gpu.total_bytes)}",
+                )
+            )
     else:
         checks.append(Check("gpu", OK, "no GPU found: models run on the CPU"))
     return checks
@@ -113,7 +138,8 @@ def _offload_check(supports_offload: bool | None, hw: HardwareInfo) -> Check:
         return Check("gpu-offload", OK, "this llama-cpp-python build can offload layers to a GPU")
     if hw.gpus:
         return Check(
-            "gpu-offload", WARN,
+            "gpu-offload",
+            WARN,
             f"this llama-cpp-python build is CPU-only, so {hw.gpus[0].name} stays unused",
             gpu_build_command(hw.gpus[0].backend),
         )
@@ -126,8 +152,12 @@ def _writable(name: str, path: Path) -> Check:
         with tempfile.NamedTemporaryFile(dir=path, prefix=".mixdesk-doctor-"):
             pass
     except OSError as err:
-        return Check(f"dir-{name}", FAIL, f"{path}: {user_message(err)}",
-                     "Set MIXDESK_DATA_DIR (or the XDG variables) to a folder you can write to.")
+        return Check(
+            f"dir-{name}",
+            FAIL,
+            f"{path}: {user_message(err)}",
+            "Set MIXDESK_DATA_DIR (or the XDG variables) to a folder you can write to.",
+        )
     return Check(f"dir-{name}", OK, str(path))
 
 
@@ -148,38 +178,54 @@ def qt_selftest() -> int:
 def _qt_check() -> Check:
     env = dict(os.environ, QT_QPA_PLATFORM="offscreen")
     try:
-        proc = subprocess.run([*self_command(), "--qt-selftest"], capture_output=True, text=True,
-                              timeout=60, env=env, check=False)
+        proc = subprocess.run(
+            [*self_command(), "--qt-selftest"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env,
+            check=False,
+        )
     except (OSError, subprocess.SubprocessError) as err:
         return Check("qt", FAIL, f"Qt could not start: {err}")
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        return Check("qt", FAIL, f"Qt could not start offscreen: {last}",
-                     f"{sys.executable} -m pip install --force-reinstall PySide6-Essentials")
+        return Check(
+            "qt",
+            FAIL,
+            f"Qt could not start offscreen: {last}",
+            f"{sys.executable} -m pip install --force-reinstall PySide6-Essentials",
+        )
     return Check("qt", OK, "Qt starts (offscreen)")
 
 
 def _engine_check(work_dir: Path) -> tuple[Check, bool | None]:
-    from mixdesk.core.engine import Engine, LoadConfig, SamplingParams
     from mixdesk.core.chat_template import ChatMessage
+    from mixdesk.core.engine import Engine, LoadConfig, SamplingParams
     from mixdesk.core.synthetic_model import ModelSpec, write_model
 
-    model = write_model(work_dir / "doctor-check.gguf", ModelSpec(n_layers=2, name="MixDesk doctor check"))
+    model = write_model(
+        work_dir / "doctor-check.gguf", ModelSpec(n_layers=2, name="MixDesk doctor check")
+    )
     try:
         with Engine() as engine:
             info = engine.start()
             engine.load(LoadConfig(str(model), n_ctx=256, n_threads=min(2, os.cpu_count() or 1)))
-            stream = engine.chat([ChatMessage("user", "Say something.")],
-                                 SamplingParams(max_tokens=16, seed=1))
+            stream = engine.chat(
+                [ChatMessage("user", "Say something.")], SamplingParams(max_tokens=16, seed=1)
+            )
             deltas = sum(1 for _ in stream)
             done = stream.result
     except Exception as err:  # noqa: BLE001 - the doctor reports any failure as a check
         return Check("engine", FAIL, user_message(err)), None
     assert done is not None
     if deltas == 0 or done.stats.eval_tokens == 0:
-        return Check("engine", FAIL, "the engine loaded a test model but generated nothing"), info.supports_gpu_offload
+        return Check(
+            "engine", FAIL, "the engine loaded a test model but generated nothing"
+        ), info.supports_gpu_offload
     return Check(
-        "engine", OK,
+        "engine",
+        OK,
         f"llama-cpp-python {info.llama_cpp_version} streamed {done.stats.eval_tokens} tokens from a "
         f"test Mixtral model at {done.stats.eval_tps:.0f} tokens/s",
     ), info.supports_gpu_offload
@@ -191,8 +237,12 @@ def run_checks() -> DoctorReport:
     report.checks.append(_versions())
     hw = hardware.detect()
     report.checks += _hardware_checks(hw)
-    for name, path in (("data", paths.data_dir()), ("config", paths.config_dir()),
-                       ("cache", paths.cache_dir()), ("logs", paths.log_dir())):
+    for name, path in (
+        ("data", paths.data_dir()),
+        ("config", paths.config_dir()),
+        ("cache", paths.cache_dir()),
+        ("logs", paths.log_dir()),
+    ):
         report.checks.append(_writable(name, path))
     with tempfile.TemporaryDirectory(prefix="mixdesk-doctor-") as tmp:
         engine, offload = _engine_check(Path(tmp))

@@ -52,7 +52,11 @@ def _nvidia_smi(timeout: float = 5.0) -> list[GpuInfo]:
         return []
     try:
         out = subprocess.run(
-            [exe, "--query-gpu=index,name,memory.total,memory.free", "--format=csv,noheader,nounits"],
+            [
+                exe,
+                "--query-gpu=index,name,memory.total,memory.free",
+                "--format=csv,noheader,nounits",
+            ],
             capture_output=True,
             text=True,
             timeout=timeout,
@@ -67,8 +71,15 @@ def _nvidia_smi(timeout: float = 5.0) -> list[GpuInfo]:
         if len(parts) != 4:
             continue
         try:
-            gpus.append(GpuInfo(name=parts[1], backend="cuda", total_bytes=int(parts[2]) * MIB,
-                                free_bytes=int(parts[3]) * MIB, index=int(parts[0])))
+            gpus.append(
+                GpuInfo(
+                    name=parts[1],
+                    backend="cuda",
+                    total_bytes=int(parts[2]) * MIB,
+                    free_bytes=int(parts[3]) * MIB,
+                    index=int(parts[0]),
+                )
+            )
         except ValueError:
             log.info("unreadable nvidia-smi line: %r", line)
     return gpus
@@ -88,8 +99,15 @@ def _amd_sysfs(root: Path = Path("/sys/class/drm")) -> list[GpuInfo]:
             continue
         name_file = card / "device" / "product_name"
         name = name_file.read_text().strip() if name_file.exists() else f"AMD GPU ({card.name})"
-        gpus.append(GpuInfo(name=name, backend="rocm", total_bytes=total,
-                            free_bytes=max(0, total - used), index=i))
+        gpus.append(
+            GpuInfo(
+                name=name,
+                backend="rocm",
+                total_bytes=total,
+                free_bytes=max(0, total - used),
+                index=i,
+            )
+        )
     return gpus
 
 
@@ -98,8 +116,14 @@ def _apple_unified(ram_total: int, ram_available: int) -> list[GpuInfo]:
         return []
     # Metal's recommendedMaxWorkingSetSize is about 3/4 of RAM on Apple silicon.
     budget = ram_total * 3 // 4
-    return [GpuInfo(name="Apple silicon GPU", backend="metal", total_bytes=budget,
-                    free_bytes=min(budget, ram_available))]
+    return [
+        GpuInfo(
+            name="Apple silicon GPU",
+            backend="metal",
+            total_bytes=budget,
+            free_bytes=min(budget, ram_available),
+        )
+    ]
 
 
 def detect_gpus(*, ram_total: int = 0, ram_available: int = 0) -> list[GpuInfo]:

@@ -22,14 +22,110 @@ if TYPE_CHECKING:
     import numpy as np
     import numpy.typing as npt
 
-_WORDS = (
-    "the of and to in is it you that he was for on are with as his they be at one have this "
-    "from or had by word but what some we can out other were all there when up use your how "
-    "said an each she which do their time if will way about many then them write would like "
-    "so these her long make thing see him two has look more day could go come did number "
-    "sound no most people my over know water than call first who may down side been now find "
-    "mixture expert router token layer"
-).split()
+_WORDS = [
+    "the",
+    "of",
+    "and",
+    "to",
+    "in",
+    "is",
+    "it",
+    "you",
+    "that",
+    "he",
+    "was",
+    "for",
+    "on",
+    "are",
+    "with",
+    "as",
+    "his",
+    "they",
+    "be",
+    "at",
+    "one",
+    "have",
+    "this",
+    "from",
+    "or",
+    "had",
+    "by",
+    "word",
+    "but",
+    "what",
+    "some",
+    "we",
+    "can",
+    "out",
+    "other",
+    "were",
+    "all",
+    "there",
+    "when",
+    "up",
+    "use",
+    "your",
+    "how",
+    "said",
+    "an",
+    "each",
+    "she",
+    "which",
+    "do",
+    "their",
+    "time",
+    "if",
+    "will",
+    "way",
+    "about",
+    "many",
+    "then",
+    "them",
+    "write",
+    "would",
+    "like",
+    "so",
+    "these",
+    "her",
+    "long",
+    "make",
+    "thing",
+    "see",
+    "him",
+    "two",
+    "has",
+    "look",
+    "more",
+    "day",
+    "could",
+    "go",
+    "come",
+    "did",
+    "number",
+    "sound",
+    "no",
+    "most",
+    "people",
+    "my",
+    "over",
+    "know",
+    "water",
+    "than",
+    "call",
+    "first",
+    "who",
+    "may",
+    "down",
+    "side",
+    "been",
+    "now",
+    "find",
+    "mixture",
+    "expert",
+    "router",
+    "token",
+    "layer",
+]
 
 
 @dataclass(frozen=True)
@@ -95,9 +191,7 @@ def vocabulary(spec: ModelSpec) -> tuple[list[str], list[float], list[int]]:
     return tokens, scores, types
 
 
-def _weights(
-    spec: ModelSpec, n_vocab: int
-) -> list[tuple[str, npt.NDArray[np.floating]]]:
+def _weights(spec: ModelSpec, n_vocab: int) -> list[tuple[str, npt.NDArray[np.floating]]]:
     import numpy as np
 
     rng = np.random.default_rng(spec.seed)
@@ -105,7 +199,10 @@ def _weights(
 
     def mat(rows: int, cols: int, *lead: int) -> npt.NDArray[np.floating]:
         scale = 1.0 / np.sqrt(cols)
-        return (rng.standard_normal((*lead, rows, cols), dtype=np.float32) * scale).astype(dtype)
+        out: npt.NDArray[np.floating] = (
+            rng.standard_normal((*lead, rows, cols), dtype=np.float32) * scale
+        ).astype(dtype)
+        return out
 
     def ones(n: int) -> npt.NDArray[np.floating]:
         return np.ones(n, dtype=np.float32)
@@ -129,7 +226,11 @@ def _weights(
             (f"{b}.ffn_norm.weight", ones(e)),
             (f"{b}.ffn_gate_inp.weight", mat(spec.n_expert, e).astype(np.float32)),
         ]
-        gate, up, down = mat(f, e, spec.n_expert), mat(f, e, spec.n_expert), mat(e, f, spec.n_expert)
+        gate, up, down = (
+            mat(f, e, spec.n_expert),
+            mat(f, e, spec.n_expert),
+            mat(e, f, spec.n_expert),
+        )
         if spec.legacy_expert_layout:
             for x in range(spec.n_expert):
                 tensors += [

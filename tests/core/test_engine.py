@@ -78,7 +78,8 @@ def test_final_stats_agree_with_llama_cpp_timings(engine: Engine, models: dict[s
     for delta in stream:
         last_live = delta.stats
     done = stream.result
-    assert done is not None and last_live is not None
+    assert done is not None
+    assert last_live is not None
     engine.close()  # the engine prints llama_perf_context_print after each answer; flush by ending
     assert engine.log_path is not None
     (p_ms, p_tokens), (e_ms, e_runs) = _perf_lines(engine.log_path)
@@ -92,7 +93,9 @@ def test_final_stats_agree_with_llama_cpp_timings(engine: Engine, models: dict[s
     assert last_live.eval_tps == pytest.approx(done.stats.eval_tps, rel=0.03)
 
 
-def test_cancel_stops_within_200ms_and_engine_stays_ready(engine: Engine, models: dict[str, Path]) -> None:
+def test_cancel_stops_within_200ms_and_engine_stays_ready(
+    engine: Engine, models: dict[str, Path]
+) -> None:
     _load(engine, models["q4_k_m"])
     stream = engine.chat(HELLO, SamplingParams(max_tokens=0, seed=3))  # until the context is full
     for i, _ in enumerate(stream):
@@ -131,7 +134,9 @@ def test_multi_turn_reuses_the_cached_prefix(engine: Engine, models: dict[str, P
     assert second.stats.eval_tokens == 16
 
 
-def test_system_prompt_is_folded_for_mixtral_template(engine: Engine, models: dict[str, Path]) -> None:
+def test_system_prompt_is_folded_for_mixtral_template(
+    engine: Engine, models: dict[str, Path]
+) -> None:
     _load(engine, models["q4_k_m"])
     assert engine.model is not None
     assert engine.model.chat_template_source == "gguf"
@@ -146,7 +151,9 @@ def test_template_with_system_role_keeps_it(engine: Engine, models: dict[str, Pa
     _load(engine, models["chatml"])
     assert engine.model is not None
     assert not engine.model.system_prompt_folded
-    done = engine.chat([ChatMessage("system", "Be brief."), *HELLO], SamplingParams(max_tokens=4)).wait()
+    done = engine.chat(
+        [ChatMessage("system", "Be brief."), *HELLO], SamplingParams(max_tokens=4)
+    ).wait()
     assert done.stats.eval_tokens == 4
 
 
@@ -207,7 +214,9 @@ def test_aborting_model_logs_llama_cpp_lines(engine: Engine, models: dict[str, P
     assert "GGML_ASSERT" in info.value.log_tail
 
 
-def test_missing_file_and_bad_settings(engine: Engine, models: dict[str, Path], tmp_path: Path) -> None:
+def test_missing_file_and_bad_settings(
+    engine: Engine, models: dict[str, Path], tmp_path: Path
+) -> None:
     with pytest.raises(ModelNotFoundError, match="not found"):
         _load(engine, tmp_path / "missing.gguf")
     with pytest.raises(NotAGgufError):
@@ -236,7 +245,8 @@ def test_engine_killed_mid_answer_then_restarts(engine: Engine, models: dict[str
 def test_unload_leaves_no_process(engine: Engine, models: dict[str, Path]) -> None:
     _load(engine, models["q4_k_m"])
     pid = engine.pid
-    assert pid is not None and psutil.pid_exists(pid)
+    assert pid is not None
+    assert psutil.pid_exists(pid)
     engine.unload()
     assert not psutil.pid_exists(pid)
     with pytest.raises(NoModelLoadedError):
@@ -248,7 +258,8 @@ def test_reload_replaces_the_process(engine: Engine, models: dict[str, Path]) ->
     first = engine.pid
     _load(engine, models["q2_k"])
     assert engine.pid != first
-    assert first is not None and not psutil.pid_exists(first)
+    assert first is not None
+    assert not psutil.pid_exists(first)
 
 
 def test_engine_exits_when_the_app_dies(models: dict[str, Path], tmp_path: Path) -> None:
@@ -261,7 +272,9 @@ def test_engine_exits_when_the_app_dies(models: dict[str, Path], tmp_path: Path)
         print(e.pid, flush=True)
         os._exit(0)
     """)
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
     child = int(out.stdout.strip())
     deadline = time.monotonic() + 10
     while psutil.pid_exists(child) and time.monotonic() < deadline:
@@ -290,7 +303,9 @@ def test_context_overflow_is_explained(engine: Engine, models: dict[str, Path]) 
     engine.load(LoadConfig(str(models["f32"]), n_ctx=64))
     long = [ChatMessage("user", "word " * 200)]
     assert engine.model is not None
-    with pytest.raises(ContextOverflowError, match=f"no longer fits the context of {engine.model.n_ctx} tokens"):
+    with pytest.raises(
+        ContextOverflowError, match=f"no longer fits the context of {engine.model.n_ctx} tokens"
+    ):
         engine.chat(long).wait()
     assert engine.chat(HELLO, SamplingParams(max_tokens=3)).wait().stats.eval_tokens == 3
 
@@ -311,7 +326,9 @@ def test_load_progress_reaches_one(engine: Engine, models: dict[str, Path]) -> N
 
 
 def test_kv_cache_types_and_flash_attention_load(engine: Engine, models: dict[str, Path]) -> None:
-    engine.load(LoadConfig(str(models["q4_k_m"]), n_ctx=256, type_k="q8_0", type_v="q8_0", flash_attn=True))
+    engine.load(
+        LoadConfig(str(models["q4_k_m"]), n_ctx=256, type_k="q8_0", type_v="q8_0", flash_attn=True)
+    )
     assert engine.chat(HELLO, SamplingParams(max_tokens=3)).wait().stats.eval_tokens == 3
     assert engine.log_path is not None
     assert "q8_0" in engine.log_path.read_text(errors="replace")

@@ -17,6 +17,7 @@ Typical use::
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import logging
@@ -90,7 +91,9 @@ def validate_load_config(config: LoadConfig) -> None:
         ModelNotFoundError: the file does not exist.
     """
     if config.n_ctx < 0 or config.n_ctx > 1 << 22:
-        raise InvalidArgumentError(f"Context length {config.n_ctx} is out of range; use 0 to 4194304.")
+        raise InvalidArgumentError(
+            f"Context length {config.n_ctx} is out of range; use 0 to 4194304."
+        )
     if config.n_batch < 1:
         raise InvalidArgumentError(f"Batch size {config.n_batch} must be at least 1.")
     if config.n_threads is not None and config.n_threads < 1:
@@ -107,7 +110,12 @@ def validate_load_config(config: LoadConfig) -> None:
     path = Path(config.model_path)
     if not path.exists():
         raise ModelNotFoundError(str(path))
-    if path.is_dir():
+    try:
+        with path.open("rb") as fh:
+            magic = fh.read(4)
+    except IsADirectoryError:
+        magic = b""
+    if magic != b"GGUF":
         raise errors.NotAGgufError(str(path))
 
 
@@ -190,10 +198,8 @@ class ChatStream(Iterator[TextDelta]):
         """Stop the answer if it is still running and wait for the engine to be ready."""
         if self.result is None and self._engine.alive:
             self.cancel()
-            try:
+            with contextlib.suppress(MixdeskError):
                 self.wait()
-            except MixdeskError:
-                pass
 
 
 class Engine:
@@ -249,7 +255,9 @@ class Engine:
         self.close()
         log_dir = paths.ensure_dir(self._log_dir or paths.log_dir())
         _prune_logs(log_dir)
-        self.log_path = log_dir / f"engine-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{next(self._ids)}.log"
+        self.log_path = (
+            log_dir / f"engine-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{next(self._ids)}.log"
+        )
         env = dict(os.environ)
         env.update(
             # ggml's abort handler would otherwise attach gdb to print a backtrace.
@@ -273,7 +281,9 @@ class Engine:
         self.model = None
         assert self._proc.stdout is not None
         threading.Thread(
-            target=self._read_events, args=(self._proc, self._proc.stdout, self._events), daemon=True
+            target=self._read_events,
+            args=(self._proc, self._proc.stdout, self._events),
+            daemon=True,
         ).start()
         event = self._next_event(during="starting", timeout=self._start_timeout)
         if isinstance(event, EngineFailure):
@@ -284,8 +294,13 @@ class Engine:
             raise errors.EngineError(f"The engine sent an unexpected first message ({event!r}).")
         self.info = event
         self._fresh = True
-        log.info("engine %s started (llama-cpp-python %s, GPU offload %s), log %s",
-                 event.pid, event.llama_cpp_version, event.supports_gpu_offload, self.log_path)
+        log.info(
+            "engine %s started (llama-cpp-python %s, GPU offload %s), log %s",
+            event.pid,
+            event.llama_cpp_version,
+            event.supports_gpu_offload,
+            self.log_path,
+        )
         return event
 
     def close(self) -> None:
@@ -309,10 +324,8 @@ class Engine:
                 proc.wait()
         for stream in (proc.stdin, proc.stdout):
             if stream is not None:
-                try:
+                with contextlib.suppress(OSError):
                     stream.close()
-                except OSError:
-                    pass
         log.info("engine %s ended (exit status %s)", proc.pid, proc.returncode)
 
     unload = close
@@ -372,12 +385,14 @@ class Engine:
         if self._active is not None and self._active.result is None:
             raise EngineBusyError("The engine is still answering; stop that answer first.")
         request_id = next(self._ids)
-        self._send({
-            "cmd": "chat",
-            "id": request_id,
-            "messages": messages_to_wire(list(messages)),
-            "sampling": _asdict(sampling),
-        })
+        self._send(
+            {
+                "cmd": "chat",
+                "id": request_id,
+                "messages": messages_to_wire(list(messages)),
+                "sampling": _asdict(sampling),
+            }
+        )
         self._active = ChatStream(self, request_id)
         return self._active
 
@@ -421,10 +436,16 @@ class Engine:
         if isinstance(event, _Died):
             tail = diagnose.read_tail(self.log_path) if self.log_path else ""
             model = model_path or (self.model.path if self.model else None)
-            self._dead = diagnose.engine_death(event.returncode, tail, during=during, model_path=model)
+            self._dead = diagnose.engine_death(
+                event.returncode, tail, during=during, model_path=model
+            )
             self.model = None
-            log.error("%s\nlast lines of the engine log %s:\n%s", self._dead, self.log_path,
-                      "\n".join(tail.splitlines()[-25:]))
+            log.error(
+                "%s\nlast lines of the engine log %s:\n%s",
+                self._dead,
+                self.log_path,
+                "\n".join(tail.splitlines()[-25:]),
+            )
             raise self._dead
         return event
 
@@ -454,10 +475,8 @@ def _asdict(obj: Any) -> dict[str, Any]:
 def _prune_logs(log_dir: Path) -> None:
     logs = sorted(log_dir.glob("engine-*.log"), key=lambda p: p.stat().st_mtime)
     for old in logs[:-_KEEP_ENGINE_LOGS]:
-        try:
+        with contextlib.suppress(OSError):
             old.unlink()
-        except OSError:
-            pass
 
 
 __all__ = [

@@ -26,11 +26,13 @@ _OOM = re.compile(
     re.IGNORECASE,
 )
 _ARCH = re.compile(r"unknown model architecture: '([^']*)'")
-_LEGACY = re.compile(r"tensor 'blk\.\d+\.ffn_\w+_exps\.weight' not found|missing tensor 'blk\.\d+\.ffn_\w+_exps")
+_LEGACY = re.compile(
+    r"tensor 'blk\.\d+\.ffn_\w+_exps\.weight' not found|missing tensor 'blk\.\d+\.ffn_\w+_exps"
+)
 _BOUNDS = re.compile(r"data is not within the file bounds|model is corrupted or incomplete")
 _HEADER = re.compile(r"gguf_init_from\w*: (.*)")
 _ASSERT = re.compile(r"(GGML_ASSERT\(.*?\) failed|GGML_ABORT.*|fatal error.*)")
-_ERROR_LINE = re.compile(r"error loading model: (.*)")
+_ERROR_LINE = re.compile(r"(?:error loading model|llama_init_from_model): (.*)")
 
 
 def read_tail(path: Path, max_bytes: int = 16_384) -> str:
@@ -72,8 +74,8 @@ def load_failure(model_path: str, log_text: str) -> ModelLoadError:
             "on the GPU, use a smaller context, or pick a smaller quantisation."
         )
     detail = ""
-    if m := _ERROR_LINE.search(log_text):
-        detail = f" ({m.group(1).strip()})"
+    if found := _ERROR_LINE.findall(log_text):
+        detail = f" ({found[-1].strip()})"
     return ModelLoadError(f"llama.cpp could not load {name}{detail}; the log has the details.")
 
 

@@ -75,6 +75,9 @@ class ModelInfo:
     system_prompt_folded: bool
     load_s: float
     n_threads: int
+    flash_attn: bool = False
+    type_k: str = "f16"
+    type_v: str = "f16"
 
 
 @dataclass(frozen=True)

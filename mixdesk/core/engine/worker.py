@@ -145,6 +145,8 @@ class EngineWorker:
 
         progress_cb = lc.llama_progress_callback(on_progress)
         n_threads = config.n_threads or _physical_cores()
+        # llama.cpp refuses a quantised V cache without flash attention; turn it on instead.
+        flash_attn = config.flash_attn or config.type_v != "f16"
         start = time.perf_counter()
         try:
             with _model_params_with_progress(progress_cb):
@@ -155,7 +157,7 @@ class EngineWorker:
                     n_threads=n_threads,
                     n_threads_batch=n_threads,
                     n_batch=config.n_batch,
-                    flash_attn=config.flash_attn,
+                    flash_attn=flash_attn,
                     type_k=_KV_TYPES[config.type_k],
                     type_v=_KV_TYPES[config.type_v],
                     use_mmap=config.use_mmap,
@@ -193,10 +195,15 @@ class EngineWorker:
             system_prompt_folded=not self._template.has_system_role,
             load_s=round(load_s, 4),
             n_threads=n_threads,
+            flash_attn=flash_attn,
+            type_k=config.type_k,
+            type_v=config.type_v,
         )
         self._channel.send(encode("loaded", info))
 
-    def chat(self, request_id: int, messages: list[dict[str, str]], sampling: SamplingParams) -> None:
+    def chat(
+        self, request_id: int, messages: list[dict[str, str]], sampling: SamplingParams
+    ) -> None:
         """Generate an answer, streaming deltas with live speed; end with ``done``."""
         llm = self._llm
         if llm is None or self._template is None:
@@ -210,7 +217,9 @@ class EngineWorker:
                 self._template, messages_from_wire(messages), bos_token=bos, eos_token=eos
             )
         except TemplateRenderError as err:
-            raise MixdeskError(f"The model's chat template rejected this conversation: {err}.") from None
+            raise MixdeskError(
+                f"The model's chat template rejected this conversation: {err}."
+            ) from None
         # The template writes BOS itself when it wants one; special=True parses [INST]-like tokens.
         tokens = llm.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
         n_ctx = llm.n_ctx()
@@ -235,7 +244,9 @@ class EngineWorker:
         finish = "length"
         start = time.perf_counter()
         ttft = 0.0
-        llm.set_seed(sampling.seed if sampling.seed is not None else int.from_bytes(os.urandom(4)))
+        llm.set_seed(
+            sampling.seed if sampling.seed is not None else int.from_bytes(os.urandom(4), "little")
+        )
         generator = llm.generate(
             tokens,
             top_k=sampling.top_k,
@@ -289,7 +300,9 @@ class EngineWorker:
         text += decoder.decode(b"", final=True) if finish != "stop" else ""
         if len(text) > sent:
             stats = self._stats(len(tokens), n_generated, start, ttft)
-            self._channel.send(encode("delta", TextDelta(request_id, text[sent:], stats, time.monotonic_ns())))
+            self._channel.send(
+                encode("delta", TextDelta(request_id, text[sent:], stats, time.monotonic_ns()))
+            )
         stats = self._stats(len(tokens), n_generated, start, ttft)
         cancelled.discard(request_id)
         self.current_request = 0
@@ -416,13 +429,15 @@ def main() -> int:
     os.dup2(2, 1)  # stray C-level prints now land in the log, not in the protocol
     sys.stdout = sys.stderr
     tee = _LogTee(sys.stderr)
-    sys.stderr = tee  # type: ignore[assignment]
+    sys.stderr = tee
     channel = _Channel(proto_fd)
     try:
         worker = EngineWorker(channel, tee)
         channel.send(encode("ready", worker.info()))
     except Exception as err:  # noqa: BLE001 - report any import failure to the app, then exit
-        channel.send(encode("error", EngineFailure("EngineError", f"The engine could not start: {err}.")))
+        channel.send(
+            encode("error", EngineFailure("EngineError", f"The engine could not start: {err}."))
+        )
         return 1
     commands: queue.Queue[dict[str, Any]] = queue.Queue()
     threading.Thread(target=_reader, args=(worker, commands), daemon=True).start()
@@ -434,15 +449,19 @@ def main() -> int:
             if cmd == "load":
                 worker.load(from_dict(LoadConfig, message["config"]))
             elif cmd == "chat":
-                worker.chat(request_id, message["messages"], from_dict(SamplingParams, message["sampling"]))
+                worker.chat(
+                    request_id, message["messages"], from_dict(SamplingParams, message["sampling"])
+                )
             elif cmd == "shutdown":
                 return 0
         except MixdeskError as err:
             channel.send(encode("error", EngineFailure(type(err).__name__, str(err), request_id)))
-        except Exception as err:  # noqa: BLE001 - the app must hear about every failure
+        except Exception as err:
             log.exception("engine command failed")
             channel.send(
-                encode("error", EngineFailure("EngineError", f"The engine failed: {err}.", request_id))
+                encode(
+                    "error", EngineFailure("EngineError", f"The engine failed: {err}.", request_id)
+                )
             )
 
 

@@ -1,0 +1,47 @@
+"""Doctor checks that need no engine: the GPU-build advice and hardware lines."""
+
+from __future__ import annotations
+
+from mixdesk.core import doctor
+from mixdesk.core.hardware import GIB, GpuInfo, HardwareInfo, format_bytes
+
+V100 = GpuInfo(
+    name="Tesla V100-SXM2-16GB", backend="cuda", total_bytes=16 * GIB, free_bytes=15 * GIB
+)
+
+
+def _hw(*gpus: GpuInfo) -> HardwareInfo:
+    return HardwareInfo(
+        ram_total_bytes=64 * GIB,
+        ram_available_bytes=60 * GIB,
+        physical_cores=8,
+        logical_cores=16,
+        gpus=list(gpus),
+    )
+
+
+def test_cpu_only_build_with_a_gpu_gets_the_install_command() -> None:
+    check = doctor._offload_check(False, _hw(V100))
+    assert check.status == doctor.WARN
+    assert "Tesla V100" in check.detail
+    assert 'CMAKE_ARGS="-DGGML_CUDA=on"' in check.fix
+    assert "--force-reinstall --no-cache-dir llama-cpp-python==" in check.fix
+
+
+def test_backends_map_to_their_cmake_flags() -> None:
+    assert "-DGGML_HIP=on" in doctor.gpu_build_command("rocm")
+    assert "-DGGML_METAL=on" in doctor.gpu_build_command("metal")
+    assert "-DGGML_VULKAN=on" in doctor.gpu_build_command("vulkan")
+
+
+def test_offload_states() -> None:
+    assert doctor._offload_check(True, _hw(V100)).status == doctor.OK
+    assert doctor._offload_check(False, _hw()).status == doctor.OK
+    assert doctor._offload_check(None, _hw()).status == doctor.WARN
+
+
+def test_hardware_lines() -> None:
+    checks = {c.name: c for c in doctor._hardware_checks(_hw(V100))}
+    assert "15.00 GiB free of 16.00 GiB" in checks["gpu0"].detail
+    assert checks["ram"].status == doctor.OK
+    assert format_bytes(512 * 1024 * 1024) == "512.0 MiB"

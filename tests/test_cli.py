@@ -1,0 +1,227 @@
+"""The ``mixdesk`` command as a user runs it: a real process, real engine, real models."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+MIXDESK = [sys.executable, "-m", "mixdesk"]
+
+
+def run(
+    *args: str, timeout: float = 60, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*MIXDESK, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        input=stdin,
+        env=os.environ.copy(),
+    )
+
+
+def assert_one_sentence_error(proc: subprocess.CompletedProcess[str], *words: str) -> None:
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    for word in words:
+        assert word in lines[0]
+
+
+def test_chat_json_prints_answer_and_stats(models: dict[str, Path]) -> None:
+    proc = run(
+        "chat",
+        str(models["q4_k_m"]),
+        "--prompt",
+        "Hello",
+        "--system",
+        "Be brief.",
+        "--max-tokens",
+        "24",
+        "--seed",
+        "4",
+        "--ctx",
+        "512",
+        "--threads",
+        "2",
+        "--json",
+    )
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert data["text"].strip()
+    assert data["model"] == str(models["q4_k_m"])
+    assert data["n_gpu_layers"] == 0
+    stats = data["stats"]
+    assert set(stats) >= {
+        "prompt_tokens",
+        "prompt_tps",
+        "eval_tokens",
+        "eval_tps",
+        "ttft_s",
+        "load_s",
+    }
+    assert stats["eval_tokens"] == 24
+    assert stats["eval_tps"] > 0
+    assert stats["prompt_tps"] > 0
+    assert stats["load_s"] > 0
+
+
+def test_chat_streams_text_to_stdout_and_speed_to_stderr(models: dict[str, Path]) -> None:
+    proc = run(
+        "chat",
+        str(models["q2_k"]),
+        "--prompt",
+        "Hello",
+        "--max-tokens",
+        "16",
+        "--ngl",
+        "0",
+        "--temperature",
+        "0.2",
+        "--top-k",
+        "10",
+        "--top-p",
+        "0.9",
+        "--min-p",
+        "0.1",
+        "--repeat-penalty",
+        "1.2",
+        "--kv-type",
+        "q8_0",
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip()
+    assert "eval 16 tokens" in proc.stderr
+    assert "tokens per second" in proc.stderr
+
+
+def test_interactive_chat_is_multi_turn(models: dict[str, Path]) -> None:
+    proc = run(
+        "chat",
+        str(models["q4_k_m"]),
+        "--max-tokens",
+        "8",
+        "--ctx",
+        "512",
+        stdin="Hello\nAnd then?\n/reset\nAgain\n",
+    )
+    assert proc.returncode == 0, proc.stderr
+    speed = [line for line in proc.stderr.splitlines() if "eval 8 tokens" in line]
+    assert len(speed) == 3
+    contexts = [int(line.split("context ")[1].split("/")[0]) for line in speed]
+    assert contexts[1] > contexts[0]  # the second turn carries the first
+    assert contexts[2] < contexts[1]  # /reset started over
+    assert "conversation cleared" in proc.stderr
+
+
+def test_ctrl_c_stops_an_answer_not_the_chat(models: dict[str, Path]) -> None:
+    proc = subprocess.Popen(
+        [*MIXDESK, "chat", str(models["f32"]), "--max-tokens", "0", "--ctx", "4096"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdin is not None
+    assert proc.stdout is not None
+    proc.stdin.write("Hello\n")
+    proc.stdin.flush()
+    proc.stdout.read(1)  # the answer has started streaming
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.3)
+    proc.stdin.write("/exit\n")
+    proc.stdin.flush()
+    _out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "(stopped)" in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("kind", "words"),
+    [
+        ("text", ("not a GGUF model",)),
+        ("truncated", ("incomplete or damaged",)),
+        ("duplicate_vocab", ("llama.cpp aborted", "GGML_ASSERT")),
+        ("legacy", ("mixdesk convert",)),
+    ],
+)
+def test_bad_models_exit_with_one_sentence(
+    models: dict[str, Path], kind: str, words: tuple[str, ...]
+) -> None:
+    started = time.monotonic()
+    proc = run("chat", str(models[kind]), "--prompt", "hi", timeout=30)
+    assert time.monotonic() - started < 30
+    assert_one_sentence_error(proc, *words)
+
+
+def test_missing_model_and_readme(tmp_path: Path) -> None:
+    assert_one_sentence_error(
+        run("chat", str(tmp_path / "missing.gguf"), "--prompt", "hi"), "not found"
+    )
+    readme = Path(__file__).resolve().parent.parent / "README.md"
+    assert_one_sentence_error(run("chat", str(readme), "--prompt", "hi"), "not a GGUF model")
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (("chat",), ("required",)),
+        (("chat", "m.gguf", "--ctx", "lots"), ("--ctx", "whole number")),
+        (("chat", "m.gguf", "--ngl", "-3"), ("--ngl",)),
+        (("chat", "m.gguf", "--kv-type", "q3"), ("--kv-type",)),
+        (("frobnicate",), ("invalid choice",)),
+    ],
+)
+def test_nonsense_arguments(args: tuple[str, ...], words: tuple[str, ...]) -> None:
+    proc = run(*args)
+    assert proc.returncode == 2
+    assert_one_sentence_error(proc, *words)
+
+
+def test_out_of_range_sampling_is_refused(models: dict[str, Path]) -> None:
+    assert_one_sentence_error(
+        run("chat", str(models["f32"]), "--prompt", "hi", "--top-p", "3"), "top-p"
+    )
+    assert_one_sentence_error(run("chat", str(models["f32"]), "--json"), "--json needs --prompt")
+
+
+def test_no_command_prints_help() -> None:
+    proc = run()
+    assert proc.returncode == 0
+    assert "chat" in proc.stdout
+    assert "doctor" in proc.stdout
+
+
+def test_doctor_json_runs_the_engine_end_to_end() -> None:
+    proc = run("doctor", "--json", timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["ok"] is True
+    checks = {c["name"]: c for c in report["checks"]}
+    assert checks["engine"]["status"] == "ok"
+    assert "streamed 16 tokens" in checks["engine"]["detail"]
+    assert checks["qt"]["status"] == "ok"
+    assert checks["gpu-offload"]["status"] in ("ok", "warn")
+    assert checks["dir-data"]["status"] == "ok"
+
+
+def test_doctor_reports_unwritable_data_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("MIXDESK_DATA_DIR", str(blocker / "data"))
+    proc = run("doctor", timeout=120)
+    assert proc.returncode == 1
+    assert "[FAIL] dir-data" in proc.stdout
+    assert "MixDesk cannot run here yet" in proc.stdout
