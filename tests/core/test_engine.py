@@ -51,7 +51,7 @@ def test_streams_text_with_live_stats(engine: Engine, models: dict[str, Path], k
     assert engine.model is not None
     assert engine.model.architecture == "llama"
     assert engine.model.n_layers == 4
-    stream = engine.chat(HELLO, SamplingParams(max_tokens=48, seed=7))
+    stream = engine.chat(HELLO, SamplingParams(max_tokens=48, seed=7), stream_interval_s=0)
     deltas = list(stream)
     done = stream.result
     assert done is not None

@@ -67,6 +67,8 @@ _EVENT_TYPES: dict[str, type[Any]] = {
     "error": EngineFailure,
 }
 _KEEP_ENGINE_LOGS = 10
+#: 60 updates a second: smooth to read, and cheap for the app to receive.
+DEFAULT_STREAM_INTERVAL_S = 1 / 60
 
 
 class _Died:
@@ -368,9 +370,18 @@ class Engine:
                 raise _failure_to_error(event)
 
     def chat(
-        self, messages: Sequence[ChatMessage], sampling: SamplingParams | None = None
+        self,
+        messages: Sequence[ChatMessage],
+        sampling: SamplingParams | None = None,
+        *,
+        stream_interval_s: float = DEFAULT_STREAM_INTERVAL_S,
     ) -> ChatStream:
         """Start an answer to ``messages``; returns the stream of its text.
+
+        Args:
+            messages: the conversation so far, ending with the user's turn.
+            sampling: sampling settings (defaults: :class:`SamplingParams`).
+            stream_interval_s: the shortest time between two deltas (0: one per token).
 
         Raises:
             NoModelLoadedError: no model is loaded.
@@ -391,6 +402,7 @@ class Engine:
                 "id": request_id,
                 "messages": messages_to_wire(list(messages)),
                 "sampling": _asdict(sampling),
+                "stream_interval_s": stream_interval_s,
             }
         )
         self._active = ChatStream(self, request_id)

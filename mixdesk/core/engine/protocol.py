@@ -8,6 +8,7 @@ which the app points at a log file.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, TypeVar
 
@@ -181,3 +182,32 @@ def messages_to_wire(messages: list[ChatMessage]) -> list[dict[str, str]]:
 def messages_from_wire(items: list[dict[str, str]]) -> list[ChatMessage]:
     """Turn JSON dicts back into chat messages."""
     return [ChatMessage(role=str(i["role"]), content=str(i["content"])) for i in items]
+
+
+def encode_delta(request_id: int, text: str, stats: GenerationStats) -> bytes:
+    """Encode a text delta: the hot path, one per streamed update, so built by hand."""
+    perf = stats.perf
+    body = {
+        "type": "delta",
+        "request_id": request_id,
+        "text": text,
+        "sent_ns": time.monotonic_ns(),
+        "stats": {
+            "prompt_tokens": stats.prompt_tokens,
+            "prompt_eval_tokens": stats.prompt_eval_tokens,
+            "prompt_tps": stats.prompt_tps,
+            "eval_tokens": stats.eval_tokens,
+            "eval_tps": stats.eval_tps,
+            "ttft_s": stats.ttft_s,
+            "elapsed_s": stats.elapsed_s,
+            "context_used": stats.context_used,
+            "context_size": stats.context_size,
+            "perf": {
+                "t_p_eval_ms": perf.t_p_eval_ms,
+                "n_p_eval": perf.n_p_eval,
+                "t_eval_ms": perf.t_eval_ms,
+                "n_eval": perf.n_eval,
+            },
+        },
+    }
+    return (json.dumps(body, separators=(",", ":")) + "\n").encode("utf-8")

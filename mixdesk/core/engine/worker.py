@@ -43,8 +43,8 @@ from mixdesk.core.engine.protocol import (
     ModelInfo,
     PerfCounters,
     SamplingParams,
-    TextDelta,
     encode,
+    encode_delta,
     from_dict,
     messages_from_wire,
 )
@@ -202,9 +202,19 @@ class EngineWorker:
         self._channel.send(encode("loaded", info))
 
     def chat(
-        self, request_id: int, messages: list[dict[str, str]], sampling: SamplingParams
+        self,
+        request_id: int,
+        messages: list[dict[str, str]],
+        sampling: SamplingParams,
+        *,
+        stream_interval_s: float = 0.0,
     ) -> None:
-        """Generate an answer, streaming deltas with live speed; end with ``done``."""
+        """Generate an answer, streaming deltas with live speed; end with ``done``.
+
+        Deltas go out at most every ``stream_interval_s`` (text arriving faster is merged into
+        the next one): nobody reads more than 60 updates a second, and every message the app
+        wakes up for takes CPU time from llama.cpp on a small machine.
+        """
         llm = self._llm
         if llm is None or self._template is None:
             raise NoModelLoadedError("No model is loaded; load a model before chatting.")
@@ -244,6 +254,7 @@ class EngineWorker:
         finish = "length"
         start = time.perf_counter()
         ttft = 0.0
+        last_send = 0.0
         llm.set_seed(
             sampling.seed if sampling.seed is not None else int.from_bytes(os.urandom(4), "little")
         )
@@ -281,12 +292,13 @@ class EngineWorker:
                     finish = "stop"
                     break
                 if len(text) - hold > sent:
-                    chunk = text[sent : len(text) - hold]
-                    sent += len(chunk)
-                    stats = self._stats(len(tokens), n_generated, start, ttft)
-                    self._channel.send(
-                        encode("delta", TextDelta(request_id, chunk, stats, time.monotonic_ns()))
-                    )
+                    now = time.perf_counter()
+                    if now - last_send >= stream_interval_s:
+                        last_send = now
+                        chunk = text[sent : len(text) - hold]
+                        sent += len(chunk)
+                        stats = self._stats(len(tokens), n_generated, start, ttft)
+                        self._channel.send(encode_delta(request_id, chunk, stats))
                 if n_generated >= max_tokens:
                     break
         except RuntimeError:
@@ -300,9 +312,7 @@ class EngineWorker:
         text += decoder.decode(b"", final=True) if finish != "stop" else ""
         if len(text) > sent:
             stats = self._stats(len(tokens), n_generated, start, ttft)
-            self._channel.send(
-                encode("delta", TextDelta(request_id, text[sent:], stats, time.monotonic_ns()))
-            )
+            self._channel.send(encode_delta(request_id, text[sent:], stats))
         stats = self._stats(len(tokens), n_generated, start, ttft)
         cancelled.discard(request_id)
         self.current_request = 0
@@ -450,7 +460,10 @@ def main() -> int:
                 worker.load(from_dict(LoadConfig, message["config"]))
             elif cmd == "chat":
                 worker.chat(
-                    request_id, message["messages"], from_dict(SamplingParams, message["sampling"])
+                    request_id,
+                    message["messages"],
+                    from_dict(SamplingParams, message["sampling"]),
+                    stream_interval_s=float(message.get("stream_interval_s", 0.0)),
                 )
             elif cmd == "shutdown":
                 return 0

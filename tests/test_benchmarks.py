@@ -1,0 +1,37 @@
+"""The benchmarks still run (their speed goals are measured by running them, not here)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_engine_speed_benchmark_runs_on_the_tiny_model() -> None:
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "engine_speed.py"),
+            "--size",
+            "tiny",
+            "--rounds",
+            "1",
+            "--tokens",
+            "16",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout)
+    assert result["rounds"] == 1
+    assert result["reference_eval_tps_median"] > 0
+    assert result["engine_eval_tps_median"] > 0
+    assert result["eval_ratio_median"] > 0
+    assert result["ipc_cpu_us_per_message"] > 0
