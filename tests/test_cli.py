@@ -225,3 +225,14 @@ def test_doctor_reports_unwritable_data_dir(
     assert proc.returncode == 1
     assert "[FAIL] dir-data" in proc.stdout
     assert "MixDesk cannot run here yet" in proc.stdout
+
+
+def test_engine_crash_puts_llama_cpp_lines_in_the_app_log(
+    models: dict[str, Path], isolated_user_dirs: Path
+) -> None:
+    proc = run("chat", str(models["duplicate_vocab"]), "--prompt", "hi")
+    assert proc.returncode == 1
+    app_log = isolated_user_dirs / "state" / "MixDesk" / "log" / "mixdesk.log"
+    text = app_log.read_text()
+    assert "last lines of the engine log" in text
+    assert "GGML_ASSERT(id_to_token.size() == token_to_id.size()) failed" in text

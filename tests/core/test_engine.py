@@ -27,6 +27,7 @@ from mixdesk.errors import (
     ModelNotFoundError,
     NoModelLoadedError,
     NotAGgufError,
+    OutOfMemoryError,
     UnsupportedArchitectureError,
 )
 
@@ -332,3 +333,23 @@ def test_kv_cache_types_and_flash_attention_load(engine: Engine, models: dict[st
     assert engine.chat(HELLO, SamplingParams(max_tokens=3)).wait().stats.eval_tokens == 3
     assert engine.log_path is not None
     assert "q8_0" in engine.log_path.read_text(errors="replace")
+
+
+def test_too_little_memory_says_so(models: dict[str, Path], tmp_path: Path) -> None:
+    # A real allocation failure: the engine runs under a 3 GiB address-space limit and the
+    # context asked for needs about 10 GiB of buffers.
+    limited = [
+        sys.executable,
+        "-c",
+        "import resource; resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30)); "
+        "from mixdesk.core.engine.worker import main; raise SystemExit(main())",
+    ]
+    with Engine(log_dir=tmp_path, command=limited) as small:
+        with pytest.raises(
+            OutOfMemoryError, match=r"not enough memory .* could not allocate \d+\.\d GiB"
+        ):
+            small.load(LoadConfig(str(models["f32"]), n_ctx=1 << 20))
+        small.load(
+            LoadConfig(str(models["f32"]), n_ctx=512)
+        )  # the same engine loads a smaller setting
+        assert small.chat(HELLO, SamplingParams(max_tokens=3)).wait().stats.eval_tokens == 3

@@ -25,6 +25,7 @@ _OOM = re.compile(
     r"ErrorOutOfDeviceMemory|std::bad_alloc|Cannot allocate memory|mmap failed",
     re.IGNORECASE,
 )
+_ALLOC_SIZE = re.compile(r"failed to allocate \w+ buffer of size (\d+)")
 _ARCH = re.compile(r"unknown model architecture: '([^']*)'")
 _LEGACY = re.compile(
     r"tensor 'blk\.\d+\.ffn_\w+_exps\.weight' not found|missing tensor 'blk\.\d+\.ffn_\w+_exps"
@@ -69,9 +70,11 @@ def load_failure(model_path: str, log_text: str) -> ModelLoadError:
             f"{name} has a damaged GGUF header ({m.group(1).strip()}); download it again."
         )
     if _OOM.search(log_text):
+        sizes = [int(n) for n in _ALLOC_SIZE.findall(log_text)]
+        amount = f" (llama.cpp could not allocate {sizes[-1] / 2**30:.1f} GiB)" if sizes else ""
         return OutOfMemoryError(
-            f"There is not enough memory to load {name} with these settings; put fewer layers "
-            "on the GPU, use a smaller context, or pick a smaller quantisation."
+            f"There is not enough memory to load {name} with these settings{amount}; put fewer "
+            "layers on the GPU, use a smaller context, or pick a smaller quantisation."
         )
     detail = ""
     if found := _ERROR_LINE.findall(log_text):
