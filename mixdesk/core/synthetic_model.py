@@ -154,6 +154,8 @@ class ModelSpec:
     architecture: str = "llama"
     dtype: str = "f32"  # "f32" or "f16"
     seed: int = 0
+    #: Extra word pieces to make a larger vocabulary (real Mixtral has 32000 tokens).
+    extra_tokens: int = 0
 
     @property
     def head_dim(self) -> int:
@@ -183,6 +185,7 @@ def vocabulary(spec: ModelSpec) -> tuple[list[str], list[float], list[int]]:
     tokens += [f"<0x{b:02X}>" for b in range(256)]
     types += [6] * 256  # BYTE
     pieces = ["\u2581", *"abcdefghijklmnopqrstuvwxyz", *(f"\u2581{w}" for w in _WORDS)]
+    pieces += [f"\u2581w{i}" for i in range(spec.extra_tokens)]
     if spec.duplicate_token:
         pieces.append(pieces[-1])
     tokens += pieces
