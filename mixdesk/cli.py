@@ -84,9 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument(
         "--ctx",
         type=_non_negative_int,
-        default=4096,
         metavar="N",
-        help="context length in tokens (0: the model's own; default 4096)",
+        help="context length in tokens (0: the model's own; default 4096, or less if that fits more layers)",
     )
     load.add_argument(
         "--threads", type=_positive_int, metavar="N", help="CPU threads (default: physical cores)"
@@ -131,6 +130,33 @@ def build_parser() -> argparse.ArgumentParser:
         "--json", action="store_true", help="print one JSON object with the answer and its speed"
     )
 
+    from mixdesk.commands.plan import add_hardware_arguments
+
+    add_hardware_arguments(chat)
+
+    plan = commands.add_parser("plan", help="show how a model would be split between GPU and RAM")
+    plan.add_argument(
+        "model",
+        metavar="MODEL",
+        help="a .gguf file, or OWNER/REPO/FILE.gguf on the Hub (header only)",
+    )
+    plan.add_argument(
+        "--ctx", type=_positive_int, metavar="N", help="context length (default: chosen to fit)"
+    )
+    plan.add_argument(
+        "--kv-type", choices=("f16", "q8_0", "q4_0"), default="f16", help="KV cache type"
+    )
+    plan.add_argument("--flash-attn", action="store_true", help="plan with flash attention")
+    plan.add_argument(
+        "--ngl", type=_gpu_layers, metavar="N", help="cost of this layer count instead of the best"
+    )
+    plan.add_argument("--json", action="store_true", help="print the plan as JSON")
+    add_hardware_arguments(plan)
+
+    hw = commands.add_parser("hw", help="show the GPUs, RAM and CPU MixDesk sees")
+    hw.add_argument("--json", action="store_true", help="print as JSON")
+    add_hardware_arguments(hw)
+
     doctor = commands.add_parser("doctor", help="check that MixDesk can run here, and how")
     doctor.add_argument("--json", action="store_true", help="print the report as JSON")
     return parser
@@ -160,6 +186,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from mixdesk.commands.chat import run_chat
 
             return run_chat(args)
+        if args.command in ("plan", "hw"):
+            from mixdesk.commands import plan as plan_cmd
+
+            return plan_cmd.run_plan(args) if args.command == "plan" else plan_cmd.run_hw(args)
         if args.command == "doctor":
             from mixdesk.commands.doctor import run_doctor
 

@@ -37,11 +37,14 @@ def speed_line(stats: GenerationStats, *, load_s: float | None = None) -> str:
     return "mixdesk: " + " | ".join(parts)
 
 
-def _load_config(args: argparse.Namespace, n_gpu_layers: int) -> LoadConfig:
+def _load_config(
+    args: argparse.Namespace, n_gpu_layers: int, n_ctx: int, op_offload: bool | None
+) -> LoadConfig:
     return LoadConfig(
         model_path=args.model,
         n_gpu_layers=n_gpu_layers,
-        n_ctx=args.ctx,
+        n_ctx=n_ctx,
+        op_offload=op_offload,
         n_threads=args.threads,
         n_batch=args.batch,
         flash_attn=args.flash_attn,
@@ -64,16 +67,28 @@ def _sampling(args: argparse.Namespace) -> SamplingParams:
     )
 
 
-def _choose_gpu_layers(args: argparse.Namespace, engine: Engine) -> tuple[int, str]:
-    if args.ngl is not None:
-        return args.ngl, ""
-    info = engine.start()
-    if not info.supports_gpu_offload:
-        return (
-            0,
-            "this llama-cpp-python build is CPU-only (`mixdesk doctor` says how to get a GPU build).",
-        )
-    return -1, "all of them (use --ngl N to put fewer there)."
+def _plan_load(args: argparse.Namespace) -> tuple[LoadConfig, str]:
+    """The load settings: the user's, with the planner filling in GPU layers and context."""
+    from mixdesk.commands.plan import machine
+    from mixdesk.core.model_profile import profile_local
+    from mixdesk.core.planner import plan_offload
+
+    if args.ngl is not None and args.ctx is not None:
+        return _load_config(args, args.ngl, args.ctx, None), ""
+    plan = plan_offload(
+        profile_local(args.model),
+        machine(args),
+        n_ctx=args.ctx or None,
+        type_k=args.kv_type,
+        type_v=args.kv_type,
+        flash_attn=args.flash_attn,
+        n_gpu_layers=args.ngl,
+    )
+    ngl = args.ngl if args.ngl is not None else plan.n_gpu_layers
+    ctx = args.ctx if args.ctx is not None else plan.n_ctx
+    why = " ".join(plan.explanation[:-1])  # the last line is the speed estimate
+    op_offload = None if args.ngl is not None else plan.op_offload
+    return _load_config(args, ngl, ctx, op_offload), f"--ngl {ngl}, context {ctx}: {why}"
 
 
 def _load(engine: Engine, config: LoadConfig, *, show_progress: bool) -> ModelInfo:
@@ -109,15 +124,13 @@ def run_chat(args: argparse.Namespace) -> int:
         )
     sampling = _sampling(args)
     validate_sampling(sampling)
-    validate_load_config(_load_config(args, 0))  # a missing file is reported before any work
+    validate_load_config(_load_config(args, 0, args.ctx or 0, None))  # report a bad file first
     show_progress = sys.stderr.isatty() and not args.json
     with Engine() as engine:
-        ngl, why = _choose_gpu_layers(args, engine)
-        info = _load(engine, _load_config(args, ngl), show_progress=show_progress)
+        config, why = _plan_load(args)
+        info = _load(engine, config, show_progress=show_progress)
         if why and not args.json:
-            sys.stderr.write(
-                f"mixdesk: {info.n_gpu_layers} of {info.n_layers} layers on the GPU: {why}\n"
-            )
+            sys.stderr.write(f"mixdesk: {why}\n")
         history: list[ChatMessage] = []
         if args.system:
             history.append(ChatMessage("system", args.system))

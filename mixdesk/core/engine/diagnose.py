@@ -134,3 +134,19 @@ def engine_death(
         returncode=returncode,
         log_tail=log_text[-4000:],
     )
+
+
+_BUFFER = re.compile(r"(\S+)\s+(model|KV|compute|output|RS)\s+buffer size\s*=\s*([\d.]+) MiB")
+
+
+def buffer_sizes(log_text: str) -> dict[str, int]:
+    """The buffers llama.cpp reports while loading, in bytes: ``{"CPU_REPACK model": ..., "CUDA0 KV": ...}``.
+
+    These log lines are llama.cpp's own accounting (ground truth for the planner). Only the
+    lines from the last load in ``log_text`` are read (a new load starts at ``load_tensors``).
+    """
+    start = log_text.rfind("llama_model_load")
+    found: dict[str, int] = {}
+    for device, kind, mib in _BUFFER.findall(log_text[max(start, 0) :]):
+        found[f"{device} {kind}"] = round(float(mib) * 2**20)
+    return found

@@ -30,7 +30,11 @@ class LoadConfig:
     flash_attn: bool = False
     type_k: str = "f16"
     type_v: str = "f16"
+    #: Buffer sizes llama.cpp logged while loading, e.g. {"CPU KV": bytes, "CUDA0 model": bytes}.
+    buffers: dict[str, int] = field(default_factory=dict)
     use_mmap: bool = True
+    #: llama.cpp's op offload (copy CPU weights to the GPU for big batches); None: its default.
+    op_offload: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -79,6 +83,8 @@ class ModelInfo:
     flash_attn: bool = False
     type_k: str = "f16"
     type_v: str = "f16"
+    #: Buffer sizes llama.cpp logged while loading, e.g. {"CPU KV": bytes, "CUDA0 model": bytes}.
+    buffers: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -65,7 +65,7 @@ _KV_TYPES = {"f16": 1, "q8_0": 8, "q4_0": 2}  # ggml_type values
 class _LogTee:
     """sys.stderr replacement: passes llama.cpp's log through and keeps its last lines."""
 
-    def __init__(self, target: IO[str], keep: int = 400) -> None:
+    def __init__(self, target: IO[str], keep: int = 4000) -> None:
         self._target = target
         self.lines: collections.deque[str] = collections.deque(maxlen=keep)
 
@@ -161,6 +161,7 @@ class EngineWorker:
                     type_k=_KV_TYPES[config.type_k],
                     type_v=_KV_TYPES[config.type_v],
                     use_mmap=config.use_mmap,
+                    op_offload=config.op_offload,
                     verbose=True,
                 )
         except ValueError:
@@ -198,6 +199,7 @@ class EngineWorker:
             flash_attn=flash_attn,
             type_k=config.type_k,
             type_v=config.type_v,
+            buffers=diagnose.buffer_sizes(self._tee.text()),
         )
         self._channel.send(encode("loaded", info))
 

@@ -1,0 +1,163 @@
+"""``mixdesk plan MODEL`` and ``mixdesk hw``: what fits where, before loading or downloading."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import asdict
+from typing import Any
+
+from mixdesk.core import hardware
+from mixdesk.core.hardware import HardwareInfo, Overrides, apply_overrides, format_bytes
+from mixdesk.core.planner import OffloadPlan, plan_offload
+from mixdesk.core.remote import parse_model_ref, profile_ref
+
+_FIT_WORDS = {
+    "full": "everything on the GPU",
+    "partial": "partial offload",
+    "cpu": "CPU only",
+    "none": "does not fit",
+}
+
+
+def add_hardware_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options that override detected hardware (plan, hw, chat)."""
+    group = parser.add_argument_group("hardware (instead of what is detected; also MIXDESK_HW)")
+    group.add_argument(
+        "--vram", metavar="SIZE", help="free GPU memory, or FREE/TOTAL (e.g. 15860MiB/16160MiB)"
+    )
+    group.add_argument("--ram", metavar="SIZE", help="available RAM (e.g. 64GiB)")
+    group.add_argument("--gpu", metavar="none", help="'none': plan for the CPU only")
+
+
+def machine(args: argparse.Namespace) -> HardwareInfo:
+    """Detected hardware with the environment's and the command line's overrides."""
+    overrides = Overrides.from_env().merged_with(
+        Overrides(
+            vram=getattr(args, "vram", None),
+            ram=getattr(args, "ram", None),
+            gpu=getattr(args, "gpu", None),
+        )
+    )
+    return apply_overrides(hardware.detect(), overrides)
+
+
+def plan_to_json(plan: OffloadPlan, *, model: str) -> dict[str, Any]:
+    """The plan as plain data (``mixdesk plan --json``)."""
+    return {
+        "model": model,
+        "n_gpu_layers": plan.n_gpu_layers,
+        "n_layers": plan.n_layers,
+        "n_ctx": plan.n_ctx,
+        "ctx_reduced_from": plan.ctx_reduced_from,
+        "fit": plan.fit,
+        "shortfall_bytes": plan.shortfall_bytes,
+        "expected_tps": plan.expected_tps,
+        "expected_tps_is_estimate": True,
+        "flash_attn": plan.flash_attn,
+        "type_k": plan.type_k,
+        "type_v": plan.type_v,
+        "op_offload": plan.op_offload,
+        "devices": [{**asdict(d), "used_bytes": d.used_bytes} for d in plan.devices],
+        "explanation": plan.explanation,
+    }
+
+
+def plan_table(plan: OffloadPlan) -> str:
+    """A per-device table of the plan."""
+    head = f"{'device':<34}{'weights':>11}{'KV cache':>11}{'compute':>11}{'overhead':>11}{'margin':>11}{'total':>11}{'free':>11}"
+    rows = [head]
+    for d in plan.devices:
+        cells = (
+            d.weights_bytes,
+            d.kv_bytes,
+            d.compute_bytes,
+            d.overhead_bytes,
+            d.margin_bytes,
+            d.used_bytes,
+            d.free_bytes,
+        )
+        rows.append(f"{d.name[:33]:<34}" + "".join(f"{format_bytes(c):>11}" for c in cells))
+    return "\n".join(rows)
+
+
+def run_plan(args: argparse.Namespace) -> int:
+    """Run the plan command."""
+    ref = parse_model_ref(args.model)
+    profile = profile_ref(ref)
+    hw = machine(args)
+    plan = plan_offload(
+        profile,
+        hw,
+        n_ctx=args.ctx,
+        type_k=args.kv_type,
+        type_v=args.kv_type,
+        flash_attn=args.flash_attn,
+        n_gpu_layers=args.ngl,
+    )
+    if args.json:
+        from mixdesk.cli import print_json
+
+        data = plan_to_json(plan, model=str(ref))
+        data["profile"] = {
+            "name": profile.name,
+            "architecture": profile.architecture,
+            "n_layers": profile.n_layers,
+            "n_expert": profile.n_expert,
+            "n_expert_used": profile.n_expert_used,
+            "weights_bytes": profile.weights_bytes,
+            "files": list(profile.files),
+            "legacy_expert_layout": profile.legacy_expert_layout,
+            "header_bytes_read": profile.header_bytes_read,
+        }
+        print_json(data)
+        return 0
+    experts = (
+        f", {profile.n_expert} experts ({profile.n_expert_used} used)" if profile.is_moe else ""
+    )
+    out = sys.stdout
+    out.write(
+        f"{profile.name}: {profile.architecture}, {profile.n_layers} layers{experts}, "
+        f"{format_bytes(profile.weights_bytes)} of weights"
+    )
+    out.write(f" in {len(profile.files)} files\n" if len(profile.files) > 1 else "\n")
+    out.write(
+        f"Plan: --ngl {plan.n_gpu_layers} ({_FIT_WORDS[plan.fit]}), context {plan.n_ctx}, "
+        f"KV cache {plan.type_k}{', flash attention' if plan.flash_attn else ''}\n\n"
+    )
+    out.write(plan_table(plan) + "\n\n")
+    for line in plan.explanation:
+        out.write(f"- {line}\n")
+    if profile.legacy_expert_layout:
+        out.write(
+            "- This file uses the old per-expert Mixtral layout: MixDesk converts it before loading.\n"
+        )
+    return 0
+
+
+def run_hw(args: argparse.Namespace) -> int:
+    """Run the hw command."""
+    hw = machine(args)
+    backends = hardware.llama_gpu_backends()
+    if args.json:
+        from mixdesk.cli import print_json
+
+        print_json({**asdict(hw), "llama_cpp_gpu_backends": backends})
+        return 0
+    out = sys.stdout
+    note = f" (overridden: {', '.join(hw.overridden)})" if hw.overridden else ""
+    out.write(
+        f"RAM: {format_bytes(hw.ram_available_bytes)} available of {format_bytes(hw.ram_total_bytes)}{note}\n"
+    )
+    out.write(f"CPU: {hw.physical_cores} physical cores, {hw.logical_cores} threads\n")
+    if not hw.gpus:
+        out.write("GPU: none found\n")
+    for gpu in hw.gpus:
+        out.write(
+            f"GPU {gpu.index}: {gpu.name} ({gpu.backend}), {format_bytes(gpu.free_bytes)} free of "
+            f"{format_bytes(gpu.total_bytes)}\n"
+        )
+    out.write(
+        f"llama.cpp build: {'GPU (' + ', '.join(backends) + ')' if backends else 'CPU only'}\n"
+    )
+    return 0

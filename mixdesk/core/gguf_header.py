@@ -1,0 +1,317 @@
+"""Read a GGUF file's header (metadata and tensor table) without touching tensor data.
+
+Works on any readable binary stream: a local file, or a remote file on the Hub read with
+HTTP range requests (see :mod:`mixdesk.core.remote`). The reader is defensive because the
+bytes come from the internet: every length and count is checked against limits before
+anything is allocated, the total number of header bytes read is capped, and any problem
+becomes a :class:`GGUFHeaderError` whose text says what is wrong; it never hangs or
+allocates what a corrupt count asks for.
+
+Layout (little-endian): magic ``GGUF``, version (u32, 2 or 3), tensor count (u64), metadata
+count (u64), metadata key/values, tensor infos (name, n_dims, dims, type, offset), then
+the tensor data at the next multiple of ``general.alignment`` (32 by default).
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
+
+from mixdesk.errors import MixdeskError
+
+MAGIC = b"GGUF"
+MAX_HEADER_BYTES = 256 << 20  # a 256k-token vocabulary with scores is about 10 MiB
+MAX_STRING_BYTES = 16 << 20
+MAX_ARRAY_ITEMS = 64 << 20
+MAX_TENSORS = 1 << 20
+MAX_KV = 1 << 16
+MAX_DIMS = 4
+#: Arrays up to this many items are kept in full (per-layer settings); longer ones (the
+#: vocabulary) are read past and only their length is kept.
+KEEP_ARRAY_ITEMS = 4096
+
+# GGUF metadata value types -> struct format (scalars)
+_SCALARS: dict[int, str] = {
+    0: "<B",
+    1: "<b",
+    2: "<H",
+    3: "<h",
+    4: "<I",
+    5: "<i",
+    6: "<f",
+    7: "<?",
+    10: "<Q",
+    11: "<q",
+    12: "<d",
+}
+_STRING, _ARRAY = 8, 9
+
+Scalar = int | float | bool | str
+
+
+class GGUFHeaderError(MixdeskError):
+    """The file is not a readable GGUF (bad magic, unknown version, damaged or truncated header)."""
+
+
+@dataclass(frozen=True)
+class ArrayInfo:
+    """A metadata array too long to keep (e.g. the vocabulary): its item type and length."""
+
+    item_type: int
+    length: int
+
+
+MetaValue = Scalar | list[Scalar] | ArrayInfo
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """One tensor of the table. ``shape`` is in ggml order (``ne[0]`` first)."""
+
+    name: str
+    ggml_type: int
+    shape: tuple[int, ...]
+    offset: int  # from the start of the tensor data
+    nbytes: int
+    file_index: int = 0
+
+    @property
+    def type_name(self) -> str:
+        """The ggml type's name, e.g. "Q4_K"."""
+        return GGMLQuantizationType(self.ggml_type).name
+
+
+@dataclass(frozen=True)
+class GGUFHeader:
+    """What a GGUF header says."""
+
+    name: str
+    version: int
+    metadata: dict[str, MetaValue]
+    tensors: list[TensorInfo]
+    alignment: int
+    data_offset: int
+    file_size: int | None
+    bytes_read: int = 0
+    array_lengths: dict[str, int] = field(default_factory=dict)
+
+    def get(self, key: str, default: MetaValue | None = None) -> MetaValue | None:
+        """A metadata value, or ``default``."""
+        return self.metadata.get(key, default)
+
+
+def tensor_nbytes(ggml_type: int, shape: tuple[int, ...], *, name: str = "") -> int:
+    """Bytes of a tensor of ``ggml_type`` and ``shape`` (ggml order), from gguf's own table.
+
+    Raises:
+        GGUFHeaderError: unknown type, or a first dimension that is not a whole number of blocks.
+    """
+    try:
+        block, size = GGML_QUANT_SIZES[GGMLQuantizationType(ggml_type)]
+    except (ValueError, KeyError):
+        raise GGUFHeaderError(f"tensor '{name}' has an unknown ggml type {ggml_type}") from None
+    if not shape:
+        return size
+    if shape[0] % block:
+        raise GGUFHeaderError(
+            f"tensor '{name}' has a row of {shape[0]} values, not a multiple of its {block}-value blocks"
+        )
+    count = 1
+    for dim in shape[1:]:
+        count *= dim
+    return count * (shape[0] // block) * size
+
+
+class _Reader:
+    """Buffered, bounded reading of a stream."""
+
+    def __init__(self, stream: BinaryIO, *, what: str, limit: int, chunk: int = 1 << 18) -> None:
+        self._stream = stream
+        self._what = what
+        self._limit = limit
+        self._chunk = chunk
+        self._buf = b""
+        self._pos = 0
+        self.consumed = 0
+
+    def read(self, n: int, item: str) -> bytes:
+        if self.consumed + n > self._limit:
+            raise GGUFHeaderError(
+                f"{self._what} has a header larger than {self._limit >> 20} MiB (at {item}); "
+                "the file is damaged or not a model"
+            )
+        while len(self._buf) - self._pos < n:
+            more = self._stream.read(max(self._chunk, n - (len(self._buf) - self._pos)))
+            if not more:
+                raise GGUFHeaderError(
+                    f"{self._what} ends inside its header (at {item}, byte {self.consumed}); "
+                    "the file is incomplete: download it again"
+                )
+            self._buf = self._buf[self._pos :] + more
+            self._pos = 0
+        data = self._buf[self._pos : self._pos + n]
+        self._pos += n
+        self.consumed += n
+        return data
+
+    def unpack(self, fmt: str, item: str) -> int | float | bool:
+        value: int | float | bool = struct.unpack(fmt, self.read(struct.calcsize(fmt), item))[0]
+        return value
+
+    def u32(self, item: str) -> int:
+        return int(self.unpack("<I", item))
+
+    def u64(self, item: str) -> int:
+        return int(self.unpack("<Q", item))
+
+    def string(self, item: str, limit: int = MAX_STRING_BYTES) -> str:
+        length = self.u64(item)
+        if length > limit:
+            raise GGUFHeaderError(
+                f"{self._what} has a damaged header: a {length}-byte string at {item}"
+            )
+        return self.read(length, item).decode("utf-8", errors="replace")
+
+
+def _value(r: _Reader, vtype: int, key: str, lengths: dict[str, int]) -> MetaValue:
+    if vtype in _SCALARS:
+        return r.unpack(_SCALARS[vtype], key)
+    if vtype == _STRING:
+        return r.string(key)
+    if vtype != _ARRAY:
+        raise GGUFHeaderError(
+            f"{r._what} has a damaged header: unknown value type {vtype} for '{key}'"
+        )
+    item_type = r.u32(key)
+    length = r.u64(key)
+    if length > MAX_ARRAY_ITEMS:
+        raise GGUFHeaderError(
+            f"{r._what} has a damaged header: an array of {length} items at '{key}'"
+        )
+    lengths[key] = length
+    if item_type in _SCALARS:
+        fmt = _SCALARS[item_type]
+        size = struct.calcsize(fmt)
+        raw = r.read(size * length, key)
+        if length > KEEP_ARRAY_ITEMS:
+            return ArrayInfo(item_type, length)
+        return [v[0] for v in struct.iter_unpack(fmt, raw)]
+    if item_type == _STRING:
+        keep = length <= KEEP_ARRAY_ITEMS
+        items: list[Scalar] = []
+        for _ in range(length):
+            text = r.string(key)
+            if keep:
+                items.append(text)
+        return items if keep else ArrayInfo(item_type, length)
+    raise GGUFHeaderError(f"{r._what} has a damaged header: arrays of type {item_type} at '{key}'")
+
+
+def read_header(
+    stream: BinaryIO, *, name: str, file_size: int | None = None, max_bytes: int = MAX_HEADER_BYTES
+) -> GGUFHeader:
+    """Parse a GGUF header from ``stream`` (positioned at the start of the file).
+
+    Args:
+        stream: a binary stream; only the header is read from it.
+        name: how to call the file in messages.
+        file_size: the file's size, to check that tensor data lies inside it.
+        max_bytes: the most header bytes to read before giving up.
+
+    Raises:
+        GGUFHeaderError: the header is not a GGUF header or is damaged.
+    """
+    r = _Reader(stream, what=name, limit=max_bytes)
+    try:
+        magic = r.read(4, "the signature")
+    except GGUFHeaderError:
+        raise GGUFHeaderError(f"{name} is not a GGUF model file (it is too short)") from None
+    if magic != MAGIC:
+        raise GGUFHeaderError(
+            f"{name} is not a GGUF model file (it does not start with the GGUF signature)"
+        )
+    version = r.u32("the version")
+    if version == 1:
+        raise GGUFHeaderError(f"{name} uses GGUF version 1 (2023), which llama.cpp no longer reads")
+    if version not in (2, 3):
+        raise GGUFHeaderError(
+            f"{name} has an unknown GGUF version {version} (big-endian or damaged)"
+        )
+    n_tensors = r.u64("the tensor count")
+    n_kv = r.u64("the metadata count")
+    if n_tensors > MAX_TENSORS or n_kv > MAX_KV:
+        raise GGUFHeaderError(
+            f"{name} has a damaged header: {n_tensors} tensors and {n_kv} metadata entries"
+        )
+    metadata: dict[str, MetaValue] = {}
+    lengths: dict[str, int] = {}
+    for i in range(n_kv):
+        key = r.string(f"metadata key {i}", limit=1 << 16)
+        vtype = r.u32(key)
+        metadata[key] = _value(r, vtype, key, lengths)
+    alignment = metadata.get("general.alignment", 32)
+    if (
+        not isinstance(alignment, int)
+        or isinstance(alignment, bool)
+        or not 1 <= alignment <= 1 << 20
+        or alignment & (alignment - 1)
+    ):
+        raise GGUFHeaderError(f"{name} has a damaged header: alignment {alignment!r}")
+    tensors: list[TensorInfo] = []
+    for i in range(n_tensors):
+        tname = r.string(f"tensor {i}'s name", limit=1 << 16)
+        n_dims = r.u32(tname)
+        if n_dims > MAX_DIMS:
+            raise GGUFHeaderError(
+                f"{name} has a damaged header: tensor '{tname}' has {n_dims} dimensions"
+            )
+        shape = tuple(r.u64(tname) for _ in range(n_dims))
+        elements = 1
+        for dim in shape:
+            elements *= dim
+        if elements > 1 << 44:
+            raise GGUFHeaderError(
+                f"{name} has a damaged header: tensor '{tname}' has shape {shape}"
+            )
+        ggml_type = r.u32(tname)
+        offset = r.u64(tname)
+        nbytes = tensor_nbytes(ggml_type, shape, name=tname)
+        if offset % alignment:
+            raise GGUFHeaderError(f"{name} has a damaged header: tensor '{tname}' is misaligned")
+        tensors.append(TensorInfo(tname, ggml_type, shape, offset, nbytes))
+    data_offset = -(-r.consumed // alignment) * alignment
+    if file_size is not None:
+        for t in tensors:
+            if data_offset + t.offset + t.nbytes > file_size:
+                raise GGUFHeaderError(
+                    f"{name} is incomplete or damaged: tensor '{t.name}' ends past the end of the "
+                    "file; download it again"
+                )
+    return GGUFHeader(
+        name=name,
+        version=version,
+        metadata=metadata,
+        tensors=tensors,
+        alignment=alignment,
+        data_offset=data_offset,
+        file_size=file_size,
+        bytes_read=r.consumed,
+        array_lengths=lengths,
+    )
+
+
+def read_local_header(path: str | os.PathLike[str]) -> GGUFHeader:
+    """Read the header of a local GGUF file.
+
+    Raises:
+        GGUFHeaderError: not a GGUF, or damaged.
+        OSError: the file cannot be opened.
+    """
+    p = Path(path)
+    with p.open("rb") as fh:
+        return read_header(fh, name=p.name, file_size=os.fstat(fh.fileno()).st_size)

@@ -1,0 +1,400 @@
+"""The offload planner: how many layers go on the GPU, and what every device will hold.
+
+Pure Python (no Qt, no llama_cpp): it runs on a header read from the Hub before anything is
+downloaded. It counts what llama.cpp will allocate, the way llama.cpp allocates it:
+
+- weights: the bytes of each tensor, per layer. llama.cpp puts the last ``n_gpu_layers``
+  repeating layers on the GPU; the output layer goes there too only when ``n_gpu_layers``
+  exceeds the layer count; the token embeddings always stay in RAM.
+- KV cache: ``n_ctx x n_head_kv x (head_dim_k x size(type_k) + head_dim_v x size(type_v))``
+  per layer, on the device of its layer (``offload_kqv``).
+- compute buffer: the peak of llama.cpp's graph allocator for a 512-token batch. The formula
+  below reproduces the sizes llama.cpp 0.3.36 logs for llama-architecture models (dense and
+  mixture of experts) to within 1 MiB or 3% on a grid of 105 shapes, contexts, KV types and
+  attention kinds (see tests/core/test_planner_accuracy.py).
+- per GPU a runtime overhead (the CUDA context and cuBLAS workspace, which the free-memory
+  reading taken before loading does not include) and a safety margin.
+
+With partial offload MixDesk turns llama.cpp's "op offload" off: it would copy the CPU
+layers' weights (for Mixtral, hundreds of MiB per expert tensor) into VRAM for every prompt,
+costing layers that make generation faster.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
+
+from mixdesk.core.hardware import MIB, GpuInfo, HardwareInfo, format_bytes
+from mixdesk.core.model_profile import ModelProfile
+
+UBATCH = 512
+DEFAULT_CTX = 4096
+MIN_AUTO_CTX = 2048
+GPU_MARGIN = 256 * MIB
+RUNTIME_OVERHEAD = {"cuda": 300 * MIB, "rocm": 300 * MIB, "metal": 64 * MIB, "vulkan": 256 * MIB}
+CPU_RUNTIME_OVERHEAD = 160 * MIB  # Python, llama.cpp and the engine process itself
+_CONST = 10 * 1024  # graph inputs (token ids, positions)
+#: Rough effective memory bandwidth by GPU name (GB/s), for the speed estimate only.
+_GPU_BANDWIDTH = {
+    "H200": 4800,
+    "H100": 3350,
+    "A100": 1935,
+    "V100": 900,
+    "A6000": 768,
+    "A10": 600,
+    "L4": 300,
+    "T4": 320,
+    "4090": 1008,
+    "4080": 717,
+    "4070": 504,
+    "4060": 272,
+    "3090": 936,
+    "3080": 760,
+    "3070": 448,
+    "3060": 360,
+    "2080": 448,
+    "7900": 960,
+    "6900": 512,
+    "Apple": 400,
+}
+_CPU_BANDWIDTH = 25e9  # a dual-channel desktop, as measured by generation speeds
+_EFFICIENCY = 0.6
+
+
+def type_size(name: str) -> float:
+    """Bytes per value of a ggml type (``"f16"`` -> 2, ``"q8_0"`` -> 34/32)."""
+    block, size = GGML_QUANT_SIZES[GGMLQuantizationType[name.upper()]]
+    return size / block
+
+
+def pad_ctx(n_ctx: int) -> int:
+    """The context length llama.cpp allocates (at least 256, a multiple of 256)."""
+    return max(256, -(-n_ctx // 256) * 256)
+
+
+def kv_bytes_per_layer(
+    profile: ModelProfile, n_ctx: int, type_k: str = "f16", type_v: str = "f16"
+) -> int:
+    """KV cache bytes of one layer at context ``n_ctx``."""
+    per_token = profile.n_head_kv * (
+        profile.head_dim_k * type_size(type_k) + profile.head_dim_v * type_size(type_v)
+    )
+    return int(pad_ctx(n_ctx) * per_token)
+
+
+def compute_buffer_bytes(
+    profile: ModelProfile,
+    n_ctx: int,
+    *,
+    flash_attn: bool,
+    type_k: str = "f16",
+    type_v: str = "f16",
+    ubatch: int = UBATCH,
+) -> int:
+    """Peak of llama.cpp's compute buffer for one device running the whole graph.
+
+    The terms are the tensors alive at the two peaks of a layer: the attention scores
+    (``n_ctx x T x n_head`` floats, unless flash attention avoids them) with their mask, and
+    the feed-forward block (three ``n_ff x experts_used x T`` activations). The coefficients
+    were fitted to llama.cpp's logged sizes and checked against them.
+    """
+    k = pad_ctx(n_ctx)
+    t = min(ubatch, n_ctx)
+    e = profile.n_embd
+    used = max(profile.n_expert_used, 1)
+    et = e * t * 4
+    ffn = 3 * profile.n_ff * used * t * 4 + 2 * et + e * used * t * 4
+    logits = profile.vocab_size * t * 4 + 2 * et
+    kv_t = profile.n_head_kv * profile.head_dim_k * t * 4
+    if not flash_attn:
+        attn = k * t * profile.n_head * 4 + 5 * et + 2 * kv_t
+        return max(attn, ffn, logits) + k * t * 4 + _CONST
+    mask = k * t * 2
+    if type_k == "f16" and type_v == "f16":
+        return max(ffn, logits) + mask + _CONST
+    return max(ffn, logits) + max(mask - et, 0) + _CONST
+
+
+@dataclass(frozen=True)
+class DevicePlan:
+    """What one device will hold."""
+
+    name: str
+    kind: str  # "gpu" or "cpu"
+    total_bytes: int
+    free_bytes: int
+    weights_bytes: int = 0
+    kv_bytes: int = 0
+    compute_bytes: int = 0
+    overhead_bytes: int = 0
+    margin_bytes: int = 0
+
+    @property
+    def used_bytes(self) -> int:
+        """Everything planned on this device, margin included."""
+        return (
+            self.weights_bytes
+            + self.kv_bytes
+            + self.compute_bytes
+            + self.overhead_bytes
+            + self.margin_bytes
+        )
+
+
+@dataclass(frozen=True)
+class OffloadPlan:
+    """The planner's answer."""
+
+    n_gpu_layers: int
+    n_layers: int
+    n_ctx: int
+    ctx_reduced_from: int | None
+    fit: str  # "full", "partial", "cpu", "none"
+    shortfall_bytes: int
+    devices: list[DevicePlan]
+    flash_attn: bool
+    type_k: str
+    type_v: str
+    op_offload: bool
+    expected_tps: float
+    explanation: list[str] = field(default_factory=list)
+
+    @property
+    def gpu(self) -> DevicePlan | None:
+        """The GPU's share, if a GPU is used."""
+        return next((d for d in self.devices if d.kind == "gpu"), None)
+
+    @property
+    def cpu(self) -> DevicePlan:
+        """The CPU RAM share."""
+        return next(d for d in self.devices if d.kind == "cpu")
+
+    @property
+    def repeating_layers_on_gpu(self) -> int:
+        """Repeating layers on the GPU (``n_gpu_layers`` without the output layer)."""
+        return min(self.n_gpu_layers, self.n_layers)
+
+
+def _gpu_share(profile: ModelProfile, n_gpu: int) -> tuple[int, int]:
+    """(weights bytes on the GPU, repeating layers there) for ``n_gpu_layers = n_gpu``."""
+    layers = min(n_gpu, profile.n_layers)
+    weights = sum(profile.layer_bytes[profile.n_layers - layers :]) if layers else 0
+    if n_gpu > profile.n_layers:
+        weights += profile.output_bytes + profile.output_norm_bytes
+    return weights, layers
+
+
+def _gpu_bandwidth(gpu: GpuInfo) -> float:
+    for key, gbs in _GPU_BANDWIDTH.items():
+        if key.lower() in gpu.name.lower():
+            return gbs * 1e9
+    return 400e9
+
+
+def _active_bytes(profile: ModelProfile, layers: range) -> float:
+    """Bytes read per generated token for ``layers``: all dense weights, a share of experts."""
+    share = profile.n_expert_used / profile.n_expert if profile.n_expert else 1.0
+    return sum(profile.layer_bytes[i] - profile.layer_expert_bytes[i] * (1 - share) for i in layers)
+
+
+def expected_tokens_per_second(profile: ModelProfile, n_gpu: int, gpu: GpuInfo | None) -> float:
+    """A memory-bandwidth estimate of generation speed (an estimate, not a measurement)."""
+    n = profile.n_layers
+    gpu_layers = min(n_gpu, n) if gpu else 0
+    cpu_bytes = _active_bytes(profile, range(0, n - gpu_layers))
+    gpu_bytes = _active_bytes(profile, range(n - gpu_layers, n))
+    out = profile.output_bytes + profile.output_norm_bytes
+    if gpu and n_gpu > n:
+        gpu_bytes += out
+    else:
+        cpu_bytes += out
+    seconds = cpu_bytes / _CPU_BANDWIDTH
+    if gpu and gpu_bytes:
+        seconds += gpu_bytes / _gpu_bandwidth(gpu)
+    return round(_EFFICIENCY / seconds, 1) if seconds > 0 else 0.0
+
+
+def plan_offload(
+    profile: ModelProfile,
+    hardware: HardwareInfo,
+    *,
+    n_ctx: int | None = None,
+    type_k: str = "f16",
+    type_v: str = "f16",
+    flash_attn: bool = False,
+    n_gpu_layers: int | None = None,
+    gpu_offload_supported: bool | None = None,
+) -> OffloadPlan:
+    """Plan how to load ``profile`` on ``hardware``.
+
+    Args:
+        profile: the model.
+        hardware: GPUs (with free memory), RAM.
+        n_ctx: a context length the user fixed; None lets the planner choose (4096, or the
+            model's own if smaller, shrinking to 2048 if that puts more layers on the GPU).
+        type_k, type_v, flash_attn: KV cache types and attention kind.
+        n_gpu_layers: a layer count the user fixed (the plan then reports its cost).
+        gpu_offload_supported: whether the installed llama.cpp build can offload (default:
+            what ``hardware`` says, and yes when it does not know).
+    """
+    if gpu_offload_supported is None:
+        gpu_offload_supported = hardware.gpu_offload is not False
+    if type_v != "f16":
+        flash_attn = True  # llama.cpp requires it for a quantised V cache
+    n = profile.n_layers
+    gpu = (
+        max(hardware.gpus, key=lambda g: g.free_bytes)
+        if hardware.gpus and gpu_offload_supported
+        else None
+    )
+    train = profile.context_length or DEFAULT_CTX
+    auto_ctx = n_ctx is None
+    contexts = (
+        [n_ctx]
+        if n_ctx is not None
+        else sorted({min(DEFAULT_CTX, train), min(MIN_AUTO_CTX, train)}, reverse=True)
+    )
+
+    def cost(ctx: int, n_gpu: int) -> tuple[DevicePlan | None, DevicePlan]:
+        compute = compute_buffer_bytes(
+            profile, ctx, flash_attn=flash_attn, type_k=type_k, type_v=type_v
+        )
+        kv_layer = kv_bytes_per_layer(profile, ctx, type_k, type_v)
+        gpu_weights, gpu_layers = _gpu_share(profile, n_gpu)
+        gpu_plan = None
+        if gpu is not None:
+            gpu_plan = DevicePlan(
+                name=gpu.name,
+                kind="gpu",
+                total_bytes=gpu.total_bytes,
+                free_bytes=gpu.free_bytes,
+                weights_bytes=gpu_weights,
+                kv_bytes=gpu_layers * kv_layer,
+                compute_bytes=compute if n_gpu > 0 else 0,
+                overhead_bytes=RUNTIME_OVERHEAD.get(gpu.backend, 300 * MIB) if n_gpu > 0 else 0,
+                margin_bytes=GPU_MARGIN if n_gpu > 0 else 0,
+            )
+        full_offload = n_gpu > n
+        cpu_compute = (
+            profile.vocab_size * 4 + 4 * profile.n_embd * min(UBATCH, ctx) * 4
+            if full_offload
+            else compute
+        )
+        cpu_plan = DevicePlan(
+            name="CPU RAM",
+            kind="cpu",
+            total_bytes=hardware.ram_total_bytes,
+            free_bytes=hardware.ram_available_bytes,
+            weights_bytes=profile.weights_bytes - gpu_weights,
+            kv_bytes=(n - gpu_layers) * kv_layer,
+            compute_bytes=cpu_compute,
+            overhead_bytes=CPU_RUNTIME_OVERHEAD,
+        )
+        return gpu_plan, cpu_plan
+
+    def gpu_fits(plan: DevicePlan | None) -> bool:
+        return plan is None or plan.used_bytes <= plan.free_bytes
+
+    best: tuple[int, int] | None = None  # (ctx, n_gpu)
+    for ctx in contexts:
+        if n_gpu_layers is not None:
+            choice = min(n_gpu_layers if n_gpu_layers >= 0 else n + 1, n + 1) if gpu else 0
+        else:
+            choice = 0
+            if gpu is not None:
+                for candidate in range(n + 1, -1, -1):
+                    if gpu_fits(cost(ctx, candidate)[0]):
+                        choice = candidate
+                        break
+        if best is None or choice > best[1]:
+            best = (ctx, choice)
+        if choice > n or n_gpu_layers is not None:
+            break
+    assert best is not None
+    ctx, n_gpu = best
+    gpu_plan, cpu_plan = cost(ctx, n_gpu)
+    devices = [d for d in (gpu_plan, cpu_plan) if d is not None and (d.kind == "cpu" or n_gpu > 0)]
+    shortfall = max(0, cpu_plan.used_bytes - cpu_plan.free_bytes)
+    if gpu_plan is not None and n_gpu > 0:
+        shortfall += max(0, gpu_plan.used_bytes - gpu_plan.free_bytes)
+    if shortfall:
+        fit = "none"
+    elif n_gpu > n:
+        fit = "full"
+    elif n_gpu > 0:
+        fit = "partial"
+    else:
+        fit = "cpu"
+    plan = OffloadPlan(
+        n_gpu_layers=n_gpu,
+        n_layers=n,
+        n_ctx=ctx,
+        ctx_reduced_from=contexts[0] if auto_ctx and ctx < contexts[0] else None,
+        fit=fit,
+        shortfall_bytes=shortfall,
+        devices=devices,
+        flash_attn=flash_attn,
+        type_k=type_k,
+        type_v=type_v,
+        op_offload=fit == "full",
+        expected_tps=expected_tokens_per_second(profile, n_gpu, gpu),
+    )
+    return _explain(
+        plan, profile, hardware, gpu, gpu_offload_supported, user_ngl=n_gpu_layers is not None
+    )
+
+
+def _explain(
+    plan: OffloadPlan,
+    profile: ModelProfile,
+    hardware: HardwareInfo,
+    gpu: GpuInfo | None,
+    offload_ok: bool,
+    *,
+    user_ngl: bool,
+) -> OffloadPlan:
+    lines: list[str] = []
+    n = plan.n_layers
+    size = format_bytes(profile.weights_bytes)
+    if hardware.gpus and not offload_ok:
+        lines.append(
+            f"{hardware.gpus[0].name} is not used: this llama.cpp build is CPU-only (see `mixdesk doctor`)."
+        )
+    if gpu is None:
+        lines.append(f"No usable GPU: all {n} layers ({size}) run from CPU RAM.")
+    elif plan.fit == "full":
+        lines.append(
+            f"All {n} layers and the output layer fit on {gpu.name}: {format_bytes(plan.gpu.used_bytes if plan.gpu else 0)} "
+            f"of {format_bytes(gpu.free_bytes)} free VRAM, margin included."
+        )
+    elif plan.n_gpu_layers > 0:
+        layers = plan.repeating_layers_on_gpu
+        per_layer = profile.layer_bytes[-1] if profile.layer_bytes else 0
+        lines.append(
+            f"{layers} of {n} layers go on {gpu.name} ({format_bytes(per_layer)} each); the other "
+            f"{n - layers} and the output layer stay in CPU RAM."
+        )
+        if not user_ngl and plan.gpu is not None:
+            room = plan.gpu.free_bytes - plan.gpu.used_bytes
+            lines.append(
+                f"One more layer would need {format_bytes(per_layer - room)} more VRAM than is free."
+            )
+    elif not user_ngl:
+        lines.append(
+            f"Not even one layer fits in the {format_bytes(gpu.free_bytes)} free on {gpu.name}: CPU only."
+        )
+    if plan.ctx_reduced_from:
+        lines.append(
+            f"The context was reduced from {plan.ctx_reduced_from} to {plan.n_ctx} tokens to fit more "
+            "layers; set a context length to keep it."
+        )
+    if plan.fit == "none":
+        lines.append(
+            f"This will not fit: {format_bytes(plan.shortfall_bytes)} more memory is needed than is available."
+        )
+    lines.append(
+        f"Expected speed about {plan.expected_tps:g} tokens/s (an estimate from memory bandwidth)."
+    )
+    return OffloadPlan(**{**plan.__dict__, "explanation": lines})
