@@ -5,10 +5,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import huggingface_hub.constants as hf_constants
 import pytest
 
 from mixdesk.core.engine import Engine
 from tests import model_factory as mf
+from tests.hub_server import HubState, serve_hub
 
 
 @pytest.fixture(autouse=True)
@@ -23,11 +25,34 @@ def isolated_user_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         ("HF_HOME", "hf"),
     ):
         monkeypatch.setenv(var, str(home / sub))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("QT_QPA_PLATFORM", "offscreen")
-    for var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "MIXDESK_DATA_DIR", "HF_ENDPOINT"):
+    for var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "MIXDESK_DATA_DIR", "MIXDESK_HW"):
         monkeypatch.delenv(var, raising=False)
+    # Any Hub access a test did not arrange fails at once instead of trying the internet.
+    _point_hub_at(DEAD_ENDPOINT, monkeypatch)
     return home
+
+
+DEAD_ENDPOINT = "http://127.0.0.1:9"
+
+
+def _point_hub_at(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_ENDPOINT", url)
+    monkeypatch.setattr(hf_constants, "ENDPOINT", url)
+    monkeypatch.setattr(
+        hf_constants,
+        "HUGGINGFACE_CO_URL_TEMPLATE",
+        url + "/{repo_id}/resolve/{revision}/{filename}",
+    )
+
+
+@pytest.fixture
+def hub(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[HubState, str]]:
+    """A real HTTP server speaking the Hub protocol on 127.0.0.1, and its URL (client pointed at it)."""
+    state = HubState()
+    with serve_hub(state) as url:
+        _point_hub_at(url, monkeypatch)
+        yield state, url
 
 
 @pytest.fixture(scope="session")

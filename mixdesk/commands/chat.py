@@ -131,6 +131,16 @@ def run_chat(args: argparse.Namespace) -> int:
         info = _load(engine, config, show_progress=show_progress)
         if why and not args.json:
             sys.stderr.write(f"mixdesk: {why}\n")
+        if (
+            config.n_gpu_layers
+            and engine.info
+            and not engine.info.supports_gpu_offload
+            and not args.json
+        ):
+            sys.stderr.write(
+                "mixdesk: this llama.cpp build is CPU-only, so those layers run on the CPU "
+                "(`mixdesk doctor` shows how to install a GPU build).\n"
+            )
         history: list[ChatMessage] = []
         if args.system:
             history.append(ChatMessage("system", args.system))

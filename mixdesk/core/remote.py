@@ -82,9 +82,7 @@ def _hub_error(err: BaseException, repo_id: str, filename: str) -> HubError:
             f"There is no model repository {repo_id} on the Hub (if it is private, set a token)."
         )
     if isinstance(err, (hf_errors.EntryNotFoundError, FileNotFoundError)):
-        return HubError(
-            f"{repo_id} has no file {filename}; check the name (`mixdesk plan` lists nothing remote yet)."
-        )
+        return HubError(f"{repo_id} has no file {filename}; check the file name.")
     if isinstance(err, hf_errors.HfHubHTTPError):
         return HubError(
             f"The Hub refused the request for {repo_id}/{filename} ({err}); try again later."
@@ -121,7 +119,7 @@ def read_remote_header(
     """
     from huggingface_hub import HfFileSystem
 
-    fs = fs or HfFileSystem()
+    fs = fs or HfFileSystem(skip_instance_cache=True)
     path = f"{repo_id}@{revision}/{filename}" if revision else f"{repo_id}/{filename}"
     try:
         size = int(fs.info(path)["size"])
@@ -129,9 +127,23 @@ def read_remote_header(
             return read_header(fh, name=filename, file_size=size, max_bytes=max_bytes)
     except (GGUFHeaderError, MixdeskError):
         raise
-    except Exception as err:
+    except Exception as err:  # every Hub or network failure becomes one sentence
         log.info("remote header %s/%s failed: %r", repo_id, filename, err)
-        raise _hub_error(err, repo_id, filename) from err
+        cause: BaseException = err
+        if isinstance(err, FileNotFoundError):
+            # HfFileSystem says "not found" for a missing or gated repo too: ask the Hub which.
+            cause = _why_not_found(repo_id, revision) or err
+        raise _hub_error(cause, repo_id, filename) from err
+
+
+def _why_not_found(repo_id: str, revision: str | None) -> BaseException | None:
+    from huggingface_hub import HfApi
+
+    try:
+        HfApi().model_info(repo_id, revision=revision)
+    except Exception as err:  # noqa: BLE001 - the error itself is the answer
+        return err
+    return None
 
 
 def profile_remote(ref: ModelRef, *, fs: Any = None) -> ModelProfile:

@@ -1,0 +1,268 @@
+"""A real HTTP server on 127.0.0.1 speaking the part of the Hub protocol huggingface_hub uses.
+
+See shared/reference/hub-protocol.md: repo info with LFS metadata, tree, paths-info, and
+HEAD/GET on ``resolve`` URLs with ``Range`` support, ``X-Repo-Commit`` and ETags; gated and
+missing repos and files answered with the ``X-Error-Code`` the client maps to its
+exceptions. It counts the body bytes it sends per file and records Range requests, so
+tests can check what a client fetched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlparse
+
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+@dataclass
+class HubFile:
+    """A file served by the fake Hub: from memory or from disk (sparse files work)."""
+
+    data: bytes | None = None
+    path: Path | None = None
+    sha256: str | None = None  # computed from the data when None
+
+    @property
+    def size(self) -> int:
+        if self.data is not None:
+            return len(self.data)
+        assert self.path is not None
+        return self.path.stat().st_size
+
+    def read(self, start: int, end: int) -> bytes:
+        if self.data is not None:
+            return self.data[start:end]
+        assert self.path is not None
+        with self.path.open("rb") as fh:
+            fh.seek(start)
+            return fh.read(end - start)
+
+    def digest(self) -> str:
+        if self.sha256 is None:
+            h = hashlib.sha256()
+            pos = 0
+            while pos < self.size:
+                chunk = self.read(pos, min(self.size, pos + (8 << 20)))
+                h.update(chunk)
+                pos += len(chunk)
+            self.sha256 = h.hexdigest()
+        return self.sha256
+
+
+@dataclass
+class HubRepo:
+    """A model repository."""
+
+    files: dict[str, HubFile] = field(default_factory=dict)
+    gated: bool = False
+    token: str = "hf_good_token"  # noqa: S105 - the fake Hub's test token
+
+
+@dataclass
+class HubState:
+    """What the server serves and what it saw."""
+
+    repos: dict[str, HubRepo] = field(default_factory=dict)
+    bytes_sent: dict[str, int] = field(default_factory=dict)
+    ranges: list[tuple[str, str]] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def sent(self, repo_file: str) -> int:
+        """Body bytes sent for ``REPO/FILE``."""
+        return self.bytes_sent.get(repo_file, 0)
+
+
+_INFO = re.compile(r"^/api/models/(?P<repo>[^/]+/[^/]+)(?:/revision/(?P<rev>[^/]+))?$")
+_TREE = re.compile(r"^/api/models/(?P<repo>[^/]+/[^/]+)/tree/(?P<rev>[^/]+)(?:/(?P<path>.*))?$")
+_PATHS = re.compile(r"^/api/models/(?P<repo>[^/]+/[^/]+)/paths-info/(?P<rev>[^/]+)$")
+_RESOLVE = re.compile(r"^/(?P<repo>[^/]+/[^/]+)/resolve/(?P<rev>[^/]+)/(?P<path>.+)$")
+
+
+def _make_handler(state: HubState) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+        # -- helpers ----------------------------------------------------------------------
+        def _error(self, status: int, code: str, message: str) -> None:
+            body = json.dumps({"error": message}).encode()
+            self.send_response(status)
+            self.send_header("X-Error-Code", code)
+            self.send_header("X-Error-Message", message)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(body)
+
+        def _json(self, data: Any) -> None:
+            body = json.dumps(data).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def _repo(self, repo_id: str) -> HubRepo | None:
+            repo = state.repos.get(repo_id)
+            if repo is None:
+                self._error(404, "RepoNotFound", f"Repository not found: {repo_id}")
+                return None
+            if repo.gated and self.headers.get("Authorization") != f"Bearer {repo.token}":
+                self._error(401, "GatedRepo", f"Access to model {repo_id} is restricted.")
+                return None
+            return repo
+
+        @staticmethod
+        def _entry(name: str, f: HubFile, *, siblings: bool) -> dict[str, Any]:
+            lfs = {"size": f.size, "pointerSize": 134}
+            if siblings:
+                return {
+                    "rfilename": name,
+                    "size": f.size,
+                    "blobId": f.digest()[:40],
+                    "lfs": {**lfs, "sha256": f.digest()},
+                }
+            return {
+                "type": "file",
+                "oid": f.digest()[:40],
+                "size": f.size,
+                "path": name,
+                "lfs": {**lfs, "oid": f.digest()},
+            }
+
+        # -- verbs ------------------------------------------------------------------------
+        def do_GET(self) -> None:
+            self._serve(body=True)
+
+        def do_HEAD(self) -> None:
+            self._serve(body=False)
+
+        def do_POST(self) -> None:
+            length = int(self.headers.get("Content-Length", "0"))
+            raw = self.rfile.read(length).decode() if length else ""
+            m = _PATHS.match(urlparse(self.path).path)
+            if not m:
+                self._error(404, "EntryNotFound", "unknown endpoint")
+                return
+            repo = self._repo(unquote(m["repo"]))
+            if repo is None:
+                return
+            form = parse_qs(raw)
+            wanted = form.get("paths", [])
+            if not wanted and raw.startswith("{"):
+                wanted = json.loads(raw).get("paths", [])
+            self._json(
+                [self._entry(p, repo.files[p], siblings=False) for p in wanted if p in repo.files]
+            )
+
+        def _serve(self, *, body: bool) -> None:
+            url = urlparse(self.path)
+            path = unquote(url.path)
+            if m := _RESOLVE.match(path):
+                self._resolve(m["repo"], m["path"], body=body)
+                return
+            if m := _TREE.match(path):
+                repo = self._repo(m["repo"])
+                if repo is not None:
+                    prefix = m["path"] or ""
+                    self._json(
+                        [
+                            self._entry(n, f, siblings=False)
+                            for n, f in sorted(repo.files.items())
+                            if n.startswith(prefix)
+                        ]
+                    )
+                return
+            if m := _INFO.match(path):
+                repo = self._repo(m["repo"])
+                if repo is not None:
+                    self._json(
+                        {
+                            "id": m["repo"],
+                            "modelId": m["repo"],
+                            "sha": COMMIT,
+                            "private": False,
+                            "gated": "auto" if repo.gated else False,
+                            "siblings": [
+                                self._entry(n, f, siblings=True)
+                                for n, f in sorted(repo.files.items())
+                            ],
+                        }
+                    )
+                return
+            self._error(404, "EntryNotFound", f"unknown endpoint {path}")
+
+        def _resolve(self, repo_id: str, name: str, *, body: bool) -> None:
+            repo = self._repo(repo_id)
+            if repo is None:
+                return
+            f = repo.files.get(name)
+            if f is None:
+                self._error(404, "EntryNotFound", f"{name} does not exist in {repo_id}")
+                return
+            size = f.size
+            start, end = 0, size
+            header = self.headers.get("Range")
+            if header:
+                m = re.match(r"bytes=(\d+)-(\d*)", header)
+                if m:
+                    start = int(m.group(1))
+                    end = min(size, int(m.group(2)) + 1) if m.group(2) else size
+                with state.lock:
+                    state.ranges.append((f"{repo_id}/{name}", header))
+            if start >= size and size:
+                self.send_response(416)
+                self.send_header("Content-Range", f"bytes */{size}")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            self.send_response(206 if header else 200)
+            self.send_header("X-Repo-Commit", COMMIT)
+            self.send_header("ETag", f'"{f.digest()}"')
+            self.send_header("X-Linked-Etag", f'"{f.digest()}"')
+            self.send_header("X-Linked-Size", str(size))
+            self.send_header("Accept-Ranges", "bytes")
+            self.send_header("Content-Type", "application/octet-stream")
+            if header:
+                self.send_header("Content-Range", f"bytes {start}-{end - 1}/{size}")
+            self.send_header("Content-Length", str(end - start))
+            self.end_headers()
+            if not body:
+                return
+            pos = start
+            while pos < end:
+                chunk = f.read(pos, min(end, pos + (1 << 20)))
+                self.wfile.write(chunk)
+                pos += len(chunk)
+                with state.lock:
+                    key = f"{repo_id}/{name}"
+                    state.bytes_sent[key] = state.bytes_sent.get(key, 0) + len(chunk)
+
+    return Handler
+
+
+@contextmanager
+def serve_hub(state: HubState) -> Iterator[str]:
+    """Run the fake Hub on a free port; yields its base URL."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(state))
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -1,0 +1,114 @@
+"""``mixdesk plan``, ``mixdesk hw`` and the plan ``mixdesk chat`` uses, as a user runs them."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests import model_factory as mf
+
+MIXDESK = [sys.executable, "-m", "mixdesk"]
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*MIXDESK, *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env or os.environ.copy(),
+        check=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def mixtral_q4(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return mf.mixtral_header_file(tmp_path_factory.mktemp("plan-cli"), "Q4_K_M", legacy=True)
+
+
+def test_plan_json_for_a_v100(mixtral_q4: Path) -> None:
+    proc = run(
+        "plan",
+        str(mixtral_q4),
+        "--vram",
+        "15860MiB/16160MiB",
+        "--ram",
+        "64GiB",
+        "--ctx",
+        "2048",
+        "--json",
+    )
+    assert proc.returncode == 0, proc.stderr
+    plan = json.loads(proc.stdout)
+    assert plan["n_gpu_layers"] >= 19
+    assert plan["fit"] == "partial"
+    assert plan["expected_tps_is_estimate"] is True
+    assert plan["expected_tps"] > 0
+    gpu, cpu = plan["devices"]
+    assert gpu["kind"] == "gpu" and cpu["kind"] == "cpu"
+    assert gpu["used_bytes"] <= gpu["free_bytes"]
+    assert set(gpu) >= {
+        "weights_bytes",
+        "kv_bytes",
+        "compute_bytes",
+        "overhead_bytes",
+        "margin_bytes",
+    }
+    assert plan["profile"]["legacy_expert_layout"] is True
+
+
+def test_plan_table_and_cpu_only(mixtral_q4: Path) -> None:
+    proc = run("plan", str(mixtral_q4), "--gpu", "none", "--ram", "16GiB")
+    assert proc.returncode == 0, proc.stderr
+    assert "Plan: --ngl 0 (does not fit)" in proc.stdout
+    assert "will not fit" in proc.stdout
+    assert "CPU RAM" in proc.stdout
+
+
+def test_environment_override(mixtral_q4: Path) -> None:
+    env = dict(os.environ, MIXDESK_HW="vram=80GiB,ram=128GiB")
+    plan = json.loads(run("plan", str(mixtral_q4), "--json", env=env).stdout)
+    assert plan["fit"] == "full"
+    assert plan["n_gpu_layers"] == 33
+
+
+def test_hw_json() -> None:
+    proc = run("hw", "--json")
+    assert proc.returncode == 0, proc.stderr
+    hw = json.loads(proc.stdout)
+    assert hw["ram_total_bytes"] > 0
+    assert hw["llama_cpp_gpu_backends"] == []
+    text = run("hw", "--vram", "16GiB").stdout
+    assert "16.00 GiB free of 16.00 GiB" in text
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [(("--vram", "lots"), "not a memory size"), (("--gpu", "all"), "only choice is 'none'")],
+)
+def test_bad_hardware_arguments(mixtral_q4: Path, args: tuple[str, ...], words: str) -> None:
+    proc = run("plan", str(mixtral_q4), *args)
+    assert proc.returncode == 1
+    assert words in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_plan_of_a_damaged_file(models: dict[str, Path]) -> None:
+    proc = run("plan", str(models["truncated"]))
+    assert proc.returncode == 1
+    assert "incomplete or damaged" in proc.stderr
+
+
+def test_chat_says_what_the_plan_chose(models: dict[str, Path]) -> None:
+    proc = run(
+        "chat", str(models["q4_k_m"]), "--prompt", "hi", "--max-tokens", "4", "--vram", "4GiB"
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "mixdesk: --ngl 5, context 4096: All 4 layers and the output layer fit" in proc.stderr
+    cpu = run("chat", str(models["q4_k_m"]), "--prompt", "hi", "--max-tokens", "4", "--json")
+    assert json.loads(cpu.stdout)["n_gpu_layers"] == 0
