@@ -157,6 +157,35 @@ def build_parser() -> argparse.ArgumentParser:
     hw.add_argument("--json", action="store_true", help="print as JSON")
     add_hardware_arguments(hw)
 
+    pull = commands.add_parser(
+        "pull", help="download a model from the Hugging Face Hub (resumable)"
+    )
+    pull.add_argument(
+        "repo",
+        metavar="REPO",
+        help="a Hub repository, e.g. TheBloke/Mixtral-8x7B-Instruct-v0.1-GGUF",
+    )
+    which = pull.add_mutually_exclusive_group()
+    which.add_argument("--file", metavar="NAME", help="the file to get")
+    which.add_argument("--quant", metavar="Q", help="the quantisation to get (default Q4_K_M)")
+    pull.add_argument("--revision", metavar="REV", help="a branch, tag or commit")
+    pull.add_argument("--json", action="store_true", help="print the result as JSON")
+    add_hardware_arguments(pull)
+
+    models = commands.add_parser("models", help="list the models in the library")
+    models.add_argument("--json", action="store_true", help="print as JSON")
+    rm = commands.add_parser("rm", help="remove a model from the library and delete its files")
+    rm.add_argument("name", metavar="NAME")
+    imp = commands.add_parser(
+        "import", help="add a local .gguf to the library (converting legacy Mixtral files)"
+    )
+    imp.add_argument("path", metavar="PATH")
+    conv = commands.add_parser(
+        "convert", help="convert a legacy per-expert Mixtral GGUF to the merged layout"
+    )
+    conv.add_argument("input", metavar="IN")
+    conv.add_argument("output", metavar="OUT")
+
     doctor = commands.add_parser("doctor", help="check that MixDesk can run here, and how")
     doctor.add_argument("--json", action="store_true", help="print the report as JSON")
     return parser
@@ -182,6 +211,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(verbose=args.verbose)
     log.info("mixdesk %s: %s", __version__, args_list)
     try:
+        if getattr(args, "model", None):
+            from mixdesk.core.library import Library
+
+            args.model = Library().resolve(args.model)  # a library name works wherever a path does
         if args.command == "chat":
             from mixdesk.commands.chat import run_chat
 
@@ -190,6 +223,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             from mixdesk.commands import plan as plan_cmd
 
             return plan_cmd.run_plan(args) if args.command == "plan" else plan_cmd.run_hw(args)
+        if args.command in ("pull", "models", "rm", "import", "convert"):
+            from mixdesk.commands import library as lib_cmd
+
+            return {
+                "pull": lib_cmd.run_pull,
+                "models": lib_cmd.run_models,
+                "rm": lib_cmd.run_rm,
+                "import": lib_cmd.run_import,
+                "convert": lib_cmd.run_convert,
+            }[args.command](args)
         if args.command == "doctor":
             from mixdesk.commands.doctor import run_doctor
 

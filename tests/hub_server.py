@@ -13,6 +13,7 @@ import hashlib
 import json
 import re
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -76,6 +77,12 @@ class HubState:
     bytes_sent: dict[str, int] = field(default_factory=dict)
     ranges: list[tuple[str, str]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    #: Send file bodies at about this many bytes a second (0: as fast as possible).
+    throttle_bps: int = 0
+    #: Cut the connection once after this many body bytes of a response (0: never).
+    drop_after: int = 0
+    #: Serve these bytes instead of a file's own (a corrupted transfer).
+    corrupt: dict[str, bytes] = field(default_factory=dict)
 
     def sent(self, repo_file: str) -> int:
         """Body bytes sent for ``REPO/FILE``."""
@@ -242,14 +249,31 @@ def _make_handler(state: HubState) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             if not body:
                 return
+            key = f"{repo_id}/{name}"
+            step = 1 << 20 if not state.throttle_bps else max(4096, state.throttle_bps // 20)
             pos = start
+            sent = 0
             while pos < end:
-                chunk = f.read(pos, min(end, pos + (1 << 20)))
+                chunk = f.read(pos, min(end, pos + step))
+                if key in state.corrupt:
+                    chunk = state.corrupt[key][pos : pos + len(chunk)]
+                if state.drop_after and sent + len(chunk) > state.drop_after:
+                    cut = state.drop_after - sent
+                    with state.lock:
+                        state.drop_after = 0
+                        state.bytes_sent[key] = state.bytes_sent.get(key, 0) + cut
+                    self.wfile.write(chunk[:cut])
+                    self.wfile.flush()
+                    self.close_connection = True
+                    self.connection.shutdown(2)
+                    return
                 self.wfile.write(chunk)
                 pos += len(chunk)
+                sent += len(chunk)
                 with state.lock:
-                    key = f"{repo_id}/{name}"
                     state.bytes_sent[key] = state.bytes_sent.get(key, 0) + len(chunk)
+                if state.throttle_bps:
+                    time.sleep(len(chunk) / state.throttle_bps)
 
     return Handler
 

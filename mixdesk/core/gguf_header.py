@@ -99,6 +99,9 @@ class GGUFHeader:
     file_size: int | None
     bytes_read: int = 0
     array_lengths: dict[str, int] = field(default_factory=dict)
+    #: Byte range of the metadata key/values in the file (to copy them verbatim).
+    kv_start: int = 0
+    kv_end: int = 0
 
     def get(self, key: str, default: MetaValue | None = None) -> MetaValue | None:
         """A metadata value, or ``default``."""
@@ -250,10 +253,12 @@ def read_header(
         )
     metadata: dict[str, MetaValue] = {}
     lengths: dict[str, int] = {}
+    kv_start = r.consumed
     for i in range(n_kv):
         key = r.string(f"metadata key {i}", limit=1 << 16)
         vtype = r.u32(key)
         metadata[key] = _value(r, vtype, key, lengths)
+    kv_end = r.consumed
     alignment = metadata.get("general.alignment", 32)
     if (
         not isinstance(alignment, int)
@@ -302,6 +307,8 @@ def read_header(
         file_size=file_size,
         bytes_read=r.consumed,
         array_lengths=lengths,
+        kv_start=kv_start,
+        kv_end=kv_end,
     )
 
 

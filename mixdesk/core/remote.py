@@ -70,7 +70,7 @@ def parse_model_ref(text: str) -> ModelRef:
     )
 
 
-def _hub_error(err: BaseException, repo_id: str, filename: str) -> HubError:
+def hub_error(err: BaseException, repo_id: str, filename: str) -> HubError:
     from huggingface_hub import errors as hf_errors
 
     if isinstance(err, hf_errors.GatedRepoError):
@@ -110,8 +110,12 @@ def read_remote_header(
     revision: str | None = None,
     fs: Any = None,
     max_bytes: int = MAX_REMOTE_HEADER,
+    whole_file: bool = True,
 ) -> GGUFHeader:
     """Read one remote file's GGUF header with range requests.
+
+    ``whole_file=False`` is for the first piece of a ``.partXofY`` set, whose tensors run on
+    into the next pieces (their offsets are not checked against this piece's size).
 
     Raises:
         HubError: missing, gated, unreachable.
@@ -124,7 +128,9 @@ def read_remote_header(
     try:
         size = int(fs.info(path)["size"])
         with fs.open(path, "rb", block_size=BLOCK_SIZE) as fh:
-            return read_header(fh, name=filename, file_size=size, max_bytes=max_bytes)
+            return read_header(
+                fh, name=filename, file_size=size if whole_file else None, max_bytes=max_bytes
+            )
     except (GGUFHeaderError, MixdeskError):
         raise
     except Exception as err:  # every Hub or network failure becomes one sentence
@@ -133,7 +139,7 @@ def read_remote_header(
         if isinstance(err, FileNotFoundError):
             # HfFileSystem says "not found" for a missing or gated repo too: ask the Hub which.
             cause = _why_not_found(repo_id, revision) or err
-        raise _hub_error(cause, repo_id, filename) from err
+        raise hub_error(cause, repo_id, filename) from err
 
 
 def _why_not_found(repo_id: str, revision: str | None) -> BaseException | None:

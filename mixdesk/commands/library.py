@@ -1,0 +1,170 @@
+"""``mixdesk pull``, ``models``, ``rm``, ``import`` and ``convert``: the model library from a terminal."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from mixdesk.core.download import DownloadCancelled, DownloadProgress
+from mixdesk.core.hardware import format_bytes
+from mixdesk.core.library import Library
+from mixdesk.core.model_profile import ModelProfile
+from mixdesk.core.planner import OffloadPlan
+
+
+class _ProgressPrinter:
+    """A progress bar on stderr (one updating line on a terminal, a line every few seconds otherwise)."""
+
+    def __init__(self, *, enabled: bool) -> None:
+        self.enabled = enabled
+        self.tty = sys.stderr.isatty()
+        self.last = 0.0
+
+    def download(self, p: DownloadProgress) -> None:
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        final = p.phase != "downloading"
+        if not final and now - self.last < (0.2 if self.tty else 2.0):
+            return
+        self.last = now
+        frac = p.done_bytes / p.total_bytes if p.total_bytes else 1.0
+        bar = "#" * int(frac * 30)
+        eta = f"ETA {int(p.eta_s // 60)}m{int(p.eta_s % 60):02d}s" if p.eta_s else ""
+        resumed = f" (resumed at {format_bytes(p.resumed_from)})" if p.resumed_from else ""
+        line = (
+            f"{p.filename}: [{bar:<30}] {frac * 100:5.1f}% {format_bytes(p.done_bytes)}/"
+            f"{format_bytes(p.total_bytes)} {p.speed_bps / 1e6:6.1f} MB/s {eta}{resumed}"
+        )
+        if final:
+            line += f" - {p.phase}"
+        self._write(line, final=final)
+
+    def convert(self, done: int, total: int) -> None:
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        if done < total and now - self.last < (0.2 if self.tty else 2.0):
+            return
+        self.last = now
+        self._write(
+            f"converting to the merged expert layout: {done / max(total, 1) * 100:5.1f}%",
+            final=done >= total,
+        )
+
+    def _write(self, line: str, *, final: bool) -> None:
+        if self.tty:
+            sys.stderr.write("\r\x1b[K" + line + ("\n" if final else ""))
+        else:
+            sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+
+
+def _print_plan(profile: ModelProfile, plan: OffloadPlan) -> None:
+    from mixdesk.commands.plan import plan_table
+
+    sys.stderr.write(
+        f"{profile.name}: {format_bytes(profile.weights_bytes)} of weights. On this machine: "
+        f"--ngl {plan.n_gpu_layers} ({plan.fit}), context {plan.n_ctx}.\n"
+    )
+    sys.stderr.write(plan_table(plan) + "\n")
+    for line in plan.explanation:
+        sys.stderr.write(f"- {line}\n")
+
+
+def run_pull(args: argparse.Namespace) -> int:
+    """Download a model into the library."""
+    from mixdesk.commands.plan import machine
+    from mixdesk.core.pull import pull
+
+    printer = _ProgressPrinter(enabled=not args.json)
+    cancel = threading.Event()
+    try:
+        result = pull(
+            args.repo,
+            filename=args.file,
+            quant=args.quant,
+            revision=args.revision,
+            hardware=machine(args),
+            on_plan=None if args.json else _print_plan,
+            on_progress=printer.download,
+            on_convert=printer.convert,
+            cancel=cancel,
+        )
+    except KeyboardInterrupt:
+        raise DownloadCancelled(
+            "Stopped; run the same command again to continue where it stopped."
+        ) from None
+    entry = result.entry
+    if args.json:
+        from mixdesk.cli import print_json
+        from mixdesk.commands.plan import plan_to_json
+
+        data = {
+            **asdict(entry),
+            "already_had": result.already_had,
+            "converted": result.converted,
+            "plan": plan_to_json(result.plan, model=entry.path) if result.plan else None,
+        }
+        print_json(data)
+    elif result.already_had:
+        sys.stderr.write(f"Already in the library: {entry.name} ({entry.path}).\n")
+    else:
+        sys.stderr.write(
+            f"Ready: {entry.name} ({format_bytes(entry.size)}); chat with `mixdesk chat {entry.name}`.\n"
+        )
+    return 0
+
+
+def run_models(args: argparse.Namespace) -> int:
+    """List the library."""
+    entries = Library().entries()
+    if args.json:
+        from mixdesk.cli import print_json
+
+        print_json([{**asdict(e), "exists": e.exists} for e in entries])
+        return 0
+    if not entries:
+        sys.stdout.write(
+            "No models yet: `mixdesk pull TheBloke/Mixtral-8x7B-Instruct-v0.1-GGUF` gets one.\n"
+        )
+    for e in entries:
+        source = f"{e.repo_id}" if e.repo_id else "imported"
+        note = " (converted)" if e.converted_from else ""
+        gone = "  [file missing]" if not e.exists else ""
+        sys.stdout.write(f"{e.name:<48} {format_bytes(e.size):>11}  {source}{note}{gone}\n")
+    return 0
+
+
+def run_rm(args: argparse.Namespace) -> int:
+    """Remove a model from the library (and its files from the models folder)."""
+    entry = Library().remove(args.name)
+    sys.stderr.write(f"Removed {entry.name}.\n")
+    return 0
+
+
+def run_import(args: argparse.Namespace) -> int:
+    """Register a local GGUF (converting a legacy Mixtral file)."""
+    from mixdesk.core.pull import import_model
+
+    printer = _ProgressPrinter(enabled=True)
+    entry = import_model(Path(args.path), on_convert=printer.convert)
+    note = " (converted to the merged expert layout)" if entry.converted_from else ""
+    sys.stderr.write(f"Imported {entry.name}{note}: {entry.path}\n")
+    return 0
+
+
+def run_convert(args: argparse.Namespace) -> int:
+    """Convert a legacy Mixtral file to the merged layout."""
+    from mixdesk.core.convert import convert_legacy
+
+    printer = _ProgressPrinter(enabled=True)
+    result = convert_legacy(Path(args.input), Path(args.output), on_progress=printer.convert)
+    sys.stderr.write(
+        f"Converted {result.merged_tensors} expert groups in {result.seconds:.1f} s: {result.output}\n"
+    )
+    return 0

@@ -1,0 +1,224 @@
+"""Convert TheBloke's legacy Mixtral files into the merged layout current llama.cpp loads.
+
+December 2023 Mixtral GGUFs store each expert as its own 2-D tensor
+(``blk.N.ffn_gate.E.weight``, E = 0..7); llama.cpp has read only merged 3-D tensors
+(``blk.N.ffn_gate_exps.weight``, shape n_expert x rows x cols) since November 2024
+(ggml-org/llama.cpp#10244). All experts of one kind in a layer share one type, so merging is
+a byte-level concatenation of their data in expert order: no re-quantisation, no loss.
+
+The conversion streams: metadata bytes are copied verbatim, tensor data is copied range by
+range in chunks, so memory stays small even for a 26 GB file. The output is written to a
+temporary name, checked (its header re-read and every tensor's size compared), and only
+then renamed into place.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import struct
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from mixdesk.core.gguf_header import GGUFHeader, GGUFHeaderError, TensorInfo, read_local_header
+from mixdesk.errors import MixdeskError
+
+log = logging.getLogger(__name__)
+
+_EXPERT = re.compile(r"^blk\.(\d+)\.ffn_(gate|up|down)\.(\d+)\.weight$")
+_CHUNK = 8 << 20
+
+
+class ConversionError(MixdeskError):
+    """A legacy file could not be converted."""
+
+
+@dataclass(frozen=True)
+class ConvertResult:
+    """What a conversion did."""
+
+    source: Path
+    output: Path
+    merged_tensors: int
+    bytes_written: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class _OutTensor:
+    name: str
+    ggml_type: int
+    shape: tuple[int, ...]
+    sources: tuple[TensorInfo, ...]  # copied in this order
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.nbytes for t in self.sources)
+
+
+def needs_conversion(header: GGUFHeader) -> bool:
+    """Whether a header is in the legacy per-expert layout."""
+    return any(_EXPERT.match(t.name) for t in header.tensors)
+
+
+def _plan_tensors(header: GGUFHeader) -> list[_OutTensor]:
+    groups: dict[tuple[int, str], dict[int, TensorInfo]] = {}
+    for t in header.tensors:
+        if m := _EXPERT.match(t.name):
+            groups.setdefault((int(m.group(1)), m.group(2)), {})[int(m.group(3))] = t
+    out: list[_OutTensor] = []
+    emitted: set[tuple[int, str]] = set()
+    for t in header.tensors:
+        m = _EXPERT.match(t.name)
+        if not m:
+            out.append(_OutTensor(t.name, t.ggml_type, t.shape, (t,)))
+            continue
+        key = (int(m.group(1)), m.group(2))
+        if key in emitted:
+            continue
+        emitted.add(key)
+        experts = groups[key]
+        if sorted(experts) != list(range(len(experts))):
+            raise ConversionError(f"{header.name} lacks some experts of layer {key[0]} ({key[1]})")
+        ordered = tuple(experts[i] for i in range(len(experts)))
+        first = ordered[0]
+        if any(e.ggml_type != first.ggml_type or e.shape != first.shape for e in ordered):
+            raise ConversionError(
+                f"{header.name}: the {key[1]} experts of layer {key[0]} differ in type or shape, so they "
+                "cannot be merged"
+            )
+        out.append(
+            _OutTensor(
+                f"blk.{key[0]}.ffn_{key[1]}_exps.weight",
+                first.ggml_type,
+                (*first.shape, len(ordered)),
+                ordered,
+            )
+        )
+    return out
+
+
+def _string(text: str) -> bytes:
+    data = text.encode("utf-8")
+    return struct.pack("<Q", len(data)) + data
+
+
+def _copy_range(src: int, dst: int, offset: int, length: int) -> None:
+    """Copy ``length`` bytes at ``offset`` of fd ``src`` to the current position of fd ``dst``."""
+    end = offset + length
+    while offset < end:
+        n = min(_CHUNK, end - offset)
+        try:
+            done = os.copy_file_range(src, dst, n, offset)
+        except (AttributeError, OSError):
+            data = os.pread(src, n, offset)
+            done = os.write(dst, data)
+        if done <= 0:
+            raise ConversionError(
+                "the source file ended early; it is incomplete: download it again"
+            )
+        offset += done
+
+
+def convert_legacy(
+    source: Path, output: Path, *, on_progress: Callable[[int, int], None] | None = None
+) -> ConvertResult:
+    """Convert a legacy-layout Mixtral GGUF to the merged layout.
+
+    Args:
+        source: the legacy file.
+        output: where the converted file goes (must not be ``source``).
+        on_progress: called with (bytes written, total bytes) as tensors are copied.
+
+    Raises:
+        ConversionError: not a legacy file, damaged, or not enough disk space.
+        GGUFHeaderError: the source is not a readable GGUF.
+    """
+    started = time.perf_counter()
+    header = read_local_header(source)
+    if not needs_conversion(header):
+        raise ConversionError(
+            f"{source.name} already uses the merged expert layout; it needs no conversion."
+        )
+    if output.resolve() == source.resolve():
+        raise ConversionError("The converted file needs a different name from the original.")
+    tensors = _plan_tensors(header)
+    align = header.alignment
+    data_bytes = sum(-(-t.nbytes // align) * align for t in tensors)
+    free = shutil.disk_usage(output.parent if output.parent.exists() else Path.cwd()).free
+    if free < data_bytes + (64 << 20):
+        raise ConversionError(
+            f"Converting {source.name} needs {data_bytes / 2**30:.1f} GiB of free disk space but "
+            f"{free / 2**30:.1f} GiB is free; free some space and try again."
+        )
+
+    infos = bytearray()
+    offset = 0
+    for t in tensors:
+        infos += _string(t.name) + struct.pack("<I", len(t.shape))
+        infos += b"".join(struct.pack("<Q", d) for d in t.shape)
+        infos += struct.pack("<IQ", t.ggml_type, offset)
+        offset += -(-t.nbytes // align) * align
+    tmp = output.with_name(output.name + ".converting")
+    written = 0
+    try:
+        with source.open("rb") as src, tmp.open("wb") as dst:
+            dst.write(
+                b"GGUF" + struct.pack("<IQQ", header.version, len(tensors), len(header.metadata))
+            )
+            src.seek(header.kv_start)
+            dst.write(src.read(header.kv_end - header.kv_start))  # metadata, verbatim
+            dst.write(bytes(infos))
+            dst.write(b"\0" * (-dst.tell() % align))
+            dst.flush()
+            for t in tensors:
+                for part in t.sources:
+                    _copy_range(
+                        src.fileno(), dst.fileno(), header.data_offset + part.offset, part.nbytes
+                    )
+                    written += part.nbytes
+                    if on_progress is not None:
+                        on_progress(written, data_bytes)
+                os.lseek(dst.fileno(), 0, os.SEEK_END)
+                pad = -os.lseek(dst.fileno(), 0, os.SEEK_CUR) % align
+                if pad:
+                    os.write(dst.fileno(), b"\0" * pad)
+        _check(tmp, tensors)
+        os.replace(tmp, output)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise ConversionError(f"Converting {source.name} failed: {err.strerror or err}.") from err
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    seconds = time.perf_counter() - started
+    merged = sum(1 for t in tensors if len(t.sources) > 1)
+    log.info(
+        "converted %s -> %s: %d merged tensors, %d bytes in %.1f s",
+        source,
+        output,
+        merged,
+        written,
+        seconds,
+    )
+    return ConvertResult(source, output, merged, written, seconds)
+
+
+def _check(path: Path, expected: list[_OutTensor]) -> None:
+    """Re-read the written header and make sure every tensor is there, whole."""
+    try:
+        header = read_local_header(path)
+    except GGUFHeaderError as err:
+        raise ConversionError(
+            f"The converted file failed its check ({err}); the original is kept."
+        ) from err
+    got = {(t.name, t.ggml_type, t.shape, t.nbytes) for t in header.tensors}
+    want = {(t.name, t.ggml_type, t.shape, t.nbytes) for t in expected}
+    if got != want or needs_conversion(header):
+        raise ConversionError(
+            "The converted file failed its check (tensor table differs); the original is kept."
+        )

@@ -1,0 +1,230 @@
+"""The model library: the models MixDesk has, recorded in a SQLite manifest.
+
+Models live under the models directory (``<data dir>/models``, or ``MIXDESK_MODELS_DIR``),
+one folder per Hub repository. The manifest (``library.sqlite`` in the models directory)
+records for each model where it came from (repo, file, revision, sha256), its size, what it
+was converted from, and when it was added. A library name (the file name without
+``.gguf``) works wherever a model path does.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mixdesk import paths
+from mixdesk.errors import InvalidArgumentError, MixdeskError
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS models (
+    name TEXT PRIMARY KEY,
+    path TEXT NOT NULL,
+    parts TEXT NOT NULL,
+    repo_id TEXT,
+    filename TEXT,
+    revision TEXT,
+    sha256 TEXT,
+    size INTEGER NOT NULL,
+    converted_from TEXT,
+    added_at REAL NOT NULL
+)
+"""
+
+
+class ModelNotInLibraryError(MixdeskError):
+    """No model of that name in the library."""
+
+
+@dataclass(frozen=True)
+class LibraryEntry:
+    """One model in the library."""
+
+    name: str
+    path: str  # the file to load (the first part of a split model)
+    parts: list[str] = field(default_factory=list)
+    repo_id: str | None = None
+    filename: str | None = None
+    revision: str | None = None
+    sha256: str | None = None  # of the file as the Hub serves it (before any conversion)
+    size: int = 0
+    converted_from: str | None = None
+    added_at: float = 0.0
+
+    @property
+    def exists(self) -> bool:
+        """Whether every file of the model is still on disk."""
+        return all(Path(p).exists() for p in (self.parts or [self.path]))
+
+
+def models_dir() -> Path:
+    """Where downloaded models go (``MIXDESK_MODELS_DIR`` or ``<data dir>/models``)."""
+    override = os.environ.get("MIXDESK_MODELS_DIR")
+    return Path(override).expanduser() if override else paths.data_dir() / "models"
+
+
+def model_name(filename: str) -> str:
+    """A library name from a file name: ``mixtral-8x7b-instruct-v0.1.Q4_K_M.gguf`` -> without ``.gguf``
+    (and without the ``-00001-of-00005`` of a split model)."""
+    from mixdesk.core.model_profile import SPLIT_RE
+
+    base = Path(filename).name
+    if m := SPLIT_RE.match(base):
+        return m.group("stem")
+    return base[: -len(".gguf")] if base.endswith(".gguf") else base
+
+
+class Library:
+    """The manifest of downloaded and imported models.
+
+    Args:
+        root: the models directory (default: :func:`models_dir`).
+    """
+
+    def __init__(self, root: Path | None = None) -> None:
+        self.root = paths.ensure_dir(root or models_dir())
+        self.db_path = self.root / "library.sqlite"
+        with self._db() as db:
+            db.execute(_SCHEMA)
+
+    @contextmanager
+    def _db(self) -> Iterator[sqlite3.Connection]:
+        db = sqlite3.connect(self.db_path, timeout=10)
+        try:
+            with db:
+                yield db
+        finally:
+            db.close()
+
+    def add(self, entry: LibraryEntry) -> LibraryEntry:
+        """Record a model (replacing one of the same name)."""
+        if not entry.added_at:
+            entry = LibraryEntry(**{**entry.__dict__, "added_at": time.time()})
+        with self._db() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO models VALUES (?,?,?,?,?,?,?,?,?,?)",
+                (
+                    entry.name,
+                    entry.path,
+                    json.dumps(entry.parts),
+                    entry.repo_id,
+                    entry.filename,
+                    entry.revision,
+                    entry.sha256,
+                    entry.size,
+                    entry.converted_from,
+                    entry.added_at,
+                ),
+            )
+        return entry
+
+    def entries(self) -> list[LibraryEntry]:
+        """All models, newest first."""
+        with self._db() as db:
+            rows = db.execute("SELECT * FROM models ORDER BY added_at DESC").fetchall()
+        return [self._entry(r) for r in rows]
+
+    def get(self, name: str) -> LibraryEntry | None:
+        """The model called ``name``, if any."""
+        with self._db() as db:
+            row = db.execute("SELECT * FROM models WHERE name = ?", (name,)).fetchone()
+        return self._entry(row) if row else None
+
+    def find_download(self, repo_id: str, filename: str, sha256: str | None) -> LibraryEntry | None:
+        """A model already downloaded from this repo file (with the same content), if any."""
+        with self._db() as db:
+            row = db.execute(
+                "SELECT * FROM models WHERE repo_id = ? AND filename = ?", (repo_id, filename)
+            ).fetchone()
+        entry = self._entry(row) if row else None
+        if (
+            entry is None
+            or not entry.exists
+            or (sha256 and entry.sha256 and entry.sha256 != sha256)
+        ):
+            return None
+        return entry
+
+    def remove(self, name: str, *, delete_files: bool = True) -> LibraryEntry:
+        """Forget a model and (if it lives in the models directory) delete its files.
+
+        Raises:
+            ModelNotInLibraryError: no such model.
+        """
+        entry = self.get(name)
+        if entry is None:
+            raise ModelNotInLibraryError(
+                f"There is no model called {name} in the library; `mixdesk models` lists them."
+            )
+        if delete_files:
+            for part in entry.parts or [entry.path]:
+                p = Path(part)
+                if p.resolve().is_relative_to(self.root.resolve()):
+                    p.unlink(missing_ok=True)
+        with self._db() as db:
+            db.execute("DELETE FROM models WHERE name = ?", (name,))
+        return entry
+
+    def resolve(self, name_or_path: str) -> str:
+        """A path for ``name_or_path``: the path itself if it exists, else the library model's file.
+
+        Raises:
+            InvalidArgumentError: neither a file nor a library name.
+        """
+        if Path(name_or_path).expanduser().exists():
+            return str(Path(name_or_path).expanduser())
+        entry = self.get(name_or_path) or self.get(model_name(name_or_path))
+        if entry is not None:
+            if not entry.exists:
+                raise ModelNotInLibraryError(
+                    f"{entry.name} is in the library but its file {entry.path} is gone; "
+                    f"`mixdesk rm {entry.name}` forgets it."
+                )
+            return entry.path
+        return name_or_path
+
+    @staticmethod
+    def _entry(row: tuple[object, ...]) -> LibraryEntry:
+        name, path, parts, repo_id, filename, revision, sha256, size, converted_from, added_at = row
+        return LibraryEntry(
+            name=str(name),
+            path=str(path),
+            parts=list(json.loads(str(parts))),
+            repo_id=repo_id if isinstance(repo_id, str) else None,
+            filename=filename if isinstance(filename, str) else None,
+            revision=revision if isinstance(revision, str) else None,
+            sha256=sha256 if isinstance(sha256, str) else None,
+            size=int(size) if isinstance(size, int) else 0,
+            converted_from=converted_from if isinstance(converted_from, str) else None,
+            added_at=float(added_at) if isinstance(added_at, (int, float)) else 0.0,
+        )
+
+
+def safe_target(root: Path, repo_id: str, filename: str) -> Path:
+    """Where a Hub file goes under ``root``: ``root/OWNER--REPO/FILENAME``, never outside ``root``.
+
+    Raises:
+        InvalidArgumentError: a repo id or file name that would escape the models directory.
+    """
+    bad = (
+        ".." in Path(filename).parts
+        or filename.startswith(("/", "\\"))
+        or "\\" in filename
+        or ":" in filename
+        or "\0" in filename
+    )
+    if bad or "/" not in repo_id or ".." in repo_id.split("/") or repo_id.count("/") != 1:
+        raise InvalidArgumentError(
+            f"Refusing the Hub file name {repo_id}/{filename}: it would land outside the models folder."
+        )
+    target = (root / repo_id.replace("/", "--") / filename).resolve()
+    if not target.is_relative_to(root.resolve()):
+        raise InvalidArgumentError(
+            f"Refusing the Hub file name {repo_id}/{filename}: it would land outside the models folder."
+        )
+    return target
