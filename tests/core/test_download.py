@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import subprocess
@@ -16,8 +17,8 @@ from mixdesk.core.download import (
     ChecksumMismatchError,
     DiskFullError,
     DownloadCancelled,
-    DownloadProgress,
     Downloader,
+    DownloadProgress,
 )
 from mixdesk.core.hub import HubFileInfo, list_models, pick_model
 from mixdesk.core.library import Library, safe_target
@@ -152,7 +153,7 @@ def test_missing_repo_file_and_gated(served: tuple[HubState, Library]) -> None:
     state, library = served
     with pytest.raises(HubError, match="no model repository someone/nothing-GGUF"):
         pull("someone/nothing-GGUF", library=library)
-    with pytest.raises(HubError, match="no nothing.gguf here"):
+    with pytest.raises(HubError, match=r"no nothing\.gguf here"):
         pull(REPO, filename="nothing.gguf", library=library)
     state.repos[REPO].gated = True
     with pytest.raises(HubError, match="gated: accept its licence on the Hub, then set a token"):
@@ -181,14 +182,14 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
     mount = tmp_path / "small"
     mount.mkdir()
     proc = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount)], capture_output=True
+        ["/bin/mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount)], capture_output=True
     )
     if proc.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.decode().strip()}")
     try:
         yield mount
     finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
+        subprocess.run(["/bin/umount", "-l", str(mount)], check=False)
 
 
 def test_disk_full_before_and_during(served: tuple[HubState, Library], small_disk: Path) -> None:
@@ -210,11 +211,8 @@ def test_disk_full_before_and_during(served: tuple[HubState, Library], small_dis
     def fill(p: DownloadProgress) -> None:
         if not filled.is_set() and p.done_bytes > 64 << 10:
             filled.set()
-            with (small_disk / "filler").open("wb") as fh:
-                try:
-                    fh.write(b"\0" * (6 << 20))
-                except OSError:
-                    pass
+            with (small_disk / "filler").open("wb") as fh, contextlib.suppress(OSError):
+                fh.write(b"\0" * (6 << 20))
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(dl, "DISK_RESERVE", 0)
