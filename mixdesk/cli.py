@@ -172,6 +172,12 @@ def build_parser() -> argparse.ArgumentParser:
     pull.add_argument("--json", action="store_true", help="print the result as JSON")
     add_hardware_arguments(pull)
 
+    catalog = commands.add_parser("catalog", help="the Mixtral models MixDesk knows, with sizes")
+    catalog.add_argument("--json", action="store_true", help="print as JSON")
+    ls = commands.add_parser("list", help="list the GGUF models of a Hub repository")
+    ls.add_argument("repo", metavar="REPO")
+    ls.add_argument("--json", action="store_true", help="print as JSON")
+
     models = commands.add_parser("models", help="list the models in the library")
     models.add_argument("--json", action="store_true", help="print as JSON")
     rm = commands.add_parser("rm", help="remove a model from the library and delete its files")
@@ -223,7 +229,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from mixdesk.commands import plan as plan_cmd
 
             return plan_cmd.run_plan(args) if args.command == "plan" else plan_cmd.run_hw(args)
-        if args.command in ("pull", "models", "rm", "import", "convert"):
+        if args.command in ("pull", "models", "rm", "import", "convert", "catalog", "list"):
             from mixdesk.commands import library as lib_cmd
 
             return {
@@ -232,6 +238,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "rm": lib_cmd.run_rm,
                 "import": lib_cmd.run_import,
                 "convert": lib_cmd.run_convert,
+                "catalog": lib_cmd.run_catalog,
+                "list": lib_cmd.run_list,
             }[args.command](args)
         if args.command == "doctor":
             from mixdesk.commands.doctor import run_doctor

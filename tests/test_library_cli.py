@@ -156,3 +156,22 @@ def test_pull_errors_are_one_sentence(env: dict[str, str]) -> None:
     down = run("pull", REPO, env=dict(env, HF_ENDPOINT="http://127.0.0.1:9"))
     assert down.returncode == 1
     assert "Cannot reach the Hugging Face Hub" in down.stderr
+
+
+def test_catalog_and_list(env: dict[str, str]) -> None:
+    catalog = json.loads(run("catalog", "--json", env=env).stdout)
+    thebloke = next(
+        m for m in catalog if m["repo_id"] == "TheBloke/Mixtral-8x7B-Instruct-v0.1-GGUF"
+    )
+    assert {f["quant"] for f in thebloke["files"]} == {
+        "Q2_K",
+        "Q3_K_M",
+        "Q4_K_M",
+        "Q5_K_M",
+        "Q6_K",
+        "Q8_0",
+    }
+    assert any(m["repo_id"] == "TheBloke/Mixtral-8x7B-v0.1-GGUF" for m in catalog)
+    assert any(f.get("split") for m in catalog for f in m["files"])
+    listed = json.loads(run("list", REPO, "--json", env=env).stdout)
+    assert {m["quant"] for m in listed} == {"Q4_K_M", "Q2_K"}

@@ -168,3 +168,54 @@ def run_convert(args: argparse.Namespace) -> int:
         f"Converted {result.merged_tensors} expert groups in {result.seconds:.1f} s: {result.output}\n"
     )
     return 0
+
+
+def run_catalog(args: argparse.Namespace) -> int:
+    """Show the built-in catalog."""
+    from mixdesk.core.catalog import load_catalog
+
+    catalog = load_catalog()
+    if args.json:
+        from mixdesk.cli import print_json
+
+        print_json([asdict(m) for m in catalog])
+        return 0
+    for m in catalog:
+        note = " (converted after download)" if m.layout == "legacy" else ""
+        sys.stdout.write(f"{m.title}\n  {m.repo_id}{note}\n")
+        for f in m.files:
+            star = "  <- recommended" if f.recommended else ""
+            sys.stdout.write(f"    {f.quant:<8} {f.size / 1e9:7.2f} GB  {f.filename}{star}\n")
+        if not m.files:
+            sys.stdout.write("    (files listed live: `mixdesk list " + m.repo_id + "`)\n")
+    sys.stdout.write(
+        "\nGet one with `mixdesk pull REPO --quant Q4_K_M`; `mixdesk plan REPO/FILE` first says how it will fit.\n"
+    )
+    return 0
+
+
+def run_list(args: argparse.Namespace) -> int:
+    """List a Hub repository's GGUF models."""
+    from mixdesk.core.hub import list_models
+
+    models = list_models(args.repo)
+    if args.json:
+        from mixdesk.cli import print_json
+
+        print_json(
+            [
+                {
+                    "name": m.name,
+                    "quant": m.quant,
+                    "size": m.size,
+                    "files": [f.filename for f in m.files],
+                    "join": m.join,
+                }
+                for m in models
+            ]
+        )
+        return 0
+    for m in models:
+        parts = f" ({len(m.files)} parts)" if len(m.files) > 1 else ""
+        sys.stdout.write(f"{m.quant or '?':<8} {format_bytes(m.size):>11}  {m.filename}{parts}\n")
+    return 0

@@ -250,12 +250,18 @@ def _weights(spec: ModelSpec, n_vocab: int) -> list[tuple[str, npt.NDArray[np.fl
     return tensors
 
 
-def write_model(path: Path, spec: ModelSpec = TINY) -> Path:
-    """Write a GGUF model described by ``spec`` to ``path`` and return ``path``."""
+def write_model(path: Path, spec: ModelSpec = TINY, *, split_parts: int = 1) -> Path:
+    """Write a GGUF model described by ``spec`` to ``path`` and return ``path``.
+
+    With ``split_parts`` > 1 it writes llama.cpp split files (``NAME-00001-of-0000N.gguf``)
+    and returns the first.
+    """
     import gguf
 
     tokens, scores, types = vocabulary(spec)
-    writer = gguf.GGUFWriter(str(path), spec.architecture)
+    weights = _weights(spec, len(tokens))
+    per_part = -(-len(weights) // split_parts) if split_parts > 1 else 0
+    writer = gguf.GGUFWriter(str(path), spec.architecture, split_max_tensors=per_part)
     arch = spec.architecture
     writer.add_name(spec.name)
     writer.add_context_length(spec.n_ctx_train)
@@ -286,12 +292,14 @@ def write_model(path: Path, spec: ModelSpec = TINY) -> Path:
         writer.add_chat_template(spec.chat_template)
     if arch != "llama":
         writer.add_string("general.note", "architecture deliberately unknown to llama.cpp")
-    for name, data in _weights(spec, len(tokens)):
+    for name, data in weights:
         writer.add_tensor(name, data)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
+    if split_parts > 1:
+        return path.with_name(f"{path.stem}-00001-of-{split_parts:05d}.gguf")
     return path
 
 

@@ -256,3 +256,38 @@ def test_several_downloads_at_once(served: tuple[HubState, Library]) -> None:
     for f in files:
         assert hashlib.sha256(results[f.filename].read_bytes()).hexdigest() == f.sha256
     assert os.path.getsize(results["mixtral-tiny.Q2_K.gguf"]) == (3 << 20) + 1
+
+
+def test_split_model_and_joined_pieces(hub: tuple[HubState, str], tmp_path: Path) -> None:
+    from mixdesk.core.chat_template import ChatMessage
+    from mixdesk.core.engine import Engine, LoadConfig, SamplingParams
+    from mixdesk.core.synthetic_model import TINY, write_model
+
+    state, _ = hub
+    (tmp_path / "src").mkdir()
+    first = write_model(tmp_path / "src" / "tiny-split.gguf", TINY, split_parts=3)
+    whole = write_model(tmp_path / "src" / "tiny-whole.gguf", TINY).read_bytes()
+    files = {
+        p.name: HubFile(data=p.read_bytes()) for p in sorted(first.parent.glob("tiny-split-*"))
+    }
+    files["tiny-joined.gguf.part1of2"] = HubFile(data=whole[: len(whole) // 2])
+    files["tiny-joined.gguf.part2of2"] = HubFile(data=whole[len(whole) // 2 :])
+    state.repos["me/tiny-GGUF"] = HubRepo(files=files)
+    library = Library(tmp_path / "models")
+
+    split = pull("me/tiny-GGUF", filename="tiny-split-00001-of-00003.gguf", library=library).entry
+    assert len(split.parts) == 3
+    assert all(Path(p).exists() for p in split.parts)
+    joined = pull("me/tiny-GGUF", filename="tiny-joined.gguf", library=library).entry
+    assert Path(joined.path).name == "tiny-joined.gguf"
+    assert Path(joined.path).read_bytes() == whole
+    assert not list(Path(joined.path).parent.glob("*.part*of*"))
+    with Engine(log_dir=tmp_path / "logs") as engine:
+        for entry in (split, joined):
+            engine.load(LoadConfig(entry.parts[-1], n_ctx=256))  # any part: the first is loaded
+            assert (
+                engine.chat([ChatMessage("user", "hi")], SamplingParams(max_tokens=3))
+                .wait()
+                .stats.eval_tokens
+                == 3
+            )

@@ -353,6 +353,7 @@ class Engine:
             EngineCrashedError: llama.cpp killed the engine while loading.
         """
         validate_load_config(config)
+        config = _first_split_part(config)
         if not self._fresh or not self.alive:
             self.start()
         self._fresh = False
@@ -476,6 +477,16 @@ class Engine:
         except (OSError, ValueError):
             pass  # stdout closed by close()
         events.put(_Died(proc.wait()))
+
+
+def _first_split_part(config: LoadConfig) -> LoadConfig:
+    """llama.cpp loads a split model from its first part (and finds the others itself)."""
+    from dataclasses import replace
+
+    from mixdesk.core.model_profile import split_parts
+
+    first = split_parts(Path(config.model_path))[0]
+    return config if str(first) == config.model_path else replace(config, model_path=str(first))
 
 
 def _asdict(obj: Any) -> dict[str, Any]:

@@ -1,0 +1,1 @@
+"""MixDesk's data files (installed as the package ``mixdesk.resources``)."""
