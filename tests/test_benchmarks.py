@@ -35,3 +35,31 @@ def test_engine_speed_benchmark_runs_on_the_tiny_model() -> None:
     assert result["engine_eval_tps_median"] > 0
     assert result["eval_ratio_median"] > 0
     assert result["ipc_cpu_us_per_message"] > 0
+
+
+def _bench(*args: str) -> dict[str, object]:
+    proc = subprocess.run(
+        [sys.executable, *args, "--json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result: dict[str, object] = json.loads(proc.stdout)
+    return result
+
+
+def test_download_speed_benchmark_runs() -> None:
+    result = _bench(
+        str(ROOT / "benchmarks" / "download_speed.py"), "--size-mb", "8", "--rounds", "1"
+    )
+    assert isinstance(result["ratio_median"], float)
+    assert result["ratio_median"] > 0
+
+
+def test_convert_benchmark_runs() -> None:
+    result = _bench(str(ROOT / "benchmarks" / "convert_legacy.py"), "--small", "--rounds", "1")
+    assert isinstance(result["convert_peak_rss_mb"], int)
+    assert 0 < result["convert_peak_rss_mb"] < 600
