@@ -1,6 +1,6 @@
 """``mixdesk``: the terminal front end over mixdesk.core.
 
-With no command it opens the desktop app (until that lands, it prints help). Every error
+With no command it opens the desktop app. Every error
 ends as one sentence on stderr and a non-zero exit, never a traceback; the full story goes
 to the log file.
 """
@@ -245,8 +245,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             from mixdesk.commands.doctor import run_doctor
 
             return run_doctor(args)
-        parser.print_help()
-        return EXIT_OK
+        from mixdesk.ui.app import run_app
+
+        return run_app()
     except KeyboardInterrupt:
         sys.stderr.write("\nmixdesk: stopped.\n")
         return 130

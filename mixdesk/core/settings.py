@@ -1,0 +1,110 @@
+"""MixDesk's settings, each declared once with its type, default and description.
+
+Stored as JSON in the user config directory. The Hub token is deliberately not a setting:
+it lives in huggingface_hub's own token storage (``HF_TOKEN`` or ``hf auth login``), never in
+this file or the logs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from mixdesk import paths
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PRESETS = {
+    "Helpful assistant": "You are a helpful assistant. Answer clearly and concisely.",
+    "Coder": "You are an expert programmer. Answer with working code and short explanations.",
+    "Translator": "Translate the user's text into English, keeping its meaning and tone.",
+}
+
+
+@dataclass
+class Settings:
+    """All settings. Field metadata holds each one's description."""
+
+    temperature: float = field(default=0.7, metadata={"doc": "Sampling temperature (0 = greedy)."})
+    top_p: float = field(
+        default=0.95, metadata={"doc": "Nucleus sampling: keep tokens up to this probability mass."}
+    )
+    top_k: int = field(
+        default=40, metadata={"doc": "Keep only the k most likely tokens (0 = off)."}
+    )
+    min_p: float = field(
+        default=0.05,
+        metadata={"doc": "Drop tokens below this share of the top token's probability."},
+    )
+    repeat_penalty: float = field(
+        default=1.1, metadata={"doc": "Penalty for repeating recent tokens."}
+    )
+    max_tokens: int = field(
+        default=1024, metadata={"doc": "Longest answer in tokens (0 = until the context is full)."}
+    )
+    seed: int | None = field(
+        default=None, metadata={"doc": "Random seed (empty = a new one each answer)."}
+    )
+    system_prompt: str = field(default="", metadata={"doc": "System prompt for new conversations."})
+    system_presets: dict[str, str] = field(
+        default_factory=lambda: dict(DEFAULT_PRESETS),
+        metadata={"doc": "Named system prompts to choose from."},
+    )
+    threads: int | None = field(
+        default=None, metadata={"doc": "CPU threads (empty = physical cores)."}
+    )
+    models_dir: str | None = field(
+        default=None, metadata={"doc": "Where models are stored (empty = default)."}
+    )
+    n_ctx: int | None = field(
+        default=None, metadata={"doc": "Context length (empty = chosen by the planner)."}
+    )
+    kv_type: str = field(default="f16", metadata={"doc": "KV cache type: f16, q8_0 or q4_0."})
+    flash_attn: bool = field(default=False, metadata={"doc": "Use flash attention."})
+    last_model: str | None = field(default=None, metadata={"doc": "The model loaded last time."})
+
+    @classmethod
+    def path(cls) -> Path:
+        """The settings file."""
+        return paths.config_dir() / "settings.json"
+
+    @classmethod
+    def load(cls) -> Settings:
+        """Read the settings (defaults for anything missing or unreadable)."""
+        try:
+            data = json.loads(cls.path().read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return cls()
+        except (OSError, ValueError) as err:
+            log.warning("settings unreadable (%s); using defaults", err)
+            return cls()
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def save(self) -> None:
+        """Write the settings atomically."""
+        path = self.path()
+        paths.ensure_dir(path.parent)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(self), indent=2), encoding="utf-8")
+        tmp.replace(path)
+
+    def sampling(self) -> dict[str, Any]:
+        """The sampling defaults as a dict (a conversation's starting point)."""
+        return {
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "top_k": self.top_k,
+            "min_p": self.min_p,
+            "repeat_penalty": self.repeat_penalty,
+            "max_tokens": self.max_tokens,
+            "seed": self.seed,
+        }
+
+    @staticmethod
+    def describe() -> list[tuple[str, str, str]]:
+        """(name, type, description) of every setting."""
+        return [(f.name, str(f.type), f.metadata.get("doc", "")) for f in fields(Settings)]

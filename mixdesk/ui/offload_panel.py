@@ -1,0 +1,252 @@
+"""The offload panel: a layer slider with live per-device memory bars, context and KV type, Apply, Measure."""
+
+from __future__ import annotations
+
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QSlider,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from mixdesk.core.engine import LoadConfig
+from mixdesk.core.hardware import HardwareInfo
+from mixdesk.core.model_profile import ModelProfile
+from mixdesk.core.planner import OffloadPlan, plan_offload
+from mixdesk.ui.widgets import DeviceBars
+
+
+class MeasureChart(QWidget):
+    """Measured tokens/s per setting, as small horizontal bars."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.results: list[tuple[str, float]] = []
+        self.setMinimumHeight(0)
+
+    def set_results(self, results: list[tuple[str, float]]) -> None:
+        self.results = results
+        self.setMinimumHeight(18 * len(results) + 4)
+        self.update()
+
+    def paintEvent(self, _event: object) -> None:  # noqa: N802
+        from PySide6.QtGui import QColor, QPainter
+
+        if not self.results:
+            return
+        p = QPainter(self)
+        top = max(v for _, v in self.results) or 1.0
+        for i, (label, value) in enumerate(self.results):
+            y = 2 + i * 18
+            p.setPen(QColor("#333"))
+            p.drawText(4, y + 12, label)
+            w = (self.width() - 150) * value / top
+            p.fillRect(90, y + 2, int(w), 12, QColor("#2b7de9" if value == top else "#9ab"))
+            p.drawText(94 + int(w), y + 12, f"{value:.1f} tok/s")
+        p.end()
+
+
+class OffloadPanel(QWidget):
+    """Tune how a model is loaded; every change re-plans and redraws the bars at once.
+
+    Signals:
+        applyRequested(object): a :class:`LoadConfig` to load with.
+        measureRequested(list): GPU layer counts to measure.
+    """
+
+    applyRequested = Signal(object)
+    measureRequested = Signal(list)
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.profile: ModelProfile | None = None
+        self.hardware: HardwareInfo | None = None
+        self.model_path = ""
+        self.plan: OffloadPlan | None = None
+        self.auto_plan: OffloadPlan | None = None
+
+        self.title = QLabel("No model selected")
+        self.title.setWordWrap(True)
+        self.auto = QCheckBox("Auto (the planner's choice)")
+        self.auto.setChecked(True)
+        self.slider = QSlider(Qt.Orientation.Horizontal)
+        self.slider.setMinimum(0)
+        self.slider_label = QLabel("GPU layers: 0")
+        self.ctx = QSpinBox()
+        self.ctx.setRange(0, 1 << 20)
+        self.ctx.setSingleStep(1024)
+        self.ctx.setSpecialValueText("auto")
+        self.kv = QComboBox()
+        self.kv.addItems(["f16", "q8_0", "q4_0"])
+        self.flash = QCheckBox("Flash attention")
+        self.bars = DeviceBars()
+        self.warning = QLabel("")
+        self.warning.setStyleSheet("color:#c0392b")
+        self.warning.setWordWrap(True)
+        self.explanation = QLabel("")
+        self.explanation.setWordWrap(True)
+        self.apply = QPushButton("Apply (reload)")
+        self.measure = QPushButton("Measure")
+        self.keep_fastest = QPushButton("Keep fastest")
+        self.keep_fastest.setEnabled(False)
+        self.progress = QProgressBar()
+        self.progress.setRange(0, 100)
+        self.progress.hide()
+        self.chart = MeasureChart()
+
+        form = QFormLayout()
+        form.addRow("Context", self.ctx)
+        form.addRow("KV cache", self.kv)
+        form.addRow("", self.flash)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.apply)
+        buttons.addWidget(self.measure)
+        buttons.addWidget(self.keep_fastest)
+        layout = QVBoxLayout(self)
+        for w in (self.title, self.auto, self.slider_label, self.slider):
+            layout.addWidget(w)
+        layout.addLayout(form)
+        layout.addWidget(self.bars)
+        layout.addWidget(self.warning)
+        layout.addWidget(self.explanation)
+        layout.addLayout(buttons)
+        layout.addWidget(self.progress)
+        layout.addWidget(self.chart)
+        layout.addStretch(1)
+
+        self.slider.valueChanged.connect(self._slider_moved)
+        self.auto.toggled.connect(self._replan)
+        self.ctx.valueChanged.connect(self._replan)
+        self.kv.currentTextChanged.connect(self._replan)
+        self.flash.toggled.connect(self._replan)
+        self.apply.clicked.connect(self._apply)
+        self.measure.clicked.connect(self._measure)
+        self.keep_fastest.clicked.connect(self._keep_fastest)
+        self._measured: list[tuple[int, float]] = []
+        self._set_enabled(False)
+
+    def _set_enabled(self, enabled: bool) -> None:
+        for w in (self.auto, self.slider, self.ctx, self.kv, self.flash, self.apply, self.measure):
+            w.setEnabled(enabled)
+
+    def set_model(self, path: str, profile: ModelProfile, hardware: HardwareInfo) -> None:
+        """Plan for a newly selected model."""
+        self.model_path = path
+        self.profile = profile
+        self.hardware = hardware
+        self.title.setText(
+            f"{profile.name}: {profile.n_layers} layers"
+            + (f", {profile.n_expert} experts" if profile.is_moe else "")
+        )
+        self.slider.blockSignals(True)
+        self.slider.setMaximum(profile.n_layers + 1)
+        self.slider.blockSignals(False)
+        self._set_enabled(True)
+        self._replan()
+
+    def _slider_moved(self, value: int) -> None:
+        if (
+            self.auto.isChecked()
+            and self.auto_plan is not None
+            and value != self.auto_plan.n_gpu_layers
+        ):
+            self.auto.blockSignals(True)
+            self.auto.setChecked(False)
+            self.auto.blockSignals(False)
+        self._replan()
+
+    def _replan(self) -> None:
+        if self.profile is None or self.hardware is None:
+            return
+        ctx = self.ctx.value() or None
+        kv = self.kv.currentText()
+        self.auto_plan = plan_offload(
+            self.profile,
+            self.hardware,
+            n_ctx=ctx,
+            type_k=kv,
+            type_v=kv,
+            flash_attn=self.flash.isChecked(),
+        )
+        if self.auto.isChecked():
+            self.plan = self.auto_plan
+            self.slider.blockSignals(True)
+            self.slider.setValue(self.plan.n_gpu_layers)
+            self.slider.blockSignals(False)
+        else:
+            self.plan = plan_offload(
+                self.profile,
+                self.hardware,
+                n_ctx=ctx,
+                type_k=kv,
+                type_v=kv,
+                flash_attn=self.flash.isChecked(),
+                n_gpu_layers=self.slider.value(),
+            )
+        plan = self.plan
+        self.slider_label.setText(
+            f"GPU layers: {plan.n_gpu_layers} of {plan.n_layers + 1} "
+            f"(context {plan.n_ctx}, about {plan.expected_tps:g} tok/s estimated)"
+        )
+        self.bars.set_devices(plan.devices)
+        gpu = plan.gpu
+        if plan.fit == "none" or (gpu is not None and gpu.used_bytes > gpu.free_bytes):
+            self.warning.setText("This setting will not fit in memory: loading it may fail.")
+        else:
+            self.warning.setText("")
+        self.explanation.setText("\n".join(plan.explanation))
+
+    def load_config(self, *, threads: int | None = None) -> LoadConfig:
+        """The settings as a load configuration."""
+        assert self.plan is not None
+        return LoadConfig(
+            model_path=self.model_path,
+            n_gpu_layers=self.plan.n_gpu_layers,
+            n_ctx=self.plan.n_ctx,
+            n_threads=threads,
+            flash_attn=self.plan.flash_attn,
+            type_k=self.plan.type_k,
+            type_v=self.plan.type_v,
+            op_offload=self.plan.op_offload if self.auto.isChecked() else None,
+        )
+
+    def _apply(self) -> None:
+        if self.plan is not None:
+            self.applyRequested.emit(self.load_config())
+
+    def _measure(self) -> None:
+        if self.plan is None:
+            return
+        n = self.plan.n_gpu_layers
+        candidates = sorted({n, max(0, n - 4), max(0, n - 8)}, reverse=True)
+        self.measureRequested.emit(candidates)
+
+    def show_measurements(self, results: list[tuple[int, float]]) -> None:
+        """Draw measured tok/s per GPU layer count."""
+        self._measured = results
+        self.chart.set_results([(f"{n} layers", tps) for n, tps in results])
+        self.keep_fastest.setEnabled(bool(results))
+
+    def _keep_fastest(self) -> None:
+        if not self._measured:
+            return
+        best = max(self._measured, key=lambda r: r[1])[0]
+        self.auto.setChecked(False)
+        self.slider.setValue(best)
+        self._apply()
+
+    def show_progress(self, fraction: float | None) -> None:
+        """The load progress bar (None hides it)."""
+        if fraction is None:
+            self.progress.hide()
+            return
+        self.progress.show()
+        self.progress.setValue(int(fraction * 100))

@@ -1,0 +1,216 @@
+"""Widgets that only display: the chat view, the speed sparkline, the per-device memory bars."""
+
+from __future__ import annotations
+
+import html
+import itertools
+from typing import Any
+
+from PySide6.QtCore import QRectF, QSize, Qt, QUrl, Signal
+from PySide6.QtGui import QColor, QGuiApplication, QPainter, QPen
+from PySide6.QtWidgets import QLabel, QTextBrowser, QWidget
+
+from mixdesk.core.chat_store import StoredMessage
+from mixdesk.core.hardware import format_bytes
+from mixdesk.core.planner import DevicePlan
+from mixdesk.ui.markdown import render_markdown
+
+
+def stats_line(stats: dict[str, Any] | None) -> str:
+    """The speed figures of an answer, as shown under it."""
+    if not stats:
+        return ""
+    return (
+        f"{stats.get('eval_tokens', 0)} tokens · {stats.get('eval_tps', 0):.1f} tok/s · "
+        f"prompt {stats.get('prompt_tps', 0):.0f} tok/s · first token {stats.get('ttft_s', 0):.2f} s"
+    )
+
+
+class ChatView(QTextBrowser):
+    """A conversation rendered as HTML; only the streaming answer is re-rendered as it grows.
+
+    Signals:
+        editRequested(int): the user clicked "edit" on a message (its id).
+        copied(str): a code block was copied to the clipboard.
+    """
+
+    editRequested = Signal(int)
+    copied = Signal(str)
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setOpenLinks(False)
+        self.setOpenExternalLinks(False)
+        self.anchorClicked.connect(self._anchor)
+        self._prefix = ""
+        self._codes: list[str] = []
+        self._prefix_codes = 0
+        self.streaming_text = ""
+
+    def loadResource(self, kind: int, name: QUrl | str) -> Any:  # noqa: N802 - Qt's name
+        """Never load anything (model output may name remote images)."""
+        return None
+
+    def _message_html(self, m: StoredMessage, *, streaming: bool = False) -> str:
+        if m.role == "user":
+            return (
+                f'<p style="background:#eef4ff;padding:6px"><b>You</b> '
+                f'<a href="edit:{m.id}" style="font-size:small">edit</a><br>'
+                f"{html.escape(m.content).replace(chr(10), '<br>')}</p>"
+            )
+        body, codes = render_markdown(m.content, code_link_prefix=f"copy:{len(self._codes)}:")
+        self._codes_extra = codes
+        footer = ""
+        if m.stats and not streaming:
+            note = " · stopped" if m.finish_reason == "cancelled" else ""
+            footer = f'<p style="color:#888;font-size:small">{stats_line(m.stats)}{note}</p>'
+        cursor = " ▌" if streaming else ""
+        return f"<div><b>Assistant</b>{body}{cursor}{footer}</div>"
+
+    def set_messages(self, messages: list[StoredMessage]) -> None:
+        """Show a whole conversation."""
+        self._codes = []
+        parts = []
+        for m in messages:
+            if m.role == "system":
+                continue
+            parts.append(self._message_html(m))
+            self._codes += getattr(self, "_codes_extra", []) if m.role == "assistant" else []
+        self._prefix = "".join(parts)
+        self._prefix_codes = len(self._codes)
+        self.streaming_text = ""
+        self._render("")
+
+    def set_streaming(self, text: str) -> None:
+        """Show the answer being generated below the conversation."""
+        self.streaming_text = text
+        self._codes = self._codes[: self._prefix_codes]
+        part = self._message_html(StoredMessage(0, "assistant", text), streaming=True)
+        self._codes += getattr(self, "_codes_extra", [])
+        self._render(part)
+
+    def _render(self, tail: str) -> None:
+        bar = self.verticalScrollBar()
+        at_bottom = bar.value() >= bar.maximum() - 4
+        self.setHtml(self._prefix + tail)
+        if at_bottom:
+            bar.setValue(bar.maximum())
+
+    def _anchor(self, url: QUrl) -> None:
+        text = url.toString()
+        if text.startswith("edit:"):
+            self.editRequested.emit(int(text.split(":")[1]))
+        elif text.startswith("copy:"):
+            _, base, index = text.split(":")
+            code_index = int(base) + int(index)
+            if 0 <= code_index < len(self._codes):
+                QGuiApplication.clipboard().setText(self._codes[code_index])
+                self.copied.emit(self._codes[code_index])
+
+
+class Sparkline(QWidget):
+    """Tokens per second across an answer, as a small line."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.values: list[float] = []
+        self.setMinimumSize(120, 22)
+
+    def sizeHint(self) -> QSize:  # noqa: N802
+        return QSize(160, 24)
+
+    def set_values(self, values: list[float]) -> None:
+        self.values = values[-200:]
+        self.update()
+
+    def paintEvent(self, _event: object) -> None:  # noqa: N802
+        if len(self.values) < 2:
+            return
+        p = QPainter(self)
+        p.setRenderHint(QPainter.RenderHint.Antialiasing)
+        p.setPen(QPen(QColor("#2b7de9"), 1.5))
+        w, h = self.width() - 2, self.height() - 2
+        top = max(self.values) or 1.0
+        step = w / (len(self.values) - 1)
+        points = [(1 + i * step, 1 + h - v / top * h) for i, v in enumerate(self.values)]
+        for (x1, y1), (x2, y2) in itertools.pairwise(points):
+            p.drawLine(int(x1), int(y1), int(x2), int(y2))
+        p.end()
+
+
+_SEGMENTS = (
+    ("weights", "#4e79a7"),
+    ("KV cache", "#f28e2b"),
+    ("compute", "#59a14f"),
+    ("overhead", "#b07aa1"),
+    ("margin", "#bab0ac"),
+)
+
+
+class DeviceBars(QWidget):
+    """One stacked bar per device: weights, KV cache, compute, overhead and margin against its size."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.devices: list[DevicePlan] = []
+        self.setMinimumHeight(90)
+
+    def set_devices(self, devices: list[DevicePlan]) -> None:
+        self.devices = devices
+        self.setMinimumHeight(30 + 40 * len(devices))
+        self.update()
+
+    def segments(self, d: DevicePlan) -> list[tuple[str, int]]:
+        """The bar's parts in bytes."""
+        return [
+            ("weights", d.weights_bytes),
+            ("KV cache", d.kv_bytes),
+            ("compute", d.compute_bytes),
+            ("overhead", d.overhead_bytes),
+            ("margin", d.margin_bytes),
+        ]
+
+    def paintEvent(self, _event: object) -> None:  # noqa: N802
+        p = QPainter(self)
+        y = 4
+        width = self.width() - 8
+        for d in self.devices:
+            scale = max(d.free_bytes, d.used_bytes, 1)
+            p.setPen(QColor("#333"))
+            over = d.used_bytes > d.free_bytes
+            label = (
+                f"{d.name}: {format_bytes(d.used_bytes)} of {format_bytes(d.free_bytes)} free"
+                + ("  — does not fit" if over else "")
+            )
+            p.drawText(4, y + 12, label)
+            x = 4.0
+            for (name, size), (_, color) in zip(self.segments(d), _SEGMENTS, strict=True):
+                w = width * size / scale
+                p.fillRect(QRectF(x, y + 16, w, 14), QColor(color))
+                x += w
+                _ = name
+            p.setPen(QPen(QColor("#c0392b" if over else "#555"), 2 if over else 1))
+            p.drawRect(QRectF(4, y + 16, width * d.free_bytes / scale, 14))
+            y += 40
+        x = 4
+        for name, color in _SEGMENTS:
+            p.fillRect(QRectF(x, y + 2, 10, 10), QColor(color))
+            p.setPen(QColor("#333"))
+            p.drawText(x + 14, y + 12, name)
+            x += 14 + p.fontMetrics().horizontalAdvance(name) + 12
+        p.end()
+
+
+class Banner(QLabel):
+    """A highlighted message across the top of the window (e.g. "this build is CPU-only")."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setWordWrap(True)
+        self.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.setStyleSheet("background:#fff3cd;border:1px solid #e0c36c;padding:6px;")
+        self.hide()
+
+    def show_text(self, text: str) -> None:
+        self.setText(text)
+        self.setVisible(bool(text))
