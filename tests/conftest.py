@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,6 +12,10 @@ import pytest
 from mixdesk.core.engine import Engine
 from tests import model_factory as mf
 from tests.hub_server import HubState, serve_hub
+
+# Before pytest-qt creates the (session-wide) QApplication: no display is needed, or used.
+os.environ["QT_QPA_PLATFORM"] = "offscreen"
+os.environ["MIXDESK_NO_DIALOGS"] = "1"
 
 
 @pytest.fixture(autouse=True)

@@ -63,3 +63,11 @@ def test_convert_benchmark_runs() -> None:
     result = _bench(str(ROOT / "benchmarks" / "convert_legacy.py"), "--small", "--rounds", "1")
     assert isinstance(result["convert_peak_rss_mb"], int)
     assert 0 < result["convert_peak_rss_mb"] < 600
+
+
+def test_ui_responsiveness_benchmark_runs() -> None:
+    result = _bench(str(ROOT / "benchmarks" / "ui_responsiveness.py"), "--rounds", "1", "--tokens", "200")
+    assert isinstance(result["longest_stall_ms"], int)
+    assert isinstance(result["cold_start_s_median"], float)
+    assert result["cold_start_s_median"] > 0
+    assert isinstance(result["ratio_median"], float)

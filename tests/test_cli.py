@@ -195,11 +195,25 @@ def test_out_of_range_sampling_is_refused(models: dict[str, Path]) -> None:
     assert_one_sentence_error(run("chat", str(models["f32"]), "--json"), "--json needs --prompt")
 
 
-def test_no_command_prints_help() -> None:
-    proc = run()
+def test_help_lists_the_commands() -> None:
+    proc = run("--help")
     assert proc.returncode == 0
-    assert "chat" in proc.stdout
-    assert "doctor" in proc.stdout
+    for command in ("chat", "plan", "pull", "models", "doctor"):
+        assert command in proc.stdout
+
+
+def test_no_command_opens_the_window_without_llama_cpp() -> None:
+    env = dict(os.environ, QT_QPA_PLATFORM="offscreen", MIXDESK_EXIT_AFTER_SHOW="1")
+    code = (
+        "import sys; from mixdesk.cli import main; rc = main([]); "
+        "print('llama_cpp loaded' if 'llama_cpp' in sys.modules else 'llama_cpp not loaded'); sys.exit(rc)"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "shown " in proc.stdout
+    assert "llama_cpp not loaded" in proc.stdout
 
 
 def test_doctor_json_runs_the_engine_end_to_end() -> None:

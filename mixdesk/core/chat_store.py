@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -76,6 +77,8 @@ class ChatStore:
     def __init__(self, path: Path | None = None) -> None:
         self.path = path or paths.ensure_dir(paths.data_dir()) / "chats.sqlite"
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        self._conn: sqlite3.Connection | None = None
         with self._db() as db:
             db.execute("PRAGMA journal_mode=WAL")
             for statement in _SCHEMA:
@@ -83,13 +86,23 @@ class ChatStore:
 
     @contextmanager
     def _db(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.path, timeout=10)
-        db.execute("PRAGMA foreign_keys=ON")
-        try:
-            with db:
-                yield db
-        finally:
-            db.close()
+        # One connection, kept open: opening and closing per write would checkpoint the WAL
+        # each time (tens of milliseconds while an answer streams).
+        with self._lock:
+            if self._conn is None:
+                self._conn = sqlite3.connect(self.path, timeout=10, check_same_thread=False)
+                self._conn.execute("PRAGMA foreign_keys=ON")
+                # WAL + NORMAL: each commit survives an app crash; a power cut may lose the last one
+                self._conn.execute("PRAGMA synchronous=NORMAL")
+            with self._conn:
+                yield self._conn
+
+    def close(self) -> None:
+        """Close the database connection (it reopens when needed)."""
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
 
     # -- conversations --------------------------------------------------------------------
 

@@ -7,7 +7,7 @@ import itertools
 from typing import Any
 
 from PySide6.QtCore import QRectF, QSize, Qt, QUrl, Signal
-from PySide6.QtGui import QColor, QGuiApplication, QPainter, QPen
+from PySide6.QtGui import QColor, QGuiApplication, QPainter, QPen, QTextCursor
 from PySide6.QtWidgets import QLabel, QTextBrowser, QWidget
 
 from mixdesk.core.chat_store import StoredMessage
@@ -46,6 +46,7 @@ class ChatView(QTextBrowser):
         self._codes: list[str] = []
         self._prefix_codes = 0
         self.streaming_text = ""
+        self._stream_start = 0
 
     def loadResource(self, kind: int, name: QUrl | str) -> Any:  # noqa: N802 - Qt's name
         """Never load anything (model output may name remote images)."""
@@ -81,13 +82,49 @@ class ChatView(QTextBrowser):
         self.streaming_text = ""
         self._render("")
 
-    def set_streaming(self, text: str) -> None:
-        """Show the answer being generated below the conversation."""
-        self.streaming_text = text
-        self._codes = self._codes[: self._prefix_codes]
-        part = self._message_html(StoredMessage(0, "assistant", text), streaming=True)
-        self._codes += getattr(self, "_codes_extra", [])
-        self._render(part)
+    def start_streaming(self) -> None:
+        """Open a new answer at the end of the conversation."""
+        self.streaming_text = ""
+        cursor = self._end_cursor()
+        cursor.insertHtml("<br><b>Assistant</b><br>")
+        self._stream_start = cursor.position()
+
+    def append_streaming(self, delta: str) -> None:
+        """Add text to the streaming answer: only the new characters are laid out."""
+        if not delta:
+            return
+        at_bottom = self._at_bottom()
+        self.streaming_text += delta
+        self._end_cursor().insertText(delta)
+        if at_bottom:
+            self._scroll_to_bottom()
+
+    def render_streaming(self) -> None:
+        """Re-render the streaming answer as Markdown (done a few times a second, not per token)."""
+        at_bottom = self._at_bottom()
+        cursor = self._end_cursor()
+        cursor.setPosition(self._stream_start, QTextCursor.MoveMode.KeepAnchor)
+        cursor.removeSelectedText()
+        body, codes = render_markdown(
+            self.streaming_text, code_link_prefix=f"copy:{self._prefix_codes}:"
+        )
+        self._codes = self._codes[: self._prefix_codes] + codes
+        cursor.insertHtml(body)
+        if at_bottom:
+            self._scroll_to_bottom()
+
+    def _end_cursor(self) -> QTextCursor:
+        cursor = QTextCursor(self.document())
+        cursor.movePosition(QTextCursor.MoveOperation.End)
+        return cursor
+
+    def _at_bottom(self) -> bool:
+        bar = self.verticalScrollBar()
+        return bar.value() >= bar.maximum() - 4
+
+    def _scroll_to_bottom(self) -> None:
+        bar = self.verticalScrollBar()
+        bar.setValue(bar.maximum())
 
     def _render(self, tail: str) -> None:
         bar = self.verticalScrollBar()

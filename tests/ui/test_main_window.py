@@ -1,0 +1,247 @@
+"""The desktop window, offscreen, with the real engine on a tiny generated model."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pytestqt.qtbot import QtBot
+
+from mixdesk.core.chat_store import ChatStore
+from mixdesk.core.engine import ChatDone, Engine
+from mixdesk.core.hardware import GIB, GpuInfo, HardwareInfo
+from mixdesk.core.library import Library
+from mixdesk.ui.main_window import MainWindow
+from tests.hub_server import HubFile, HubRepo, HubState
+
+CPU = HardwareInfo(
+    ram_total_bytes=16 * GIB,
+    ram_available_bytes=12 * GIB,
+    physical_cores=2,
+    logical_cores=2,
+    gpus=[],
+    gpu_offload=False,
+)
+GPU = HardwareInfo(
+    ram_total_bytes=16 * GIB,
+    ram_available_bytes=12 * GIB,
+    physical_cores=2,
+    logical_cores=2,
+    gpus=[GpuInfo("Test GPU", "cuda", 1 * GIB, 700 << 20)],
+    gpu_offload=True,
+)
+
+
+def make_window(qtbot: QtBot, tmp_path: Path, hardware: HardwareInfo = CPU) -> MainWindow:
+    window = MainWindow(
+        store=ChatStore(tmp_path / "chats.sqlite"),
+        library=Library(tmp_path / "models"),
+        engine=Engine(log_dir=tmp_path / "logs"),
+        hardware=hardware,
+        quiet=True,
+    )
+    qtbot.addWidget(window)
+    window.show()
+    return window
+
+
+@pytest.fixture
+def window(qtbot: QtBot, tmp_path: Path) -> Iterator[MainWindow]:
+    w = make_window(qtbot, tmp_path)
+    yield w
+    w.close()
+
+
+def load(qtbot: QtBot, window: MainWindow, path: Path) -> None:
+    window.select_model_path(str(path))
+    qtbot.waitUntil(lambda: window.offload.plan is not None, timeout=10_000)
+    with qtbot.waitSignal(window.modelLoaded, timeout=30_000):
+        window.load_selected()
+
+
+def ask(qtbot: QtBot, window: MainWindow, text: str, *, timeout: int = 30_000) -> ChatDone:
+    with qtbot.waitSignal(window.answerFinished, timeout=timeout) as blocker:
+        window.input.setPlainText(text)
+        window.send()
+    done = blocker.args[0]
+    assert isinstance(done, ChatDone)
+    return done
+
+
+def test_answer_streams_with_live_speed(
+    qtbot: QtBot, window: MainWindow, models: dict[str, Path]
+) -> None:
+    load(qtbot, window, models["f32"])
+    window.set_sampling(max_tokens=2000)
+    seen: list[float] = []
+    window.speedShown.connect(seen.append)
+    views: list[str] = []
+    window.view.textChanged.connect(lambda: views.append(window.view.toPlainText()))
+    done = ask(qtbot, window, "Tell me a story")
+    assert done.stats.eval_tokens == 2000
+    assert len(seen) >= 3  # the label moved while the answer streamed
+    assert any(
+        done.text[:20] in v and done.text[-20:] not in v for v in views
+    )  # text appeared before the end
+    assert window.tps_label.text() == f"eval {done.stats.eval_tps:.1f} tok/s"
+    assert seen[-1] == done.stats.eval_tps
+    assert done.text[:40] in window.view.toPlainText()
+    assert window.conversation is not None
+    stored = window.store.messages(window.conversation.id)
+    assert [m.role for m in stored] == ["user", "assistant"]
+    assert stored[1].content == done.text
+    assert stored[1].stats is not None and stored[1].stats["eval_tokens"] == 2000
+    assert "2000 tokens" in window.view.toPlainText()
+
+
+def test_stop_keeps_what_arrived(qtbot: QtBot, window: MainWindow, models: dict[str, Path]) -> None:
+    load(qtbot, window, models["f32"])
+    window.set_sampling(max_tokens=0)  # until the context is full
+    window.speedShown.connect(lambda _v: window.stop())
+    done = ask(qtbot, window, "Go on forever")
+    assert done.finish_reason == "cancelled"
+    assert window.conversation is not None
+    answer = window.store.messages(window.conversation.id)[-1]
+    assert answer.finish_reason == "cancelled"
+    assert answer.content == done.text
+    assert done.text
+    assert "stopped" in window.view.toPlainText()
+
+
+def test_regenerate_and_edit(qtbot: QtBot, window: MainWindow, models: dict[str, Path]) -> None:
+    load(qtbot, window, models["q4_k_m"])
+    window.set_sampling(max_tokens=12)
+    ask(qtbot, window, "First question")
+    assert window.conversation is not None
+    before = window.store.messages(window.conversation.id)
+    with qtbot.waitSignal(window.answerFinished, timeout=30_000):
+        window.regenerate()
+    after = window.store.messages(window.conversation.id)
+    assert [m.role for m in after] == ["user", "assistant"]
+    assert after[1].id != before[1].id
+    window.edit_message(after[0].id)
+    assert window.input.toPlainText() == "First question"
+    ask(qtbot, window, "Second, edited")
+    final = window.store.messages(window.conversation.id)
+    assert (final[0].role, final[0].content) == ("user", "Second, edited")
+    assert len(final) == 2
+
+
+def test_conversation_survives_closing(
+    qtbot: QtBot, tmp_path: Path, models: dict[str, Path]
+) -> None:
+    first = make_window(qtbot, tmp_path)
+    load(qtbot, first, models["q2_k"])
+    first.set_sampling(max_tokens=8)
+    done = ask(qtbot, first, "Remember me")
+    first.close()
+    second = make_window(qtbot, tmp_path)
+    assert second.conversation is not None
+    assert second.conversation.title == "Remember me"
+    assert [m.content for m in second.store.messages(second.conversation.id)] == [
+        "Remember me",
+        done.text,
+    ]
+    assert done.text[:20] in second.view.toPlainText()
+    second.close()
+
+
+def test_search_rename_delete_export(qtbot: QtBot, window: MainWindow, tmp_path: Path) -> None:
+    assert window.conversation is not None
+    window.store.add_message(window.conversation.id, "user", "about llamas")
+    window.rename_conversation("Llamas")
+    window.new_conversation()
+    window.search.setText("llama")
+    assert window.conversations.count() == 1
+    window.search.setText("")
+    assert window.conversations.count() == 2
+    window.show_conversation(window.store.conversations("Llamas")[0].id)
+    window.export_conversation(tmp_path / "c.md", as_json=False)
+    assert "# Llamas" in (tmp_path / "c.md").read_text()
+    window.export_conversation(tmp_path / "c.json", as_json=True)
+    assert '"title": "Llamas"' in (tmp_path / "c.json").read_text()
+
+
+def test_slider_moves_the_bars_and_apply_reloads(
+    qtbot: QtBot, tmp_path: Path, models: dict[str, Path]
+) -> None:
+    window = make_window(qtbot, tmp_path, hardware=GPU)
+    load(qtbot, window, models["f32"])
+    panel = window.offload
+    assert panel.plan is not None and panel.plan.fit == "full"
+    full = panel.bars.devices[0].weights_bytes
+    panel.slider.setValue(2)
+    assert not panel.auto.isChecked()
+    assert panel.plan.n_gpu_layers == 2
+    assert panel.bars.devices[0].weights_bytes < full
+    assert panel.bars.devices[-1].kind == "cpu"
+    pid = window.controller.worker.engine.pid
+    with qtbot.waitSignal(window.modelLoaded, timeout=30_000) as blocker:
+        panel.apply.click()
+    assert blocker.args[0].path == str(models["f32"])
+    assert window.controller.worker.engine.pid != pid
+    panel.auto.setChecked(True)
+    assert panel.plan.n_gpu_layers == 5
+    window.close()
+
+
+def test_engine_killed_mid_answer(
+    qtbot: QtBot, window: MainWindow, models: dict[str, Path]
+) -> None:
+    load(qtbot, window, models["f32"])
+    window.set_sampling(max_tokens=0)
+    pid = window.controller.worker.engine.pid
+    assert pid is not None
+    window.speedShown.connect(lambda _v: os.kill(pid, signal.SIGKILL) if window.busy else None)
+    window.input.setPlainText("Keep talking")
+    window.send()
+    qtbot.waitUntil(lambda: not window.busy, timeout=30_000)
+    assert "SIGKILL" in window.last_error
+    assert window.isVisible()
+    assert window.conversation is not None
+    answer = window.store.messages(window.conversation.id)[-1]
+    assert answer.role == "assistant"
+    assert answer.finish_reason == "error"
+    assert answer.content  # the partial answer was saved
+    with qtbot.waitSignal(window.modelLoaded, timeout=30_000):
+        window.load_selected()  # and a new engine starts
+    window.set_sampling(max_tokens=4)
+    assert ask(qtbot, window, "Still there?").stats.eval_tokens == 4
+
+
+def test_sending_without_a_model_says_so(window: MainWindow) -> None:
+    window.send("hello")
+    assert "Load a model first" in window.last_error
+
+
+def test_model_manager_lists_and_downloads(
+    qtbot: QtBot, window: MainWindow, hub: tuple[HubState, str], models: dict[str, Path]
+) -> None:
+    state, _ = hub
+    state.repos["TheBloke/Mixtral-tiny-GGUF"] = HubRepo(
+        files={
+            "mixtral-tiny.Q4_K_M.gguf": HubFile(data=models["q4_k_m"].read_bytes()),
+            "mixtral-tiny.Q2_K.gguf": HubFile(data=models["q2_k"].read_bytes()),
+        }
+    )
+    state.throttle_bps = 8 << 20
+    manager = window.manager
+    manager.list_repo("TheBloke/Mixtral-tiny-GGUF")
+    qtbot.waitUntil(lambda: manager.files.rowCount() == 2, timeout=10_000)
+    qtbot.waitUntil(lambda: all(b == "CPU only" for b in manager.badge_texts()), timeout=10_000)
+    seen: list[int] = []
+    with qtbot.waitSignal(manager.downloadFinished, timeout=30_000) as blocker:
+        row = manager.download("TheBloke/Mixtral-tiny-GGUF", manager.models[1])
+        row.bar.valueChanged.connect(seen.append)
+    assert blocker.args[0] == "mixtral-tiny.Q4_K_M"
+    assert len(seen) >= 2 and seen[-1] == 1000
+    assert (
+        window.model_picker.findText(
+            "mixtral-tiny.Q4_K_M",
+            flags=__import__("PySide6.QtCore").QtCore.Qt.MatchFlag.MatchStartsWith,
+        )
+        >= 0
+    )
