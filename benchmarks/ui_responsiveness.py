@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     from mixdesk.ui.main_window import MainWindow
 
     model = mf.cached_model(ROOT / "benchmarks" / ".models", mf.TINY, "F32")
-    app = QApplication.instance() or QApplication([])
+    _app = QApplication.instance() or QApplication([])  # kept alive while the window runs
     tmp = Path(tempfile.mkdtemp(prefix="mixdesk-ui-bench-"))
     hw = HardwareInfo(
         ram_total_bytes=16 * GIB, ram_available_bytes=12 * GIB, physical_cores=2, logical_cores=2
@@ -119,8 +119,10 @@ def main(argv: list[str] | None = None) -> int:
         return got
 
     window.select_model_path(str(model))
-    while window.offload.plan is None:
-        app.processEvents()
+    while window.offload.plan is None:  # a waiting event loop, not a busy processEvents() spin
+        pause = QEventLoop()
+        QTimer.singleShot(20, pause.quit)
+        pause.exec()
     wait_for(window.modelLoaded, window.load_selected)
     window.set_sampling(max_tokens=args.tokens, seed=1)
 

@@ -66,7 +66,9 @@ def test_convert_benchmark_runs() -> None:
 
 
 def test_ui_responsiveness_benchmark_runs() -> None:
-    result = _bench(str(ROOT / "benchmarks" / "ui_responsiveness.py"), "--rounds", "1", "--tokens", "200")
+    result = _bench(
+        str(ROOT / "benchmarks" / "ui_responsiveness.py"), "--rounds", "1", "--tokens", "200"
+    )
     assert isinstance(result["longest_stall_ms"], int)
     assert isinstance(result["cold_start_s_median"], float)
     assert result["cold_start_s_median"] > 0

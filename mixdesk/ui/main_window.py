@@ -250,8 +250,9 @@ class MainWindow(QMainWindow):
         w.done.connect(self._done)
         w.chatFailed.connect(self._chat_failed)
         self.flush_timer.timeout.connect(self._flush)
-        self.send_button.clicked.connect(self.send)
-        self.input.submitted.connect(self.send)
+        # clicked(bool) would arrive as send's text argument: call it with none
+        self.send_button.clicked.connect(lambda _checked=False: self.send())
+        self.input.submitted.connect(lambda: self.send())  # noqa: PLW0108 - same reason
         self.stop_button.clicked.connect(self.stop)
         self.regen_button.clicked.connect(self.regenerate)
         self.view.editRequested.connect(self.edit_message)
@@ -731,7 +732,8 @@ class MainWindow(QMainWindow):
         for task in self._tasks:
             task.cancel_event.set()
             task.worker_thread.quit()
-            task.worker_thread.wait(2000)
+            task.worker_thread.wait(10_000)
+        self.manager.shutdown()
         self.controller.shutdown()
         self.store.close()
         super().closeEvent(event)

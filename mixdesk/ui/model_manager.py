@@ -50,14 +50,17 @@ def _list_task(repo: str, *, report: Any, cancel: threading.Event) -> list[HubMo
 
 def _badges_task(
     models: list[HubModel], hardware: HardwareInfo, *, report: Any, cancel: threading.Event
-) -> None:
+) -> int:
+    done = 0
     for m in models:
         if cancel.is_set():
-            return
+            break
         try:
             report((m.name, fit_badge(plan_offload(remote_profile(m), hardware))))
         except Exception as err:  # noqa: BLE001 - a badge that cannot be computed says so
             report((m.name, f"unknown ({type(err).__name__})"))
+        done += 1
+    return done
 
 
 def _pull_task(
@@ -217,6 +220,15 @@ class ModelManager(QWidget):
         self.refresh_library()
 
     # -- listing ------------------------------------------------------------------------
+
+    def shutdown(self) -> None:
+        """Stop every download and lookup and wait for their threads (the window is closing)."""
+        tasks = list(self._tasks) + [row.task for row in self.rows if row.task is not None]
+        for task in tasks:
+            task.cancel_event.set()
+        for task in tasks:
+            task.worker_thread.quit()
+            task.worker_thread.wait(10_000)
 
     def _catalog_chosen(self, item: QListWidgetItem | None, _previous: object) -> None:
         if item is not None:

@@ -7,7 +7,15 @@ import itertools
 from typing import Any
 
 from PySide6.QtCore import QRectF, QSize, Qt, QUrl, Signal
-from PySide6.QtGui import QColor, QGuiApplication, QPainter, QPen, QTextCursor
+from PySide6.QtGui import (
+    QColor,
+    QGuiApplication,
+    QPainter,
+    QPen,
+    QTextBlockFormat,
+    QTextCharFormat,
+    QTextCursor,
+)
 from PySide6.QtWidgets import QLabel, QTextBrowser, QWidget
 
 from mixdesk.core.chat_store import StoredMessage
@@ -47,6 +55,7 @@ class ChatView(QTextBrowser):
         self._prefix_codes = 0
         self.streaming_text = ""
         self._stream_start = 0
+        self._plain = QTextCharFormat()
 
     def loadResource(self, kind: int, name: QUrl | str) -> Any:  # noqa: N802 - Qt's name
         """Never load anything (model output may name remote images)."""
@@ -86,7 +95,13 @@ class ChatView(QTextBrowser):
         """Open a new answer at the end of the conversation."""
         self.streaming_text = ""
         cursor = self._end_cursor()
-        cursor.insertHtml("<br><b>Assistant</b><br>")
+        # a fresh block with plain formats, so nothing carries over from the user's message
+        cursor.insertBlock(QTextBlockFormat(), QTextCharFormat())
+        bold = QTextCharFormat()
+        bold.setFontWeight(700)
+        cursor.insertText("Assistant", bold)
+        cursor.insertBlock(QTextBlockFormat(), QTextCharFormat())
+        self._plain = QTextCharFormat()
         self._stream_start = cursor.position()
 
     def append_streaming(self, delta: str) -> None:
@@ -95,7 +110,7 @@ class ChatView(QTextBrowser):
             return
         at_bottom = self._at_bottom()
         self.streaming_text += delta
-        self._end_cursor().insertText(delta)
+        self._end_cursor().insertText(delta, self._plain)
         if at_bottom:
             self._scroll_to_bottom()
 

@@ -171,6 +171,10 @@ class EngineController(QObject):
         self.worker.engine.close()
 
 
+#: What a TaskWorker reports for a function that returned None.
+DONE = "done"
+
+
 class TaskWorker(QObject):
     """Runs one blocking function in its own thread and reports the result.
 
@@ -209,7 +213,9 @@ class TaskWorker(QObject):
         except Exception as err:  # noqa: BLE001
             self.failed.emit(user_message(err))
             return
-        self.finished.emit(result)
+        # Never send None through a Signal(object): PySide6 6.12 on Python 3.11 can then
+        # release None once too often and abort the interpreter ("none_dealloc").
+        self.finished.emit(result if result is not None else DONE)
 
 
 __all__ = ["ChatDone", "EngineController", "EngineWorker", "TaskWorker"]

@@ -245,3 +245,29 @@ def test_model_manager_lists_and_downloads(
         )
         >= 0
     )
+
+
+def test_send_button_and_enter_key(
+    qtbot: QtBot, window: MainWindow, models: dict[str, Path]
+) -> None:
+    from PySide6.QtCore import Qt
+
+    load(qtbot, window, models["q2_k"])
+    window.set_sampling(max_tokens=3)
+    window.input.setPlainText("Clicked")
+    with qtbot.waitSignal(window.answerFinished, timeout=30_000):
+        qtbot.mouseClick(window.send_button, Qt.MouseButton.LeftButton)  # type: ignore[no-untyped-call]
+    window.input.setPlainText("Typed")
+    with qtbot.waitSignal(window.answerFinished, timeout=30_000):
+        qtbot.keyClick(  # type: ignore[no-untyped-call]
+            window.input, Qt.Key.Key_Return
+        )
+    assert window.conversation is not None
+    users = [m.content for m in window.store.messages(window.conversation.id) if m.role == "user"]
+    assert users == ["Clicked", "Typed"]
+    window.input.setPlainText("line one")
+    qtbot.keyClick(  # type: ignore[no-untyped-call]
+        window.input, Qt.Key.Key_Return, Qt.KeyboardModifier.ShiftModifier
+    )
+    assert window.input.toPlainText().count("\n") == 1  # Shift+Enter: a new line, not sent
+    assert len(window.store.messages(window.conversation.id)) == 4
