@@ -197,6 +197,8 @@ class MainWindow(QMainWindow):
         sys_row = QHBoxLayout()
         sys_row.addWidget(QLabel("System prompt"))
         sys_row.addWidget(self.preset, 1)
+        self.sampling_button = QPushButton("Sampling…")
+        sys_row.addWidget(self.sampling_button)
         cv.addLayout(sys_row)
         cv.addWidget(self.view, 1)
         cv.addWidget(self.input)
@@ -272,6 +274,7 @@ class MainWindow(QMainWindow):
         self.manager.downloadFinished.connect(lambda _n: self.refresh_models())
         self.manager.modelChosen.connect(self.select_model_path)
         self.preset.currentIndexChanged.connect(self._preset_chosen)
+        self.sampling_button.clicked.connect(self._edit_sampling)
         self.userMessage.connect(lambda text: self.statusBar().showMessage(text, 10_000))
 
     def _run(self, task: TaskWorker, done: Any, failed: Any = None) -> TaskWorker:
@@ -559,6 +562,17 @@ class MainWindow(QMainWindow):
         assert self.conversation is not None
         self.store.update(self.conversation.id, sampling={**self.conversation.sampling, **values})
         self.conversation = self.store.get(self.conversation.id)
+
+    def _edit_sampling(self) -> None:
+        from mixdesk.ui.settings_dialog import SamplingDialog
+
+        current = {
+            **self.settings.sampling(),
+            **(self.conversation.sampling if self.conversation else {}),
+        }
+        dialog = SamplingDialog(current, self)
+        if dialog.exec():
+            self.set_sampling(**dialog.values())
 
     def _sampling(self) -> SamplingParams:
         s = dict(self.settings.sampling())

@@ -121,3 +121,58 @@ class SettingsDialog(QDialog):
             threads=self.threads.value() or None,
             models_dir=self.models_dir.text().strip() or None,
         )
+
+
+class SamplingDialog(QDialog):
+    """Sampling settings of one conversation (its preset; the defaults come from Settings)."""
+
+    def __init__(self, values: dict[str, object], parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setWindowTitle("Sampling for this conversation")
+        form = QFormLayout(self)
+
+        def number(key: str, default: float) -> float:
+            value = values.get(key, default)
+            return float(value) if isinstance(value, (int, float)) else default
+
+        self.temperature = _spin(number("temperature", 0.7), 0, 5, 0.05)
+        self.top_p = _spin(number("top_p", 0.95), 0.01, 1, 0.05)
+        self.top_k = QSpinBox()
+        self.top_k.setRange(0, 1000)
+        self.top_k.setValue(int(number("top_k", 40)))
+        self.min_p = _spin(number("min_p", 0.05), 0, 1, 0.01)
+        self.repeat_penalty = _spin(number("repeat_penalty", 1.1), 0.5, 3, 0.05)
+        self.max_tokens = QSpinBox()
+        self.max_tokens.setRange(0, 1 << 20)
+        self.max_tokens.setValue(int(number("max_tokens", 1024)))
+        seed = values.get("seed")
+        self.seed = QLineEdit("" if seed is None else str(seed))
+        for label, widget in (
+            ("Temperature", self.temperature),
+            ("Top-p", self.top_p),
+            ("Top-k", self.top_k),
+            ("Min-p", self.min_p),
+            ("Repeat penalty", self.repeat_penalty),
+            ("Max tokens (0 = until full)", self.max_tokens),
+            ("Seed (empty = random)", self.seed),
+        ):
+            form.addRow(label, widget)
+        buttons = QDialogButtonBox(
+            QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel
+        )
+        buttons.accepted.connect(self.accept)
+        buttons.rejected.connect(self.reject)
+        form.addRow(buttons)
+
+    def values(self) -> dict[str, object]:
+        """The edited values."""
+        seed = self.seed.text().strip()
+        return {
+            "temperature": self.temperature.value(),
+            "top_p": self.top_p.value(),
+            "top_k": self.top_k.value(),
+            "min_p": self.min_p.value(),
+            "repeat_penalty": self.repeat_penalty.value(),
+            "max_tokens": self.max_tokens.value(),
+            "seed": int(seed) if seed.isdigit() else None,
+        }

@@ -271,3 +271,60 @@ def test_send_button_and_enter_key(
     )
     assert window.input.toPlainText().count("\n") == 1  # Shift+Enter: a new line, not sent
     assert len(window.store.messages(window.conversation.id)) == 4
+
+
+def test_gpu_banner_and_hardware_panel(window: MainWindow) -> None:
+    idle_gpu = HardwareInfo(
+        ram_total_bytes=16 * GIB,
+        ram_available_bytes=12 * GIB,
+        physical_cores=2,
+        logical_cores=2,
+        gpus=[GpuInfo("Tesla V100-SXM2-16GB", "cuda", 16 * GIB, 15 * GIB)],
+        gpu_offload=False,
+    )
+    window.set_hardware(idle_gpu)
+    assert window.banner.isVisible()
+    assert 'CMAKE_ARGS="-DGGML_CUDA=on"' in window.banner.text()
+    assert "Tesla V100-SXM2-16GB" in window.hardware_label.text()
+    window.set_hardware(CPU)
+    assert "CPU only" in window.hardware_label.text()
+
+
+def test_measure_charts_speed_per_setting(
+    qtbot: QtBot, window: MainWindow, models: dict[str, Path]
+) -> None:
+    load(qtbot, window, models["q4_k_m"])
+    panel = window.offload
+    window.measure([0])
+    qtbot.waitUntil(lambda: len(panel.chart.results) == 1, timeout=60_000)
+    label, tps = panel.chart.results[0]
+    assert label == "0 layers"
+    assert tps > 0
+    assert panel.keep_fastest.isEnabled()
+    with qtbot.waitSignal(window.modelLoaded, timeout=30_000):
+        panel.keep_fastest.click()
+    assert panel.plan is not None and panel.plan.n_gpu_layers == 0
+
+
+def test_sampling_per_conversation(
+    qtbot: QtBot, window: MainWindow, models: dict[str, Path]
+) -> None:
+    load(qtbot, window, models["q2_k"])
+    window.set_sampling(max_tokens=5, temperature=0.0)
+    assert window.conversation is not None
+    assert window.conversation.sampling["max_tokens"] == 5
+    assert ask(qtbot, window, "hi").stats.eval_tokens == 5
+    window.new_conversation()
+    assert window.conversation.sampling["max_tokens"] == window.settings.max_tokens
+
+
+def test_crash_hook_logs_and_names_the_log(tmp_path: Path, isolated_user_dirs: Path) -> None:
+    from mixdesk.logsetup import app_log_path, configure_logging
+    from mixdesk.ui.app import _crash_dialog
+
+    configure_logging()
+    try:
+        raise RuntimeError("boom in a slot")
+    except RuntimeError as err:
+        _crash_dialog(RuntimeError, err, err.__traceback__)
+    assert "boom in a slot" in app_log_path().read_text()
