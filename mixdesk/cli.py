@@ -71,7 +71,17 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     chat = commands.add_parser("chat", help="chat with a model in the terminal")
-    chat.add_argument("model", metavar="MODEL", help="path to a .gguf model file")
+    chat.add_argument("model", metavar="MODEL", nargs="?", help="a .gguf file or a library name")
+    remote = chat.add_argument_group(
+        "remote endpoint (TGI, llama-server, vLLM, Inference Endpoints)"
+    )
+    remote.add_argument(
+        "--endpoint", metavar="URL", help="chat with an OpenAI-compatible server instead"
+    )
+    remote.add_argument("--api-key", metavar="KEY", help="the endpoint's API key (or token)")
+    remote.add_argument(
+        "--model", dest="model_name", metavar="NAME", help="the model to ask the endpoint for"
+    )
     chat.add_argument("--prompt", help="answer this one message and exit (otherwise: interactive)")
     chat.add_argument("--system", help="system prompt")
     load = chat.add_argument_group("loading")
@@ -153,6 +163,27 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--json", action="store_true", help="print the plan as JSON")
     add_hardware_arguments(plan)
 
+    serve = commands.add_parser("serve", help="serve a model on an OpenAI-compatible API")
+    serve.add_argument("model", metavar="MODEL", help="a .gguf file or a library name")
+    serve.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default 127.0.0.1: this machine only)",
+    )
+    serve.add_argument("--port", type=_positive_int, default=8080, help="port (default 8080)")
+    serve.add_argument("--api-key", metavar="KEY", help="require this key from clients")
+    serve.add_argument(
+        "--ngl", type=_gpu_layers, metavar="N", help="GPU layers (default: the planner's choice)"
+    )
+    serve.add_argument(
+        "--ctx",
+        type=_positive_int,
+        metavar="N",
+        help="context length (default: the planner's choice)",
+    )
+    serve.add_argument("--threads", type=_positive_int, metavar="N", help="CPU threads")
+    add_hardware_arguments(serve)
+
     hw = commands.add_parser("hw", help="show the GPUs, RAM and CPU MixDesk sees")
     hw.add_argument("--json", action="store_true", help="print as JSON")
     add_hardware_arguments(hw)
@@ -205,6 +236,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from mixdesk.core.engine import worker
 
         return worker.main()
+    if args_list[:1] == ["--llama-server"]:
+        from mixdesk.core.serve import server_main
+
+        return server_main(args_list[1])
     if args_list[:1] == ["--qt-selftest"]:
         from mixdesk.core.doctor import qt_selftest
 
@@ -241,6 +276,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "catalog": lib_cmd.run_catalog,
                 "list": lib_cmd.run_list,
             }[args.command](args)
+        if args.command == "serve":
+            from mixdesk.commands.serve import run_serve
+
+            return run_serve(args)
         if args.command == "doctor":
             from mixdesk.commands.doctor import run_doctor
 

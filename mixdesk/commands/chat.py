@@ -6,18 +6,19 @@ import argparse
 import contextlib
 import sys
 from collections.abc import Iterator
+from typing import Protocol
 
 from mixdesk.core.chat_template import ChatMessage
 from mixdesk.core.engine import (
     ChatDone,
-    ChatStream,
     Engine,
     GenerationStats,
     LoadConfig,
     SamplingParams,
 )
 from mixdesk.core.engine.client import validate_load_config, validate_sampling
-from mixdesk.core.engine.protocol import ModelInfo
+from mixdesk.core.engine.protocol import ModelInfo, TextDelta
+from mixdesk.core.remote_backend import Endpoint, detect_kind, normalize_url, remote_chat
 from mixdesk.errors import InvalidArgumentError
 
 _HELP = "Type a message and press Enter. /reset starts over, /exit or Ctrl-D quits, Ctrl-C stops an answer."
@@ -28,12 +29,14 @@ def speed_line(stats: GenerationStats, *, load_s: float | None = None) -> str:
     parts = []
     if load_s is not None:
         parts.append(f"load {load_s * 1000:.2f} ms")
-    parts.append(
-        f"prompt eval {stats.prompt_eval_tokens} tokens, {stats.prompt_tps:.2f} tokens per second"
-    )
+    if stats.prompt_eval_tokens:
+        parts.append(
+            f"prompt eval {stats.prompt_eval_tokens} tokens, {stats.prompt_tps:.2f} tokens per second"
+        )
     parts.append(f"eval {stats.eval_tokens} tokens, {stats.eval_tps:.2f} tokens per second")
     parts.append(f"first token {stats.ttft_s * 1000:.0f} ms")
-    parts.append(f"context {stats.context_used}/{stats.context_size}")
+    if stats.context_size:
+        parts.append(f"context {stats.context_used}/{stats.context_size}")
     return "mixdesk: " + " | ".join(parts)
 
 
@@ -102,7 +105,7 @@ def _load(engine: Engine, config: LoadConfig, *, show_progress: bool) -> ModelIn
     return info
 
 
-def _stream(stream: ChatStream, *, echo: bool) -> ChatDone:
+def _stream(stream: AnswerStream, *, echo: bool) -> ChatDone:
     """Print deltas as they come; Ctrl-C stops the answer but keeps what arrived."""
     while True:
         try:
@@ -116,6 +119,72 @@ def _stream(stream: ChatStream, *, echo: bool) -> ChatDone:
             stream.cancel()
 
 
+class AnswerStream(Protocol):
+    """What a local or a remote answer offers the terminal."""
+
+    result: ChatDone | None
+
+    def __iter__(self) -> Iterator[TextDelta]: ...
+
+    def cancel(self) -> None: ...
+
+
+class _RemoteBackend:
+    """A remote endpoint with the engine's chat() interface."""
+
+    def __init__(self, endpoint: Endpoint) -> None:
+        self.endpoint = endpoint
+
+    def chat(self, messages: list[ChatMessage], sampling: SamplingParams) -> AnswerStream:
+        return remote_chat(self.endpoint, messages, sampling)
+
+
+def _run_remote(args: argparse.Namespace, sampling: SamplingParams) -> int:
+    endpoint = Endpoint(
+        url=normalize_url(args.endpoint), api_key=args.api_key, model=args.model_name
+    )
+    endpoint = Endpoint(
+        endpoint.url,
+        endpoint.api_key,
+        endpoint.model,
+        kind=detect_kind(endpoint.url, endpoint.api_key),
+    )
+    backend = _RemoteBackend(endpoint)
+    info = ModelInfo(
+        path=endpoint.url,
+        name=endpoint.model or endpoint.url,
+        architecture="remote",
+        n_layers=0,
+        n_gpu_layers=0,
+        n_ctx=0,
+        n_ctx_train=0,
+        n_vocab=0,
+        n_params=0,
+        size_bytes=0,
+        chat_template_source="server",
+        system_prompt_folded=False,
+        load_s=0.0,
+        n_threads=0,
+    )
+    history: list[ChatMessage] = [ChatMessage("system", args.system)] if args.system else []
+    if args.prompt is None:
+        return _interactive(backend, info, history, sampling)
+    history.append(ChatMessage("user", args.prompt))
+    done = _stream(backend.chat(history, sampling), echo=not args.json)
+    if args.json:
+        from mixdesk.cli import print_json
+
+        result = _json_result(done, info)
+        result["model"] = endpoint.model or endpoint.url
+        result["n_gpu_layers"] = None
+        result["endpoint"] = endpoint.url
+        print_json(result)
+    else:
+        sys.stdout.write("\n")
+        sys.stderr.write(speed_line(done.stats) + f" (measured here, from {endpoint.url})\n")
+    return 0
+
+
 def run_chat(args: argparse.Namespace) -> int:
     """Run the chat command; returns the exit status."""
     if args.json and args.prompt is None:
@@ -124,6 +193,12 @@ def run_chat(args: argparse.Namespace) -> int:
         )
     sampling = _sampling(args)
     validate_sampling(sampling)
+    if args.endpoint:
+        return _run_remote(args, sampling)
+    if not args.model:
+        raise InvalidArgumentError(
+            "Name a MODEL (a .gguf file or a library name) or an --endpoint URL."
+        )
     validate_load_config(_load_config(args, 0, args.ctx or 0, None))  # report a bad file first
     show_progress = sys.stderr.isatty() and not args.json
     with Engine() as engine:
@@ -197,7 +272,10 @@ def _lines(prompt: str) -> Iterator[str]:
 
 
 def _interactive(
-    engine: Engine, info: ModelInfo, history: list[ChatMessage], sampling: SamplingParams
+    engine: Engine | _RemoteBackend,
+    info: ModelInfo,
+    history: list[ChatMessage],
+    sampling: SamplingParams,
 ) -> int:
     system = list(history)
     if sys.stdin.isatty():

@@ -65,6 +65,12 @@ class Settings:
     kv_type: str = field(default="f16", metadata={"doc": "KV cache type: f16, q8_0 or q4_0."})
     flash_attn: bool = field(default=False, metadata={"doc": "Use flash attention."})
     last_model: str | None = field(default=None, metadata={"doc": "The model loaded last time."})
+    endpoints: list[dict[str, str]] = field(
+        default_factory=list,
+        metadata={
+            "doc": "Remote OpenAI-compatible endpoints (name, url, model, kind); keys are kept apart."
+        },
+    )
 
     @classmethod
     def path(cls) -> Path:
@@ -108,3 +114,33 @@ class Settings:
     def describe() -> list[tuple[str, str, str]]:
         """(name, type, description) of every setting."""
         return [(f.name, str(f.type), f.metadata.get("doc", "")) for f in fields(Settings)]
+
+
+def endpoint_keys_path() -> Path:
+    """Where endpoint API keys are kept: a separate file only the user can read."""
+    return paths.config_dir() / "endpoint-keys.json"
+
+
+def load_endpoint_keys() -> dict[str, str]:
+    """API keys by endpoint URL."""
+    try:
+        data = json.loads(endpoint_keys_path().read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
+
+
+def save_endpoint_key(url: str, key: str | None) -> None:
+    """Remember (or forget) an endpoint's API key, in a file readable by the user only."""
+    import os
+
+    keys = load_endpoint_keys()
+    if key:
+        keys[url] = key
+    else:
+        keys.pop(url, None)
+    path = endpoint_keys_path()
+    paths.ensure_dir(path.parent)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        json.dump(keys, fh)

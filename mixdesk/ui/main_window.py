@@ -120,6 +120,7 @@ class MainWindow(QMainWindow):
         self.controller = EngineController(engine, self)
         self.conversation: Conversation | None = None
         self.model_info: ModelInfo | None = None
+        self.remote: Any = None  # an Endpoint when answers come from a remote server
         self.profile: ModelProfile | None = None
         self._request: int | None = None
         self._answer_id: int | None = None
@@ -168,6 +169,7 @@ class MainWindow(QMainWindow):
         self.model_picker = QComboBox()
         self.model_picker.setMinimumWidth(320)
         self.open_button = QPushButton("Open .gguf…")
+        self.endpoint_button = QPushButton("Endpoint…")
         self.load_button = QPushButton("Load")
         self.load_progress = QProgressBar()
         self.load_progress.setRange(0, 100)
@@ -191,6 +193,7 @@ class MainWindow(QMainWindow):
         top.addWidget(QLabel("Model"))
         top.addWidget(self.model_picker, 1)
         top.addWidget(self.open_button)
+        top.addWidget(self.endpoint_button)
         top.addWidget(self.load_button)
         top.addWidget(self.load_progress)
         cv.addLayout(top)
@@ -268,6 +271,7 @@ class MainWindow(QMainWindow):
         self.model_picker.currentIndexChanged.connect(self._model_chosen)
         self.load_button.clicked.connect(self.load_selected)
         self.open_button.clicked.connect(self._open_file)
+        self.endpoint_button.clicked.connect(self._add_endpoint)
         self.offload.applyRequested.connect(self.load)
         self.offload.measureRequested.connect(self.measure)
         self.manager.message.connect(self.notify)
@@ -431,6 +435,10 @@ class MainWindow(QMainWindow):
         self.model_picker.addItem("Choose a model…", "")
         for e in self.library.entries():
             self.model_picker.addItem(f"{e.name} ({format_bytes(e.size)})", e.path)
+        for i, ep in enumerate(self.settings.endpoints):
+            self.model_picker.addItem(
+                f"Endpoint: {ep.get('name') or ep.get('url')}", f"endpoint:{i}"
+            )
         if current:
             self.select_model_path(current, quiet=True)
         self.model_picker.blockSignals(False)
@@ -453,8 +461,54 @@ class MainWindow(QMainWindow):
         if path:
             self.select_model_path(path)
 
+    def add_endpoint(
+        self, url: str, *, api_key: str | None = None, model: str | None = None, name: str = ""
+    ) -> None:
+        """Save an endpoint in the settings (its key apart) and select it in the model picker."""
+        from mixdesk.core.remote_backend import detect_kind, normalize_url
+        from mixdesk.core.settings import save_endpoint_key
+
+        url = normalize_url(url)
+        kind = detect_kind(url, api_key)
+        self.settings.endpoints = [e for e in self.settings.endpoints if e.get("url") != url]
+        self.settings.endpoints.append(
+            {"name": name or url, "url": url, "model": model or "", "kind": kind}
+        )
+        self.settings.save()
+        save_endpoint_key(url, api_key)
+        self.refresh_models()
+        self.model_picker.setCurrentIndex(
+            self.model_picker.findData(f"endpoint:{len(self.settings.endpoints) - 1}")
+        )
+
+    def _add_endpoint(self) -> None:
+        url, ok = QInputDialog.getText(
+            self,
+            "Endpoint",
+            "Address of an OpenAI-compatible server (e.g. TGI):",
+            text="http://127.0.0.1:8080/v1",
+        )
+        if not ok or not url.strip():
+            return
+        key, _ = QInputDialog.getText(
+            self, "Endpoint", "API key or token (empty if none):", QLineEdit.EchoMode.Password
+        )
+        model, _ = QInputDialog.getText(
+            self, "Endpoint", "Model name (empty for the server's own):"
+        )
+        try:
+            self.add_endpoint(url.strip(), api_key=key.strip() or None, model=model.strip() or None)
+        except Exception as err:  # noqa: BLE001 - shown as a sentence
+            from mixdesk.errors import user_message
+
+            self.notify(user_message(err))
+
     def _model_chosen(self, _index: int) -> None:
         path = self.model_picker.currentData()
+        if isinstance(path, str) and path.startswith("endpoint:"):
+            self._use_endpoint(int(path.split(":")[1]))
+            return
+        self.remote = None
         if path:
             self._run(
                 TaskWorker(lambda p, report, cancel: profile_local(p), path),
@@ -465,8 +519,40 @@ class MainWindow(QMainWindow):
         self.profile = profile
         self.offload.set_model(path, profile, self.hardware)
 
+    def _use_endpoint(self, index: int) -> None:
+        from mixdesk.core.remote_backend import Endpoint
+        from mixdesk.core.settings import load_endpoint_keys
+
+        ep = self.settings.endpoints[index]
+        self.remote = Endpoint(
+            url=ep["url"],
+            api_key=load_endpoint_keys().get(ep["url"]),
+            model=ep.get("model") or None,
+            name=ep.get("name", ""),
+            kind=ep.get("kind", "openai"),
+        )
+        self.model_info = ModelInfo(
+            path=ep["url"],
+            name=self.remote.label,
+            architecture="remote",
+            n_layers=0,
+            n_gpu_layers=0,
+            n_ctx=0,
+            n_ctx_train=0,
+            n_vocab=0,
+            n_params=0,
+            size_bytes=0,
+            chat_template_source="server",
+            system_prompt_folded=False,
+            load_s=0.0,
+            n_threads=0,
+        )
+        self.statusBar().showMessage(f"Answers now come from {self.remote.url}", 10_000)
+
     def load_selected(self) -> None:
         """Load the selected model with the offload panel's settings."""
+        if self.remote is not None:
+            return
         if self.offload.plan is None:
             self.notify("Choose a model first (or wait a moment while its header is read).")
             return
@@ -621,7 +707,12 @@ class MainWindow(QMainWindow):
         self._tps_history = []
         self.sparkline.set_values([])
         self.flush_timer.setInterval(FLUSH_MS)
-        self._request = self.controller.chat(history, self._sampling(), interval=STREAM_INTERVAL_S)
+        if self.remote is not None:
+            self._request = self.controller.chat_remote(self.remote, history, self._sampling())
+        else:
+            self._request = self.controller.chat(
+                history, self._sampling(), interval=STREAM_INTERVAL_S
+            )
         self.stop_button.setEnabled(True)
         self.send_button.setEnabled(False)
         self.regen_button.setEnabled(False)

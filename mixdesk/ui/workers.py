@@ -101,6 +101,31 @@ class EngineWorker(QObject):
             with self._lock:
                 self._stream = None
 
+    @Slot(int, object, object, object)
+    def chat_remote(
+        self, request_id: int, endpoint: Any, messages: list[ChatMessage], sampling: SamplingParams
+    ) -> None:
+        """Stream an answer from a remote endpoint, with the same signals as a local one."""
+        from mixdesk.core.remote_backend import remote_chat
+
+        try:
+            stream = remote_chat(endpoint, messages, sampling)
+        except Exception as err:  # noqa: BLE001
+            self.chatFailed.emit(request_id, user_message(err), False)
+            return
+        with self._lock:
+            self._stream = stream  # type: ignore[assignment]
+        try:
+            for d in stream:
+                self.delta.emit(request_id, d.text, d.stats)
+            assert stream.result is not None
+            self.done.emit(request_id, stream.result)
+        except Exception as err:  # noqa: BLE001
+            self.chatFailed.emit(request_id, user_message(err), False)
+        finally:
+            with self._lock:
+                self._stream = None
+
     def cancel(self) -> None:
         """Stop the current answer (called from the GUI thread)."""
         with self._lock:
@@ -127,6 +152,7 @@ class EngineController(QObject):
     requestLoad = Signal(object)
     requestChat = Signal(int, object, object, float)
     requestUnload = Signal()
+    requestRemoteChat = Signal(int, object, object, object)
 
     def __init__(self, engine: Engine | None = None, parent: QObject | None = None) -> None:
         super().__init__(parent)
@@ -137,6 +163,7 @@ class EngineController(QObject):
         self.requestLoad.connect(self.worker.load)
         self.requestChat.connect(self.worker.chat)
         self.requestUnload.connect(self.worker.unload)
+        self.requestRemoteChat.connect(self.worker.chat_remote)
         self.worker_thread.start()
         self._next_id = 0
         self.model: ModelInfo | None = None
@@ -156,6 +183,14 @@ class EngineController(QObject):
         """Start an answer; returns its request id."""
         self._next_id += 1
         self.requestChat.emit(self._next_id, messages, sampling, interval)
+        return self._next_id
+
+    def chat_remote(
+        self, endpoint: Any, messages: list[ChatMessage], sampling: SamplingParams
+    ) -> int:
+        """Start an answer from a remote endpoint; returns its request id."""
+        self._next_id += 1
+        self.requestRemoteChat.emit(self._next_id, endpoint, messages, sampling)
         return self._next_id
 
     def cancel(self) -> None:

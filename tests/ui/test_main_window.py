@@ -328,3 +328,30 @@ def test_crash_hook_logs_and_names_the_log(tmp_path: Path, isolated_user_dirs: P
     except RuntimeError as err:
         _crash_dialog(RuntimeError, err, err.__traceback__)
     assert "boom in a slot" in app_log_path().read_text()
+
+
+def test_chat_with_a_saved_endpoint(
+    qtbot: QtBot, window: MainWindow, models: dict[str, Path]
+) -> None:
+    import socket
+
+    from mixdesk.core.serve import ServeConfig, start_server
+    from mixdesk.core.settings import load_endpoint_keys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    server = start_server(
+        ServeConfig(str(models["q2_k"]), port=port, api_key="k3y", n_ctx=512, n_threads=2)
+    )
+    try:
+        window.add_endpoint(f"http://127.0.0.1:{port}", api_key="k3y", name="My TGI")
+        assert window.model_picker.currentText() == "Endpoint: My TGI"
+        assert "k3y" not in window.settings.path().read_text()  # keys are kept apart from settings
+        assert load_endpoint_keys()[server.url] == "k3y"
+        window.set_sampling(max_tokens=6)
+        done = ask(qtbot, window, "Hello, remote")
+        assert done.stats.eval_tokens == 6
+        assert window.tps_label.text() == f"eval {done.stats.eval_tps:.1f} tok/s"
+    finally:
+        server.stop()
