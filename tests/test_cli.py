@@ -175,7 +175,6 @@ def test_missing_model_and_readme(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "words"),
     [
-        (("chat",), ("required",)),
         (("chat", "m.gguf", "--ctx", "lots"), ("--ctx", "whole number")),
         (("chat", "m.gguf", "--ngl", "-3"), ("--ngl",)),
         (("chat", "m.gguf", "--kv-type", "q3"), ("--kv-type",)),
@@ -186,6 +185,10 @@ def test_nonsense_arguments(args: tuple[str, ...], words: tuple[str, ...]) -> No
     proc = run(*args)
     assert proc.returncode == 2
     assert_one_sentence_error(proc, *words)
+
+
+def test_chat_needs_a_model_or_an_endpoint() -> None:
+    assert_one_sentence_error(run("chat", "--prompt", "hi"), "Name a MODEL", "--endpoint")
 
 
 def test_out_of_range_sampling_is_refused(models: dict[str, Path]) -> None:
