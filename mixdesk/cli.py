@@ -223,6 +223,11 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("input", metavar="IN")
     conv.add_argument("output", metavar="OUT")
 
+    desktop = commands.add_parser(
+        "install-desktop", help="add MixDesk to the application menu (Linux)"
+    )
+    desktop.add_argument("--uninstall", action="store_true", help="remove it again")
+
     doctor = commands.add_parser("doctor", help="check that MixDesk can run here, and how")
     doctor.add_argument("--json", action="store_true", help="print the report as JSON")
     return parser
@@ -280,6 +285,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             from mixdesk.commands.serve import run_serve
 
             return run_serve(args)
+        if args.command == "install-desktop":
+            from mixdesk.core import desktop
+
+            done = desktop.uninstall() if args.uninstall else desktop.install()
+            verb = "Removed" if args.uninstall else "Installed"
+            sys.stderr.write(f"{verb} {len(done.files)} files under {desktop.data_home()}.\n")
+            return EXIT_OK
         if args.command == "doctor":
             from mixdesk.commands.doctor import run_doctor
 
