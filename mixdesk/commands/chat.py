@@ -18,7 +18,13 @@ from mixdesk.core.engine import (
 )
 from mixdesk.core.engine.client import validate_load_config, validate_sampling
 from mixdesk.core.engine.protocol import ModelInfo, TextDelta
-from mixdesk.core.remote_backend import Endpoint, detect_kind, normalize_url, remote_chat
+from mixdesk.core.remote_backend import (
+    Endpoint,
+    detect_kind,
+    normalize_url,
+    remote_chat,
+    remote_model_info,
+)
 from mixdesk.errors import InvalidArgumentError
 
 _HELP = "Type a message and press Enter. /reset starts over, /exit or Ctrl-D quits, Ctrl-C stops an answer."
@@ -150,22 +156,7 @@ def _run_remote(args: argparse.Namespace, sampling: SamplingParams) -> int:
         kind=detect_kind(endpoint.url, endpoint.api_key),
     )
     backend = _RemoteBackend(endpoint)
-    info = ModelInfo(
-        path=endpoint.url,
-        name=endpoint.model or endpoint.url,
-        architecture="remote",
-        n_layers=0,
-        n_gpu_layers=0,
-        n_ctx=0,
-        n_ctx_train=0,
-        n_vocab=0,
-        n_params=0,
-        size_bytes=0,
-        chat_template_source="server",
-        system_prompt_folded=False,
-        load_s=0.0,
-        n_threads=0,
-    )
+    info = remote_model_info(endpoint)
     history: list[ChatMessage] = [ChatMessage("system", args.system)] if args.system else []
     if args.prompt is None:
         return _interactive(backend, info, history, sampling)

@@ -17,7 +17,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from mixdesk.core.chat_template import ChatMessage
-from mixdesk.core.engine.protocol import ChatDone, GenerationStats, SamplingParams, TextDelta
+from mixdesk.core.engine.protocol import (
+    ChatDone,
+    GenerationStats,
+    ModelInfo,
+    SamplingParams,
+    TextDelta,
+)
 from mixdesk.errors import MixdeskError
 
 log = logging.getLogger(__name__)
@@ -217,6 +223,26 @@ class RemoteChatStream(Iterator[TextDelta]):
             self.cancel()
             with contextlib.suppress(MixdeskError):
                 self.wait()
+
+
+def remote_model_info(endpoint: Endpoint) -> ModelInfo:
+    """What a remote model looks like where the app expects a loaded model's description."""
+    return ModelInfo(
+        path=endpoint.url,
+        name=endpoint.name or endpoint.model or endpoint.url,
+        architecture="remote",
+        n_layers=0,
+        n_gpu_layers=0,
+        n_ctx=0,
+        n_ctx_train=0,
+        n_vocab=0,
+        n_params=0,
+        size_bytes=0,
+        chat_template_source="server",
+        system_prompt_folded=False,
+        load_s=0.0,
+        n_threads=0,
+    )
 
 
 def remote_chat(

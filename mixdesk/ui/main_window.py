@@ -520,7 +520,7 @@ class MainWindow(QMainWindow):
         self.offload.set_model(path, profile, self.hardware)
 
     def _use_endpoint(self, index: int) -> None:
-        from mixdesk.core.remote_backend import Endpoint
+        from mixdesk.core.remote_backend import Endpoint, remote_model_info
         from mixdesk.core.settings import load_endpoint_keys
 
         ep = self.settings.endpoints[index]
@@ -531,22 +531,7 @@ class MainWindow(QMainWindow):
             name=ep.get("name", ""),
             kind=ep.get("kind", "openai"),
         )
-        self.model_info = ModelInfo(
-            path=ep["url"],
-            name=self.remote.label,
-            architecture="remote",
-            n_layers=0,
-            n_gpu_layers=0,
-            n_ctx=0,
-            n_ctx_train=0,
-            n_vocab=0,
-            n_params=0,
-            size_bytes=0,
-            chat_template_source="server",
-            system_prompt_folded=False,
-            load_s=0.0,
-            n_threads=0,
-        )
+        self.model_info = remote_model_info(self.remote)
         self.statusBar().showMessage(f"Answers now come from {self.remote.url}", 10_000)
 
     def load_selected(self) -> None:

@@ -1,8 +1,10 @@
-"""Settings: sampling defaults, system prompt, threads, models folder, and the Hub token."""
+"""Settings: sampling defaults, system prompt, threads, models folder, and the Hub token;
+and the sampling preset of one conversation."""
 
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
 from PySide6.QtWidgets import (
     QDialog,
@@ -28,109 +30,10 @@ def _spin(value: float, low: float, high: float, step: float) -> QDoubleSpinBox:
     return box
 
 
-class SettingsDialog(QDialog):
-    """Edit :class:`Settings`. The Hub token goes to huggingface_hub's own storage, never to settings."""
+class SamplingFields:
+    """The sampling widgets (temperature … seed), shared by both dialogs."""
 
-    def __init__(self, settings: Settings, parent: QWidget | None = None) -> None:
-        super().__init__(parent)
-        self.setWindowTitle("Settings")
-        self.settings = settings
-        form = QFormLayout(self)
-        self.temperature = _spin(settings.temperature, 0, 5, 0.05)
-        self.top_p = _spin(settings.top_p, 0.01, 1, 0.05)
-        self.top_k = QSpinBox()
-        self.top_k.setRange(0, 1000)
-        self.top_k.setValue(settings.top_k)
-        self.min_p = _spin(settings.min_p, 0, 1, 0.01)
-        self.repeat_penalty = _spin(settings.repeat_penalty, 0.5, 3, 0.05)
-        self.max_tokens = QSpinBox()
-        self.max_tokens.setRange(0, 1 << 20)
-        self.max_tokens.setValue(settings.max_tokens)
-        self.seed = QLineEdit("" if settings.seed is None else str(settings.seed))
-        self.system_prompt = QLineEdit(settings.system_prompt)
-        self.threads = QSpinBox()
-        self.threads.setRange(0, 512)
-        self.threads.setSpecialValueText("physical cores")
-        self.threads.setValue(settings.threads or 0)
-        self.models_dir = QLineEdit(settings.models_dir or "")
-        self.token = QLineEdit()
-        self.token.setEchoMode(QLineEdit.EchoMode.Password)
-        self.token.setPlaceholderText("hf_… (stored by huggingface_hub, not in MixDesk's settings)")
-        self.token_state = QLabel(self._token_state())
-        save_token = QPushButton("Save token")
-        save_token.clicked.connect(self._save_token)
-        for label, widget in (
-            ("Temperature", self.temperature),
-            ("Top-p", self.top_p),
-            ("Top-k", self.top_k),
-            ("Min-p", self.min_p),
-            ("Repeat penalty", self.repeat_penalty),
-            ("Max tokens (0 = until full)", self.max_tokens),
-            ("Seed (empty = random)", self.seed),
-            ("System prompt", self.system_prompt),
-            ("Threads", self.threads),
-            ("Models folder", self.models_dir),
-            ("Hugging Face token", self.token),
-            ("", save_token),
-            ("", self.token_state),
-        ):
-            form.addRow(label, widget)
-        buttons = QDialogButtonBox(
-            QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel
-        )
-        buttons.accepted.connect(self.accept)
-        buttons.rejected.connect(self.reject)
-        form.addRow(buttons)
-
-    @staticmethod
-    def _token_state() -> str:
-        from huggingface_hub import get_token
-
-        return (
-            "A token is set."
-            if get_token()
-            else "No token: gated models (accept their licence first) need one."
-        )
-
-    def _save_token(self) -> None:
-        from huggingface_hub import login
-
-        token = self.token.text().strip()
-        if token:
-            try:
-                login(token=token, add_to_git_credential=False)
-            except Exception as err:  # noqa: BLE001 - shown to the user as a sentence
-                self.token_state.setText(f"The token was not accepted ({type(err).__name__}).")
-                return
-            self.token.clear()
-            self.token_state.setText(self._token_state())
-
-    def result_settings(self) -> Settings:
-        """The edited settings."""
-        seed_text = self.seed.text().strip()
-        return replace(
-            self.settings,
-            temperature=self.temperature.value(),
-            top_p=self.top_p.value(),
-            top_k=self.top_k.value(),
-            min_p=self.min_p.value(),
-            repeat_penalty=self.repeat_penalty.value(),
-            max_tokens=self.max_tokens.value(),
-            seed=int(seed_text) if seed_text.isdigit() else None,
-            system_prompt=self.system_prompt.text(),
-            threads=self.threads.value() or None,
-            models_dir=self.models_dir.text().strip() or None,
-        )
-
-
-class SamplingDialog(QDialog):
-    """Sampling settings of one conversation (its preset; the defaults come from Settings)."""
-
-    def __init__(self, values: dict[str, object], parent: QWidget | None = None) -> None:
-        super().__init__(parent)
-        self.setWindowTitle("Sampling for this conversation")
-        form = QFormLayout(self)
-
+    def __init__(self, form: QFormLayout, values: dict[str, Any]) -> None:
         def number(key: str, default: float) -> float:
             value = values.get(key, default)
             return float(value) if isinstance(value, (int, float)) else default
@@ -157,14 +60,8 @@ class SamplingDialog(QDialog):
             ("Seed (empty = random)", self.seed),
         ):
             form.addRow(label, widget)
-        buttons = QDialogButtonBox(
-            QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel
-        )
-        buttons.accepted.connect(self.accept)
-        buttons.rejected.connect(self.reject)
-        form.addRow(buttons)
 
-    def values(self) -> dict[str, object]:
+    def values(self) -> dict[str, Any]:
         """The edited values."""
         seed = self.seed.text().strip()
         return {
@@ -176,3 +73,93 @@ class SamplingDialog(QDialog):
             "max_tokens": self.max_tokens.value(),
             "seed": int(seed) if seed.isdigit() else None,
         }
+
+
+def _buttons(dialog: QDialog, form: QFormLayout) -> None:
+    buttons = QDialogButtonBox(
+        QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel
+    )
+    buttons.accepted.connect(dialog.accept)
+    buttons.rejected.connect(dialog.reject)
+    form.addRow(buttons)
+
+
+class SettingsDialog(QDialog):
+    """Edit :class:`Settings`. The Hub token goes to huggingface_hub's own storage, never to settings."""
+
+    def __init__(self, settings: Settings, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setWindowTitle("Settings")
+        self.settings = settings
+        form = QFormLayout(self)
+        self.sampling = SamplingFields(form, settings.sampling())
+        self.system_prompt = QLineEdit(settings.system_prompt)
+        self.threads = QSpinBox()
+        self.threads.setRange(0, 512)
+        self.threads.setSpecialValueText("physical cores")
+        self.threads.setValue(settings.threads or 0)
+        self.models_dir = QLineEdit(settings.models_dir or "")
+        self.token = QLineEdit()
+        self.token.setEchoMode(QLineEdit.EchoMode.Password)
+        self.token.setPlaceholderText("hf_… (stored by huggingface_hub, not in MixDesk's settings)")
+        self.token_state = QLabel(self._token_state())
+        save_token = QPushButton("Save token")
+        save_token.clicked.connect(self._save_token)
+        for label, widget in (
+            ("System prompt", self.system_prompt),
+            ("Threads", self.threads),
+            ("Models folder", self.models_dir),
+            ("Hugging Face token", self.token),
+            ("", save_token),
+            ("", self.token_state),
+        ):
+            form.addRow(label, widget)
+        _buttons(self, form)
+
+    @staticmethod
+    def _token_state() -> str:
+        from huggingface_hub import get_token
+
+        return (
+            "A token is set."
+            if get_token()
+            else "No token: gated models (accept their licence first) need one."
+        )
+
+    def _save_token(self) -> None:
+        from huggingface_hub import login
+
+        token = self.token.text().strip()
+        if token:
+            try:
+                login(token=token, add_to_git_credential=False)
+            except Exception as err:  # noqa: BLE001 - shown to the user as a sentence
+                self.token_state.setText(f"The token was not accepted ({type(err).__name__}).")
+                return
+            self.token.clear()
+            self.token_state.setText(self._token_state())
+
+    def result_settings(self) -> Settings:
+        """The edited settings."""
+        return replace(
+            self.settings,
+            **self.sampling.values(),
+            system_prompt=self.system_prompt.text(),
+            threads=self.threads.value() or None,
+            models_dir=self.models_dir.text().strip() or None,
+        )
+
+
+class SamplingDialog(QDialog):
+    """Sampling settings of one conversation (its preset; the defaults come from Settings)."""
+
+    def __init__(self, values: dict[str, Any], parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setWindowTitle("Sampling for this conversation")
+        form = QFormLayout(self)
+        self.fields = SamplingFields(form, values)
+        _buttons(self, form)
+
+    def values(self) -> dict[str, Any]:
+        """The edited values."""
+        return self.fields.values()

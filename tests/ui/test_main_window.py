@@ -355,3 +355,17 @@ def test_chat_with_a_saved_endpoint(
         assert window.tps_label.text() == f"eval {done.stats.eval_tps:.1f} tok/s"
     finally:
         server.stop()
+
+
+def test_settings_and_sampling_dialogs_round_trip(window: MainWindow) -> None:
+    from mixdesk.ui.settings_dialog import SamplingDialog, SettingsDialog
+
+    dialog = SettingsDialog(window.settings, window)
+    dialog.sampling.temperature.setValue(0.3)
+    dialog.sampling.seed.setText("42")
+    dialog.threads.setValue(3)
+    edited = dialog.result_settings()
+    assert (edited.temperature, edited.seed, edited.threads) == (0.3, 42, 3)
+    sampling = SamplingDialog({"max_tokens": 77}, window)
+    assert sampling.values()["max_tokens"] == 77
+    assert sampling.values()["seed"] is None
