@@ -34,6 +34,7 @@ _PACKAGES = (
     "numpy",
     "jinja2",
 )
+_MODULES = {"llama-cpp-python": "llama_cpp", "huggingface-hub": "huggingface_hub", "PySide6-Essentials": "PySide6"}
 _CMAKE_FLAGS = {
     "cuda": "-DGGML_CUDA=on",
     "rocm": "-DGGML_HIP=on",
@@ -91,7 +92,14 @@ def _versions() -> Check:
         try:
             found.append(f"{name} {importlib.metadata.version(name)}")
         except importlib.metadata.PackageNotFoundError:
-            missing.append(name)
+            # a frozen bundle may carry the package without its metadata: importing it decides
+            module = _MODULES.get(name, name.replace("-", "_"))
+            try:
+                imported = importlib.import_module(module)
+            except ImportError:
+                missing.append(name)
+            else:
+                found.append(f"{name} {getattr(imported, '__version__', 'bundled')}")
     py = platform.python_version()
     detail = f"MixDesk {__version__}, Python {py}; " + ", ".join(found)
     if missing:
