@@ -34,7 +34,11 @@ _PACKAGES = (
     "numpy",
     "jinja2",
 )
-_MODULES = {"llama-cpp-python": "llama_cpp", "huggingface-hub": "huggingface_hub", "PySide6-Essentials": "PySide6"}
+_MODULES = {
+    "llama-cpp-python": "llama_cpp",
+    "huggingface-hub": "huggingface_hub",
+    "PySide6-Essentials": "PySide6",
+}
 _CMAKE_FLAGS = {
     "cuda": "-DGGML_CUDA=on",
     "rocm": "-DGGML_HIP=on",
