@@ -181,6 +181,8 @@ def start_server(config: ServeConfig, *, timeout: float = 120.0) -> ServerProces
                 f"Port {config.port} on {config.host} is already in use; choose another with --port."
             ) from None
     log_dir = paths.ensure_dir(paths.log_dir())
+    for old in sorted(log_dir.glob("serve-*.log"), key=lambda p: p.stat().st_mtime)[:-10]:
+        old.unlink(missing_ok=True)  # keep the last ten server logs
     log_path = log_dir / f"serve-{time.strftime('%Y%m%d-%H%M%S')}.log"
     with log_path.open("ab") as log_file:
         proc = subprocess.Popen(

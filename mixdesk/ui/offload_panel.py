@@ -166,31 +166,28 @@ class OffloadPanel(QWidget):
     def _replan(self) -> None:
         if self.profile is None or self.hardware is None:
             return
-        ctx = self.ctx.value() or None
+        profile, hardware = self.profile, self.hardware
         kv = self.kv.currentText()
-        self.auto_plan = plan_offload(
-            self.profile,
-            self.hardware,
-            n_ctx=ctx,
-            type_k=kv,
-            type_v=kv,
-            flash_attn=self.flash.isChecked(),
-        )
+
+        def plan(layers: int | None) -> OffloadPlan:
+            return plan_offload(
+                profile,
+                hardware,
+                n_ctx=self.ctx.value() or None,
+                type_k=kv,
+                type_v=kv,
+                flash_attn=self.flash.isChecked(),
+                n_gpu_layers=layers,
+            )
+
+        self.auto_plan = plan(None)
         if self.auto.isChecked():
             self.plan = self.auto_plan
             self.slider.blockSignals(True)
             self.slider.setValue(self.plan.n_gpu_layers)
             self.slider.blockSignals(False)
         else:
-            self.plan = plan_offload(
-                self.profile,
-                self.hardware,
-                n_ctx=ctx,
-                type_k=kv,
-                type_v=kv,
-                flash_attn=self.flash.isChecked(),
-                n_gpu_layers=self.slider.value(),
-            )
+            self.plan = plan(self.slider.value())
         plan = self.plan
         self.slider_label.setText(
             f"GPU layers: {plan.n_gpu_layers} of {plan.n_layers + 1} "
