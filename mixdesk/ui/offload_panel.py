@@ -169,7 +169,7 @@ class OffloadPanel(QWidget):
         profile, hardware = self.profile, self.hardware
         kv = self.kv.currentText()
 
-        def plan(layers: int | None) -> OffloadPlan:
+        def plan_for(layers: int | None) -> OffloadPlan:
             return plan_offload(
                 profile,
                 hardware,
@@ -180,14 +180,14 @@ class OffloadPanel(QWidget):
                 n_gpu_layers=layers,
             )
 
-        self.auto_plan = plan(None)
+        self.auto_plan = plan_for(None)
         if self.auto.isChecked():
             self.plan = self.auto_plan
             self.slider.blockSignals(True)
             self.slider.setValue(self.plan.n_gpu_layers)
             self.slider.blockSignals(False)
         else:
-            self.plan = plan(self.slider.value())
+            self.plan = plan_for(self.slider.value())
         plan = self.plan
         self.slider_label.setText(
             f"GPU layers: {plan.n_gpu_layers} of {plan.n_layers + 1} "
