@@ -6,7 +6,6 @@ import argparse
 import contextlib
 import sys
 from collections.abc import Iterator
-from typing import Protocol
 
 from mixdesk.core.chat_template import ChatMessage
 from mixdesk.core.engine import (
@@ -16,11 +15,10 @@ from mixdesk.core.engine import (
     LoadConfig,
     SamplingParams,
 )
-from mixdesk.core.engine.client import validate_load_config, validate_sampling
-from mixdesk.core.engine.protocol import ModelInfo, TextDelta
+from mixdesk.core.engine.client import AnswerStream, validate_load_config, validate_sampling
+from mixdesk.core.engine.protocol import ModelInfo
 from mixdesk.core.remote_backend import (
     Endpoint,
-    detect_kind,
     normalize_url,
     remote_chat,
     remote_model_info,
@@ -125,16 +123,6 @@ def _stream(stream: AnswerStream, *, echo: bool) -> ChatDone:
             stream.cancel()
 
 
-class AnswerStream(Protocol):
-    """What a local or a remote answer offers the terminal."""
-
-    result: ChatDone | None
-
-    def __iter__(self) -> Iterator[TextDelta]: ...
-
-    def cancel(self) -> None: ...
-
-
 class _RemoteBackend:
     """A remote endpoint with the engine's chat() interface."""
 
@@ -148,12 +136,6 @@ class _RemoteBackend:
 def _run_remote(args: argparse.Namespace, sampling: SamplingParams) -> int:
     endpoint = Endpoint(
         url=normalize_url(args.endpoint), api_key=args.api_key, model=args.model_name
-    )
-    endpoint = Endpoint(
-        endpoint.url,
-        endpoint.api_key,
-        endpoint.model,
-        kind=detect_kind(endpoint.url, endpoint.api_key),
     )
     backend = _RemoteBackend(endpoint)
     info = remote_model_info(endpoint)

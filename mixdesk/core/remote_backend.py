@@ -9,7 +9,6 @@ token counts come from the server's usage figures when it sends them.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from collections.abc import Iterator, Sequence
@@ -17,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mixdesk.core.chat_template import ChatMessage
+from mixdesk.core.engine.client import AnswerStream
 from mixdesk.core.engine.protocol import (
     ChatDone,
     GenerationStats,
@@ -41,8 +41,9 @@ class Endpoint:
     api_key: str | None = None
     model: str | None = None
     name: str = ""
-    #: "llama.cpp" sends top_k, min_p and repeat_penalty too; "openai" only the standard fields.
-    kind: str = "openai"
+    #: "llama.cpp" sends top_k, min_p and repeat_penalty too; "openai" only the standard fields;
+    #: "auto" asks the server which it is (once per address), when the first answer starts.
+    kind: str = "auto"
 
     @property
     def label(self) -> str:
@@ -110,31 +111,44 @@ def endpoint_error(
     return EndpointError(f"Talking to {url} failed ({name}: {text[:160]}).")
 
 
+_KINDS: dict[str, str] = {}
+
+
 def detect_kind(url: str, api_key: str | None = None, timeout: float = 5.0) -> str:
-    """ "llama.cpp" if the server is llama.cpp's (it reports itself in /v1/models), else "openai"."""
+    """ "llama.cpp" if the server is llama.cpp's (it reports itself in /v1/models), else "openai".
+
+    Asked once per address and remembered, not before every answer.
+    """
+    base = normalize_url(url)
+    if base not in _KINDS:
+        kind = _ask_kind(base, api_key, timeout)
+        if kind is None:
+            return "openai"  # no answer (down, wrong key): ask again next time
+        _KINDS[base] = kind
+    return _KINDS[base]
+
+
+def _ask_kind(base: str, api_key: str | None, timeout: float) -> str | None:
     from huggingface_hub.utils._http import get_session
 
     try:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        data = (
-            get_session()
-            .get(normalize_url(url) + "/models", headers=headers, timeout=timeout)
-            .json()
-        )
-        owners = {str(m.get("owned_by", "")) for m in data.get("data", [])}
-    except Exception:  # noqa: BLE001 - unknown servers get the standard fields only
-        return "openai"
+        response = get_session().get(base + "/models", headers=headers, timeout=timeout)
+        if response.status_code != 200:
+            return None
+        owners = {str(m.get("owned_by", "")) for m in response.json().get("data", [])}
+    except Exception:  # noqa: BLE001 - unreachable or not JSON: the standard fields only
+        return None
     return "llama.cpp" if owners & {"llamacpp", "me", "llama.cpp"} else "openai"
 
 
-class RemoteChatStream(Iterator[TextDelta]):
+class RemoteChatStream(AnswerStream):
     """A remote answer, with the same interface as the local engine's ChatStream."""
 
-    def __init__(self, endpoint: Endpoint, chunks: Iterator[Any], n_prompt_chars: int) -> None:
+    def __init__(self, endpoint: Endpoint, chunks: Iterator[Any]) -> None:
+        super().__init__()
         self.endpoint = endpoint
         self._chunks = chunks
-        self.result: ChatDone | None = None
-        self._text: list[str] = []
         self._cancelled = False
         self._start = time.perf_counter()
         self._first: float | None = None
@@ -142,11 +156,7 @@ class RemoteChatStream(Iterator[TextDelta]):
         self._n = 0
         self._usage: Any = None
         self._finish: str | None = None
-        self._n_prompt_chars = n_prompt_chars
         self.client: Any = None
-
-    def __iter__(self) -> RemoteChatStream:
-        return self
 
     def _stats(self) -> GenerationStats:
         usage = self._usage
@@ -201,28 +211,9 @@ class RemoteChatStream(Iterator[TextDelta]):
             close()
         raise StopIteration
 
-    @property
-    def text(self) -> str:
-        """The answer received so far."""
-        return "".join(self._text)
-
     def cancel(self) -> None:
         """Stop the answer (the connection is closed at the next chunk)."""
         self._cancelled = True
-
-    def wait(self) -> ChatDone:
-        """Consume the rest and return the end."""
-        for _ in self:
-            pass
-        assert self.result is not None
-        return self.result
-
-    def close(self) -> None:
-        """Stop and release the connection."""
-        if self.result is None:
-            self.cancel()
-            with contextlib.suppress(MixdeskError):
-                self.wait()
 
 
 def remote_model_info(endpoint: Endpoint) -> ModelInfo:
@@ -265,8 +256,9 @@ def remote_chat(
     sampling = sampling or SamplingParams()
     base = normalize_url(endpoint.url)
     client = InferenceClient(base_url=base, api_key=endpoint.api_key, timeout=timeout)
+    kind = detect_kind(base, endpoint.api_key) if endpoint.kind == "auto" else endpoint.kind
     extra: dict[str, Any] | None = None
-    if endpoint.kind == "llama.cpp":
+    if kind == "llama.cpp":
         extra = {
             "top_k": sampling.top_k,
             "min_p": sampling.min_p,
@@ -286,7 +278,7 @@ def remote_chat(
             stream_options=ChatCompletionInputStreamOptions(include_usage=True),
             extra_body=extra,
         )
-        stream = RemoteChatStream(endpoint, iter(chunks), sum(len(m.content) for m in messages))
+        stream = RemoteChatStream(endpoint, iter(chunks))
         stream.client = (
             client  # the client owns the HTTP connection the chunks come from: keep it alive
         )

@@ -465,14 +465,13 @@ class MainWindow(QMainWindow):
         self, url: str, *, api_key: str | None = None, model: str | None = None, name: str = ""
     ) -> None:
         """Save an endpoint in the settings (its key apart) and select it in the model picker."""
-        from mixdesk.core.remote_backend import detect_kind, normalize_url
+        from mixdesk.core.remote_backend import normalize_url
         from mixdesk.core.settings import save_endpoint_key
 
-        url = normalize_url(url)
-        kind = detect_kind(url, api_key)
+        url = normalize_url(url)  # no network here: the kind of server is found by the worker
         self.settings.endpoints = [e for e in self.settings.endpoints if e.get("url") != url]
         self.settings.endpoints.append(
-            {"name": name or url, "url": url, "model": model or "", "kind": kind}
+            {"name": name or url, "url": url, "model": model or "", "kind": "auto"}
         )
         self.settings.save()
         save_endpoint_key(url, api_key)
@@ -529,7 +528,7 @@ class MainWindow(QMainWindow):
             api_key=load_endpoint_keys().get(ep["url"]),
             model=ep.get("model") or None,
             name=ep.get("name", ""),
-            kind=ep.get("kind", "openai"),
+            kind=ep.get("kind", "auto"),
         )
         self.model_info = remote_model_info(self.remote)
         self.statusBar().showMessage(f"Answers now come from {self.remote.url}", 10_000)

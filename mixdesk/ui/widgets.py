@@ -50,7 +50,6 @@ class ChatView(QTextBrowser):
         self.setOpenLinks(False)
         self.setOpenExternalLinks(False)
         self.anchorClicked.connect(self._anchor)
-        self._prefix = ""
         self._codes: list[str] = []
         self._prefix_codes = 0
         self.streaming_text = ""
@@ -61,35 +60,36 @@ class ChatView(QTextBrowser):
         """Never load anything (model output may name remote images)."""
         return None
 
-    def _message_html(self, m: StoredMessage, *, streaming: bool = False) -> str:
+    def _message_html(self, m: StoredMessage) -> tuple[str, list[str]]:
+        """A message as HTML, and the code blocks its copy links point to."""
         if m.role == "user":
             return (
                 f'<p style="background:#eef4ff;padding:6px"><b>You</b> '
                 f'<a href="edit:{m.id}" style="font-size:small">edit</a><br>'
                 f"{html.escape(m.content).replace(chr(10), '<br>')}</p>"
-            )
+            ), []
         body, codes = render_markdown(m.content, code_link_prefix=f"copy:{len(self._codes)}:")
-        self._codes_extra = codes
         footer = ""
-        if m.stats and not streaming:
+        if m.stats:
             note = " · stopped" if m.finish_reason == "cancelled" else ""
             footer = f'<p style="color:#888;font-size:small">{stats_line(m.stats)}{note}</p>'
-        cursor = " ▌" if streaming else ""
-        return f"<div><b>Assistant</b>{body}{cursor}{footer}</div>"
+        return f"<div><b>Assistant</b>{body}{footer}</div>", codes
 
     def set_messages(self, messages: list[StoredMessage]) -> None:
         """Show a whole conversation."""
         self._codes = []
         parts = []
         for m in messages:
-            if m.role == "system":
-                continue
-            parts.append(self._message_html(m))
-            self._codes += getattr(self, "_codes_extra", []) if m.role == "assistant" else []
-        self._prefix = "".join(parts)
+            if m.role != "system":
+                part, codes = self._message_html(m)
+                parts.append(part)
+                self._codes += codes
         self._prefix_codes = len(self._codes)
         self.streaming_text = ""
-        self._render("")
+        at_bottom = self._at_bottom()
+        self.setHtml("".join(parts))
+        if at_bottom:
+            self._scroll_to_bottom()
 
     def start_streaming(self) -> None:
         """Open a new answer at the end of the conversation."""
@@ -140,13 +140,6 @@ class ChatView(QTextBrowser):
     def _scroll_to_bottom(self) -> None:
         bar = self.verticalScrollBar()
         bar.setValue(bar.maximum())
-
-    def _render(self, tail: str) -> None:
-        bar = self.verticalScrollBar()
-        at_bottom = bar.value() >= bar.maximum() - 4
-        self.setHtml(self._prefix + tail)
-        if at_bottom:
-            bar.setValue(bar.maximum())
 
     def _anchor(self, url: QUrl) -> None:
         text = url.toString()

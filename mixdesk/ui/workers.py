@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -16,7 +17,7 @@ from PySide6.QtCore import QObject, QThread, Signal, Slot
 
 from mixdesk.core.chat_template import ChatMessage
 from mixdesk.core.engine import ChatDone, Engine, LoadConfig, ModelInfo, SamplingParams
-from mixdesk.core.engine.client import ChatStream
+from mixdesk.core.engine.client import AnswerStream
 from mixdesk.errors import EngineCrashedError, OutOfMemoryError, user_message
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,7 @@ class EngineWorker(QObject):
     def __init__(self, engine: Engine | None = None) -> None:
         super().__init__()
         self.engine = engine or Engine()
-        self._stream: ChatStream | None = None
+        self._stream: AnswerStream | None = None
         self._lock = threading.Lock()
 
     @Slot(object)
@@ -83,23 +84,9 @@ class EngineWorker(QObject):
         interval: float,
     ) -> None:
         """Stream an answer, emitting deltas and the end."""
-        try:
-            stream = self.engine.chat(messages, sampling, stream_interval_s=interval)
-        except Exception as err:  # noqa: BLE001
-            self.chatFailed.emit(request_id, user_message(err), isinstance(err, EngineCrashedError))
-            return
-        with self._lock:
-            self._stream = stream
-        try:
-            for d in stream:
-                self.delta.emit(request_id, d.text, d.stats)
-            assert stream.result is not None
-            self.done.emit(request_id, stream.result)
-        except Exception as err:  # noqa: BLE001
-            self.chatFailed.emit(request_id, user_message(err), isinstance(err, EngineCrashedError))
-        finally:
-            with self._lock:
-                self._stream = None
+        self._relay(
+            request_id, lambda: self.engine.chat(messages, sampling, stream_interval_s=interval)
+        )
 
     @Slot(int, object, object, object)
     def chat_remote(
@@ -108,20 +95,20 @@ class EngineWorker(QObject):
         """Stream an answer from a remote endpoint, with the same signals as a local one."""
         from mixdesk.core.remote_backend import remote_chat
 
+        self._relay(request_id, lambda: remote_chat(endpoint, messages, sampling))
+
+    def _relay(self, request_id: int, start: Callable[[], AnswerStream]) -> None:
+        """Start an answer and pass its deltas, its end or its failure on as signals."""
         try:
-            stream = remote_chat(endpoint, messages, sampling)
-        except Exception as err:  # noqa: BLE001
-            self.chatFailed.emit(request_id, user_message(err), False)
-            return
-        with self._lock:
-            self._stream = stream  # type: ignore[assignment]
-        try:
+            stream = start()
+            with self._lock:
+                self._stream = stream
             for d in stream:
                 self.delta.emit(request_id, d.text, d.stats)
             assert stream.result is not None
             self.done.emit(request_id, stream.result)
-        except Exception as err:  # noqa: BLE001
-            self.chatFailed.emit(request_id, user_message(err), False)
+        except Exception as err:  # noqa: BLE001 - every failure reaches the user as a sentence
+            self.chatFailed.emit(request_id, user_message(err), isinstance(err, EngineCrashedError))
         finally:
             with self._lock:
                 self._stream = None

@@ -147,21 +147,53 @@ def _failure_to_error(failure: EngineFailure) -> MixdeskError:
     return err
 
 
-class ChatStream(Iterator[TextDelta]):
-    """The answer to one chat request: iterate for text deltas, then read :attr:`result`.
+class AnswerStream(Iterator[TextDelta]):
+    """An answer being generated, locally or remotely: iterate for text deltas, then read
+    :attr:`result`. Subclasses append each delta's text to ``_text`` and implement
+    ``__next__`` and :meth:`cancel`.
 
     Iteration can be interrupted (e.g. KeyboardInterrupt) and resumed: call :meth:`cancel`
     and keep iterating to receive the end of the answer.
     """
 
-    def __init__(self, engine: Engine, request_id: int) -> None:
-        self._engine = engine
-        self.request_id = request_id
+    def __init__(self) -> None:
         self.result: ChatDone | None = None
         self._text: list[str] = []
 
-    def __iter__(self) -> ChatStream:
+    def __iter__(self) -> AnswerStream:
         return self
+
+    @property
+    def text(self) -> str:
+        """The answer received so far."""
+        return "".join(self._text)
+
+    def cancel(self) -> None:
+        """Ask for the answer to stop; it ends with finish_reason "cancelled"."""
+        raise NotImplementedError
+
+    def wait(self) -> ChatDone:
+        """Consume the rest of the answer and return its end."""
+        for _ in self:
+            pass
+        assert self.result is not None
+        return self.result
+
+    def close(self) -> None:
+        """Stop the answer if it is still running and consume its end."""
+        if self.result is None:
+            self.cancel()
+            with contextlib.suppress(MixdeskError):
+                self.wait()
+
+
+class ChatStream(AnswerStream):
+    """The answer of the local engine to one chat request."""
+
+    def __init__(self, engine: Engine, request_id: int) -> None:
+        super().__init__()
+        self._engine = engine
+        self.request_id = request_id
 
     def __next__(self) -> TextDelta:
         if self.result is not None:
@@ -179,29 +211,15 @@ class ChatStream(Iterator[TextDelta]):
                 self._engine._active = None
                 raise _failure_to_error(event)
 
-    @property
-    def text(self) -> str:
-        """The answer received so far."""
-        return "".join(self._text)
-
     def cancel(self) -> None:
-        """Ask the engine to stop this answer; it ends with finish_reason "cancelled"."""
+        """Ask the engine to stop this answer."""
         if self.result is None:
             self._engine._send({"cmd": "cancel", "id": self.request_id})
 
-    def wait(self) -> ChatDone:
-        """Consume the rest of the answer and return its end."""
-        for _ in self:
-            pass
-        assert self.result is not None
-        return self.result
-
     def close(self) -> None:
         """Stop the answer if it is still running and wait for the engine to be ready."""
-        if self.result is None and self._engine.alive:
-            self.cancel()
-            with contextlib.suppress(MixdeskError):
-                self.wait()
+        if self._engine.alive:
+            super().close()
 
 
 class Engine:
