@@ -22,7 +22,7 @@ costing layers that make generation faster.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
 
@@ -397,4 +397,4 @@ def _explain(
     lines.append(
         f"Expected speed about {plan.expected_tps:g} tokens/s (an estimate from memory bandwidth)."
     )
-    return OffloadPlan(**{**plan.__dict__, "explanation": lines})
+    return replace(plan, explanation=lines)

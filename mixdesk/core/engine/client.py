@@ -28,6 +28,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import IO, Any
 
@@ -375,7 +376,7 @@ class Engine:
         if not self._fresh or not self.alive:
             self.start()
         self._fresh = False
-        self._send({"cmd": "load", "config": _asdict(config)})
+        self._send({"cmd": "load", "config": asdict(config)})
         while True:
             event = self._next_event(during="loading the model", model_path=config.model_path)
             if isinstance(event, LoadProgress):
@@ -420,7 +421,7 @@ class Engine:
                 "cmd": "chat",
                 "id": request_id,
                 "messages": messages_to_wire(list(messages)),
-                "sampling": _asdict(sampling),
+                "sampling": asdict(sampling),
                 "stream_interval_s": stream_interval_s,
             }
         )
@@ -505,12 +506,6 @@ def _first_split_part(config: LoadConfig) -> LoadConfig:
 
     first = split_parts(Path(config.model_path))[0]
     return config if str(first) == config.model_path else replace(config, model_path=str(first))
-
-
-def _asdict(obj: Any) -> dict[str, Any]:
-    from dataclasses import asdict
-
-    return asdict(obj)
 
 
 def _prune_logs(log_dir: Path) -> None:
