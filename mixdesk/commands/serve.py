@@ -38,18 +38,24 @@ def run_serve(args: argparse.Namespace) -> int:
             + ("" if args.api_key else " without a key (add --api-key)")
             + ".\n"
         )
+    signal.signal(signal.SIGTERM, _interrupt)
     server = start_server(config)
-    sys.stderr.write(
-        f"mixdesk: serving {config.model_alias} at {server.url} (OpenAI-compatible; --ngl {config.n_gpu_layers}, "
-        f"context {config.n_ctx}). Ctrl-C stops.\n"
-    )
-    sys.stderr.flush()
-    signal.signal(signal.SIGTERM, lambda *_a: (_ for _ in ()).throw(KeyboardInterrupt()))
-    try:
+    try:  # from here on, however this ends, the server process ends with it
+        sys.stderr.write(
+            f"mixdesk: serving {config.model_alias} at {server.url} (OpenAI-compatible; "
+            f"--ngl {config.n_gpu_layers}, context {config.n_ctx}). Ctrl-C stops.\n"
+        )
+        sys.stderr.flush()
         while server.proc.poll() is None:
             time.sleep(0.2)
+        raise server.death()
     except KeyboardInterrupt:
-        server.stop()
         sys.stderr.write("mixdesk: server stopped.\n")
         return 0
-    raise server.death()
+    finally:
+        server.stop()
+
+
+def _interrupt(_signum: int, _frame: object) -> None:
+    """SIGTERM stops the server like Ctrl-C does."""
+    raise KeyboardInterrupt

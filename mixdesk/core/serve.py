@@ -193,6 +193,16 @@ def start_server(config: ServeConfig, *, timeout: float = 120.0) -> ServerProces
             env={**__import__("os").environ, "GGML_NO_BACKTRACE": "1"},
         )
     server = ServerProcess(config, proc, log_path)
+    try:
+        _wait_until_listening(server, timeout)
+    except BaseException:  # a failed or interrupted start leaves no server behind
+        server.stop()
+        raise
+    return server
+
+
+def _wait_until_listening(server: ServerProcess, timeout: float) -> None:
+    config, proc = server.config, server.proc
     deadline = time.monotonic() + timeout
     connect_host = "127.0.0.1" if config.host in ("0.0.0.0", "", "::") else config.host  # noqa: S104
     while time.monotonic() < deadline:
@@ -200,8 +210,9 @@ def start_server(config: ServeConfig, *, timeout: float = 120.0) -> ServerProces
             raise server.death()
         try:
             with socket.create_connection((connect_host, config.port), timeout=0.5):
-                return server
+                return
         except OSError:
             time.sleep(0.1)
-    server.stop()
-    raise MixdeskError(f"The server did not start within {timeout:.0f} s; the log is {log_path}.")
+    raise MixdeskError(
+        f"The server did not start within {timeout:.0f} s; the log is {server.log_path}."
+    )
