@@ -82,16 +82,17 @@ def test_answer_streams_with_live_speed(
     load(qtbot, window, models["f32"])
     window.set_sampling(max_tokens=2000)
     seen: list[float] = []
-    window.speedShown.connect(seen.append)
-    views: list[str] = []
-    window.view.textChanged.connect(lambda: views.append(window.view.toPlainText()))
+    shown: list[int] = []  # how much text the view held at each live update
+
+    def update(tps: float) -> None:
+        seen.append(tps)
+        shown.append(len(squash(window.view.toPlainText())))
+
+    window.speedShown.connect(update)
     done = ask(qtbot, window, "Tell me a story")
     assert done.stats.eval_tokens == 2000
     assert len(seen) >= 3  # the label moved while the answer streamed
-    head, tail = squash(done.text)[:20], squash(done.text)[-20:]
-    assert any(
-        head in squash(v) and tail not in squash(v) for v in views
-    )  # text appeared before the end
+    assert len(set(shown[:-1])) >= 2  # the text grew in the view while the answer streamed
     assert window.tps_label.text() == f"eval {done.stats.eval_tps:.1f} tok/s"
     assert seen[-1] == done.stats.eval_tps
     assert squash(done.text)[:40] in squash(window.view.toPlainText())
