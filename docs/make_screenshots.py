@@ -67,7 +67,7 @@ def main() -> int:
     )  # until the context is full: long enough to catch mid-answer
     window.rename_conversation("Mixture of experts")
     window.send("Explain how a mixture of experts routes each token, with a code example.")
-    spin(1300)
+    spin(400)
     OUT.mkdir(parents=True, exist_ok=True)
     window.grab().save(str(OUT / "main-window.png"))
     finished = QEventLoop()
