@@ -1,10 +1,15 @@
-"""Logging, configured once per process: a rotating file in the user log directory."""
+"""Logging, configured once per process: a rotating file in the user log directory.
+
+The log holds prompts, model paths and error details, so its files are readable by their
+owner only (0600, in a 0700 folder), backups included.
+"""
 
 from __future__ import annotations
 
 import logging
 import logging.handlers
 import sys
+from io import TextIOWrapper
 from pathlib import Path
 
 from mixdesk import paths
@@ -15,6 +20,14 @@ _configured = False
 def app_log_path() -> Path:
     """Return the path of the app's log file."""
     return paths.log_dir() / "mixdesk.log"
+
+
+class PrivateRotatingFileHandler(logging.handlers.RotatingFileHandler):
+    """A rotating log file that only its owner can read, from its first byte."""
+
+    def _open(self) -> TextIOWrapper:
+        paths.private_file(Path(self.baseFilename))  # 0600 before anything is written
+        return super()._open()
 
 
 def configure_logging(*, verbose: bool = False) -> Path | None:
@@ -34,8 +47,10 @@ def configure_logging(*, verbose: bool = False) -> Path | None:
     path: Path | None = app_log_path()
     try:
         assert path is not None
-        paths.ensure_dir(path.parent)
-        handler = logging.handlers.RotatingFileHandler(
+        paths.ensure_private_dir(path.parent)
+        for backup in path.parent.glob(path.name + ".*"):
+            paths.private_file(backup)  # written by a version that left them readable
+        handler = PrivateRotatingFileHandler(
             path, maxBytes=2_000_000, backupCount=3, encoding="utf-8"
         )
         handler.setFormatter(fmt)
@@ -49,3 +64,19 @@ def configure_logging(*, verbose: bool = False) -> Path | None:
         err.setLevel(logging.INFO)
         root.addHandler(err)
     return path
+
+
+#: Command-line values that never go to the log: keys, and what the user writes to a model.
+HIDDEN_ARGUMENTS = frozenset({"api_key", "prompt", "system"})
+
+
+def loggable_arguments(values: dict[str, object]) -> dict[str, object]:
+    """Parsed command-line values with keys and prompts replaced by ``"<hidden>"``.
+
+    Works on the parsed values rather than on argv, so abbreviations (``--api-k``) and
+    ``--api-key=...`` are hidden too.
+    """
+    return {
+        name: "<hidden>" if name in HIDDEN_ARGUMENTS and value is not None else value
+        for name, value in values.items()
+    }

@@ -2,11 +2,18 @@
 
 ``MIXDESK_DATA_DIR`` moves the data directory (models, conversations); the XDG variables
 work as usual on Linux because platformdirs honours them.
+
+Folders MixDesk creates are private (0700, as the XDG base directory spec asks), and the
+files that may hold secrets or conversations (logs, ``chats.sqlite``, settings, key files)
+are created 0600 through :func:`private_file` and :func:`write_private_text`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import stat
+import tempfile
 from pathlib import Path
 
 import platformdirs
@@ -37,7 +44,71 @@ def log_dir() -> Path:
     return Path(platformdirs.user_log_dir(APP_NAME, appauthor=False))
 
 
+PRIVATE_DIR_MODE = 0o700
+PRIVATE_FILE_MODE = 0o600
+
+
 def ensure_dir(path: Path) -> Path:
-    """Create ``path`` (and parents) if needed and return it."""
-    path.mkdir(parents=True, exist_ok=True)
+    """Create ``path`` (and missing parents, each 0700) if needed and return it."""
+    missing = []
+    for parent in (path, *path.parents):
+        if parent.exists():
+            break
+        missing.append(parent)
+    for folder in reversed(missing):
+        with contextlib.suppress(FileExistsError):  # made meanwhile by another process
+            folder.mkdir(mode=PRIVATE_DIR_MODE)
+    if not path.is_dir():
+        path.mkdir(parents=True, exist_ok=True)  # raises the OSError that says why
     return path
+
+
+def ensure_private_dir(path: Path) -> Path:
+    """Like :func:`ensure_dir`, and take away other users' access if the folder is ours.
+
+    For MixDesk's own folders (logs, settings, conversations), which older versions created
+    with the default 0755.
+    """
+    ensure_dir(path)
+    _tighten(path, PRIVATE_DIR_MODE)
+    return path
+
+
+def private_file(path: Path) -> Path:
+    """Create ``path`` empty with mode 0600 if missing, or tighten an existing file to 0600."""
+    ensure_dir(path.parent)
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE_MODE))
+    _tighten(path, PRIVATE_FILE_MODE)
+    return path
+
+
+def write_private_text(path: Path, text: str) -> None:
+    """Replace ``path`` atomically with ``text``, as a 0600 file.
+
+    The new content goes to a temporary file beside ``path`` (created 0600) that then takes
+    its place, so a crash leaves the old file or the new one, never half of one, and a file
+    that was readable by others before is replaced by one that is not.
+    """
+    ensure_dir(path.parent)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _tighten(path: Path, mode: int) -> None:
+    """Drop group and other permissions from ``path`` if this user owns it."""
+    try:
+        info = path.stat()
+        if stat.S_IMODE(info.st_mode) & 0o077 and info.st_uid == os.getuid():
+            path.chmod(stat.S_IMODE(info.st_mode) & mode)
+    except (OSError, AttributeError):  # AttributeError: no getuid on Windows (ACLs there)
+        pass

@@ -19,6 +19,8 @@ from typing import Any
 
 from mixdesk import paths
 
+_SIDE_FILES = ("-wal", "-shm", "-journal")
+
 _SCHEMA = [
     """CREATE TABLE IF NOT EXISTS conversations (
         id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -75,8 +77,14 @@ class ChatStore:
     """
 
     def __init__(self, path: Path | None = None) -> None:
-        self.path = path or paths.ensure_dir(paths.data_dir()) / "chats.sqlite"
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path or paths.ensure_private_dir(paths.data_dir()) / "chats.sqlite"
+        # Conversations are private: the file is 0600 before SQLite opens it, and SQLite gives
+        # its -wal and -shm files the database's mode.
+        paths.private_file(self.path)
+        for suffix in _SIDE_FILES:  # left readable by an older version
+            side = self.path.with_name(self.path.name + suffix)
+            if side.exists():
+                paths.private_file(side)
         self._lock = threading.RLock()
         self._conn: sqlite3.Connection | None = None
         with self._db() as db:

@@ -93,10 +93,8 @@ class Settings:
     def save(self) -> None:
         """Write the settings atomically."""
         path = self.path()
-        paths.ensure_dir(path.parent)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=2), encoding="utf-8")
-        tmp.replace(path)
+        paths.ensure_private_dir(path.parent)
+        paths.write_private_text(path, json.dumps(asdict(self), indent=2))  # 0600
 
     def sampling(self) -> dict[str, Any]:
         """The sampling defaults as a dict (a conversation's starting point)."""
@@ -131,16 +129,16 @@ def load_endpoint_keys() -> dict[str, str]:
 
 
 def save_endpoint_key(url: str, key: str | None) -> None:
-    """Remember (or forget) an endpoint's API key, in a file readable by the user only."""
-    import os
+    """Remember (or forget) an endpoint's API key, in a file readable by the user only.
 
+    The file is replaced atomically by a 0600 one (so a file left readable by others, or by
+    an older version, is tightened), in a 0700 folder.
+    """
     keys = load_endpoint_keys()
     if key:
         keys[url] = key
     else:
         keys.pop(url, None)
     path = endpoint_keys_path()
-    paths.ensure_dir(path.parent)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        json.dump(keys, fh)
+    paths.ensure_private_dir(path.parent)
+    paths.write_private_text(path, json.dumps(keys))
