@@ -1,19 +1,29 @@
 """Chat with a remote OpenAI-compatible endpoint (TGI, llama-server, vLLM, Inference Endpoints).
 
-Built on ``huggingface_hub.InferenceClient.chat_completion(stream=True)``. A remote answer
-looks to the rest of MixDesk exactly like a local one: a :class:`RemoteChatStream` yields
-:class:`TextDelta` events with live speed figures and ends with a :class:`ChatDone`. Speeds
-are measured here, on the client (time to first token, tokens per second of generation);
-token counts come from the server's usage figures when it sends them.
+A streamed ``POST …/v1/chat/completions`` over huggingface_hub's HTTP session, its chunks
+read as huggingface_hub's ``ChatCompletionStreamOutput``. A remote answer looks to the rest
+of MixDesk exactly like a local one: a :class:`RemoteChatStream` yields :class:`TextDelta`
+events with live speed figures and ends with a :class:`ChatDone`. Speeds are measured here,
+on the client (time to first token, tokens per second of generation); token counts come from
+the server's usage figures when it sends them.
+
+Who gets which secret: an endpoint gets the key the user gave for it, and nothing else. The
+Hugging Face token goes only to the Hub and to Hugging Face's own inference hosts, and only
+when the endpoint has no key of its own (:func:`auth_headers`). ``InferenceClient`` is not
+used for this because, for any ``base_url``, it sends the saved token when no key is given,
+and since huggingface_hub 1.0 it refuses ``token=False``.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from contextlib import ExitStack
+from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from mixdesk.core.chat_template import ChatMessage
 from mixdesk.core.engine.client import AnswerStream
@@ -38,7 +48,7 @@ class Endpoint:
     """A remote model: where it is, how to authenticate, which model to ask for."""
 
     url: str
-    api_key: str | None = None
+    api_key: str | None = field(default=None, repr=False)
     model: str | None = None
     name: str = ""
     #: "llama.cpp" sends top_k, min_p and repeat_penalty too; "openai" only the standard fields;
@@ -61,10 +71,47 @@ def normalize_url(url: str) -> str:
     return url if url.endswith("/v1") else url + "/v1"
 
 
+#: Hosts (and their subdomains) that may receive the Hugging Face token, over https: the Hub,
+#: its short domain, the Inference Providers router and Inference Endpoints.
+HF_TOKEN_HOSTS = ("huggingface.co", "hf.co", "endpoints.huggingface.cloud")
+
+
+def may_receive_hub_token(url: str) -> bool:
+    """Whether the Hugging Face token may be sent to ``url``.
+
+    True for https URLs on :data:`HF_TOKEN_HOSTS`, and for the Hub that ``HF_ENDPOINT`` names
+    (a private Hub or mirror, which is where huggingface_hub itself sends the token).
+    """
+    from huggingface_hub import constants
+
+    parts = urlsplit(url)
+    host = (parts.hostname or "").lower()
+    if parts.scheme == "https" and any(host == h or host.endswith("." + h) for h in HF_TOKEN_HOSTS):
+        return True
+    hub = urlsplit(constants.ENDPOINT)
+    return (parts.scheme, parts.netloc.lower()) == (hub.scheme, hub.netloc.lower())
+
+
+def auth_headers(endpoint: Endpoint) -> dict[str, str]:
+    """The ``Authorization`` header for ``endpoint``, or none.
+
+    The endpoint's own key; without one, the saved Hugging Face token if
+    :func:`may_receive_hub_token` allows it; otherwise nothing.
+    """
+    key = endpoint.api_key
+    if not key and may_receive_hub_token(endpoint.url):
+        from huggingface_hub import get_token
+
+        key = get_token()
+    return {"Authorization": f"Bearer {key}"} if key else {}
+
+
 def endpoint_error(
     err: BaseException, endpoint: Endpoint, *, started: bool = False
 ) -> EndpointError:
     """One sentence for what went wrong talking to ``endpoint``."""
+    if isinstance(err, EndpointError):
+        return err
     url = endpoint.url
     name = type(err).__name__
     status = getattr(getattr(err, "response", None), "status_code", None)
@@ -129,10 +176,10 @@ def detect_kind(url: str, api_key: str | None = None, timeout: float = 5.0) -> s
 
 
 def _ask_kind(base: str, api_key: str | None, timeout: float) -> str | None:
-    from huggingface_hub.utils._http import get_session
+    from huggingface_hub import get_session
 
     try:
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        headers = auth_headers(Endpoint(url=base, api_key=api_key))
         response = get_session().get(base + "/models", headers=headers, timeout=timeout)
         if response.status_code != 200:
             return None
@@ -156,7 +203,6 @@ class RemoteChatStream(AnswerStream):
         self._n = 0
         self._usage: Any = None
         self._finish: str | None = None
-        self.client: Any = None
 
     def _stats(self) -> GenerationStats:
         usage = self._usage
@@ -186,6 +232,7 @@ class RemoteChatStream(AnswerStream):
                 self._end(self._finish or "stop")
             except Exception as err:
                 self.result = ChatDone(0, self.text, "error", self._stats())
+                self._close()
                 raise endpoint_error(err, self.endpoint, started=self._first is not None) from err
             if getattr(chunk, "usage", None):
                 self._usage = chunk.usage
@@ -206,10 +253,13 @@ class RemoteChatStream(AnswerStream):
 
     def _end(self, reason: str) -> None:
         self.result = ChatDone(0, self.text, reason, self._stats())
+        self._close()
+        raise StopIteration
+
+    def _close(self) -> None:
         close = getattr(self._chunks, "close", None)
         if callable(close):
             close()
-        raise StopIteration
 
     def cancel(self) -> None:
         """Stop the answer (the connection is closed at the next chunk)."""
@@ -248,40 +298,81 @@ def remote_chat(
     Raises:
         EndpointError: unreachable, refused, unknown model, timeout.
     """
-    from huggingface_hub import InferenceClient
-    from huggingface_hub.inference._generated.types.chat_completion import (
-        ChatCompletionInputStreamOptions,
-    )
-
     sampling = sampling or SamplingParams()
     base = normalize_url(endpoint.url)
-    client = InferenceClient(base_url=base, api_key=endpoint.api_key, timeout=timeout)
     kind = detect_kind(base, endpoint.api_key) if endpoint.kind == "auto" else endpoint.kind
-    extra: dict[str, Any] | None = None
+    payload: dict[str, Any] = {
+        "model": endpoint.model,
+        "messages": [{"role": m.role, "content": m.content} for m in messages],
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "max_tokens": sampling.max_tokens if sampling.max_tokens > 0 else None,
+        "temperature": sampling.temperature,
+        "top_p": sampling.top_p,
+        "seed": sampling.seed,
+        "stop": list(sampling.stop) or None,
+    }
     if kind == "llama.cpp":
-        extra = {
-            "top_k": sampling.top_k,
-            "min_p": sampling.min_p,
-            "repeat_penalty": sampling.repeat_penalty,
-        }
-    wire: list[dict[Any, Any]] = [{"role": m.role, "content": m.content} for m in messages]
-    try:
-        chunks = client.chat_completion(
-            messages=wire,
-            model=endpoint.model,
-            stream=True,
-            max_tokens=sampling.max_tokens if sampling.max_tokens > 0 else None,
-            temperature=sampling.temperature,
-            top_p=sampling.top_p,
-            seed=sampling.seed,
-            stop=list(sampling.stop) or None,
-            stream_options=ChatCompletionInputStreamOptions(include_usage=True),
-            extra_body=extra,
+        payload.update(
+            top_k=sampling.top_k, min_p=sampling.min_p, repeat_penalty=sampling.repeat_penalty
         )
-        stream = RemoteChatStream(endpoint, iter(chunks))
-        stream.client = (
-            client  # the client owns the HTTP connection the chunks come from: keep it alive
+    payload = {k: v for k, v in payload.items() if v is not None}
+    try:
+        chunks = _ChunkStream.open(
+            base + "/chat/completions", payload, headers=auth_headers(endpoint), timeout=timeout
         )
     except Exception as err:
         raise endpoint_error(err, endpoint) from err
-    return stream
+    return RemoteChatStream(endpoint, chunks)
+
+
+class _ChunkStream:
+    """The chunks of one streamed answer (server-sent events); :meth:`close` ends the response."""
+
+    def __init__(self, lines: Iterator[str], stack: ExitStack) -> None:
+        self._lines = lines
+        self._stack = stack
+
+    @classmethod
+    def open(
+        cls, url: str, payload: dict[str, Any], *, headers: dict[str, str], timeout: float
+    ) -> _ChunkStream:
+        """Send the request and check its status; the answer's chunks follow as they arrive."""
+        from huggingface_hub import get_session, hf_raise_for_status
+
+        stack = ExitStack()
+        try:
+            response = stack.enter_context(
+                get_session().stream("POST", url, json=payload, headers=headers, timeout=timeout)
+            )
+            hf_raise_for_status(response)
+        except BaseException:
+            stack.close()
+            raise
+        return cls(response.iter_lines(), stack)
+
+    def __iter__(self) -> _ChunkStream:
+        return self
+
+    def __next__(self) -> Any:
+        from huggingface_hub import ChatCompletionStreamOutput
+
+        for raw in self._lines:
+            line = raw.strip()
+            if not line.startswith("data:"):
+                continue  # blank separators, comments, pings
+            data = line[len("data:") :].strip()
+            if data == "[DONE]":
+                break
+            chunk = json.loads(data)
+            if isinstance(chunk, dict) and chunk.get("error") is not None:
+                error = chunk["error"]
+                detail = error.get("message", error) if isinstance(error, dict) else error
+                raise EndpointError(f"The server stopped the answer with an error: {detail}.")
+            return ChatCompletionStreamOutput.parse_obj_as_instance(chunk)
+        self.close()
+        raise StopIteration
+
+    def close(self) -> None:
+        """End the HTTP response (the server stops generating when it notices)."""
+        self._stack.close()
