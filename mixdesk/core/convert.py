@@ -14,6 +14,7 @@ then renamed into place.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import re
@@ -107,21 +108,89 @@ def _string(text: str) -> bytes:
     return struct.pack("<Q", len(data)) + data
 
 
-def _copy_range(src: int, dst: int, offset: int, length: int) -> None:
-    """Copy ``length`` bytes at ``offset`` of fd ``src`` to the current position of fd ``dst``."""
-    end = offset + length
-    while offset < end:
-        n = min(_CHUNK, end - offset)
+@dataclass(frozen=True)
+class Segment:
+    """A run of tensor bytes: ``source_start:source_end`` of the legacy file go to ``output_start``."""
+
+    source_start: int
+    source_end: int
+    output_start: int
+
+
+@dataclass(frozen=True)
+class MergedLayout:
+    """Where every tensor byte of a legacy file goes in the merged file.
+
+    Known as soon as the legacy file's header is known, so a download can write each
+    expert's bytes straight to their place (:mod:`mixdesk.core.merge_stream`).
+    """
+
+    header: bytes  # the merged file's header, padded to the alignment
+    size: int  # of the merged file
+    segments: tuple[Segment, ...]  # in source order, not overlapping
+    tensors: tuple[_OutTensor, ...]
+
+
+def merged_layout(header: GGUFHeader, metadata_bytes: bytes) -> MergedLayout:
+    """The merged file for a legacy header.
+
+    Args:
+        header: the legacy file's header.
+        metadata_bytes: the file's bytes ``header.kv_start:header.kv_end`` (copied verbatim).
+
+    Raises:
+        ConversionError: not a legacy file, or its experts cannot be merged.
+    """
+    if not needs_conversion(header):
+        raise ConversionError(
+            f"{header.name} already uses the merged expert layout; it needs no conversion."
+        )
+    tensors = _plan_tensors(header)
+    align = header.alignment
+    infos = bytearray()
+    offset = 0
+    offsets: list[int] = []
+    for t in tensors:
+        infos += _string(t.name) + struct.pack("<I", len(t.shape))
+        infos += b"".join(struct.pack("<Q", d) for d in t.shape)
+        infos += struct.pack("<IQ", t.ggml_type, offset)
+        offsets.append(offset)
+        offset += -(-t.nbytes // align) * align
+    head = b"GGUF" + struct.pack("<IQQ", header.version, len(tensors), len(header.metadata))
+    head += metadata_bytes + bytes(infos)
+    head += b"\0" * (-len(head) % align)
+    segments: list[Segment] = []
+    for t, out in zip(tensors, offsets, strict=True):
+        pos = len(head) + out
+        for part in t.sources:
+            start = header.data_offset + part.offset
+            segments.append(Segment(start, start + part.nbytes, pos))
+            pos += part.nbytes
+    segments.sort(key=lambda s: s.source_start)
+    for a, b in itertools.pairwise(segments):
+        if b.source_start < a.source_end:
+            raise ConversionError(
+                f"{header.name} is damaged: two of its tensors share bytes, so it cannot be converted."
+            )
+    return MergedLayout(bytes(head), len(head) + offset, tuple(segments), tuple(tensors))
+
+
+def _copy_range(src: int, dst: int, src_offset: int, dst_offset: int, length: int) -> None:
+    """Copy ``length`` bytes at ``src_offset`` of fd ``src`` to ``dst_offset`` of fd ``dst``."""
+    end = src_offset + length
+    while src_offset < end:
+        n = min(_CHUNK, end - src_offset)
         try:
-            done = os.copy_file_range(src, dst, n, offset)
+            done = os.copy_file_range(src, dst, n, src_offset, dst_offset)
         except (AttributeError, OSError):
-            data = os.pread(src, n, offset)
-            done = os.write(dst, data)
+            data = os.pread(src, n, src_offset)
+            done = os.pwrite(dst, data, dst_offset)
         if done <= 0:
             raise ConversionError(
                 "the source file ended early; it is incomplete: download it again"
             )
-        offset += done
+        src_offset += done
+        dst_offset += done
 
 
 def convert_legacy(
@@ -140,54 +209,32 @@ def convert_legacy(
     """
     started = time.perf_counter()
     header = read_local_header(source)
-    if not needs_conversion(header):
-        raise ConversionError(
-            f"{source.name} already uses the merged expert layout; it needs no conversion."
-        )
     if output.resolve() == source.resolve():
         raise ConversionError("The converted file needs a different name from the original.")
-    tensors = _plan_tensors(header)
-    align = header.alignment
-    data_bytes = sum(-(-t.nbytes // align) * align for t in tensors)
+    with source.open("rb") as src:
+        src.seek(header.kv_start)
+        layout = merged_layout(header, src.read(header.kv_end - header.kv_start))
+    data_bytes = layout.size - len(layout.header)
     free = shutil.disk_usage(output.parent if output.parent.exists() else Path.cwd()).free
     if free < data_bytes + (64 << 20):
         raise ConversionError(
             f"Converting {source.name} needs {data_bytes / 2**30:.1f} GiB of free disk space but "
             f"{free / 2**30:.1f} GiB is free; free some space and try again."
         )
-
-    infos = bytearray()
-    offset = 0
-    for t in tensors:
-        infos += _string(t.name) + struct.pack("<I", len(t.shape))
-        infos += b"".join(struct.pack("<Q", d) for d in t.shape)
-        infos += struct.pack("<IQ", t.ggml_type, offset)
-        offset += -(-t.nbytes // align) * align
     tmp = output.with_name(output.name + ".converting")
     written = 0
     try:
         with source.open("rb") as src, tmp.open("wb") as dst:
-            dst.write(
-                b"GGUF" + struct.pack("<IQQ", header.version, len(tensors), len(header.metadata))
-            )
-            src.seek(header.kv_start)
-            dst.write(src.read(header.kv_end - header.kv_start))  # metadata, verbatim
-            dst.write(bytes(infos))
-            dst.write(b"\0" * (-dst.tell() % align))
+            dst.write(layout.header)
+            dst.truncate(layout.size)  # the padding between tensors stays zero
             dst.flush()
-            for t in tensors:
-                for part in t.sources:
-                    _copy_range(
-                        src.fileno(), dst.fileno(), header.data_offset + part.offset, part.nbytes
-                    )
-                    written += part.nbytes
-                    if on_progress is not None:
-                        on_progress(written, data_bytes)
-                os.lseek(dst.fileno(), 0, os.SEEK_END)
-                pad = -os.lseek(dst.fileno(), 0, os.SEEK_CUR) % align
-                if pad:
-                    os.write(dst.fileno(), b"\0" * pad)
-        _check(tmp, tensors)
+            for seg in sorted(layout.segments, key=lambda s: s.output_start):
+                n = seg.source_end - seg.source_start
+                _copy_range(src.fileno(), dst.fileno(), seg.source_start, seg.output_start, n)
+                written += n
+                if on_progress is not None:
+                    on_progress(written, data_bytes)
+        check_merged(tmp, layout)
         os.replace(tmp, output)
     except OSError as err:
         tmp.unlink(missing_ok=True)
@@ -196,7 +243,7 @@ def convert_legacy(
         tmp.unlink(missing_ok=True)
         raise
     seconds = time.perf_counter() - started
-    merged = sum(1 for t in tensors if len(t.sources) > 1)
+    merged = sum(1 for t in layout.tensors if len(t.sources) > 1)
     log.info(
         "converted %s -> %s: %d merged tensors, %d bytes in %.1f s",
         source,
@@ -208,8 +255,13 @@ def convert_legacy(
     return ConvertResult(source, output, merged, written, seconds)
 
 
-def _check(path: Path, expected: list[_OutTensor]) -> None:
-    """Re-read the written header and make sure every tensor is there, whole."""
+def check_merged(path: Path, layout: MergedLayout) -> None:
+    """Re-read a written merged file's header and make sure every tensor is there, whole.
+
+    Raises:
+        ConversionError: the file is not what ``layout`` describes.
+    """
+    expected = layout.tensors
     try:
         header = read_local_header(path)
     except GGUFHeaderError as err:

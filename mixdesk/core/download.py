@@ -9,26 +9,39 @@ handling. So a download survives a cancel, a pause, an app restart or ``kill -9`
 dropped connection is retried with backoff. The sha256 from the Hub's LFS metadata is
 checked before a file is accepted; the partial's hash is computed as bytes arrive, on a
 separate thread (hashlib releases the GIL), so verification costs no extra pass.
+
+One download per file at a time, across processes: a lock file next to the ``.part``
+(:mod:`mixdesk.core.file_lock`). A TheBloke legacy Mixtral file is written in the merged
+expert layout while it downloads (:mod:`mixdesk.core.merge_stream`), so it needs its own
+size on disk, not twice that. A verified file is recorded (``FILE.done`` beside the
+partial) before it is moved into place, so a crash between the move and the library row
+never costs a second download.
 """
 
 from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import logging
 import os
-import queue
 import shutil
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mixdesk.core import merge_stream
+from mixdesk.core.convert import ConversionError, merged_layout, needs_conversion
+from mixdesk.core.download_store import Hasher, PlainStore, Sink, Store
+from mixdesk.core.file_lock import FileLock
+from mixdesk.core.gguf_header import MAX_HEADER_BYTES, GGUFHeaderError
 from mixdesk.core.hardware import format_bytes
 from mixdesk.core.hub import HubFileInfo
 from mixdesk.core.library import safe_target
+from mixdesk.core.merge_stream import MergingStore, parse_header_prefix
 from mixdesk.core.remote import HubError, hub_error
 from mixdesk.errors import MixdeskError
 
@@ -50,6 +63,19 @@ class ChecksumMismatchError(MixdeskError):
     """The downloaded bytes are not the file the Hub describes."""
 
 
+class DownloadInProgressError(MixdeskError):
+    """Another download (another window, command or process) is writing the same file."""
+
+
+@dataclass(frozen=True)
+class DownloadedFile:
+    """A verified download in its place."""
+
+    path: Path
+    sha256: str | None  # of the bytes the Hub served
+    converted: bool  # written in the merged expert layout while downloading
+
+
 @dataclass(frozen=True)
 class DownloadProgress:
     """Where a download stands."""
@@ -59,60 +85,11 @@ class DownloadProgress:
     total_bytes: int
     speed_bps: float
     eta_s: float | None
-    phase: str  # "downloading", "verifying", "done"
+    phase: str  # "waiting" (for another download of it), "downloading", "verifying", "done"
     resumed_from: int = 0
 
 
 ProgressCallback = Callable[[DownloadProgress], None]
-
-
-class _Hasher:
-    """sha256 of a byte stream, computed on its own thread."""
-
-    def __init__(self) -> None:
-        self._hash = hashlib.sha256()
-        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=64)
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while (chunk := self._queue.get()) is not None:
-            self._hash.update(chunk)
-
-    def update(self, chunk: bytes) -> None:
-        self._queue.put(chunk)
-
-    def hexdigest(self) -> str:
-        self._queue.put(None)
-        self._thread.join()
-        return self._hash.hexdigest()
-
-
-class _HashingFile:
-    """The partial file as http_get sees it: writes go to disk and to the hasher."""
-
-    def __init__(self, fh: Any, hasher: _Hasher) -> None:
-        self._fh = fh
-        self._hasher = hasher
-        self.rewound = False
-
-    def write(self, chunk: bytes) -> int:
-        n: int = self._fh.write(chunk)
-        self._hasher.update(bytes(chunk))
-        return n
-
-    def tell(self) -> int:
-        return int(self._fh.tell())
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        self.rewound = True  # the server ignored Range and restarts from 0: hash again at the end
-        return int(self._fh.seek(offset, whence))
-
-    def truncate(self, size: int | None = None) -> int:
-        return int(self._fh.truncate(size))
-
-    def flush(self) -> None:
-        self._fh.flush()
 
 
 class Downloader:
@@ -131,22 +108,32 @@ class Downloader:
 
     def partial_path(self, f: HubFileInfo) -> Path:
         """Where the bytes downloaded so far are kept."""
-        target = safe_target(self.root, f.repo_id, f.filename)
-        rel = target.relative_to(self.root.resolve())
-        return self.root / ".partial" / rel.with_name(rel.name + ".part")
+        return self._base(f).with_name(self._base(f).name + ".part")
 
     def target_path(self, f: HubFileInfo) -> Path:
         """Where the finished file goes."""
         return safe_target(self.root, f.repo_id, f.filename)
 
+    def lock_path(self, f: HubFileInfo, *, what: str = "part") -> Path:
+        """The lock file of a download (``what``: "part" for one file, "pull" for a whole model)."""
+        return self._base(f).with_name(f"{self._base(f).name}.{what}.lock")
+
     def partial_bytes(self, f: HubFileInfo) -> int:
         """Bytes already downloaded (0 if none)."""
+        state = merge_stream.read_state(self._base(f))
+        if state is not None and isinstance(state.get("consumed"), int):
+            return int(str(state["consumed"]))
         p = self.partial_path(f)
         return p.stat().st_size if p.exists() else 0
 
     def discard(self, f: HubFileInfo) -> None:
         """Throw away a partial download."""
         self.partial_path(f).unlink(missing_ok=True)
+        merge_stream.discard(self._base(f))
+
+    def forget(self, f: HubFileInfo) -> None:
+        """Drop the record that ``f`` was verified (once the library has it)."""
+        self._done_path(f).unlink(missing_ok=True)
 
     def check_disk(self, need_bytes: int, *, what: str) -> None:
         """Raise DiskFullError unless ``need_bytes`` (plus a reserve) fit on the models disk."""
@@ -169,62 +156,177 @@ class Downloader:
     ) -> Path:
         """Download ``f`` (resuming what is on disk), verify it and move it into place.
 
+        The same as :meth:`download_file` without merging, returning the path.
+        """
+        return self.download_file(
+            f, on_progress=on_progress, cancel=cancel, extra_space=extra_space
+        ).path
+
+    def download_file(
+        self,
+        f: HubFileInfo,
+        *,
+        on_progress: ProgressCallback | None = None,
+        cancel: threading.Event | None = None,
+        extra_space: int = 0,
+        merge_experts: bool = False,
+    ) -> DownloadedFile:
+        """Download ``f`` (resuming what is on disk), verify it and move it into place.
+
         Args:
             f: the file, with its size and sha256 from the Hub.
             on_progress: called as bytes arrive (from this thread).
             cancel: set it to stop; the bytes so far stay for a resume.
             extra_space: disk space needed beyond the file itself (e.g. for a conversion).
+            merge_experts: write a legacy Mixtral file in the merged expert layout as it arrives.
 
         Raises:
-            DownloadCancelled, DiskFullError, ChecksumMismatchError, HubError.
+            DownloadInProgressError, DownloadCancelled, DiskFullError, ChecksumMismatchError,
+            HubError, ConversionError.
         """
+        lock = FileLock(self.lock_path(f))
+        if not lock.acquire():
+            raise DownloadInProgressError(
+                f"{f.filename} is already downloading (in another MixDesk window or command); "
+                "wait for that download to finish."
+            )
+        with lock:
+            done = self.verified(f)
+            if done is not None:
+                self.discard(f)  # what a crash after the move left behind
+                return done
+            return self._download(f, on_progress, cancel, extra_space, merge_experts)
+
+    def verified(self, f: HubFileInfo) -> DownloadedFile | None:
+        """``f`` in its place and verified by an earlier run (which stopped before the library row).
+
+        A file in place without that record (moved there by an older MixDesk) is hashed again:
+        reading it costs less than downloading it.
+        """
+        target = self.target_path(f)
+        record = _read_json(self._done_path(f))
+        try:
+            st = target.stat()
+        except OSError:
+            st = None
+        if record is not None:
+            if (
+                st is not None
+                and record.get("sha256") == f.sha256
+                and record.get("size") == st.st_size
+                and record.get("mtime_ns") == st.st_mtime_ns
+            ):
+                return DownloadedFile(target, f.sha256, bool(record.get("converted")))
+            self.forget(f)
+        if (
+            st is not None
+            and st.st_size == f.size
+            and f.sha256
+            and _sha256_of(_chunks(target)) == f.sha256
+        ):
+            self.mark_done(f, target, converted=False)
+            return DownloadedFile(target, f.sha256, False)
+        return None
+
+    def mark_done(self, f: HubFileInfo, path: Path, *, converted: bool) -> None:
+        """Record that ``path`` (about to be, or already, at ``f``'s target) holds ``f``, verified."""
+        st = path.stat()
+        record = {
+            "sha256": f.sha256,
+            "size": st.st_size,
+            "mtime_ns": st.st_mtime_ns,
+            "converted": converted,
+        }
+        done = self._done_path(f)
+        done.parent.mkdir(parents=True, exist_ok=True)
+        tmp = done.with_name(done.name + ".tmp")
+        tmp.write_text(json.dumps(record))
+        os.replace(tmp, done)
+
+    def _download(
+        self,
+        f: HubFileInfo,
+        on_progress: ProgressCallback | None,
+        cancel: threading.Event | None,
+        extra_space: int,
+        merge_experts: bool,
+    ) -> DownloadedFile:
         from huggingface_hub import hf_hub_url
         from huggingface_hub.utils._headers import build_hf_headers
 
         target = self.target_path(f)
-        partial = self.partial_path(f)
-        partial.parent.mkdir(parents=True, exist_ok=True)
-        have = partial.stat().st_size if partial.exists() else 0
-        if have > f.size:
-            partial.unlink()
-            have = 0
-        self.check_disk(f.size - have + extra_space, what=f"Downloading {f.filename}")
+        store = self._open_store(f)
+        have = store.consumed() if store is not None else 0
+        try:
+            self.check_disk(f.size - have + extra_space, what=f"Downloading {f.filename}")
+        except DiskFullError:
+            if store is not None:
+                store.close()
+            raise
         url = hf_hub_url(f.repo_id, f.filename, revision=f.revision)
         headers: dict[str, str] = build_hf_headers()  # HF_TOKEN or the saved login
-        hasher = _Hasher()
-        self._hash_existing(partial, have, hasher)
+        hasher = Hasher()
+        if store is not None:
+            for chunk in store.source_chunks():
+                hasher.update(chunk)
+        sink = Sink(hasher, store, self._chooser(f, merge_experts=merge_experts))
         meter = _Meter(f.filename, f.size, have, on_progress, cancel)
+        try:
+            self._transfer(f, url=url, headers=headers, sink=sink, meter=meter, cancel=cancel)
+            store = sink.settle()
+        except BaseException:
+            hasher.hexdigest()
+            if sink.store is not None:
+                sink.store.close()  # keeps the bytes (and a merging download's state) for a resume
+            raise
+        meter.phase("verifying")
+        digest = hasher.hexdigest()
+        if sink.rewound:
+            digest = _sha256_of(store.source_chunks())
+        if f.sha256 and digest != f.sha256:
+            store.discard()
+            raise ChecksumMismatchError(
+                f"{f.filename} arrived damaged (its sha256 does not match the Hub's), so it was deleted; "
+                "download it again."
+            )
+        converted = isinstance(store, MergingStore)
+        store.finish(target, before_move=lambda p: self.mark_done(f, p, converted=converted))
+        meter.phase("done")
+        log.info(
+            "downloaded %s/%s (%d bytes, sha256 ok%s)",
+            f.repo_id,
+            f.filename,
+            f.size,
+            ", merged expert layout" if converted else "",
+        )
+        return DownloadedFile(target, f.sha256, converted)
+
+    def _transfer(
+        self,
+        f: HubFileInfo,
+        *,
+        url: str,
+        headers: dict[str, str],
+        sink: Sink,
+        meter: _Meter,
+        cancel: threading.Event | None,
+    ) -> None:
         attempt = 0
-        rewound = False
         while True:
-            size_now = partial.stat().st_size if partial.exists() else 0
             try:
-                with partial.open("ab") as fh:
-                    wrapped = _HashingFile(fh, hasher)
-                    _http_get(
-                        url,
-                        wrapped,
-                        resume_size=size_now,
-                        headers=headers,
-                        expected_size=f.size,
-                        meter=meter,
-                    )
-                    rewound = rewound or wrapped.rewound
-                break
+                _http_get(url, sink, headers=headers, expected_size=f.size, meter=meter)
+                return
             except DownloadCancelled:
-                hasher.hexdigest()
                 raise
             except OSError as err:
-                hasher.hexdigest()
                 if err.errno == errno.ENOSPC:
                     raise DiskFullError(
                         f"The disk filled up while downloading {f.filename}; free some space and run the "
                         "download again to continue where it stopped."
                     ) from err
                 raise
-            except Exception as err:  # network errors come as httpx2 or huggingface_hub exceptions
+            except Exception as err:  # network errors come as httpx or huggingface_hub exceptions
                 if not _is_transient(err) or attempt >= self.retries:
-                    hasher.hexdigest()
                     raise hub_error(err, f.repo_id, f.filename) from err
                 attempt += 1
                 wait = self.backoff_s * 2 ** (attempt - 1)
@@ -236,33 +338,54 @@ class Downloader:
                     wait,
                 )
                 if _wait_or_cancel(wait, cancel):
-                    hasher.hexdigest()
                     raise DownloadCancelled(
                         f"Stopped downloading {f.filename}; run it again to continue."
                     ) from None
-        meter.phase("verifying")
-        digest = hasher.hexdigest()
-        if rewound:
-            digest = _file_sha256(partial)
-        if f.sha256 and digest != f.sha256:
-            partial.unlink(missing_ok=True)
-            raise ChecksumMismatchError(
-                f"{f.filename} arrived damaged (its sha256 does not match the Hub's), so it was deleted; "
-                "download it again."
-            )
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(partial, target)
-        meter.phase("done")
-        log.info("downloaded %s/%s (%d bytes, sha256 ok)", f.repo_id, f.filename, f.size)
-        return target
 
-    @staticmethod
-    def _hash_existing(partial: Path, have: int, hasher: _Hasher) -> None:
-        if not have:
-            return
-        with partial.open("rb") as fh:
-            while chunk := fh.read(8 << 20):
-                hasher.update(chunk)
+    def _open_store(self, f: HubFileInfo) -> Store | None:
+        """What an earlier run left for ``f``: a merging download, a ``.part``, or nothing."""
+        merging = MergingStore.resume(self._base(f), source_size=f.size, sha256=f.sha256)
+        if merging is not None:
+            return merging
+        part = self.partial_path(f)
+        if part.exists():
+            if 0 < part.stat().st_size <= f.size:
+                return PlainStore(part)
+            part.unlink()
+        return None
+
+    def _chooser(
+        self, f: HubFileInfo, *, merge_experts: bool
+    ) -> Callable[[bytes, bool], Store | None]:
+        """Picks the store for a fresh download from its first bytes (None: not enough yet)."""
+
+        def choose(data: bytes, final: bool) -> Store | None:
+            if not merge_experts:
+                return PlainStore(self.partial_path(f))
+            try:
+                header = parse_header_prefix(data, name=f.filename, file_size=f.size)
+                if header is None:
+                    if final or len(data) > MAX_HEADER_BYTES:
+                        return PlainStore(self.partial_path(f))
+                    return None
+                if not needs_conversion(header):
+                    return PlainStore(self.partial_path(f))
+                layout = merged_layout(header, data[header.kv_start : header.kv_end])
+            except (GGUFHeaderError, ConversionError) as err:
+                # not a model we can merge: downloaded as it is, and the usual checks speak later
+                log.info("%s is downloaded as it is: %s", f.filename, err)
+                return PlainStore(self.partial_path(f))
+            return MergingStore.start(self._base(f), layout, source_size=f.size, sha256=f.sha256)
+
+        return choose
+
+    def _base(self, f: HubFileInfo) -> Path:
+        target = safe_target(self.root, f.repo_id, f.filename)
+        rel = target.relative_to(self.root.resolve())
+        return self.root / ".partial" / rel
+
+    def _done_path(self, f: HubFileInfo) -> Path:
+        return self._base(f).with_name(self._base(f).name + ".done")
 
 
 class _Meter:
@@ -316,9 +439,8 @@ class _Meter:
 
 def _http_get(
     url: str,
-    fh: _HashingFile,
+    sink: Sink,
     *,
-    resume_size: int,
     headers: dict[str, str],
     expected_size: int,
     meter: _Meter,
@@ -341,11 +463,12 @@ def _http_get(
             meter.add(int(n or 0))
             return None
 
+    resume_size = sink.tell()
     if resume_size >= expected_size:
         return
     http_get(
         url,
-        fh,  # type: ignore[arg-type]  # a file-like object is all http_get needs
+        sink,  # type: ignore[arg-type]  # a file-like object is all http_get needs
         resume_size=resume_size,
         headers=headers,
         expected_size=expected_size,
@@ -378,19 +501,34 @@ def _wait_or_cancel(seconds: float, cancel: threading.Event | None) -> bool:
     return cancel.wait(seconds)
 
 
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
+def _chunks(path: Path) -> Iterator[bytes]:
     with path.open("rb") as fh:
         while chunk := fh.read(8 << 20):
-            h.update(chunk)
+            yield chunk
+
+
+def _sha256_of(chunks: Iterable[bytes]) -> str:
+    h = hashlib.sha256()
+    for chunk in chunks:
+        h.update(chunk)
     return h.hexdigest()
+
+
+def _read_json(path: Path) -> dict[str, object] | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
 
 
 __all__ = [
     "ChecksumMismatchError",
     "DiskFullError",
     "DownloadCancelled",
+    "DownloadInProgressError",
     "DownloadProgress",
+    "DownloadedFile",
     "Downloader",
     "HubError",
 ]

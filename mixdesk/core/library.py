@@ -4,7 +4,9 @@ Models live under the models directory (``<data dir>/models``, or ``MIXDESK_MODE
 one folder per Hub repository. The manifest (``library.sqlite`` in the models directory)
 records for each model where it came from (repo, file, revision, sha256), its size, what it
 was converted from, and when it was added. A library name (the file name without
-``.gguf``) works wherever a model path does.
+``.gguf``) works wherever a model path does. Names are unique: a second model with the
+same file name (from another repository, or imported) gets a suffix (``NAME-2``), so
+every model, and every file the library owns, can be reached by name.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from mixdesk import paths
@@ -102,10 +104,36 @@ class Library:
             db.close()
 
     def add(self, entry: LibraryEntry) -> LibraryEntry:
-        """Record a model (replacing one of the same name)."""
+        """Record a model under a name no other model has.
+
+        A model from the same source (the same repository file, or for a local file the same
+        path) is updated in place and keeps its name; otherwise a name already taken gets a
+        suffix: ``NAME-2``, ``NAME-3``...
+
+        Returns:
+            The entry as recorded (with its final name).
+        """
         if not entry.added_at:
-            entry = LibraryEntry(**{**entry.__dict__, "added_at": time.time()})
+            entry = replace(entry, added_at=time.time())
         with self._db() as db:
+            db.execute("BEGIN IMMEDIATE")  # the name check and the write in one step
+            if entry.repo_id is not None:
+                same = db.execute(
+                    "SELECT name FROM models WHERE repo_id = ? AND filename = ?",
+                    (entry.repo_id, entry.filename),
+                ).fetchone()
+            else:
+                same = db.execute(
+                    "SELECT name FROM models WHERE repo_id IS NULL AND path = ?", (entry.path,)
+                ).fetchone()
+            if same is not None:
+                entry = replace(entry, name=str(same[0]))
+            else:
+                taken = {str(r[0]) for r in db.execute("SELECT name FROM models").fetchall()}
+                name, n = entry.name, 2
+                while name in taken:
+                    name, n = f"{entry.name}-{n}", n + 1
+                entry = replace(entry, name=name)
             db.execute(
                 "INSERT OR REPLACE INTO models VALUES (?,?,?,?,?,?,?,?,?,?)",
                 (
@@ -122,6 +150,14 @@ class Library:
                 ),
             )
         return entry
+
+    def free_path(self, wanted: Path) -> Path:
+        """``wanted``, or ``STEM-2.gguf``... when a file or a library model already has that path."""
+        used = {Path(p) for e in self.entries() for p in e.parts or [e.path]}
+        path, n = wanted, 2
+        while path in used or path.exists() or path.with_name(path.name + ".converting").exists():
+            path, n = wanted.with_name(f"{wanted.stem}-{n}{wanted.suffix}"), n + 1
+        return path
 
     def entries(self) -> list[LibraryEntry]:
         """All models, newest first."""
@@ -153,22 +189,36 @@ class Library:
     def remove(self, name: str, *, delete_files: bool = True) -> LibraryEntry:
         """Forget a model and (if it lives in the models directory) delete its files.
 
+        Args:
+            name: the model's library name, or the path of one of its files.
+            delete_files: delete the model's files inside the models directory (a file that
+                another library model also uses stays).
+
         Raises:
             ModelNotInLibraryError: no such model.
         """
-        entry = self.get(name)
+        entry = self.get(name) or self._by_path(name)
         if entry is None:
             raise ModelNotInLibraryError(
                 f"There is no model called {name} in the library; `mixdesk models` lists them."
             )
-        if delete_files:
-            for part in entry.parts or [entry.path]:
-                p = Path(part)
-                if p.resolve().is_relative_to(self.root.resolve()):
-                    p.unlink(missing_ok=True)
         with self._db() as db:
-            db.execute("DELETE FROM models WHERE name = ?", (name,))
+            db.execute("DELETE FROM models WHERE name = ?", (entry.name,))
+        if delete_files:
+            others = {Path(p).resolve() for e in self.entries() for p in e.parts or [e.path]}
+            for part in entry.parts or [entry.path]:
+                p = Path(part).resolve()
+                if p.is_relative_to(self.root.resolve()) and p not in others:
+                    p.unlink(missing_ok=True)
         return entry
+
+    def _by_path(self, path: str) -> LibraryEntry | None:
+        """The model one of whose files is ``path``, if any."""
+        wanted = Path(path).expanduser().resolve()
+        for e in self.entries():
+            if any(Path(p).resolve() == wanted for p in e.parts or [e.path]):
+                return e
+        return None
 
     def resolve(self, name_or_path: str) -> str:
         """A path for ``name_or_path``: the path itself if it exists, else the library model's file.
