@@ -8,14 +8,20 @@ to the log file.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import signal
 import sys
 from collections.abc import Sequence
-from typing import Any, NoReturn
+from typing import NoReturn
 
 from mixdesk import __version__
+from mixdesk.commands.keys import add_key_arguments
+from mixdesk.commands.common import (
+    add_hardware_arguments,
+    add_load_arguments,
+    non_negative_int,
+    positive_int,
+)
 from mixdesk.errors import InvalidArgumentError, user_message
 
 log = logging.getLogger(__name__)
@@ -31,32 +37,6 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         sys.stderr.write(f"{self.prog}: {message}; see `{self.prog} --help`.\n")
         raise SystemExit(EXIT_USAGE)
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text} is not a positive whole number")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text} must be 0 or more")
-    return value
-
-
-def _gpu_layers(text: str) -> int:
-    if text in ("all", "-1"):
-        return -1
-    return _non_negative_int(text)
-
-
-# argparse names the type in its messages ("invalid whole number value: 'abc'").
-_positive_int.__name__ = "positive whole number"
-_non_negative_int.__name__ = "whole number"
-_gpu_layers.__name__ = "layer count"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -78,45 +58,13 @@ def build_parser() -> argparse.ArgumentParser:
     remote.add_argument(
         "--endpoint", metavar="URL", help="chat with an OpenAI-compatible server instead"
     )
-    remote.add_argument("--api-key", metavar="KEY", help="the endpoint's API key (or token)")
+    add_key_arguments(remote, purpose="the endpoint's API key (default: the one saved in the app)")
     remote.add_argument(
         "--model", dest="model_name", metavar="NAME", help="the model to ask the endpoint for"
     )
     chat.add_argument("--prompt", help="answer this one message and exit (otherwise: interactive)")
     chat.add_argument("--system", help="system prompt")
-    load = chat.add_argument_group("loading")
-    load.add_argument(
-        "--ngl",
-        type=_gpu_layers,
-        metavar="N",
-        help="layers to put on the GPU: a count, 0 for none, 'all' (default: chosen for you)",
-    )
-    load.add_argument(
-        "--ctx",
-        type=_non_negative_int,
-        metavar="N",
-        help="context length in tokens (0: the model's own; default 4096, or less if that fits more layers)",
-    )
-    load.add_argument(
-        "--threads", type=_positive_int, metavar="N", help="CPU threads (default: physical cores)"
-    )
-    load.add_argument(
-        "--batch",
-        type=_positive_int,
-        default=512,
-        metavar="N",
-        help="prompt batch size (default 512)",
-    )
-    load.add_argument("--flash-attn", action="store_true", help="use flash attention")
-    load.add_argument(
-        "--kv-type",
-        choices=("f16", "q8_0", "q4_0"),
-        default="f16",
-        help="KV cache type (default f16)",
-    )
-    load.add_argument(
-        "--no-mmap", action="store_true", help="read the whole file into RAM instead of mapping it"
-    )
+    add_load_arguments(chat)
     sampling = chat.add_argument_group("sampling")
     sampling.add_argument(
         "--max-tokens",
@@ -127,11 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sampling.add_argument("--temperature", "--temp", type=float, default=0.7, metavar="T")
     sampling.add_argument("--top-p", type=float, default=0.95, metavar="P")
-    sampling.add_argument("--top-k", type=_non_negative_int, default=40, metavar="K")
+    sampling.add_argument("--top-k", type=non_negative_int, default=40, metavar="K")
     sampling.add_argument("--min-p", type=float, default=0.05, metavar="P")
     sampling.add_argument("--repeat-penalty", type=float, default=1.1, metavar="R")
     sampling.add_argument(
-        "--seed", type=_non_negative_int, metavar="N", help="random seed (default: random)"
+        "--seed", type=non_negative_int, metavar="N", help="random seed (default: random)"
     )
     sampling.add_argument(
         "--stop", action="append", default=[], metavar="TEXT", help="stop at this text (repeatable)"
@@ -139,8 +87,6 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument(
         "--json", action="store_true", help="print one JSON object with the answer and its speed"
     )
-
-    from mixdesk.commands.plan import add_hardware_arguments
 
     add_hardware_arguments(chat)
 
@@ -150,16 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="MODEL",
         help="a .gguf file, or OWNER/REPO/FILE.gguf on the Hub (header only)",
     )
-    plan.add_argument(
-        "--ctx", type=_positive_int, metavar="N", help="context length (default: chosen to fit)"
-    )
-    plan.add_argument(
-        "--kv-type", choices=("f16", "q8_0", "q4_0"), default="f16", help="KV cache type"
-    )
-    plan.add_argument("--flash-attn", action="store_true", help="plan with flash attention")
-    plan.add_argument(
-        "--ngl", type=_gpu_layers, metavar="N", help="cost of this layer count instead of the best"
-    )
+    add_load_arguments(plan, runs=False)
     plan.add_argument("--json", action="store_true", help="print the plan as JSON")
     add_hardware_arguments(plan)
 
@@ -170,18 +107,17 @@ def build_parser() -> argparse.ArgumentParser:
         default="127.0.0.1",
         help="address to listen on (default 127.0.0.1: this machine only)",
     )
-    serve.add_argument("--port", type=_positive_int, default=8080, help="port (default 8080)")
-    serve.add_argument("--api-key", metavar="KEY", help="require this key from clients")
+    serve.add_argument("--port", type=positive_int, default=8080, help="port (default 8080)")
+    add_key_arguments(serve, purpose="require this key from clients on every route")
     serve.add_argument(
-        "--ngl", type=_gpu_layers, metavar="N", help="GPU layers (default: the planner's choice)"
+        "--cors",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="let web pages from ORIGIN (e.g. http://localhost:3000) call the API; repeatable "
+        "(default: no web page can)",
     )
-    serve.add_argument(
-        "--ctx",
-        type=_positive_int,
-        metavar="N",
-        help="context length (default: the planner's choice)",
-    )
-    serve.add_argument("--threads", type=_positive_int, metavar="N", help="CPU threads")
+    add_load_arguments(serve)
     add_hardware_arguments(serve)
 
     hw = commands.add_parser("hw", help="show the GPUs, RAM and CPU MixDesk sees")
@@ -244,7 +180,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args_list[:1] == ["--llama-server"]:
         from mixdesk.core.serve import server_main
 
-        return server_main(args_list[1])
+        return server_main()  # its settings (and key) arrive on stdin
     if args_list[:1] == ["--qt-selftest"]:
         from mixdesk.core.doctor import qt_selftest
 
@@ -252,10 +188,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(args_list)
-    from mixdesk.logsetup import configure_logging
+    from mixdesk.logsetup import configure_logging, loggable_arguments
 
     configure_logging(verbose=args.verbose)
-    log.info("mixdesk %s: %s", __version__, args_list)
+    log.info("mixdesk %s: %s", __version__, loggable_arguments(vars(args)))
     try:
         if getattr(args, "model", None):
             from mixdesk.core.library import Library
@@ -307,12 +243,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             log.debug("command failed", exc_info=err)
         sys.stderr.write(f"mixdesk: {user_message(err)}\n")
         return EXIT_ERROR
-
-
-def print_json(data: Any) -> None:
-    """Print ``data`` as one JSON document on stdout."""
-    sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
-    sys.stdout.flush()
 
 
 def ignore_sigpipe() -> None:

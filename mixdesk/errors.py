@@ -64,6 +64,29 @@ class OutOfMemoryError(ModelLoadError):
     """Not enough RAM or VRAM to load the model with the chosen settings."""
 
 
+class DeviceOutOfMemoryError(OutOfMemoryError):
+    """A GPU (or other offload device) could not allocate a buffer: fewer GPU layers may fit.
+
+    Attributes:
+        device: the backend's device name as llama.cpp logs it (``CUDA0``, ``RPC0[host:port]``).
+        buffer: what the failed buffer was for (``model``, ``KV``, ``compute``), if known.
+        requested_bytes: the size llama.cpp could not allocate (0 if not logged).
+    """
+
+    def __init__(
+        self, message: str, *, device: str = "", buffer: str = "", requested_bytes: int = 0
+    ) -> None:
+        super().__init__(message)
+        self.device = device
+        self.buffer = buffer
+        self.requested_bytes = requested_bytes
+
+
+class HostOutOfMemoryError(OutOfMemoryError):
+    """RAM ran out (a CPU buffer, a mapped file, or the system killed the engine): fewer GPU
+    layers would make it worse, never better."""
+
+
 class EngineError(MixdeskError):
     """The engine process failed outside a model load."""
 
@@ -87,6 +110,26 @@ class NoModelLoadedError(EngineError):
 
 class ContextOverflowError(EngineError):
     """The conversation no longer fits in the model's context window."""
+
+
+class ChatTemplateError(MixdeskError):
+    """The model's chat template could not turn the conversation into a prompt."""
+
+
+class TemplateRenderError(ChatTemplateError):
+    """The template rejected this conversation (``raise_exception``) or failed while rendering it."""
+
+
+class TemplateBudgetError(ChatTemplateError):
+    """The template took too long or wrote too much: broken or hostile, stopped before it hangs."""
+
+
+class TemplateSyntaxBrokenError(ChatTemplateError):
+    """The template does not parse; MixDesk falls back to a built-in template."""
+
+
+class TemplateCancelledError(ChatTemplateError):
+    """The answer was stopped while its prompt was still being rendered."""
 
 
 def _os_error_message(err: BaseException) -> str:

@@ -3,10 +3,11 @@
 #
 #   bash packaging/bootstrap.sh start [MIXDESK ARGS...]   set up, then run `mixdesk ARGS`
 #   bash packaging/bootstrap.sh test  [PYTEST ARGS...]    set up, then ruff, mypy and pytest
+#   bash packaging/bootstrap.sh llama-flags               print the llama.cpp build key and flags
 #
 # Works on a fresh Debian/Ubuntu machine with Python >= 3.10: as root it installs the Debian
 # packages it needs (a C++ compiler, cmake, python3-venv); otherwise it names them. The first
-# run compiles llama.cpp through pip (about 9 minutes on 2 cores); pip caches the wheel.
+# run compiles llama.cpp (about 10 minutes on 2 cores); the wheel is kept per build key.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -16,6 +17,59 @@ PYTHON="${PYTHON:-python3}"
 VENV="${MIXDESK_VENV:-.venv}"
 
 say() { printf 'bootstrap: %s\n' "$*" >&2; }
+
+# llama-cpp-python: the version pyproject.toml pins (the one MixDesk's planner, crash-log
+# patterns and engine adapter were checked against), always with llama.cpp's RPC backend
+# (offload onto other machines, and the test suite's real offload device), plus CUDA when
+# this machine has an NVIDIA GPU and the CUDA toolkit.
+LLAMA_VERSION="$(sed -n 's/.*"llama-cpp-python\[server\]==\([0-9][0-9.]*\)".*/\1/p' pyproject.toml)"
+
+# Prints two lines: the build key (backend, toolkit, GPU architectures) and the CMake flags.
+llama_build_flags() {
+    local flags="-DGGML_RPC=ON" key="cpu-rpc" cuda archs
+    if [ "${MIXDESK_GPU:-auto}" != none ] && command -v nvidia-smi >/dev/null 2>&1 \
+        && command -v nvcc >/dev/null 2>&1; then
+        cuda="$(nvcc --version | sed -n 's/.*release \([0-9][0-9.]*\).*/\1/p' | head -n1)"
+        archs="${MIXDESK_CUDA_ARCHS:-$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null \
+            | tr -d ' .' | sort -u | paste -sd ';' -)}"
+        archs="${archs:-native}"
+        flags="$flags -DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=$archs"
+        key="cuda${cuda:-unknown}-sm${archs//;/_}-rpc"
+    fi
+    printf '%s\n%s\n' "$key" "$flags"
+}
+
+# pip's wheel cache does not key on CMAKE_ARGS (a CPU wheel would come back for a CUDA
+# build), so MixDesk keeps its own wheels, one folder per version and build key, builds with
+# --no-cache-dir and installs with --force-reinstall when the key changes.
+install_llama_cpp() {
+    local key flags wheels stamp want tmp
+    { read -r key; read -r flags; } < <(llama_build_flags)
+    want="llama-cpp-python $LLAMA_VERSION $key"
+    stamp="$VENV/.mixdesk-llama-build"
+    if [ "$(cat "$stamp" 2>/dev/null)" = "$want" ] && "$PY" -c 'import llama_cpp' >/dev/null 2>&1; then
+        return
+    fi
+    wheels="${XDG_CACHE_HOME:-$HOME/.cache}/mixdesk/wheels/llama-cpp-python-$LLAMA_VERSION-$key"
+    if ! ls "$wheels"/llama_cpp_python-*.whl >/dev/null 2>&1; then
+        say "building llama-cpp-python $LLAMA_VERSION ($key; CMAKE_ARGS=$flags): about 10 minutes on 2 cores, once"
+        tmp="$wheels.tmp.$$"
+        rm -rf "$tmp"
+        CMAKE_ARGS="$flags" "$PY" -m pip wheel --quiet --no-deps --no-cache-dir -w "$tmp" \
+            "llama-cpp-python==$LLAMA_VERSION"
+        mkdir -p "$(dirname "$wheels")"
+        rm -rf "$wheels"
+        mv "$tmp" "$wheels"
+    fi
+    say "installing llama-cpp-python $LLAMA_VERSION ($key)"
+    "$PY" -m pip install --quiet --force-reinstall --no-deps "$wheels"/llama_cpp_python-*.whl
+    printf '%s\n' "$want" > "$stamp"
+}
+
+if [ "$mode" = llama-flags ]; then  # what a build here would use (tests read this)
+    llama_build_flags
+    exit 0
+fi
 
 if ! command -v "$PYTHON" >/dev/null 2>&1; then
     say "$PYTHON not found: install Python 3.10 or newer (Debian: apt-get install python3)."
@@ -61,9 +115,15 @@ case "$mode" in
     test) extras="[test]" ;;
     *) say "unknown mode '$mode': use start or test"; exit 2 ;;
 esac
-say "installing MixDesk$extras (the first time this compiles llama.cpp: about 9 minutes on 2 cores)"
 "$PY" -m pip install --quiet --upgrade pip wheel
-"$PY" -m pip install --quiet -e ".$extras"
+install_llama_cpp
+say "installing MixDesk$extras"
+# setuptools warns about every editable install of a package with a package-dir mapping
+# (resources/ -> mixdesk.resources); show pip's output only when it fails.
+if ! out="$("$PY" -m pip install --quiet -e ".$extras" 2>&1)"; then
+    printf '%s\n' "$out" >&2
+    exit 1
+fi
 
 if [ "$mode" = start ]; then
     exec "$VENV/bin/mixdesk" "$@"

@@ -34,10 +34,11 @@ def test_frozen_entry_points_are_dispatched(tmp_path: Path) -> None:
     """The frozen executable starts its own engine and server with hidden arguments."""
     from mixdesk.core.doctor import self_command
     from mixdesk.core.engine.client import engine_command
+    from mixdesk.core.engine import LoadConfig
     from mixdesk.core.serve import ServeConfig, server_command
 
     assert engine_command()[-1].endswith("worker")
-    assert server_command(ServeConfig("m.gguf"))[-2] == "--llama-server"
+    assert server_command(ServeConfig(LoadConfig("m.gguf")))[-2] == "--llama-server"
     assert self_command()[-1] == "mixdesk"
     cli = (ROOT / "mixdesk" / "cli.py").read_text()
     for flag in ("--engine-worker", "--llama-server", "--qt-selftest"):

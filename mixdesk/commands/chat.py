@@ -7,16 +7,13 @@ import contextlib
 import sys
 from collections.abc import Iterator
 
+from mixdesk.commands.common import load_choices, machine, print_json
 from mixdesk.core.chat_template import ChatMessage
-from mixdesk.core.engine import (
-    ChatDone,
-    Engine,
-    GenerationStats,
-    LoadConfig,
-    SamplingParams,
-)
-from mixdesk.core.engine.client import AnswerStream, validate_load_config, validate_sampling
+from mixdesk.core.engine import ChatDone, Engine, GenerationStats, LoadConfig, SamplingParams
+from mixdesk.core.engine.client import AnswerStream, validate_sampling
 from mixdesk.core.engine.protocol import ModelInfo
+from mixdesk.core.loading import plan_load
+from mixdesk.commands.keys import endpoint_key_from
 from mixdesk.core.remote_backend import (
     Endpoint,
     normalize_url,
@@ -44,23 +41,6 @@ def speed_line(stats: GenerationStats, *, load_s: float | None = None) -> str:
     return "mixdesk: " + " | ".join(parts)
 
 
-def _load_config(
-    args: argparse.Namespace, n_gpu_layers: int, n_ctx: int, op_offload: bool | None
-) -> LoadConfig:
-    return LoadConfig(
-        model_path=args.model,
-        n_gpu_layers=n_gpu_layers,
-        n_ctx=n_ctx,
-        op_offload=op_offload,
-        n_threads=args.threads,
-        n_batch=args.batch,
-        flash_attn=args.flash_attn,
-        type_k=args.kv_type,
-        type_v=args.kv_type,
-        use_mmap=not args.no_mmap,
-    )
-
-
 def _sampling(args: argparse.Namespace) -> SamplingParams:
     return SamplingParams(
         temperature=args.temperature,
@@ -72,30 +52,6 @@ def _sampling(args: argparse.Namespace) -> SamplingParams:
         seed=args.seed,
         stop=tuple(args.stop),
     )
-
-
-def _plan_load(args: argparse.Namespace) -> tuple[LoadConfig, str]:
-    """The load settings: the user's, with the planner filling in GPU layers and context."""
-    from mixdesk.commands.plan import machine
-    from mixdesk.core.model_profile import profile_local
-    from mixdesk.core.planner import plan_offload
-
-    if args.ngl is not None and args.ctx is not None:
-        return _load_config(args, args.ngl, args.ctx, None), ""
-    plan = plan_offload(
-        profile_local(args.model),
-        machine(args),
-        n_ctx=args.ctx or None,
-        type_k=args.kv_type,
-        type_v=args.kv_type,
-        flash_attn=args.flash_attn,
-        n_gpu_layers=args.ngl,
-    )
-    ngl = args.ngl if args.ngl is not None else plan.n_gpu_layers
-    ctx = args.ctx if args.ctx is not None else plan.n_ctx
-    why = " ".join(plan.explanation[:-1])  # the last line is the speed estimate
-    op_offload = None if args.ngl is not None else plan.op_offload
-    return _load_config(args, ngl, ctx, op_offload), f"--ngl {ngl}, context {ctx}: {why}"
 
 
 def _load(engine: Engine, config: LoadConfig, *, show_progress: bool) -> ModelInfo:
@@ -135,7 +91,9 @@ class _RemoteBackend:
 
 def _run_remote(args: argparse.Namespace, sampling: SamplingParams) -> int:
     endpoint = Endpoint(
-        url=normalize_url(args.endpoint), api_key=args.api_key, model=args.model_name
+        url=normalize_url(args.endpoint),
+        api_key=endpoint_key_from(args, normalize_url(args.endpoint)),
+        model=args.model_name,
     )
     backend = _RemoteBackend(endpoint)
     info = remote_model_info(endpoint)
@@ -145,8 +103,6 @@ def _run_remote(args: argparse.Namespace, sampling: SamplingParams) -> int:
     history.append(ChatMessage("user", args.prompt))
     done = _stream(backend.chat(history, sampling), echo=not args.json)
     if args.json:
-        from mixdesk.cli import print_json
-
         result = _json_result(done, info)
         result["model"] = endpoint.model or endpoint.url
         result["n_gpu_layers"] = None
@@ -172,23 +128,12 @@ def run_chat(args: argparse.Namespace) -> int:
         raise InvalidArgumentError(
             "Name a MODEL (a .gguf file or a library name) or an --endpoint URL."
         )
-    validate_load_config(_load_config(args, 0, args.ctx or 0, None))  # report a bad file first
+    setup = plan_load(args.model, machine(args), load_choices(args))
     show_progress = sys.stderr.isatty() and not args.json
     with Engine() as engine:
-        config, why = _plan_load(args)
-        info = _load(engine, config, show_progress=show_progress)
-        if why and not args.json:
-            sys.stderr.write(f"mixdesk: {why}\n")
-        if (
-            config.n_gpu_layers
-            and engine.info
-            and not engine.info.supports_gpu_offload
-            and not args.json
-        ):
-            sys.stderr.write(
-                "mixdesk: this llama.cpp build is CPU-only, so those layers run on the CPU "
-                "(`mixdesk doctor` shows how to install a GPU build).\n"
-            )
+        info = _load(engine, setup.config, show_progress=show_progress)
+        if not args.json:
+            sys.stderr.write(f"mixdesk: {setup.summary}\n")
         history: list[ChatMessage] = []
         if args.system:
             history.append(ChatMessage("system", args.system))
@@ -196,8 +141,6 @@ def run_chat(args: argparse.Namespace) -> int:
             history.append(ChatMessage("user", args.prompt))
             done = _stream(engine.chat(history, sampling), echo=not args.json)
             if args.json:
-                from mixdesk.cli import print_json
-
                 print_json(_json_result(done, info))
             else:
                 sys.stdout.write("\n")

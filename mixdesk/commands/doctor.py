@@ -6,6 +6,7 @@ import argparse
 import sys
 from dataclasses import asdict
 
+from mixdesk.commands.common import print_json
 from mixdesk.core.doctor import FAIL, WARN, run_checks
 
 _MARK = {"ok": "ok  ", WARN: "WARN", FAIL: "FAIL"}
@@ -15,8 +16,6 @@ def run_doctor(args: argparse.Namespace) -> int:
     """Run the doctor command; returns the exit status."""
     report = run_checks()
     if args.json:
-        from mixdesk.cli import print_json
-
         print_json({"ok": report.ok, "checks": [asdict(c) for c in report.checks]})
     else:
         for check in report.checks:

@@ -9,6 +9,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+from mixdesk.commands.common import machine, print_json
 from mixdesk.core.download import DownloadCancelled, DownloadProgress
 from mixdesk.core.hardware import format_bytes
 from mixdesk.core.library import Library
@@ -26,6 +27,13 @@ class _ProgressPrinter:
 
     def download(self, p: DownloadProgress) -> None:
         if not self.enabled:
+            return
+        if p.phase == "waiting":
+            self._write(
+                f"{p.filename}: another MixDesk is downloading it; waiting for it to finish "
+                "(Ctrl-C to stop waiting).",
+                final=True,
+            )
             return
         now = time.monotonic()
         final = p.phase != "downloading"
@@ -78,7 +86,6 @@ def _print_plan(profile: ModelProfile, plan: OffloadPlan) -> None:
 
 def run_pull(args: argparse.Namespace) -> int:
     """Download a model into the library."""
-    from mixdesk.commands.plan import machine
     from mixdesk.core.pull import pull
 
     printer = _ProgressPrinter(enabled=not args.json)
@@ -94,6 +101,7 @@ def run_pull(args: argparse.Namespace) -> int:
             on_progress=printer.download,
             on_convert=printer.convert,
             cancel=cancel,
+            wait=True,
         )
     except KeyboardInterrupt:
         raise DownloadCancelled(
@@ -101,7 +109,6 @@ def run_pull(args: argparse.Namespace) -> int:
         ) from None
     entry = result.entry
     if args.json:
-        from mixdesk.cli import print_json
         from mixdesk.commands.plan import plan_to_json
 
         data = {
@@ -124,8 +131,6 @@ def run_models(args: argparse.Namespace) -> int:
     """List the library."""
     entries = Library().entries()
     if args.json:
-        from mixdesk.cli import print_json
-
         print_json([{**asdict(e), "exists": e.exists} for e in entries])
         return 0
     if not entries:
@@ -176,8 +181,6 @@ def run_catalog(args: argparse.Namespace) -> int:
 
     catalog = load_catalog()
     if args.json:
-        from mixdesk.cli import print_json
-
         print_json([asdict(m) for m in catalog])
         return 0
     for m in catalog:
@@ -200,8 +203,6 @@ def run_list(args: argparse.Namespace) -> int:
 
     models = list_models(args.repo)
     if args.json:
-        from mixdesk.cli import print_json
-
         print_json(
             [
                 {

@@ -7,9 +7,11 @@ import sys
 from dataclasses import asdict
 from typing import Any
 
+from mixdesk.commands.common import load_choices, machine, print_json
 from mixdesk.core import hardware
-from mixdesk.core.hardware import HardwareInfo, Overrides, apply_overrides, format_bytes
-from mixdesk.core.planner import OffloadPlan, plan_offload
+from mixdesk.core.hardware import format_bytes
+from mixdesk.core.loading import make_plan
+from mixdesk.core.planner import OffloadPlan
 from mixdesk.core.remote import parse_model_ref, profile_ref
 
 _FIT_WORDS = {
@@ -18,28 +20,6 @@ _FIT_WORDS = {
     "cpu": "CPU only",
     "none": "does not fit",
 }
-
-
-def add_hardware_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options that override detected hardware (plan, hw, chat)."""
-    group = parser.add_argument_group("hardware (instead of what is detected; also MIXDESK_HW)")
-    group.add_argument(
-        "--vram", metavar="SIZE", help="free GPU memory, or FREE/TOTAL (e.g. 15860MiB/16160MiB)"
-    )
-    group.add_argument("--ram", metavar="SIZE", help="available RAM (e.g. 64GiB)")
-    group.add_argument("--gpu", metavar="none", help="'none': plan for the CPU only")
-
-
-def machine(args: argparse.Namespace) -> HardwareInfo:
-    """Detected hardware with the environment's and the command line's overrides."""
-    overrides = Overrides.from_env().merged_with(
-        Overrides(
-            vram=getattr(args, "vram", None),
-            ram=getattr(args, "ram", None),
-            gpu=getattr(args, "gpu", None),
-        )
-    )
-    return apply_overrides(hardware.detect(), overrides)
 
 
 def plan_to_json(plan: OffloadPlan, *, model: str) -> dict[str, Any]:
@@ -86,18 +66,8 @@ def run_plan(args: argparse.Namespace) -> int:
     ref = parse_model_ref(args.model)
     profile = profile_ref(ref)
     hw = machine(args)
-    plan = plan_offload(
-        profile,
-        hw,
-        n_ctx=args.ctx,
-        type_k=args.kv_type,
-        type_v=args.kv_type,
-        flash_attn=args.flash_attn,
-        n_gpu_layers=args.ngl,
-    )
+    plan = make_plan(profile, hw, load_choices(args))
     if args.json:
-        from mixdesk.cli import print_json
-
         data = plan_to_json(plan, model=str(ref))
         data["profile"] = {
             "name": profile.name,
@@ -140,8 +110,6 @@ def run_hw(args: argparse.Namespace) -> int:
     hw = machine(args)
     backends = hardware.llama_gpu_backends()
     if args.json:
-        from mixdesk.cli import print_json
-
         print_json({**asdict(hw), "llama_cpp_gpu_backends": backends})
         return 0
     out = sys.stdout

@@ -7,43 +7,35 @@ import signal
 import sys
 import time
 
-from mixdesk.core.serve import ServeConfig, is_loopback, start_server
+from mixdesk.commands.common import load_choices, machine
+from mixdesk.commands.keys import api_key_from
+from mixdesk.core.library import model_name
+from mixdesk.core.loading import plan_load
+from mixdesk.core.serve import ServeConfig, start_server
+from mixdesk.core.serve_security import check_origins, is_loopback
 
 
 def run_serve(args: argparse.Namespace) -> int:
     """Serve until Ctrl-C (or the server ends); returns the exit status."""
-    from mixdesk.commands.plan import machine
-    from mixdesk.core.engine.client import LoadConfig, validate_load_config
-    from mixdesk.core.library import model_name
-    from mixdesk.core.model_profile import profile_local
-    from mixdesk.core.planner import plan_offload
-
-    validate_load_config(LoadConfig(args.model))
-    plan = plan_offload(
-        profile_local(args.model), machine(args), n_ctx=args.ctx, n_gpu_layers=args.ngl
-    )
+    api_key = api_key_from(args)
+    cors_origins = check_origins(args.cors)
+    setup = plan_load(args.model, machine(args), load_choices(args))
     config = ServeConfig(
-        model_path=args.model,
+        load=setup.config,
         host=args.host,
         port=args.port,
-        api_key=args.api_key,
-        model_alias=model_name(args.model),
-        n_gpu_layers=plan.n_gpu_layers,
-        n_ctx=plan.n_ctx,
-        n_threads=args.threads,
+        api_key=api_key,
+        model_alias=model_name(setup.config.model_path),
+        cors_origins=cors_origins,
     )
-    if not is_loopback(args.host):
-        sys.stderr.write(
-            f"mixdesk: warning: listening on {args.host} makes the model reachable from other machines"
-            + ("" if args.api_key else " without a key (add --api-key)")
-            + ".\n"
-        )
+    _warn_about_exposure(args.host, api_key=api_key, cors_origins=cors_origins)
     signal.signal(signal.SIGTERM, _interrupt)
     server = start_server(config)
     try:  # from here on, however this ends, the server process ends with it
         sys.stderr.write(
             f"mixdesk: serving {config.model_alias} at {server.url} (OpenAI-compatible; "
-            f"--ngl {config.n_gpu_layers}, context {config.n_ctx}). Ctrl-C stops.\n"
+            f"--ngl {setup.config.n_gpu_layers}, context {setup.config.n_ctx}). Ctrl-C stops.\n"
+            f"mixdesk: {setup.summary}\n"
         )
         sys.stderr.flush()
         while server.proc.poll() is None:
@@ -54,6 +46,21 @@ def run_serve(args: argparse.Namespace) -> int:
         return 0
     finally:
         server.stop()
+
+
+def _warn_about_exposure(host: str, *, api_key: str | None, cors_origins: tuple[str, ...]) -> None:
+    """Say so when more than this machine's own programs can use the model."""
+    no_key = " without a key (add MIXDESK_API_KEY or --api-key-file)"
+    if not is_loopback(host):
+        sys.stderr.write(
+            f"mixdesk: warning: listening on {host or 'every interface'} makes the model "
+            f"reachable from other machines{'' if api_key else no_key}.\n"
+        )
+    if "*" in cors_origins:
+        sys.stderr.write(
+            "mixdesk: warning: --cors '*' lets any web page open in a browser here use the "
+            f"model{'' if api_key else no_key}.\n"
+        )
 
 
 def _interrupt(_signum: int, _frame: object) -> None:

@@ -3,9 +3,12 @@
 Pure Python (no Qt, no llama_cpp): it runs on a header read from the Hub before anything is
 downloaded. It counts what llama.cpp will allocate, the way llama.cpp allocates it:
 
-- weights: the bytes of each tensor, per layer. llama.cpp puts the last ``n_gpu_layers``
-  repeating layers on the GPU; the output layer goes there too only when ``n_gpu_layers``
-  exceeds the layer count; the token embeddings always stay in RAM.
+- weights: the bytes of each tensor, per layer. ``n_gpu_layers = N`` counts the output layer
+  first: the GPU gets the output layer plus the last ``N - 1`` repeating layers (llama.cpp's
+  ``src/llama-model.cpp``: ``i_gpu_start = max(n_layer + 1 - N, 0)``), so N runs from 0 to
+  ``n_layer + 1``; the token embeddings always stay in RAM. (Until 2024 llama.cpp gave the
+  last N layers and the output only for N > n_layer; this module follows the installed one,
+  and tests/core/test_offload_truth.py checks it on a real offload device.)
 - KV cache: ``n_ctx x n_head_kv x (head_dim_k x size(type_k) + head_dim_v x size(type_v))``
   per layer, on the device of its layer (``offload_kqv``).
 - compute buffer: the peak of llama.cpp's graph allocator for a 512-token batch. The formula
@@ -174,16 +177,54 @@ class OffloadPlan:
     @property
     def repeating_layers_on_gpu(self) -> int:
         """Repeating layers on the GPU (``n_gpu_layers`` without the output layer)."""
-        return min(self.n_gpu_layers, self.n_layers)
+        return repeating_layers(self.n_gpu_layers, self.n_layers)
+
+    @property
+    def output_on_gpu(self) -> bool:
+        """Whether the output layer is on the GPU (whenever any layer is)."""
+        return self.n_gpu_layers > 0
+
+    @property
+    def placement_words(self) -> str:
+        """Where the layers go, in the words every front end uses ("18 of 32 layers + output on GPU")."""
+        return placement_words(self.n_gpu_layers, self.n_layers)
+
+
+def repeating_layers(n_gpu_layers: int, n_layers: int) -> int:
+    """Repeating layers llama.cpp puts on the GPU for ``n_gpu_layers`` (the output layer comes first)."""
+    return max(0, min(n_gpu_layers - 1, n_layers))
+
+
+def placement_words(n_gpu_layers: int, n_layers: int) -> str:
+    """``n_gpu_layers`` in words that name the output layer's place."""
+    if n_gpu_layers <= 0:
+        return f"all {n_layers} layers in RAM (CPU only)"
+    if n_gpu_layers > n_layers:
+        return f"all {n_layers} layers + output on GPU"
+    return f"{repeating_layers(n_gpu_layers, n_layers)} of {n_layers} layers + output on GPU"
+
+
+def output_layer_bytes(profile: ModelProfile) -> int:
+    """The output layer's weights (a tied output reuses the token embeddings' bytes)."""
+    return (profile.output_bytes or profile.token_embd_bytes) + profile.output_norm_bytes
 
 
 def _gpu_share(profile: ModelProfile, n_gpu: int) -> tuple[int, int]:
     """(weights bytes on the GPU, repeating layers there) for ``n_gpu_layers = n_gpu``."""
-    layers = min(n_gpu, profile.n_layers)
+    layers = repeating_layers(n_gpu, profile.n_layers)
     weights = sum(profile.layer_bytes[profile.n_layers - layers :]) if layers else 0
-    if n_gpu > profile.n_layers:
-        weights += profile.output_bytes + profile.output_norm_bytes
+    if n_gpu > 0:
+        weights += output_layer_bytes(profile)
     return weights, layers
+
+
+def _cpu_weights(profile: ModelProfile, n_gpu: int) -> int:
+    """Weights left in RAM: the CPU layers, the token embeddings, the output unless offloaded."""
+    layers = repeating_layers(n_gpu, profile.n_layers)
+    weights = sum(profile.layer_bytes[: profile.n_layers - layers]) + profile.token_embd_bytes
+    if n_gpu <= 0:
+        weights += profile.output_bytes + profile.output_norm_bytes
+    return weights
 
 
 def _gpu_bandwidth(gpu: GpuInfo) -> float:
@@ -202,11 +243,11 @@ def _active_bytes(profile: ModelProfile, layers: range) -> float:
 def expected_tokens_per_second(profile: ModelProfile, n_gpu: int, gpu: GpuInfo | None) -> float:
     """A memory-bandwidth estimate of generation speed (an estimate, not a measurement)."""
     n = profile.n_layers
-    gpu_layers = min(n_gpu, n) if gpu else 0
+    gpu_layers = repeating_layers(n_gpu, n) if gpu else 0
     cpu_bytes = _active_bytes(profile, range(0, n - gpu_layers))
     gpu_bytes = _active_bytes(profile, range(n - gpu_layers, n))
-    out = profile.output_bytes + profile.output_norm_bytes
-    if gpu and n_gpu > n:
+    out = output_layer_bytes(profile)
+    if gpu and n_gpu > 0:
         gpu_bytes += out
     else:
         cpu_bytes += out
@@ -287,7 +328,7 @@ def plan_offload(
             kind="cpu",
             total_bytes=hardware.ram_total_bytes,
             free_bytes=hardware.ram_available_bytes,
-            weights_bytes=profile.weights_bytes - gpu_weights,
+            weights_bytes=_cpu_weights(profile, n_gpu),
             kv_bytes=(n - gpu_layers) * kv_layer,
             compute_bytes=cpu_compute,
             overhead_bytes=CPU_RUNTIME_OVERHEAD,
@@ -373,8 +414,9 @@ def _explain(
         layers = plan.repeating_layers_on_gpu
         per_layer = profile.layer_bytes[-1] if profile.layer_bytes else 0
         lines.append(
-            f"{layers} of {n} layers go on {gpu.name} ({format_bytes(per_layer)} each); the other "
-            f"{n - layers} and the output layer stay in CPU RAM."
+            f"n_gpu_layers {plan.n_gpu_layers}: the output layer and {layers} of {n} layers "
+            f"({format_bytes(per_layer)} each) go on {gpu.name}; the other {n - layers} layers "
+            "stay in CPU RAM."
         )
         if not user_ngl and plan.gpu is not None:
             room = plan.gpu.free_bytes - plan.gpu.used_bytes

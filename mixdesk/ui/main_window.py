@@ -37,12 +37,12 @@ from mixdesk.core.engine import (
     ChatDone,
     Engine,
     GenerationStats,
-    LoadConfig,
     ModelInfo,
     SamplingParams,
 )
 from mixdesk.core.hardware import HardwareInfo, format_bytes
 from mixdesk.core.library import Library
+from mixdesk.core.loading import LoadChoices, LoadOutcome, LoadRequest
 from mixdesk.core.model_profile import ModelProfile, profile_local
 from mixdesk.core.settings import Settings
 from mixdesk.ui.model_manager import ModelManager
@@ -212,6 +212,7 @@ class MainWindow(QMainWindow):
         cv.addLayout(buttons)
 
         self.offload = OffloadPanel()
+        self.offload.set_defaults(LoadChoices.from_settings(self.settings))
         self.manager = ModelManager(self.hardware, self.library)
         self.hardware_label = QLabel("Detecting hardware…")
         self.hardware_label.setWordWrap(True)
@@ -251,6 +252,7 @@ class MainWindow(QMainWindow):
         w.loadProgress.connect(self._load_progress)
         w.loaded.connect(self._loaded)
         w.loadFailed.connect(self._load_failed)
+        w.measured.connect(self.offload.show_measurements)
         w.delta.connect(self._delta)
         w.done.connect(self._done)
         w.chatFailed.connect(self._chat_failed)
@@ -540,36 +542,46 @@ class MainWindow(QMainWindow):
         if self.offload.plan is None:
             self.notify("Choose a model first (or wait a moment while its header is read).")
             return
-        self.load(self.offload.load_config(threads=self.settings.threads))
+        self.load(self.offload.choices())
 
-    def load(self, config: LoadConfig) -> None:
-        """Load (or reload) a model in the engine, off the GUI thread."""
+    def load_request(self, choices: LoadChoices) -> LoadRequest:
+        """What to load: the panel's model (with the profile already read) and ``choices``."""
+        return LoadRequest(
+            model=self.offload.model_path,
+            hardware=self.hardware,
+            choices=choices,
+            profile=self.offload.profile,
+        )
+
+    def load(self, choices: LoadChoices) -> None:
+        """Plan and load (or reload) the panel's model in the engine, off the GUI thread."""
         if self.busy:
             self.stop()
         self.model_info = None
         self.load_progress.show()
         self.load_progress.setValue(0)
         self.offload.show_progress(0.0)
-        self.statusBar().showMessage(f"Loading {Path(config.model_path).name}…")
-        self.controller.load(config)
+        self.statusBar().showMessage(f"Loading {Path(self.offload.model_path).name}…")
+        self.controller.load(self.load_request(choices))
 
     def _load_progress(self, fraction: float) -> None:
         self.load_progress.setValue(int(fraction * 100))
         self.offload.show_progress(fraction)
 
-    def _loaded(self, info: ModelInfo, note: str) -> None:
+    def _loaded(self, outcome: LoadOutcome) -> None:
+        info = outcome.info
         self.model_info = info
         self.load_progress.hide()
         self.offload.show_progress(None)
         self.settings.last_model = info.path
         self.settings.save()
         self.statusBar().showMessage(
-            f"{info.name}: {info.n_gpu_layers} of {info.n_layers + 1} layers on the GPU, context {info.n_ctx}, "
+            f"{info.name}: {outcome.setup.plan.placement_words}, context {info.n_ctx}, "
             f"loaded in {info.load_s:.1f} s",
             10_000,
         )
-        if note:
-            self.notify(note, error=False)
+        if outcome.note:
+            self.notify(outcome.note, error=False)
         if self.conversation is not None:
             self.store.update(self.conversation.id, model=info.path)
         self.modelLoaded.emit(info)
@@ -580,32 +592,14 @@ class MainWindow(QMainWindow):
         self.notify(message)
 
     def measure(self, layer_counts: list[int]) -> None:
-        """Measure generation speed at a few GPU layer counts (off the GUI thread)."""
+        """Measure generation speed at a few GPU layer counts, in the one engine (off the GUI thread)."""
         if self.offload.plan is None:
             return
-        base = self.offload.load_config(threads=self.settings.threads)
-        self.controller.requestUnload.emit()  # free the memory the measurements need
+        if self.busy:
+            self.stop()
         self.model_info = None
-
-        def run(report: Any, cancel: Any) -> list[tuple[int, float]]:
-            from dataclasses import replace
-
-            results = []
-            with Engine() as engine:
-                for n in layer_counts:
-                    engine.load(replace(base, n_gpu_layers=n))
-                    done = engine.chat(
-                        [ChatMessage("user", "Write a few sentences about the sea.")],
-                        SamplingParams(max_tokens=48, seed=1),
-                    ).wait()
-                    results.append((n, done.stats.eval_tps))
-                    report(results[:])
-            return results
-
         self.statusBar().showMessage("Measuring…")
-        task = TaskWorker(run)
-        task.progress.connect(self.offload.show_measurements)
-        self._run(task, self.offload.show_measurements)
+        self.controller.measure(self.load_request(self.offload.choices()), layer_counts)
 
     # -- chat ---------------------------------------------------------------------------
 
@@ -814,6 +808,7 @@ class MainWindow(QMainWindow):
         if dialog.exec():
             self.settings = dialog.result_settings()
             self.settings.save()
+            self.offload.set_defaults(LoadChoices.from_settings(self.settings))
 
     def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802
         if self._answer_id is not None and self.busy:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (
     QCheckBox,
@@ -17,10 +19,10 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from mixdesk.core.engine import LoadConfig
 from mixdesk.core.hardware import HardwareInfo
+from mixdesk.core.loading import LoadChoices, make_plan
 from mixdesk.core.model_profile import ModelProfile
-from mixdesk.core.planner import OffloadPlan, plan_offload
+from mixdesk.core.planner import OffloadPlan
 from mixdesk.ui.widgets import DeviceBars
 
 
@@ -58,7 +60,7 @@ class OffloadPanel(QWidget):
     """Tune how a model is loaded; every change re-plans and redraws the bars at once.
 
     Signals:
-        applyRequested(object): a :class:`LoadConfig` to load with.
+        applyRequested(object): the :class:`LoadChoices` to load with.
         measureRequested(list): GPU layer counts to measure.
     """
 
@@ -72,6 +74,7 @@ class OffloadPanel(QWidget):
         self.model_path = ""
         self.plan: OffloadPlan | None = None
         self.auto_plan: OffloadPlan | None = None
+        self._defaults = LoadChoices()
 
         self.title = QLabel("No model selected")
         self.title.setWordWrap(True)
@@ -167,18 +170,9 @@ class OffloadPanel(QWidget):
         if self.profile is None or self.hardware is None:
             return
         profile, hardware = self.profile, self.hardware
-        kv = self.kv.currentText()
 
         def plan_for(layers: int | None) -> OffloadPlan:
-            return plan_offload(
-                profile,
-                hardware,
-                n_ctx=self.ctx.value() or None,
-                type_k=kv,
-                type_v=kv,
-                flash_attn=self.flash.isChecked(),
-                n_gpu_layers=layers,
-            )
+            return make_plan(profile, hardware, self._choices(layers))
 
         self.auto_plan = plan_for(None)
         if self.auto.isChecked():
@@ -201,23 +195,35 @@ class OffloadPanel(QWidget):
             self.warning.setText("")
         self.explanation.setText("\n".join(plan.explanation))
 
-    def load_config(self, *, threads: int | None = None) -> LoadConfig:
-        """The settings as a load configuration."""
-        assert self.plan is not None
-        return LoadConfig(
-            model_path=self.model_path,
-            n_gpu_layers=self.plan.n_gpu_layers,
-            n_ctx=self.plan.n_ctx,
-            n_threads=threads,
-            flash_attn=self.plan.flash_attn,
-            type_k=self.plan.type_k,
-            type_v=self.plan.type_v,
-            op_offload=self.plan.op_offload if self.auto.isChecked() else None,
+    def choices(self) -> LoadChoices:
+        """The panel's settings as load choices: the slider's layer count (none with Auto on),
+        context, KV type, flash attention; threads, batch and mmap from :meth:`set_defaults`."""
+        return self._choices(None if self.auto.isChecked() else self.slider.value())
+
+    def _choices(self, n_gpu_layers: int | None) -> LoadChoices:
+        return replace(
+            self._defaults,
+            n_gpu_layers=n_gpu_layers,
+            n_ctx=self.ctx.value() or None,
+            kv_type=self.kv.currentText(),
+            flash_attn=self.flash.isChecked(),
         )
+
+    def set_defaults(self, choices: LoadChoices) -> None:
+        """Start from these choices (the saved settings): context, KV type, flash attention, threads."""
+        self._defaults = choices
+        for w in (self.ctx, self.kv, self.flash):
+            w.blockSignals(True)
+        self.ctx.setValue(choices.n_ctx or 0)
+        self.kv.setCurrentText(choices.kv_type)
+        self.flash.setChecked(choices.flash_attn)
+        for w in (self.ctx, self.kv, self.flash):
+            w.blockSignals(False)
+        self._replan()
 
     def _apply(self) -> None:
         if self.plan is not None:
-            self.applyRequested.emit(self.load_config())
+            self.applyRequested.emit(self.choices())
 
     def _measure(self) -> None:
         if self.plan is None:

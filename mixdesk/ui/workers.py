@@ -16,28 +16,35 @@ from typing import Any
 from PySide6.QtCore import QObject, QThread, Signal, Slot
 
 from mixdesk.core.chat_template import ChatMessage
-from mixdesk.core.engine import ChatDone, Engine, LoadConfig, ModelInfo, SamplingParams
+from mixdesk.core.engine import ChatDone, Engine, ModelInfo, SamplingParams
 from mixdesk.core.engine.client import AnswerStream
-from mixdesk.errors import EngineCrashedError, OutOfMemoryError, user_message
+from mixdesk.core.loading import LoadOutcome, LoadRequest, load_model
+from mixdesk.errors import EngineCrashedError, user_message
 
 log = logging.getLogger(__name__)
 
 
-class EngineWorker(QObject):
-    """Owns the :class:`Engine`; runs in its own thread.
+class ModelWorker(QObject):
+    """Owns the :class:`Engine`; runs in its own thread. Plans and loads through
+    :mod:`mixdesk.core.loading`, so the window never builds a load configuration itself.
 
     Signals:
         loadProgress(float): 0..1 while a model loads.
-        loaded(object): the :class:`ModelInfo`, and a note (str) when layers were reduced.
+        loaded(object): the :class:`LoadOutcome` (model info, plan, note).
         loadFailed(str): a sentence.
+        measured(object): list of (GPU layers, eval tok/s) measured so far; ``measureDone``
+            follows the last one.
+        measureDone(): measuring ended (finished or failed).
         delta(int, str, object): request id, text, :class:`GenerationStats`.
         done(int, object): request id, :class:`ChatDone`.
         chatFailed(int, str, bool): request id, sentence, whether the engine died.
     """
 
     loadProgress = Signal(float)
-    loaded = Signal(object, str)
+    loaded = Signal(object)
     loadFailed = Signal(str)
+    measured = Signal(object)
+    measureDone = Signal()
     delta = Signal(int, str, object)
     done = Signal(int, object)
     chatFailed = Signal(int, str, bool)
@@ -49,31 +56,35 @@ class EngineWorker(QObject):
         self._lock = threading.Lock()
 
     @Slot(object)
-    def load(self, config: LoadConfig) -> None:
-        """Load a model; if it runs out of memory with layers on the GPU, retry with fewer."""
-        note = ""
-        wanted = config.n_gpu_layers
-        while True:
-            try:
-                info = self.engine.load(config, on_progress=self.loadProgress.emit)
-                break
-            except (OutOfMemoryError, EngineCrashedError) as err:
-                out_of_memory = isinstance(err, OutOfMemoryError) or "memory" in str(err)
-                if not out_of_memory or config.n_gpu_layers == 0:
-                    self.loadFailed.emit(user_message(err))
-                    return
-                fewer = max(0, (config.n_gpu_layers if config.n_gpu_layers >= 0 else 999) - 4)
-                log.warning(
-                    "load ran out of memory with %s GPU layers; retrying with %s",
-                    config.n_gpu_layers,
-                    fewer,
-                )
-                config = replace(config, n_gpu_layers=fewer)
-                note = f"{wanted} GPU layers did not fit in memory, so MixDesk loaded {fewer}."
-            except Exception as err:  # noqa: BLE001 - every failure reaches the user as a sentence
-                self.loadFailed.emit(user_message(err))
-                return
-        self.loaded.emit(info, note)
+    def load(self, request: LoadRequest) -> None:
+        """Plan and load a model (retrying a GPU out-of-memory with fewer layers, bounded)."""
+        try:
+            outcome = load_model(self.engine, request, on_progress=self.loadProgress.emit)
+        except Exception as err:  # noqa: BLE001 - every failure reaches the user as a sentence
+            self.loadFailed.emit(user_message(err))
+            return
+        self.loaded.emit(outcome)
+
+    @Slot(object, list)
+    def measure(self, request: LoadRequest, layer_counts: list[int]) -> None:
+        """Measure generation speed at each GPU layer count, in this one engine (each load
+        ends the previous engine process first, so two copies are never in memory)."""
+        results: list[tuple[int, float]] = []
+        try:
+            for n in layer_counts:
+                counted = replace(request, choices=replace(request.choices, n_gpu_layers=n))
+                outcome = load_model(self.engine, counted, retry=False)
+                done = self.engine.chat(
+                    [ChatMessage("user", "Write a few sentences about the sea.")],
+                    SamplingParams(max_tokens=48, seed=1),
+                ).wait()
+                results.append((outcome.setup.config.n_gpu_layers, done.stats.eval_tps))
+                self.measured.emit(list(results))
+            self.loaded.emit(outcome)
+        except Exception as err:  # noqa: BLE001 - every failure reaches the user as a sentence
+            self.loadFailed.emit(user_message(err))
+        finally:
+            self.measureDone.emit()
 
     @Slot(int, object, object, float)
     def chat(
@@ -130,13 +141,15 @@ class EngineWorker(QObject):
 
 
 class EngineController(QObject):
-    """The GUI thread's handle on the engine worker and its thread.
+    """The GUI thread's handle on the model worker and its thread.
 
-    Signals (re-emitted from the worker, delivered in the GUI thread):
-        requestLoad(object), requestChat(int, object, object, float), requestUnload(): to the worker.
+    Signals (to the worker, delivered in its thread): requestLoad(object),
+    requestMeasure(object, list), requestChat(int, object, object, float),
+    requestRemoteChat(int, object, object, object), requestUnload().
     """
 
     requestLoad = Signal(object)
+    requestMeasure = Signal(object, list)
     requestChat = Signal(int, object, object, float)
     requestUnload = Signal()
     requestRemoteChat = Signal(int, object, object, object)
@@ -145,9 +158,10 @@ class EngineController(QObject):
         super().__init__(parent)
         self.worker_thread = QThread()
         self.worker_thread.setObjectName("engine")
-        self.worker = EngineWorker(engine)
+        self.worker = ModelWorker(engine)
         self.worker.moveToThread(self.worker_thread)
         self.requestLoad.connect(self.worker.load)
+        self.requestMeasure.connect(self.worker.measure)
         self.requestChat.connect(self.worker.chat)
         self.requestUnload.connect(self.worker.unload)
         self.requestRemoteChat.connect(self.worker.chat_remote)
@@ -156,13 +170,18 @@ class EngineController(QObject):
         self.model: ModelInfo | None = None
         self.worker.loaded.connect(self._remember)
 
-    def _remember(self, info: ModelInfo, _note: str) -> None:
-        self.model = info
+    def _remember(self, outcome: LoadOutcome) -> None:
+        self.model = outcome.info
 
-    def load(self, config: LoadConfig) -> None:
-        """Load a model (in the worker thread)."""
+    def load(self, request: LoadRequest) -> None:
+        """Plan and load a model (in the worker thread)."""
         self.model = None
-        self.requestLoad.emit(config)
+        self.requestLoad.emit(request)
+
+    def measure(self, request: LoadRequest, layer_counts: list[int]) -> None:
+        """Measure tok/s at each layer count with the one engine (in the worker thread)."""
+        self.model = None
+        self.requestMeasure.emit(request, layer_counts)
 
     def chat(
         self, messages: list[ChatMessage], sampling: SamplingParams, *, interval: float = 1 / 60
@@ -240,4 +259,4 @@ class TaskWorker(QObject):
         self.finished.emit(result if result is not None else DONE)
 
 
-__all__ = ["ChatDone", "EngineController", "EngineWorker", "TaskWorker"]
+__all__ = ["ChatDone", "EngineController", "ModelWorker", "TaskWorker"]

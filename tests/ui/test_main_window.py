@@ -11,7 +11,7 @@ import pytest
 from pytestqt.qtbot import QtBot
 
 from mixdesk.core.chat_store import ChatStore
-from mixdesk.core.engine import ChatDone, Engine
+from mixdesk.core.engine import ChatDone, Engine, LoadConfig
 from mixdesk.core.hardware import GIB, GpuInfo, HardwareInfo
 from mixdesk.core.library import Library
 from mixdesk.ui.main_window import MainWindow
@@ -349,7 +349,9 @@ def test_chat_with_a_saved_endpoint(
         s.bind(("127.0.0.1", 0))
         port = int(s.getsockname()[1])
     server = start_server(
-        ServeConfig(str(models["q2_k"]), port=port, api_key="k3y", n_ctx=512, n_threads=2)
+        ServeConfig(
+            LoadConfig(str(models["q2_k"]), n_ctx=512, n_threads=2), port=port, api_key="k3y"
+        )
     )
     try:
         window.add_endpoint(f"http://127.0.0.1:{port}", api_key="k3y", name="My TGI")

@@ -16,6 +16,17 @@ from mixdesk.core.chat_template import ChatMessage
 
 #: KV cache types a user can pick, as llama.cpp names them.
 KV_CACHE_TYPES = ("f16", "q8_0", "q4_0")
+#: Their ggml_type values (what llama.cpp's type_k / type_v take).
+KV_TYPE_IDS = {"f16": 1, "q8_0": 8, "q4_0": 2}
+
+
+def physical_cores() -> int:
+    """The default thread count: physical cores (llama.cpp gains nothing from hyperthreads)."""
+    import os
+
+    import psutil
+
+    return psutil.cpu_count(logical=False) or os.cpu_count() or 1
 
 
 @dataclass(frozen=True)
@@ -85,6 +96,8 @@ class ModelInfo:
     type_v: str = "f16"
     #: Buffer sizes llama.cpp logged while loading, e.g. {"CPU KV": bytes, "CUDA0 model": bytes}.
     buffers: dict[str, int] = field(default_factory=dict)
+    #: Why a built-in chat template stands in for the model's own (empty when it does not).
+    chat_template_note: str = ""
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,309 @@
+"""The one way from "this model" to "loaded": model + machine + choices -> plan -> ``LoadConfig``.
+
+Every front end (``mixdesk chat``, ``mixdesk serve``, the window's Load, Apply, Keep fastest
+and Measure) calls :func:`plan_load`; nothing else builds a :class:`LoadConfig`. So a model
+loads the same way whichever way it is started, and what the plan shows is what loads.
+
+Rules kept here, once:
+
+- ``n_gpu_layers`` is llama.cpp's number, 0 to ``n_layers + 1`` (the output layer counts as
+  one); "all" (-1) becomes ``n_layers + 1``. The config carries the plan's number.
+- A context of 0 means the model's own (trained) context; the plan is made for that length.
+- The planner's choices (layers, context, op offload) fill in whatever the user left open.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from mixdesk.core.engine.protocol import KV_CACHE_TYPES, LoadConfig, ModelInfo
+from mixdesk.core.hardware import HardwareInfo
+from mixdesk.core.model_profile import ModelProfile, profile_local, split_parts
+from mixdesk.core.planner import OffloadPlan, plan_offload
+from mixdesk.errors import (
+    DeviceOutOfMemoryError,
+    InvalidArgumentError,
+    ModelNotFoundError,
+    NotAGgufError,
+)
+
+if TYPE_CHECKING:
+    from mixdesk.core.engine.client import Engine
+    from mixdesk.core.library import Library
+    from mixdesk.core.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LoadChoices:
+    """What the user decided about a load; ``None`` leaves the choice to MixDesk.
+
+    Attributes:
+        n_gpu_layers: llama.cpp's ``n_gpu_layers`` (output layer + repeating layers); -1: all.
+        n_ctx: the context length; 0: the model's own; None: the planner's choice.
+        kv_type: the KV cache type (K and V), one of :data:`KV_CACHE_TYPES`.
+        flash_attn: flash attention (always on for a quantised V cache).
+        n_threads: CPU threads; None: the physical cores.
+        n_batch: the logical batch size.
+        use_mmap: map the model file instead of reading it.
+        op_offload: llama.cpp's op offload; None: as the planner decides.
+    """
+
+    n_gpu_layers: int | None = None
+    n_ctx: int | None = None
+    kv_type: str = "f16"
+    flash_attn: bool = False
+    n_threads: int | None = None
+    n_batch: int = 512
+    use_mmap: bool = True
+    op_offload: bool | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **overrides: object) -> LoadChoices:
+        """The saved settings' choices (threads, context, KV type, flash attention), then ``overrides``."""
+        base = cls(
+            n_ctx=settings.n_ctx,
+            kv_type=settings.kv_type,
+            flash_attn=settings.flash_attn,
+            n_threads=settings.threads,
+        )
+        return replace(base, **overrides)  # type: ignore[arg-type]
+
+    def validate(self) -> None:
+        """Reject settings that make no sense, with one sentence.
+
+        Raises:
+            InvalidArgumentError: a value is out of range.
+        """
+        if self.n_gpu_layers is not None and self.n_gpu_layers < -1:
+            raise InvalidArgumentError(
+                f"GPU layers {self.n_gpu_layers} is out of range; use -1 (all), 0 (none) or a count."
+            )
+        if self.n_ctx is not None and not 0 <= self.n_ctx <= 1 << 22:
+            raise InvalidArgumentError(
+                f"Context length {self.n_ctx} is out of range; use 0 (the model's own) to 4194304."
+            )
+        if self.kv_type not in KV_CACHE_TYPES:
+            raise InvalidArgumentError(
+                f"KV cache type {self.kv_type!r} is unknown; use one of {', '.join(KV_CACHE_TYPES)}."
+            )
+        if self.n_threads is not None and self.n_threads < 1:
+            raise InvalidArgumentError(f"Thread count {self.n_threads} must be at least 1.")
+        if self.n_batch < 1:
+            raise InvalidArgumentError(f"Batch size {self.n_batch} must be at least 1.")
+
+
+@dataclass(frozen=True)
+class LoadSetup:
+    """A model ready to load: what it is, the plan, and the exact configuration."""
+
+    profile: ModelProfile
+    plan: OffloadPlan
+    config: LoadConfig
+
+    @property
+    def summary(self) -> str:
+        """One line: the layers and context chosen, and why (without the speed estimate)."""
+        why = " ".join(self.plan.explanation[:-1])
+        return f"--ngl {self.config.n_gpu_layers}, context {self.config.n_ctx}: {why}".rstrip(": ")
+
+
+def resolve_model(ref: str | Path, *, library: Library | None = None) -> Path:
+    """The model file for a path, a library name or any part of a split model.
+
+    Returns:
+        The file to load (the first part of a split model).
+
+    Raises:
+        ModelNotFoundError: neither a file nor a library name.
+        NotAGgufError: the file is not a GGUF model.
+    """
+    text = str(ref)
+    path = Path(text).expanduser()
+    if not path.exists():
+        if library is None:
+            from mixdesk.core.library import Library
+
+            library = Library()
+        path = Path(library.resolve(text))
+    if not path.exists():
+        raise ModelNotFoundError(text)
+    if path.is_dir():
+        raise NotAGgufError(str(path))
+    path = split_parts(path)[0]
+    with path.open("rb") as fh:
+        if fh.read(4) != b"GGUF":
+            raise NotAGgufError(str(path))
+    return path
+
+
+def make_plan(profile: ModelProfile, hardware: HardwareInfo, choices: LoadChoices) -> OffloadPlan:
+    """The offload plan for ``choices`` (also for a model not downloaded yet: ``mixdesk plan``).
+
+    Raises:
+        InvalidArgumentError: a choice is out of range.
+    """
+    choices.validate()
+    n_ctx = choices.n_ctx
+    if n_ctx == 0:
+        n_ctx = profile.context_length or None
+    return plan_offload(
+        profile,
+        hardware,
+        n_ctx=n_ctx,
+        type_k=choices.kv_type,
+        type_v=choices.kv_type,
+        flash_attn=choices.flash_attn,
+        n_gpu_layers=choices.n_gpu_layers,
+    )
+
+
+def plan_load(
+    model: str | Path,
+    hardware: HardwareInfo,
+    choices: LoadChoices | None = None,
+    *,
+    profile: ModelProfile | None = None,
+    library: Library | None = None,
+) -> LoadSetup:
+    """Plan a load and build its configuration: the only place a :class:`LoadConfig` is made.
+
+    Args:
+        model: a model file, a library name, or a part of a split model.
+        hardware: the machine (with any overrides already applied).
+        choices: the user's choices (defaults: everything chosen by MixDesk).
+        profile: the model's profile when the caller has read it already.
+        library: where library names are looked up (the default library otherwise).
+
+    Raises:
+        InvalidArgumentError, ModelNotFoundError, NotAGgufError, GGUFHeaderError: bad input.
+    """
+    choices = choices or LoadChoices()
+    choices.validate()  # a bad value is reported before any file is read
+    path = resolve_model(model, library=library)
+    if profile is None:
+        profile = profile_local(path)
+    plan = make_plan(profile, hardware, choices)
+    config = LoadConfig(
+        model_path=str(path),
+        n_gpu_layers=plan.n_gpu_layers,
+        n_ctx=plan.n_ctx,
+        n_threads=choices.n_threads,
+        n_batch=choices.n_batch,
+        flash_attn=plan.flash_attn,
+        type_k=plan.type_k,
+        type_v=plan.type_v,
+        use_mmap=choices.use_mmap,
+        op_offload=plan.op_offload if choices.op_offload is None else choices.op_offload,
+    )
+    return LoadSetup(profile=profile, plan=plan, config=config)
+
+
+def with_gpu_layers(setup: LoadSetup, n_gpu_layers: int, hardware: HardwareInfo) -> LoadSetup:
+    """The same load with another GPU layer count (Measure, Keep fastest, out-of-memory retries)."""
+    choices = LoadChoices(
+        n_gpu_layers=n_gpu_layers,
+        n_ctx=setup.config.n_ctx,
+        kv_type=setup.config.type_k,
+        flash_attn=setup.config.flash_attn,
+        n_threads=setup.config.n_threads,
+        n_batch=setup.config.n_batch,
+        use_mmap=setup.config.use_mmap,
+    )
+    return plan_load(setup.config.model_path, hardware, choices, profile=setup.profile)
+
+
+@dataclass(frozen=True)
+class LoadRequest:
+    """A model to load and how: what a front end hands to whoever runs the engine.
+
+    The request is planned where the engine runs (off the GUI thread), so a front end never
+    reads a file or builds a configuration itself.
+    """
+
+    model: str
+    hardware: HardwareInfo
+    choices: LoadChoices = LoadChoices()
+    #: The model's profile when the front end has read it already.
+    profile: ModelProfile | None = None
+
+    def setup(self) -> LoadSetup:
+        """Plan this request (see :func:`plan_load`)."""
+        return plan_load(self.model, self.hardware, self.choices, profile=self.profile)
+
+
+@dataclass(frozen=True)
+class LoadOutcome:
+    """A finished load: the model as llama.cpp reports it, the setup it loaded with, and a
+    note for the user when MixDesk changed the plan (fewer GPU layers after an out-of-memory)."""
+
+    info: ModelInfo
+    setup: LoadSetup
+    note: str = ""
+
+
+#: Loads tried at most for one request (the first and two with fewer GPU layers).
+MAX_LOAD_TRIES = 3
+
+
+def load_model(
+    engine: Engine,
+    request: LoadRequest,
+    *,
+    on_progress: Callable[[float], None] | None = None,
+    retry: bool = True,
+) -> LoadOutcome:
+    """Plan ``request`` and load it in ``engine``.
+
+    When a GPU device runs out of memory (:class:`DeviceOutOfMemoryError`, never a RAM
+    failure or a kill), the load is tried again with fewer GPU layers: as many fewer as the
+    failed allocation needs beyond the device's free memory, at most :data:`MAX_LOAD_TRIES`
+    loads in all.
+
+    Raises:
+        MixdeskError: the load failed (the last failure after retries).
+    """
+    setup = request.setup()
+    wanted = setup.config.n_gpu_layers
+    for attempt in range(1, MAX_LOAD_TRIES + 1):
+        try:
+            info = engine.load(setup.config, on_progress=on_progress)
+        except DeviceOutOfMemoryError as err:
+            fewer = fewer_gpu_layers(setup, err)
+            if not retry or attempt == MAX_LOAD_TRIES or fewer is None:
+                raise
+            log.warning(
+                "%s; retrying with %s GPU layers instead of %s",
+                err,
+                fewer,
+                setup.config.n_gpu_layers,
+            )
+            setup = with_gpu_layers(setup, fewer, request.hardware)
+            continue
+        note = ""
+        if setup.config.n_gpu_layers != wanted:
+            note = (
+                f"n_gpu_layers {wanted} did not fit in GPU memory, so MixDesk loaded "
+                f"{setup.plan.placement_words}."
+            )
+        return LoadOutcome(info=info, setup=setup, note=note)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def fewer_gpu_layers(setup: LoadSetup, err: DeviceOutOfMemoryError) -> int | None:
+    """The GPU layer count to try after ``err``: enough layers fewer to free the bytes the
+    failed allocation lacked (at least one). None when there is nothing left to take off."""
+    current = setup.config.n_gpu_layers
+    if current <= 0:
+        return None
+    device = next((d for d in setup.plan.devices if d.kind == "gpu"), None)
+    free = device.free_bytes if device is not None else 0
+    missing = max(err.requested_bytes - free, 0) if err.requested_bytes else 0
+    per_layer = max(max(setup.profile.layer_bytes, default=1), 1)
+    step = max(1, -(-missing // per_layer))
+    return max(current - step, 0)
