@@ -15,13 +15,13 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from mixdesk import __version__
-from mixdesk.commands.keys import add_key_arguments
 from mixdesk.commands.common import (
     add_hardware_arguments,
     add_load_arguments,
     non_negative_int,
     positive_int,
 )
+from mixdesk.commands.keys import add_key_arguments
 from mixdesk.errors import InvalidArgumentError, user_message
 
 log = logging.getLogger(__name__)

@@ -8,12 +8,12 @@ import sys
 from collections.abc import Iterator
 
 from mixdesk.commands.common import load_choices, machine, print_json
+from mixdesk.commands.keys import endpoint_key_from
 from mixdesk.core.chat_template import ChatMessage
 from mixdesk.core.engine import ChatDone, Engine, GenerationStats, LoadConfig, SamplingParams
 from mixdesk.core.engine.client import AnswerStream, validate_sampling
 from mixdesk.core.engine.protocol import ModelInfo
 from mixdesk.core.loading import plan_load
-from mixdesk.commands.keys import endpoint_key_from
 from mixdesk.core.remote_backend import (
     Endpoint,
     normalize_url,
