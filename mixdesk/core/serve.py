@@ -5,23 +5,37 @@ that makes llama.cpp abort ends only the server, and ``mixdesk serve`` says why.
 its own chat format: the model's GGUF template (Mixtral's ``[INST]`` for files without one)
 with system prompts folded into the first user turn when the template has no system role,
 so OpenAI clients that always send a system message work with Mixtral.
+
+What MixDesk changes in that server's defaults (no cross-origin access, the key on every
+route, no settings from the environment, an end with its parent) is in
+:mod:`mixdesk.core.serve_security`. The settings, key included, travel on the child's stdin,
+never on its command line, where every user of the machine could read them.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import logging
+import os
 import socket
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from mixdesk import paths
 from mixdesk.core.engine import diagnose
+from mixdesk.core.engine.protocol import KV_TYPE_IDS, LoadConfig, from_dict, physical_cores
+from mixdesk.core.serve_security import (
+    drop_setting_variables,
+    exit_when_parent_ends,
+    read_settings_line,
+    secure_app,
+    server_environment,
+    url_host,
+)
 from mixdesk.errors import EngineCrashedError, MixdeskError
 
 log = logging.getLogger(__name__)
@@ -33,25 +47,28 @@ CHAT_FORMAT = "mixdesk"
 class ServeConfig:
     """How to serve a model."""
 
-    model_path: str
+    #: How the model loads: the same LoadConfig `mixdesk chat` and the app use (mixdesk.core.loading).
+    load: LoadConfig
     host: str = "127.0.0.1"
     port: int = 8080
-    api_key: str | None = None
+    #: The key every request must carry (never shown in a repr, a log or a command line).
+    api_key: str | None = field(default=None, repr=False)
     model_alias: str | None = None
-    n_gpu_layers: int = 0
-    n_ctx: int = 4096
-    n_threads: int | None = None
-    flash_attn: bool = False
+    #: Web origins allowed to call the API from a browser; none by default.
+    cors_origins: tuple[str, ...] = ()
 
+    @property
+    def model_path(self) -> str:
+        """The model file."""
+        return self.load.model_path
 
-def is_loopback(host: str) -> bool:
-    """Whether ``host`` is reachable only from this machine."""
-    if host in ("localhost", ""):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    @classmethod
+    def from_json(cls, text: str) -> ServeConfig:
+        """The configuration :func:`server_command` wrote."""
+        data = json.loads(text)
+        data["load"] = from_dict(LoadConfig, data["load"])
+        data["cors_origins"] = tuple(data.get("cors_origins", ()))
+        return from_dict(cls, data)
 
 
 def register_chat_format(model_path: str) -> None:
@@ -95,40 +112,56 @@ def register_chat_format(model_path: str) -> None:
         return ChatFormatterResponse(prompt=prompt, stop=[eos] if eos else None, added_special=True)
 
 
-def server_main(config_json: str) -> int:
-    """Run the server (inside the child process started by :func:`start_server`)."""
+def server_main() -> int:
+    """Run the server (inside the child process started by :func:`start_server`).
+
+    The settings come as one JSON line on stdin; the process ends when stdin closes.
+    """
     import uvicorn
     from llama_cpp.server.app import create_app
     from llama_cpp.server.settings import ModelSettings, ServerSettings
 
-    config = ServeConfig(**json.loads(config_json))
+    config = ServeConfig.from_json(read_settings_line(sys.stdin.buffer))
+    exit_when_parent_ends(sys.stdin.buffer)
+    ignored = drop_setting_variables(
+        os.environ, [*ModelSettings.model_fields, *ServerSettings.model_fields]
+    )
+    if ignored:
+        log.warning("ignoring environment variables meant for llama-cpp-python: %s", ignored)
     register_chat_format(config.model_path)
+    load = config.load
+    threads = load.n_threads or physical_cores()
     model = ModelSettings(
-        model=config.model_path,
+        model=load.model_path,
         model_alias=config.model_alias,
-        n_gpu_layers=config.n_gpu_layers,
-        n_ctx=config.n_ctx,
-        n_threads=config.n_threads or 1,
-        n_threads_batch=config.n_threads or 1,
-        flash_attn=config.flash_attn,
+        n_gpu_layers=load.n_gpu_layers,
+        n_ctx=load.n_ctx,
+        n_batch=load.n_batch,
+        n_threads=threads,
+        n_threads_batch=threads,
+        flash_attn=load.flash_attn or load.type_v != "f16",
+        type_k=KV_TYPE_IDS[load.type_k],
+        type_v=KV_TYPE_IDS[load.type_v],
+        offload_kqv=True,
+        use_mmap=load.use_mmap,
         chat_format=CHAT_FORMAT,
         verbose=True,
     )
-    if config.n_threads is None:
-        import psutil
-
-        cores = psutil.cpu_count(logical=False) or 1
-        model = model.model_copy(update={"n_threads": cores, "n_threads_batch": cores})
-    server = ServerSettings(host=config.host, port=config.port, api_key=config.api_key)
+    # The key is checked by MixDesk's own middleware (every route, constant time), not here.
+    server = ServerSettings(host=config.host, port=config.port, api_key=None)
     app = create_app(server_settings=server, model_settings=[model])
+    secure_app(app, api_key=config.api_key, cors_origins=config.cors_origins)
     uvicorn.run(app, host=config.host, port=config.port, log_level="warning")
     return 0
 
 
 def server_command(config: ServeConfig) -> list[str]:
-    """The command line of the server process (also inside a frozen bundle)."""
+    """The command line of the server process (also inside a frozen bundle).
+
+    It names the model only, for ``ps``; the settings and the key go to the child's stdin.
+    """
     base = [sys.executable] if getattr(sys, "frozen", False) else [sys.executable, "-m", "mixdesk"]
-    return [*base, "--llama-server", json.dumps(asdict(config))]
+    return [*base, "--llama-server", config.model_path]
 
 
 class ServerProcess:
@@ -142,8 +175,7 @@ class ServerProcess:
     @property
     def url(self) -> str:
         """The API root clients use."""
-        host = "127.0.0.1" if self.config.host in ("0.0.0.0", "", "::") else self.config.host  # noqa: S104 - display only
-        return f"http://{host}:{self.config.port}/v1"
+        return f"http://{url_host(self.config.host)}:{self.config.port}/v1"
 
     def death(self) -> EngineCrashedError:
         """Why the server ended."""
@@ -163,6 +195,8 @@ class ServerProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
 
 
 def start_server(config: ServeConfig, *, timeout: float = 120.0) -> ServerProcess:
@@ -172,28 +206,27 @@ def start_server(config: ServeConfig, *, timeout: float = 120.0) -> ServerProces
         MixdeskError: the port is taken.
         EngineCrashedError: the server died while starting (the cause from its log).
     """
-    with socket.socket() as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((config.host, config.port))
-        except OSError:
-            raise MixdeskError(
-                f"Port {config.port} on {config.host} is already in use; choose another with --port."
-            ) from None
-    log_dir = paths.ensure_dir(paths.log_dir())
+    _check_port_free(config.host, config.port)
+    log_dir = paths.ensure_private_dir(paths.log_dir())
     for old in sorted(log_dir.glob("serve-*.log"), key=lambda p: p.stat().st_mtime)[:-10]:
         old.unlink(missing_ok=True)  # keep the last ten server logs
     log_path = log_dir / f"serve-{time.strftime('%Y%m%d-%H%M%S')}.log"
-    with log_path.open("ab") as log_file:
+    with paths.private_file(log_path).open("ab") as log_file:
         proc = subprocess.Popen(
             server_command(config),
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.PIPE,  # the settings, then held open: EOF tells the child we ended
             stdout=log_file,
             stderr=log_file,
-            env={**__import__("os").environ, "GGML_NO_BACKTRACE": "1"},
+            env={**server_environment(os.environ), "GGML_NO_BACKTRACE": "1"},
         )
     server = ServerProcess(config, proc, log_path)
     try:
+        assert proc.stdin is not None
+        try:
+            proc.stdin.write(json.dumps(asdict(config)).encode("utf-8") + b"\n")
+            proc.stdin.flush()
+        except BrokenPipeError:
+            pass  # the child died at once; the wait below says why
         _wait_until_listening(server, timeout)
     except BaseException:  # a failed or interrupted start leaves no server behind
         server.stop()
@@ -201,10 +234,29 @@ def start_server(config: ServeConfig, *, timeout: float = 120.0) -> ServerProces
     return server
 
 
+def _check_port_free(host: str, port: int) -> None:
+    """Raise if ``port`` on ``host`` is taken (a clear sentence before the child starts)."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except OSError:
+        raise MixdeskError(f"Cannot listen on '{host}': no such address on this machine.") from None
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError:
+            raise MixdeskError(
+                f"Port {port} on {host or 'every interface'} is already in use; "
+                "choose another with --port."
+            ) from None
+
+
 def _wait_until_listening(server: ServerProcess, timeout: float) -> None:
     config, proc = server.config, server.proc
     deadline = time.monotonic() + timeout
-    connect_host = "127.0.0.1" if config.host in ("0.0.0.0", "", "::") else config.host  # noqa: S104
+    connect_host = url_host(config.host).strip("[]")
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise server.death()

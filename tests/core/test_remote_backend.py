@@ -14,7 +14,7 @@ import pytest
 from huggingface_hub import InferenceClient
 
 from mixdesk.core.chat_template import ChatMessage
-from mixdesk.core.engine import SamplingParams
+from mixdesk.core.engine import LoadConfig, SamplingParams
 from mixdesk.core.remote_backend import (
     Endpoint,
     EndpointError,
@@ -22,7 +22,8 @@ from mixdesk.core.remote_backend import (
     normalize_url,
     remote_chat,
 )
-from mixdesk.core.serve import ServeConfig, ServerProcess, is_loopback, start_server
+from mixdesk.core.serve import ServeConfig, ServerProcess, start_server
+from mixdesk.core.serve_security import is_loopback
 from mixdesk.errors import EngineCrashedError, MixdeskError
 
 KEY = "sekrit-test-key"
@@ -40,12 +41,10 @@ def server(models: dict[str, Path]) -> Iterator[ServerProcess]:
     """``mixdesk serve``'s server process with the tiny Mixtral model (chat template without a system role)."""
     proc = start_server(
         ServeConfig(
-            str(models["q4_k_m"]),
+            LoadConfig(str(models["q4_k_m"]), n_ctx=1024, n_threads=2),
             port=free_port(),
             api_key=KEY,
             model_alias="tiny",
-            n_ctx=1024,
-            n_threads=2,
         )
     )
     try:
@@ -199,9 +198,11 @@ def test_serve_command_warns_off_loopback(models: dict[str, Path]) -> None:
 
 def test_serving_a_model_that_aborts_llama_cpp(models: dict[str, Path]) -> None:
     with pytest.raises(EngineCrashedError, match=r"llama\.cpp aborted"):
-        start_server(ServeConfig(str(models["duplicate_vocab"]), port=free_port(), n_ctx=256))
+        start_server(
+            ServeConfig(LoadConfig(str(models["duplicate_vocab"]), n_ctx=256), port=free_port())
+        )
 
 
 def test_port_in_use(server: ServerProcess, models: dict[str, Path]) -> None:
     with pytest.raises(MixdeskError, match="already in use"):
-        start_server(ServeConfig(str(models["q2_k"]), port=server.config.port))
+        start_server(ServeConfig(LoadConfig(str(models["q2_k"])), port=server.config.port))

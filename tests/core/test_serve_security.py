@@ -1,0 +1,207 @@
+"""``mixdesk serve`` is safe to leave running: a real server on 127.0.0.1 with a tiny model.
+
+The key on every route, no cross-origin access unless named, no settings taken from the
+environment, the key never on a command line, and a server that ends with its parent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from mixdesk.core.engine import LoadConfig
+from mixdesk.core.serve import ServeConfig, ServerProcess, start_server
+from mixdesk.core.serve_security import check_origins, is_loopback, url_host
+from mixdesk.errors import InvalidArgumentError
+
+KEY = "serve-test-key"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def request(
+    url: str, *, method: str = "GET", headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, str], bytes]:
+    """Status, headers (lower-case names) and body of one HTTP request."""
+    req = urllib.request.Request(url, method=method, headers=headers or {})  # noqa: S310 - http on 127.0.0.1
+    try:
+        with urllib.request.urlopen(req, timeout=30) as response:  # noqa: S310
+            status, head, body = response.status, response.headers, response.read()
+    except urllib.error.HTTPError as err:
+        status, head, body = err.code, err.headers, err.read()
+    return status, {k.lower(): v for k, v in head.items()}, body
+
+
+@pytest.fixture
+def guarded(
+    models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[ServerProcess]:
+    """A server with a key, started where ``CONFIG_FILE`` names settings without one."""
+    hijack = tmp_path / "llama-server.json"
+    hijack.write_text(
+        json.dumps({"models": [{"model": str(models["q2_k"]), "model_alias": "hijacked"}]})
+    )
+    monkeypatch.setenv("CONFIG_FILE", str(hijack))
+    server = start_server(
+        ServeConfig(
+            LoadConfig(str(models["q2_k"]), n_ctx=256, n_threads=1),
+            port=free_port(),
+            api_key=KEY,
+            model_alias="tiny",
+        )
+    )
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_every_route_needs_the_key(guarded: ServerProcess) -> None:
+    root = guarded.url.removesuffix("/v1")
+    for path in ("/v1/models", "/docs", "/openapi.json", "/redoc", "/no-such-route"):
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": KEY}):
+            status, head, body = request(root + path, headers=headers)
+            assert status == 401, (path, headers)
+            assert json.loads(body)["error"]["code"] == "invalid_api_key"
+            assert head["www-authenticate"] == "Bearer"
+    status, _, _ = request(root + "/v1/chat/completions", method="POST")
+    assert status == 401
+    for path in ("/v1/models", "/openapi.json"):
+        status, _, _ = request(root + path, headers={"Authorization": f"Bearer {KEY}"})
+        assert status == 200, path
+
+
+def test_config_file_in_the_environment_changes_nothing(guarded: ServerProcess) -> None:
+    status, _, body = request(guarded.url + "/models", headers={"Authorization": f"Bearer {KEY}"})
+    assert status == 200
+    assert [m["id"] for m in json.loads(body)["data"]] == ["tiny"]  # not "hijacked"
+    assert request(guarded.url + "/models")[0] == 401  # the key still counts
+
+
+def test_no_cross_origin_access_by_default(guarded: ServerProcess) -> None:
+    auth = {"Authorization": f"Bearer {KEY}"}
+    status, head, _ = request(
+        guarded.url + "/models", headers={**auth, "Origin": "https://a.example"}
+    )
+    assert status == 200
+    assert not any(name.startswith("access-control-") for name in head)
+    _, head, _ = request(
+        guarded.url + "/chat/completions",
+        method="OPTIONS",
+        headers={
+            "Origin": "https://a.example",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization, content-type",
+        },
+    )
+    assert not any(name.startswith("access-control-") for name in head)
+
+
+def test_key_is_not_on_the_server_command_line(guarded: ServerProcess) -> None:
+    child = psutil.Process(guarded.proc.pid)
+    assert KEY not in " ".join(child.cmdline())
+    assert KEY not in json.dumps(child.environ())
+    assert "CONFIG_FILE" not in child.environ()
+
+
+def test_only_loopback_addresses_are_loopback() -> None:
+    for host in ("", "0.0.0.0", "::", "192.168.1.10", "fe80::1", "no-such-host.invalid"):
+        assert not is_loopback(host), host  # "" listens on every interface
+    for host in ("127.0.0.1", "127.0.0.2", "::1", "localhost", "::ffff:127.0.0.1"):
+        assert is_loopback(host), host
+    assert url_host("::1") == "[::1]"
+    assert url_host("") == "127.0.0.1"
+
+
+def test_cors_origins_are_checked() -> None:
+    assert check_origins(["https://App.example/", "http://localhost:3000"]) == (
+        "https://app.example",
+        "http://localhost:3000",
+    )
+    with pytest.raises(InvalidArgumentError, match=r"'app\.example/x' is not a web origin"):
+        check_origins(["app.example/x"])
+
+
+@pytest.fixture
+def serve_command(models: dict[str, Path]) -> Iterator[Callable[..., tuple[int, psutil.Popen]]]:
+    """Start ``mixdesk serve`` on the tiny model; returns its port and process once it serves."""
+    started: list[psutil.Process] = []
+
+    def start(*options: str, env: dict[str, str] | None = None) -> tuple[int, psutil.Popen]:
+        port = free_port()
+        command = ["serve", str(models["q2_k"]), "--port", str(port), "--ctx", "256"]
+        parent = psutil.Popen(
+            [sys.executable, "-m", "mixdesk", *command, "--threads", "1", *options],
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        started.append(parent)
+        line = parent.stderr.readline()
+        assert f"at http://127.0.0.1:{port}/v1" in line, line + parent.stderr.read()
+        started.extend(parent.children())
+        return port, parent
+
+    yield start
+    for proc in started:  # only what a failed test left running (a server outliving its parent)
+        if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
+            proc.kill()
+        if isinstance(proc, psutil.Popen):
+            proc.wait()
+            proc.stderr.close()
+
+
+def test_serve_ends_when_its_parent_is_killed(serve_command: Callable[..., Any]) -> None:
+    port, parent = serve_command()
+    (child,) = parent.children()
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait(10)
+    child.wait(20)  # psutil.TimeoutExpired if the server outlives its parent
+    with (
+        pytest.raises(ConnectionRefusedError),
+        socket.create_connection(("127.0.0.1", port), timeout=2),
+    ):
+        pass  # the port is free again
+
+
+def test_serve_command_key_from_environment_and_named_origins(
+    serve_command: Callable[..., Any],
+) -> None:
+    allowed = "http://localhost:3000"
+    port, parent = serve_command("--cors", allowed, env={**os.environ, "MIXDESK_API_KEY": KEY})
+    (child,) = parent.children()
+    assert KEY not in " ".join([*parent.cmdline(), *child.cmdline()])
+    url = f"http://127.0.0.1:{port}/v1/models"
+    assert request(url)[0] == 401  # MIXDESK_API_KEY is the key
+    auth = {"Authorization": f"Bearer {KEY}"}
+    status, head, _ = request(url, headers={**auth, "Origin": allowed})
+    assert status == 200
+    assert head["access-control-allow-origin"] == allowed
+    assert "access-control-allow-credentials" not in head
+    _, head, _ = request(url, headers={**auth, "Origin": "https://elsewhere.example"})
+    assert "access-control-allow-origin" not in head
+    _, head, _ = request(  # a browser's preflight from the named origin, before it sends the key
+        url,
+        method="OPTIONS",
+        headers={"Origin": allowed, "Access-Control-Request-Method": "GET"},
+    )
+    assert head["access-control-allow-origin"] == allowed
+    parent.send_signal(signal.SIGINT)
+    assert "server stopped" in parent.communicate(timeout=30)[1]
+    child.wait(10)
