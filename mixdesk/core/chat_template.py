@@ -3,20 +3,57 @@
 The template normally comes from the GGUF (``tokenizer.chat_template``). Files from 2023
 often have none; for a Mistral or Mixtral model MixDesk then uses Mixtral's own ``[INST]``
 format. Templates without a system role (Mixtral's) get the system prompt folded into the
-first user turn instead of an error.
+first user turn instead of an error. A template that does not parse, or that cannot render
+even a two-line conversation within its budget, is reported and replaced by the built-in
+one.
+
+The template is code from a downloaded file, so it runs in Jinja's sandbox with a budget
+(see :class:`BudgetedSandbox`): a time limit, a limit on the text it makes, and a stop
+check, so that a template that loops or grows without end costs at most a second or two
+and the engine stays usable.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+import re
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
-from jinja2 import BaseLoader, TemplateError
+from jinja2 import BaseLoader, Environment, TemplateError, TemplateSyntaxError, nodes
+from jinja2.ext import Extension
+from jinja2.nodes import EvalContext
+from jinja2.parser import Parser
+from jinja2.runtime import Context
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from mixdesk.errors import (
+    TemplateBudgetError,
+    TemplateCancelledError,
+    TemplateRenderError,
+    TemplateSyntaxBrokenError,
+)
+
 log = logging.getLogger(__name__)
+
+__all__ = [
+    "CHATML_TEMPLATE",
+    "MIXTRAL_TEMPLATE",
+    "BudgetedSandbox",
+    "ChatMessage",
+    "ChatTemplate",
+    "TemplateRenderError",
+    "builtin_template",
+    "check_template",
+    "fold_system_prompt",
+    "is_mistral_family",
+    "render_prompt",
+    "select_template",
+    "template_has_system_role",
+]
 
 #: The chat template of mistralai/Mixtral-8x7B-Instruct-v0.1 (no system role).
 MIXTRAL_TEMPLATE = (
@@ -37,6 +74,16 @@ CHATML_TEMPLATE = (
     "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 
+#: Seconds a template may take to render one conversation (real ones take milliseconds).
+TIME_BUDGET_S = 2.0
+#: Characters a template may write, and the largest string or list it may build.
+SIZE_BUDGET = 8 << 20
+#: Loop iterations between two looks at the clock and the stop flag.
+_CHECK_EVERY = 256
+_BIG_INT_BITS = 1 << 16
+#: A %-format or str.format field with a width or precision of a million or more.
+_FORMAT_WIDTH = re.compile(r"%[-#0 +]*\.?\d{7,}|\{[^{}]*:[^{}]*\d{7,}")
+
 _SYSTEM_PROBE = "\x00mixdesk-system-probe\x00"
 
 
@@ -50,49 +97,326 @@ class ChatMessage:
 
 @dataclass(frozen=True)
 class ChatTemplate:
-    """A chat template and what MixDesk knows about it."""
+    """A chat template and what MixDesk knows about it.
+
+    ``note`` says why a built-in template stands in for the model's own (empty otherwise).
+    """
 
     text: str
     source: str  # "gguf", "mixtral (built in)" or "chatml (built in)"
     has_system_role: bool
+    note: str = ""
 
 
-class TemplateRenderError(Exception):
-    """The template could not render this conversation."""
+class _OverBudget(Exception):  # noqa: N818 - a signal inside a render, never shown
+    """Raised inside a render: the template used up its time or size budget."""
+
+
+class _Stopped(Exception):  # noqa: N818 - a signal inside a render, never shown
+    """Raised inside a render: the answer was cancelled."""
+
+
+class _Budget:
+    """What one render may still spend."""
+
+    def __init__(self, *, seconds: float, size: int, stop: Callable[[], bool] | None) -> None:
+        self.deadline = time.monotonic() + seconds
+        self.seconds = seconds
+        self.size = size
+        self.stop = stop
+        self.steps = 0
+
+    def check(self) -> None:
+        """Look at the clock and the stop flag."""
+        if self.stop is not None and self.stop():
+            raise _Stopped
+        if time.monotonic() > self.deadline:
+            raise _OverBudget(f"took more than {self.seconds:g} s")
+
+    def step(self) -> None:
+        """Count one loop iteration; look at the clock now and then."""
+        self.steps += 1
+        if self.steps % _CHECK_EVERY == 0:
+            self.check()
+
+    def sized(self, value: Any) -> Any:
+        """Return ``value``, or stop the render if it is a string or list over the size budget."""
+        if isinstance(value, str | list | tuple | dict) and len(value) > self.size:
+            raise _OverBudget(f"built a value of more than {self.size} items")
+        return value
+
+    def no_huge_numbers(self, values: Iterable[Any]) -> None:
+        """Refuse widths and counts that would make a huge string (``center(10**9)``)."""
+        for value in values:
+            if isinstance(value, tuple):
+                self.no_huge_numbers(value)
+            elif isinstance(value, int) and not isinstance(value, bool) and value > self.size:
+                raise _OverBudget(f"asked for a size of {value}")
+
+    def no_huge_format(self, fmt: Any) -> None:
+        """Refuse a format string whose widths would make a huge string (``'%999999999s'``)."""
+        if isinstance(fmt, str) and _FORMAT_WIDTH.search(fmt):
+            raise _OverBudget("asked for a format width of a million or more")
+
+
+class BudgetedSandbox(ImmutableSandboxedEnvironment):
+    """Jinja's immutable sandbox with a time and size budget for one render.
+
+    Every call, attribute and item lookup and every loop iteration looks at the budget (loops
+    are rewritten to count their steps); ``*``, ``**``, ``+`` and ``%`` and every filter refuse
+    to build a string or list over the size budget; ``~`` and ``{% set %}`` blocks are checked
+    as well. A render over budget raises :class:`_OverBudget`, a cancelled one :class:`_Stopped`.
+    """
+
+    intercepted_binops = frozenset({"*", "**", "+", "%"})
+
+    def __init__(self, budget: _Budget) -> None:
+        # The same dialect as llama-cpp-python's and Transformers' template renderers.
+        super().__init__(
+            loader=BaseLoader(),
+            trim_blocks=True,
+            lstrip_blocks=True,
+            extensions=[_GenerationTag, "jinja2.ext.loopcontrols"],
+        )
+        self.budget = budget
+        self.globals["raise_exception"] = _raise_exception
+        self.globals["strftime_now"] = _strftime_now
+        for name, func in list(self.filters.items()):
+            self.filters[name] = self._guarded_filter(func)
+        self.filters["mixdesk_steps"] = self._count_steps
+        self.filters["mixdesk_sized"] = self._check_size
+
+    # -- hooks of the sandbox ---------------------------------------------------------
+
+    def call(__self, __context: Context, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805 - Jinja's own signature
+        budget = __self.budget
+        budget.check()
+        budget.no_huge_numbers(args)
+        budget.no_huge_numbers(kwargs.values())
+        return budget.sized(super().call(__context, __obj, *args, **kwargs))
+
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        self.budget.check()
+        if isinstance(obj, str) and attribute in ("format", "format_map"):
+            self.budget.no_huge_format(obj)
+        return super().getattr(obj, attribute)
+
+    def getitem(self, obj: Any, argument: Any) -> Any:
+        self.budget.check()
+        return super().getitem(obj, argument)
+
+    def call_binop(self, context: Context, operator: str, left: Any, right: Any) -> Any:
+        budget = self.budget
+        budget.check()
+        if operator == "*":
+            for seq, count in ((left, right), (right, left)):
+                if (
+                    isinstance(seq, str | list | tuple)
+                    and isinstance(count, int)
+                    and len(seq) * max(count, 0) > budget.size
+                ):
+                    raise _OverBudget("repeated a value past the size budget")
+        elif operator == "**":
+            if isinstance(right, int) and abs(right) > 1024 and abs(left) not in (0, 1):
+                raise _OverBudget("raised a number to a huge power")
+        elif operator == "%":
+            budget.no_huge_format(left)
+            budget.no_huge_numbers([right])
+        elif (
+            operator == "+"
+            and isinstance(left, str | list | tuple)
+            and isinstance(right, str | list | tuple)
+            and len(left) + len(right) > budget.size
+        ):
+            raise _OverBudget("joined values past the size budget")
+        for value in (left, right):
+            if isinstance(value, int) and value.bit_length() > _BIG_INT_BITS:
+                raise _OverBudget("computed with a huge number")
+        return budget.sized(super().call_binop(context, operator, left, right))
+
+    # -- loops, concatenation and set blocks ------------------------------------------
+
+    def _parse(self, source: str, name: str | None, filename: str | None) -> nodes.Template:
+        """Parse, then rewrite the tree so that loops count their steps and joins their size."""
+        tree = super()._parse(source, name, filename)
+        for loop in tree.find_all(nodes.For):
+            loop.iter = nodes.Filter(loop.iter, "mixdesk_steps", [], [], None, None)
+        for assign in tree.find_all(nodes.AssignBlock):
+            assign.filter = _chain_filter(assign.filter, "mixdesk_sized")
+        for block in tree.find_all(nodes.FilterBlock):
+            block.filter = _chain_filter(block.filter, "mixdesk_sized")
+        for parent in list(tree.find_all(nodes.Node)):
+            for field in parent.fields:
+                child = getattr(parent, field, None)
+                if isinstance(child, nodes.Concat):
+                    setattr(parent, field, _sized(child))
+                elif isinstance(child, list):
+                    setattr(
+                        parent,
+                        field,
+                        [_sized(c) if isinstance(c, nodes.Concat) else c for c in child],
+                    )
+        return tree
+
+    def _count_steps(self, iterable: Any) -> Iterator[Any]:
+        budget = self.budget
+        for item in iterable:
+            budget.step()
+            yield item
+
+    def _check_size(self, value: Any) -> Any:
+        self.budget.check()
+        return self.budget.sized(value)
+
+    def _guarded_filter(self, func: Callable[..., Any]) -> Callable[..., Any]:
+        budget = self.budget
+
+        def guarded(*args: Any, **kwargs: Any) -> Any:
+            budget.check()
+            values = [a for a in args if not isinstance(a, Context | EvalContext | Environment)]
+            budget.no_huge_numbers(values[1:])
+            budget.no_huge_numbers(kwargs.values())
+            if func.__name__ == "do_format" and values:
+                budget.no_huge_format(values[0])
+            if func.__name__ == "do_replace":
+                _check_replace(budget, values)
+            return budget.sized(func(*args, **kwargs))
+
+        # Jinja passes the context or environment to filters marked for it: keep the marks.
+        guarded.__dict__.update(getattr(func, "__dict__", {}))
+        if hasattr(func, "jinja_pass_arg"):
+            guarded.jinja_pass_arg = func.jinja_pass_arg  # type: ignore[attr-defined]
+        guarded.__name__ = func.__name__
+        return guarded
+
+
+def _check_replace(budget: _Budget, values: list[Any]) -> None:
+    """``replace`` can multiply a string's length: estimate the result before making it."""
+    if len(values) >= 3 and all(isinstance(v, str) for v in values[:3]):
+        text, old, new = values[:3]
+        grows = (text.count(old) if old else len(text) + 1) * max(len(new) - len(old), 0)
+        if len(text) + grows > budget.size:
+            raise _OverBudget("replaced text past the size budget")
+
+
+def _chain_filter(existing: nodes.Filter | None, name: str) -> nodes.Filter:
+    """A filter node applying ``name`` after ``existing`` (Jinja nests filters on ``node``)."""
+    added = nodes.Filter(None, name, [], [], None, None)
+    if existing is None:
+        return added
+    innermost = existing
+    while isinstance(innermost.node, nodes.Filter):
+        innermost = innermost.node
+    innermost.node = added
+    return existing
+
+
+def _sized(concat: nodes.Concat) -> nodes.Filter:
+    return nodes.Filter(concat, "mixdesk_sized", [], [], None, None)
 
 
 def _raise_exception(message: str) -> None:
     raise TemplateError(message)
 
 
-def _environment() -> ImmutableSandboxedEnvironment:
-    # The template comes from a downloaded file: render it sandboxed, as llama-cpp-python does.
-    env = ImmutableSandboxedEnvironment(loader=BaseLoader(), trim_blocks=True, lstrip_blocks=True)
-    env.globals["raise_exception"] = _raise_exception
-    return env
+def _strftime_now(fmt: str) -> str:
+    return datetime.now().strftime(fmt)  # the local time, as templates expect
+
+
+class _GenerationTag(Extension):
+    """Pass-through for Hugging Face's ``{% generation %}`` tag (marks the assistant's text)."""
+
+    tags = {"generation"}  # noqa: RUF012 - Jinja's own class attribute
+
+    def parse(self, parser: Parser) -> list[nodes.Node]:
+        parser.stream.skip(1)
+        return parser.parse_statements(("name:endgeneration",), drop_needle=True)
 
 
 def _render_raw(
-    text: str, messages: Sequence[Mapping[str, str]], *, bos: str, eos: str, add_gen: bool
+    text: str,
+    messages: Sequence[Mapping[str, str]],
+    *,
+    bos: str,
+    eos: str,
+    add_gen: bool,
+    budget: _Budget,
 ) -> str:
-    template = _environment().from_string(text)
+    """Render ``text`` within ``budget``.
+
+    Raises:
+        TemplateSyntaxError: the template does not parse.
+        _OverBudget, _Stopped: the render was stopped.
+        Exception: whatever the template raised (``raise_exception``, a type error...).
+    """
+    env = BudgetedSandbox(budget)
+    template = env.from_string(text)
     context: dict[str, Any] = {
         "messages": [dict(m) for m in messages],
         "bos_token": bos,
         "eos_token": eos,
         "add_generation_prompt": add_gen,
     }
-    return template.render(**context)
+    out: list[str] = []
+    written = 0
+    for chunk in template.generate(**context):
+        written += len(chunk)
+        if written > budget.size:
+            raise _OverBudget(f"wrote more than {budget.size} characters")
+        out.append(chunk)
+    return "".join(out)
+
+
+def _probe_system_role(text: str, *, seconds: float) -> bool:
+    """Render a system message with ``text``; whether it shows in the prompt.
+
+    Raises:
+        TemplateSyntaxError: the template does not parse.
+        _OverBudget: it cannot render even this two-line conversation within its budget.
+    """
+    probe = [{"role": "system", "content": _SYSTEM_PROBE}, {"role": "user", "content": "hi"}]
+    budget = _Budget(seconds=seconds, size=SIZE_BUDGET, stop=None)
+    try:
+        rendered = _render_raw(text, probe, bos="<s>", eos="</s>", add_gen=True, budget=budget)
+    except (TemplateSyntaxError, _OverBudget):
+        raise
+    except Exception:  # noqa: BLE001 - any other failure of a foreign template: "no system role"
+        return False
+    return _SYSTEM_PROBE in rendered
 
 
 def template_has_system_role(text: str) -> bool:
     """Return whether ``text`` renders a system message (rather than raising or dropping it)."""
-    probe = [{"role": "system", "content": _SYSTEM_PROBE}, {"role": "user", "content": "hi"}]
     try:
-        rendered = _render_raw(text, probe, bos="<s>", eos="</s>", add_gen=True)
-    except Exception:  # noqa: BLE001 - any failure of a foreign template means "no system role"
+        return _probe_system_role(text, seconds=TIME_BUDGET_S)
+    except (TemplateSyntaxError, _OverBudget):
         return False
-    return _SYSTEM_PROBE in rendered
+
+
+def check_template(text: str, *, seconds: float = TIME_BUDGET_S) -> bool:
+    """Check that a model's template parses and renders a short conversation within budget.
+
+    Returns:
+        Whether it renders a system message.
+
+    Raises:
+        TemplateSyntaxBrokenError: it does not parse.
+        TemplateBudgetError: it takes too long or writes too much for a two-line conversation.
+    """
+    try:
+        return _probe_system_role(text, seconds=seconds)
+    except TemplateSyntaxError as err:
+        raise TemplateSyntaxBrokenError(_syntax_message(err)) from None
+    except _OverBudget as err:
+        raise TemplateBudgetError(
+            f"The model's chat template is broken: it {err} for a two-line conversation."
+        ) from None
+
+
+def _syntax_message(err: TemplateSyntaxError) -> str:
+    what = (err.message or "syntax error").split(". ")[0].rstrip(".")
+    where = f" at line {err.lineno}" if err.lineno else ""
+    return f"The model's chat template is broken ({what}{where})."
 
 
 def is_mistral_family(metadata: Mapping[str, str]) -> bool:
@@ -105,6 +429,15 @@ def is_mistral_family(metadata: Mapping[str, str]) -> bool:
     return arch == "llama" and int(metadata.get("llama.expert_count", "0") or 0) > 0
 
 
+def builtin_template(metadata: Mapping[str, str]) -> ChatTemplate:
+    """The built-in template for a model: Mixtral's for the Mistral family, ChatML otherwise."""
+    if is_mistral_family(metadata):
+        return ChatTemplate(
+            text=MIXTRAL_TEMPLATE, source="mixtral (built in)", has_system_role=False
+        )
+    return ChatTemplate(text=CHATML_TEMPLATE, source="chatml (built in)", has_system_role=True)
+
+
 def select_template(metadata: Mapping[str, str]) -> ChatTemplate:
     """Choose the chat template for a model from its GGUF metadata.
 
@@ -112,20 +445,29 @@ def select_template(metadata: Mapping[str, str]) -> ChatTemplate:
         metadata: the GGUF key/value metadata as strings.
 
     Returns:
-        The GGUF's own template when it has one; Mixtral's for a Mistral-family model
-        without one; ChatML otherwise.
+        The GGUF's own template when it has one that works; Mixtral's for a Mistral-family
+        model without one; ChatML otherwise. A broken template of the model's own is
+        replaced by the built-in one, and ``note`` says so.
     """
     text = metadata.get("tokenizer.chat_template")
     if text:
-        return ChatTemplate(
-            text=text, source="gguf", has_system_role=template_has_system_role(text)
-        )
-    if is_mistral_family(metadata):
-        return ChatTemplate(
-            text=MIXTRAL_TEMPLATE, source="mixtral (built in)", has_system_role=False
-        )
-    log.warning("model has no chat template and is not Mistral-family; using ChatML")
-    return ChatTemplate(text=CHATML_TEMPLATE, source="chatml (built in)", has_system_role=True)
+        try:
+            return ChatTemplate(text=text, source="gguf", has_system_role=check_template(text))
+        except (TemplateSyntaxBrokenError, TemplateBudgetError) as err:
+            fallback = builtin_template(metadata)
+            name = "Mixtral [INST]" if fallback.text is MIXTRAL_TEMPLATE else "ChatML"
+            note = f"{err} MixDesk uses its built-in {name} template instead."
+            log.warning("%s", note)
+            return ChatTemplate(
+                text=fallback.text,
+                source=f"{fallback.source}; the model's own is broken",
+                has_system_role=fallback.has_system_role,
+                note=note,
+            )
+    fallback = builtin_template(metadata)
+    if fallback.text is CHATML_TEMPLATE:
+        log.warning("model has no chat template and is not Mistral-family; using ChatML")
+    return fallback
 
 
 def fold_system_prompt(messages: Sequence[ChatMessage]) -> list[ChatMessage]:
@@ -142,15 +484,32 @@ def fold_system_prompt(messages: Sequence[ChatMessage]) -> list[ChatMessage]:
 
 
 def render_prompt(
-    template: ChatTemplate, messages: Sequence[ChatMessage], *, bos_token: str, eos_token: str
+    template: ChatTemplate,
+    messages: Sequence[ChatMessage],
+    *,
+    bos_token: str,
+    eos_token: str,
+    cancelled: Callable[[], bool] | None = None,
+    seconds: float = TIME_BUDGET_S,
 ) -> str:
     """Render a conversation into the prompt text the model continues.
 
+    Args:
+        template: the chat template.
+        messages: the conversation.
+        bos_token, eos_token: the model's special tokens as text.
+        cancelled: polled while rendering; when it returns True the render stops.
+        seconds: the time budget.
+
     Raises:
         TemplateRenderError: the template rejects the conversation (e.g. roles that do not
-            alternate).
+            alternate) or fails on it.
+        TemplateBudgetError: the template took too long or wrote too much.
+        TemplateSyntaxBrokenError: the template does not parse.
+        TemplateCancelledError: ``cancelled`` said stop.
     """
     turns = list(messages) if template.has_system_role else fold_system_prompt(messages)
+    budget = _Budget(seconds=seconds, size=SIZE_BUDGET, stop=cancelled)
     try:
         return _render_raw(
             template.text,
@@ -158,6 +517,26 @@ def render_prompt(
             bos=bos_token,
             eos=eos_token,
             add_gen=True,
+            budget=budget,
         )
+    except _Stopped:
+        raise TemplateCancelledError("Stopped while the prompt was being prepared.") from None
+    except _OverBudget as err:
+        raise TemplateBudgetError(
+            f"MixDesk stopped the model's chat template because it {err} for this conversation "
+            "(the template is broken or hostile; use another copy of the model)."
+        ) from None
+    except TemplateSyntaxError as err:
+        raise TemplateSyntaxBrokenError(_syntax_message(err)) from None
     except TemplateError as err:
-        raise TemplateRenderError(str(err)) from err
+        raise TemplateRenderError(
+            f"The model's chat template rejected this conversation: {err}."
+        ) from None
+    except RecursionError:
+        raise TemplateBudgetError(
+            "The model's chat template calls itself without end; use another copy of the model."
+        ) from None
+    except Exception as err:  # noqa: BLE001 - a foreign template can fail in any way
+        raise TemplateRenderError(
+            f"The model's chat template failed on this conversation ({type(err).__name__}: {err})."
+        ) from None

@@ -74,3 +74,124 @@ def test_templates_are_sandboxed() -> None:
     )
     with pytest.raises(Exception, match=r"unsafe|access"):
         render_prompt(evil, [ChatMessage("user", "x")], bos_token="", eos_token="")
+
+
+LOOPS = "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}"
+
+
+def _render(text: str, **kwargs: object) -> str:
+    template = ChatTemplate(text, "gguf", has_system_role=True)
+    return render_prompt(
+        template,
+        [ChatMessage("user", "x")],
+        bos_token="<s>",
+        eos_token="</s>",
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+def test_a_template_that_loops_is_stopped_within_its_budget() -> None:
+    import time
+
+    from mixdesk.errors import TemplateBudgetError
+
+    start = time.monotonic()
+    with pytest.raises(TemplateBudgetError, match=r"stopped the model's chat template .*0\.5 s"):
+        _render(LOOPS, seconds=0.5)
+    assert time.monotonic() - start < 1.5
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "{% set x = range(100000)|list %}{% for i in x %}{% for j in x %}{% endfor %}{% endfor %}",
+        "{% set ns = namespace(s='ab') %}{% for i in range(64) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}",
+        "{% set ns = namespace(s='ab') %}{% for i in range(64) %}{% set ns.s = ns.s + ns.s %}{% endfor %}",
+        "{% set ns = namespace(x=3) %}{% for i in range(64) %}{% set ns.x = ns.x * ns.x %}{% endfor %}",
+        "{% set ns = namespace(s='ab') %}{% for i in range(64) %}{% set t %}{{ ns.s }}{{ ns.s }}"
+        "{% endset %}{% set ns.s = t %}{% endfor %}",
+        "{% for i in range(100000) %}{% for j in range(100000) %}xxxx{% endfor %}{% endfor %}",
+        "{% macro m(n) %}{% if n %}{{ m(n - 1) }}{{ m(n - 1) }}{% endif %}{% endmacro %}{{ m(60) }}",
+        "{% macro m() %}{{ m() }}{% endmacro %}{{ m() }}",
+        "{{ 'x'|center(1000000000) }}",
+        "{{ 'x'.ljust(1000000000) }}",
+        "{{ '{:>999999999}'.format('a') }}",
+        "{{ '%999999999s'|format('a') }}",
+        "{{ '%999999999s' % 'a' }}",
+        "{{ ('a' * 1000000)|replace('a', 'bbbbbbbbbbbbbbbbbbbb') }}",
+        "{{ 'ab' * 100000000 }}",
+        "{{ 3 ** 100000000 }}",
+    ],
+)
+def test_templates_cannot_run_away(text: str) -> None:
+    import time
+
+    from mixdesk.errors import TemplateBudgetError
+
+    start = time.monotonic()
+    with pytest.raises(TemplateBudgetError, match=r"broken or hostile|calls itself"):
+        _render(text, seconds=0.5)
+    assert time.monotonic() - start < 3
+
+
+def test_a_stop_ends_a_render_at_once() -> None:
+    import time
+
+    from mixdesk.errors import TemplateCancelledError
+
+    start = time.monotonic()
+    with pytest.raises(TemplateCancelledError, match="Stopped"):
+        _render(LOOPS, cancelled=lambda: time.monotonic() - start > 0.2)
+    assert time.monotonic() - start < 0.7
+
+
+def test_a_template_that_does_not_parse_is_replaced_and_reported() -> None:
+    from mixdesk.errors import TemplateSyntaxBrokenError
+
+    broken = "{% for m in messages %}{{ m.content }}"  # no endfor
+    chosen = select_template({"tokenizer.chat_template": broken, "general.name": "Mixtral"})
+    assert chosen.text == MIXTRAL_TEMPLATE
+    assert chosen.note == (
+        "The model's chat template is broken (Unexpected end of template at line 1). "
+        "MixDesk uses its built-in Mixtral [INST] template instead."
+    )
+    assert "broken" in chosen.source
+    with pytest.raises(TemplateSyntaxBrokenError, match="chat template is broken"):
+        _render(broken)
+
+
+def test_a_template_that_cannot_render_two_lines_is_replaced() -> None:
+    chosen = select_template({"tokenizer.chat_template": LOOPS, "general.architecture": "qwen2"})
+    assert chosen.text == CHATML_TEMPLATE
+    assert "took more than" in chosen.note and "ChatML" in chosen.note
+
+
+def test_template_errors_are_sentences() -> None:
+    from mixdesk.errors import TemplateRenderError as Typed
+    from mixdesk.errors import user_message
+
+    with pytest.raises(Typed) as info:
+        _render("{{ 1 / 0 }}")
+    assert user_message(info.value) == (
+        "The model's chat template failed on this conversation (ZeroDivisionError: division by zero)."
+    )
+
+
+def test_ordinary_and_transformers_template_features_work() -> None:
+    ordinary = (
+        "{% for m in messages if m.role == 'user' %}{{ loop.index }}/{{ loop.length }}"
+        "{{ m.content|upper|trim }}{% if loop.last %}.{% endif %}{% else %}none{% endfor %}"
+        "{% for k, v in {'a': 1}.items() %}{{ k }}={{ v }}{% endfor %}"
+        "{% filter upper %}abc{% endfilter %}{% set t %}[{{ bos_token ~ eos_token }}]{% endset %}{{ t }}"
+        "{{ messages|map(attribute='content')|join(',') }}{{ '%5s|%-3d' % ('a', 7) }}"
+        "{{ '{:>4}'.format('b') }}{{ 'x' * 3 }}{{ 2 ** 10 }}{{ 'aXa'|replace('a', 'yy') }}"
+    )
+    assert _render(ordinary) == "1/1X.a=1ABC[<s></s>]x    a|7     bxxx1024yyXyy"
+    # Hugging Face's dialect, as llama-cpp-python and Transformers accept it
+    text = (
+        "{% for m in messages %}{% if loop.index > 1 %}{% break %}{% endif %}"
+        "{% generation %}{{ m.content }}{% endgeneration %}{% continue %}{% endfor %}"
+        "{{ strftime_now('%Y')|length }}"
+    )
+    assert _render(text) == "x4"
+    assert select_template({"tokenizer.chat_template": text}).source == "gguf"

@@ -28,7 +28,6 @@ from typing import IO, Any
 
 from mixdesk.core.chat_template import (
     ChatTemplate,
-    TemplateRenderError,
     render_prompt,
     select_template,
 )
@@ -54,6 +53,7 @@ from mixdesk.errors import (
     ModelNotFoundError,
     NoModelLoadedError,
     NotAGgufError,
+    TemplateCancelledError,
 )
 
 log = logging.getLogger(__name__)
@@ -149,7 +149,7 @@ class EngineWorker:
         flash_attn = config.flash_attn or config.type_v != "f16"
         start = time.perf_counter()
         try:
-            with _model_params_with_progress(progress_cb):
+            with _model_params_with_progress(progress_cb), _without_chat_formatters():
                 self._llm = lc.Llama(
                     model_path=str(path),
                     n_gpu_layers=config.n_gpu_layers,
@@ -193,6 +193,7 @@ class EngineWorker:
             n_params=model.n_params(),
             size_bytes=model.size(),
             chat_template_source=self._template.source,
+            chat_template_note=self._template.note,
             system_prompt_folded=not self._template.has_system_role,
             load_s=round(load_s, 4),
             n_threads=n_threads,
@@ -225,13 +226,20 @@ class EngineWorker:
         bos = model.token_get_text(model.token_bos()) if model.token_bos() >= 0 else ""
         eos = model.token_get_text(model.token_eos()) if model.token_eos() >= 0 else ""
         try:
+            # The template comes from the model file: it renders within a time and size
+            # budget (a ChatTemplateError past it), and a Stop ends the render at once.
             prompt = render_prompt(
-                self._template, messages_from_wire(messages), bos_token=bos, eos_token=eos
+                self._template,
+                messages_from_wire(messages),
+                bos_token=bos,
+                eos_token=eos,
+                cancelled=lambda: request_id in self.cancelled,
             )
-        except TemplateRenderError as err:
-            raise MixdeskError(
-                f"The model's chat template rejected this conversation: {err}."
-            ) from None
+        except TemplateCancelledError:
+            self.cancelled.discard(request_id)
+            done = ChatDone(request_id, "", "cancelled", GenerationStats())
+            self._channel.send(encode("done", done))
+            return
         # The template writes BOS itself when it wants one; special=True parses [INST]-like tokens.
         tokens = llm.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
         n_ctx = llm.n_ctx()
@@ -414,6 +422,35 @@ def _model_params_with_progress(callback: Any) -> Any:
         yield
     finally:
         low.llama_model_default_params = original
+
+
+class _UnusedChatFormatter:
+    """Stands in for llama-cpp-python's template formatter while a model loads.
+
+    ``Llama.__init__`` compiles every chat template in the file with its own Jinja
+    environment, so a template that does not parse fails the whole load ("Unexpected end of
+    template"). The engine never uses those formatters: it renders prompts itself, within a
+    budget, with a fallback for broken templates (:mod:`mixdesk.core.chat_template`).
+    """
+
+    def __init__(self, *_args: Any, **_kwargs: Any) -> None:
+        pass
+
+    def to_chat_handler(self) -> Any:
+        return None
+
+
+@contextmanager
+def _without_chat_formatters() -> Any:
+    """Keep llama-cpp-python from compiling the model's chat templates while it loads."""
+    import llama_cpp.llama_chat_format as formats
+
+    original = formats.Jinja2ChatFormatter
+    formats.Jinja2ChatFormatter = _UnusedChatFormatter  # type: ignore[misc,assignment]
+    try:
+        yield
+    finally:
+        formats.Jinja2ChatFormatter = original  # type: ignore[misc]
 
 
 def _reader(worker: EngineWorker, commands: queue.Queue[dict[str, Any]]) -> None:
