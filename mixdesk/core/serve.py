@@ -64,7 +64,7 @@ class ServeConfig:
 
     @classmethod
     def from_json(cls, text: str) -> ServeConfig:
-        """The configuration :func:`server_command` wrote."""
+        """The settings line :func:`start_server` writes on the server's stdin."""
         data = json.loads(text)
         data["load"] = from_dict(LoadConfig, data["load"])
         data["cors_origins"] = tuple(data.get("cors_origins", ()))
