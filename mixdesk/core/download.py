@@ -133,7 +133,9 @@ class Downloader:
 
     def forget(self, f: HubFileInfo) -> None:
         """Drop the record that ``f`` was verified (once the library has it)."""
-        self._done_path(f).unlink(missing_ok=True)
+        done = self._done_path(f)
+        done.unlink(missing_ok=True)
+        done.with_name(done.name + ".tmp").unlink(missing_ok=True)
 
     def check_disk(self, need_bytes: int, *, what: str) -> None:
         """Raise DiskFullError unless ``need_bytes`` (plus a reserve) fit on the models disk."""

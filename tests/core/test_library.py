@@ -99,15 +99,14 @@ def test_rm_keeps_a_file_another_model_still_uses(two_repos: Library) -> None:
     assert not Path(pulled.path).exists()
 
 
-def _header(path: Path, *, block_count: float | None = 4, tensors: bool = True) -> Path:
-    """A small GGUF written with gguf's own writer."""
+def _header(path: Path, *, block_count: int | float | None = 4, tensors: bool = True) -> Path:
+    """A small GGUF written with gguf's own writer (a float block count is stored as a float)."""
     writer = gguf.GGUFWriter(str(path), "llama")
     writer.add_name("broken")
-    if block_count is not None:
-        if isinstance(block_count, float):
-            writer.add_float32("llama.block_count", block_count)
-        else:
-            writer.add_block_count(block_count)
+    if isinstance(block_count, float):
+        writer.add_float32("llama.block_count", block_count)
+    elif block_count is not None:
+        writer.add_block_count(block_count)
     writer.add_float32("llama.expert_count", 4.0)
     if tensors:
         writer.add_tensor("token_embd.weight", np.zeros((8, 32), dtype=np.float32))
