@@ -6,10 +6,12 @@ December 2023 Mixtral GGUFs store each expert as its own 2-D tensor
 (ggml-org/llama.cpp#10244). All experts of one kind in a layer share one type, so merging is
 a byte-level concatenation of their data in expert order: no re-quantisation, no loss.
 
-The conversion streams: metadata bytes are copied verbatim, tensor data is copied range by
-range in chunks, so memory stays small even for a 26 GB file. The output is written to a
-temporary name, checked (its header re-read and every tensor's size compared), and only
-then renamed into place.
+The header alone decides where every tensor byte goes (:func:`merged_layout`), so a
+download writes each expert's bytes straight to their place as they arrive
+(:mod:`mixdesk.core.merge_stream`), and a file already on disk is converted range by range
+(:func:`convert_legacy`): metadata bytes copied verbatim, tensor data in chunks, so memory
+stays small even for a 26 GB file. The output is written to a temporary name, checked (its
+header re-read and every tensor's size compared), and only then renamed into place.
 """
 
 from __future__ import annotations

@@ -121,8 +121,9 @@ class Downloader:
     def partial_bytes(self, f: HubFileInfo) -> int:
         """Bytes already downloaded (0 if none)."""
         state = merge_stream.read_state(self._base(f))
-        if state is not None and isinstance(state.get("consumed"), int):
-            return int(str(state["consumed"]))
+        consumed = state.get("consumed") if state is not None else None
+        if isinstance(consumed, int):
+            return consumed
         p = self.partial_path(f)
         return p.stat().st_size if p.exists() else 0
 
@@ -346,10 +347,11 @@ class Downloader:
 
     def _open_store(self, f: HubFileInfo) -> Store | None:
         """What an earlier run left for ``f``: a merging download, a ``.part``, or nothing."""
+        part = self.partial_path(f)
         merging = MergingStore.resume(self._base(f), source_size=f.size, sha256=f.sha256)
         if merging is not None:
+            part.unlink(missing_ok=True)  # a stale plain partial: the merging download is newer
             return merging
-        part = self.partial_path(f)
         if part.exists():
             if 0 < part.stat().st_size <= f.size:
                 return PlainStore(part)
