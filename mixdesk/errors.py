@@ -48,6 +48,16 @@ class NotAGgufError(ModelLoadError):
         self.path = path
 
 
+class NotARegularFileError(NotAGgufError):
+    """The path names a FIFO, a device, a socket or a folder: refused before anything reads it
+    (opening a FIFO would wait for a writer forever)."""
+
+    def __init__(self, path: str, kind: str) -> None:
+        MixdeskError.__init__(self, f"{path} is {kind}, not a model file; pick a .gguf file.")
+        self.path = path
+        self.kind = kind
+
+
 class CorruptModelError(ModelLoadError):
     """The file is a GGUF but damaged (truncated, bad header, broken vocabulary)."""
 

@@ -15,6 +15,7 @@ the tensor data at the next multiple of ``general.alignment`` (32 by default).
 from __future__ import annotations
 
 import os
+import stat
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +23,7 @@ from typing import BinaryIO
 
 from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
 
-from mixdesk.errors import MixdeskError
+from mixdesk.errors import MixdeskError, NotARegularFileError
 
 MAGIC = b"GGUF"
 MAX_HEADER_BYTES = 256 << 20  # a 256k-token vocabulary with scores is about 10 MiB
@@ -31,9 +32,17 @@ MAX_ARRAY_ITEMS = 64 << 20
 MAX_TENSORS = 1 << 20
 MAX_KV = 1 << 16
 MAX_DIMS = 4
+#: Strings in all of a header's arrays together: the largest real vocabularies have about
+#: 260k tokens and as many merges; a header claiming millions more is damaged or hostile.
+MAX_STRING_ITEMS = 1 << 22
 #: Arrays up to this many items are kept in full (per-layer settings); longer ones (the
 #: vocabulary) are read past and only their length is kept.
 KEEP_ARRAY_ITEMS = 4096
+#: The fewest bytes a tensor entry (name length, dimension count, type, offset) or a metadata
+#: entry (key length, value type, a one-byte value) takes: a count is checked against them.
+_MIN_TENSOR_BYTES = 8 + 4 + 4 + 8
+_MIN_KV_BYTES = 8 + 4 + 1
+_STRING_HEAD = struct.Struct("<Q")
 
 # GGUF metadata value types -> struct format (scalars)
 _SCALARS: dict[int, str] = {
@@ -133,14 +142,69 @@ def tensor_nbytes(ggml_type: int, shape: tuple[int, ...], *, name: str = "") -> 
 class _Reader:
     """Buffered, bounded reading of a stream."""
 
-    def __init__(self, stream: BinaryIO, *, what: str, limit: int, chunk: int = 1 << 18) -> None:
+    def __init__(
+        self,
+        stream: BinaryIO,
+        *,
+        what: str,
+        limit: int,
+        file_size: int | None = None,
+        chunk: int = 1 << 18,
+    ) -> None:
         self._stream = stream
         self._what = what
         self._limit = limit
+        self._file_size = file_size
         self._chunk = chunk
         self._buf = b""
         self._pos = 0
         self.consumed = 0
+        self.strings = 0
+
+    def expect(self, count: int, item_bytes: int, item: str) -> None:
+        """Refuse a count whose items cannot fit in what is left of the file or the header limit.
+
+        Checked before reading, so a header claiming millions of items fails at once instead of
+        after millions of reads.
+        """
+        need = count * item_bytes
+        if self.consumed + need > self._limit:
+            raise GGUFHeaderError(
+                f"{self._what} has a header larger than {self._limit >> 20} MiB ({count} entries "
+                f"at {item}); the file is damaged or not a model"
+            )
+        if self._file_size is not None and self.consumed + need > self._file_size:
+            raise GGUFHeaderError(
+                f"{self._what} ends inside its header (at {item}, byte {self.consumed}: "
+                f"{count} entries cannot fit in the {self._file_size - self.consumed} bytes "
+                "left): a truncated download or a damaged header; download it again"
+            )
+
+    def count_strings(self, count: int, item: str) -> None:
+        """Count strings against the per-header limit (bounds the work a header can ask for)."""
+        self.strings += count
+        if self.strings > MAX_STRING_ITEMS:
+            raise GGUFHeaderError(
+                f"{self._what} has a damaged header: more than {MAX_STRING_ITEMS} strings "
+                f"(at {item})"
+            )
+
+    def skip_strings(self, count: int, item: str) -> None:
+        """Read past ``count`` strings (a vocabulary nobody keeps) with little work per string."""
+        for _ in range(count):
+            if len(self._buf) - self._pos < 8:
+                self.string(item)
+                continue
+            (length,) = _STRING_HEAD.unpack_from(self._buf, self._pos)
+            if length > MAX_STRING_BYTES:
+                raise GGUFHeaderError(
+                    f"{self._what} has a damaged header: a {length}-byte string at {item}"
+                )
+            if len(self._buf) - self._pos < 8 + length or self.consumed + 8 + length > self._limit:
+                self.string(item)
+                continue
+            self._pos += 8 + length
+            self.consumed += 8 + length
 
     def read(self, n: int, item: str) -> bytes:
         if self.consumed + n > self._limit:
@@ -200,18 +264,18 @@ def _value(r: _Reader, vtype: int, key: str, lengths: dict[str, int]) -> MetaVal
     if item_type in _SCALARS:
         fmt = _SCALARS[item_type]
         size = struct.calcsize(fmt)
+        r.expect(length, size, key)
         raw = r.read(size * length, key)
         if length > KEEP_ARRAY_ITEMS:
             return ArrayInfo(item_type, length)
         return [v[0] for v in struct.iter_unpack(fmt, raw)]
     if item_type == _STRING:
-        keep = length <= KEEP_ARRAY_ITEMS
-        items: list[Scalar] = []
-        for _ in range(length):
-            text = r.string(key)
-            if keep:
-                items.append(text)
-        return items if keep else ArrayInfo(item_type, length)
+        r.expect(length, 8, key)
+        r.count_strings(length, key)
+        if length > KEEP_ARRAY_ITEMS:
+            r.skip_strings(length, key)
+            return ArrayInfo(item_type, length)
+        return [r.string(key) for _ in range(length)]
     raise GGUFHeaderError(f"{r._what} has a damaged header: arrays of type {item_type} at '{key}'")
 
 
@@ -229,7 +293,7 @@ def read_header(
     Raises:
         GGUFHeaderError: the header is not a GGUF header or is damaged.
     """
-    r = _Reader(stream, what=name, limit=max_bytes)
+    r = _Reader(stream, what=name, limit=max_bytes, file_size=file_size)
     try:
         magic = r.read(4, "the signature")
     except GGUFHeaderError:
@@ -251,6 +315,8 @@ def read_header(
         raise GGUFHeaderError(
             f"{name} has a damaged header: {n_tensors} tensors and {n_kv} metadata entries"
         )
+    r.expect(n_kv, _MIN_KV_BYTES, "the metadata")
+    r.expect(n_tensors, _MIN_TENSOR_BYTES, "the tensor table")
     metadata: dict[str, MetaValue] = {}
     lengths: dict[str, int] = {}
     kv_start = r.consumed
@@ -312,13 +378,49 @@ def read_header(
     )
 
 
+_NOT_REGULAR = (
+    (stat.S_ISDIR, "a folder"),
+    (stat.S_ISFIFO, "a named pipe (FIFO)"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def open_model_file(path: str | os.PathLike[str]) -> BinaryIO:
+    """Open a local model file for reading; anything but a regular file is refused at once.
+
+    The file is opened without blocking and checked on the open descriptor, so a FIFO (whose
+    plain ``open`` waits for a writer forever) or a device is refused before any read, with
+    no window for the path to change in between.
+
+    Raises:
+        NotARegularFileError: a FIFO, device, socket or folder.
+        OSError: the file cannot be opened.
+    """
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    fd = os.open(path, flags)
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = next((k for test, k in _NOT_REGULAR if test(mode)), "not a regular file")
+            raise NotARegularFileError(str(path), kind)
+        if flags & getattr(os, "O_NONBLOCK", 0):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def read_local_header(path: str | os.PathLike[str]) -> GGUFHeader:
     """Read the header of a local GGUF file.
 
     Raises:
         GGUFHeaderError: not a GGUF, or damaged.
+        NotARegularFileError: a FIFO, device, socket or folder.
         OSError: the file cannot be opened.
     """
     p = Path(path)
-    with p.open("rb") as fh:
+    with open_model_file(p) as fh:
         return read_header(fh, name=p.name, file_size=os.fstat(fh.fileno()).st_size)

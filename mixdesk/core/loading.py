@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mixdesk.core.engine.protocol import KV_CACHE_TYPES, LoadConfig, ModelInfo
+from mixdesk.core.gguf_header import open_model_file
 from mixdesk.core.hardware import HardwareInfo
 from mixdesk.core.model_profile import ModelProfile, profile_local, split_parts
 from mixdesk.core.planner import OffloadPlan, plan_offload
@@ -136,7 +137,7 @@ def resolve_model(ref: str | Path, *, library: Library | None = None) -> Path:
     if path.is_dir():
         raise NotAGgufError(str(path))
     path = split_parts(path)[0]
-    with path.open("rb") as fh:
+    with open_model_file(path) as fh:  # a FIFO or a device is refused here, never read
         if fh.read(4) != b"GGUF":
             raise NotAGgufError(str(path))
     return path

@@ -1,7 +1,12 @@
-"""Model files made to hurt: chat templates that loop or do not parse, with the real engine."""
+"""Model files made to hurt: chat templates that loop or do not parse, FIFOs given as models,
+headers that ask for endless work; with the real engine and the real command."""
 
 from __future__ import annotations
 
+import os
+import struct
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -9,7 +14,8 @@ import pytest
 
 from mixdesk.core.chat_template import MIXTRAL_TEMPLATE, ChatMessage
 from mixdesk.core.engine import Engine, LoadConfig, SamplingParams
-from mixdesk.errors import MixdeskError, user_message
+from mixdesk.core.gguf_header import GGUFHeaderError, read_local_header
+from mixdesk.errors import MixdeskError, NotAGgufError, user_message
 from tests import model_factory as mf
 
 #: Mixtral's template, except that a message saying "loop" sends it round 10^10 empty turns.
@@ -81,3 +87,91 @@ def test_a_template_with_a_syntax_error_falls_back_and_says_so(
     done = engine.chat(HI, SamplingParams(max_tokens=4)).wait()
     assert done.stats.eval_tokens == 4
     assert done.stats.prompt_tokens > 5  # "[INST] Hi there [/INST]", not the bare text
+
+
+# -- a FIFO or another file that is not a regular file ------------------------------------
+
+
+@pytest.fixture
+def fifo(tmp_path: Path) -> Path:
+    path = tmp_path / "model.gguf"
+    os.mkfifo(path)
+    return path
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["plan"], ["import"], ["chat", "--prompt", "hi"]],
+    ids=["plan", "import", "chat"],
+)
+def test_a_fifo_given_as_a_model_is_refused_at_once(fifo: Path, command: list[str]) -> None:
+    args = [*command[:1], str(fifo), *command[1:]]
+    start = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "mixdesk", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,  # before the change: each of them waits for a writer, for ever
+        env=os.environ.copy(),
+    )
+    assert time.monotonic() - start < 20
+    assert proc.returncode == 1
+    assert (
+        proc.stderr
+        == f"mixdesk: {fifo} is a named pipe (FIFO), not a model file; pick a .gguf file.\n"
+    )
+
+
+@pytest.mark.timeout(30)
+def test_the_engine_refuses_a_fifo_and_a_folder(engine: Engine, fifo: Path) -> None:
+    with pytest.raises(NotAGgufError, match="named pipe"):
+        _load(engine, fifo)
+    with pytest.raises(NotAGgufError, match="is a folder"):
+        _load(engine, fifo.parent)
+    with pytest.raises(NotAGgufError, match="character device"):
+        read_local_header("/dev/zero")
+    assert engine.pid is None
+
+
+# -- headers that ask for endless work ------------------------------------------------------
+
+
+def _array_header(count: int) -> bytes:
+    """A GGUF header with one metadata entry: an array of ``count`` strings (then zeros)."""
+    key = b"tokenizer.ggml.tokens"
+    return (
+        b"GGUF"
+        + struct.pack("<IQQ", 3, 0, 1)
+        + struct.pack("<Q", len(key))
+        + key
+        + struct.pack("<IIQ", 9, 8, count)  # array of strings, count items
+    )
+
+
+@pytest.mark.timeout(120)
+def test_thirty_million_empty_strings_fail_fast(tmp_path: Path) -> None:
+    path = tmp_path / "strings.gguf"
+    header = _array_header(30_000_000)
+    with path.open("wb") as fh:
+        fh.write(header)
+        fh.truncate(len(header) + 8 * 30_000_000)  # sparse: 30 million zero-length strings
+    start = time.monotonic()
+    with pytest.raises(GGUFHeaderError, match="more than 4194304 strings"):
+        read_local_header(path)
+    assert time.monotonic() - start < 1.0
+
+
+@pytest.mark.parametrize(
+    ("data", "words"),
+    [
+        (_array_header(1_000_000) + bytes(1000), "tokenizer.ggml.tokens, byte 69: 1000000"),
+        (b"GGUF" + struct.pack("<IQQ", 3, 1_000_000, 0) + bytes(100), "tensor table, byte 24"),
+        (b"GGUF" + struct.pack("<IQQ", 3, 0, 60_000) + bytes(100), "metadata, byte 24: 60000"),
+    ],
+    ids=["strings", "tensors", "metadata"],
+)
+def test_counts_are_checked_against_the_file_size(tmp_path: Path, data: bytes, words: str) -> None:
+    path = tmp_path / "claims.gguf"
+    path.write_bytes(data)
+    with pytest.raises(GGUFHeaderError, match=f"ends inside its header .*{words}.*cannot fit"):
+        read_local_header(path)

@@ -92,6 +92,7 @@ def validate_load_config(config: LoadConfig) -> None:
     Raises:
         InvalidArgumentError: a setting is out of range.
         ModelNotFoundError: the file does not exist.
+        NotAGgufError: not a GGUF file (NotARegularFileError: a FIFO, a device or a folder).
     """
     if config.n_ctx < 0 or config.n_ctx > 1 << 22:
         raise InvalidArgumentError(
@@ -113,11 +114,10 @@ def validate_load_config(config: LoadConfig) -> None:
     path = Path(config.model_path)
     if not path.exists():
         raise ModelNotFoundError(str(path))
-    try:
-        with path.open("rb") as fh:
-            magic = fh.read(4)
-    except IsADirectoryError:
-        magic = b""
+    from mixdesk.core.gguf_header import open_model_file
+
+    with open_model_file(path) as fh:  # a FIFO or a device is refused here, never read
+        magic = fh.read(4)
     if magic != b"GGUF":
         raise errors.NotAGgufError(str(path))
 
