@@ -188,6 +188,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(args_list)
+    from mixdesk.commands.terminal import sanitized_output
+
+    with sanitized_output():  # nothing a model, a file or the network says can drive the terminal
+        return _run(args, args_list)
+
+
+def _run(args: argparse.Namespace, args_list: list[str]) -> int:
+    """Run a parsed command; every error ends as one sentence and an exit status."""
     from mixdesk.logsetup import configure_logging, loggable_arguments
 
     configure_logging(verbose=args.verbose)

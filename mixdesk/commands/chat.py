@@ -9,6 +9,7 @@ from collections.abc import Iterator
 
 from mixdesk.commands.common import load_choices, machine, print_json
 from mixdesk.commands.keys import endpoint_key_from
+from mixdesk.commands.terminal import write_control
 from mixdesk.core.chat_template import ChatMessage
 from mixdesk.core.engine import ChatDone, Engine, GenerationStats, LoadConfig, SamplingParams
 from mixdesk.core.engine.client import AnswerStream, validate_sampling
@@ -56,17 +57,22 @@ def _sampling(args: argparse.Namespace) -> SamplingParams:
 
 def _load(engine: Engine, config: LoadConfig, *, show_progress: bool) -> ModelInfo:
     def progress(fraction: float) -> None:
-        sys.stderr.write(f"\rLoading {config.model_path}: {fraction * 100:5.1f}%")
+        write_control(sys.stderr, "\r")
+        sys.stderr.write(f"Loading {config.model_path}: {fraction * 100:5.1f}%")
         sys.stderr.flush()
 
     info = engine.load(config, on_progress=progress if show_progress else None)
     if show_progress:
-        sys.stderr.write("\r\x1b[K")
+        write_control(sys.stderr, "\r\x1b[K")
     return info
 
 
 def _stream(stream: AnswerStream, *, echo: bool) -> ChatDone:
-    """Print deltas as they come; Ctrl-C stops the answer but keeps what arrived."""
+    """Print deltas as they come; Ctrl-C stops the answer but keeps what arrived.
+
+    A second Ctrl-C (the answer did not stop) ends the command.
+    """
+    interrupted = False
     while True:
         try:
             for delta in stream:
@@ -76,6 +82,9 @@ def _stream(stream: AnswerStream, *, echo: bool) -> ChatDone:
             assert stream.result is not None
             return stream.result
         except KeyboardInterrupt:
+            if interrupted:
+                raise
+            interrupted = True
             stream.cancel()
 
 
@@ -134,6 +143,8 @@ def run_chat(args: argparse.Namespace) -> int:
         info = _load(engine, setup.config, show_progress=show_progress)
         if not args.json:
             sys.stderr.write(f"mixdesk: {setup.summary}\n")
+        if info.chat_template_note:  # the model's own template is broken: say which one is used
+            sys.stderr.write(f"mixdesk: {info.chat_template_note}\n")
         history: list[ChatMessage] = []
         if args.system:
             history.append(ChatMessage("system", args.system))

@@ -7,6 +7,7 @@ import json
 import sys
 from typing import Any
 
+from mixdesk.commands.terminal import json_safe
 from mixdesk.core import hardware
 from mixdesk.core.engine.protocol import KV_CACHE_TYPES
 from mixdesk.core.hardware import HardwareInfo, Overrides, apply_overrides
@@ -15,7 +16,8 @@ from mixdesk.core.loading import LoadChoices
 
 def print_json(data: Any) -> None:
     """Print ``data`` as one JSON document on stdout."""
-    sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    # DEL and C1 controls stay raw with ensure_ascii=False: escape them, the data is the same.
+    sys.stdout.write(json_safe(json.dumps(data, indent=2, ensure_ascii=False)) + "\n")
     sys.stdout.flush()
 
 

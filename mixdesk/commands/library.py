@@ -10,6 +10,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from mixdesk.commands.common import machine, print_json
+from mixdesk.commands.terminal import write_control
 from mixdesk.core.download import DownloadCancelled, DownloadProgress
 from mixdesk.core.hardware import format_bytes
 from mixdesk.core.library import Library
@@ -66,7 +67,8 @@ class _ProgressPrinter:
 
     def _write(self, line: str, *, final: bool) -> None:
         if self.tty:
-            sys.stderr.write("\r\x1b[K" + line + ("\n" if final else ""))
+            write_control(sys.stderr, "\r\x1b[K")
+            sys.stderr.write(line + ("\n" if final else ""))
         else:
             sys.stderr.write(line + "\n")
         sys.stderr.flush()
