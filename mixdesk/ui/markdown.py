@@ -1,93 +1,136 @@
-"""A small, safe Markdown-to-HTML renderer for model output (no Qt, no remote resources).
+"""Model output as safe HTML: Markdown by markdown-it-py, code by a small highlighter (no Qt).
 
-Everything the model writes is escaped first, so its output can never inject HTML, load an
-image or run anything; then a subset of Markdown is applied: fenced code blocks (with light
-syntax highlighting and a copy link), inline code, bold, italics, headings, lists and
-paragraphs. Links are shown as text, never followed automatically.
+What a model writes can never inject HTML, load anything or lead anywhere: raw HTML is off
+(it shows as text), images show as their alt text, links as their text and address, and the
+only links in the result are MixDesk's own ``copy:`` links under each code block.
 """
 
 from __future__ import annotations
 
 import html
 import re
+from collections.abc import Sequence
+from typing import Any
 
-_FENCE = re.compile(r"```([\w+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
-_KEYWORDS = re.compile(
-    r"\b(def|class|return|if|elif|else|for|while|in|import|from|as|with|try|except|finally|raise|yield|lambda|"
-    r"and|or|not|is|None|True|False|const|let|var|function|fn|pub|struct|impl|use|mut|int|float|char|void|"
-    r"public|private|static|new|this|self|async|await|match|case|break|continue|switch|include|package)\b"
-)
-_STRING = re.compile(r"(&quot;.*?&quot;|&#x27;.*?&#x27;)")
-_COMMENT = re.compile(r"(#[^\n]*|//[^\n]*)")
+from markdown_it import MarkdownIt
+from markdown_it.token import Token
+from markdown_it.utils import EnvType, OptionsDict
 
 CODE_STYLE = "background:#f4f4f4;border:1px solid #ddd;padding:6px;font-family:monospace;white-space:pre-wrap;"
+_KEYWORDS = (
+    "def|class|return|if|elif|else|for|while|in|import|from|as|with|try|except|finally|raise|yield|"
+    "lambda|and|or|not|is|None|True|False|const|let|var|function|fn|pub|struct|impl|use|mut|int|"
+    "float|char|void|public|private|static|new|this|self|async|await|match|case|break|continue|"
+    "switch|include|package"
+)
+#: One pass over the raw code: the first of comment, string or keyword at each place wins, so
+#: a ``#`` inside a string is no comment and quotes inside a comment start no string.
+_CODE_TOKEN = re.compile(
+    r"(?P<comment>#[^\n]*|//[^\n]*)"
+    r"|(?P<string>\"(?:\\.|[^\"\\\n])*\"?|'(?:\\.|[^'\\\n])*'?)"
+    rf"|(?P<keyword>\b(?:{_KEYWORDS})\b)"
+)
+_CODE_COLOURS = {
+    "comment": "color:#6a737d",
+    "string": "color:#032f62",
+    "keyword": "color:#d73a49;font-weight:bold",
+}
 
 
-def _highlight(code: str) -> str:
-    escaped = html.escape(code, quote=True)
-    out = []
-    for raw in escaped.split("\n"):
-        m = _COMMENT.search(raw)
-        comment = ""
-        code = raw
-        if m and not raw[: m.start()].count("&quot;") % 2:
-            comment = f'<span style="color:#6a737d">{m.group(0)}</span>'
-            code = raw[: m.start()]
-        code = _STRING.sub(r'<span style="color:#032f62">\1</span>', code)
-        code = _KEYWORDS.sub(r'<span style="color:#d73a49;font-weight:bold">\1</span>', code)
-        out.append(code + comment)
-    return "\n".join(out)
-
-
-def _inline(text: str) -> str:
-    text = html.escape(text, quote=True)
-    text = re.sub(r"`([^`]+)`", r'<code style="background:#f0f0f0">\1</code>', text)
-    text = re.sub(r"\*\*([^*]+)\*\*", r"<b>\1</b>", text)
-    text = re.sub(r"(?<![*\w])\*([^*\n]+)\*(?!\w)", r"<i>\1</i>", text)
-    return text
-
-
-def _blocks(text: str) -> str:
+def highlight(code: str) -> str:
+    """``code`` as escaped HTML with comments, strings and keywords coloured."""
     out: list[str] = []
-    in_list = False
-    paragraph: list[str] = []
-
-    def flush() -> None:
-        if paragraph:
-            out.append("<p>" + "<br>".join(_inline(p) for p in paragraph) + "</p>")
-            paragraph.clear()
-
-    for line in text.split("\n"):
-        stripped = line.strip()
-        heading = re.match(r"^(#{1,4})\s+(.*)$", stripped)
-        item = re.match(r"^([-*+]|\d+[.)])\s+(.*)$", stripped)
-        if heading:
-            flush()
-            if in_list:
-                out.append("</ul>")
-                in_list = False
-            level = len(heading.group(1)) + 2
-            out.append(f"<h{level}>{_inline(heading.group(2))}</h{level}>")
-        elif item:
-            flush()
-            if not in_list:
-                out.append("<ul>")
-                in_list = True
-            out.append(f"<li>{_inline(item.group(2))}</li>")
-        elif not stripped:
-            flush()
-            if in_list:
-                out.append("</ul>")
-                in_list = False
-        else:
-            if in_list:
-                out.append("</ul>")
-                in_list = False
-            paragraph.append(line)
-    flush()
-    if in_list:
-        out.append("</ul>")
+    pos = 0
+    for m in _CODE_TOKEN.finditer(code):
+        kind = m.lastgroup or "keyword"
+        out.append(html.escape(code[pos : m.start()]))
+        out.append(f'<span style="{_CODE_COLOURS[kind]}">{html.escape(m.group())}</span>')
+        pos = m.end()
+    out.append(html.escape(code[pos:]))
     return "".join(out)
+
+
+def _parser() -> MarkdownIt:
+    md = MarkdownIt("commonmark", {"html": False, "linkify": False, "typographer": False})
+    md.enable(["table", "strikethrough"])
+    for name, rule in (
+        ("fence", _code_block),
+        ("code_block", _code_block),
+        ("code_inline", _code_inline),
+        ("heading_open", _heading),
+        ("heading_close", _heading),
+        ("link_open", _link_open),
+        ("link_close", _link_close),
+        ("image", _image),
+    ):
+        md.add_render_rule(name, rule)
+    return md
+
+
+def _code_block(
+    _self: Any, tokens: Sequence[Token], idx: int, _options: OptionsDict, env: EnvType
+) -> str:
+    token = tokens[idx]
+    code = token.content.rstrip("\n")
+    codes: list[str] = env["codes"]
+    index = len(codes)
+    codes.append(code)
+    lang = html.escape(token.info.split()[0] if token.info.strip() else "code")
+    return (
+        '<table width="100%" cellspacing="0" cellpadding="0"><tr>'
+        f'<td style="color:#888;font-size:small">{lang}</td>'
+        f'<td align="right"><a href="{env["prefix"]}{index}">copy</a></td></tr></table>'
+        f'<pre style="{CODE_STYLE}">{highlight(code)}</pre>\n'
+    )
+
+
+def _code_inline(
+    _self: Any, tokens: Sequence[Token], idx: int, _options: OptionsDict, _env: EnvType
+) -> str:
+    return f'<code style="background:#f0f0f0">{html.escape(tokens[idx].content)}</code>'
+
+
+def _heading(
+    _self: Any, tokens: Sequence[Token], idx: int, _options: OptionsDict, _env: EnvType
+) -> str:
+    # Headings in an answer are section titles, not page titles: h1 shows as h3.
+    token = tokens[idx]
+    level = min(int(token.tag[1:]) + 2, 6)
+    return f"<h{level}>" if token.nesting == 1 else f"</h{level}>\n"
+
+
+def _link_open(
+    _self: Any, _tokens: Sequence[Token], _idx: int, _options: OptionsDict, _env: EnvType
+) -> str:
+    return ""  # a link is shown as its text and address, never followed
+
+
+def _link_close(
+    _self: Any, tokens: Sequence[Token], idx: int, _options: OptionsDict, _env: EnvType
+) -> str:
+    opening = next(
+        (
+            t
+            for t in reversed(tokens[:idx])
+            if t.type == "link_open" and t.level == tokens[idx].level
+        ),
+        None,
+    )
+    href = str(opening.attrGet("href") or "") if opening is not None else ""
+    text = "".join(t.content for t in tokens[tokens.index(opening) + 1 : idx]) if opening else ""
+    if not href or href in (text, f"mailto:{text}"):
+        return ""
+    return f' <span style="color:#888">({html.escape(href)})</span>'
+
+
+def _image(
+    _self: Any, tokens: Sequence[Token], idx: int, _options: OptionsDict, _env: EnvType
+) -> str:
+    alt = "".join(t.content for t in tokens[idx].children or [])
+    return f"[image: {html.escape(alt)}]" if alt else "[image]"
+
+
+_MD = _parser()
 
 
 def render_markdown(text: str, *, code_link_prefix: str = "copy:") -> tuple[str, list[str]]:
@@ -97,20 +140,6 @@ def render_markdown(text: str, *, code_link_prefix: str = "copy:") -> tuple[str,
         (html, code blocks): each code block gets a "copy" link ``<prefix><index>`` whose
         index points into the returned list.
     """
-    parts: list[str] = []
     codes: list[str] = []
-    pos = 0
-    for m in _FENCE.finditer(text):
-        parts.append(_blocks(text[pos : m.start()]))
-        code = m.group(2).rstrip("\n")
-        lang = html.escape(m.group(1) or "code")
-        index = len(codes)
-        codes.append(code)
-        parts.append(
-            f'<table width="100%" cellspacing="0" cellpadding="0"><tr><td style="color:#888;font-size:small">{lang}'
-            f'</td><td align="right"><a href="{code_link_prefix}{index}">copy</a></td></tr></table>'
-            f'<pre style="{CODE_STYLE}">{_highlight(code)}</pre>'
-        )
-        pos = m.end()
-    parts.append(_blocks(text[pos:]))
-    return "".join(parts), codes
+    body = _MD.render(text, {"codes": codes, "prefix": html.escape(code_link_prefix)})
+    return body, codes
