@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import types
+import typing
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from mixdesk import paths
+from mixdesk.core.engine.protocol import KV_CACHE_TYPES
 
 log = logging.getLogger(__name__)
 
@@ -87,8 +91,13 @@ class Settings:
         except (OSError, ValueError) as err:
             log.warning("settings unreadable (%s); using defaults", err)
             return cls()
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        if not isinstance(data, dict):
+            log.warning("settings file holds no settings; using defaults")
+            return cls()
+        values = _valid_values(data)
+        if isinstance(data.get("endpoints"), list):
+            values["endpoints"] = [e for e in data["endpoints"] if isinstance(e, dict)]
+        return cls(**values)
 
     def save(self) -> None:
         """Write the settings atomically."""
@@ -112,6 +121,56 @@ class Settings:
     def describe() -> list[tuple[str, str, str]]:
         """(name, type, description) of every setting."""
         return [(f.name, str(f.type), f.metadata.get("doc", "")) for f in fields(Settings)]
+
+
+def _fits(value: object, kind: Any) -> bool:
+    """Whether a JSON value is of a setting's declared type (bool is not a number here)."""
+    if kind is float:
+        return (
+            isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+        )
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind in (str, bool):
+        return isinstance(value, kind)
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin in (types.UnionType, typing.Union):
+        return any(value is None if a is type(None) else _fits(value, a) for a in args)
+    if origin is dict:
+        return isinstance(value, dict) and all(
+            _fits(k, args[0]) and _fits(v, args[1]) for k, v in value.items()
+        )
+    return False
+
+
+def _valid_values(data: dict[str, Any]) -> dict[str, Any]:
+    """The values of ``data`` that have their setting's type; one warning for each other one.
+
+    A settings file edited by hand (or by an older MixDesk) must never stop the app: a bad
+    value falls back to its default. Endpoints are read by :func:`_endpoints_from_json`.
+    """
+    hints = typing.get_type_hints(Settings)
+    defaults = Settings()
+    values: dict[str, Any] = {}
+    for f in fields(Settings):
+        if f.name not in data or f.name == "endpoints":
+            continue
+        value = data[f.name]
+        ok = _fits(value, hints[f.name])
+        if ok and f.name == "kv_type":
+            ok = value in KV_CACHE_TYPES
+        if ok:
+            values[f.name] = value
+        else:
+            log.warning(
+                "setting %s in %s is %r, not a valid %s; using the default, %r",
+                f.name,
+                Settings.path(),
+                value,
+                f.type,
+                getattr(defaults, f.name),
+            )
+    return values
 
 
 def endpoint_keys_path() -> Path:

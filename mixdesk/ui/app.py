@@ -25,12 +25,14 @@ def _crash_dialog(
     try:
         from PySide6.QtWidgets import QApplication, QMessageBox
 
+        from mixdesk.ui.plain import message_box
+
         if QApplication.instance() is not None and not os.environ.get("MIXDESK_NO_DIALOGS"):
-            QMessageBox.critical(
+            message_box(
                 None,
-                "MixDesk",
                 f"{user_message(exc)}\n\nThe details are in the log: {app_log_path()}",
-            )
+                icon=QMessageBox.Icon.Critical,
+            ).exec()
     except Exception:  # noqa: BLE001, S110 - the hook itself must never raise; the log has it all
         pass
 

@@ -20,7 +20,6 @@ from PySide6.QtWidgets import (
     QListWidget,
     QListWidgetItem,
     QMainWindow,
-    QMessageBox,
     QPlainTextEdit,
     QProgressBar,
     QPushButton,
@@ -47,6 +46,7 @@ from mixdesk.core.model_profile import ModelProfile, profile_local
 from mixdesk.core.settings import Settings
 from mixdesk.ui.model_manager import ModelManager
 from mixdesk.ui.offload_panel import OffloadPanel
+from mixdesk.ui.plain import message_box
 from mixdesk.ui.widgets import Banner, ChatView, Sparkline, stats_line
 from mixdesk.ui.workers import EngineController, TaskWorker
 
@@ -299,7 +299,7 @@ class MainWindow(QMainWindow):
             self.last_error = text
         self.userMessage.emit(text)
         if error and not self.quiet:
-            QMessageBox.warning(self, "MixDesk", text)
+            message_box(self, text).open()  # plain text: it may quote a model file
 
     # -- hardware -----------------------------------------------------------------------
 

@@ -30,6 +30,7 @@ from mixdesk.core.hub import HubModel, list_models
 from mixdesk.core.library import Library
 from mixdesk.core.planner import OffloadPlan, plan_offload
 from mixdesk.core.pull import PullResult, import_model, pull, remote_profile
+from mixdesk.ui.plain import plain
 from mixdesk.ui.workers import TaskWorker
 
 
@@ -78,10 +79,10 @@ class DownloadRow(QWidget):
         self.repo = repo
         self.model = model
         self.task: TaskWorker | None = None
-        self.label = QLabel(f"{model.filename} ({format_bytes(model.size)})")
+        self.label = plain(QLabel(f"{model.filename} ({format_bytes(model.size)})"))
         self.bar = QProgressBar()
         self.bar.setRange(0, 1000)
-        self.detail = QLabel("waiting")
+        self.detail = plain(QLabel("waiting"))
         self.pause = QPushButton("Pause")
         self.cancel = QPushButton("Cancel")
         row = QHBoxLayout(self)
@@ -189,7 +190,7 @@ class ModelManager(QWidget):
         self.load_button = QPushButton("Load")
         self.delete_button = QPushButton("Delete")
         self.import_button = QPushButton("Import .gguf…")
-        self.status = QLabel("")
+        self.status = plain(QLabel(""))  # messages may quote the Hub or a file
 
         top = QHBoxLayout()
         top.addWidget(self.repo, 1)

@@ -23,6 +23,7 @@ from mixdesk.core.hardware import HardwareInfo
 from mixdesk.core.loading import LoadChoices, make_plan
 from mixdesk.core.model_profile import ModelProfile
 from mixdesk.core.planner import OffloadPlan
+from mixdesk.ui.plain import plain
 from mixdesk.ui.widgets import DeviceBars
 
 
@@ -76,7 +77,7 @@ class OffloadPanel(QWidget):
         self.auto_plan: OffloadPlan | None = None
         self._defaults = LoadChoices()
 
-        self.title = QLabel("No model selected")
+        self.title = plain(QLabel("No model selected"))  # the model's name comes from its file
         self.title.setWordWrap(True)
         self.auto = QCheckBox("Auto (the planner's choice)")
         self.auto.setChecked(True)
@@ -91,10 +92,10 @@ class OffloadPanel(QWidget):
         self.kv.addItems(["f16", "q8_0", "q4_0"])
         self.flash = QCheckBox("Flash attention")
         self.bars = DeviceBars()
-        self.warning = QLabel("")
+        self.warning = plain(QLabel(""))
         self.warning.setStyleSheet("color:#c0392b")
         self.warning.setWordWrap(True)
-        self.explanation = QLabel("")
+        self.explanation = plain(QLabel(""))
         self.explanation.setWordWrap(True)
         self.apply = QPushButton("Apply (reload)")
         self.measure = QPushButton("Measure")

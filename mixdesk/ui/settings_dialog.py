@@ -19,6 +19,7 @@ from PySide6.QtWidgets import (
 )
 
 from mixdesk.core.settings import Settings
+from mixdesk.ui.plain import plain
 
 
 def _spin(value: float, low: float, high: float, step: float) -> QDoubleSpinBox:
@@ -102,7 +103,7 @@ class SettingsDialog(QDialog):
         self.token = QLineEdit()
         self.token.setEchoMode(QLineEdit.EchoMode.Password)
         self.token.setPlaceholderText("hf_… (stored by huggingface_hub, not in MixDesk's settings)")
-        self.token_state = QLabel(self._token_state())
+        self.token_state = plain(QLabel(self._token_state()))
         save_token = QPushButton("Save token")
         save_token.clicked.connect(self._save_token)
         for label, widget in (
