@@ -110,6 +110,24 @@ class EngineCrashedError(EngineError):
         self.log_tail = log_tail
 
 
+class DeviceOutOfMemoryCrashError(EngineCrashedError):
+    """The engine died of a GPU out-of-memory (e.g. CUDA's abort on the first long prompt):
+    like :class:`DeviceOutOfMemoryError`, fewer GPU layers may fit."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        returncode: int | None,
+        log_tail: str = "",
+        device: str = "",
+        requested_bytes: int = 0,
+    ) -> None:
+        super().__init__(message, returncode=returncode, log_tail=log_tail)
+        self.device = device
+        self.requested_bytes = requested_bytes
+
+
 class EngineBusyError(EngineError):
     """A request came while the engine was still answering another one."""
 

@@ -41,10 +41,12 @@ class GpuInfo:
     """One GPU and its memory in bytes."""
 
     name: str
-    backend: str  # "cuda", "rocm", "metal"
+    backend: str  # "cuda", "rocm", "metal", "vulkan", or "rpc" (a llama.cpp RPC server)
     total_bytes: int
     free_bytes: int
     index: int = 0
+    #: "host:port" of an RPC server.
+    endpoint: str = ""
 
 
 @dataclass(frozen=True)

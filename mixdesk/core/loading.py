@@ -24,7 +24,7 @@ from mixdesk.core.engine.protocol import KV_CACHE_TYPES, LoadConfig, ModelInfo
 from mixdesk.core.gguf_header import open_model_file
 from mixdesk.core.hardware import HardwareInfo
 from mixdesk.core.model_profile import ModelProfile, profile_local, split_parts
-from mixdesk.core.planner import OffloadPlan, plan_offload
+from mixdesk.core.planner import OffloadPlan, offload_devices, plan_offload
 from mixdesk.errors import (
     DeviceOutOfMemoryError,
     InvalidArgumentError,
@@ -201,6 +201,10 @@ def plan_load(
         type_v=plan.type_v,
         use_mmap=choices.use_mmap,
         op_offload=plan.op_offload if choices.op_offload is None else choices.op_offload,
+        rpc_servers=tuple(g.endpoint for g in offload_devices(hardware) if g.backend == "rpc")
+        if plan.n_gpu_layers > 0
+        else (),
+        tensor_split=tuple(float(c) for c in plan.tensor_split),
     )
     return LoadSetup(profile=profile, plan=plan, config=config)
 

@@ -36,7 +36,15 @@ UBATCH = 512
 DEFAULT_CTX = 4096
 MIN_AUTO_CTX = 2048
 GPU_MARGIN = 256 * MIB
-RUNTIME_OVERHEAD = {"cuda": 300 * MIB, "rocm": 300 * MIB, "metal": 64 * MIB, "vulkan": 256 * MIB}
+#: The runtime's own use of a device that its free-memory reading before loading misses. An RPC
+#: server reads free memory after its runtime started, so that reading already includes it.
+RUNTIME_OVERHEAD = {
+    "cuda": 300 * MIB,
+    "rocm": 300 * MIB,
+    "metal": 64 * MIB,
+    "vulkan": 256 * MIB,
+    "rpc": 0,
+}
 CPU_RUNTIME_OVERHEAD = 160 * MIB  # Python, llama.cpp and the engine process itself
 _CONST = 10 * 1024  # graph inputs (token ids, positions)
 #: Rough effective memory bandwidth by GPU name (GB/s), for the speed estimate only.
@@ -133,6 +141,11 @@ class DevicePlan:
     compute_bytes: int = 0
     overhead_bytes: int = 0
     margin_bytes: int = 0
+    #: Repeating layers on this device, and whether the output layer is here.
+    layers: int = 0
+    output: bool = False
+    #: The device's name in llama.cpp's buffer log lines ("CUDA0", "RPC0[host:port]", "CPU").
+    buffer_name: str = ""
 
     @property
     def used_bytes(self) -> int:
@@ -162,12 +175,20 @@ class OffloadPlan:
     type_v: str
     op_offload: bool
     expected_tps: float
+    #: Slots (layers, the output layer counting as one) per offload device, in llama.cpp's
+    #: device order: its ``tensor_split``. Empty with one device.
+    tensor_split: tuple[int, ...] = ()
     explanation: list[str] = field(default_factory=list)
 
     @property
     def gpu(self) -> DevicePlan | None:
-        """The GPU's share, if a GPU is used."""
+        """The (first) GPU's share, if a GPU is used."""
         return next((d for d in self.devices if d.kind == "gpu"), None)
+
+    @property
+    def gpus(self) -> list[DevicePlan]:
+        """Every offload device's share, in llama.cpp's device order."""
+        return [d for d in self.devices if d.kind == "gpu"]
 
     @property
     def cpu(self) -> DevicePlan:
@@ -257,6 +278,88 @@ def expected_tokens_per_second(profile: ModelProfile, n_gpu: int, gpu: GpuInfo |
     return round(_EFFICIENCY / seconds, 1) if seconds > 0 else 0.0
 
 
+def offload_devices(hardware: HardwareInfo) -> list[GpuInfo]:
+    """The devices llama.cpp places layers on, in its order: RPC servers first, then local GPUs."""
+    remote = [g for g in hardware.gpus if g.backend == "rpc"]
+    local = sorted((g for g in hardware.gpus if g.backend != "rpc"), key=lambda g: g.index)
+    return remote + local
+
+
+def buffer_name(gpu: GpuInfo) -> str:
+    """The name llama.cpp gives this device's buffers in its log (``CUDA0``, ``RPC0[host:port]``)."""
+    if gpu.backend == "rpc":
+        return f"RPC0[{gpu.endpoint}]"
+    return f"{_BUFFER_PREFIX.get(gpu.backend, gpu.backend.upper())}{gpu.index}"
+
+
+_BUFFER_PREFIX = {"cuda": "CUDA", "rocm": "ROCm", "vulkan": "Vulkan", "metal": "MTL"}
+
+
+@dataclass(frozen=True)
+class _Costs:
+    """Per-layer and per-device costs at one context length."""
+
+    kv_layer: int
+    compute: int
+
+
+def _slot_bytes(profile: ModelProfile, n_gpu: int) -> list[tuple[int, int]]:
+    """(weights, repeating layers) of each GPU slot, in llama.cpp's order: the last
+    ``n_gpu - 1`` repeating layers, then the output layer."""
+    n = profile.n_layers
+    layers = repeating_layers(n_gpu, n)
+    slots = [(profile.layer_bytes[i], 1) for i in range(n - layers, n)]
+    if n_gpu > 0:
+        slots.append((output_layer_bytes(profile), 0))
+    return slots
+
+
+def _device_plan(
+    gpu: GpuInfo, slots: list[tuple[int, int]], costs: _Costs, *, output: bool
+) -> DevicePlan:
+    used = bool(slots)
+    layers = sum(k for _, k in slots)
+    return DevicePlan(
+        name=gpu.name,
+        kind="gpu",
+        total_bytes=gpu.total_bytes,
+        free_bytes=gpu.free_bytes,
+        weights_bytes=sum(b for b, _ in slots),
+        kv_bytes=layers * costs.kv_layer,
+        compute_bytes=costs.compute if used else 0,
+        overhead_bytes=RUNTIME_OVERHEAD.get(gpu.backend, 300 * MIB) if used else 0,
+        margin_bytes=GPU_MARGIN if used else 0,
+        layers=layers,
+        output=output,
+        buffer_name=buffer_name(gpu),
+    )
+
+
+def _split(
+    gpus: list[GpuInfo], slots: list[tuple[int, int]], costs: _Costs, fixed: bool
+) -> tuple[list[int], bool]:
+    """Slots per device (contiguous, in device order) and whether all of them fit.
+
+    Each device takes as many of the remaining slots as fit its free memory (for contiguous
+    blocks in a fixed order this finds a split whenever one exists); what is left over goes
+    to the last device when the count was fixed by the user.
+    """
+    counts: list[int] = []
+    start = 0
+    for i, gpu in enumerate(gpus):
+        take = 0
+        for k in range(len(slots) - start, 0, -1):
+            plan = _device_plan(gpu, slots[start : start + k], costs, output=False)
+            if plan.used_bytes <= plan.free_bytes:
+                take = k
+                break
+        if i == len(gpus) - 1 and fixed:
+            take = len(slots) - start
+        counts.append(take)
+        start += take
+    return counts, start == len(slots)
+
+
 def plan_offload(
     profile: ModelProfile,
     hardware: HardwareInfo,
@@ -272,11 +375,12 @@ def plan_offload(
 
     Args:
         profile: the model.
-        hardware: GPUs (with free memory), RAM.
+        hardware: GPUs and RPC devices (with free memory), RAM. Layers are split over every
+            offload device, as llama.cpp does, in its device order.
         n_ctx: a context length the user fixed; None lets the planner choose (4096, or the
             model's own if smaller, shrinking to 2048 if that puts more layers on the GPU).
         type_k, type_v, flash_attn: KV cache types and attention kind.
-        n_gpu_layers: a layer count the user fixed (the plan then reports its cost).
+        n_gpu_layers: a layer count the user fixed (the plan then reports its cost); -1: all.
         gpu_offload_supported: whether the installed llama.cpp build can offload (default:
             what ``hardware`` says, and yes when it does not know).
     """
@@ -285,11 +389,11 @@ def plan_offload(
     if type_v != "f16":
         flash_attn = True  # llama.cpp requires it for a quantised V cache
     n = profile.n_layers
-    gpu = (
-        max(hardware.gpus, key=lambda g: g.free_bytes)
-        if hardware.gpus and gpu_offload_supported
-        else None
-    )
+    gpus = [
+        g
+        for g in offload_devices(hardware)
+        if gpu_offload_supported or g.backend == "rpc"  # RPC needs no GPU build
+    ]
     train = profile.context_length or DEFAULT_CTX
     auto_ctx = n_ctx is None
     contexts = (
@@ -298,76 +402,75 @@ def plan_offload(
         else sorted({min(DEFAULT_CTX, train), min(MIN_AUTO_CTX, train)}, reverse=True)
     )
 
-    def cost(ctx: int, n_gpu: int) -> tuple[DevicePlan | None, DevicePlan]:
-        compute = compute_buffer_bytes(
-            profile, ctx, flash_attn=flash_attn, type_k=type_k, type_v=type_v
+    def costs_at(ctx: int) -> _Costs:
+        return _Costs(
+            kv_layer=kv_bytes_per_layer(profile, ctx, type_k, type_v),
+            compute=compute_buffer_bytes(
+                profile, ctx, flash_attn=flash_attn, type_k=type_k, type_v=type_v
+            ),
         )
-        kv_layer = kv_bytes_per_layer(profile, ctx, type_k, type_v)
-        gpu_weights, gpu_layers = _gpu_share(profile, n_gpu)
-        gpu_plan = None
-        if gpu is not None:
-            gpu_plan = DevicePlan(
-                name=gpu.name,
-                kind="gpu",
-                total_bytes=gpu.total_bytes,
-                free_bytes=gpu.free_bytes,
-                weights_bytes=gpu_weights,
-                kv_bytes=gpu_layers * kv_layer,
-                compute_bytes=compute if n_gpu > 0 else 0,
-                overhead_bytes=RUNTIME_OVERHEAD.get(gpu.backend, 300 * MIB) if n_gpu > 0 else 0,
-                margin_bytes=GPU_MARGIN if n_gpu > 0 else 0,
-            )
-        full_offload = n_gpu > n
-        cpu_compute = (
-            profile.vocab_size * 4 + 4 * profile.n_embd * min(UBATCH, ctx) * 4
-            if full_offload
-            else compute
-        )
-        cpu_plan = DevicePlan(
-            name="CPU RAM",
-            kind="cpu",
-            total_bytes=hardware.ram_total_bytes,
-            free_bytes=hardware.ram_available_bytes,
-            weights_bytes=_cpu_weights(profile, n_gpu),
-            kv_bytes=(n - gpu_layers) * kv_layer,
-            compute_bytes=cpu_compute,
-            overhead_bytes=CPU_RUNTIME_OVERHEAD,
-        )
-        return gpu_plan, cpu_plan
 
-    def gpu_fits(plan: DevicePlan | None) -> bool:
-        return plan is None or plan.used_bytes <= plan.free_bytes
-
-    best: tuple[int, int] | None = None  # (ctx, n_gpu)
-    for ctx in contexts:
+    def choose(ctx: int) -> tuple[int, list[int], bool]:
+        costs = costs_at(ctx)
+        if not gpus:
+            return 0, [], True
         if n_gpu_layers is not None:
-            choice = min(n_gpu_layers if n_gpu_layers >= 0 else n + 1, n + 1) if gpu else 0
-        else:
-            choice = 0
-            if gpu is not None:
-                for candidate in range(n + 1, -1, -1):
-                    if gpu_fits(cost(ctx, candidate)[0]):
-                        choice = candidate
-                        break
-        if best is None or choice > best[1]:
-            best = (ctx, choice)
-        if choice > n or n_gpu_layers is not None:
+            wanted = n + 1 if n_gpu_layers < 0 else min(n_gpu_layers, n + 1)
+            counts, fits = _split(gpus, _slot_bytes(profile, wanted), costs, fixed=True)
+            return wanted, counts, fits
+        for candidate in range(n + 1, 0, -1):
+            counts, fits = _split(gpus, _slot_bytes(profile, candidate), costs, fixed=False)
+            if fits:
+                return candidate, counts, True
+        return 0, [0] * len(gpus), True
+
+    best: tuple[int, int, list[int]] | None = None  # (ctx, n_gpu, counts)
+    for ctx in contexts:
+        n_gpu, counts, _fits = choose(ctx)
+        if best is None or n_gpu > best[1]:
+            best = (ctx, n_gpu, counts)
+        if n_gpu > n or n_gpu_layers is not None:
             break
     assert best is not None
-    ctx, n_gpu = best
-    gpu_plan, cpu_plan = cost(ctx, n_gpu)
-    devices = [d for d in (gpu_plan, cpu_plan) if d is not None and (d.kind == "cpu" or n_gpu > 0)]
-    shortfall = max(0, cpu_plan.used_bytes - cpu_plan.free_bytes)
-    if gpu_plan is not None and n_gpu > 0:
-        shortfall += max(0, gpu_plan.used_bytes - gpu_plan.free_bytes)
+    ctx, n_gpu, counts = best
+    costs = costs_at(ctx)
+    slots = _slot_bytes(profile, n_gpu)
+    devices: list[DevicePlan] = []
+    start = 0
+    for gpu, count in zip(gpus, counts, strict=True):
+        block = slots[start : start + count]
+        start += count
+        if block:
+            devices.append(_device_plan(gpu, block, costs, output=start == len(slots)))
+    full_offload = n_gpu > n
+    cpu_plan = DevicePlan(
+        name="CPU RAM",
+        kind="cpu",
+        total_bytes=hardware.ram_total_bytes,
+        free_bytes=hardware.ram_available_bytes,
+        weights_bytes=_cpu_weights(profile, n_gpu),
+        kv_bytes=(n - repeating_layers(n_gpu, n)) * costs.kv_layer,
+        compute_bytes=(
+            profile.vocab_size * 4 + 4 * profile.n_embd * min(UBATCH, ctx) * 4
+            if full_offload
+            else costs.compute
+        ),
+        overhead_bytes=CPU_RUNTIME_OVERHEAD,
+        layers=n - repeating_layers(n_gpu, n),
+        output=n_gpu == 0,
+        buffer_name="CPU",
+    )
+    devices.append(cpu_plan)
+    shortfall = sum(max(0, d.used_bytes - d.free_bytes) for d in devices)
     if shortfall:
         fit = "none"
-    elif n_gpu > n:
+    elif full_offload:
         fit = "full"
     elif n_gpu > 0:
         fit = "partial"
     else:
         fit = "cpu"
+    fastest = max(gpus, key=lambda g: g.free_bytes) if gpus else None
     plan = OffloadPlan(
         n_gpu_layers=n_gpu,
         n_layers=n,
@@ -380,10 +483,11 @@ def plan_offload(
         type_k=type_k,
         type_v=type_v,
         op_offload=fit == "full",
-        expected_tps=expected_tokens_per_second(profile, n_gpu, gpu),
+        expected_tps=expected_tokens_per_second(profile, n_gpu, fastest),
+        tensor_split=tuple(c for c in counts) if len(gpus) > 1 and n_gpu > 0 else (),
     )
     return _explain(
-        plan, profile, hardware, gpu, gpu_offload_supported, user_ngl=n_gpu_layers is not None
+        plan, profile, hardware, fastest, gpu_offload_supported, user_ngl=n_gpu_layers is not None
     )
 
 
@@ -403,19 +507,22 @@ def _explain(
         lines.append(
             f"{hardware.gpus[0].name} is not used: this llama.cpp build is CPU-only (see `mixdesk doctor`)."
         )
+    where = gpu.name if gpu is not None and len(plan.gpus) <= 1 else f"{len(plan.gpus)} devices"
     if gpu is None:
         lines.append(f"No usable GPU: all {n} layers ({size}) run from CPU RAM.")
     elif plan.fit == "full":
+        used = sum(d.used_bytes for d in plan.gpus)
+        free = sum(d.free_bytes for d in plan.gpus)
         lines.append(
-            f"All {n} layers and the output layer fit on {gpu.name}: {format_bytes(plan.gpu.used_bytes if plan.gpu else 0)} "
-            f"of {format_bytes(gpu.free_bytes)} free VRAM, margin included."
+            f"All {n} layers and the output layer fit on {where}: {format_bytes(used)} "
+            f"of {format_bytes(free)} free VRAM, margin included."
         )
     elif plan.n_gpu_layers > 0:
         layers = plan.repeating_layers_on_gpu
         per_layer = profile.layer_bytes[-1] if profile.layer_bytes else 0
         lines.append(
             f"n_gpu_layers {plan.n_gpu_layers}: the output layer and {layers} of {n} layers "
-            f"({format_bytes(per_layer)} each) go on {gpu.name}; the other {n - layers} layers "
+            f"({format_bytes(per_layer)} each) go on {where}; the other {n - layers} layers "
             "stay in CPU RAM."
         )
         if not user_ngl and plan.gpu is not None:
@@ -427,6 +534,12 @@ def _explain(
         lines.append(
             f"Not even one layer fits in the {format_bytes(gpu.free_bytes)} free on {gpu.name}: CPU only."
         )
+    if len(plan.gpus) > 1:
+        shares = "; ".join(
+            f"{d.name}: {d.layers} layers{' + output' if d.output else ''}, {format_bytes(d.used_bytes)}"
+            for d in plan.gpus
+        )
+        lines.append(f"Split over {len(plan.gpus)} devices in llama.cpp's order ({shares}).")
     if plan.ctx_reduced_from:
         lines.append(
             f"The context was reduced from {plan.ctx_reduced_from} to {plan.n_ctx} tokens to fit more "

@@ -7,7 +7,14 @@ import signal
 import pytest
 
 from mixdesk.core.engine import diagnose
-from mixdesk.errors import CorruptModelError, ModelLoadError, OutOfMemoryError
+from mixdesk.errors import (
+    CorruptModelError,
+    DeviceOutOfMemoryCrashError,
+    DeviceOutOfMemoryError,
+    HostOutOfMemoryError,
+    ModelLoadError,
+    OutOfMemoryError,
+)
 
 
 def test_sigkill_is_explained_as_memory_pressure() -> None:
@@ -22,8 +29,52 @@ def test_gpu_out_of_memory_in_the_log_wins() -> None:
     err = diagnose.engine_death(
         -signal.SIGABRT, log, during="loading the model", model_path="m.gguf"
     )
-    assert "ran out of memory" in str(err)
-    assert "fewer layers on the GPU" in str(err)
+    assert isinstance(err, DeviceOutOfMemoryCrashError)  # the load is retried with fewer layers
+    assert "GPU ran out of memory" in str(err)
+    assert "fewer GPU layers" in str(err)
+
+
+def test_ram_kill_is_not_a_device_out_of_memory() -> None:
+    """A SIGKILL (the kernel's OOM killer) is RAM, even when the log mentions a GPU failure."""
+    log = "cudaMalloc failed: out of memory\n"
+    err = diagnose.engine_death(-signal.SIGKILL, log, during="answering", model_path="m.gguf")
+    assert not isinstance(err, DeviceOutOfMemoryCrashError)
+
+
+@pytest.mark.parametrize(
+    ("line", "device_oom", "device", "size"),
+    [
+        (
+            "alloc_tensor_range: failed to allocate CUDA0 buffer of size 1293942784",
+            True,
+            "CUDA0",
+            1293942784,
+        ),
+        (
+            "failed to allocate RPC0[127.0.0.1:50052] buffer of size 350759424",
+            True,
+            "RPC0[127.0.0.1:50052]",
+            350759424,
+        ),
+        ("alloc_tensor_range: failed to allocate CPU buffer of size 999", False, "", 0),
+        ("failed to allocate CUDA_Host buffer of size 4096", False, "", 0),
+        (
+            "llama_model_load: error loading model: mmap failed: Cannot allocate memory",
+            False,
+            "",
+            0,
+        ),
+    ],
+)
+def test_out_of_memory_is_typed_by_the_failed_buffer(
+    line: str, device_oom: bool, device: str, size: int
+) -> None:
+    err = diagnose.load_failure("m.gguf", line + "\n")
+    assert isinstance(err, DeviceOutOfMemoryError) is device_oom
+    assert isinstance(err, HostOutOfMemoryError) is not device_oom
+    if device_oom:
+        assert isinstance(err, DeviceOutOfMemoryError)
+        assert (err.device, err.requested_bytes) == (device, size)
 
 
 @pytest.mark.parametrize(

@@ -22,12 +22,12 @@ from mixdesk.errors import (
     CorruptModelError,
     EngineBusyError,
     EngineCrashedError,
+    HostOutOfMemoryError,
     InvalidArgumentError,
     LegacyLayoutError,
     ModelNotFoundError,
     NoModelLoadedError,
     NotAGgufError,
-    OutOfMemoryError,
     UnsupportedArchitectureError,
 )
 
@@ -346,7 +346,7 @@ def test_too_little_memory_says_so(models: dict[str, Path], tmp_path: Path) -> N
     ]
     with Engine(log_dir=tmp_path, command=limited) as small:
         with pytest.raises(
-            OutOfMemoryError, match=r"not enough memory .* could not allocate \d+\.\d GiB"
+            HostOutOfMemoryError, match=r"not enough RAM .* could not allocate \d+\.\d+ GiB on CPU"
         ):
             small.load(LoadConfig(str(models["f32"]), n_ctx=1 << 20))
         small.load(

@@ -28,7 +28,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict
 from pathlib import Path
 from typing import IO, Any
 
@@ -37,16 +36,21 @@ from mixdesk.core.chat_template import ChatMessage
 from mixdesk.core.engine import diagnose
 from mixdesk.core.engine.protocol import (
     KV_CACHE_TYPES,
+    CancelCommand,
+    ChatCommand,
     ChatDone,
+    EngineCommand,
     EngineFailure,
     EngineInfo,
+    LoadCommand,
     LoadConfig,
     LoadProgress,
     ModelInfo,
     SamplingParams,
+    ShutdownCommand,
     TextDelta,
+    encode_command,
     from_dict,
-    messages_to_wire,
 )
 from mixdesk.errors import (
     EngineBusyError,
@@ -145,6 +149,7 @@ def _failure_to_error(failure: EngineFailure) -> MixdeskError:
     # Bypass constructors that build their sentence from other fields: the text is final.
     err = cls.__new__(cls)
     MixdeskError.__init__(err, failure.message)
+    err.__dict__.update(failure.details)
     return err
 
 
@@ -215,7 +220,7 @@ class ChatStream(AnswerStream):
     def cancel(self) -> None:
         """Ask the engine to stop this answer."""
         if self.result is None:
-            self._engine._send({"cmd": "cancel", "id": self.request_id})
+            self._engine._send(CancelCommand(self.request_id))
 
     def close(self) -> None:
         """Stop the answer if it is still running and wait for the engine to be ready."""
@@ -283,6 +288,9 @@ class Engine:
         env.update(
             # ggml's abort handler would otherwise attach gdb to print a backtrace.
             GGML_NO_BACKTRACE="1",
+            # CUDA numbers GPUs fastest-first by default; NVML (the planner's source) by PCI
+            # bus. The same order on both sides makes the plan's split the one that loads.
+            CUDA_DEVICE_ORDER="PCI_BUS_ID",
             PYTHONUNBUFFERED="1",
             PYTHONIOENCODING="utf-8",
         )
@@ -333,7 +341,7 @@ class Engine:
             return
         if proc.poll() is None:
             try:
-                self._write(proc, {"cmd": "shutdown"})
+                self._write(proc, ShutdownCommand())
                 assert proc.stdin is not None
                 proc.stdin.close()
             except OSError:
@@ -376,7 +384,7 @@ class Engine:
         if not self._fresh or not self.alive:
             self.start()
         self._fresh = False
-        self._send({"cmd": "load", "config": asdict(config)})
+        self._send(LoadCommand(config))
         while True:
             event = self._next_event(during="loading the model", model_path=config.model_path)
             if isinstance(event, LoadProgress):
@@ -416,15 +424,7 @@ class Engine:
         if self._active is not None and self._active.result is None:
             raise EngineBusyError("The engine is still answering; stop that answer first.")
         request_id = next(self._ids)
-        self._send(
-            {
-                "cmd": "chat",
-                "id": request_id,
-                "messages": messages_to_wire(list(messages)),
-                "sampling": asdict(sampling),
-                "stream_interval_s": stream_interval_s,
-            }
-        )
+        self._send(ChatCommand(request_id, tuple(messages), sampling, stream_interval_s))
         self._active = ChatStream(self, request_id)
         return self._active
 
@@ -436,7 +436,7 @@ class Engine:
 
     # -- plumbing ---------------------------------------------------------------------
 
-    def _send(self, message: dict[str, Any]) -> None:
+    def _send(self, message: EngineCommand) -> None:
         if self._dead is not None:
             raise self._dead
         if self._proc is None:
@@ -447,8 +447,8 @@ class Engine:
             # The process is gone; the reader thread will report how it ended.
             self._next_event(during="receiving a command", timeout=10)
 
-    def _write(self, proc: subprocess.Popen[bytes], message: dict[str, Any]) -> None:
-        data = (json.dumps(message) + "\n").encode("utf-8")
+    def _write(self, proc: subprocess.Popen[bytes], message: EngineCommand) -> None:
+        data = encode_command(message)
         with self._send_lock:
             assert proc.stdin is not None
             proc.stdin.write(data)

@@ -13,7 +13,10 @@ from pathlib import Path
 
 from mixdesk.errors import (
     CorruptModelError,
+    DeviceOutOfMemoryCrashError,
+    DeviceOutOfMemoryError,
     EngineCrashedError,
+    HostOutOfMemoryError,
     LegacyLayoutError,
     ModelLoadError,
     OutOfMemoryError,
@@ -25,7 +28,12 @@ _OOM = re.compile(
     r"ErrorOutOfDeviceMemory|std::bad_alloc|Cannot allocate memory|mmap failed",
     re.IGNORECASE,
 )
-_ALLOC_SIZE = re.compile(r"failed to allocate \w+ buffer of size (\d+)")
+_ALLOC = re.compile(r"failed to allocate (\S+) buffer of size (\d+)")
+_DEVICE_OOM = re.compile(
+    r"cudaMalloc failed|CUDA error: out of memory|ErrorOutOfDeviceMemory|hipMalloc failed"
+)
+#: Buffers in RAM: a failure there is the host's memory, never the GPU's.
+_HOST_BUFFER = re.compile(r"^(CPU\w*|\w*_Host)$")
 _ARCH = re.compile(r"unknown model architecture: '([^']*)'")
 _LEGACY = re.compile(
     r"tensor 'blk\.\d+\.ffn_\w+_exps\.weight' not found|missing tensor 'blk\.\d+\.ffn_\w+_exps"
@@ -70,16 +78,34 @@ def load_failure(model_path: str, log_text: str) -> ModelLoadError:
             f"{name} has a damaged GGUF header ({m.group(1).strip()}); download it again."
         )
     if _OOM.search(log_text):
-        sizes = [int(n) for n in _ALLOC_SIZE.findall(log_text)]
-        amount = f" (llama.cpp could not allocate {sizes[-1] / 2**30:.1f} GiB)" if sizes else ""
-        return OutOfMemoryError(
-            f"There is not enough memory to load {name} with these settings{amount}; put fewer "
-            "layers on the GPU, use a smaller context, or pick a smaller quantisation."
-        )
+        return out_of_memory(name, log_text)
     detail = ""
     if found := _ERROR_LINE.findall(log_text):
         detail = f" ({found[-1].strip()})"
     return ModelLoadError(f"llama.cpp could not load {name}{detail}; the log has the details.")
+
+
+def out_of_memory(name: str, log_text: str) -> OutOfMemoryError:
+    """The typed out-of-memory error for a failed allocation in ``log_text``.
+
+    A failed buffer on an offload device (``CUDA0``, ``RPC0[host:port]``) or a CUDA/Vulkan
+    out-of-memory line is a :class:`DeviceOutOfMemoryError` (fewer GPU layers may fit); a
+    CPU, ``CPU_Mapped`` or ``CUDA_Host`` buffer, a failed mmap or a C++ bad_alloc is RAM.
+    """
+    allocs = _ALLOC.findall(log_text)
+    device, size = (allocs[-1][0], int(allocs[-1][1])) if allocs else ("", 0)
+    amount = f" (llama.cpp could not allocate {size / 2**30:.2f} GiB on {device})" if allocs else ""
+    if (device and not _HOST_BUFFER.match(device)) or (not device and _DEVICE_OOM.search(log_text)):
+        return DeviceOutOfMemoryError(
+            f"{name} does not fit in GPU memory with these settings{amount}; put fewer layers "
+            "on the GPU or use a smaller context.",
+            device=device,
+            requested_bytes=size,
+        )
+    return HostOutOfMemoryError(
+        f"There is not enough RAM to load {name} with these settings{amount}; close other "
+        "programs, use a smaller context, or pick a smaller quantisation."
+    )
 
 
 def _signal_name(returncode: int) -> str:
@@ -102,6 +128,16 @@ def engine_death(
     """
     name = Path(model_path).name if model_path else "the model"
     assertion = _ASSERT.search(log_text)
+    oom = out_of_memory(name, log_text) if _OOM.search(log_text) else None
+    if isinstance(oom, DeviceOutOfMemoryError) and _signal_name(returncode or 0) != "SIGKILL":
+        return DeviceOutOfMemoryCrashError(
+            f"The engine stopped while {during}: the GPU ran out of memory; reload the model "
+            "with fewer GPU layers or a smaller context.",
+            returncode=returncode,
+            log_tail=log_text[-4000:],
+            device=oom.device,
+            requested_bytes=oom.requested_bytes,
+        )
     if assertion and returncode is not None and returncode < 0:
         cause = f"llama.cpp aborted ({assertion.group(1).strip()[:160]})"
         advice = (
@@ -137,16 +173,31 @@ def engine_death(
 
 
 _BUFFER = re.compile(r"(\S+)\s+(model|KV|compute|output|RS)\s+buffer size\s*=\s*([\d.]+) MiB")
+_OFFLOADED = re.compile(r"offloaded (\d+)/(\d+) layers to GPU")
+
+
+def _last_load(log_text: str) -> str:
+    """The part of the log written by the last model load."""
+    start = log_text.rfind("llama_model_load")
+    return log_text[max(start, 0) :]
 
 
 def buffer_sizes(log_text: str) -> dict[str, int]:
-    """The buffers llama.cpp reports while loading, in bytes: ``{"CPU_REPACK model": ..., "CUDA0 KV": ...}``.
+    """The buffers llama.cpp reports while loading, in bytes, summed per device and kind:
+    ``{"CPU_Mapped model": ..., "RPC0[127.0.0.1:50052] KV": ..., "CUDA0 compute": ...}``.
 
-    These log lines are llama.cpp's own accounting (ground truth for the planner). Only the
-    lines from the last load in ``log_text`` are read (a new load starts at ``load_tensors``).
+    These log lines are llama.cpp's own accounting (ground truth for the planner). A split
+    model logs one ``CPU_Mapped`` buffer per file, hence the sums; two RPC servers are both
+    called ``RPC0``, so their names keep the endpoint. Only the last load in ``log_text`` is read.
     """
-    start = log_text.rfind("llama_model_load")
     found: dict[str, int] = {}
-    for device, kind, mib in _BUFFER.findall(log_text[max(start, 0) :]):
-        found[f"{device} {kind}"] = round(float(mib) * 2**20)
+    for device, kind, mib in _BUFFER.findall(_last_load(log_text)):
+        key = f"{device} {kind}"
+        found[key] = found.get(key, 0) + round(float(mib) * 2**20)
     return found
+
+
+def offloaded_layers(log_text: str) -> int:
+    """llama.cpp's ``n_gpu_layers`` as it applied it (0 when nothing went to a GPU)."""
+    found = _OFFLOADED.findall(_last_load(log_text))
+    return int(found[-1][0]) if found else 0

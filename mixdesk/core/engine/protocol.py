@@ -1,15 +1,18 @@
 """What the app and the engine process say to each other: dataclasses sent as JSON lines.
 
-The app writes commands to the engine's stdin, one JSON object a line; the engine answers
-with events on a private copy of its stdout. llama.cpp's own log goes to the engine's stderr,
+The app writes commands (:class:`LoadCommand`, :class:`ChatCommand`, :class:`CancelCommand`,
+:class:`ShutdownCommand`) to the engine's stdin, one JSON object a line; the engine answers
+with events (:class:`LoadProgress`, :class:`ModelInfo`, :class:`TextDelta`, :class:`ChatDone`,
+:class:`EngineFailure`) on a private copy of its stdout. llama.cpp's own log goes to the engine's stderr,
 which the app points at a log file.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from typing import Any, TypeVar
 
 from mixdesk.core.chat_template import ChatMessage
@@ -31,7 +34,11 @@ def physical_cores() -> int:
 
 @dataclass(frozen=True)
 class LoadConfig:
-    """How to load a model. ``n_gpu_layers=-1`` puts every layer on the GPU."""
+    """How to load a model, exactly as llama.cpp will be asked to.
+
+    Built only by :func:`mixdesk.core.loading.plan_load`. ``n_gpu_layers`` is llama.cpp's
+    number: the output layer plus ``n_gpu_layers - 1`` repeating layers, 0 to n_layers + 1.
+    """
 
     model_path: str
     n_gpu_layers: int = 0
@@ -41,11 +48,14 @@ class LoadConfig:
     flash_attn: bool = False
     type_k: str = "f16"
     type_v: str = "f16"
-    #: Buffer sizes llama.cpp logged while loading, e.g. {"CPU KV": bytes, "CUDA0 model": bytes}.
-    buffers: dict[str, int] = field(default_factory=dict)
     use_mmap: bool = True
     #: llama.cpp's op offload (copy CPU weights to the GPU for big batches); None: its default.
     op_offload: bool | None = None
+    #: llama.cpp RPC servers ("host:port") registered as devices before loading, in order.
+    rpc_servers: tuple[str, ...] = ()
+    #: Layers per offload device, in llama.cpp's device order (empty: one device, or
+    #: llama.cpp's own split by free memory). llama.cpp counts the output layer as a layer.
+    tensor_split: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -166,7 +176,50 @@ class EngineFailure:
     kind: str
     message: str
     request_id: int = 0
+    #: The error's own fields (e.g. a device out-of-memory's device and size).
+    details: dict[str, Any] = field(default_factory=dict)
 
+
+@dataclass(frozen=True)
+class LoadCommand:
+    """Load a model: the engine answers with :class:`LoadProgress` events, then a
+    :class:`ModelInfo` or an :class:`EngineFailure`."""
+
+    config: LoadConfig
+
+
+@dataclass(frozen=True)
+class ChatCommand:
+    """Answer a conversation: :class:`TextDelta` events at most every ``stream_interval_s``,
+    then a :class:`ChatDone` (or an :class:`EngineFailure`), all with ``request_id``."""
+
+    request_id: int
+    messages: tuple[ChatMessage, ...]
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    stream_interval_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class CancelCommand:
+    """Stop answer ``request_id`` (acted on at once, even while the answer is generated)."""
+
+    request_id: int
+
+
+@dataclass(frozen=True)
+class ShutdownCommand:
+    """End the engine process."""
+
+
+#: Everything the app can tell the engine.
+EngineCommand = LoadCommand | ChatCommand | CancelCommand | ShutdownCommand
+
+_COMMAND_NAMES: dict[type[Any], str] = {
+    LoadCommand: "load",
+    ChatCommand: "chat",
+    CancelCommand: "cancel",
+    ShutdownCommand: "shutdown",
+}
 
 T = TypeVar("T")
 
@@ -181,7 +234,19 @@ def from_dict(cls: type[T], data: dict[str, Any]) -> T:
         kwargs["stats"] = from_dict(GenerationStats, kwargs["stats"])
     if cls is SamplingParams and "stop" in kwargs:
         kwargs["stop"] = tuple(kwargs["stop"])
+    if cls is LoadConfig:
+        for name in ("rpc_servers", "tensor_split"):
+            if name in kwargs:
+                kwargs[name] = tuple(kwargs[name])
     return cls(**kwargs)
+
+
+def failure(err: BaseException, message: str, request_id: int = 0) -> EngineFailure:
+    """An error as it crosses to the app: its class name, sentence and plain fields."""
+    details = {
+        k: v for k, v in vars(err).items() if isinstance(v, (str, int, float, bool)) or v is None
+    }
+    return EngineFailure(type(err).__name__, message, request_id, details)
 
 
 def encode(kind: str, payload: Any = None, **extra: Any) -> bytes:
@@ -193,40 +258,61 @@ def encode(kind: str, payload: Any = None, **extra: Any) -> bytes:
     return (json.dumps(body, separators=(",", ":")) + "\n").encode("utf-8")
 
 
-def messages_to_wire(messages: list[ChatMessage]) -> list[dict[str, str]]:
-    """Turn chat messages into plain dicts for JSON."""
-    return [{"role": m.role, "content": m.content} for m in messages]
-
-
 def messages_from_wire(items: list[dict[str, str]]) -> list[ChatMessage]:
     """Turn JSON dicts back into chat messages."""
     return [ChatMessage(role=str(i["role"]), content=str(i["content"])) for i in items]
 
 
+def encode_command(command: EngineCommand) -> bytes:
+    """Encode a command for the engine's stdin (one JSON line, like an event)."""
+    return encode(_COMMAND_NAMES[type(command)], command)
+
+
+def decode_command(line: bytes | str) -> EngineCommand:
+    """Read one command line.
+
+    Raises:
+        ValueError, KeyError, TypeError: not a command (the engine skips such lines).
+    """
+    body = json.loads(line)
+    kind = body.pop("type")
+    if kind == "load":
+        return LoadCommand(from_dict(LoadConfig, body["config"]))
+    if kind == "chat":
+        return ChatCommand(
+            request_id=int(body["request_id"]),
+            messages=tuple(messages_from_wire(body["messages"])),
+            sampling=from_dict(SamplingParams, body["sampling"]),
+            stream_interval_s=float(body["stream_interval_s"]),
+        )
+    if kind == "cancel":
+        return CancelCommand(int(body["request_id"]))
+    if kind == "shutdown":
+        return ShutdownCommand()
+    raise ValueError(f"unknown engine command {kind!r}")
+
+
+@functools.cache
+def _field_names(cls: type[Any]) -> tuple[str, ...]:
+    return tuple(f.name for f in fields(cls))
+
+
+def _plain(value: Any) -> Any:
+    """A dataclass as a dict of its fields (nested ones too), like ``asdict`` without its
+    deep copies: a new field is sent as soon as it is declared."""
+    if is_dataclass(value) and not isinstance(value, type):
+        return {name: _plain(getattr(value, name)) for name in _field_names(type(value))}
+    return value
+
+
 def encode_delta(request_id: int, text: str, stats: GenerationStats) -> bytes:
-    """Encode a text delta: the hot path, one per streamed update, so built by hand."""
-    perf = stats.perf
+    """Encode a text delta: the hot path, one per streamed update, so lighter than
+    :func:`encode`; every field of ``stats`` goes out, read from the dataclass's own fields."""
     body = {
         "type": "delta",
         "request_id": request_id,
         "text": text,
         "sent_ns": time.monotonic_ns(),
-        "stats": {
-            "prompt_tokens": stats.prompt_tokens,
-            "prompt_eval_tokens": stats.prompt_eval_tokens,
-            "prompt_tps": stats.prompt_tps,
-            "eval_tokens": stats.eval_tokens,
-            "eval_tps": stats.eval_tps,
-            "ttft_s": stats.ttft_s,
-            "elapsed_s": stats.elapsed_s,
-            "context_used": stats.context_used,
-            "context_size": stats.context_size,
-            "perf": {
-                "t_p_eval_ms": perf.t_p_eval_ms,
-                "n_p_eval": perf.n_p_eval,
-                "t_eval_ms": perf.t_eval_ms,
-                "n_eval": perf.n_eval,
-            },
-        },
+        "stats": _plain(stats),
     }
     return (json.dumps(body, separators=(",", ":")) + "\n").encode("utf-8")

@@ -15,37 +15,45 @@ from __future__ import annotations
 import codecs
 import collections
 import ctypes
-import json
 import logging
 import os
 import queue
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
 from mixdesk.core.chat_template import (
+    ChatMessage,
     ChatTemplate,
     render_prompt,
     select_template,
 )
-from mixdesk.core.engine import diagnose
+from mixdesk.core.engine import diagnose, llama_adapter
 from mixdesk.core.engine.protocol import (
+    KV_TYPE_IDS,
+    CancelCommand,
+    ChatCommand,
     ChatDone,
+    EngineCommand,
     EngineFailure,
     EngineInfo,
     GenerationStats,
+    LoadCommand,
     LoadConfig,
     LoadProgress,
     ModelInfo,
     PerfCounters,
     SamplingParams,
+    ShutdownCommand,
+    decode_command,
     encode,
     encode_delta,
-    from_dict,
-    messages_from_wire,
+    failure,
+    physical_cores,
 )
 from mixdesk.errors import (
     ContextOverflowError,
@@ -59,7 +67,6 @@ from mixdesk.errors import (
 log = logging.getLogger(__name__)
 
 _EXIT_GRACE_S = 2.0
-_KV_TYPES = {"f16": 1, "q8_0": 8, "q4_0": 2}  # ggml_type values
 
 
 class _LogTee:
@@ -101,6 +108,7 @@ class EngineWorker:
     def __init__(self, channel: _Channel, tee: _LogTee) -> None:
         import llama_cpp
 
+        llama_adapter.check_compatible()
         self._lc = llama_cpp
         self._channel = channel
         self._tee = tee
@@ -122,7 +130,8 @@ class EngineWorker:
         return EngineInfo(
             pid=os.getpid(),
             llama_cpp_version=str(getattr(lc, "__version__", "unknown")),
-            supports_gpu_offload=bool(lc.llama_supports_gpu_offload()),
+            # With RPC compiled in, llama_supports_gpu_offload() is always true: ask for GPUs.
+            supports_gpu_offload=bool(llama_adapter.local_gpus()),
             system_info=lc.llama_print_system_info().decode("utf-8", errors="replace").strip(),
         )
 
@@ -144,12 +153,13 @@ class EngineWorker:
             return True
 
         progress_cb = lc.llama_progress_callback(on_progress)
-        n_threads = config.n_threads or _physical_cores()
+        llama_adapter.add_rpc_servers(config.rpc_servers)
+        n_threads = config.n_threads or physical_cores()
         # llama.cpp refuses a quantised V cache without flash attention; turn it on instead.
         flash_attn = config.flash_attn or config.type_v != "f16"
         start = time.perf_counter()
         try:
-            with _model_params_with_progress(progress_cb), _without_chat_formatters():
+            with llama_adapter.model_params(progress=progress_cb), _without_chat_formatters():
                 self._llm = lc.Llama(
                     model_path=str(path),
                     n_gpu_layers=config.n_gpu_layers,
@@ -158,10 +168,11 @@ class EngineWorker:
                     n_threads_batch=n_threads,
                     n_batch=config.n_batch,
                     flash_attn=flash_attn,
-                    type_k=_KV_TYPES[config.type_k],
-                    type_v=_KV_TYPES[config.type_v],
+                    type_k=KV_TYPE_IDS[config.type_k],
+                    type_v=KV_TYPE_IDS[config.type_v],
                     use_mmap=config.use_mmap,
                     op_offload=config.op_offload,
+                    tensor_split=list(config.tensor_split) or None,
                     verbose=True,
                 )
         except ValueError:
@@ -173,20 +184,16 @@ class EngineWorker:
         self._pieces = {}
         metadata = dict(llm.metadata)
         self._template = select_template(metadata)
-        model = llm._model
+        model = llama_adapter.model_handle(llm)
         arch = metadata.get("general.architecture", "unknown")
         n_layers = int(metadata.get(f"{arch}.block_count", "0") or 0)
-        n_gpu = config.n_gpu_layers
-        if n_gpu < 0 or n_gpu > n_layers:
-            n_gpu = n_layers
-        if not lc.llama_supports_gpu_offload():
-            n_gpu = 0
+        log_text = self._tee.text()
         info = ModelInfo(
             path=str(path),
             name=metadata.get("general.name", path.stem),
             architecture=arch,
             n_layers=n_layers,
-            n_gpu_layers=n_gpu,
+            n_gpu_layers=diagnose.offloaded_layers(log_text),
             n_ctx=llm.n_ctx(),
             n_ctx_train=model.n_ctx_train(),
             n_vocab=model.n_vocab(),
@@ -200,14 +207,14 @@ class EngineWorker:
             flash_attn=flash_attn,
             type_k=config.type_k,
             type_v=config.type_v,
-            buffers=diagnose.buffer_sizes(self._tee.text()),
+            buffers=diagnose.buffer_sizes(log_text),
         )
         self._channel.send(encode("loaded", info))
 
     def chat(
         self,
         request_id: int,
-        messages: list[dict[str, str]],
+        messages: Sequence[ChatMessage],
         sampling: SamplingParams,
         *,
         stream_interval_s: float = 0.0,
@@ -222,7 +229,7 @@ class EngineWorker:
         if llm is None or self._template is None:
             raise NoModelLoadedError("No model is loaded; load a model before chatting.")
         lc = self._lc
-        model = llm._model
+        model = llama_adapter.model_handle(llm)
         bos = model.token_get_text(model.token_bos()) if model.token_bos() >= 0 else ""
         eos = model.token_get_text(model.token_eos()) if model.token_eos() >= 0 else ""
         try:
@@ -230,7 +237,7 @@ class EngineWorker:
             # budget (a ChatTemplateError past it), and a Stop ends the render at once.
             prompt = render_prompt(
                 self._template,
-                messages_from_wire(messages),
+                list(messages),
                 bos_token=bos,
                 eos_token=eos,
                 cancelled=lambda: request_id in self.cancelled,
@@ -253,7 +260,7 @@ class EngineWorker:
 
         self.current_request = request_id
         cancelled = self.cancelled
-        ctx = llm._ctx.ctx
+        ctx = llama_adapter.context_pointer(llm)
         lc.llama_perf_context_reset(ctx)
         vocab = model.vocab
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
@@ -340,13 +347,15 @@ class EngineWorker:
         piece = self._pieces.get(token)
         if piece is None:
             buf = ctypes.create_string_buffer(256)
-            n = self._lc.llama_token_to_piece(self._llm._model.vocab, token, buf, 256, 0, False)
+            n = self._lc.llama_token_to_piece(
+                llama_adapter.model_handle(self._llm).vocab, token, buf, 256, 0, False
+            )
             piece = buf.raw[: max(n, 0)]
             self._pieces[token] = piece
         return piece
 
     def _stats(self, n_prompt: int, n_generated: int, start: float, ttft: float) -> GenerationStats:
-        perf = self._lc.llama_perf_context(self._llm._ctx.ctx)
+        perf = self._lc.llama_perf_context(llama_adapter.context_pointer(self._llm))
         counters = PerfCounters(
             t_p_eval_ms=perf.t_p_eval_ms,
             n_p_eval=perf.n_p_eval,
@@ -394,36 +403,6 @@ def _stop_position(text: str, sent: int, stops: tuple[str, ...]) -> tuple[int, i
     return -1, hold
 
 
-def _physical_cores() -> int:
-    import psutil
-
-    return psutil.cpu_count(logical=False) or os.cpu_count() or 1
-
-
-@contextmanager
-def _model_params_with_progress(callback: Any) -> Any:
-    """Make ``Llama`` load with our progress callback.
-
-    llama-cpp-python's ``Llama.__init__`` takes no progress callback, but builds its model
-    parameters from ``llama_cpp.llama_model_default_params()`` just before loading; we hand
-    it defaults with the callback filled in, for the duration of the constructor.
-    """
-    import llama_cpp.llama_cpp as low
-
-    original = low.llama_model_default_params
-
-    def with_callback() -> Any:
-        params = original()
-        params.progress_callback = callback
-        return params
-
-    low.llama_model_default_params = with_callback
-    try:
-        yield
-    finally:
-        low.llama_model_default_params = original
-
-
 class _UnusedChatFormatter:
     """Stands in for llama-cpp-python's template formatter while a model loads.
 
@@ -453,21 +432,22 @@ def _without_chat_formatters() -> Any:
         formats.Jinja2ChatFormatter = original  # type: ignore[misc]
 
 
-def _reader(worker: EngineWorker, commands: queue.Queue[dict[str, Any]]) -> None:
+def _reader(worker: EngineWorker, commands: queue.Queue[EngineCommand]) -> None:
     """Read commands from stdin; cancels act at once, the rest queue for the main thread."""
     for raw in sys.stdin.buffer:
         try:
-            message = json.loads(raw)
-        except ValueError:
+            command = decode_command(raw)
+        except (ValueError, KeyError, TypeError):
+            log.warning("unreadable command: %r", raw[:200])
             continue
-        if message.get("cmd") == "cancel":
-            worker.cancelled.add(int(message.get("id", 0)))
+        if isinstance(command, CancelCommand):
+            worker.cancelled.add(command.request_id)
             continue
-        commands.put(message)
+        commands.put(command)
     # The app has gone (closed our stdin or died). Stop any answer and let the main thread
     # finish cleanly; if it is stuck in llama.cpp (a long load), end the process anyway.
     worker.cancelled.add(worker.current_request)
-    commands.put({"cmd": "shutdown"})
+    commands.put(ShutdownCommand())
     time.sleep(_EXIT_GRACE_S)
     os._exit(0)
 
@@ -488,26 +468,25 @@ def main() -> int:
             encode("error", EngineFailure("EngineError", f"The engine could not start: {err}."))
         )
         return 1
-    commands: queue.Queue[dict[str, Any]] = queue.Queue()
+    commands: queue.Queue[EngineCommand] = queue.Queue()
     threading.Thread(target=_reader, args=(worker, commands), daemon=True).start()
     while True:
-        message = commands.get()
-        cmd = message.get("cmd")
-        request_id = int(message.get("id", 0))
+        command = commands.get()
+        request_id = command.request_id if isinstance(command, ChatCommand) else 0
         try:
-            if cmd == "load":
-                worker.load(from_dict(LoadConfig, message["config"]))
-            elif cmd == "chat":
+            if isinstance(command, LoadCommand):
+                worker.load(command.config)
+            elif isinstance(command, ChatCommand):
                 worker.chat(
                     request_id,
-                    message["messages"],
-                    from_dict(SamplingParams, message["sampling"]),
-                    stream_interval_s=float(message.get("stream_interval_s", 0.0)),
+                    command.messages,
+                    command.sampling,
+                    stream_interval_s=command.stream_interval_s,
                 )
-            elif cmd == "shutdown":
+            elif isinstance(command, ShutdownCommand):
                 return 0
         except MixdeskError as err:
-            channel.send(encode("error", EngineFailure(type(err).__name__, str(err), request_id)))
+            channel.send(encode("error", failure(err, str(err), request_id)))
         except Exception as err:
             log.exception("engine command failed")
             channel.send(

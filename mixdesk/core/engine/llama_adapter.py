@@ -1,0 +1,262 @@
+"""Every use of llama-cpp-python beyond its public ``Llama`` API, in one place.
+
+MixDesk needs a few things llama-cpp-python 0.3.36 does not offer as API: the model and
+context handles behind a ``Llama`` (for llama.cpp's own counters and the abort callback),
+model parameters with a progress callback, llama.cpp's device list with free memory, and its
+RPC backend (a real offload device, and the way to pool GPUs of other machines). They reach
+into private attributes and into the ggml libraries shipped inside the wheel, so they are tied
+to the pinned version: :func:`check_compatible` (run by the test suite, and by the engine when
+it starts) fails loudly, naming what changed, when the installed llama-cpp-python differs.
+
+Only the engine process and the RPC server process import this module (it loads llama.cpp).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import llama_cpp
+import llama_cpp.llama_cpp as low
+
+#: The llama-cpp-python version this adapter (and the planner's accounting) was checked against.
+PINNED_VERSION = "0.3.36"
+
+#: ggml_backend_dev_type values.
+DEVICE_CPU, DEVICE_GPU, DEVICE_IGPU, DEVICE_ACCEL = 0, 1, 2, 3
+_DEVICE_KINDS = {DEVICE_CPU: "cpu", DEVICE_GPU: "gpu", DEVICE_IGPU: "igpu", DEVICE_ACCEL: "accel"}
+
+
+class AdapterError(RuntimeError):
+    """The installed llama-cpp-python is not the one this adapter was written for."""
+
+
+def _lib_dir() -> Path:
+    return Path(llama_cpp.__file__).resolve().parent / "lib"
+
+
+def _open(name: str) -> ctypes.CDLL:
+    """A ggml library shipped in llama_cpp/lib, by its soname: the instance llama_cpp loaded."""
+    path = _lib_dir() / name
+    if not path.exists():
+        raise AdapterError(f"{path} is missing from the installed llama-cpp-python")
+    return ctypes.CDLL(str(path), mode=getattr(os, "RTLD_GLOBAL", 0))
+
+
+class _Ggml:
+    """The ggml C functions MixDesk calls, with their C signatures."""
+
+    def __init__(self) -> None:
+        base = _open("libggml-base.so.0")
+        ggml = _open("libggml.so.0")
+        vp, sz = ctypes.c_void_p, ctypes.c_size_t
+        self.dev_count = ggml.ggml_backend_dev_count
+        self.dev_count.restype, self.dev_count.argtypes = sz, []
+        self.dev_get = ggml.ggml_backend_dev_get
+        self.dev_get.restype, self.dev_get.argtypes = vp, [sz]
+        self.dev_by_type = ggml.ggml_backend_dev_by_type
+        self.dev_by_type.restype, self.dev_by_type.argtypes = vp, [ctypes.c_int]
+        self.register = ggml.ggml_backend_register
+        self.register.restype, self.register.argtypes = None, [vp]
+        self.dev_name = base.ggml_backend_dev_name
+        self.dev_name.restype, self.dev_name.argtypes = ctypes.c_char_p, [vp]
+        self.dev_description = base.ggml_backend_dev_description
+        self.dev_description.restype, self.dev_description.argtypes = ctypes.c_char_p, [vp]
+        self.dev_type = base.ggml_backend_dev_type
+        self.dev_type.restype, self.dev_type.argtypes = ctypes.c_int, [vp]
+        self.dev_memory = base.ggml_backend_dev_memory
+        self.dev_memory.restype = None
+        self.dev_memory.argtypes = [vp, ctypes.POINTER(sz), ctypes.POINTER(sz)]
+        self.dev_buffer_type = base.ggml_backend_dev_buffer_type
+        self.dev_buffer_type.restype, self.dev_buffer_type.argtypes = vp, [vp]
+        self.rpc: ctypes.CDLL | None = None
+        rpc_path = _lib_dir() / "libggml-rpc.so.0"
+        if rpc_path.exists():
+            rpc = _open("libggml-rpc.so.0")
+            rpc.ggml_backend_rpc_add_server.restype = vp
+            rpc.ggml_backend_rpc_add_server.argtypes = [ctypes.c_char_p]
+            rpc.ggml_backend_rpc_start_server.restype = None
+            rpc.ggml_backend_rpc_start_server.argtypes = [
+                ctypes.c_char_p,
+                ctypes.c_char_p,
+                sz,
+                sz,
+                ctypes.POINTER(vp),
+            ]
+            self.rpc = rpc
+
+
+_ggml: _Ggml | None = None
+
+
+def ggml() -> _Ggml:
+    """The ggml functions (opened once per process)."""
+    global _ggml  # noqa: PLW0603 - one handle per process, opened on first use
+    if _ggml is None:
+        _ggml = _Ggml()
+    return _ggml
+
+
+def check_compatible() -> None:
+    """Fail loudly when llama-cpp-python is not the version, or lacks the internals, MixDesk uses.
+
+    Raises:
+        AdapterError: naming the version or the missing piece.
+    """
+    version = str(getattr(llama_cpp, "__version__", "unknown"))
+    if version != PINNED_VERSION:
+        raise AdapterError(
+            f"llama-cpp-python {version} is installed, but MixDesk's engine adapter and planner "
+            f"were checked against {PINNED_VERSION}; reinstall with `bash packaging/bootstrap.sh start`."
+        )
+    params = low.llama_model_default_params()
+    for name in ("progress_callback", "no_alloc", "tensor_buft_overrides", "tensor_split"):
+        if not hasattr(params, name):
+            raise AdapterError(f"llama_model_params has no field {name!r} in this llama-cpp-python")
+    for name in ("_model", "_ctx"):
+        if name not in llama_cpp.Llama.__init__.__code__.co_names:
+            raise AdapterError(f"Llama no longer keeps {name!r}; the engine adapter needs updating")
+    ggml()
+
+
+# -- a loaded Llama ---------------------------------------------------------------------
+
+
+def model_handle(llm: Any) -> Any:
+    """The ``_LlamaModel`` behind a ``Llama`` (vocab, special tokens, sizes)."""
+    return llm._model
+
+
+def context_pointer(llm: Any) -> Any:
+    """The ``llama_context *`` behind a ``Llama`` (perf counters, abort callback)."""
+    return llm._ctx.ctx
+
+
+@contextmanager
+def model_params(*, progress: Any = None, no_alloc: bool = False) -> Iterator[None]:
+    """Make the next ``Llama(...)`` load with these extra model parameters.
+
+    llama-cpp-python's ``Llama.__init__`` takes neither a progress callback nor ``no_alloc``,
+    but builds its model parameters from ``llama_model_default_params()`` just before
+    loading; for the duration of the constructor we hand it defaults with ours filled in.
+    """
+    original = low.llama_model_default_params
+
+    def with_ours() -> Any:
+        params = original()
+        if progress is not None:
+            params.progress_callback = progress
+        params.no_alloc = no_alloc
+        return params
+
+    low.llama_model_default_params = with_ours
+    try:
+        yield
+    finally:
+        low.llama_model_default_params = original
+
+
+# -- devices ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BackendDevice:
+    """A device llama.cpp can place layers on, as its backend registry reports it."""
+
+    name: str  # "CUDA0", "RPC0", "CPU"
+    description: str  # the GPU's name, or "127.0.0.1:50052" for an RPC server
+    kind: str  # "cpu", "gpu", "igpu", "accel"
+    free_bytes: int
+    total_bytes: int
+
+    @property
+    def is_rpc(self) -> bool:
+        """Whether this is a remote (RPC) device."""
+        return self.name.startswith("RPC")
+
+
+def backend_devices() -> list[BackendDevice]:
+    """Every device registered with ggml, in llama.cpp's order."""
+    g = ggml()
+    found = []
+    for i in range(g.dev_count()):
+        dev = g.dev_get(i)
+        free, total = ctypes.c_size_t(), ctypes.c_size_t()
+        g.dev_memory(dev, ctypes.byref(free), ctypes.byref(total))
+        found.append(
+            BackendDevice(
+                name=(g.dev_name(dev) or b"").decode(errors="replace"),
+                description=(g.dev_description(dev) or b"").decode(errors="replace"),
+                kind=_DEVICE_KINDS.get(g.dev_type(dev), "other"),
+                free_bytes=free.value,
+                total_bytes=total.value,
+            )
+        )
+    return found
+
+
+def local_gpus() -> list[BackendDevice]:
+    """The GPUs of this machine llama.cpp can use (RPC devices excluded).
+
+    With RPC compiled in, ``llama_supports_gpu_offload()`` is true on every machine, so
+    whether this build can use a local GPU is read from the device list instead.
+    """
+    return [d for d in backend_devices() if d.kind in ("gpu", "igpu") and not d.is_rpc]
+
+
+def add_rpc_servers(endpoints: Sequence[str]) -> None:
+    """Register llama.cpp RPC servers (``host:port``) as devices, before a model loads.
+
+    A registered device cannot be removed again: a load without them needs a new process.
+
+    Raises:
+        AdapterError: this llama.cpp build has no RPC backend.
+    """
+    g = ggml()
+    if endpoints and g.rpc is None:
+        raise AdapterError(
+            "this llama-cpp-python build has no RPC backend (build it with -DGGML_RPC=ON)"
+        )
+    assert g.rpc is not None or not endpoints
+    for endpoint in endpoints:
+        assert g.rpc is not None
+        reg = g.rpc.ggml_backend_rpc_add_server(endpoint.encode())
+        if not reg:
+            raise AdapterError(f"llama.cpp refused the RPC server {endpoint}")
+        g.register(reg)
+
+
+def serve_rpc(endpoint: str, *, threads: int, cache_dir: str | None = None) -> None:
+    """Serve this machine's first GPU (or its CPU) to llama.cpp RPC clients; never returns.
+
+    Raises:
+        AdapterError: this llama.cpp build has no RPC backend.
+    """
+    g = ggml()
+    if g.rpc is None:
+        raise AdapterError(
+            "this llama-cpp-python build has no RPC backend (build it with -DGGML_RPC=ON)"
+        )
+    gpus = local_gpus()
+    device = None
+    if gpus:
+        for i in range(g.dev_count()):
+            dev = g.dev_get(i)
+            if (g.dev_name(dev) or b"").decode() == gpus[0].name:
+                device = dev
+                break
+    if device is None:
+        device = g.dev_by_type(DEVICE_CPU)
+    devices = (ctypes.c_void_p * 1)(device)
+    g.rpc.ggml_backend_rpc_start_server(
+        endpoint.encode(),
+        cache_dir.encode() if cache_dir else None,
+        threads,
+        1,
+        devices,
+    )
