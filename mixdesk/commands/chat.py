@@ -15,7 +15,7 @@ from mixdesk.core.engine import ChatDone, Engine, GenerationStats, LoadConfig, S
 from mixdesk.core.engine.client import AnswerStream, validate_sampling
 from mixdesk.core.engine.protocol import ModelInfo
 from mixdesk.core.loading import plan_load
-from mixdesk.core.remote_backend import (
+from mixdesk.core.endpoints import (
     Endpoint,
     normalize_url,
     remote_chat,

@@ -12,7 +12,7 @@ from mixdesk.core import hardware
 from mixdesk.core.hardware import format_bytes
 from mixdesk.core.loading import make_plan
 from mixdesk.core.planner import OffloadPlan
-from mixdesk.core.remote import parse_model_ref, profile_ref
+from mixdesk.core.hub_header import parse_model_ref, profile_ref
 
 _FIT_WORDS = {
     "full": "everything on the GPU",

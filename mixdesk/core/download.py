@@ -42,7 +42,7 @@ from mixdesk.core.hardware import format_bytes
 from mixdesk.core.hub import HubFileInfo
 from mixdesk.core.library import safe_target
 from mixdesk.core.merge_stream import MergingStore, parse_header_prefix
-from mixdesk.core.remote import HubError, hub_error
+from mixdesk.core.hub_header import HubError, hub_error
 from mixdesk.errors import MixdeskError
 
 log = logging.getLogger(__name__)

@@ -1,7 +1,7 @@
 """Read a GGUF file's header (metadata and tensor table) without touching tensor data.
 
 Works on any readable binary stream: a local file, or a remote file on the Hub read with
-HTTP range requests (see :mod:`mixdesk.core.remote`). The reader is defensive because the
+HTTP range requests (see :mod:`mixdesk.core.hub_header`). The reader is defensive because the
 bytes come from the internet: every length and count is checked against limits before
 anything is allocated, the total number of header bytes read is capped, and any problem
 becomes a :class:`GGUFHeaderError` whose text says what is wrong; it never hangs or

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mixdesk.core.model_profile import SPLIT_RE
-from mixdesk.core.remote import HubError, hub_error
+from mixdesk.core.hub_header import HubError, hub_error
 
 _JOIN_RE = re.compile(r"^(?P<stem>.*\.gguf)\.part(?P<no>\d+)of(?P<count>\d+)$")
 _QUANT_RE = re.compile(

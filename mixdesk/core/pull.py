@@ -34,7 +34,7 @@ from mixdesk.core.hub import HubModel, list_models, pick_model
 from mixdesk.core.library import Library, LibraryEntry, model_name
 from mixdesk.core.model_profile import ModelProfile, profile_from_headers
 from mixdesk.core.planner import OffloadPlan, plan_offload
-from mixdesk.core.remote import read_remote_header
+from mixdesk.core.hub_header import read_remote_header
 from mixdesk.errors import CorruptModelError
 
 log = logging.getLogger(__name__)

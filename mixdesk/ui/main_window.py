@@ -467,7 +467,7 @@ class MainWindow(QMainWindow):
         self, url: str, *, api_key: str | None = None, model: str | None = None, name: str = ""
     ) -> None:
         """Save an endpoint in the settings (its key apart) and select it in the model picker."""
-        from mixdesk.core.remote_backend import normalize_url
+        from mixdesk.core.endpoints import normalize_url
         from mixdesk.core.settings import save_endpoint_key
 
         url = normalize_url(url)  # no network here: the kind of server is found by the worker
@@ -521,7 +521,7 @@ class MainWindow(QMainWindow):
         self.offload.set_model(path, profile, self.hardware)
 
     def _use_endpoint(self, index: int) -> None:
-        from mixdesk.core.remote_backend import Endpoint, remote_model_info
+        from mixdesk.core.endpoints import Endpoint, remote_model_info
         from mixdesk.core.settings import load_endpoint_keys
 
         ep = self.settings.endpoints[index]

@@ -104,7 +104,7 @@ class ModelWorker(QObject):
         self, request_id: int, endpoint: Any, messages: list[ChatMessage], sampling: SamplingParams
     ) -> None:
         """Stream an answer from a remote endpoint, with the same signals as a local one."""
-        from mixdesk.core.remote_backend import remote_chat
+        from mixdesk.core.endpoints import remote_chat
 
         self._relay(request_id, lambda: remote_chat(endpoint, messages, sampling))
 

@@ -23,7 +23,7 @@ import pytest
 from mixdesk import paths
 from mixdesk.core.chat_store import ChatStore
 from mixdesk.core.chat_template import ChatMessage
-from mixdesk.core.remote_backend import Endpoint, may_receive_hub_token, remote_chat
+from mixdesk.core.endpoints import Endpoint, may_receive_hub_token, remote_chat
 from mixdesk.core.settings import Settings, endpoint_keys_path, save_endpoint_key
 
 HUB_TOKEN = "hf_saved_hub_token_that_must_not_leak"  # noqa: S105 - a test value

@@ -15,7 +15,7 @@ from huggingface_hub import InferenceClient
 
 from mixdesk.core.chat_template import ChatMessage
 from mixdesk.core.engine import LoadConfig, SamplingParams
-from mixdesk.core.remote_backend import (
+from mixdesk.core.endpoints import (
     Endpoint,
     EndpointError,
     detect_kind,

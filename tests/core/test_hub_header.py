@@ -12,7 +12,7 @@ import pytest
 from mixdesk.core.hardware import GIB, MIB, GpuInfo, HardwareInfo
 from mixdesk.core.model_profile import profile_local
 from mixdesk.core.planner import plan_offload
-from mixdesk.core.remote import HubError, parse_model_ref, profile_ref
+from mixdesk.core.hub_header import HubError, parse_model_ref, profile_ref
 from mixdesk.errors import InvalidArgumentError
 from tests import model_factory as mf
 from tests.hub_server import HubFile, HubRepo, HubState
