@@ -1,8 +1,9 @@
 """Conversations in a SQLite file: saved as tokens arrive, searchable, exportable.
 
 Each answer is written while it streams (the app saves every fraction of a second), so an
-app or engine crash loses nothing that was already on screen. The database is opened per
-operation with WAL journaling; writes are small and quick.
+app or engine crash loses nothing that was already on screen. One connection stays open, with
+WAL journaling; writes are small and quick. Sampling and speed figures are stored as JSON of
+:class:`SamplingParams` and :class:`GenerationStats`.
 """
 
 from __future__ import annotations
@@ -13,11 +14,12 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from mixdesk import paths
+from mixdesk.core.engine.protocol import GenerationStats, SamplingParams, from_dict
 
 _SIDE_FILES = ("-wal", "-shm", "-journal")
 
@@ -46,24 +48,24 @@ _SCHEMA = [
 
 @dataclass(frozen=True)
 class StoredMessage:
-    """One message of a conversation."""
+    """One message of a conversation; an answer keeps the speed figures it ended with."""
 
     id: int
     role: str
     content: str
-    stats: dict[str, Any] | None = None
+    stats: GenerationStats | None = None
     finish_reason: str | None = None
     created: float = 0.0
 
 
 @dataclass(frozen=True)
 class Conversation:
-    """A conversation and its settings."""
+    """A conversation and its settings; ``sampling`` None: the app's defaults."""
 
     id: int
     title: str
     system_prompt: str = ""
-    sampling: dict[str, Any] = field(default_factory=dict)
+    sampling: SamplingParams | None = None
     model: str = ""
     created: float = 0.0
     updated: float = 0.0
@@ -120,17 +122,17 @@ class ChatStore:
         *,
         system_prompt: str = "",
         model: str = "",
-        sampling: dict[str, Any] | None = None,
+        sampling: SamplingParams | None = None,
     ) -> Conversation:
-        """Start a conversation."""
+        """Start a conversation (``sampling`` None: it follows the app's defaults)."""
         now = time.time()
         with self._db() as db:
             cur = db.execute(
                 "INSERT INTO conversations (title, system_prompt, sampling, model, created, updated) VALUES (?,?,?,?,?,?)",
-                (title, system_prompt, json.dumps(sampling or {}), model, now, now),
+                (title, system_prompt, _sampling_json(sampling), model, now, now),
             )
             cid = int(cur.lastrowid or 0)
-        return Conversation(cid, title, system_prompt, sampling or {}, model, now, now)
+        return Conversation(cid, title, system_prompt, sampling, model, now, now)
 
     def conversations(self, search: str = "") -> list[Conversation]:
         """All conversations, most recent first; ``search`` matches titles and message text."""
@@ -153,7 +155,7 @@ class ChatStore:
         return self._conversation(row) if row else None
 
     def update(self, conversation_id: int, **fields: Any) -> None:
-        """Change title, system_prompt, sampling or model."""
+        """Change title, system_prompt, sampling (a :class:`SamplingParams`) or model."""
         allowed = {"title", "system_prompt", "sampling", "model"}
         sets = []
         values: list[Any] = []
@@ -161,7 +163,7 @@ class ChatStore:
             if key not in allowed:
                 raise ValueError(f"unknown conversation field {key}")
             sets.append(f"{key} = ?")
-            values.append(json.dumps(value) if key == "sampling" else value)
+            values.append(_sampling_json(value) if key == "sampling" else value)
         with self._db() as db:
             db.execute(
                 f"UPDATE conversations SET {', '.join(sets)}, updated = ? WHERE id = ?",  # noqa: S608 - names from the allow-list above
@@ -181,7 +183,7 @@ class ChatStore:
         role: str,
         content: str,
         *,
-        stats: dict[str, Any] | None = None,
+        stats: GenerationStats | None = None,
         finish_reason: str | None = None,
     ) -> StoredMessage:
         """Append a message."""
@@ -193,7 +195,7 @@ class ChatStore:
                     conversation_id,
                     role,
                     content,
-                    json.dumps(stats) if stats else None,
+                    _stats_json(stats),
                     finish_reason,
                     now,
                 ),
@@ -207,7 +209,7 @@ class ChatStore:
         message_id: int,
         content: str,
         *,
-        stats: dict[str, Any] | None = None,
+        stats: GenerationStats | None = None,
         finish_reason: str | None = None,
     ) -> None:
         """Replace a message's text (and its stats when given): used while an answer streams."""
@@ -217,7 +219,7 @@ class ChatStore:
             else:
                 db.execute(
                     "UPDATE messages SET content = ?, stats = ?, finish_reason = ? WHERE id = ?",
-                    (content, json.dumps(stats) if stats else None, finish_reason, message_id),
+                    (content, _stats_json(stats), finish_reason, message_id),
                 )
 
     def messages(self, conversation_id: int) -> list[StoredMessage]:
@@ -227,10 +229,7 @@ class ChatStore:
                 "SELECT id, role, content, stats, finish_reason, created FROM messages WHERE conversation_id = ? ORDER BY id",
                 (conversation_id,),
             ).fetchall()
-        return [
-            StoredMessage(r[0], r[1], r[2], json.loads(r[3]) if r[3] else None, r[4], r[5])
-            for r in rows
-        ]
+        return [StoredMessage(r[0], r[1], r[2], _stats_from_json(r[3]), r[4], r[5]) for r in rows]
 
     def truncate_after(self, conversation_id: int, message_id: int, *, keep: bool) -> None:
         """Delete the messages after ``message_id`` (and it too unless ``keep``): regenerate, edit."""
@@ -258,7 +257,7 @@ class ChatStore:
             out += [f"## {who}", "", m.content, ""]
             if m.stats and m.role == "assistant":
                 out += [
-                    f"*{m.stats.get('eval_tokens', 0)} tokens, {m.stats.get('eval_tps', 0):.1f} tokens/s*",
+                    f"*{m.stats.eval_tokens} tokens, {m.stats.eval_tps:.1f} tokens/s*",
                     "",
                 ]
         return "\n".join(out)
@@ -277,5 +276,25 @@ class ChatStore:
     @staticmethod
     def _conversation(row: tuple[Any, ...]) -> Conversation:
         return Conversation(
-            row[0], row[1], row[2], json.loads(row[3] or "{}"), row[4], row[5], row[6]
+            row[0], row[1], row[2], _sampling_from_json(row[3]), row[4], row[5], row[6]
         )
+
+
+def _sampling_json(sampling: SamplingParams | None) -> str:
+    return json.dumps(asdict(sampling)) if sampling is not None else "{}"
+
+
+def _sampling_from_json(text: str | None) -> SamplingParams | None:
+    """A stored sampling; "{}" (the app's defaults) is None. Missing fields take
+    :class:`SamplingParams`' defaults, unknown ones (a newer version's) are ignored."""
+    data = json.loads(text or "{}")
+    return from_dict(SamplingParams, data) if isinstance(data, dict) and data else None
+
+
+def _stats_json(stats: GenerationStats | None) -> str | None:
+    return json.dumps(asdict(stats)) if stats is not None else None
+
+
+def _stats_from_json(text: str | None) -> GenerationStats | None:
+    data = json.loads(text) if text else None
+    return from_dict(GenerationStats, data) if isinstance(data, dict) else None

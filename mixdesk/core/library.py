@@ -65,9 +65,15 @@ class LibraryEntry:
 
 
 def models_dir() -> Path:
-    """Where downloaded models go (``MIXDESK_MODELS_DIR`` or ``<data dir>/models``)."""
+    """Where downloaded models go: ``MIXDESK_MODELS_DIR``, else the "Models folder" setting,
+    else ``<data dir>/models``."""
     override = os.environ.get("MIXDESK_MODELS_DIR")
-    return Path(override).expanduser() if override else paths.data_dir() / "models"
+    if override:
+        return Path(override).expanduser()
+    from mixdesk.core.settings import Settings
+
+    chosen = Settings.load().models_dir
+    return Path(chosen).expanduser() if chosen else paths.data_dir() / "models"
 
 
 def model_name(filename: str) -> str:

@@ -12,12 +12,13 @@ import logging
 import math
 import types
 import typing
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 from mixdesk import paths
-from mixdesk.core.engine.protocol import KV_CACHE_TYPES
+from mixdesk.core.endpoints import Endpoint
+from mixdesk.core.engine.protocol import KV_CACHE_TYPES, SamplingParams
 
 log = logging.getLogger(__name__)
 
@@ -61,15 +62,18 @@ class Settings:
         default=None, metadata={"doc": "CPU threads (empty = physical cores)."}
     )
     models_dir: str | None = field(
-        default=None, metadata={"doc": "Where models are stored (empty = default)."}
+        default=None,
+        metadata={"doc": "Where models are stored (empty = default; MIXDESK_MODELS_DIR wins)."},
     )
     n_ctx: int | None = field(
         default=None, metadata={"doc": "Context length (empty = chosen by the planner)."}
     )
     kv_type: str = field(default="f16", metadata={"doc": "KV cache type: f16, q8_0 or q4_0."})
     flash_attn: bool = field(default=False, metadata={"doc": "Use flash attention."})
-    last_model: str | None = field(default=None, metadata={"doc": "The model loaded last time."})
-    endpoints: list[dict[str, str]] = field(
+    last_model: str | None = field(
+        default=None, metadata={"doc": "The model loaded last time (selected at start-up)."}
+    )
+    endpoints: list[Endpoint] = field(
         default_factory=list,
         metadata={
             "doc": "Remote OpenAI-compatible endpoints (name, url, model, kind); keys are kept apart."
@@ -95,27 +99,46 @@ class Settings:
             log.warning("settings file holds no settings; using defaults")
             return cls()
         values = _valid_values(data)
-        if isinstance(data.get("endpoints"), list):
-            values["endpoints"] = [e for e in data["endpoints"] if isinstance(e, dict)]
+        values["endpoints"] = _endpoints_from_json(data.get("endpoints"))
         return cls(**values)
 
     def save(self) -> None:
-        """Write the settings atomically."""
+        """Write the settings atomically (endpoints without their keys, which live apart)."""
+        data = asdict(self)
+        data["endpoints"] = [_endpoint_to_json(e) for e in self.endpoints]
         path = self.path()
         paths.ensure_private_dir(path.parent)
-        paths.write_private_text(path, json.dumps(asdict(self), indent=2))  # 0600
+        paths.write_private_text(path, json.dumps(data, indent=2))  # 0600
 
-    def sampling(self) -> dict[str, Any]:
-        """The sampling defaults as a dict (a conversation's starting point)."""
-        return {
-            "temperature": self.temperature,
-            "top_p": self.top_p,
-            "top_k": self.top_k,
-            "min_p": self.min_p,
-            "repeat_penalty": self.repeat_penalty,
-            "max_tokens": self.max_tokens,
-            "seed": self.seed,
-        }
+    def sampling(self) -> SamplingParams:
+        """The sampling defaults (a new conversation's starting point)."""
+        return SamplingParams(
+            temperature=self.temperature,
+            top_p=self.top_p,
+            top_k=self.top_k,
+            min_p=self.min_p,
+            repeat_penalty=self.repeat_penalty,
+            max_tokens=self.max_tokens,
+            seed=self.seed,
+        )
+
+    def with_sampling(self, sampling: SamplingParams) -> Settings:
+        """These settings with ``sampling`` as the defaults (its stop strings are not kept)."""
+        return replace(
+            self,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            top_k=sampling.top_k,
+            min_p=sampling.min_p,
+            repeat_penalty=sampling.repeat_penalty,
+            max_tokens=sampling.max_tokens,
+            seed=sampling.seed,
+        )
+
+    def add_endpoint(self, endpoint: Endpoint) -> None:
+        """Add ``endpoint`` last (replacing one at the same address), without its key."""
+        kept = [e for e in self.endpoints if e.url != endpoint.url]
+        self.endpoints = [*kept, replace(endpoint, api_key=None)]
 
     @staticmethod
     def describe() -> list[tuple[str, str, str]]:
@@ -171,6 +194,27 @@ def _valid_values(data: dict[str, Any]) -> dict[str, Any]:
                 getattr(defaults, f.name),
             )
     return values
+
+
+#: The endpoint fields kept in the settings file (the key is kept apart).
+_STORED_ENDPOINT_FIELDS = ("url", "model", "name", "kind")
+
+
+def _endpoint_to_json(endpoint: Endpoint) -> dict[str, Any]:
+    return {name: getattr(endpoint, name) for name in _STORED_ENDPOINT_FIELDS}
+
+
+def _endpoints_from_json(items: object) -> list[Endpoint]:
+    """Endpoints from the settings file; entries without an address are dropped."""
+    endpoints = []
+    for item in items if isinstance(items, list) else []:
+        if not isinstance(item, dict) or not isinstance(item.get("url"), str):
+            log.warning("ignoring an unreadable endpoint in the settings: %r", item)
+            continue
+        values = {k: item[k] for k in _STORED_ENDPOINT_FIELDS if isinstance(item.get(k), str)}
+        values["model"] = values.get("model") or None  # older files wrote "" for none
+        endpoints.append(Endpoint(**values))
+    return endpoints
 
 
 def endpoint_keys_path() -> Path:

@@ -24,12 +24,13 @@ from PySide6.QtWidgets import (
 )
 
 from mixdesk.core.catalog import load_catalog
-from mixdesk.core.download import DownloadProgress
+from mixdesk.core.download import DownloadCancelled, DownloadProgress
 from mixdesk.core.hardware import HardwareInfo, format_bytes
 from mixdesk.core.hub import HubModel, list_models
 from mixdesk.core.library import Library
 from mixdesk.core.planner import OffloadPlan, plan_offload
 from mixdesk.core.pull import PullResult, import_model, pull, remote_profile
+from mixdesk.errors import user_message
 from mixdesk.ui.plain import plain
 from mixdesk.ui.workers import TaskWorker
 
@@ -119,18 +120,18 @@ class DownloadRow(QWidget):
         self.manager.downloadFinished.emit(result.entry.name)
         self.manager.refresh_library()
 
-    def _failed(self, message: str) -> None:
+    def _failed(self, err: BaseException) -> None:
         if self._discard:
             self.detail.setText("cancelled")
             self.manager.discard_partial(self.model)
             return
-        if message.startswith("Stopped downloading"):  # DownloadCancelled: a pause
+        if isinstance(err, DownloadCancelled):  # the user paused it
             self.detail.setText("paused")
             self.pause.setText("Resume")
             return
         self.detail.setText("failed")
         self.pause.setText("Retry")
-        self.manager.message.emit(message)
+        self.manager.message.emit(user_message(err))
 
     def _pause_or_resume(self) -> None:
         if self.task is not None and self.task.worker_thread.isRunning():
@@ -278,7 +279,8 @@ class ModelManager(QWidget):
         items = (self.files.item(i, 3) for i in range(self.files.rowCount()))
         return [item.text() if item is not None else "" for item in items]
 
-    def _failed(self, message: str) -> None:
+    def _failed(self, err: BaseException) -> None:
+        message = user_message(err)
         self.status.setText(message)
         self.message.emit(message)
 

@@ -4,7 +4,6 @@ and the sampling preset of one conversation."""
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any
 
 from PySide6.QtWidgets import (
     QDialog,
@@ -18,6 +17,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from mixdesk.core.engine import SamplingParams
 from mixdesk.core.settings import Settings
 from mixdesk.ui.plain import plain
 
@@ -34,23 +34,19 @@ def _spin(value: float, low: float, high: float, step: float) -> QDoubleSpinBox:
 class SamplingFields:
     """The sampling widgets (temperature … seed), shared by both dialogs."""
 
-    def __init__(self, form: QFormLayout, values: dict[str, Any]) -> None:
-        def number(key: str, default: float) -> float:
-            value = values.get(key, default)
-            return float(value) if isinstance(value, (int, float)) else default
-
-        self.temperature = _spin(number("temperature", 0.7), 0, 5, 0.05)
-        self.top_p = _spin(number("top_p", 0.95), 0.01, 1, 0.05)
+    def __init__(self, form: QFormLayout, values: SamplingParams) -> None:
+        self._initial = values
+        self.temperature = _spin(values.temperature, 0, 5, 0.05)
+        self.top_p = _spin(values.top_p, 0.01, 1, 0.05)
         self.top_k = QSpinBox()
         self.top_k.setRange(0, 1000)
-        self.top_k.setValue(int(number("top_k", 40)))
-        self.min_p = _spin(number("min_p", 0.05), 0, 1, 0.01)
-        self.repeat_penalty = _spin(number("repeat_penalty", 1.1), 0.5, 3, 0.05)
+        self.top_k.setValue(values.top_k)
+        self.min_p = _spin(values.min_p, 0, 1, 0.01)
+        self.repeat_penalty = _spin(values.repeat_penalty, 0.5, 3, 0.05)
         self.max_tokens = QSpinBox()
         self.max_tokens.setRange(0, 1 << 20)
-        self.max_tokens.setValue(int(number("max_tokens", 1024)))
-        seed = values.get("seed")
-        self.seed = QLineEdit("" if seed is None else str(seed))
+        self.max_tokens.setValue(values.max_tokens)
+        self.seed = QLineEdit("" if values.seed is None else str(values.seed))
         for label, widget in (
             ("Temperature", self.temperature),
             ("Top-p", self.top_p),
@@ -62,18 +58,19 @@ class SamplingFields:
         ):
             form.addRow(label, widget)
 
-    def values(self) -> dict[str, Any]:
-        """The edited values."""
+    def values(self) -> SamplingParams:
+        """The edited values (stop strings, which have no field here, are kept)."""
         seed = self.seed.text().strip()
-        return {
-            "temperature": self.temperature.value(),
-            "top_p": self.top_p.value(),
-            "top_k": self.top_k.value(),
-            "min_p": self.min_p.value(),
-            "repeat_penalty": self.repeat_penalty.value(),
-            "max_tokens": self.max_tokens.value(),
-            "seed": int(seed) if seed.isdigit() else None,
-        }
+        return replace(
+            self._initial,
+            temperature=self.temperature.value(),
+            top_p=self.top_p.value(),
+            top_k=self.top_k.value(),
+            min_p=self.min_p.value(),
+            repeat_penalty=self.repeat_penalty.value(),
+            max_tokens=self.max_tokens.value(),
+            seed=int(seed) if seed.isdigit() else None,
+        )
 
 
 def _buttons(dialog: QDialog, form: QFormLayout) -> None:
@@ -143,8 +140,7 @@ class SettingsDialog(QDialog):
     def result_settings(self) -> Settings:
         """The edited settings."""
         return replace(
-            self.settings,
-            **self.sampling.values(),
+            self.settings.with_sampling(self.sampling.values()),
             system_prompt=self.system_prompt.text(),
             threads=self.threads.value() or None,
             models_dir=self.models_dir.text().strip() or None,
@@ -154,13 +150,13 @@ class SettingsDialog(QDialog):
 class SamplingDialog(QDialog):
     """Sampling settings of one conversation (its preset; the defaults come from Settings)."""
 
-    def __init__(self, values: dict[str, Any], parent: QWidget | None = None) -> None:
+    def __init__(self, values: SamplingParams, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.setWindowTitle("Sampling for this conversation")
         form = QFormLayout(self)
         self.fields = SamplingFields(form, values)
         _buttons(self, form)
 
-    def values(self) -> dict[str, Any]:
+    def values(self) -> SamplingParams:
         """The edited values."""
         return self.fields.values()

@@ -1,4 +1,4 @@
-"""Widgets that only display: the chat view, the speed sparkline, the per-device memory bars."""
+"""Widgets that only display: the chat view, the live speed, the per-device memory bars."""
 
 from __future__ import annotations
 
@@ -19,18 +19,19 @@ from PySide6.QtGui import (
 from PySide6.QtWidgets import QLabel, QTextBrowser, QWidget
 
 from mixdesk.core.chat_store import StoredMessage
+from mixdesk.core.engine import GenerationStats
 from mixdesk.core.hardware import format_bytes
 from mixdesk.core.planner import DevicePlan
 from mixdesk.ui.markdown import render_markdown
 
 
-def stats_line(stats: dict[str, Any] | None) -> str:
+def stats_line(stats: GenerationStats | None) -> str:
     """The speed figures of an answer, as shown under it."""
-    if not stats:
+    if stats is None:
         return ""
     return (
-        f"{stats.get('eval_tokens', 0)} tokens · {stats.get('eval_tps', 0):.1f} tok/s · "
-        f"prompt {stats.get('prompt_tps', 0):.0f} tok/s · first token {stats.get('ttft_s', 0):.2f} s"
+        f"{stats.eval_tokens} tokens · {stats.eval_tps:.1f} tok/s · "
+        f"prompt {stats.prompt_tps:.0f} tok/s · first token {stats.ttft_s:.2f} s"
     )
 
 
@@ -151,6 +152,38 @@ class ChatView(QTextBrowser):
             if 0 <= code_index < len(self._codes):
                 QGuiApplication.clipboard().setText(self._codes[code_index])
                 self.copied.emit(self._codes[code_index])
+
+
+class SpeedMeter:
+    """The status bar's live speed: eval tok/s, the other figures, and a sparkline of tok/s
+    across the answer (redrawn every fourth update while it streams, and at its end)."""
+
+    def __init__(self) -> None:
+        self.tps_label = QLabel("eval — tok/s")
+        self.detail_label = QLabel("")
+        self.sparkline = Sparkline()
+        self._history: list[float] = []
+
+    def widgets(self) -> tuple[QWidget, ...]:
+        """What goes in the status bar, left to right."""
+        return (self.detail_label, self.sparkline, self.tps_label)
+
+    def reset(self) -> None:
+        """A new answer starts."""
+        self._history = []
+        self.sparkline.set_values([])
+
+    def show(self, stats: GenerationStats, *, final: bool = False) -> None:
+        """Show the figures of the streaming answer (``final``: of the finished one)."""
+        if stats.eval_tps:
+            self._history.append(stats.eval_tps)
+            if len(self._history) % 4 == 1 or final:
+                self.sparkline.set_values(self._history)
+        self.tps_label.setText(f"eval {stats.eval_tps:.1f} tok/s")
+        self.detail_label.setText(
+            f"prompt {stats.prompt_tps:.0f} tok/s · first token {stats.ttft_s:.2f} s · "
+            f"{stats.eval_tokens} tokens · context {stats.context_used}/{stats.context_size}"
+        )
 
 
 class Sparkline(QWidget):

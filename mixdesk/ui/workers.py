@@ -3,6 +3,10 @@
 Nothing here blocks the GUI thread: loading, generation, planning and downloads run in the
 workers' threads. A cancel is the one call made straight from the GUI thread, because the
 worker thread is busy streaming; the engine's cancel is thread-safe.
+
+Failures cross to the GUI thread as the exceptions themselves (``loadFailed(object)``,
+``chatFailed(int, object)``, ``failed(object)``): the receiver decides by type, and
+:func:`mixdesk.errors.user_message` turns one into the sentence the user sees.
 """
 
 from __future__ import annotations
@@ -16,10 +20,11 @@ from typing import Any
 from PySide6.QtCore import QObject, QThread, Signal, Slot
 
 from mixdesk.core.chat_template import ChatMessage
+from mixdesk.core.endpoints import Endpoint
 from mixdesk.core.engine import ChatDone, Engine, ModelInfo, SamplingParams
 from mixdesk.core.engine.client import AnswerStream
 from mixdesk.core.loading import LoadOutcome, LoadRequest, load_model
-from mixdesk.errors import EngineCrashedError, user_message
+from mixdesk.errors import EngineCrashedError
 
 log = logging.getLogger(__name__)
 
@@ -31,23 +36,24 @@ class ModelWorker(QObject):
     Signals:
         loadProgress(float): 0..1 while a model loads.
         loaded(object): the :class:`LoadOutcome` (model info, plan, note).
-        loadFailed(str): a sentence.
+        loadFailed(object): the exception that ended the load (or the measuring).
         measured(object): list of (GPU layers, eval tok/s) measured so far; ``measureDone``
             follows the last one.
         measureDone(): measuring ended (finished or failed).
         delta(int, str, object): request id, text, :class:`GenerationStats`.
         done(int, object): request id, :class:`ChatDone`.
-        chatFailed(int, str, bool): request id, sentence, whether the engine died.
+        chatFailed(int, object): request id, the exception that ended the answer
+            (an :class:`~mixdesk.errors.EngineCrashedError` when the engine died).
     """
 
     loadProgress = Signal(float)
     loaded = Signal(object)
-    loadFailed = Signal(str)
+    loadFailed = Signal(object)
     measured = Signal(object)
     measureDone = Signal()
     delta = Signal(int, str, object)
     done = Signal(int, object)
-    chatFailed = Signal(int, str, bool)
+    chatFailed = Signal(int, object)
 
     def __init__(self, engine: Engine | None = None) -> None:
         super().__init__()
@@ -61,7 +67,7 @@ class ModelWorker(QObject):
         try:
             outcome = load_model(self.engine, request, on_progress=self.loadProgress.emit)
         except Exception as err:  # noqa: BLE001 - every failure reaches the user as a sentence
-            self.loadFailed.emit(user_message(err))
+            self.loadFailed.emit(err)
             return
         self.loaded.emit(outcome)
 
@@ -82,7 +88,7 @@ class ModelWorker(QObject):
                 self.measured.emit(list(results))
             self.loaded.emit(outcome)
         except Exception as err:  # noqa: BLE001 - every failure reaches the user as a sentence
-            self.loadFailed.emit(user_message(err))
+            self.loadFailed.emit(err)
         finally:
             self.measureDone.emit()
 
@@ -101,12 +107,25 @@ class ModelWorker(QObject):
 
     @Slot(int, object, object, object)
     def chat_remote(
-        self, request_id: int, endpoint: Any, messages: list[ChatMessage], sampling: SamplingParams
+        self,
+        request_id: int,
+        endpoint: Endpoint,
+        messages: list[ChatMessage],
+        sampling: SamplingParams,
     ) -> None:
-        """Stream an answer from a remote endpoint, with the same signals as a local one."""
+        """Stream an answer from a remote endpoint, with the same signals as a local one.
+        An endpoint without a key gets the one saved for its address (read here, off the GUI
+        thread)."""
         from mixdesk.core.endpoints import remote_chat
+        from mixdesk.core.settings import load_endpoint_keys
 
-        self._relay(request_id, lambda: remote_chat(endpoint, messages, sampling))
+        def start() -> AnswerStream:
+            keyed = endpoint
+            if endpoint.api_key is None:
+                keyed = replace(endpoint, api_key=load_endpoint_keys().get(endpoint.url))
+            return remote_chat(keyed, messages, sampling)
+
+        self._relay(request_id, start)
 
     def _relay(self, request_id: int, start: Callable[[], AnswerStream]) -> None:
         """Start an answer and pass its deltas, its end or its failure on as signals."""
@@ -119,7 +138,7 @@ class ModelWorker(QObject):
             assert stream.result is not None
             self.done.emit(request_id, stream.result)
         except Exception as err:  # noqa: BLE001 - every failure reaches the user as a sentence
-            self.chatFailed.emit(request_id, user_message(err), isinstance(err, EngineCrashedError))
+            self.chatFailed.emit(request_id, err)
         finally:
             with self._lock:
                 self._stream = None
@@ -143,7 +162,7 @@ class ModelWorker(QObject):
 class EngineController(QObject):
     """The GUI thread's handle on the model worker and its thread.
 
-    Signals (to the worker, delivered in its thread): requestLoad(object),
+    Signals (emitted here, delivered to the worker in its thread): requestLoad(object),
     requestMeasure(object, list), requestChat(int, object, object, float),
     requestRemoteChat(int, object, object, object), requestUnload().
     """
@@ -167,11 +186,17 @@ class EngineController(QObject):
         self.requestRemoteChat.connect(self.worker.chat_remote)
         self.worker_thread.start()
         self._next_id = 0
+        #: The loaded model (None while loading, after a failed load or the engine's death).
         self.model: ModelInfo | None = None
         self.worker.loaded.connect(self._remember)
+        self.worker.chatFailed.connect(self._chat_failed)
 
     def _remember(self, outcome: LoadOutcome) -> None:
         self.model = outcome.info
+
+    def _chat_failed(self, _request_id: int, err: BaseException) -> None:
+        if isinstance(err, EngineCrashedError):
+            self.model = None
 
     def load(self, request: LoadRequest) -> None:
         """Plan and load a model (in the worker thread)."""
@@ -192,7 +217,7 @@ class EngineController(QObject):
         return self._next_id
 
     def chat_remote(
-        self, endpoint: Any, messages: list[ChatMessage], sampling: SamplingParams
+        self, endpoint: Endpoint, messages: list[ChatMessage], sampling: SamplingParams
     ) -> int:
         """Start an answer from a remote endpoint; returns its request id."""
         self._next_id += 1
@@ -221,12 +246,12 @@ class TaskWorker(QObject):
 
     Signals:
         finished(object): the function's return value.
-        failed(str): a sentence.
+        failed(object): the exception it raised.
         progress(object): whatever the function reports through its ``report`` argument.
     """
 
     finished = Signal(object)
-    failed = Signal(str)
+    failed = Signal(object)
     progress = Signal(object)
 
     def __init__(self, fn: Any, *args: Any, **kwargs: Any) -> None:
@@ -251,8 +276,8 @@ class TaskWorker(QObject):
             result = self._fn(
                 *self._args, report=self.progress.emit, cancel=self.cancel_event, **self._kwargs
             )
-        except Exception as err:  # noqa: BLE001
-            self.failed.emit(user_message(err))
+        except Exception as err:  # noqa: BLE001 - the receiver decides by type
+            self.failed.emit(err)
             return
         # Never send None through a Signal(object): PySide6 6.12 on Python 3.11 can then
         # release None once too often and abort the interpreter ("none_dealloc").

@@ -11,7 +11,7 @@ import pytest
 from pytestqt.qtbot import QtBot
 
 from mixdesk.core.chat_store import ChatStore
-from mixdesk.core.engine import ChatDone, Engine, LoadConfig
+from mixdesk.core.engine import ChatDone, Engine, LoadConfig, SamplingParams
 from mixdesk.core.hardware import GIB, GpuInfo, HardwareInfo
 from mixdesk.core.library import Library
 from mixdesk.ui.main_window import MainWindow
@@ -100,7 +100,7 @@ def test_answer_streams_with_live_speed(
     stored = window.store.messages(window.conversation.id)
     assert [m.role for m in stored] == ["user", "assistant"]
     assert stored[1].content == done.text
-    assert stored[1].stats is not None and stored[1].stats["eval_tokens"] == 2000
+    assert stored[1].stats is not None and stored[1].stats.eval_tokens == 2000
     assert "2000 tokens" in window.view.toPlainText()
 
 
@@ -125,11 +125,11 @@ def test_regenerate_and_edit(qtbot: QtBot, window: MainWindow, models: dict[str,
     assert window.conversation is not None
     before = window.store.messages(window.conversation.id)
     with qtbot.waitSignal(window.answerFinished, timeout=30_000):
-        window.regenerate()
+        window.answers.regenerate()
     after = window.store.messages(window.conversation.id)
     assert [m.role for m in after] == ["user", "assistant"]
     assert after[1].id != before[1].id
-    window.edit_message(after[0].id)
+    window.chat.edit_message(after[0].id)
     assert window.input.toPlainText() == "First question"
     ask(qtbot, window, "Second, edited")
     final = window.store.messages(window.conversation.id)
@@ -162,13 +162,13 @@ def test_search_rename_delete_export(qtbot: QtBot, window: MainWindow, tmp_path:
     window.rename_conversation("Llamas")
     window.new_conversation()
     window.search.setText("llama")
-    assert window.conversations.count() == 1
+    assert window.conversation_panel.list.count() == 1
     window.search.setText("")
-    assert window.conversations.count() == 2
-    window.show_conversation(window.store.conversations("Llamas")[0].id)
-    window.export_conversation(tmp_path / "c.md", as_json=False)
+    assert window.conversation_panel.list.count() == 2
+    window.conversations.open(window.store.conversations("Llamas")[0].id)
+    window.conversations.export(tmp_path / "c.md", as_json=False)
     assert "# Llamas" in (tmp_path / "c.md").read_text()
-    window.export_conversation(tmp_path / "c.json", as_json=True)
+    window.conversations.export(tmp_path / "c.json", as_json=True)
     assert '"title": "Llamas"' in (tmp_path / "c.json").read_text()
 
 
@@ -202,7 +202,15 @@ def test_engine_killed_mid_answer(
     window.set_sampling(max_tokens=0)
     pid = window.controller.worker.engine.pid
     assert pid is not None
-    window.speedShown.connect(lambda _v: os.kill(pid, signal.SIGKILL) if window.busy else None)
+    killed: list[int] = []
+
+    def kill(_tps: float) -> None:
+        # once: a live update already queued when the engine dies must not kill it again
+        if window.busy and not killed:
+            killed.append(pid)
+            os.kill(pid, signal.SIGKILL)
+
+    window.speedShown.connect(kill)
     window.input.setPlainText("Keep talking")
     window.send()
     qtbot.waitUntil(lambda: not window.busy, timeout=30_000)
@@ -319,10 +327,12 @@ def test_sampling_per_conversation(
     load(qtbot, window, models["q2_k"])
     window.set_sampling(max_tokens=5, temperature=0.0)
     assert window.conversation is not None
-    assert window.conversation.sampling["max_tokens"] == 5
+    assert window.conversation.sampling is not None
+    assert window.conversation.sampling.max_tokens == 5
     assert ask(qtbot, window, "hi").stats.eval_tokens == 5
     window.new_conversation()
-    assert window.conversation.sampling["max_tokens"] == window.settings.max_tokens
+    assert window.conversation.sampling is not None
+    assert window.conversation.sampling.max_tokens == window.settings.max_tokens
 
 
 def test_crash_hook_logs_and_names_the_log(tmp_path: Path, isolated_user_dirs: Path) -> None:
@@ -375,6 +385,6 @@ def test_settings_and_sampling_dialogs_round_trip(window: MainWindow) -> None:
     dialog.threads.setValue(3)
     edited = dialog.result_settings()
     assert (edited.temperature, edited.seed, edited.threads) == (0.3, 42, 3)
-    sampling = SamplingDialog({"max_tokens": 77}, window)
-    assert sampling.values()["max_tokens"] == 77
-    assert sampling.values()["seed"] is None
+    sampling = SamplingDialog(SamplingParams(max_tokens=77), window)
+    assert sampling.values().max_tokens == 77
+    assert sampling.values().seed is None

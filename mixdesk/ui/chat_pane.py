@@ -1,0 +1,150 @@
+"""The chat pane: the open conversation, the streaming answer, the message box and its
+buttons, the system prompt preset and the conversation's sampling."""
+
+from __future__ import annotations
+
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtGui import QKeyEvent
+from PySide6.QtWidgets import (
+    QComboBox,
+    QHBoxLayout,
+    QLabel,
+    QPlainTextEdit,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from mixdesk.core.chat_store import Conversation, StoredMessage
+from mixdesk.core.settings import Settings
+from mixdesk.errors import MixdeskError
+from mixdesk.ui.answer import AnswerController
+from mixdesk.ui.widgets import ChatView
+
+
+class MessageInput(QPlainTextEdit):
+    """The message box: Enter sends, Shift+Enter starts a new line.
+
+    Signals:
+        submitted(): Enter was pressed.
+    """
+
+    submitted = Signal()
+
+    def keyPressEvent(self, event: QKeyEvent) -> None:  # noqa: N802
+        if event.key() in (Qt.Key.Key_Return, Qt.Key.Key_Enter) and not (
+            event.modifiers() & Qt.KeyboardModifier.ShiftModifier
+        ):
+            self.submitted.emit()
+            return
+        super().keyPressEvent(event)
+
+
+class ChatPane(QWidget):
+    """Shows the open conversation and streams answers into it, through an
+    :class:`AnswerController` (and its :class:`ConversationController`).
+
+    Signals:
+        problem(object): an exception to tell the user about (e.g. no model loaded yet).
+    """
+
+    problem = Signal(object)
+
+    def __init__(
+        self, answers: AnswerController, settings: Settings, parent: QWidget | None = None
+    ) -> None:
+        super().__init__(parent)
+        self.answers = answers
+        self.conversations = answers.conversations
+        self.preset = QComboBox()
+        self.preset.addItem("No system prompt", "")
+        for name, text in settings.system_presets.items():
+            self.preset.addItem(name, text)
+        self.sampling_button = QPushButton("Sampling…")
+        self.view = ChatView()
+        self.input = MessageInput()
+        self.input.setPlaceholderText("Message (Enter sends, Shift+Enter for a new line)")
+        self.input.setMaximumHeight(110)
+        self.send_button = QPushButton("Send")
+        self.stop_button = QPushButton("Stop")
+        self.stop_button.setEnabled(False)
+        self.regen_button = QPushButton("Regenerate")
+
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        sys_row = QHBoxLayout()
+        sys_row.addWidget(QLabel("System prompt"))
+        sys_row.addWidget(self.preset, 1)
+        sys_row.addWidget(self.sampling_button)
+        layout.addLayout(sys_row)
+        layout.addWidget(self.view, 1)
+        layout.addWidget(self.input)
+        buttons = QHBoxLayout()
+        buttons.addStretch(1)
+        for b in (self.regen_button, self.stop_button, self.send_button):
+            buttons.addWidget(b)
+        layout.addLayout(buttons)
+        self._connect()
+
+    def _connect(self) -> None:
+        answers, conversations = self.answers, self.conversations
+        conversations.opened.connect(self.show_conversation)
+        self.preset.currentIndexChanged.connect(
+            lambda _i: conversations.set_system_prompt(self.preset.currentData() or "")
+        )
+        self.sampling_button.clicked.connect(self._edit_sampling)
+        answers.started.connect(self._started)
+        answers.textArrived.connect(self.view.append_streaming)
+        answers.renderDue.connect(self.view.render_streaming)
+        answers.finished.connect(lambda _done: self._show_messages())
+        answers.failed.connect(lambda _err: self._show_messages())
+        answers.busyChanged.connect(self._busy_changed)
+        # clicked(bool) would arrive as send's text argument: call it with none
+        self.send_button.clicked.connect(lambda _checked=False: self.send())
+        self.input.submitted.connect(lambda: self.send())  # noqa: PLW0108 - same reason
+        self.stop_button.clicked.connect(answers.stop)
+        self.regen_button.clicked.connect(answers.regenerate)
+        self.view.editRequested.connect(self.edit_message)
+
+    def send(self, text: str | None = None) -> None:
+        """Send the input box's text (or ``text``) and start the answer."""
+        try:
+            sent = self.answers.send(self.input.toPlainText() if text is None else text)
+        except MixdeskError as err:
+            self.problem.emit(err)
+            return
+        if sent:
+            self.input.clear()
+
+    def edit_message(self, message_id: int) -> None:
+        """Put a message back in the input box; sending replaces it and everything after."""
+        text = self.answers.edit(message_id)
+        if text is not None:
+            self.input.setPlainText(text)
+            self.input.setFocus()
+
+    def show_conversation(self, conversation: Conversation) -> None:
+        """Show ``conversation``'s messages and system prompt."""
+        self._show_messages()
+        self.preset.blockSignals(True)
+        self.preset.setCurrentIndex(max(0, self.preset.findData(conversation.system_prompt)))
+        self.preset.blockSignals(False)
+
+    def _show_messages(self) -> None:
+        self.view.set_messages(self.conversations.messages())
+
+    def _started(self, messages: list[StoredMessage]) -> None:
+        self.view.set_messages(messages)
+        self.view.start_streaming()
+
+    def _busy_changed(self, busy: bool) -> None:
+        self.stop_button.setEnabled(busy)
+        self.send_button.setEnabled(not busy)
+        self.regen_button.setEnabled(not busy)
+
+    def _edit_sampling(self) -> None:
+        from mixdesk.ui.settings_dialog import SamplingDialog
+
+        dialog = SamplingDialog(self.conversations.sampling(), self)
+        if dialog.exec():
+            self.conversations.set_sampling(dialog.values())

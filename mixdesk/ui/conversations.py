@@ -1,0 +1,244 @@
+"""Conversations: which one is open, its messages, system prompt and sampling; and the list
+panel (search, New, Rename, Delete, Export) that shows them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from PySide6.QtCore import QObject, Signal
+from PySide6.QtWidgets import (
+    QFileDialog,
+    QHBoxLayout,
+    QInputDialog,
+    QLineEdit,
+    QListWidget,
+    QListWidgetItem,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from mixdesk.core.chat_store import ChatStore, Conversation, StoredMessage
+from mixdesk.core.chat_template import ChatMessage
+from mixdesk.core.engine import SamplingParams
+from mixdesk.core.settings import Settings
+
+#: Characters of the first message that become a new conversation's title.
+TITLE_CHARS = 48
+
+
+class ConversationController(QObject):
+    """The conversations in a :class:`ChatStore` and the one that is open.
+
+    Args:
+        store: the conversations database.
+        settings: where a new conversation's system prompt and sampling come from (read
+            each time, so edited settings apply to the next conversation).
+
+    Signals:
+        listChanged(): the conversations, or the search over them, changed.
+        opened(object): this :class:`Conversation` is now the open one.
+    """
+
+    listChanged = Signal()
+    opened = Signal(object)
+
+    def __init__(self, store: ChatStore, settings: Settings, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self.store = store
+        self.settings = settings
+        self.current: Conversation | None = None
+        self.search = ""
+
+    def listing(self) -> list[Conversation]:
+        """The conversations matching the search, most recent first."""
+        return self.store.conversations(self.search)
+
+    def set_search(self, text: str) -> None:
+        """Filter the list by title and message text."""
+        self.search = text.strip()
+        self.listChanged.emit()
+
+    def new(self) -> Conversation:
+        """Start and open a conversation with the default system prompt and sampling."""
+        conv = self.store.create(
+            system_prompt=self.settings.system_prompt, sampling=self.settings.sampling()
+        )
+        self.search = ""
+        self.current = conv
+        self.listChanged.emit()
+        self.opened.emit(conv)
+        return conv
+
+    def ensure(self) -> Conversation:
+        """The open conversation (a new one if none is open)."""
+        return self.current if self.current is not None else self.new()
+
+    def open(self, conversation_id: int) -> None:
+        """Open a conversation."""
+        conv = self.store.get(conversation_id)
+        if conv is not None:
+            self.current = conv
+            self.opened.emit(conv)
+
+    def open_first(self) -> None:
+        """Open the first conversation of the list, or a new one when there is none."""
+        listing = self.listing()
+        if listing:
+            self.open(listing[0].id)
+        else:
+            self.new()
+
+    def _update(self, **values: object) -> Conversation:
+        assert self.current is not None
+        self.store.update(self.current.id, **values)
+        conv = self.store.get(self.current.id)
+        assert conv is not None
+        self.current = conv
+        return conv
+
+    def rename(self, title: str) -> None:
+        """Rename the open conversation."""
+        self._update(title=title)
+        self.listChanged.emit()
+
+    def delete(self) -> None:
+        """Delete the open conversation and open the next one."""
+        if self.current is None:
+            return
+        self.store.delete(self.current.id)
+        self.current = None
+        self.listChanged.emit()
+        self.open_first()
+
+    def export(self, path: Path, *, as_json: bool) -> None:
+        """Write the open conversation to ``path`` as Markdown or JSON."""
+        assert self.current is not None
+        export = self.store.export_json if as_json else self.store.export_markdown
+        path.write_text(export(self.current.id), encoding="utf-8")
+
+    def set_system_prompt(self, text: str) -> None:
+        """Change the open conversation's system prompt."""
+        if self.current is not None:
+            self._update(system_prompt=text)
+
+    def sampling(self) -> SamplingParams:
+        """The open conversation's sampling (the settings' defaults when it has none)."""
+        if self.current is not None and self.current.sampling is not None:
+            return self.current.sampling
+        return self.settings.sampling()
+
+    def set_sampling(self, sampling: SamplingParams) -> None:
+        """Keep ``sampling`` with the open conversation (a new one if none is open)."""
+        self.ensure()
+        self._update(sampling=sampling)
+
+    def messages(self) -> list[StoredMessage]:
+        """The open conversation's messages (none when none is open)."""
+        return self.store.messages(self.current.id) if self.current is not None else []
+
+    def history(self) -> list[ChatMessage]:
+        """The open conversation as the model sees it: system prompt, then the turns."""
+        assert self.current is not None
+        messages = [
+            ChatMessage(m.role, m.content)
+            for m in self.messages()
+            if m.role in ("user", "assistant")
+        ]
+        if self.current.system_prompt:
+            messages.insert(0, ChatMessage("system", self.current.system_prompt))
+        return messages
+
+    def add_user_message(self, text: str, *, replacing: int | None = None) -> None:
+        """Add the user's message (instead of message ``replacing`` and all after it); the
+        first message of a conversation becomes its title."""
+        conv = self.ensure()
+        if replacing is not None:
+            self.store.truncate_after(conv.id, replacing, keep=False)
+        if not self.store.messages(conv.id):
+            self.rename(text[:TITLE_CHARS])
+        self.store.add_message(conv.id, "user", text)
+
+
+class ConversationPanel(QWidget):
+    """The list of conversations with search, New, Rename, Delete and Export.
+
+    Signals:
+        chosen(int): the user picked this conversation in the list.
+        exported(str): a conversation was written to this path.
+    """
+
+    chosen = Signal(int)
+    exported = Signal(str)
+
+    def __init__(self, conversations: ConversationController, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.conversations = conversations
+        self.search = QLineEdit()
+        self.search.setPlaceholderText("Search conversations")
+        self.list = QListWidget()
+        self.new_button = QPushButton("New")
+        self.rename_button = QPushButton("Rename")
+        self.delete_button = QPushButton("Delete")
+        self.export_button = QPushButton("Export")
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.search)
+        layout.addWidget(self.list, 1)
+        row = QHBoxLayout()
+        for b in (self.new_button, self.rename_button, self.delete_button, self.export_button):
+            row.addWidget(b)
+        layout.addLayout(row)
+
+        self.search.textChanged.connect(conversations.set_search)
+        self.list.currentItemChanged.connect(self._item_chosen)
+        self.new_button.clicked.connect(lambda _checked=False: conversations.new())
+        self.rename_button.clicked.connect(self._rename)
+        self.delete_button.clicked.connect(conversations.delete)
+        self.export_button.clicked.connect(self._export)
+        conversations.listChanged.connect(self.refresh)
+        conversations.opened.connect(lambda _c: self.refresh())
+
+    def refresh(self) -> None:
+        """Refill the list (filtered by the search), with the open conversation selected."""
+        conversations = self.conversations
+        if self.search.text().strip() != conversations.search:
+            self.search.blockSignals(True)
+            self.search.setText(conversations.search)
+            self.search.blockSignals(False)
+        current = conversations.current.id if conversations.current else None
+        self.list.blockSignals(True)
+        self.list.clear()
+        for c in conversations.listing():
+            item = QListWidgetItem(c.title)
+            item.setData(256, c.id)
+            self.list.addItem(item)
+            if c.id == current:
+                self.list.setCurrentItem(item)
+        self.list.blockSignals(False)
+
+    def _item_chosen(self, item: QListWidgetItem | None, _previous: object) -> None:
+        if item is not None:
+            self.chosen.emit(int(item.data(256)))
+
+    def _rename(self) -> None:
+        conv = self.conversations.current
+        if conv is None:
+            return
+        title, ok = QInputDialog.getText(self, "Rename", "Title", text=conv.title)
+        if ok and title.strip():
+            self.conversations.rename(title.strip())
+
+    def _export(self) -> None:
+        conv = self.conversations.current
+        if conv is None:
+            return
+        path, chosen = QFileDialog.getSaveFileName(
+            self, "Export conversation", f"{conv.title}.md", "Markdown (*.md);;JSON (*.json)"
+        )
+        if path:
+            as_json = "json" in chosen.lower() or path.endswith(".json")
+            self.conversations.export(Path(path), as_json=as_json)
+            self.exported.emit(path)
+
+
+__all__ = ["ConversationController", "ConversationPanel"]

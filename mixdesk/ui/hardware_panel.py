@@ -1,0 +1,50 @@
+"""The Hardware tab, and the banner sentence for a GPU that the llama.cpp build leaves unused."""
+
+from __future__ import annotations
+
+import html
+
+from PySide6.QtCore import Qt
+from PySide6.QtWidgets import QLabel, QWidget
+
+from mixdesk.core.hardware import HardwareInfo, format_bytes
+
+
+def unused_gpu_notice(hw: HardwareInfo) -> str:
+    """What to install when a GPU is present and the llama.cpp build is CPU-only ("" if not)."""
+    if not hw.gpus or hw.gpu_offload:
+        return ""
+    from mixdesk.core.doctor import gpu_build_command
+
+    gpu = hw.gpus[0]
+    return (
+        f"{gpu.name} is not used: this llama.cpp build is CPU-only. Install a GPU build "
+        f"with:\n{gpu_build_command(gpu.backend)}"
+    )
+
+
+class HardwarePanel(QLabel):
+    """GPUs with free/total memory, RAM, cores, and what the llama.cpp build can do (rich
+    text, with the GPU names escaped: they come from the driver)."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__("Detecting hardware…", parent)
+        self.setWordWrap(True)
+        self.setAlignment(Qt.AlignmentFlag.AlignTop)
+
+    def show_hardware(self, hw: HardwareInfo) -> None:
+        """Describe ``hw``."""
+        gpus = (
+            "".join(
+                f"<li>{html.escape(g.name)} ({g.backend}): {format_bytes(g.free_bytes)} free of "
+                f"{format_bytes(g.total_bytes)}</li>"
+                for g in hw.gpus
+            )
+            or "<li>none found</li>"
+        )
+        build = "can offload to a GPU" if hw.gpu_offload else "CPU only"
+        self.setText(
+            f"<b>GPUs</b><ul>{gpus}</ul><b>RAM</b>: {format_bytes(hw.ram_available_bytes)} "
+            f"available of {format_bytes(hw.ram_total_bytes)}<br><b>CPU</b>: "
+            f"{hw.physical_cores} cores<br><b>llama.cpp build</b>: {build}"
+        )

@@ -1,0 +1,290 @@
+"""The model answers come from: a local file (planned and loaded in the one engine) or a
+remote endpoint; and the model row (picker, Open, Endpoint, Load, progress) that picks it."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from PySide6.QtCore import QObject, Signal
+from PySide6.QtWidgets import (
+    QComboBox,
+    QFileDialog,
+    QHBoxLayout,
+    QInputDialog,
+    QLabel,
+    QLineEdit,
+    QProgressBar,
+    QPushButton,
+    QWidget,
+)
+
+from mixdesk.core.endpoints import Endpoint, normalize_url, remote_model_info
+from mixdesk.core.engine import ModelInfo
+from mixdesk.core.hardware import format_bytes
+from mixdesk.core.library import Library, models_dir
+from mixdesk.core.loading import LoadOutcome, LoadRequest
+from mixdesk.core.model_profile import profile_local
+from mixdesk.core.settings import Settings, save_endpoint_key
+from mixdesk.ui.workers import EngineController, TaskWorker
+
+log = logging.getLogger(__name__)
+
+
+def _read_profile(path: str, *, report: Any, cancel: threading.Event) -> Any:
+    return profile_local(path)
+
+
+def _is_file(path: str, *, report: Any, cancel: threading.Event) -> bool:
+    return Path(path).is_file()
+
+
+def _open_library(*, report: Any, cancel: threading.Event) -> Library:
+    return Library(models_dir())
+
+
+class ModelController(QObject):
+    """Chooses, plans, loads and forgets the model; remembers the last one and the endpoints.
+
+    Disk work (reading a header, opening the library) runs in :class:`TaskWorker` threads and
+    loads run in the engine's worker thread: nothing here blocks the GUI thread.
+
+    Args:
+        engine: the handle on the engine worker.
+        library: the model library.
+        settings: the settings (the last model and the endpoints are kept there).
+
+    Attributes:
+        info: the model answers come from (a remote one for an endpoint), or None.
+        endpoint: the chosen endpoint, or None for the local engine.
+
+    Signals:
+        profileReady(str, object): a chosen file's path and :class:`ModelProfile`.
+        loadStarted(str): a load (or a measuring) began, of this file.
+        loadProgress(float): 0..1.
+        loaded(object): the :class:`LoadOutcome`.
+        loadFailed(object): the exception that ended the load.
+        sourceChanged(): :attr:`info` / :attr:`endpoint` changed.
+        libraryChanged(object): the :class:`Library` now in use (the models folder moved).
+        failed(object): other work failed (reading a header): the exception.
+    """
+
+    profileReady = Signal(str, object)
+    loadStarted = Signal(str)
+    loadProgress = Signal(float)
+    loaded = Signal(object)
+    loadFailed = Signal(object)
+    sourceChanged = Signal()
+    libraryChanged = Signal(object)
+    failed = Signal(object)
+
+    def __init__(
+        self,
+        engine: EngineController,
+        library: Library,
+        settings: Settings,
+        parent: QObject | None = None,
+    ) -> None:
+        super().__init__(parent)
+        self.engine = engine
+        self.library = library
+        self.settings = settings
+        self.info: ModelInfo | None = None
+        self.endpoint: Endpoint | None = None
+        self.tasks: list[TaskWorker] = []
+        worker = engine.worker
+        worker.loadProgress.connect(self.loadProgress)
+        worker.loaded.connect(self._loaded)
+        worker.loadFailed.connect(self.loadFailed)
+
+    def run(self, task: TaskWorker, done: Callable[[Any], None]) -> None:
+        """Start ``task``; ``done`` gets its result, :attr:`failed` its exception."""
+        task.finished.connect(done)
+        task.failed.connect(self.failed)
+        self.tasks = [t for t in self.tasks if t.worker_thread.isRunning()] + [task]
+        task.start()
+
+    def choose_file(self, path: str) -> None:
+        """Answer with the local engine, and read ``path``'s profile for planning."""
+        self.endpoint = None
+        self.info = self.engine.model  # the loaded model, if any, answers until a new load
+        self.sourceChanged.emit()
+        self.run(
+            TaskWorker(_read_profile, path),
+            lambda profile: self.profileReady.emit(path, profile),
+        )
+
+    def choose_endpoint(self, endpoint: Endpoint) -> None:
+        """Answer from ``endpoint`` (its key is read when an answer starts, off this thread)."""
+        self.endpoint = endpoint
+        self.info = remote_model_info(endpoint)
+        self.sourceChanged.emit()
+
+    def add_endpoint(
+        self, url: str, *, api_key: str | None = None, model: str | None = None, name: str = ""
+    ) -> Endpoint:
+        """Save an endpoint in the settings (its key apart, in a private file).
+
+        Raises:
+            EndpointError: ``url`` is not an endpoint address.
+        """
+        url = normalize_url(url)  # no network here: the kind of server is found by the worker
+        endpoint = Endpoint(url=url, model=model or None, name=name or url)
+        self.settings.add_endpoint(endpoint)
+        self.settings.save()
+        save_endpoint_key(url, api_key)
+        return endpoint
+
+    def load(self, request: LoadRequest) -> None:
+        """Plan and load ``request`` in the engine (in its worker thread)."""
+        self.forget()
+        self.loadStarted.emit(request.model)
+        self.engine.load(request)
+
+    def forget(self) -> None:
+        """No model answers (it is being replaced, or the engine died)."""
+        self.info = None
+        self.endpoint = None
+        self.sourceChanged.emit()
+
+    def _loaded(self, outcome: LoadOutcome) -> None:
+        self.info = outcome.info
+        self.endpoint = None
+        self.settings.last_model = outcome.info.path
+        self.settings.save()
+        self.loaded.emit(outcome)
+        self.sourceChanged.emit()
+
+    def restore_last(self, select: Callable[[str], None]) -> None:
+        """Call ``select`` with the model loaded last time, if its file is still there."""
+        last = self.settings.last_model
+        if last:
+            self.run(TaskWorker(_is_file, last), lambda there: select(last) if there else None)
+
+    def follow_models_dir(self) -> None:
+        """Open the library in the models folder the settings name now (off the GUI thread)."""
+        self.run(TaskWorker(_open_library), self._library_opened)
+
+    def _library_opened(self, library: Library) -> None:
+        self.library = library
+        self.libraryChanged.emit(library)
+
+
+class ModelBar(QWidget):
+    """The model row: a picker of library models, opened files and endpoints; Open, Endpoint,
+    Load and the load progress.
+
+    Signals:
+        loadRequested(): the user pressed Load.
+        problem(object): an exception to tell the user about (a refused endpoint address).
+    """
+
+    loadRequested = Signal()
+    problem = Signal(object)
+
+    def __init__(self, models: ModelController, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.models = models
+        self.picker = QComboBox()
+        self.picker.setMinimumWidth(320)
+        self.open_button = QPushButton("Open .gguf…")
+        self.endpoint_button = QPushButton("Endpoint…")
+        self.load_button = QPushButton("Load")
+        self.progress = QProgressBar()
+        self.progress.setRange(0, 100)
+        self.progress.setMaximumWidth(160)
+        self.progress.hide()
+        row = QHBoxLayout(self)
+        row.setContentsMargins(0, 0, 0, 0)
+        row.addWidget(QLabel("Model"))
+        row.addWidget(self.picker, 1)
+        for w in (self.open_button, self.endpoint_button, self.load_button, self.progress):
+            row.addWidget(w)
+        self.picker.currentIndexChanged.connect(lambda _i: self._chosen())
+        self.open_button.clicked.connect(self._open_file)
+        self.endpoint_button.clicked.connect(self._ask_endpoint)
+        self.load_button.clicked.connect(lambda _checked=False: self.loadRequested.emit())
+        models.loadStarted.connect(lambda _p: self._show_progress(0.0))
+        models.loadProgress.connect(self._show_progress)
+        models.loaded.connect(lambda _o: self._show_progress(None))
+        models.loadFailed.connect(lambda _e: self._show_progress(None))
+
+    def refresh(self) -> None:
+        """Refill the picker from the library and the saved endpoints (keeping the choice)."""
+        current = self.picker.currentData()
+        self.picker.blockSignals(True)
+        self.picker.clear()
+        self.picker.addItem("Choose a model…", "")
+        for e in self.models.library.entries():
+            self.picker.addItem(f"{e.name} ({format_bytes(e.size)})", e.path)
+        for ep in self.models.settings.endpoints:
+            self.picker.addItem(f"Endpoint: {ep.label}", ep)
+        if isinstance(current, str) and current:
+            self.select_path(current, quiet=True)
+        elif isinstance(current, Endpoint):
+            self._select_data(current)
+        self.picker.blockSignals(False)
+
+    def _select_data(self, data: object) -> int:
+        index = next((i for i in range(self.picker.count()) if self.picker.itemData(i) == data), -1)
+        if index >= 0:
+            self.picker.setCurrentIndex(index)
+        return index
+
+    def select_path(self, path: str, *, quiet: bool = False) -> None:
+        """Pick a model file (adding it to the picker if needed) and, unless ``quiet``, plan it."""
+        if self._select_data(path) < 0:
+            self.picker.addItem(Path(path).name, path)
+            self.picker.setCurrentIndex(self.picker.count() - 1)
+        if not quiet:
+            self._chosen()
+
+    def select_endpoint(self, endpoint: Endpoint) -> None:
+        """Pick a saved endpoint."""
+        self.refresh()
+        self._select_data(endpoint)
+
+    def _chosen(self) -> None:
+        data = self.picker.currentData()
+        if isinstance(data, Endpoint):
+            self.models.choose_endpoint(data)
+        elif isinstance(data, str) and data:
+            self.models.choose_file(data)
+
+    def _show_progress(self, fraction: float | None) -> None:
+        self.progress.setVisible(fraction is not None)
+        self.progress.setValue(int((fraction or 0.0) * 100))
+
+    def _open_file(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(
+            self, "Open a GGUF model", str(Path.home()), "GGUF models (*.gguf)"
+        )
+        if path:
+            self.select_path(path)
+
+    def _ask_endpoint(self) -> None:
+        url, ok = QInputDialog.getText(
+            self,
+            "Endpoint",
+            "Address of an OpenAI-compatible server (e.g. TGI):",
+            text="http://127.0.0.1:8080/v1",
+        )
+        if not ok or not url.strip():
+            return
+        key, _ = QInputDialog.getText(
+            self, "Endpoint", "API key or token (empty if none):", QLineEdit.EchoMode.Password
+        )
+        model, _ = QInputDialog.getText(
+            self, "Endpoint", "Model name (empty for the server's own):"
+        )
+        try:
+            endpoint = self.models.add_endpoint(
+                url.strip(), api_key=key.strip() or None, model=model.strip() or None
+            )
+        except Exception as err:  # noqa: BLE001 - shown as a sentence
+            self.problem.emit(err)
+            return
+        self.select_endpoint(endpoint)
