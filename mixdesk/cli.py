@@ -182,7 +182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return server_main()  # its settings (and key) arrive on stdin
     if args_list[:1] == ["--qt-selftest"]:
-        from mixdesk.core.doctor import qt_selftest
+        from mixdesk.ui.selftest import qt_selftest
 
         return qt_selftest()
 

@@ -17,7 +17,15 @@ import shutil
 from dataclasses import asdict
 from pathlib import Path
 
-from mixdesk.core.synthetic_model import MID, TINY, ModelSpec, with_changes, write_model
+from mixdesk.core.synthetic_model import (
+    MID,
+    TINY,
+    ModelSpec,
+    vocabulary,
+    with_changes,
+    write_gguf,
+    write_model,
+)
 
 QUANTS = ("F32", "F16", "Q4_K_M", "Q2_K", "Q8_0", "Q4_0")
 
@@ -96,16 +104,19 @@ def broken_magic(src: Path, dst: Path) -> Path:
 
 def duplicate_vocab(directory: Path) -> Path:
     """A model whose vocabulary lists one token twice: llama.cpp aborts the process loading it."""
-    return write_model(
-        directory / "duplicate-vocab.gguf", with_changes(TINY, duplicate_token=True, n_layers=1)
-    )
+    spec = with_changes(TINY, n_layers=1)
+    tokens, scores, types = vocabulary(spec)
+    tokens.append(tokens[-1])  # the same string twice
+    scores.append(scores[-1] - 1.0)
+    types.append(types[-1])
+    return write_gguf(directory / "duplicate-vocab.gguf", spec, vocab=(tokens, scores, types))
 
 
 def unknown_architecture(directory: Path) -> Path:
     """A well-formed GGUF with an architecture llama.cpp does not know."""
-    return write_model(
-        directory / "unknown-arch.gguf",
-        with_changes(TINY, architecture="mixdeskunknown", n_layers=1),
+    spec = with_changes(TINY, n_layers=1)
+    return write_gguf(
+        directory / "unknown-arch.gguf", spec, vocab=vocabulary(spec), architecture="mixdeskunknown"
     )
 
 

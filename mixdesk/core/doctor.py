@@ -173,21 +173,9 @@ def _writable(name: str, path: Path) -> Check:
     return Check(f"dir-{name}", OK, str(path))
 
 
-def qt_selftest() -> int:
-    """Start Qt offscreen and show a window (run in a child process by the doctor)."""
-    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
-    from PySide6.QtWidgets import QApplication, QLabel
-
-    app = QApplication([])
-    label = QLabel("MixDesk")
-    label.show()
-    app.processEvents()
-    ok = label.isVisible()
-    label.close()
-    return 0 if ok else 1
-
-
 def _qt_check() -> Check:
+    # Qt is tried in a child (mixdesk.ui.selftest): the core imports no PySide6, and a Qt
+    # that crashes on start takes only the child down.
     env = dict(os.environ, QT_QPA_PLATFORM="offscreen")
     try:
         proc = subprocess.run(

@@ -148,10 +148,6 @@ class ModelSpec:
     chat_template: str | None = MIXTRAL_TEMPLATE
     #: One 2-D tensor per expert (``blk.N.ffn_gate.E.weight``) as in TheBloke's 2023 files.
     legacy_expert_layout: bool = False
-    #: Write the same token string twice: llama.cpp aborts the process loading it.
-    duplicate_token: bool = False
-    #: ``general.architecture``; anything but "llama" is unknown to llama.cpp's loader here.
-    architecture: str = "llama"
     dtype: str = "f32"  # "f32" or "f16"
     seed: int = 0
     #: Extra word pieces to make a larger vocabulary (real Mixtral has 32000 tokens).
@@ -178,7 +174,11 @@ MID = ModelSpec(
 )
 
 
-def vocabulary(spec: ModelSpec) -> tuple[list[str], list[float], list[int]]:
+#: A tokenizer vocabulary: token strings, scores and token types, index for index.
+Vocabulary = tuple[list[str], list[float], list[int]]
+
+
+def vocabulary(spec: ModelSpec) -> Vocabulary:
     """Return tokens, scores and token types of a llama (SentencePiece) vocabulary."""
     tokens = ["<unk>", "<s>", "</s>"]
     types = [2, 3, 3]  # UNKNOWN, CONTROL, CONTROL
@@ -186,8 +186,6 @@ def vocabulary(spec: ModelSpec) -> tuple[list[str], list[float], list[int]]:
     types += [6] * 256  # BYTE
     pieces = ["\u2581", *"abcdefghijklmnopqrstuvwxyz", *(f"\u2581{w}" for w in _WORDS)]
     pieces += [f"\u2581w{i}" for i in range(spec.extra_tokens)]
-    if spec.duplicate_token:
-        pieces.append(pieces[-1])
     tokens += pieces
     types += [1] * len(pieces)  # NORMAL
     scores = [0.0] * 259 + [-float(i) for i in range(len(pieces))]
@@ -256,13 +254,38 @@ def write_model(path: Path, spec: ModelSpec = TINY, *, split_parts: int = 1) -> 
     With ``split_parts`` > 1 it writes llama.cpp split files (``NAME-00001-of-0000N.gguf``)
     and returns the first.
     """
+    return write_gguf(path, spec, vocab=vocabulary(spec), split_parts=split_parts)
+
+
+def write_gguf(
+    path: Path,
+    spec: ModelSpec,
+    *,
+    vocab: Vocabulary,
+    architecture: str = "llama",
+    split_parts: int = 1,
+) -> Path:
+    """Write ``spec``'s weights with the given vocabulary and architecture name.
+
+    :func:`write_model` with the parts spelled out; the test suite's model factory writes
+    its deliberately broken files (a repeated token, an unknown architecture) with it.
+
+    Args:
+        path: The file to write (the first part's name is derived from it when split).
+        spec: Shape and options of the model.
+        vocab: Tokens, scores and token types (see :func:`vocabulary`).
+        architecture: ``general.architecture``, which also prefixes the shape keys.
+        split_parts: Write llama.cpp split files when more than 1.
+
+    Returns:
+        The path of the file written (the first part for a split model).
+    """
     import gguf
 
-    tokens, scores, types = vocabulary(spec)
+    tokens, scores, types = vocab
     weights = _weights(spec, len(tokens))
     per_part = -(-len(weights) // split_parts) if split_parts > 1 else 0
-    writer = gguf.GGUFWriter(str(path), spec.architecture, split_max_tensors=per_part)
-    arch = spec.architecture
+    writer = gguf.GGUFWriter(str(path), architecture, split_max_tensors=per_part)
     writer.add_name(spec.name)
     writer.add_context_length(spec.n_ctx_train)
     writer.add_embedding_length(spec.n_embd)
@@ -290,8 +313,6 @@ def write_model(path: Path, spec: ModelSpec = TINY, *, split_parts: int = 1) -> 
     writer.add_add_eos_token(False)
     if spec.chat_template is not None:
         writer.add_chat_template(spec.chat_template)
-    if arch != "llama":
-        writer.add_string("general.note", "architecture deliberately unknown to llama.cpp")
     for name, data in weights:
         writer.add_tensor(name, data)
     writer.write_header_to_file()

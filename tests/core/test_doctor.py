@@ -45,3 +45,9 @@ def test_hardware_lines() -> None:
     assert "15.00 GiB free of 16.00 GiB" in checks["gpu0"].detail
     assert checks["ram"].status == doctor.OK
     assert format_bytes(512 * 1024 * 1024) == "512.0 MiB"
+
+
+def test_the_qt_check_runs_the_ui_selftest_in_a_child() -> None:
+    """The doctor (Qt-free core) asks a child `mixdesk --qt-selftest` (mixdesk.ui) about Qt."""
+    check = doctor._qt_check()
+    assert (check.name, check.status, check.detail) == ("qt", doctor.OK, "Qt starts (offscreen)")

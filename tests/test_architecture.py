@@ -1,0 +1,166 @@
+"""The package's shape: no import cycles, a Qt-free core, commands that stand on their own.
+
+The import graph is read from the source (every ``import`` statement, at module level or
+inside a function), not from what happens to be imported at run time, so a cycle hidden in
+a function-level import is found before it bites.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from mixdesk.core.synthetic_model import ModelSpec
+
+PACKAGE = Path(__file__).resolve().parent.parent / "mixdesk"
+
+
+def module_files(package: Path = PACKAGE) -> dict[str, Path]:
+    """Every module of ``package`` by dotted name (a package by its ``__init__``)."""
+    modules: dict[str, Path] = {}
+    for path in sorted(package.rglob("*.py")):
+        parts = list(path.relative_to(package.parent).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts.pop()
+        modules[".".join(parts)] = path
+    return modules
+
+
+def imported_names(module: str, path: Path, modules: frozenset[str] = frozenset()) -> set[str]:
+    """Dotted names ``module`` imports anywhere in its source, relative imports resolved.
+
+    ``from pkg import mod`` names ``pkg.mod``, and ``pkg`` itself only when some imported
+    name is not one of ``modules`` (an attribute of ``pkg/__init__``): reaching a submodule
+    runs its package first in Python's own order, which is not a cycle.
+    """
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                target = ".".join([*base, node.module] if node.module else base)
+            else:
+                target = node.module or ""
+            submodules = {f"{target}.{alias.name}" for alias in node.names}
+            names.update(submodules & modules)
+            if not submodules <= modules:
+                names.add(target)
+    return names
+
+
+def import_graph(package: Path = PACKAGE) -> dict[str, set[str]]:
+    """Module -> the package's modules it imports.
+
+    A package's ``__init__`` running before its submodules is Python's own order, not an
+    edge; ``from mixdesk.core.engine import Engine`` is an edge to ``mixdesk.core.engine``.
+    """
+    modules = module_files(package)
+    names = frozenset(modules)
+    return {
+        module: {name for name in imported_names(module, path, names) if name in modules} - {module}
+        for module, path in modules.items()
+    }
+
+
+def find_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """One cycle (as a path that returns to its start) per strongly connected group."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    groups: list[set[str]] = []
+
+    def visit(node: str) -> None:  # Tarjan's algorithm; the graph is a few hundred nodes
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for nxt in sorted(graph[node]):
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in on_stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            group: set[str] = set()
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                group.add(member)
+                if member == node:
+                    break
+            if len(group) > 1:
+                groups.append(group)
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return [_cycle_in(group, graph) for group in groups]
+
+
+def _cycle_in(group: set[str], graph: dict[str, set[str]]) -> list[str]:
+    start = min(group)
+    paths = {start: [start]}
+    frontier = [start]
+    while frontier:  # breadth-first back to start, inside the group
+        node = frontier.pop(0)
+        for nxt in sorted(graph[node] & group):
+            if nxt == start:
+                return [*paths[node], start]
+            if nxt not in paths:
+                paths[nxt] = [*paths[node], nxt]
+                frontier.append(nxt)
+    raise AssertionError(f"no cycle through {start}")  # pragma: no cover - a group has one
+
+
+def test_the_walker_finds_function_level_and_relative_imports(tmp_path: Path) -> None:
+    pkg = tmp_path / "pkg"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "sub" / "__init__.py").write_text("")
+    (pkg / "cli.py").write_text("from pkg.sub import helpers\n")
+    (pkg / "sub" / "helpers.py").write_text("def f():\n    from ..cli import main\n")
+    (pkg / "leaf.py").write_text("import pkg.sub.helpers\n")
+    (pkg / "sub" / "other.py").write_text("from pkg.sub import helpers\nfrom pkg import sub\n")
+    graph = import_graph(pkg)
+    assert graph["pkg.sub.helpers"] == {"pkg.cli"}
+    assert graph["pkg.leaf"] == {"pkg.sub.helpers"}
+    assert graph["pkg.sub.other"] == {"pkg.sub.helpers", "pkg.sub"}
+    assert find_cycles(graph) == [["pkg.cli", "pkg.sub.helpers", "pkg.cli"]]
+
+
+def test_no_import_cycles_among_mixdesk_modules() -> None:
+    graph = import_graph()
+    assert len(graph) > 50, "the walker did not find the package"
+    assert find_cycles(graph) == []
+
+
+def test_commands_do_not_import_the_cli() -> None:
+    graph = import_graph()
+    offenders = sorted(
+        m for m, deps in graph.items() if m.startswith("mixdesk.commands") and "mixdesk.cli" in deps
+    )
+    assert offenders == []
+
+
+@pytest.mark.parametrize("package", ["mixdesk.core", "mixdesk.commands"])
+def test_the_core_and_the_commands_import_no_qt(package: str) -> None:
+    """Qt stays in mixdesk.ui: the core runs in a terminal and in tests without a display."""
+    qt_users = sorted(
+        module
+        for module, path in module_files().items()
+        if module.startswith(package)
+        and any(name.split(".")[0] == "PySide6" for name in imported_names(module, path))
+    )
+    assert qt_users == []
+
+
+def test_the_shipped_model_writer_has_no_broken_model_switches() -> None:
+    """Broken files (a repeated token, an unknown architecture) are made in tests/model_factory."""
+    fields = {f.name for f in dataclasses.fields(ModelSpec)}
+    assert not fields & {"duplicate_token", "architecture"}
