@@ -11,16 +11,16 @@ from mixdesk.commands.common import load_choices, machine, print_json
 from mixdesk.commands.keys import endpoint_key_from
 from mixdesk.commands.terminal import write_control
 from mixdesk.core.chat_template import ChatMessage
-from mixdesk.core.engine import ChatDone, Engine, GenerationStats, LoadConfig, SamplingParams
-from mixdesk.core.engine.client import AnswerStream, validate_sampling
-from mixdesk.core.engine.protocol import ModelInfo
-from mixdesk.core.loading import plan_load
 from mixdesk.core.endpoints import (
     Endpoint,
     normalize_url,
     remote_chat,
     remote_model_info,
 )
+from mixdesk.core.engine import ChatDone, Engine, GenerationStats, LoadConfig, SamplingParams
+from mixdesk.core.engine.client import AnswerStream, validate_sampling
+from mixdesk.core.engine.protocol import ModelInfo
+from mixdesk.core.loading import plan_load
 from mixdesk.errors import InvalidArgumentError
 
 _HELP = "Type a message and press Enter. /reset starts over, /exit or Ctrl-D quits, Ctrl-C stops an answer."

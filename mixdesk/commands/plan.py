@@ -10,9 +10,9 @@ from typing import Any
 from mixdesk.commands.common import load_choices, machine, print_json
 from mixdesk.core import hardware
 from mixdesk.core.hardware import format_bytes
+from mixdesk.core.hub_header import parse_model_ref, profile_ref
 from mixdesk.core.loading import make_plan
 from mixdesk.core.planner import OffloadPlan
-from mixdesk.core.hub_header import parse_model_ref, profile_ref
 
 _FIT_WORDS = {
     "full": "everything on the GPU",
@@ -100,7 +100,9 @@ def run_plan(args: argparse.Namespace) -> int:
         out.write(f"- {line}\n")
     if profile.legacy_expert_layout:
         out.write(
-            "- This file uses the old per-expert Mixtral layout: MixDesk converts it before loading.\n"
+            "- This file uses the old per-expert Mixtral layout, which current llama.cpp no longer "
+            "loads: `mixdesk pull` converts it while downloading; for a file you already have, "
+            "`mixdesk import FILE` or `mixdesk convert IN OUT`.\n"
         )
     return 0
 

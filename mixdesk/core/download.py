@@ -40,9 +40,9 @@ from mixdesk.core.file_lock import FileLock
 from mixdesk.core.gguf_header import MAX_HEADER_BYTES, GGUFHeaderError
 from mixdesk.core.hardware import format_bytes
 from mixdesk.core.hub import HubFileInfo
+from mixdesk.core.hub_header import HubError, hub_error
 from mixdesk.core.library import safe_target
 from mixdesk.core.merge_stream import MergingStore, parse_header_prefix
-from mixdesk.core.hub_header import HubError, hub_error
 from mixdesk.errors import MixdeskError
 
 log = logging.getLogger(__name__)

@@ -6,8 +6,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from mixdesk.core.model_profile import SPLIT_RE
 from mixdesk.core.hub_header import HubError, hub_error
+from mixdesk.core.model_profile import SPLIT_RE
 
 _JOIN_RE = re.compile(r"^(?P<stem>.*\.gguf)\.part(?P<no>\d+)of(?P<count>\d+)$")
 _QUANT_RE = re.compile(

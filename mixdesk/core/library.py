@@ -229,8 +229,10 @@ class Library:
     def resolve(self, name_or_path: str) -> str:
         """A path for ``name_or_path``: the path itself if it exists, else the library model's file.
 
+        Anything else comes back unchanged, for the caller's own "no such file" message.
+
         Raises:
-            InvalidArgumentError: neither a file nor a library name.
+            ModelNotInLibraryError: a library name whose file is gone.
         """
         if Path(name_or_path).expanduser().exists():
             return str(Path(name_or_path).expanduser())

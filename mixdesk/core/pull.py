@@ -31,10 +31,10 @@ from mixdesk.core.file_lock import FileLock
 from mixdesk.core.gguf_header import ArrayInfo, GGUFHeader, read_local_header
 from mixdesk.core.hardware import HardwareInfo
 from mixdesk.core.hub import HubModel, list_models, pick_model
+from mixdesk.core.hub_header import read_remote_header
 from mixdesk.core.library import Library, LibraryEntry, model_name
 from mixdesk.core.model_profile import ModelProfile, profile_from_headers
 from mixdesk.core.planner import OffloadPlan, plan_offload
-from mixdesk.core.hub_header import read_remote_header
 from mixdesk.errors import CorruptModelError
 
 log = logging.getLogger(__name__)

@@ -21,9 +21,9 @@ from mixdesk.core.download import (
     DownloadProgress,
 )
 from mixdesk.core.hub import HubFileInfo, list_models, pick_model
+from mixdesk.core.hub_header import HubError
 from mixdesk.core.library import Library, safe_target
 from mixdesk.core.pull import pull
-from mixdesk.core.hub_header import HubError
 from mixdesk.errors import InvalidArgumentError
 from tests.hub_server import HubFile, HubRepo, HubState
 

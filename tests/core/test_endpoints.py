@@ -14,7 +14,6 @@ import pytest
 from huggingface_hub import InferenceClient
 
 from mixdesk.core.chat_template import ChatMessage
-from mixdesk.core.engine import LoadConfig, SamplingParams
 from mixdesk.core.endpoints import (
     Endpoint,
     EndpointError,
@@ -22,6 +21,7 @@ from mixdesk.core.endpoints import (
     normalize_url,
     remote_chat,
 )
+from mixdesk.core.engine import LoadConfig, SamplingParams
 from mixdesk.core.serve import ServeConfig, ServerProcess, start_server
 from mixdesk.core.serve_security import is_loopback
 from mixdesk.errors import EngineCrashedError, MixdeskError

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from mixdesk.core.hardware import GIB, MIB, GpuInfo, HardwareInfo
+from mixdesk.core.hub_header import HubError, parse_model_ref, profile_ref
 from mixdesk.core.model_profile import profile_local
 from mixdesk.core.planner import plan_offload
-from mixdesk.core.hub_header import HubError, parse_model_ref, profile_ref
 from mixdesk.errors import InvalidArgumentError
 from tests import model_factory as mf
 from tests.hub_server import HubFile, HubRepo, HubState
@@ -139,4 +139,5 @@ def test_plan_command_on_a_hub_file(hub: tuple[HubState, str], files: dict[str, 
     assert proc.returncode == 0, proc.stderr
     assert "Plan: --ngl 19 (partial offload), context 2048" in proc.stdout
     assert "old per-expert Mixtral layout" in proc.stdout
+    assert "`mixdesk pull` converts it while downloading" in proc.stdout
     assert state.sent(f"{REPO}/{LEGACY}") <= 8 * MIB
