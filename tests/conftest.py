@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import huggingface_hub.constants as hf_constants
 import pytest
 
 from mixdesk.core.engine import Engine
+from mixdesk.core.engine.rpc_server import RpcServerProcess, start_rpc_server
 from tests import model_factory as mf
 from tests.hub_server import HubState, serve_hub
 
@@ -100,3 +101,38 @@ def engine(tmp_path: Path) -> Iterator[Engine]:
         yield eng
     finally:
         eng.close()
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 nobody listens on (right now)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def rpc_servers(tmp_path: Path) -> Iterator[Callable[[], RpcServerProcess]]:
+    """Start llama.cpp RPC servers on loopback: real offload devices on a machine without a GPU.
+
+    Call the fixture's value to start one; each is its own process (llama.cpp's RPC server
+    over the CPU backend), ended after the test. ``MALLOC_ARENA_MAX`` keeps its address space
+    predictable, for tests that limit it.
+    """
+    started: list[RpcServerProcess] = []
+
+    def start() -> RpcServerProcess:
+        server = start_rpc_server(
+            port=free_port(),
+            log_path=tmp_path / f"rpc-server-{len(started)}.log",
+            env={"MALLOC_ARENA_MAX": "1"},
+        )
+        started.append(server)
+        return server
+
+    try:
+        yield start
+    finally:
+        for server in started:
+            server.stop()

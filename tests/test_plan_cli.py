@@ -62,10 +62,22 @@ def test_plan_json_for_a_v100(mixtral_q4: Path) -> None:
     assert plan["profile"]["legacy_expert_layout"] is True
 
 
+def test_plan_names_the_output_layers_place(mixtral_q4: Path) -> None:
+    """llama.cpp's n_gpu_layers counts the output layer first: on a 16 GB V100 at context
+    2048, 19 means the output layer and 18 of the 32 layers, and the text says so."""
+    proc = run(
+        "plan", str(mixtral_q4), "--vram", "15860MiB/16160MiB", "--ram", "64GiB", "--ctx", "2048"
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "Plan: --ngl 19 (18 of 32 layers + output on GPU; partial offload)" in proc.stdout
+    assert "the output layer and 18 of 32 layers" in proc.stdout
+    assert "19/32" not in proc.stdout
+
+
 def test_plan_table_and_cpu_only(mixtral_q4: Path) -> None:
     proc = run("plan", str(mixtral_q4), "--gpu", "none", "--ram", "16GiB")
     assert proc.returncode == 0, proc.stderr
-    assert "Plan: --ngl 0 (does not fit)" in proc.stdout
+    assert "Plan: --ngl 0 (all 32 layers in RAM; does not fit)" in proc.stdout
     assert "will not fit" in proc.stdout
     assert "CPU RAM" in proc.stdout
 

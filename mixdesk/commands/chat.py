@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 from mixdesk.commands.common import load_choices, machine, print_json
 from mixdesk.commands.keys import endpoint_key_from
@@ -17,10 +18,10 @@ from mixdesk.core.endpoints import (
     remote_chat,
     remote_model_info,
 )
-from mixdesk.core.engine import ChatDone, Engine, GenerationStats, LoadConfig, SamplingParams
+from mixdesk.core.engine import ChatDone, Engine, GenerationStats, SamplingParams
 from mixdesk.core.engine.client import AnswerStream, validate_sampling
 from mixdesk.core.engine.protocol import ModelInfo
-from mixdesk.core.loading import plan_load
+from mixdesk.core.loading import LoadOutcome, LoadRequest, load_model
 from mixdesk.errors import InvalidArgumentError
 
 _HELP = "Type a message and press Enter. /reset starts over, /exit or Ctrl-D quits, Ctrl-C stops an answer."
@@ -55,16 +56,19 @@ def _sampling(args: argparse.Namespace) -> SamplingParams:
     )
 
 
-def _load(engine: Engine, config: LoadConfig, *, show_progress: bool) -> ModelInfo:
+def _load(engine: Engine, request: LoadRequest, *, show_progress: bool) -> LoadOutcome:
+    """Plan (with a dry run in the engine) and load, with a progress line on a terminal."""
+    name = Path(request.model).name
+
     def progress(fraction: float) -> None:
         write_control(sys.stderr, "\r")
-        sys.stderr.write(f"Loading {config.model_path}: {fraction * 100:5.1f}%")
+        sys.stderr.write(f"Loading {name}: {fraction * 100:5.1f}%")
         sys.stderr.flush()
 
-    info = engine.load(config, on_progress=progress if show_progress else None)
+    outcome = load_model(engine, request, on_progress=progress if show_progress else None)
     if show_progress:
         write_control(sys.stderr, "\r\x1b[K")
-    return info
+    return outcome
 
 
 def _stream(stream: AnswerStream, *, echo: bool) -> ChatDone:
@@ -137,12 +141,16 @@ def run_chat(args: argparse.Namespace) -> int:
         raise InvalidArgumentError(
             "Name a MODEL (a .gguf file or a library name) or an --endpoint URL."
         )
-    setup = plan_load(args.model, machine(args), load_choices(args))
+    request = LoadRequest(args.model, machine(args), load_choices(args))
+    request.choices.validate()
     show_progress = sys.stderr.isatty() and not args.json
     with Engine() as engine:
-        info = _load(engine, setup.config, show_progress=show_progress)
+        outcome = _load(engine, request, show_progress=show_progress)
+        info = outcome.info
         if not args.json:
-            sys.stderr.write(f"mixdesk: {setup.summary}\n")
+            sys.stderr.write(f"mixdesk: {outcome.setup.summary}\n")
+            if outcome.note:
+                sys.stderr.write(f"mixdesk: {outcome.note}\n")
         if info.chat_template_note:  # the model's own template is broken: say which one is used
             sys.stderr.write(f"mixdesk: {info.chat_template_note}\n")
         history: list[ChatMessage] = []

@@ -92,7 +92,8 @@ def run_plan(args: argparse.Namespace) -> int:
     )
     out.write(f" in {len(profile.files)} files\n" if len(profile.files) > 1 else "\n")
     out.write(
-        f"Plan: --ngl {plan.n_gpu_layers} ({_FIT_WORDS[plan.fit]}), context {plan.n_ctx}, "
+        f"Plan: --ngl {plan.n_gpu_layers} ({plan.placement_words}; {_FIT_WORDS[plan.fit]}), "
+        f"context {plan.n_ctx}, "
         f"KV cache {plan.type_k}{', flash attention' if plan.flash_attn else ''}\n\n"
     )
     out.write(plan_table(plan) + "\n\n")

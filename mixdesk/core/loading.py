@@ -15,7 +15,7 @@ Rules kept here, once:
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -26,6 +26,7 @@ from mixdesk.core.hardware import HardwareInfo
 from mixdesk.core.model_profile import ModelProfile, profile_local, split_parts
 from mixdesk.core.planner import OffloadPlan, offload_devices, plan_offload
 from mixdesk.errors import (
+    DeviceOutOfMemoryCrashError,
     DeviceOutOfMemoryError,
     InvalidArgumentError,
     ModelNotFoundError,
@@ -143,8 +144,18 @@ def resolve_model(ref: str | Path, *, library: Library | None = None) -> Path:
     return path
 
 
-def make_plan(profile: ModelProfile, hardware: HardwareInfo, choices: LoadChoices) -> OffloadPlan:
+def make_plan(
+    profile: ModelProfile,
+    hardware: HardwareInfo,
+    choices: LoadChoices,
+    *,
+    measured: Mapping[str, int] | None = None,
+) -> OffloadPlan:
     """The offload plan for ``choices`` (also for a model not downloaded yet: ``mixdesk plan``).
+
+    Args:
+        profile, hardware, choices: the model, the machine, the user's choices.
+        measured: buffer sizes from a dry run (exact compute buffers per device).
 
     Raises:
         InvalidArgumentError: a choice is out of range.
@@ -161,7 +172,12 @@ def make_plan(profile: ModelProfile, hardware: HardwareInfo, choices: LoadChoice
         type_v=choices.kv_type,
         flash_attn=choices.flash_attn,
         n_gpu_layers=choices.n_gpu_layers,
+        measured_compute=measured,
     )
+
+
+#: Dry runs at most per load (each may move the plan one or more layers down).
+MAX_DRY_RUNS = 3
 
 
 def plan_load(
@@ -171,6 +187,7 @@ def plan_load(
     *,
     profile: ModelProfile | None = None,
     library: Library | None = None,
+    engine: Engine | None = None,
 ) -> LoadSetup:
     """Plan a load and build its configuration: the only place a :class:`LoadConfig` is made.
 
@@ -180,6 +197,9 @@ def plan_load(
         choices: the user's choices (defaults: everything chosen by MixDesk).
         profile: the model's profile when the caller has read it already.
         library: where library names are looked up (the default library otherwise).
+        engine: an engine to dry-run the plan in (llama.cpp's ``no_alloc`` mode): the compute
+            buffers of every device are then llama.cpp's own figures for this very load, and a
+            plan that turns out not to fit moves down before anything is allocated.
 
     Raises:
         InvalidArgumentError, ModelNotFoundError, NotAGgufError, GGUFHeaderError: bad input.
@@ -190,7 +210,36 @@ def plan_load(
     if profile is None:
         profile = profile_local(path)
     plan = make_plan(profile, hardware, choices)
-    config = LoadConfig(
+    config = _config(path, plan, choices, hardware)
+    if engine is not None and plan.n_gpu_layers > 0:
+        pinned_ctx = replace(choices, n_ctx=plan.n_ctx)
+        for _ in range(MAX_DRY_RUNS):
+            measured = engine.dry_run(config)
+            exact = make_plan(
+                profile,
+                hardware,
+                replace(pinned_ctx, n_gpu_layers=plan.n_gpu_layers),
+                measured=measured,
+            )
+            exact = replace(exact, ctx_reduced_from=plan.ctx_reduced_from)
+            fits = all(d.used_bytes <= d.free_bytes for d in exact.gpus)
+            if fits or choices.n_gpu_layers is not None:
+                plan = exact
+                config = _config(path, plan, choices, hardware)
+                break
+            # The real compute buffers are bigger than the formula said: plan again with them.
+            plan = make_plan(profile, hardware, pinned_ctx, measured=measured)
+            config = _config(path, plan, choices, hardware)
+            if plan.n_gpu_layers == 0:
+                break
+    return LoadSetup(profile=profile, plan=plan, config=config)
+
+
+def _config(
+    path: Path, plan: OffloadPlan, choices: LoadChoices, hardware: HardwareInfo
+) -> LoadConfig:
+    """The load configuration of ``plan``."""
+    return LoadConfig(
         model_path=str(path),
         n_gpu_layers=plan.n_gpu_layers,
         n_ctx=plan.n_ctx,
@@ -206,10 +255,11 @@ def plan_load(
         else (),
         tensor_split=tuple(float(c) for c in plan.tensor_split),
     )
-    return LoadSetup(profile=profile, plan=plan, config=config)
 
 
-def with_gpu_layers(setup: LoadSetup, n_gpu_layers: int, hardware: HardwareInfo) -> LoadSetup:
+def with_gpu_layers(
+    setup: LoadSetup, n_gpu_layers: int, hardware: HardwareInfo, *, engine: Engine | None = None
+) -> LoadSetup:
     """The same load with another GPU layer count (Measure, Keep fastest, out-of-memory retries)."""
     choices = LoadChoices(
         n_gpu_layers=n_gpu_layers,
@@ -220,7 +270,9 @@ def with_gpu_layers(setup: LoadSetup, n_gpu_layers: int, hardware: HardwareInfo)
         n_batch=setup.config.n_batch,
         use_mmap=setup.config.use_mmap,
     )
-    return plan_load(setup.config.model_path, hardware, choices, profile=setup.profile)
+    return plan_load(
+        setup.config.model_path, hardware, choices, profile=setup.profile, engine=engine
+    )
 
 
 @dataclass(frozen=True)
@@ -237,9 +289,11 @@ class LoadRequest:
     #: The model's profile when the front end has read it already.
     profile: ModelProfile | None = None
 
-    def setup(self) -> LoadSetup:
-        """Plan this request (see :func:`plan_load`)."""
-        return plan_load(self.model, self.hardware, self.choices, profile=self.profile)
+    def setup(self, *, engine: Engine | None = None) -> LoadSetup:
+        """Plan this request (see :func:`plan_load`), dry-run in ``engine`` if given."""
+        return plan_load(
+            self.model, self.hardware, self.choices, profile=self.profile, engine=engine
+        )
 
 
 @dataclass(frozen=True)
@@ -273,12 +327,12 @@ def load_model(
     Raises:
         MixdeskError: the load failed (the last failure after retries).
     """
-    setup = request.setup()
+    setup = request.setup(engine=engine)
     wanted = setup.config.n_gpu_layers
     for attempt in range(1, MAX_LOAD_TRIES + 1):
         try:
             info = engine.load(setup.config, on_progress=on_progress)
-        except DeviceOutOfMemoryError as err:
+        except (DeviceOutOfMemoryError, DeviceOutOfMemoryCrashError) as err:
             fewer = fewer_gpu_layers(setup, err)
             if not retry or attempt == MAX_LOAD_TRIES or fewer is None:
                 raise
@@ -288,7 +342,7 @@ def load_model(
                 fewer,
                 setup.config.n_gpu_layers,
             )
-            setup = with_gpu_layers(setup, fewer, request.hardware)
+            setup = with_gpu_layers(setup, fewer, request.hardware, engine=engine)
             continue
         note = ""
         if setup.config.n_gpu_layers != wanted:
@@ -300,13 +354,18 @@ def load_model(
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def fewer_gpu_layers(setup: LoadSetup, err: DeviceOutOfMemoryError) -> int | None:
+def fewer_gpu_layers(
+    setup: LoadSetup, err: DeviceOutOfMemoryError | DeviceOutOfMemoryCrashError
+) -> int | None:
     """The GPU layer count to try after ``err``: enough layers fewer to free the bytes the
     failed allocation lacked (at least one). None when there is nothing left to take off."""
     current = setup.config.n_gpu_layers
     if current <= 0:
         return None
-    device = next((d for d in setup.plan.devices if d.kind == "gpu"), None)
+    device = next(
+        (d for d in setup.plan.gpus if d.buffer_name and err.device.startswith(d.buffer_name)),
+        setup.plan.gpu,
+    )
     free = device.free_bytes if device is not None else 0
     missing = max(err.requested_bytes - free, 0) if err.requested_bytes else 0
     per_layer = max(max(setup.profile.layer_bytes, default=1), 1)

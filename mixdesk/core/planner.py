@@ -26,6 +26,7 @@ costing layers that make generation faster.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
 from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
@@ -179,6 +180,8 @@ class OffloadPlan:
     #: Slots (layers, the output layer counting as one) per offload device, in llama.cpp's
     #: device order: its ``tensor_split``. Empty with one device.
     tensor_split: tuple[int, ...] = ()
+    #: Whether the compute buffers come from a dry run of llama.cpp (else from the formula).
+    compute_measured: bool = False
     explanation: list[str] = field(default_factory=list)
 
     @property
@@ -220,7 +223,7 @@ def repeating_layers(n_gpu_layers: int, n_layers: int) -> int:
 def placement_words(n_gpu_layers: int, n_layers: int) -> str:
     """``n_gpu_layers`` in words that name the output layer's place."""
     if n_gpu_layers <= 0:
-        return f"all {n_layers} layers in RAM (CPU only)"
+        return f"all {n_layers} layers in RAM"
     if n_gpu_layers > n_layers:
         return f"all {n_layers} layers + output on GPU"
     return f"{repeating_layers(n_gpu_layers, n_layers)} of {n_layers} layers + output on GPU"
@@ -302,6 +305,12 @@ class _Costs:
 
     kv_layer: int
     compute: int
+    #: Compute buffers llama.cpp reported in a dry run, by buffer name (exact where present).
+    measured: Mapping[str, int] = field(default_factory=dict)
+
+    def compute_on(self, name: str) -> int:
+        """The compute buffer of device ``name``: measured if known, else the formula's."""
+        return self.measured.get(f"{name} compute", self.compute)
 
 
 def _slot_bytes(profile: ModelProfile, n_gpu: int) -> list[tuple[int, int]]:
@@ -327,7 +336,7 @@ def _device_plan(
         free_bytes=gpu.free_bytes,
         weights_bytes=sum(b for b, _ in slots),
         kv_bytes=layers * costs.kv_layer,
-        compute_bytes=costs.compute if used else 0,
+        compute_bytes=costs.compute_on(buffer_name(gpu)) if used else 0,
         overhead_bytes=RUNTIME_OVERHEAD.get(gpu.backend, 300 * MIB) if used else 0,
         margin_bytes=GPU_MARGIN if used else 0,
         layers=layers,
@@ -336,16 +345,50 @@ def _device_plan(
     )
 
 
+def _proportional(gpus: list[GpuInfo], n_slots: int, costs: _Costs) -> list[int]:
+    """Slots per device in proportion to each device's room for layers (free memory less its
+    fixed costs), rounded by largest remainder: the load spreads like llama.cpp's own default."""
+    rooms = []
+    for gpu in gpus:
+        fixed = _device_plan(gpu, [(0, 0)], costs, output=False).used_bytes
+        rooms.append(max(gpu.free_bytes - fixed, 0))
+    total = sum(rooms)
+    if total == 0:
+        return [n_slots] + [0] * (len(gpus) - 1)
+    exact = [n_slots * r / total for r in rooms]
+    counts = [int(x) for x in exact]
+    by_remainder = sorted(range(len(gpus)), key=lambda i: exact[i] - counts[i], reverse=True)
+    for i in by_remainder[: n_slots - sum(counts)]:
+        counts[i] += 1
+    return counts
+
+
+def _fits(
+    gpus: list[GpuInfo], slots: list[tuple[int, int]], counts: list[int], costs: _Costs
+) -> bool:
+    start = 0
+    for gpu, count in zip(gpus, counts, strict=True):
+        plan = _device_plan(gpu, slots[start : start + count], costs, output=False)
+        if count and plan.used_bytes > plan.free_bytes:
+            return False
+        start += count
+    return True
+
+
 def _split(
     gpus: list[GpuInfo], slots: list[tuple[int, int]], costs: _Costs, fixed: bool
 ) -> tuple[list[int], bool]:
     """Slots per device (contiguous, in device order) and whether all of them fit.
 
-    Each device takes as many of the remaining slots as fit its free memory (for contiguous
-    blocks in a fixed order this finds a split whenever one exists); what is left over goes
-    to the last device when the count was fixed by the user.
+    First in proportion to each device's room; when that does not fit, each device in turn
+    takes as many of the remaining slots as fit its free memory (for contiguous blocks in a
+    fixed order this finds a split whenever one exists). What is left over goes to the last
+    device when the count was fixed by the user.
     """
-    counts: list[int] = []
+    counts = _proportional(gpus, len(slots), costs)
+    if _fits(gpus, slots, counts, costs):
+        return counts, True
+    counts = []
     start = 0
     for i, gpu in enumerate(gpus):
         take = 0
@@ -371,6 +414,7 @@ def plan_offload(
     flash_attn: bool = False,
     n_gpu_layers: int | None = None,
     gpu_offload_supported: bool | None = None,
+    measured_compute: Mapping[str, int] | None = None,
 ) -> OffloadPlan:
     """Plan how to load ``profile`` on ``hardware``.
 
@@ -384,6 +428,8 @@ def plan_offload(
         n_gpu_layers: a layer count the user fixed (the plan then reports its cost); -1: all.
         gpu_offload_supported: whether the installed llama.cpp build can offload (default:
             what ``hardware`` says, and yes when it does not know).
+        measured_compute: buffer sizes from a dry run of this load (``Engine.dry_run``):
+            each device's compute buffer is then llama.cpp's own figure, not the formula's.
     """
     if gpu_offload_supported is None:
         gpu_offload_supported = hardware.gpu_offload is not False
@@ -409,6 +455,7 @@ def plan_offload(
             compute=compute_buffer_bytes(
                 profile, ctx, flash_attn=flash_attn, type_k=type_k, type_v=type_v
             ),
+            measured=measured_compute or {},
         )
 
     def choose(ctx: int) -> tuple[int, list[int], bool]:
@@ -451,10 +498,11 @@ def plan_offload(
         free_bytes=hardware.ram_available_bytes,
         weights_bytes=_cpu_weights(profile, n_gpu),
         kv_bytes=(n - repeating_layers(n_gpu, n)) * costs.kv_layer,
-        compute_bytes=(
+        compute_bytes=costs.measured.get(
+            "CPU compute",
             profile.vocab_size * 4 + 4 * profile.n_embd * min(UBATCH, ctx) * 4
             if full_offload
-            else costs.compute
+            else costs.compute,
         ),
         overhead_bytes=CPU_RUNTIME_OVERHEAD,
         layers=n - repeating_layers(n_gpu, n),
@@ -486,6 +534,7 @@ def plan_offload(
         op_offload=fit == "full",
         expected_tps=expected_tokens_per_second(profile, n_gpu, fastest),
         tensor_split=tuple(c for c in counts) if len(gpus) > 1 and n_gpu > 0 else (),
+        compute_measured=bool(measured_compute),
     )
     return _explain(
         plan, profile, hardware, fastest, gpu_offload_supported, user_ngl=n_gpu_layers is not None

@@ -36,9 +36,11 @@ from mixdesk.core.chat_template import ChatMessage
 from mixdesk.core.engine import diagnose
 from mixdesk.core.engine.protocol import (
     KV_CACHE_TYPES,
+    BufferReport,
     CancelCommand,
     ChatCommand,
     ChatDone,
+    DryRunCommand,
     EngineCommand,
     EngineFailure,
     EngineInfo,
@@ -67,6 +69,7 @@ _EVENT_TYPES: dict[str, type[Any]] = {
     "ready": EngineInfo,
     "load_progress": LoadProgress,
     "loaded": ModelInfo,
+    "buffers": BufferReport,
     "delta": TextDelta,
     "done": ChatDone,
     "error": EngineFailure,
@@ -254,6 +257,7 @@ class Engine:
         self._dead: EngineCrashedError | None = None
         self._active: ChatStream | None = None
         self._fresh = False  # started and never asked to load: a load can reuse it
+        self._devices: tuple[str, ...] = ()  # RPC servers a dry run registered
         self.info: EngineInfo | None = None
         self.model: ModelInfo | None = None
         self.log_path: Path | None = None
@@ -381,8 +385,7 @@ class Engine:
         """
         validate_load_config(config)
         config = _first_split_part(config)
-        if not self._fresh or not self.alive:
-            self.start()
+        self._ensure_fresh(config)
         self._fresh = False
         self._send(LoadCommand(config))
         while True:
@@ -396,6 +399,34 @@ class Engine:
                 return event
             elif isinstance(event, EngineFailure):
                 raise _failure_to_error(event)
+
+    def dry_run(self, config: LoadConfig) -> dict[str, int]:
+        """What llama.cpp would allocate for ``config``, without allocating it: the buffers it
+        logs in ``no_alloc`` mode (compute buffers exact per backend; model and KV 0).
+
+        The engine stays fresh: the next :meth:`load` of the same devices reuses it.
+
+        Raises:
+            ModelLoadError: llama.cpp could not read the model.
+            EngineCrashedError: llama.cpp killed the engine.
+        """
+        validate_load_config(config)
+        config = _first_split_part(config)
+        self._ensure_fresh(config)
+        self._send(DryRunCommand(config))
+        while True:
+            event = self._next_event(during="checking the plan", model_path=config.model_path)
+            if isinstance(event, BufferReport):
+                self._devices = config.rpc_servers
+                return event.buffers
+            if isinstance(event, EngineFailure):
+                raise _failure_to_error(event)
+
+    def _ensure_fresh(self, config: LoadConfig) -> None:
+        """A process with no model and no other devices registered than ``config``'s."""
+        if not self._fresh or not self.alive or self._devices not in ((), config.rpc_servers):
+            self.start()
+            self._devices = ()
 
     def chat(
         self,

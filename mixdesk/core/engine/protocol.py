@@ -211,10 +211,27 @@ class ShutdownCommand:
     """End the engine process."""
 
 
+@dataclass(frozen=True)
+class DryRunCommand:
+    """Plan-check a load without loading: llama.cpp's ``no_alloc`` mode reads the model's
+    metadata and reserves nothing, but logs the compute buffer each backend would need. The
+    engine answers with a :class:`BufferReport` (or an :class:`EngineFailure`)."""
+
+    config: LoadConfig
+
+
+@dataclass(frozen=True)
+class BufferReport:
+    """Buffer sizes llama.cpp logged, summed per device and kind (see ``diagnose.buffer_sizes``)."""
+
+    buffers: dict[str, int] = field(default_factory=dict)
+
+
 #: Everything the app can tell the engine.
-EngineCommand = LoadCommand | ChatCommand | CancelCommand | ShutdownCommand
+EngineCommand = LoadCommand | ChatCommand | CancelCommand | ShutdownCommand | DryRunCommand
 
 _COMMAND_NAMES: dict[type[Any], str] = {
+    DryRunCommand: "dry_run",
     LoadCommand: "load",
     ChatCommand: "chat",
     CancelCommand: "cancel",
@@ -278,6 +295,8 @@ def decode_command(line: bytes | str) -> EngineCommand:
     kind = body.pop("type")
     if kind == "load":
         return LoadCommand(from_dict(LoadConfig, body["config"]))
+    if kind == "dry_run":
+        return DryRunCommand(from_dict(LoadConfig, body["config"]))
     if kind == "chat":
         return ChatCommand(
             request_id=int(body["request_id"]),

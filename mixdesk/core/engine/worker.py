@@ -35,9 +35,11 @@ from mixdesk.core.chat_template import (
 from mixdesk.core.engine import diagnose, llama_adapter
 from mixdesk.core.engine.protocol import (
     KV_TYPE_IDS,
+    BufferReport,
     CancelCommand,
     ChatCommand,
     ChatDone,
+    DryRunCommand,
     EngineCommand,
     EngineFailure,
     EngineInfo,
@@ -138,11 +140,7 @@ class EngineWorker:
     def load(self, config: LoadConfig) -> None:
         """Load a model, reporting progress; send ``loaded`` or a failure."""
         path = Path(config.model_path)
-        if not path.is_file():
-            raise ModelNotFoundError(str(path))
-        with path.open("rb") as fh:
-            if fh.read(4) != b"GGUF":
-                raise NotAGgufError(str(path))
+        _check_model_file(path)
         lc = self._lc
         last = [-1.0]
 
@@ -153,28 +151,12 @@ class EngineWorker:
             return True
 
         progress_cb = lc.llama_progress_callback(on_progress)
-        llama_adapter.add_rpc_servers(config.rpc_servers)
-        n_threads = config.n_threads or physical_cores()
-        # llama.cpp refuses a quantised V cache without flash attention; turn it on instead.
-        flash_attn = config.flash_attn or config.type_v != "f16"
+        kwargs = _llama_kwargs(config)
+        n_threads, flash_attn = kwargs["n_threads"], kwargs["flash_attn"]
         start = time.perf_counter()
         try:
             with llama_adapter.model_params(progress=progress_cb), _without_chat_formatters():
-                self._llm = lc.Llama(
-                    model_path=str(path),
-                    n_gpu_layers=config.n_gpu_layers,
-                    n_ctx=config.n_ctx,
-                    n_threads=n_threads,
-                    n_threads_batch=n_threads,
-                    n_batch=config.n_batch,
-                    flash_attn=flash_attn,
-                    type_k=KV_TYPE_IDS[config.type_k],
-                    type_v=KV_TYPE_IDS[config.type_v],
-                    use_mmap=config.use_mmap,
-                    op_offload=config.op_offload,
-                    tensor_split=list(config.tensor_split) or None,
-                    verbose=True,
-                )
+                self._llm = lc.Llama(**kwargs)
         except ValueError:
             sys.stderr.flush()
             raise diagnose.load_failure(str(path), self._tee.text()) from None
@@ -210,6 +192,22 @@ class EngineWorker:
             buffers=diagnose.buffer_sizes(log_text),
         )
         self._channel.send(encode("loaded", info))
+
+    def dry_run(self, config: LoadConfig) -> None:
+        """Ask llama.cpp what a load would allocate, without allocating (``no_alloc``): the
+        compute buffer of every backend comes out exact, on whatever devices are present;
+        model and KV buffers log 0. Sends a :class:`BufferReport`."""
+        _check_model_file(Path(config.model_path))
+        kwargs = {**_llama_kwargs(config), "use_mmap": False}  # no_alloc needs load mode none
+        try:
+            with llama_adapter.model_params(no_alloc=True), _without_chat_formatters():
+                llm = self._lc.Llama(**kwargs)
+        except ValueError:
+            sys.stderr.flush()
+            raise diagnose.load_failure(config.model_path, self._tee.text()) from None
+        report = BufferReport(diagnose.buffer_sizes(self._tee.text()))
+        llm.close()
+        self._channel.send(encode("buffers", report))
 
     def chat(
         self,
@@ -376,6 +374,37 @@ class EngineWorker:
         )
 
 
+def _check_model_file(path: Path) -> None:
+    """Refuse a missing file or one that is not a GGUF before llama.cpp sees it."""
+    if not path.is_file():
+        raise ModelNotFoundError(str(path))
+    with path.open("rb") as fh:
+        if fh.read(4) != b"GGUF":
+            raise NotAGgufError(str(path))
+
+
+def _llama_kwargs(config: LoadConfig) -> dict[str, Any]:
+    """``Llama(...)`` arguments for ``config`` (the same for a load and its dry run)."""
+    llama_adapter.add_rpc_servers(config.rpc_servers)
+    n_threads = config.n_threads or physical_cores()
+    return {
+        "model_path": config.model_path,
+        "n_gpu_layers": config.n_gpu_layers,
+        "n_ctx": config.n_ctx,
+        "n_threads": n_threads,
+        "n_threads_batch": n_threads,
+        "n_batch": config.n_batch,
+        # llama.cpp refuses a quantised V cache without flash attention; turn it on instead.
+        "flash_attn": config.flash_attn or config.type_v != "f16",
+        "type_k": KV_TYPE_IDS[config.type_k],
+        "type_v": KV_TYPE_IDS[config.type_v],
+        "use_mmap": config.use_mmap,
+        "op_offload": config.op_offload,
+        "tensor_split": list(config.tensor_split) or None,
+        "verbose": True,
+    }
+
+
 def _rate(count: int, ms: float) -> float:
     """Tokens per second as llama_perf_context_print computes it."""
     return round(1e3 * count / ms, 3) if ms > 0 else 0.0
@@ -476,6 +505,8 @@ def main() -> int:
         try:
             if isinstance(command, LoadCommand):
                 worker.load(command.config)
+            elif isinstance(command, DryRunCommand):
+                worker.dry_run(command.config)
             elif isinstance(command, ChatCommand):
                 worker.chat(
                     request_id,

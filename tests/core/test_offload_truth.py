@@ -1,0 +1,180 @@
+"""Layer placement as the installed llama.cpp does it, checked on a real offload device.
+
+Every build here is CPU-only, so llama.cpp would skip layer placement entirely; a loopback
+RPC server (llama.cpp's own RPC backend, over the CPU) is a real offload device: llama.cpp
+assigns layers to it, allocates its buffers there and logs their sizes per device. These
+tests compare the planner's per-device figures with those logs for every ``n_gpu_layers``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from mixdesk.core.convert import convert_legacy
+from mixdesk.core.engine import Engine
+from mixdesk.core.engine.protocol import ModelInfo
+from mixdesk.core.engine.rpc_server import RpcServerProcess
+from mixdesk.core.hardware import GIB, MIB, GpuInfo, HardwareInfo
+from mixdesk.core.loading import LoadChoices, LoadSetup, plan_load
+from mixdesk.core.model_profile import profile_local
+from mixdesk.core.synthetic_model import write_model
+from tests import model_factory as mf
+
+Servers = Callable[[], RpcServerProcess]
+
+#: n_embd 768 (not a multiple of 512), 5 layers, 6 heads: a second Mixtral-like shape.
+WIDE = mf.with_changes(
+    mf.TINY, n_embd=768, n_ff=1024, n_layers=5, n_head=6, n_head_kv=2, name="Mixtral wide test"
+)
+
+
+def rpc_hardware(*servers: RpcServerProcess, free: int = 8 * GIB) -> HardwareInfo:
+    """This machine as the planner sees it with ``servers`` as its offload devices."""
+    return HardwareInfo(
+        ram_total_bytes=16 * GIB,
+        ram_available_bytes=16 * GIB,
+        physical_cores=2,
+        logical_cores=2,
+        gpus=[
+            GpuInfo(f"RPC test device {i}", "rpc", free, free, endpoint=s.endpoint)
+            for i, s in enumerate(servers)
+        ],
+        gpu_offload=True,
+    )
+
+
+@pytest.fixture(scope="session")
+def truth_models(
+    tmp_path_factory: pytest.TempPathFactory, models: dict[str, Path]
+) -> dict[str, Path]:
+    """Two shapes, Q4_K_M and Q2_K, a legacy file converted to the merged layout, a split file."""
+    d = tmp_path_factory.mktemp("truth")
+    legacy = mf.make_model(d, mf.with_changes(mf.TINY, legacy_expert_layout=True), "Q4_K_M")
+    converted = d / "legacy-converted.Q4_K_M.gguf"
+    convert_legacy(legacy, converted)
+    return {
+        "tiny-q4_k_m": models["q4_k_m"],
+        "wide-q2_k": mf.make_model(d, WIDE, "Q2_K", name="wide"),
+        "legacy-converted-q4_k_m": converted,
+        "split-f32": write_model(d / "split.gguf", mf.TINY, split_parts=2),
+    }
+
+
+def _close(planned: int, logged: int, share: float) -> bool:
+    # llama.cpp logs MiB with two decimals: up to 5243 bytes of rounding.
+    return abs(planned - logged) <= max(share * logged, 6000)
+
+
+def mismatches(setup: LoadSetup, info: ModelInfo) -> list[str]:
+    """Where the plan and llama.cpp's logged buffers disagree (empty: they agree)."""
+    logged, plan, found = info.buffers, setup.plan, []
+    if info.n_gpu_layers != setup.config.n_gpu_layers:
+        found.append(
+            f"n_gpu_layers {info.n_gpu_layers} loaded, {setup.config.n_gpu_layers} planned"
+        )
+    planned_names = {d.buffer_name for d in plan.devices}
+    for key, size in logged.items():
+        device = key.rsplit(" ", 1)[0]
+        if device.startswith("RPC") and device not in planned_names and size > 0:
+            found.append(f"{key} = {size} on a device the plan leaves empty")
+    for d in plan.devices:
+        if d.kind == "cpu":  # without mmap: the CPU buffer plus what llama.cpp repacked
+            weights = logged.get("CPU model", 0) + logged.get("CPU_REPACK model", 0)
+            kv, compute = logged.get("CPU KV", 0), logged.get("CPU compute", 0)
+        else:
+            weights = logged.get(f"{d.buffer_name} model", 0)
+            kv, compute = (
+                logged.get(f"{d.buffer_name} KV", 0),
+                logged.get(f"{d.buffer_name} compute", 0),
+            )
+        for what, planned, real, share in (
+            ("weights", d.weights_bytes, weights, 0.01),
+            ("KV", d.kv_bytes, kv, 0.01),
+            ("compute", d.compute_bytes, compute, 0.03),
+        ):
+            if not _close(planned, real, share):
+                found.append(
+                    f"{d.buffer_name} {what}: planned {planned / MIB:.3f} MiB, "
+                    f"llama.cpp {real / MIB:.3f} MiB"
+                )
+    return found
+
+
+def load_and_compare(
+    engine: Engine, model: Path, hardware: HardwareInfo, n_gpu_layers: int, *, n_ctx: int = 1024
+) -> tuple[LoadSetup, ModelInfo, list[str]]:
+    choices = LoadChoices(n_gpu_layers=n_gpu_layers, n_ctx=n_ctx, use_mmap=False)
+    setup = plan_load(model, hardware, choices, engine=engine)
+    info = engine.load(setup.config)
+    return setup, info, mismatches(setup, info)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "name", ["tiny-q4_k_m", "wide-q2_k", "legacy-converted-q4_k_m", "split-f32"]
+)
+def test_every_layer_count_on_one_device(
+    name: str, truth_models: dict[str, Path], rpc_servers: Servers, tmp_path: Path
+) -> None:
+    model = truth_models[name]
+    hardware = rpc_hardware(rpc_servers())
+    n = profile_local(model).n_layers
+    problems: list[str] = []
+    with Engine(log_dir=tmp_path / "logs") as engine:
+        for ngl in range(n + 2):
+            setup, _info, found = load_and_compare(engine, model, hardware, ngl)
+            problems += [f"{name} n_gpu_layers={ngl}: {p}" for p in found]
+            if ngl > 0:  # the output layer always goes first
+                device = setup.plan.gpus[0]
+                assert device.output and device.layers == min(ngl - 1, n)
+    assert not problems, "\n".join(problems)
+
+
+def test_n_gpu_layers_2_is_the_output_and_the_last_layer(
+    models: dict[str, Path], rpc_servers: Servers, engine: Engine
+) -> None:
+    """What llama.cpp 0.3.36 does with --ngl 2: layer 3 and the output layer on the device.
+
+    (The 2023 rule, which the planner followed before, put layers 2 and 3 there.)
+    """
+    server = rpc_servers()
+    setup, info, found = load_and_compare(engine, models["q4_k_m"], rpc_hardware(server), 2)
+    device = setup.plan.gpus[0]
+    assert (device.layers, device.output) == (1, True)
+    assert setup.plan.placement_words == "1 of 4 layers + output on GPU"
+    profile = setup.profile
+    assert (
+        device.weights_bytes
+        == profile.layer_bytes[-1] + profile.output_bytes + profile.output_norm_bytes
+    )
+    assert not found, found
+    assert info.buffers[f"RPC0[{server.endpoint}] KV"] == setup.plan.gpus[0].kv_bytes
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("name", "ngl"), [("tiny-q4_k_m", 5), ("wide-q2_k", 6), ("wide-q2_k", 4), ("split-f32", 5)]
+)
+def test_two_devices_split_as_planned(
+    name: str, ngl: int, truth_models: dict[str, Path], rpc_servers: Servers, tmp_path: Path
+) -> None:
+    """Two RPC devices: the planner's split goes to llama.cpp as tensor_split, and every
+    device holds what the plan says. The devices have 3 and 1 GiB free, so the planner's
+    split (in proportion to their room) is not llama.cpp's even default for two servers."""
+    model = truth_models[name]
+    first, second = rpc_servers(), rpc_servers()
+    hardware = rpc_hardware(first, second)
+    hardware.gpus[1] = GpuInfo("RPC test device 1", "rpc", GIB, GIB, endpoint=second.endpoint)
+    hardware.gpus[0] = GpuInfo(
+        "RPC test device 0", "rpc", 3 * GIB, 3 * GIB, endpoint=first.endpoint
+    )
+    with Engine(log_dir=tmp_path / "logs") as engine:
+        setup, _info, found = load_and_compare(engine, model, hardware, ngl)
+    assert len(setup.plan.gpus) == 2 and all(d.layers or d.output for d in setup.plan.gpus)
+    assert setup.config.tensor_split == tuple(float(c) for c in setup.plan.tensor_split)
+    assert sum(setup.plan.tensor_split) == ngl
+    assert setup.plan.gpus[1].output  # the output layer is the last slot: the last device
+    assert not found, "\n".join(found)
