@@ -15,13 +15,7 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from mixdesk import __version__
-from mixdesk.commands.common import (
-    add_hardware_arguments,
-    add_load_arguments,
-    non_negative_int,
-    positive_int,
-)
-from mixdesk.commands.keys import add_key_arguments
+from mixdesk.commands.parsers import BUILDERS
 from mixdesk.errors import InvalidArgumentError, user_message
 
 log = logging.getLogger(__name__)
@@ -49,123 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"MixDesk {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="also print the log to stderr")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-
-    chat = commands.add_parser("chat", help="chat with a model in the terminal")
-    chat.add_argument("model", metavar="MODEL", nargs="?", help="a .gguf file or a library name")
-    remote = chat.add_argument_group(
-        "remote endpoint (TGI, llama-server, vLLM, Inference Endpoints)"
-    )
-    remote.add_argument(
-        "--endpoint", metavar="URL", help="chat with an OpenAI-compatible server instead"
-    )
-    add_key_arguments(remote, purpose="the endpoint's API key (default: the one saved in the app)")
-    remote.add_argument(
-        "--model", dest="model_name", metavar="NAME", help="the model to ask the endpoint for"
-    )
-    chat.add_argument("--prompt", help="answer this one message and exit (otherwise: interactive)")
-    chat.add_argument("--system", help="system prompt")
-    add_load_arguments(chat)
-    sampling = chat.add_argument_group("sampling")
-    sampling.add_argument(
-        "--max-tokens",
-        type=int,
-        default=512,
-        metavar="N",
-        help="tokens to generate at most (0: until the context is full; default 512)",
-    )
-    sampling.add_argument("--temperature", "--temp", type=float, default=0.7, metavar="T")
-    sampling.add_argument("--top-p", type=float, default=0.95, metavar="P")
-    sampling.add_argument("--top-k", type=non_negative_int, default=40, metavar="K")
-    sampling.add_argument("--min-p", type=float, default=0.05, metavar="P")
-    sampling.add_argument("--repeat-penalty", type=float, default=1.1, metavar="R")
-    sampling.add_argument(
-        "--seed", type=non_negative_int, metavar="N", help="random seed (default: random)"
-    )
-    sampling.add_argument(
-        "--stop", action="append", default=[], metavar="TEXT", help="stop at this text (repeatable)"
-    )
-    chat.add_argument(
-        "--json", action="store_true", help="print one JSON object with the answer and its speed"
-    )
-
-    add_hardware_arguments(chat)
-
-    plan = commands.add_parser("plan", help="show how a model would be split between GPU and RAM")
-    plan.add_argument(
-        "model",
-        metavar="MODEL",
-        help="a .gguf file, or OWNER/REPO/FILE.gguf on the Hub (header only)",
-    )
-    add_load_arguments(plan, runs=False)
-    plan.add_argument("--json", action="store_true", help="print the plan as JSON")
-    add_hardware_arguments(plan)
-
-    serve = commands.add_parser("serve", help="serve a model on an OpenAI-compatible API")
-    serve.add_argument("model", metavar="MODEL", help="a .gguf file or a library name")
-    serve.add_argument(
-        "--host",
-        default="127.0.0.1",
-        help="address to listen on (default 127.0.0.1: this machine only)",
-    )
-    serve.add_argument("--port", type=positive_int, default=8080, help="port (default 8080)")
-    add_key_arguments(serve, purpose="require this key from clients on every route")
-    serve.add_argument(
-        "--cors",
-        action="append",
-        default=[],
-        metavar="ORIGIN",
-        help="let web pages from ORIGIN (e.g. http://localhost:3000) call the API; repeatable "
-        "(default: no web page can)",
-    )
-    add_load_arguments(serve)
-    add_hardware_arguments(serve)
-
-    hw = commands.add_parser("hw", help="show the GPUs, RAM and CPU MixDesk sees")
-    hw.add_argument("--json", action="store_true", help="print as JSON")
-    add_hardware_arguments(hw)
-
-    pull = commands.add_parser(
-        "pull", help="download a model from the Hugging Face Hub (resumable)"
-    )
-    pull.add_argument(
-        "repo",
-        metavar="REPO",
-        help="a Hub repository, e.g. TheBloke/Mixtral-8x7B-Instruct-v0.1-GGUF",
-    )
-    which = pull.add_mutually_exclusive_group()
-    which.add_argument("--file", metavar="NAME", help="the file to get")
-    which.add_argument("--quant", metavar="Q", help="the quantisation to get (default Q4_K_M)")
-    pull.add_argument("--revision", metavar="REV", help="a branch, tag or commit")
-    pull.add_argument("--json", action="store_true", help="print the result as JSON")
-    add_hardware_arguments(pull)
-
-    catalog = commands.add_parser("catalog", help="the Mixtral models MixDesk knows, with sizes")
-    catalog.add_argument("--json", action="store_true", help="print as JSON")
-    ls = commands.add_parser("list", help="list the GGUF models of a Hub repository")
-    ls.add_argument("repo", metavar="REPO")
-    ls.add_argument("--json", action="store_true", help="print as JSON")
-
-    models = commands.add_parser("models", help="list the models in the library")
-    models.add_argument("--json", action="store_true", help="print as JSON")
-    rm = commands.add_parser("rm", help="remove a model from the library and delete its files")
-    rm.add_argument("name", metavar="NAME")
-    imp = commands.add_parser(
-        "import", help="add a local .gguf to the library (converting legacy Mixtral files)"
-    )
-    imp.add_argument("path", metavar="PATH")
-    conv = commands.add_parser(
-        "convert", help="convert a legacy per-expert Mixtral GGUF to the merged layout"
-    )
-    conv.add_argument("input", metavar="IN")
-    conv.add_argument("output", metavar="OUT")
-
-    desktop = commands.add_parser(
-        "install-desktop", help="add MixDesk to the application menu (Linux)"
-    )
-    desktop.add_argument("--uninstall", action="store_true", help="remove it again")
-
-    doctor = commands.add_parser("doctor", help="check that MixDesk can run here, and how")
-    doctor.add_argument("--json", action="store_true", help="print the report as JSON")
+    for add_command in BUILDERS:  # one function per command, in mixdesk/commands/parsers.py
+        add_command(commands)
     return parser
 
 

@@ -23,6 +23,7 @@ import threading
 import time
 from collections.abc import Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
@@ -226,27 +227,13 @@ class EngineWorker:
         llm = self._llm
         if llm is None or self._template is None:
             raise NoModelLoadedError("No model is loaded; load a model before chatting.")
-        lc = self._lc
-        model = llama_adapter.model_handle(llm)
-        bos = model.token_get_text(model.token_bos()) if model.token_bos() >= 0 else ""
-        eos = model.token_get_text(model.token_eos()) if model.token_eos() >= 0 else ""
         try:
-            # The template comes from the model file: it renders within a time and size
-            # budget (a ChatTemplateError past it), and a Stop ends the render at once.
-            prompt = render_prompt(
-                self._template,
-                list(messages),
-                bos_token=bos,
-                eos_token=eos,
-                cancelled=lambda: request_id in self.cancelled,
-            )
+            tokens = self._prompt_tokens(request_id, messages)
         except TemplateCancelledError:
             self.cancelled.discard(request_id)
             done = ChatDone(request_id, "", "cancelled", GenerationStats())
             self._channel.send(encode("done", done))
             return
-        # The template writes BOS itself when it wants one; special=True parses [INST]-like tokens.
-        tokens = llm.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
         n_ctx = llm.n_ctx()
         if len(tokens) >= n_ctx:
             raise ContextOverflowError(
@@ -257,22 +244,59 @@ class EngineWorker:
         max_tokens = room if sampling.max_tokens <= 0 else min(sampling.max_tokens, room)
 
         self.current_request = request_id
-        cancelled = self.cancelled
         ctx = llama_adapter.context_pointer(llm)
-        lc.llama_perf_context_reset(ctx)
-        vocab = model.vocab
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        stops = tuple(s for s in sampling.stop if s)
-        text = ""  # everything generated (after stop-string trimming)
-        sent = 0  # characters of ``text`` already sent
-        n_generated = 0
-        finish = "length"
-        start = time.perf_counter()
-        ttft = 0.0
-        last_send = 0.0
+        self._lc.llama_perf_context_reset(ctx)
+        answer = _Answer(
+            request_id, len(tokens), tuple(s for s in sampling.stop if s), stream_interval_s
+        )
         llm.set_seed(
             sampling.seed if sampling.seed is not None else int.from_bytes(os.urandom(4), "little")
         )
+        self._generate(answer, tokens, sampling, max_tokens)
+        rest = answer.rest()
+        if rest:
+            self._channel.send(encode_delta(request_id, rest, self._answer_stats(answer)))
+        stats = self._answer_stats(answer)
+        self.cancelled.discard(request_id)
+        self.current_request = 0
+        # llama.cpp's own timings go to the log before "done", so the log is complete when the
+        # app hears the answer ended.
+        self._lc.llama_perf_context_print(ctx)
+        self._channel.send(encode("done", ChatDone(request_id, answer.text, answer.finish, stats)))
+
+    def _prompt_tokens(self, request_id: int, messages: Sequence[ChatMessage]) -> list[int]:
+        """Render the conversation with the model's template and tokenize it.
+
+        Raises:
+            TemplateCancelledError: the app stopped the answer while the template rendered.
+            ChatTemplateError: the template broke its time or size budget.
+        """
+        assert self._template is not None
+        model = llama_adapter.model_handle(self._llm)
+        bos = model.token_get_text(model.token_bos()) if model.token_bos() >= 0 else ""
+        eos = model.token_get_text(model.token_eos()) if model.token_eos() >= 0 else ""
+        # The template comes from the model file: it renders within a time and size
+        # budget (a ChatTemplateError past it), and a Stop ends the render at once.
+        prompt = render_prompt(
+            self._template,
+            list(messages),
+            bos_token=bos,
+            eos_token=eos,
+            cancelled=lambda: request_id in self.cancelled,
+        )
+        # The template writes BOS itself when it wants one; special=True parses [INST]-like tokens.
+        tokens: list[int] = self._llm.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
+        return tokens
+
+    def _generate(
+        self, answer: _Answer, tokens: list[int], sampling: SamplingParams, max_tokens: int
+    ) -> None:
+        """Run llama.cpp's sampling loop into ``answer``, sending deltas as they are due."""
+        lc = self._lc
+        llm = self._llm
+        ctx = llama_adapter.context_pointer(llm)
+        vocab = llama_adapter.model_handle(llm).vocab
+        cancelled = self.cancelled
         generator = llm.generate(
             tokens,
             top_k=sampling.top_k,
@@ -287,54 +311,34 @@ class EngineWorker:
         lc.llama_set_abort_callback(ctx, self._abort_cb, None)
         try:
             for token in generator:
-                if n_generated == 0:
-                    ttft = time.perf_counter() - start
+                if answer.n_generated == 0:
+                    answer.ttft = time.perf_counter() - answer.start
                     lc.llama_set_abort_callback(ctx, lc.ggml_abort_callback(0), None)
-                if request_id in cancelled:
-                    finish = "cancelled"
+                if answer.request_id in cancelled:
+                    answer.finish = "cancelled"
                     break
                 if lc.llama_vocab_is_eog(vocab, token):
-                    finish = "stop"
+                    answer.finish = "stop"
                     break
-                n_generated += 1
-                piece = decoder.decode(self._piece(token))
-                if not text:
-                    piece = piece.lstrip()
-                text += piece
-                stop_at, hold = _stop_position(text, sent, stops)
-                if stop_at >= 0:
-                    text = text[:stop_at]
-                    finish = "stop"
+                if answer.add(self._piece(token)):
                     break
-                if len(text) - hold > sent:
-                    now = time.perf_counter()
-                    if now - last_send >= stream_interval_s:
-                        last_send = now
-                        chunk = text[sent : len(text) - hold]
-                        sent += len(chunk)
-                        stats = self._stats(len(tokens), n_generated, start, ttft)
-                        self._channel.send(encode_delta(request_id, chunk, stats))
-                if n_generated >= max_tokens:
+                chunk = answer.due()
+                if chunk:
+                    stats = self._answer_stats(answer)
+                    self._channel.send(encode_delta(answer.request_id, chunk, stats))
+                if answer.n_generated >= max_tokens:
                     break
         except RuntimeError:
             # llama_decode returned "aborted": our abort callback stopped the prompt eval.
-            if request_id not in cancelled:
+            if answer.request_id not in cancelled:
                 raise
-            finish = "cancelled"
+            answer.finish = "cancelled"
         finally:
             generator.close()
             lc.llama_set_abort_callback(ctx, lc.ggml_abort_callback(0), None)
-        text += decoder.decode(b"", final=True) if finish != "stop" else ""
-        if len(text) > sent:
-            stats = self._stats(len(tokens), n_generated, start, ttft)
-            self._channel.send(encode_delta(request_id, text[sent:], stats))
-        stats = self._stats(len(tokens), n_generated, start, ttft)
-        cancelled.discard(request_id)
-        self.current_request = 0
-        # llama.cpp's own timings go to the log before "done", so the log is complete when the
-        # app hears the answer ended.
-        lc.llama_perf_context_print(ctx)
-        self._channel.send(encode("done", ChatDone(request_id, text, finish, stats)))
+
+    def _answer_stats(self, answer: _Answer) -> GenerationStats:
+        return self._stats(answer.n_prompt, answer.n_generated, answer.start, answer.ttft)
 
     # -- helpers ----------------------------------------------------------------------
 
@@ -430,6 +434,63 @@ def _stop_position(text: str, sent: int, stops: tuple[str, ...]) -> tuple[int, i
                 hold = max(hold, k)
                 break
     return -1, hold
+
+
+@dataclass
+class _Answer:
+    """One answer as it grows: its text, how much of it the app has been sent, and why it ended."""
+
+    request_id: int
+    n_prompt: int
+    #: Stop strings; text that could be the start of one is held back until it is not.
+    stops: tuple[str, ...]
+    #: Send at most this often (seconds); text arriving faster joins the next delta.
+    interval_s: float
+    start: float = field(default_factory=time.perf_counter)
+    text: str = ""  # everything generated (after stop-string trimming)
+    sent: int = 0  # characters of ``text`` already sent
+    hold: int = 0  # trailing characters that could begin a stop string
+    n_generated: int = 0
+    ttft: float = 0.0
+    last_send: float = 0.0
+    finish: str = "length"
+    decoder: codecs.IncrementalDecoder = field(
+        default_factory=lambda: codecs.getincrementaldecoder("utf-8")(errors="replace")
+    )
+
+    def add(self, raw: bytes) -> bool:
+        """Append one token's bytes; return True when a stop string ended the answer."""
+        self.n_generated += 1
+        piece = self.decoder.decode(raw)
+        if not self.text:
+            piece = piece.lstrip()
+        self.text += piece
+        stop_at, self.hold = _stop_position(self.text, self.sent, self.stops)
+        if stop_at >= 0:
+            self.text = self.text[:stop_at]
+            self.finish = "stop"
+            return True
+        return False
+
+    def due(self) -> str:
+        """The text to send now, marked as sent ("" when nothing is new or the last was recent)."""
+        if len(self.text) - self.hold <= self.sent:
+            return ""
+        now = time.perf_counter()
+        if now - self.last_send < self.interval_s:
+            return ""
+        self.last_send = now
+        chunk = self.text[self.sent : len(self.text) - self.hold]
+        self.sent += len(chunk)
+        return chunk
+
+    def rest(self) -> str:
+        """Everything not sent yet, the decoder flushed unless a stop string cut the text."""
+        if self.finish != "stop":
+            self.text += self.decoder.decode(b"", final=True)
+        chunk = self.text[self.sent :]
+        self.sent = len(self.text)
+        return chunk
 
 
 class _UnusedChatFormatter:
