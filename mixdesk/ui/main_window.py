@@ -90,7 +90,7 @@ class MainWindow(QMainWindow):
         self._connect()
         self.conversations.open_first()
         self.refresh_models()
-        self.models.restore_last(self._restore_model)
+        self.models.find_last()
         if hardware is None:
             self.models.run(TaskWorker(lambda report, cancel: hw_mod.detect()), self.set_hardware)
 
@@ -164,6 +164,7 @@ class MainWindow(QMainWindow):
         models.loadFailed.connect(self._load_failed)
         models.failed.connect(self.report)
         models.libraryChanged.connect(self._library_changed)
+        models.lastModelFound.connect(self._restore_model)
         self.model_bar.loadRequested.connect(self.load_selected)
         self.model_bar.problem.connect(self.report)
         self.offload.applyRequested.connect(self.load)
@@ -242,7 +243,7 @@ class MainWindow(QMainWindow):
         self.model_bar.select_path(path, quiet=quiet)
 
     def _restore_model(self, path: str) -> None:
-        if not self.model_picker.currentData():
+        if path and not self.model_picker.currentData():  # the user has not chosen meanwhile
             self.select_model_path(path)
 
     def add_endpoint(

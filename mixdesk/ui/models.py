@@ -38,8 +38,8 @@ def _read_profile(path: str, *, report: Any, cancel: threading.Event) -> Any:
     return profile_local(path)
 
 
-def _is_file(path: str, *, report: Any, cancel: threading.Event) -> bool:
-    return Path(path).is_file()
+def _existing(path: str, *, report: Any, cancel: threading.Event) -> str:
+    return path if path and Path(path).is_file() else ""
 
 
 def _open_library(*, report: Any, cancel: threading.Event) -> Library:
@@ -69,6 +69,7 @@ class ModelController(QObject):
         loadFailed(object): the exception that ended the load.
         sourceChanged(): :attr:`info` / :attr:`endpoint` changed.
         libraryChanged(object): the :class:`Library` now in use (the models folder moved).
+        lastModelFound(str): the model loaded last time ("" when none, or its file is gone).
         failed(object): other work failed (reading a header): the exception.
     """
 
@@ -79,6 +80,7 @@ class ModelController(QObject):
     loadFailed = Signal(object)
     sourceChanged = Signal()
     libraryChanged = Signal(object)
+    lastModelFound = Signal(str)
     failed = Signal(object)
 
     def __init__(
@@ -158,11 +160,9 @@ class ModelController(QObject):
         self.loaded.emit(outcome)
         self.sourceChanged.emit()
 
-    def restore_last(self, select: Callable[[str], None]) -> None:
-        """Call ``select`` with the model loaded last time, if its file is still there."""
-        last = self.settings.last_model
-        if last:
-            self.run(TaskWorker(_is_file, last), lambda there: select(last) if there else None)
+    def find_last(self) -> None:
+        """Look for the model loaded last time (off the GUI thread): :attr:`lastModelFound`."""
+        self.run(TaskWorker(_existing, self.settings.last_model or ""), self.lastModelFound.emit)
 
     def follow_models_dir(self) -> None:
         """Open the library in the models folder the settings name now (off the GUI thread)."""

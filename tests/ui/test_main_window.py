@@ -388,3 +388,58 @@ def test_settings_and_sampling_dialogs_round_trip(window: MainWindow) -> None:
     sampling = SamplingDialog(SamplingParams(max_tokens=77), window)
     assert sampling.values().max_tokens == 77
     assert sampling.values().seed is None
+
+
+def test_the_models_folder_setting_moves_the_library(
+    qtbot: QtBot, window: MainWindow, tmp_path: Path, models: dict[str, Path]
+) -> None:
+    from mixdesk.core.pull import import_model
+    from mixdesk.core.settings import Settings
+    from mixdesk.ui.settings_dialog import SettingsDialog
+
+    moved = tmp_path / "elsewhere"
+    entry = import_model(models["q2_k"], library=Library(moved))
+    assert window.model_picker.findData(entry.path) < 0
+    dialog = SettingsDialog(window.settings, window)
+    dialog.models_dir.setText(str(moved))
+    with qtbot.waitSignal(window.models.libraryChanged, timeout=10_000):
+        window.apply_settings(dialog.result_settings())
+    assert Settings.load().models_dir == str(moved)
+    assert window.models.library.root == moved
+    assert window.manager.library.root == moved  # downloads go there too
+    assert window.model_picker.findData(entry.path) >= 0
+    assert [e.name for e in window.manager.library.entries()] == [entry.name]
+
+
+def test_the_last_model_is_selected_at_start_up(
+    qtbot: QtBot, tmp_path: Path, models: dict[str, Path]
+) -> None:
+    from mixdesk.core.settings import Settings
+
+    first = make_window(qtbot, tmp_path)
+    load(qtbot, first, models["q2_k"])
+    first.close()
+    assert Settings.load().last_model == str(models["q2_k"])
+    second = make_window(qtbot, tmp_path)
+    qtbot.waitUntil(lambda: second.offload.plan is not None, timeout=10_000)
+    assert second.model_picker.currentData() == str(models["q2_k"])
+    assert second.offload.model_path == str(models["q2_k"])
+    assert second.model_info is None  # selected, not loaded: loading stays the user's choice
+    second.close()
+
+
+def test_load_follows_the_context_kv_and_flash_settings(
+    qtbot: QtBot, tmp_path: Path, models: dict[str, Path]
+) -> None:
+    from mixdesk.core.settings import Settings
+
+    Settings(n_ctx=768, kv_type="q8_0", flash_attn=True, threads=1).save()
+    window = make_window(qtbot, tmp_path)
+    window.select_model_path(str(models["q2_k"]))
+    qtbot.waitUntil(lambda: window.offload.plan is not None, timeout=10_000)
+    with qtbot.waitSignal(window.modelLoaded, timeout=30_000) as blocker:
+        window.load_selected()
+    info = blocker.args[0]
+    assert (info.n_ctx, info.type_k, info.type_v, info.flash_attn) == (768, "q8_0", "q8_0", True)
+    assert info.n_threads == 1
+    window.close()

@@ -1,0 +1,86 @@
+"""The engine protocol: typed commands both ways, and live deltas that carry every field."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+import pytest
+
+from mixdesk.core.chat_template import ChatMessage
+from mixdesk.core.engine import GenerationStats, LoadConfig, SamplingParams, TextDelta
+from mixdesk.core.engine.protocol import (
+    CancelCommand,
+    ChatCommand,
+    EngineCommand,
+    LoadCommand,
+    PerfCounters,
+    ShutdownCommand,
+    decode_command,
+    encode_command,
+    encode_delta,
+    from_dict,
+)
+
+
+def _distinct(cls: type[Any], start: int) -> Any:
+    """An instance of dataclass ``cls`` whose every field holds a value unlike its default."""
+    values: dict[str, Any] = {}
+    for i, f in enumerate(dataclasses.fields(cls), start):
+        kind = type(f.default) if f.default is not dataclasses.MISSING else None
+        if f.name == "perf":
+            values[f.name] = _distinct(PerfCounters, start + 100)
+        elif kind is float:
+            values[f.name] = i + 0.5
+        else:
+            values[f.name] = i
+    return cls(**values)
+
+
+def test_every_stats_field_round_trips_through_a_delta() -> None:
+    stats = _distinct(GenerationStats, 1)
+    body = json.loads(encode_delta(7, "text", stats))
+    delta = from_dict(TextDelta, {k: v for k, v in body.items() if k != "type"})
+    assert delta.stats == stats
+    assert (delta.request_id, delta.text, body["type"]) == (7, "text", "delta")
+
+
+def test_a_field_added_to_the_stats_is_sent() -> None:
+    @dataclasses.dataclass(frozen=True)
+    class MoreStats(GenerationStats):
+        gpu_busy: float = 0.0
+
+    body = json.loads(encode_delta(1, "x", MoreStats(eval_tokens=3, gpu_busy=0.75)))
+    assert body["stats"]["gpu_busy"] == 0.75
+    assert body["stats"]["eval_tokens"] == 3
+    assert set(body["stats"]) == {f.name for f in dataclasses.fields(MoreStats)}
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        LoadCommand(
+            LoadConfig("m.gguf", n_gpu_layers=3, rpc_servers=("h:1",), tensor_split=(1.0,))
+        ),
+        ChatCommand(
+            4,
+            (ChatMessage("system", "Be brief."), ChatMessage("user", "hi")),
+            SamplingParams(temperature=0.0, seed=1, stop=("</s>",)),
+            0.05,
+        ),
+        CancelCommand(4),
+        ShutdownCommand(),
+    ],
+    ids=["load", "chat", "cancel", "shutdown"],
+)
+def test_commands_round_trip(command: EngineCommand) -> None:
+    line = encode_command(command)
+    assert line.endswith(b"\n") and line.count(b"\n") == 1
+    assert decode_command(line) == command
+
+
+@pytest.mark.parametrize("line", [b"not json", b'{"type": "reboot"}', b'{"type": "cancel"}'])
+def test_a_line_that_is_no_command_is_refused(line: bytes) -> None:
+    with pytest.raises((ValueError, KeyError)):
+        decode_command(line)

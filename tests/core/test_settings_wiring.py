@@ -1,0 +1,117 @@
+"""Settings that do what they say: every field is read by the app, the Models folder moves
+the library, endpoints and sampling are typed, and load choices come from the settings."""
+
+from __future__ import annotations
+
+import ast
+import json
+from dataclasses import fields
+from pathlib import Path
+
+import pytest
+
+import mixdesk
+from mixdesk.core.endpoints import Endpoint
+from mixdesk.core.engine import SamplingParams
+from mixdesk.core.library import Library, models_dir
+from mixdesk.core.loading import LoadChoices
+from mixdesk.core.pull import import_model
+from mixdesk.core.settings import Settings, load_endpoint_keys, save_endpoint_key
+
+PACKAGE = Path(mixdesk.__file__).parent
+#: Where a setting is declared and where it is only edited: reading it there does not count.
+NOT_READERS = {"core/settings.py", "ui/settings_dialog.py"}
+
+
+def _attributes_read() -> set[str]:
+    """Names read as attributes (``x.name``) anywhere in MixDesk outside :data:`NOT_READERS`."""
+    names: set[str] = set()
+    for path in PACKAGE.rglob("*.py"):
+        if path.relative_to(PACKAGE).as_posix() in NOT_READERS:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Load):
+                names.add(node.attr)
+    return names
+
+
+def test_every_setting_is_read_somewhere() -> None:
+    # Sampling fields are read through Settings.sampling(), which the app calls.
+    read = _attributes_read()
+    assert "sampling" in read
+    sampling_fields = {f.name for f in fields(SamplingParams)}
+    unread = [
+        f.name for f in fields(Settings) if f.name not in read and f.name not in sampling_fields
+    ]
+    assert unread == []
+
+
+def test_the_models_folder_setting_moves_the_library(
+    tmp_path: Path, models: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("MIXDESK_MODELS_DIR", raising=False)
+    default = Library()
+    chosen = tmp_path / "my models"
+    Settings(models_dir=str(chosen)).save()
+    assert models_dir() == chosen
+    library = Library()
+    assert library.root == chosen != default.root
+    entry = import_model(models["q2_k"])  # the default library: the one the settings name
+    assert [e.name for e in Library(chosen).entries()] == [entry.name]
+    assert default.entries() == []
+    # the environment variable still wins over the setting
+    monkeypatch.setenv("MIXDESK_MODELS_DIR", str(tmp_path / "from env"))
+    assert Library().root == tmp_path / "from env"
+
+
+def test_endpoints_are_typed_and_saved_without_their_keys() -> None:
+    settings = Settings()
+    settings.add_endpoint(Endpoint("http://gpu-box:8080/v1", api_key="s3cret", name="TGI"))
+    settings.add_endpoint(Endpoint("http://other:80/v1", model="mixtral"))
+    settings.add_endpoint(Endpoint("http://gpu-box:8080/v1", name="TGI again"))  # replaces
+    settings.save()
+    text = Settings.path().read_text()
+    assert "s3cret" not in text
+    assert "api_key" not in text
+    loaded = Settings.load()
+    assert loaded.endpoints == [
+        Endpoint("http://other:80/v1", model="mixtral"),
+        Endpoint("http://gpu-box:8080/v1", name="TGI again"),
+    ]
+    save_endpoint_key("http://gpu-box:8080/v1", "s3cret")
+    assert load_endpoint_keys() == {"http://gpu-box:8080/v1": "s3cret"}
+
+
+def test_endpoints_written_by_an_older_version_are_read() -> None:
+    Settings.path().parent.mkdir(parents=True, exist_ok=True)
+    Settings.path().write_text(
+        json.dumps(
+            {
+                "endpoints": [
+                    {"name": "TGI", "url": "http://gpu-box:8080/v1", "model": "", "kind": "auto"},
+                    {"name": "no address"},
+                    "junk",
+                ]
+            }
+        )
+    )
+    assert Settings.load().endpoints == [Endpoint("http://gpu-box:8080/v1", name="TGI")]
+
+
+def test_sampling_defaults_are_sampling_params() -> None:
+    settings = Settings(temperature=0.2, max_tokens=64, seed=7)
+    sampling = settings.sampling()
+    assert sampling == SamplingParams(
+        temperature=0.2, top_p=0.95, top_k=40, min_p=0.05, repeat_penalty=1.1, max_tokens=64, seed=7
+    )
+    edited = settings.with_sampling(SamplingParams(top_k=5, max_tokens=9))
+    assert (edited.top_k, edited.max_tokens, edited.seed) == (5, 9, None)
+    assert edited.sampling() == SamplingParams(top_k=5, max_tokens=9)
+
+
+def test_load_choices_come_from_the_settings() -> None:
+    settings = Settings(n_ctx=1024, kv_type="q8_0", flash_attn=True, threads=3)
+    assert LoadChoices.from_settings(settings) == LoadChoices(
+        n_ctx=1024, kv_type="q8_0", flash_attn=True, n_threads=3
+    )
+    assert LoadChoices.from_settings(settings, n_gpu_layers=2).n_gpu_layers == 2
