@@ -294,6 +294,42 @@ def read_header(
         GGUFHeaderError: the header is not a GGUF header or is damaged.
     """
     r = _Reader(stream, what=name, limit=max_bytes, file_size=file_size)
+    version, n_tensors, n_kv = _preamble(r, name)
+    metadata: dict[str, MetaValue] = {}
+    lengths: dict[str, int] = {}
+    kv_start = r.consumed
+    for i in range(n_kv):
+        key = r.string(f"metadata key {i}", limit=1 << 16)
+        vtype = r.u32(key)
+        metadata[key] = _value(r, vtype, key, lengths)
+    kv_end = r.consumed
+    alignment = _alignment(metadata, name)
+    tensors = [_tensor_info(r, i, name, alignment) for i in range(n_tensors)]
+    data_offset = -(-r.consumed // alignment) * alignment
+    if file_size is not None:
+        for t in tensors:
+            if data_offset + t.offset + t.nbytes > file_size:
+                raise GGUFHeaderError(
+                    f"{name} is incomplete or damaged: tensor '{t.name}' ends past the end of the "
+                    "file; download it again"
+                )
+    return GGUFHeader(
+        name=name,
+        version=version,
+        metadata=metadata,
+        tensors=tensors,
+        alignment=alignment,
+        data_offset=data_offset,
+        file_size=file_size,
+        bytes_read=r.consumed,
+        array_lengths=lengths,
+        kv_start=kv_start,
+        kv_end=kv_end,
+    )
+
+
+def _preamble(r: _Reader, name: str) -> tuple[int, int, int]:
+    """Check the signature and version; return (version, tensor count, metadata count)."""
     try:
         magic = r.read(4, "the signature")
     except GGUFHeaderError:
@@ -317,14 +353,11 @@ def read_header(
         )
     r.expect(n_kv, _MIN_KV_BYTES, "the metadata")
     r.expect(n_tensors, _MIN_TENSOR_BYTES, "the tensor table")
-    metadata: dict[str, MetaValue] = {}
-    lengths: dict[str, int] = {}
-    kv_start = r.consumed
-    for i in range(n_kv):
-        key = r.string(f"metadata key {i}", limit=1 << 16)
-        vtype = r.u32(key)
-        metadata[key] = _value(r, vtype, key, lengths)
-    kv_end = r.consumed
+    return version, n_tensors, n_kv
+
+
+def _alignment(metadata: dict[str, MetaValue], name: str) -> int:
+    """``general.alignment`` (32 when absent): a power of two up to 1 MiB."""
     alignment = metadata.get("general.alignment", 32)
     if (
         not isinstance(alignment, int)
@@ -333,49 +366,29 @@ def read_header(
         or alignment & (alignment - 1)
     ):
         raise GGUFHeaderError(f"{name} has a damaged header: alignment {alignment!r}")
-    tensors: list[TensorInfo] = []
-    for i in range(n_tensors):
-        tname = r.string(f"tensor {i}'s name", limit=1 << 16)
-        n_dims = r.u32(tname)
-        if n_dims > MAX_DIMS:
-            raise GGUFHeaderError(
-                f"{name} has a damaged header: tensor '{tname}' has {n_dims} dimensions"
-            )
-        shape = tuple(r.u64(tname) for _ in range(n_dims))
-        elements = 1
-        for dim in shape:
-            elements *= dim
-        if elements > 1 << 44:
-            raise GGUFHeaderError(
-                f"{name} has a damaged header: tensor '{tname}' has shape {shape}"
-            )
-        ggml_type = r.u32(tname)
-        offset = r.u64(tname)
-        nbytes = tensor_nbytes(ggml_type, shape, name=tname)
-        if offset % alignment:
-            raise GGUFHeaderError(f"{name} has a damaged header: tensor '{tname}' is misaligned")
-        tensors.append(TensorInfo(tname, ggml_type, shape, offset, nbytes))
-    data_offset = -(-r.consumed // alignment) * alignment
-    if file_size is not None:
-        for t in tensors:
-            if data_offset + t.offset + t.nbytes > file_size:
-                raise GGUFHeaderError(
-                    f"{name} is incomplete or damaged: tensor '{t.name}' ends past the end of the "
-                    "file; download it again"
-                )
-    return GGUFHeader(
-        name=name,
-        version=version,
-        metadata=metadata,
-        tensors=tensors,
-        alignment=alignment,
-        data_offset=data_offset,
-        file_size=file_size,
-        bytes_read=r.consumed,
-        array_lengths=lengths,
-        kv_start=kv_start,
-        kv_end=kv_end,
-    )
+    return alignment
+
+
+def _tensor_info(r: _Reader, i: int, name: str, alignment: int) -> TensorInfo:
+    """Read entry ``i`` of the tensor table, refusing impossible shapes and offsets."""
+    tname = r.string(f"tensor {i}'s name", limit=1 << 16)
+    n_dims = r.u32(tname)
+    if n_dims > MAX_DIMS:
+        raise GGUFHeaderError(
+            f"{name} has a damaged header: tensor '{tname}' has {n_dims} dimensions"
+        )
+    shape = tuple(r.u64(tname) for _ in range(n_dims))
+    elements = 1
+    for dim in shape:
+        elements *= dim
+    if elements > 1 << 44:
+        raise GGUFHeaderError(f"{name} has a damaged header: tensor '{tname}' has shape {shape}")
+    ggml_type = r.u32(tname)
+    offset = r.u64(tname)
+    nbytes = tensor_nbytes(ggml_type, shape, name=tname)
+    if offset % alignment:
+        raise GGUFHeaderError(f"{name} has a damaged header: tensor '{tname}' is misaligned")
+    return TensorInfo(tname, ggml_type, shape, offset, nbytes)
 
 
 _NOT_REGULAR = (
