@@ -26,10 +26,10 @@ from PySide6.QtWidgets import (
 
 from mixdesk.core import hardware as hw_mod
 from mixdesk.core.chat_store import ChatStore, Conversation
-from mixdesk.core.engine import ChatDone, Engine, GenerationStats, ModelInfo
+from mixdesk.core.engine import ChatDone, Engine, GenerationStats
 from mixdesk.core.hardware import HardwareInfo
 from mixdesk.core.library import Library
-from mixdesk.core.loading import LoadChoices, LoadOutcome, LoadRequest
+from mixdesk.core.loading import LoadChoices, LoadOutcome
 from mixdesk.core.settings import Settings
 from mixdesk.errors import EngineCrashedError, user_message
 from mixdesk.ui.answer import AnswerController
@@ -158,10 +158,14 @@ class MainWindow(QMainWindow):
         models.profileReady.connect(
             lambda path, profile: self.offload.set_model(path, profile, self.hardware)
         )
-        models.loadStarted.connect(self._load_started)
+        models.loadStarted.connect(lambda _path: self.offload.show_progress(0.0))
+        models.loadStarted.connect(
+            lambda path: self.statusBar().showMessage(f"Loading {Path(path).name}…")
+        )
         models.loadProgress.connect(self.offload.show_progress)
         models.loaded.connect(self._loaded)
-        models.loadFailed.connect(self._load_failed)
+        models.loadFailed.connect(lambda _err: self.offload.show_progress(None))
+        models.loadFailed.connect(self.report)
         models.failed.connect(self.report)
         models.libraryChanged.connect(self._library_changed)
         models.lastModelFound.connect(self._restore_model)
@@ -228,11 +232,6 @@ class MainWindow(QMainWindow):
 
     # -- models -------------------------------------------------------------------------
 
-    @property
-    def model_info(self) -> ModelInfo | None:
-        """The model answers come from (a remote one for an endpoint), or None."""
-        return self.models.info
-
     def refresh_models(self) -> None:
         """Refill the model picker and the Models tab from the library."""
         self.model_bar.refresh()
@@ -259,15 +258,6 @@ class MainWindow(QMainWindow):
         if models.endpoint is not None:
             self.statusBar().showMessage(f"Answers now come from {models.endpoint.url}", 10_000)
 
-    def load_request(self, choices: LoadChoices) -> LoadRequest:
-        """What to load: the panel's model (with the profile already read) and ``choices``."""
-        return LoadRequest(
-            model=self.offload.model_path,
-            hardware=self.hardware,
-            choices=choices,
-            profile=self.offload.profile,
-        )
-
     def load_selected(self) -> None:
         """Load the selected model with the offload panel's settings."""
         if self.models.endpoint is not None:
@@ -280,7 +270,7 @@ class MainWindow(QMainWindow):
     def load(self, choices: LoadChoices) -> None:
         """Plan and load (or reload) the panel's model in the engine, off the GUI thread."""
         self.answers.stop()
-        self.models.load(self.load_request(choices))
+        self.models.load(self.offload.request(choices))
 
     def measure(self, layer_counts: list[int]) -> None:
         """Measure generation speed at a few GPU layer counts, in the one engine (off the GUI thread)."""
@@ -288,11 +278,7 @@ class MainWindow(QMainWindow):
             return
         self.answers.stop()
         self.models.forget()
-        self.measuring.start(self.load_request(self.offload.choices()), layer_counts)
-
-    def _load_started(self, path: str) -> None:
-        self.offload.show_progress(0.0)
-        self.statusBar().showMessage(f"Loading {Path(path).name}…")
+        self.measuring.start(self.offload.request(), layer_counts)
 
     def _loaded(self, outcome: LoadOutcome) -> None:
         info = outcome.info
@@ -307,10 +293,6 @@ class MainWindow(QMainWindow):
         if self.conversation is not None:
             self.store.update(self.conversation.id, model=info.path)
         self.modelLoaded.emit(info)
-
-    def _load_failed(self, err: BaseException) -> None:
-        self.offload.show_progress(None)
-        self.report(err)
 
     def _library_changed(self, library: Library) -> None:
         self.manager.library = library
@@ -366,10 +348,7 @@ class MainWindow(QMainWindow):
 
     def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802
         self.answers.save_partial()
-        for task in self.models.tasks:
-            task.cancel_event.set()
-            task.worker_thread.quit()
-            task.worker_thread.wait(10_000)
+        self.models.shutdown()
         self.manager.shutdown()
         self.controller.shutdown()
         self.store.close()

@@ -109,6 +109,13 @@ class ModelController(QObject):
         self.tasks = [t for t in self.tasks if t.worker_thread.isRunning()] + [task]
         task.start()
 
+    def shutdown(self) -> None:
+        """Stop the background work and wait for its threads (the window is closing)."""
+        for task in self.tasks:
+            task.cancel_event.set()
+            task.worker_thread.quit()
+            task.worker_thread.wait(10_000)
+
     def choose_file(self, path: str) -> None:
         """Answer with the local engine, and read ``path``'s profile for planning."""
         self.endpoint = None

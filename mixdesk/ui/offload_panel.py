@@ -20,7 +20,7 @@ from PySide6.QtWidgets import (
 )
 
 from mixdesk.core.hardware import HardwareInfo
-from mixdesk.core.loading import LoadChoices, make_plan
+from mixdesk.core.loading import LoadChoices, LoadRequest, make_plan
 from mixdesk.core.model_profile import ModelProfile
 from mixdesk.core.planner import OffloadPlan
 from mixdesk.ui.plain import plain
@@ -200,6 +200,14 @@ class OffloadPanel(QWidget):
         """The panel's settings as load choices: the slider's layer count (none with Auto on),
         context, KV type, flash attention; threads, batch and mmap from :meth:`set_defaults`."""
         return self._choices(None if self.auto.isChecked() else self.slider.value())
+
+    def request(self, choices: LoadChoices | None = None) -> LoadRequest:
+        """What to load: the panel's model (with the profile already read) and ``choices``
+        (the panel's own by default). Only once a model is set (:attr:`plan` is not None)."""
+        assert self.hardware is not None
+        return LoadRequest(
+            self.model_path, self.hardware, choices or self.choices(), profile=self.profile
+        )
 
     def _choices(self, n_gpu_layers: int | None) -> LoadChoices:
         return replace(

@@ -424,7 +424,7 @@ def test_the_last_model_is_selected_at_start_up(
     qtbot.waitUntil(lambda: second.offload.plan is not None, timeout=10_000)
     assert second.model_picker.currentData() == str(models["q2_k"])
     assert second.offload.model_path == str(models["q2_k"])
-    assert second.model_info is None  # selected, not loaded: loading stays the user's choice
+    assert second.models.info is None  # selected, not loaded: loading stays the user's choice
     second.close()
 
 
