@@ -113,7 +113,7 @@ def free_port() -> int:
 
 
 @pytest.fixture
-def rpc_servers(tmp_path: Path) -> Iterator[Callable[[], RpcServerProcess]]:
+def rpc_servers(tmp_path: Path) -> Iterator[Callable[..., RpcServerProcess]]:
     """Start llama.cpp RPC servers on loopback: real offload devices on a machine without a GPU.
 
     Call the fixture's value to start one; each is its own process (llama.cpp's RPC server
@@ -122,13 +122,23 @@ def rpc_servers(tmp_path: Path) -> Iterator[Callable[[], RpcServerProcess]]:
     """
     started: list[RpcServerProcess] = []
 
-    def start() -> RpcServerProcess:
+    def start(memory_budget: int | None = None) -> RpcServerProcess:
+        """Start a server; ``memory_budget`` bytes of address space beyond what it uses idle
+        make a device that runs out of memory for real (llama.cpp cannot allocate there)."""
         server = start_rpc_server(
             port=free_port(),
             log_path=tmp_path / f"rpc-server-{len(started)}.log",
             env={"MALLOC_ARENA_MAX": "1"},
         )
         started.append(server)
+        if memory_budget is not None:
+            import re
+            import resource
+
+            status = Path(f"/proc/{server.proc.pid}/status").read_text()
+            idle = int(re.search(r"VmSize:\s+(\d+) kB", status).group(1)) * 1024  # type: ignore[union-attr]
+            limit = idle + memory_budget
+            resource.prlimit(server.proc.pid, resource.RLIMIT_AS, (limit, limit))
         return server
 
     try:

@@ -261,15 +261,7 @@ def with_gpu_layers(
     setup: LoadSetup, n_gpu_layers: int, hardware: HardwareInfo, *, engine: Engine | None = None
 ) -> LoadSetup:
     """The same load with another GPU layer count (Measure, Keep fastest, out-of-memory retries)."""
-    choices = LoadChoices(
-        n_gpu_layers=n_gpu_layers,
-        n_ctx=setup.config.n_ctx,
-        kv_type=setup.config.type_k,
-        flash_attn=setup.config.flash_attn,
-        n_threads=setup.config.n_threads,
-        n_batch=setup.config.n_batch,
-        use_mmap=setup.config.use_mmap,
-    )
+    choices = replace(_choices_of(setup.config), n_gpu_layers=n_gpu_layers)
     return plan_load(
         setup.config.model_path, hardware, choices, profile=setup.profile, engine=engine
     )
@@ -333,7 +325,7 @@ def load_model(
         try:
             info = engine.load(setup.config, on_progress=on_progress)
         except (DeviceOutOfMemoryError, DeviceOutOfMemoryCrashError) as err:
-            fewer = fewer_gpu_layers(setup, err)
+            fewer = fewer_gpu_layers(setup, err, request.hardware)
             if not retry or attempt == MAX_LOAD_TRIES or fewer is None:
                 raise
             log.warning(
@@ -355,19 +347,54 @@ def load_model(
 
 
 def fewer_gpu_layers(
-    setup: LoadSetup, err: DeviceOutOfMemoryError | DeviceOutOfMemoryCrashError
+    setup: LoadSetup,
+    err: DeviceOutOfMemoryError | DeviceOutOfMemoryCrashError,
+    hardware: HardwareInfo,
 ) -> int | None:
-    """The GPU layer count to try after ``err``: enough layers fewer to free the bytes the
-    failed allocation lacked (at least one). None when there is nothing left to take off."""
+    """The GPU layer count to try after ``err``, or None when no GPU layer is left to drop.
+
+    The failed allocation bounds the device's real room: what this load had already put there
+    (the weights, for a KV cache failure; weights and KV cache, for a compute buffer) plus the
+    buffer that did not fit. The new count is the largest one whose share of that device
+    (weights, KV cache, compute) stays below that bound, at least one layer fewer.
+    """
     current = setup.config.n_gpu_layers
     if current <= 0:
         return None
+    plan = setup.plan
     device = next(
-        (d for d in setup.plan.gpus if d.buffer_name and err.device.startswith(d.buffer_name)),
-        setup.plan.gpu,
+        (d for d in plan.gpus if d.buffer_name and err.device.startswith(d.buffer_name)),
+        plan.gpu,
     )
-    free = device.free_bytes if device is not None else 0
-    missing = max(err.requested_bytes - free, 0) if err.requested_bytes else 0
-    per_layer = max(max(setup.profile.layer_bytes, default=1), 1)
-    step = max(1, -(-missing // per_layer))
-    return max(current - step, 0)
+    if device is None:
+        return current - 1
+    buffer = getattr(err, "buffer", "")
+    already = 0 if buffer in ("", "model") else device.weights_bytes
+    if buffer == "compute":
+        already += device.kv_bytes
+    room = device.free_bytes
+    if err.requested_bytes:
+        room = min(room, already + err.requested_bytes)
+    choices = _choices_of(setup.config)
+    for n in range(current - 1, 0, -1):
+        smaller = make_plan(setup.profile, hardware, replace(choices, n_gpu_layers=n))
+        share = next((d for d in smaller.gpus if d.buffer_name == device.buffer_name), None)
+        if share is None:
+            return n
+        need = share.weights_bytes + share.kv_bytes + max(share.compute_bytes, device.compute_bytes)
+        if need < room:
+            return n
+    return 0
+
+
+def _choices_of(config: LoadConfig) -> LoadChoices:
+    """The choices that give ``config`` again (for a changed layer count)."""
+    return LoadChoices(
+        n_gpu_layers=config.n_gpu_layers,
+        n_ctx=config.n_ctx,
+        kv_type=config.type_k,
+        flash_attn=config.flash_attn,
+        n_threads=config.n_threads,
+        n_batch=config.n_batch,
+        use_mmap=config.use_mmap,
+    )

@@ -28,7 +28,7 @@ _OOM = re.compile(
     r"ErrorOutOfDeviceMemory|std::bad_alloc|Cannot allocate memory|mmap failed",
     re.IGNORECASE,
 )
-_ALLOC = re.compile(r"failed to allocate (\S+) buffer of size (\d+)")
+_ALLOC = re.compile(r"^(\S*).*failed to allocate (\S+) buffer of size (\d+)", re.MULTILINE)
 _DEVICE_OOM = re.compile(
     r"cudaMalloc failed|CUDA error: out of memory|ErrorOutOfDeviceMemory|hipMalloc failed"
 )
@@ -93,13 +93,19 @@ def out_of_memory(name: str, log_text: str) -> OutOfMemoryError:
     CPU, ``CPU_Mapped`` or ``CUDA_Host`` buffer, a failed mmap or a C++ bad_alloc is RAM.
     """
     allocs = _ALLOC.findall(log_text)
-    device, size = (allocs[-1][0], int(allocs[-1][1])) if allocs else ("", 0)
+    where, device, size = (
+        (allocs[-1][0], allocs[-1][1], int(allocs[-1][2])) if allocs else ("", "", 0)
+    )
+    # Which buffer: weights are allocated while loading tensors, then the KV cache, then the
+    # compute buffers by the graph allocator.
+    buffer = "compute" if "gallocr" in where else "KV" if "kv" in where.lower() else "model"
     amount = f" (llama.cpp could not allocate {size / 2**30:.2f} GiB on {device})" if allocs else ""
     if (device and not _HOST_BUFFER.match(device)) or (not device and _DEVICE_OOM.search(log_text)):
         return DeviceOutOfMemoryError(
             f"{name} does not fit in GPU memory with these settings{amount}; put fewer layers "
             "on the GPU or use a smaller context.",
             device=device,
+            buffer=buffer if allocs else "",
             requested_bytes=size,
         )
     return HostOutOfMemoryError(

@@ -1,0 +1,121 @@
+"""A real out-of-memory on an offload device, and the bounded retry with fewer layers.
+
+The device is a loopback llama.cpp RPC server whose process has an address-space limit
+(RLIMIT_AS) a little above what it uses idle: llama.cpp really fails to allocate its buffers
+there, as on a GPU that is full.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mixdesk.core.chat_template import ChatMessage
+from mixdesk.core.engine import Engine, LoadConfig, ModelInfo
+from mixdesk.core.engine.rpc_server import RpcServerProcess
+from mixdesk.core.hardware import GIB, MIB, GpuInfo, HardwareInfo
+from mixdesk.core.loading import MAX_LOAD_TRIES, LoadChoices, LoadRequest, load_model
+from mixdesk.errors import DeviceOutOfMemoryError, HostOutOfMemoryError
+from tests import model_factory as mf
+
+#: Layers of about 12 MiB (Q4_K_M) against compute buffers of about 20 MiB.
+OOM_SHAPE = mf.with_changes(
+    mf.TINY, n_embd=512, n_ff=1536, n_layers=6, n_head=8, n_head_kv=2, n_expert=8, name="oom test"
+)
+BUDGET = 48 * MIB
+
+Servers = Callable[..., RpcServerProcess]
+
+
+@pytest.fixture(scope="session")
+def oom_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return mf.make_model(tmp_path_factory.mktemp("oom"), OOM_SHAPE, "Q4_K_M", name="oom")
+
+
+def device_hardware(server: RpcServerProcess) -> HardwareInfo:
+    """The RPC device as its server reports it: the host's free memory, not its limit."""
+    return HardwareInfo(
+        ram_total_bytes=16 * GIB,
+        ram_available_bytes=16 * GIB,
+        physical_cores=2,
+        logical_cores=2,
+        gpus=[GpuInfo("RPC test device", "rpc", 8 * GIB, 8 * GIB, endpoint=server.endpoint)],
+        gpu_offload=True,
+    )
+
+
+class CountingEngine(Engine):
+    """The real engine, noting the GPU layer count of every load asked of it."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.loads: list[int] = []
+
+    def load(
+        self, config: LoadConfig, *, on_progress: Callable[[float], None] | None = None
+    ) -> ModelInfo:
+        self.loads.append(config.n_gpu_layers)
+        return super().load(config, on_progress=on_progress)
+
+
+def test_device_out_of_memory_is_typed(
+    oom_model: Path, rpc_servers: Servers, tmp_path: Path
+) -> None:
+    server = rpc_servers(BUDGET)
+    request = LoadRequest(
+        str(oom_model), device_hardware(server), LoadChoices(n_gpu_layers=-1, n_ctx=512)
+    )
+    with Engine(log_dir=tmp_path) as engine, pytest.raises(DeviceOutOfMemoryError) as caught:
+        load_model(engine, request, retry=False)
+    err = caught.value
+    assert err.device == f"RPC0[{server.endpoint}]"
+    assert err.buffer == "model"
+    assert err.requested_bytes > BUDGET
+    assert "does not fit in GPU memory" in str(err)
+
+
+def test_device_out_of_memory_retries_with_fewer_layers(
+    oom_model: Path, rpc_servers: Servers, tmp_path: Path
+) -> None:
+    server = rpc_servers(BUDGET)
+    request = LoadRequest(
+        str(oom_model), device_hardware(server), LoadChoices(n_gpu_layers=-1, n_ctx=512)
+    )
+    engine = CountingEngine(log_dir=tmp_path)
+    with engine:
+        outcome = load_model(engine, request)
+        assert engine.chat([ChatMessage("user", "Hello")]).wait().stats.eval_tokens > 0
+    assert engine.loads[0] == OOM_SHAPE.n_layers + 1
+    assert 1 <= len(engine.loads) <= MAX_LOAD_TRIES
+    assert engine.loads == sorted(engine.loads, reverse=True)
+    assert 0 < outcome.info.n_gpu_layers < OOM_SHAPE.n_layers + 1
+    assert outcome.info.n_gpu_layers == outcome.setup.config.n_gpu_layers
+    assert outcome.note.startswith(
+        f"n_gpu_layers {OOM_SHAPE.n_layers + 1} did not fit in GPU memory"
+    )
+    assert outcome.setup.plan.placement_words in outcome.note
+
+
+def test_ram_failure_never_lowers_gpu_layers(
+    oom_model: Path, rpc_servers: Servers, tmp_path: Path
+) -> None:
+    """The engine itself (host RAM) under a limit: a CPU buffer fails, and MixDesk does not
+    retry with fewer GPU layers (that would need more RAM, not less)."""
+    server = rpc_servers()
+    limited = [
+        sys.executable,
+        "-c",
+        "import resource; resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30)); "
+        "from mixdesk.core.engine.worker import main; raise SystemExit(main())",
+    ]
+    engine = CountingEngine(log_dir=tmp_path, command=limited)
+    request = LoadRequest(
+        str(oom_model), device_hardware(server), LoadChoices(n_gpu_layers=2, n_ctx=1 << 20)
+    )
+    with engine, pytest.raises(HostOutOfMemoryError, match="not enough RAM"):
+        load_model(engine, request)
+    assert engine.loads == [2]
