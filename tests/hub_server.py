@@ -237,20 +237,25 @@ def _make_handler(state: HubState) -> type[BaseHTTPRequestHandler]:
                 self.send_header("Content-Length", "0")
                 self.end_headers()
                 return
-            self.send_response(206 if header else 200)
+            self._file_headers(f, start, end, ranged=bool(header))
+            if body:
+                self._file_body(f"{repo_id}/{name}", f, start, end)
+
+        def _file_headers(self, f: HubFile, start: int, end: int, *, ranged: bool) -> None:
+            size = f.size
+            self.send_response(206 if ranged else 200)
             self.send_header("X-Repo-Commit", COMMIT)
             self.send_header("ETag", f'"{f.digest()}"')
             self.send_header("X-Linked-Etag", f'"{f.digest()}"')
             self.send_header("X-Linked-Size", str(size))
             self.send_header("Accept-Ranges", "bytes")
             self.send_header("Content-Type", "application/octet-stream")
-            if header:
+            if ranged:
                 self.send_header("Content-Range", f"bytes {start}-{end - 1}/{size}")
             self.send_header("Content-Length", str(end - start))
             self.end_headers()
-            if not body:
-                return
-            key = f"{repo_id}/{name}"
+
+        def _file_body(self, key: str, f: HubFile, start: int, end: int) -> None:
             plain = not (state.throttle_bps or state.drop_after or key in state.corrupt)
             if plain and f.path is not None and hasattr(os, "sendfile"):
                 # zero-copy, like a real file server: the benchmark then measures the client
