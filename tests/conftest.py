@@ -146,3 +146,16 @@ def rpc_servers(tmp_path: Path) -> Iterator[Callable[..., RpcServerProcess]]:
     finally:
         for server in started:
             server.stop()
+
+
+#: Layers of about 12 MiB (Q4_K_M) against compute buffers of about 20 MiB: a model whose
+#: placement decides whether a small device runs out of memory.
+OOM_SHAPE = mf.with_changes(
+    mf.TINY, n_embd=512, n_ff=1536, n_layers=6, n_head=8, n_head_kv=2, n_expert=8, name="oom test"
+)
+
+
+@pytest.fixture(scope="session")
+def oom_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The :data:`OOM_SHAPE` model as Q4_K_M (about 80 MB, made once per session)."""
+    return mf.make_model(tmp_path_factory.mktemp("oom"), OOM_SHAPE, "Q4_K_M", name="oom")

@@ -20,20 +20,11 @@ from mixdesk.core.engine.rpc_server import RpcServerProcess
 from mixdesk.core.hardware import GIB, MIB, GpuInfo, HardwareInfo
 from mixdesk.core.loading import MAX_LOAD_TRIES, LoadChoices, LoadRequest, load_model
 from mixdesk.errors import DeviceOutOfMemoryError, HostOutOfMemoryError
-from tests import model_factory as mf
+from tests.conftest import OOM_SHAPE
 
-#: Layers of about 12 MiB (Q4_K_M) against compute buffers of about 20 MiB.
-OOM_SHAPE = mf.with_changes(
-    mf.TINY, n_embd=512, n_ff=1536, n_layers=6, n_head=8, n_head_kv=2, n_expert=8, name="oom test"
-)
 BUDGET = 48 * MIB
 
 Servers = Callable[..., RpcServerProcess]
-
-
-@pytest.fixture(scope="session")
-def oom_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return mf.make_model(tmp_path_factory.mktemp("oom"), OOM_SHAPE, "Q4_K_M", name="oom")
 
 
 def device_hardware(server: RpcServerProcess) -> HardwareInfo:
