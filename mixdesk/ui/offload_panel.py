@@ -105,7 +105,12 @@ class OffloadPanel(QWidget):
         self.progress.setRange(0, 100)
         self.progress.hide()
         self.chart = MeasureChart()
+        self._measured: list[tuple[int, float]] = []
+        self._lay_out()
+        self._connect()
+        self._set_enabled(False)
 
+    def _lay_out(self) -> None:
         form = QFormLayout()
         form.addRow("Context", self.ctx)
         form.addRow("KV cache", self.kv)
@@ -126,6 +131,7 @@ class OffloadPanel(QWidget):
         layout.addWidget(self.chart)
         layout.addStretch(1)
 
+    def _connect(self) -> None:
         self.slider.valueChanged.connect(self._slider_moved)
         self.auto.toggled.connect(self._replan)
         self.ctx.valueChanged.connect(self._replan)
@@ -134,8 +140,6 @@ class OffloadPanel(QWidget):
         self.apply.clicked.connect(self._apply)
         self.measure.clicked.connect(self._measure)
         self.keep_fastest.clicked.connect(self._keep_fastest)
-        self._measured: list[tuple[int, float]] = []
-        self._set_enabled(False)
 
     def _set_enabled(self, enabled: bool) -> None:
         for w in (self.auto, self.slider, self.ctx, self.kv, self.flash, self.apply, self.measure):
