@@ -255,7 +255,8 @@ class Downloader:
         merge_experts: bool,
     ) -> DownloadedFile:
         from huggingface_hub import hf_hub_url
-        from huggingface_hub.utils._headers import build_hf_headers
+
+        from mixdesk.core.hub_adapter import build_headers as build_hf_headers
 
         target = self.target_path(f)
         store = self._open_store(f)
@@ -450,13 +451,9 @@ def _http_get(
     meter: _Meter,
 ) -> None:
     """huggingface_hub's resumable GET, with progress and cancel through its tqdm hook."""
-    from huggingface_hub import constants
-    from huggingface_hub.file_download import http_get
     from tqdm.auto import tqdm  # type: ignore[import-untyped]
 
-    # http_get reads the stream in chunks of this size and writes each whole chunk: 1 MiB
-    # gives smooth progress, a quick cancel, and at most 1 MiB lost if the process is killed.
-    constants.DOWNLOAD_CHUNK_SIZE = min(constants.DOWNLOAD_CHUNK_SIZE, CHUNK_SIZE)
+    from mixdesk.core.hub_adapter import stream_get
 
     class _Progress(tqdm):  # type: ignore[misc]
         def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -470,13 +467,16 @@ def _http_get(
     resume_size = sink.tell()
     if resume_size >= expected_size:
         return
-    http_get(
+    # Chunks of CHUNK_SIZE (1 MiB): smooth progress, a quick cancel, and at most 1 MiB lost
+    # if the process is killed.
+    stream_get(
         url,
         sink,  # type: ignore[arg-type]  # a file-like object is all http_get needs
         resume_size=resume_size,
         headers=headers,
         expected_size=expected_size,
         tqdm_class=_Progress,
+        chunk_size=CHUNK_SIZE,
     )
 
 

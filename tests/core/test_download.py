@@ -291,3 +291,11 @@ def test_split_model_and_joined_pieces(hub: tuple[HubState, str], tmp_path: Path
                 .stats.eval_tokens
                 == 3
             )
+
+
+def test_hub_adapter_matches_the_installed_huggingface_hub() -> None:
+    """The private huggingface_hub pieces the downloader uses are where the adapter expects."""
+    from mixdesk.core import hub_adapter
+
+    hub_adapter.check_compatible()
+    assert "user-agent" in {k.lower() for k in hub_adapter.build_headers(token=False)}
