@@ -127,6 +127,17 @@ def _run_remote(args: argparse.Namespace, sampling: SamplingParams) -> int:
     return 0
 
 
+def load_request(args: argparse.Namespace) -> LoadRequest:
+    """What ``mixdesk chat`` will load: the model, this machine and the load options.
+
+    Raises:
+        InvalidArgumentError: a load option is out of range.
+    """
+    request = LoadRequest(args.model, machine(args), load_choices(args))
+    request.choices.validate()
+    return request
+
+
 def run_chat(args: argparse.Namespace) -> int:
     """Run the chat command; returns the exit status."""
     if args.json and args.prompt is None:
@@ -141,8 +152,7 @@ def run_chat(args: argparse.Namespace) -> int:
         raise InvalidArgumentError(
             "Name a MODEL (a .gguf file or a library name) or an --endpoint URL."
         )
-    request = LoadRequest(args.model, machine(args), load_choices(args))
-    request.choices.validate()
+    request = load_request(args)
     show_progress = sys.stderr.isatty() and not args.json
     with Engine() as engine:
         outcome = _load(engine, request, show_progress=show_progress)

@@ -10,13 +10,13 @@ import time
 from mixdesk.commands.common import load_choices, machine
 from mixdesk.commands.keys import api_key_from
 from mixdesk.core.library import model_name
-from mixdesk.core.loading import plan_load
+from mixdesk.core.loading import LoadSetup, plan_load
 from mixdesk.core.serve import ServeConfig, start_server
 from mixdesk.core.serve_security import check_origins, is_loopback
 
 
-def run_serve(args: argparse.Namespace) -> int:
-    """Serve until Ctrl-C (or the server ends); returns the exit status."""
+def serve_config(args: argparse.Namespace) -> tuple[ServeConfig, LoadSetup]:
+    """What ``mixdesk serve`` will run: the server settings and the planned load."""
     api_key = api_key_from(args)
     cors_origins = check_origins(args.cors)
     setup = plan_load(args.model, machine(args), load_choices(args))
@@ -28,6 +28,13 @@ def run_serve(args: argparse.Namespace) -> int:
         model_alias=model_name(setup.config.model_path),
         cors_origins=cors_origins,
     )
+    return config, setup
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    """Serve until Ctrl-C (or the server ends); returns the exit status."""
+    config, setup = serve_config(args)
+    api_key, cors_origins = config.api_key, config.cors_origins
     _warn_about_exposure(args.host, api_key=api_key, cors_origins=cors_origins)
     signal.signal(signal.SIGTERM, _interrupt)
     server = start_server(config)

@@ -201,7 +201,8 @@ def _qt_check() -> Check:
 
 def _engine_check(work_dir: Path) -> tuple[Check, bool | None]:
     from mixdesk.core.chat_template import ChatMessage
-    from mixdesk.core.engine import Engine, LoadConfig, SamplingParams
+    from mixdesk.core.engine import Engine, SamplingParams
+    from mixdesk.core.loading import LoadChoices, plan_load
     from mixdesk.core.synthetic_model import ModelSpec, write_model
 
     model = write_model(
@@ -210,7 +211,15 @@ def _engine_check(work_dir: Path) -> tuple[Check, bool | None]:
     try:
         with Engine() as engine:
             info = engine.start()
-            engine.load(LoadConfig(str(model), n_ctx=256, n_threads=min(2, os.cpu_count() or 1)))
+            # The check is the engine's, not the GPU's: plan it for the CPU alone.
+            cpu_only = HardwareInfo(
+                ram_total_bytes=1 << 30,
+                ram_available_bytes=1 << 30,
+                physical_cores=1,
+                logical_cores=1,
+            )
+            choices = LoadChoices(n_ctx=256, n_threads=min(2, os.cpu_count() or 1))
+            engine.load(plan_load(model, cpu_only, choices).config)
             stream = engine.chat(
                 [ChatMessage("user", "Say something.")], SamplingParams(max_tokens=16, seed=1)
             )

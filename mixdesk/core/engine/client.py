@@ -8,7 +8,7 @@ the cause read from the exit status and llama.cpp's log, and a new engine can st
 Typical use::
 
     with Engine() as engine:
-        engine.load(LoadConfig("model.gguf"))
+        engine.load(plan_load("model.gguf", hardware.detect()).config)
         stream = engine.chat([ChatMessage("user", "Hello")])
         for delta in stream:
             print(delta.text, end="")
