@@ -67,6 +67,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(args_list)
+    if args.command is not None:
+        ignore_sigpipe()  # `mixdesk plan M | head` ends quietly, as Unix tools do
     from mixdesk.commands.terminal import sanitized_output
 
     with sanitized_output():  # nothing a model, a file or the network says can drive the terminal

@@ -124,3 +124,48 @@ def test_chat_says_what_the_plan_chose(models: dict[str, Path]) -> None:
     assert "mixdesk: --ngl 5, context 4096: All 4 layers and the output layer fit" in proc.stderr
     cpu = run("chat", str(models["q4_k_m"]), "--prompt", "hi", "--max-tokens", "4", "--json")
     assert json.loads(cpu.stdout)["n_gpu_layers"] == 0
+
+
+def test_plan_into_a_closed_pipe_ends_quietly(mixtral_q4: Path) -> None:
+    """`mixdesk plan M | head -1`: no "Broken pipe" sentence, as with any Unix tool."""
+    import shlex
+    import shutil
+    import subprocess
+
+    bash = shutil.which("bash")
+    assert bash is not None
+
+    command = " ".join(
+        shlex.quote(a) for a in [*MIXDESK, "plan", str(mixtral_q4), "--vram", "16GiB"]
+    )
+    proc = subprocess.run(
+        [bash, "-c", f"set -o pipefail; {command} | head -1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.stdout.startswith("Mixtral 8x7B")
+    assert proc.stderr == ""
+
+
+def test_plan_shows_both_strategies_for_a_mixture_of_experts(mixtral_q4: Path) -> None:
+    proc = run(
+        "plan", str(mixtral_q4), "--vram", "15860MiB/16160MiB", "--ram", "64GiB", "--ctx", "2048"
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "layers   18 of 32 layers + output on GPU" in proc.stdout
+    assert "experts  all 32 layers + output on GPU, experts of 15 layers in RAM" in proc.stdout
+    experts = run(
+        "plan",
+        str(mixtral_q4),
+        "--vram",
+        "15860MiB/16160MiB",
+        "--ctx",
+        "2048",
+        "--strategy",
+        "experts",
+        "--json",
+    )
+    plan = json.loads(experts.stdout)
+    assert plan["n_gpu_layers"] == 33 and plan["fit"] == "experts"

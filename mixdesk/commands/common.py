@@ -11,7 +11,7 @@ from mixdesk.commands.terminal import json_safe
 from mixdesk.core import hardware
 from mixdesk.core.engine.protocol import KV_CACHE_TYPES
 from mixdesk.core.hardware import HardwareInfo, Overrides, apply_overrides
-from mixdesk.core.loading import LoadChoices
+from mixdesk.core.loading import STRATEGIES, LoadChoices
 
 
 def print_json(data: Any) -> None:
@@ -85,6 +85,20 @@ def add_load_arguments(parser: argparse.ArgumentParser, *, runs: bool = True) ->
     load.add_argument(
         "--kv-type", choices=KV_CACHE_TYPES, default="f16", help="KV cache type (default f16)"
     )
+    load.add_argument(
+        "--strategy",
+        choices=STRATEGIES,
+        default="layers",
+        help="layers: whole layers on the GPU, the rest in RAM (default); experts: every layer "
+        "on the GPU with the expert tensors of the first K layers in RAM (--n-cpu-moe)",
+    )
+    load.add_argument(
+        "--experts-in-ram",
+        type=non_negative_int,
+        metavar="K",
+        help="with --strategy experts: keep the experts of the first K layers in RAM "
+        "(default: as few as fit)",
+    )
     if not runs:
         return
     load.add_argument(
@@ -112,6 +126,8 @@ def load_choices(args: argparse.Namespace) -> LoadChoices:
         n_threads=getattr(args, "threads", None),
         n_batch=getattr(args, "batch", 512),
         use_mmap=not getattr(args, "no_mmap", False),
+        strategy=args.strategy,
+        experts_in_ram=args.experts_in_ram,
     )
 
 

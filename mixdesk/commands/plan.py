@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any
 
 from mixdesk.commands.common import load_choices, machine, print_json
 from mixdesk.core import hardware
-from mixdesk.core.hardware import format_bytes
+from mixdesk.core.hardware import HardwareInfo, format_bytes
 from mixdesk.core.hub_header import parse_model_ref, profile_ref
-from mixdesk.core.loading import make_plan
+from mixdesk.core.loading import STRATEGIES, LoadChoices, make_plan
+from mixdesk.core.model_profile import ModelProfile
 from mixdesk.core.planner import OffloadPlan
 
 _FIT_WORDS = {
     "full": "everything on the GPU",
     "partial": "partial offload",
+    "experts": "experts in RAM",
     "cpu": "CPU only",
     "none": "does not fit",
 }
@@ -38,6 +40,11 @@ def plan_to_json(plan: OffloadPlan, *, model: str) -> dict[str, Any]:
         "type_k": plan.type_k,
         "type_v": plan.type_v,
         "op_offload": plan.op_offload,
+        "strategy": plan.strategy,
+        "experts_in_ram": plan.experts_in_ram,
+        "placement": plan.placement_words,
+        "tensor_split": list(plan.tensor_split),
+        "compute_measured": plan.compute_measured,
         "devices": [{**asdict(d), "used_bytes": d.used_bytes} for d in plan.devices],
         "explanation": plan.explanation,
     }
@@ -58,6 +65,24 @@ def plan_table(plan: OffloadPlan) -> str:
             d.free_bytes,
         )
         rows.append(f"{d.name[:33]:<34}" + "".join(f"{format_bytes(c):>11}" for c in cells))
+    return "\n".join(rows)
+
+
+def strategies_text(profile: ModelProfile, hw: HardwareInfo, choices: LoadChoices) -> str:
+    """Both ways to place a mixture-of-experts model, side by side, with their bytes."""
+    rows = ["Strategies (--strategy):"]
+    for strategy in STRATEGIES:
+        plan = make_plan(profile, hw, replace(choices, strategy=strategy, n_gpu_layers=None))
+        gpu = sum(d.used_bytes for d in plan.gpus)
+        rows.append(
+            f"  {strategy:<8} {plan.placement_words}: {format_bytes(gpu)} on GPU, "
+            f"{format_bytes(plan.cpu.used_bytes)} in RAM, about {plan.expected_tps:g} tok/s"
+            f"{'' if plan.fit != 'none' else ' (does not fit)'}"
+        )
+    rows.append(
+        "  Mixtral reads about as many expert bytes per token either way: expect little "
+        "generation gain from experts in RAM, more for long prompts (op offload)."
+    )
     return "\n".join(rows)
 
 
@@ -99,6 +124,8 @@ def run_plan(args: argparse.Namespace) -> int:
     out.write(plan_table(plan) + "\n\n")
     for line in plan.explanation:
         out.write(f"- {line}\n")
+    if profile.is_moe:
+        out.write("\n" + strategies_text(profile, hw, load_choices(args)) + "\n")
     if profile.legacy_expert_layout:
         out.write(
             "- This file uses the old per-expert Mixtral layout, which current llama.cpp no longer "

@@ -41,6 +41,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+#: How layers can be placed: whole layers, or every layer with some experts in RAM.
+STRATEGIES = ("layers", "experts")
+
+
 @dataclass(frozen=True)
 class LoadChoices:
     """What the user decided about a load; ``None`` leaves the choice to MixDesk.
@@ -54,6 +58,9 @@ class LoadChoices:
         n_batch: the logical batch size.
         use_mmap: map the model file instead of reading it.
         op_offload: llama.cpp's op offload; None: as the planner decides.
+        strategy: "layers" (whole layers on the GPU) or "experts" (all layers on the GPU,
+            experts of the first K layers in RAM).
+        experts_in_ram: K for the "experts" strategy; None: the planner's choice.
     """
 
     n_gpu_layers: int | None = None
@@ -64,6 +71,8 @@ class LoadChoices:
     n_batch: int = 512
     use_mmap: bool = True
     op_offload: bool | None = None
+    strategy: str = "layers"
+    experts_in_ram: int | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: object) -> LoadChoices:
@@ -98,6 +107,14 @@ class LoadChoices:
             raise InvalidArgumentError(f"Thread count {self.n_threads} must be at least 1.")
         if self.n_batch < 1:
             raise InvalidArgumentError(f"Batch size {self.n_batch} must be at least 1.")
+        if self.strategy not in STRATEGIES:
+            raise InvalidArgumentError(
+                f"Offload strategy {self.strategy!r} is unknown; use {' or '.join(STRATEGIES)}."
+            )
+        if self.experts_in_ram is not None and self.experts_in_ram < 0:
+            raise InvalidArgumentError(
+                f"Experts in RAM {self.experts_in_ram} must be 0 or more layers."
+            )
 
 
 @dataclass(frozen=True)
@@ -173,6 +190,8 @@ def make_plan(
         flash_attn=choices.flash_attn,
         n_gpu_layers=choices.n_gpu_layers,
         measured_compute=measured,
+        strategy=choices.strategy,
+        experts_in_ram=choices.experts_in_ram,
     )
 
 
@@ -215,15 +234,16 @@ def plan_load(
         pinned_ctx = replace(choices, n_ctx=plan.n_ctx)
         for _ in range(MAX_DRY_RUNS):
             measured = engine.dry_run(config)
-            exact = make_plan(
-                profile,
-                hardware,
-                replace(pinned_ctx, n_gpu_layers=plan.n_gpu_layers),
-                measured=measured,
+            same = replace(
+                pinned_ctx,
+                n_gpu_layers=plan.n_gpu_layers,
+                experts_in_ram=plan.experts_in_ram if plan.strategy == "experts" else None,
             )
+            exact = make_plan(profile, hardware, same, measured=measured)
             exact = replace(exact, ctx_reduced_from=plan.ctx_reduced_from)
             fits = all(d.used_bytes <= d.free_bytes for d in exact.gpus)
-            if fits or choices.n_gpu_layers is not None:
+            user_fixed = choices.n_gpu_layers is not None or choices.experts_in_ram is not None
+            if fits or user_fixed:
                 plan = exact
                 config = _config(path, plan, choices, hardware)
                 break
@@ -254,6 +274,7 @@ def _config(
         if plan.n_gpu_layers > 0
         else (),
         tensor_split=tuple(float(c) for c in plan.tensor_split),
+        experts_in_ram=plan.experts_in_ram,
     )
 
 
@@ -359,8 +380,8 @@ def fewer_gpu_layers(
     (weights, KV cache, compute) stays below that bound, at least one layer fewer.
     """
     current = setup.config.n_gpu_layers
-    if current <= 0:
-        return None
+    if current <= 0 or setup.config.experts_in_ram:
+        return None  # (with experts in RAM, MixDesk does not guess a larger K: the user picks)
     plan = setup.plan
     device = next(
         (d for d in plan.gpus if d.buffer_name and err.device.startswith(d.buffer_name)),
@@ -397,4 +418,6 @@ def _choices_of(config: LoadConfig) -> LoadChoices:
         n_threads=config.n_threads,
         n_batch=config.n_batch,
         use_mmap=config.use_mmap,
+        strategy="experts" if config.experts_in_ram else "layers",
+        experts_in_ram=config.experts_in_ram or None,
     )

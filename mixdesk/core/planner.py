@@ -26,6 +26,7 @@ costing layers that make generation faster.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
@@ -182,6 +183,10 @@ class OffloadPlan:
     tensor_split: tuple[int, ...] = ()
     #: Whether the compute buffers come from a dry run of llama.cpp (else from the formula).
     compute_measured: bool = False
+    #: "layers" or "experts" (all layers on the GPU, experts of the first K layers in RAM).
+    strategy: str = "layers"
+    #: K: layers whose expert tensors stay in RAM (the "experts" strategy).
+    experts_in_ram: int = 0
     explanation: list[str] = field(default_factory=list)
 
     @property
@@ -212,7 +217,10 @@ class OffloadPlan:
     @property
     def placement_words(self) -> str:
         """Where the layers go, in the words every front end uses ("18 of 32 layers + output on GPU")."""
-        return placement_words(self.n_gpu_layers, self.n_layers)
+        words = placement_words(self.n_gpu_layers, self.n_layers)
+        if self.experts_in_ram:
+            words += f", experts of {self.experts_in_ram} layers in RAM"
+        return words
 
 
 def repeating_layers(n_gpu_layers: int, n_layers: int) -> int:
@@ -243,10 +251,15 @@ def _gpu_share(profile: ModelProfile, n_gpu: int) -> tuple[int, int]:
     return weights, layers
 
 
-def _cpu_weights(profile: ModelProfile, n_gpu: int) -> int:
-    """Weights left in RAM: the CPU layers, the token embeddings, the output unless offloaded."""
+def _cpu_weights(profile: ModelProfile, n_gpu: int, experts_in_ram: int = 0) -> int:
+    """Weights left in RAM: the CPU layers, the token embeddings, the output unless offloaded,
+    and the experts kept in RAM."""
     layers = repeating_layers(n_gpu, profile.n_layers)
     weights = sum(profile.layer_bytes[: profile.n_layers - layers]) + profile.token_embd_bytes
+    first_gpu_layer = profile.n_layers - layers
+    weights += sum(
+        profile.layer_expert_bytes[first_gpu_layer : max(experts_in_ram, first_gpu_layer)]
+    )
     if n_gpu <= 0:
         weights += profile.output_bytes + profile.output_norm_bytes
     return weights
@@ -265,12 +278,19 @@ def _active_bytes(profile: ModelProfile, layers: range) -> float:
     return sum(profile.layer_bytes[i] - profile.layer_expert_bytes[i] * (1 - share) for i in layers)
 
 
-def expected_tokens_per_second(profile: ModelProfile, n_gpu: int, gpu: GpuInfo | None) -> float:
+def expected_tokens_per_second(
+    profile: ModelProfile, n_gpu: int, gpu: GpuInfo | None, *, experts_in_ram: int = 0
+) -> float:
     """A memory-bandwidth estimate of generation speed (an estimate, not a measurement)."""
     n = profile.n_layers
     gpu_layers = repeating_layers(n_gpu, n) if gpu else 0
     cpu_bytes = _active_bytes(profile, range(0, n - gpu_layers))
     gpu_bytes = _active_bytes(profile, range(n - gpu_layers, n))
+    if gpu and experts_in_ram:  # the experts read per token of those layers come from RAM
+        share = profile.n_expert_used / profile.n_expert if profile.n_expert else 1.0
+        moved = sum(profile.layer_expert_bytes[:experts_in_ram]) * share
+        cpu_bytes += moved
+        gpu_bytes -= moved
     out = output_layer_bytes(profile)
     if gpu and n_gpu > 0:
         gpu_bytes += out
@@ -280,6 +300,22 @@ def expected_tokens_per_second(profile: ModelProfile, n_gpu: int, gpu: GpuInfo |
     if gpu and gpu_bytes:
         seconds += gpu_bytes / _gpu_bandwidth(gpu)
     return round(_EFFICIENCY / seconds, 1) if seconds > 0 else 0.0
+
+
+def _largest_expert_tensor(profile: ModelProfile, experts_in_ram: int) -> int:
+    """The biggest expert tensor (all experts of one kind in one layer) kept in RAM: op
+    offload copies it to the GPU for a batch of 32+ tokens, so the GPU's compute buffer must
+    hold it."""
+    sizes: dict[tuple[int, str], int] = {}
+    for t in profile.tensors:
+        m = _EXPERT_TENSOR.match(t.name)
+        if m and int(m.group(1)) < experts_in_ram:
+            key = (int(m.group(1)), m.group(2))
+            sizes[key] = sizes.get(key, 0) + t.nbytes
+    return max(sizes.values(), default=0)
+
+
+_EXPERT_TENSOR = re.compile(r"^blk\.(\d+)\.ffn_(gate|up|down|gate_up)(?:_exps|\.\d+)\.weight$")
 
 
 def offload_devices(hardware: HardwareInfo) -> list[GpuInfo]:
@@ -307,18 +343,26 @@ class _Costs:
     compute: int
     #: Compute buffers llama.cpp reported in a dry run, by buffer name (exact where present).
     measured: Mapping[str, int] = field(default_factory=dict)
+    #: More compute buffer on a GPU: op offload copies RAM-resident expert tensors there.
+    gpu_extra: int = 0
 
     def compute_on(self, name: str) -> int:
         """The compute buffer of device ``name``: measured if known, else the formula's."""
-        return self.measured.get(f"{name} compute", self.compute)
+        return self.measured.get(f"{name} compute", self.compute + self.gpu_extra)
 
 
-def _slot_bytes(profile: ModelProfile, n_gpu: int) -> list[tuple[int, int]]:
+def _slot_bytes(
+    profile: ModelProfile, n_gpu: int, experts_in_ram: int = 0
+) -> list[tuple[int, int]]:
     """(weights, repeating layers) of each GPU slot, in llama.cpp's order: the last
-    ``n_gpu - 1`` repeating layers, then the output layer."""
+    ``n_gpu - 1`` repeating layers (less the experts of the first ``experts_in_ram`` layers,
+    which stay in RAM), then the output layer."""
     n = profile.n_layers
     layers = repeating_layers(n_gpu, n)
-    slots = [(profile.layer_bytes[i], 1) for i in range(n - layers, n)]
+    slots = [
+        (profile.layer_bytes[i] - (profile.layer_expert_bytes[i] if i < experts_in_ram else 0), 1)
+        for i in range(n - layers, n)
+    ]
     if n_gpu > 0:
         slots.append((output_layer_bytes(profile), 0))
     return slots
@@ -415,6 +459,8 @@ def plan_offload(
     n_gpu_layers: int | None = None,
     gpu_offload_supported: bool | None = None,
     measured_compute: Mapping[str, int] | None = None,
+    strategy: str = "layers",
+    experts_in_ram: int | None = None,
 ) -> OffloadPlan:
     """Plan how to load ``profile`` on ``hardware``.
 
@@ -430,6 +476,10 @@ def plan_offload(
             what ``hardware`` says, and yes when it does not know).
         measured_compute: buffer sizes from a dry run of this load (``Engine.dry_run``):
             each device's compute buffer is then llama.cpp's own figure, not the formula's.
+        strategy: "layers" (whole layers on the GPU, the rest in RAM) or "experts" (every
+            layer on the GPU, the expert tensors of the first K layers in RAM: what llama.cpp's
+            ``--n-cpu-moe K`` does). With "experts" ``n_gpu_layers`` is always all of them.
+        experts_in_ram: K for the "experts" strategy when the user fixed it.
     """
     if gpu_offload_supported is None:
         gpu_offload_supported = hardware.gpu_offload is not False
@@ -449,40 +499,56 @@ def plan_offload(
         else sorted({min(DEFAULT_CTX, train), min(MIN_AUTO_CTX, train)}, reverse=True)
     )
 
-    def costs_at(ctx: int) -> _Costs:
+    experts = strategy == "experts" and profile.is_moe
+
+    def costs_at(ctx: int, k: int = 0) -> _Costs:
         return _Costs(
             kv_layer=kv_bytes_per_layer(profile, ctx, type_k, type_v),
             compute=compute_buffer_bytes(
                 profile, ctx, flash_attn=flash_attn, type_k=type_k, type_v=type_v
             ),
             measured=measured_compute or {},
+            gpu_extra=_largest_expert_tensor(profile, k) if k else 0,
         )
 
-    def choose(ctx: int) -> tuple[int, list[int], bool]:
-        costs = costs_at(ctx)
+    def choose(ctx: int) -> tuple[int, int, int, list[int]]:
+        """(score, n_gpu_layers, experts in RAM, slots per device) at context ``ctx``."""
         if not gpus:
-            return 0, [], True
+            return 0, 0, 0, []
+        if experts:
+            if experts_in_ram is not None:
+                k = max(0, min(experts_in_ram, n))
+                counts, _ = _split(gpus, _slot_bytes(profile, n + 1, k), costs_at(ctx, k), True)
+                return n + 1 - k, n + 1, k, counts
+            for k in range(n + 1):
+                counts, fits = _split(gpus, _slot_bytes(profile, n + 1, k), costs_at(ctx, k), False)
+                if fits:
+                    return n + 1 - k, n + 1, k, counts
+            counts, _ = _split(gpus, _slot_bytes(profile, n + 1, n), costs_at(ctx, n), True)
+            return 0, n + 1, n, counts
+        costs = costs_at(ctx)
         if n_gpu_layers is not None:
             wanted = n + 1 if n_gpu_layers < 0 else min(n_gpu_layers, n + 1)
-            counts, fits = _split(gpus, _slot_bytes(profile, wanted), costs, fixed=True)
-            return wanted, counts, fits
+            counts, _ = _split(gpus, _slot_bytes(profile, wanted), costs, fixed=True)
+            return wanted, wanted, 0, counts
         for candidate in range(n + 1, 0, -1):
             counts, fits = _split(gpus, _slot_bytes(profile, candidate), costs, fixed=False)
             if fits:
-                return candidate, counts, True
-        return 0, [0] * len(gpus), True
+                return candidate, candidate, 0, counts
+        return 0, 0, 0, [0] * len(gpus)
 
-    best: tuple[int, int, list[int]] | None = None  # (ctx, n_gpu, counts)
+    fixed_by_user = n_gpu_layers is not None or (experts and experts_in_ram is not None)
+    best: tuple[int, int, int, int, list[int]] | None = None  # (score, ctx, n_gpu, k, counts)
     for ctx in contexts:
-        n_gpu, counts, _fits = choose(ctx)
-        if best is None or n_gpu > best[1]:
-            best = (ctx, n_gpu, counts)
-        if n_gpu > n or n_gpu_layers is not None:
+        score, n_gpu, k, counts = choose(ctx)
+        if best is None or score > best[0]:
+            best = (score, ctx, n_gpu, k, counts)
+        if score > n or fixed_by_user:
             break
     assert best is not None
-    ctx, n_gpu, counts = best
-    costs = costs_at(ctx)
-    slots = _slot_bytes(profile, n_gpu)
+    _score, ctx, n_gpu, k, counts = best
+    costs = costs_at(ctx, k)
+    slots = _slot_bytes(profile, n_gpu, k)
     devices: list[DevicePlan] = []
     start = 0
     for gpu, count in zip(gpus, counts, strict=True):
@@ -490,13 +556,13 @@ def plan_offload(
         start += count
         if block:
             devices.append(_device_plan(gpu, block, costs, output=start == len(slots)))
-    full_offload = n_gpu > n
+    full_offload = n_gpu > n and k == 0
     cpu_plan = DevicePlan(
         name="CPU RAM",
         kind="cpu",
         total_bytes=hardware.ram_total_bytes,
         free_bytes=hardware.ram_available_bytes,
-        weights_bytes=_cpu_weights(profile, n_gpu),
+        weights_bytes=_cpu_weights(profile, n_gpu, k),
         kv_bytes=(n - repeating_layers(n_gpu, n)) * costs.kv_layer,
         compute_bytes=costs.measured.get(
             "CPU compute",
@@ -515,6 +581,8 @@ def plan_offload(
         fit = "none"
     elif full_offload:
         fit = "full"
+    elif n_gpu > 0 and k:
+        fit = "experts"
     elif n_gpu > 0:
         fit = "partial"
     else:
@@ -531,10 +599,14 @@ def plan_offload(
         flash_attn=flash_attn,
         type_k=type_k,
         type_v=type_v,
-        op_offload=fit == "full",
-        expected_tps=expected_tokens_per_second(profile, n_gpu, fastest),
+        # Partial layer offload turns op offload off (it would copy the CPU layers' weights
+        # to the GPU for every prompt); with experts in RAM it is what makes prompts fast.
+        op_offload=fit in ("full", "experts") or (fit == "none" and experts),
+        expected_tps=expected_tokens_per_second(profile, n_gpu, fastest, experts_in_ram=k),
         tensor_split=tuple(c for c in counts) if len(gpus) > 1 and n_gpu > 0 else (),
         compute_measured=bool(measured_compute),
+        strategy="experts" if experts else "layers",
+        experts_in_ram=k,
     )
     return _explain(
         plan, profile, hardware, fastest, gpu_offload_supported, user_ngl=n_gpu_layers is not None
@@ -566,6 +638,13 @@ def _explain(
         lines.append(
             f"All {n} layers and the output layer fit on {where}: {format_bytes(used)} "
             f"of {format_bytes(free)} free VRAM, margin included."
+        )
+    elif plan.experts_in_ram:
+        k = plan.experts_in_ram
+        in_ram = format_bytes(sum(profile.layer_expert_bytes[:k]))
+        lines.append(
+            f"All {n} layers and the output layer go on {where}, except the expert tensors of "
+            f"the first {k} layers ({in_ram}), which stay in CPU RAM (llama.cpp's --n-cpu-moe {k})."
         )
     elif plan.n_gpu_layers > 0:
         layers = plan.repeating_layers_on_gpu

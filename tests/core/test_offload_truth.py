@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from mixdesk.core.chat_template import ChatMessage
 from mixdesk.core.convert import convert_legacy
 from mixdesk.core.engine import Engine
 from mixdesk.core.engine.protocol import ModelInfo
@@ -178,3 +179,30 @@ def test_two_devices_split_as_planned(
     assert sum(setup.plan.tensor_split) == ngl
     assert setup.plan.gpus[1].output  # the output layer is the last slot: the last device
     assert not found, "\n".join(found)
+
+
+@pytest.mark.parametrize("experts_in_ram", [1, 3])
+def test_experts_in_ram_land_where_planned(
+    experts_in_ram: int, models: dict[str, Path], rpc_servers: Servers, tmp_path: Path
+) -> None:
+    """The "experts" strategy: every layer and the output on the device, the expert tensors
+    of the first K layers in CPU buffers (tensor buffer overrides), sizes as planned."""
+    server = rpc_servers()
+    choices = LoadChoices(
+        n_ctx=1024, use_mmap=False, strategy="experts", experts_in_ram=experts_in_ram
+    )
+    with Engine(log_dir=tmp_path / "logs") as engine:
+        setup = plan_load(models["q4_k_m"], rpc_hardware(server), choices, engine=engine)
+        info = engine.load(setup.config)
+        assert engine.chat([ChatMessage("user", "Hi")]).wait().stats.eval_tokens > 0
+    profile = setup.profile
+    assert setup.config.n_gpu_layers == profile.n_layers + 1
+    assert setup.config.experts_in_ram == experts_in_ram
+    cpu, device = setup.plan.cpu, setup.plan.gpus[0]
+    assert cpu.weights_bytes == profile.token_embd_bytes + sum(
+        profile.layer_expert_bytes[:experts_in_ram]
+    )
+    assert device.weights_bytes == profile.weights_bytes - cpu.weights_bytes
+    found = mismatches(setup, info)
+    assert not found, "\n".join(found)
+    assert setup.plan.placement_words.endswith(f"experts of {experts_in_ram} layers in RAM")

@@ -137,13 +137,52 @@ def context_pointer(llm: Any) -> Any:
     return llm._ctx.ctx
 
 
+class _BuftOverride(ctypes.Structure):
+    """``struct llama_model_tensor_buft_override { const char *pattern; buft; }``."""
+
+    _fields_ = (("pattern", ctypes.c_char_p), ("buft", ctypes.c_void_p))
+
+
+class TensorOverrides:
+    """A NULL-terminated ``llama_model_tensor_buft_override`` array that puts tensors whose
+    names match ``patterns`` (std::regex_search) in the CPU's buffers. Keep it alive for as
+    long as the model it was loaded with (llama.cpp keeps the pointer)."""
+
+    def __init__(self, patterns: Sequence[str]) -> None:
+        self.patterns = [p.encode() for p in patterns]
+        g = ggml()
+        cpu = g.dev_buffer_type(g.dev_by_type(DEVICE_CPU))
+        self.array = (_BuftOverride * (len(self.patterns) + 1))()
+        for i, pattern in enumerate(self.patterns):
+            self.array[i].pattern = pattern
+            self.array[i].buft = cpu
+        self.array[len(self.patterns)].pattern = None
+        self.array[len(self.patterns)].buft = None
+
+    @property
+    def pointer(self) -> int:
+        """The array's address, for ``llama_model_params.tensor_buft_overrides``."""
+        return ctypes.addressof(self.array)
+
+
+def experts_in_ram_patterns(layers: Sequence[int]) -> list[str]:
+    """The pattern llama.cpp's ``--n-cpu-moe`` uses, for the expert tensors of ``layers``."""
+    if not layers:
+        return []
+    which = "|".join(str(i) for i in layers)
+    return [rf"blk\.({which})\.ffn_(up|down|gate|gate_up)_(ch|)exps"]
+
+
 @contextmanager
-def model_params(*, progress: Any = None, no_alloc: bool = False) -> Iterator[None]:
+def model_params(
+    *, progress: Any = None, no_alloc: bool = False, overrides: TensorOverrides | None = None
+) -> Iterator[None]:
     """Make the next ``Llama(...)`` load with these extra model parameters.
 
-    llama-cpp-python's ``Llama.__init__`` takes neither a progress callback nor ``no_alloc``,
-    but builds its model parameters from ``llama_model_default_params()`` just before
-    loading; for the duration of the constructor we hand it defaults with ours filled in.
+    llama-cpp-python's ``Llama.__init__`` takes no progress callback, ``no_alloc`` or tensor
+    buffer overrides, but builds its model parameters from ``llama_model_default_params()``
+    just before loading; for the duration of the constructor we hand it defaults with ours
+    filled in.
     """
     original = low.llama_model_default_params
 
@@ -152,6 +191,8 @@ def model_params(*, progress: Any = None, no_alloc: bool = False) -> Iterator[No
         if progress is not None:
             params.progress_callback = progress
         params.no_alloc = no_alloc
+        if overrides is not None and overrides.patterns:
+            params.tensor_buft_overrides = overrides.pointer
         return params
 
     low.llama_model_default_params = with_ours

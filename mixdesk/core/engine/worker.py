@@ -156,8 +156,13 @@ class EngineWorker:
         n_threads, flash_attn = kwargs["n_threads"], kwargs["flash_attn"]
         start = time.perf_counter()
         try:
-            with llama_adapter.model_params(progress=progress_cb), _without_chat_formatters():
+            overrides = _overrides(config)
+            with (
+                llama_adapter.model_params(progress=progress_cb, overrides=overrides),
+                _without_chat_formatters(),
+            ):
                 self._llm = lc.Llama(**kwargs)
+            self._overrides = overrides  # llama.cpp keeps the pointer: alive with the model
         except ValueError:
             sys.stderr.flush()
             raise diagnose.load_failure(str(path), self._tee.text()) from None
@@ -201,7 +206,11 @@ class EngineWorker:
         _check_model_file(Path(config.model_path))
         kwargs = {**_llama_kwargs(config), "use_mmap": False}  # no_alloc needs load mode none
         try:
-            with llama_adapter.model_params(no_alloc=True), _without_chat_formatters():
+            overrides = _overrides(config)
+            with (
+                llama_adapter.model_params(no_alloc=True, overrides=overrides),
+                _without_chat_formatters(),
+            ):
                 llm = self._lc.Llama(**kwargs)
         except ValueError:
             sys.stderr.flush()
@@ -385,6 +394,15 @@ def _check_model_file(path: Path) -> None:
     with path.open("rb") as fh:
         if fh.read(4) != b"GGUF":
             raise NotAGgufError(str(path))
+
+
+def _overrides(config: LoadConfig) -> llama_adapter.TensorOverrides | None:
+    """The tensor buffer overrides of ``config`` (experts of the first K layers in RAM)."""
+    if not config.experts_in_ram:
+        return None
+    return llama_adapter.TensorOverrides(
+        llama_adapter.experts_in_ram_patterns(range(config.experts_in_ram))
+    )
 
 
 def _llama_kwargs(config: LoadConfig) -> dict[str, Any]:
