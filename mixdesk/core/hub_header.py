@@ -28,6 +28,10 @@ class HubError(MixdeskError):
     """The Hub could not give what was asked (missing, gated, unreachable)."""
 
 
+class HubUnreachableError(HubError):
+    """No answer from the Hub at all (no network, or ``HF_ENDPOINT`` names nothing)."""
+
+
 @dataclass(frozen=True)
 class ModelRef:
     """A model named by the user: a local file, or a file in a Hub repository."""
@@ -87,7 +91,7 @@ def hub_error(err: BaseException, repo_id: str, filename: str) -> HubError:
         return HubError(
             f"The Hub refused the request for {repo_id}/{filename} ({err}); try again later."
         )
-    return HubError(
+    return HubUnreachableError(
         f"Cannot reach the Hugging Face Hub for {repo_id}/{filename} ({type(err).__name__}); "
         "check the network connection (or HF_ENDPOINT) and try again."
     )

@@ -73,6 +73,17 @@ class Settings:
     last_model: str | None = field(
         default=None, metadata={"doc": "The model loaded last time (selected at start-up)."}
     )
+    download_speed_bps: float = field(
+        default=0.0,
+        metadata={"doc": "Download speed the last download measured (bytes/s; 0 = none yet)."},
+    )
+    context_overflow: str = field(
+        default="drop_oldest",
+        metadata={
+            "doc": "When a conversation outgrows the context: drop_oldest (keep the system "
+            "prompt and the last message) or stop."
+        },
+    )
     endpoints: list[Endpoint] = field(
         default_factory=list,
         metadata={

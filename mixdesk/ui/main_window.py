@@ -10,6 +10,7 @@ the widgets out, connects the signals, and is the one channel for messages to th
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
@@ -19,17 +20,19 @@ from PySide6.QtGui import QAction, QCloseEvent
 from PySide6.QtWidgets import (
     QMainWindow,
     QSplitter,
+    QStackedWidget,
     QTabWidget,
     QVBoxLayout,
     QWidget,
 )
 
 from mixdesk.core import hardware as hw_mod
+from mixdesk.core.catalog import CatalogModel
 from mixdesk.core.chat_store import ChatStore, Conversation
 from mixdesk.core.engine import ChatDone, Engine, GenerationStats
 from mixdesk.core.hardware import HardwareInfo
 from mixdesk.core.library import Library
-from mixdesk.core.loading import LoadChoices, LoadOutcome
+from mixdesk.core.loading import LoadChoices, LoadOutcome, MeasureVariant
 from mixdesk.core.settings import Settings
 from mixdesk.errors import EngineCrashedError, user_message
 from mixdesk.ui.answer import AnswerController
@@ -41,6 +44,7 @@ from mixdesk.ui.model_manager import ModelManager
 from mixdesk.ui.models import ModelBar, ModelController
 from mixdesk.ui.offload_panel import OffloadPanel
 from mixdesk.ui.plain import message_box
+from mixdesk.ui.welcome import FirstRun, WelcomePage
 from mixdesk.ui.widgets import Banner, SpeedMeter, stats_line
 from mixdesk.ui.workers import EngineController, TaskWorker
 
@@ -70,6 +74,7 @@ class MainWindow(QMainWindow):
         library: Library | None = None,
         engine: Engine | None = None,
         hardware: HardwareInfo | None = None,
+        catalog: Sequence[CatalogModel] | None = None,
         quiet: bool = False,
     ) -> None:
         super().__init__()
@@ -86,17 +91,20 @@ class MainWindow(QMainWindow):
         self.answers = AnswerController(self.controller, self.conversations, self)
         self.models = ModelController(self.controller, library or Library(), self.settings, self)
         self.measuring = MeasureController(self.controller, self)
-        self._build()
+        self._pending_load: tuple[str, int] | None = None
+        self._build(catalog)
         self._connect()
         self.conversations.open_first()
         self.refresh_models()
         self.models.find_last()
         if hardware is None:
             self.models.run(TaskWorker(lambda report, cancel: hw_mod.detect()), self.set_hardware)
+        elif self.chat_stack.currentWidget() is self.welcome:
+            self.first_run.start(hardware)
 
     # -- layout -------------------------------------------------------------------------
 
-    def _build(self) -> None:
+    def _build(self, catalog: Sequence[CatalogModel] | None) -> None:
         self.banner = Banner()
         self.conversation_panel = ConversationPanel(self.conversations)
         self.search = self.conversation_panel.search
@@ -109,7 +117,19 @@ class MainWindow(QMainWindow):
         center = QWidget()
         cv = QVBoxLayout(center)
         cv.addWidget(self.model_bar)
-        cv.addWidget(self.chat, 1)
+        self.welcome = WelcomePage()
+        self.first_run = FirstRun(
+            self.welcome,
+            self.settings,
+            run=self.models.run,
+            library=lambda: self.models.library,
+            catalog=catalog,
+            parent=self,
+        )
+        self.chat_stack = QStackedWidget()
+        self.chat_stack.addWidget(self.chat)
+        self.chat_stack.addWidget(self.welcome)
+        cv.addWidget(self.chat_stack, 1)
 
         self.offload = OffloadPanel()
         self.offload.set_defaults(LoadChoices.from_settings(self.settings))
@@ -158,6 +178,10 @@ class MainWindow(QMainWindow):
         models.profileReady.connect(
             lambda path, profile: self.offload.set_model(path, profile, self.hardware)
         )
+        models.profileReady.connect(self._load_downloaded)
+        self.welcome.openFileRequested.connect(self.model_bar.open_button.click)
+        self.welcome.connectRequested.connect(self.model_bar.endpoint_button.click)
+        self.first_run.downloaded.connect(self._downloaded)
         models.loadStarted.connect(lambda _path: self.offload.show_progress(0.0))
         models.loadStarted.connect(
             lambda path: self.statusBar().showMessage(f"Loading {Path(path).name}…")
@@ -173,6 +197,7 @@ class MainWindow(QMainWindow):
         self.model_bar.problem.connect(self.report)
         self.offload.applyRequested.connect(self.load)
         self.offload.measureRequested.connect(self.measure)
+        self.offload.keepFastestRequested.connect(self.keep_fastest)
         self.measuring.started.connect(lambda: self.statusBar().showMessage("Measuring…"))
         self.measuring.measured.connect(self.offload.show_measurements)
         self.manager.message.connect(self.notify)
@@ -203,6 +228,8 @@ class MainWindow(QMainWindow):
         self.manager.hardware = hw
         self.hardware_label.show_hardware(hw)
         self.banner.show_text(unused_gpu_notice(hw))
+        if self.chat_stack.currentWidget() is self.welcome:
+            self.first_run.start(hw)
         if self.offload.profile is not None:
             self.offload.set_model(self.offload.model_path, self.offload.profile, hw)
 
@@ -236,6 +263,24 @@ class MainWindow(QMainWindow):
         """Refill the model picker and the Models tab from the library."""
         self.model_bar.refresh()
         self.manager.refresh_library()
+        self._show_welcome_or_chat()
+
+    def _show_welcome_or_chat(self) -> None:
+        """The welcome page while there is nothing to chat with and the library is empty."""
+        models = self.models
+        idle = models.info is None and models.endpoint is None
+        first = idle and not self.model_picker.currentData() and not models.library.entries()
+        self.chat_stack.setCurrentWidget(self.welcome if first else self.chat)
+
+    def _downloaded(self, path: str, n_gpu_layers: int) -> None:
+        self._pending_load = (path, n_gpu_layers)  # loaded once its profile is read
+        self.refresh_models()
+        self.select_model_path(path)
+
+    def _load_downloaded(self, path: str, _profile: object) -> None:
+        pending, self._pending_load = self._pending_load, None
+        if pending is not None and pending[0] == path:
+            self.load(replace(self.offload.choices(), n_gpu_layers=pending[1]))
 
     def select_model_path(self, path: str, *, quiet: bool = False) -> None:
         """Pick a model file (adding it to the picker if needed) and plan for it."""
@@ -255,6 +300,7 @@ class MainWindow(QMainWindow):
     def _source_changed(self) -> None:
         models = self.models
         self.answers.source = models.endpoint or models.info
+        self._show_welcome_or_chat()
         if models.endpoint is not None:
             self.statusBar().showMessage(f"Answers now come from {models.endpoint.url}", 10_000)
 
@@ -272,17 +318,25 @@ class MainWindow(QMainWindow):
         self.answers.stop()
         self.models.load(self.offload.request(choices))
 
-    def measure(self, layer_counts: list[int]) -> None:
-        """Measure generation speed at a few GPU layer counts, in the one engine (off the GUI thread)."""
+    def measure(self, variants: list[MeasureVariant]) -> None:
+        """Measure generation speed with a few settings, in the one engine (off the GUI thread)."""
         if self.offload.plan is None or self.measuring.running:
             return
         self.answers.stop()
         self.models.forget()
-        self.measuring.start(self.offload.request(), layer_counts)
+        self.measuring.start(self.offload.request(), variants)
+
+    def keep_fastest(self) -> None:
+        """Load with the setting measured fastest."""
+        best = self.measuring.fastest()
+        if best is not None:
+            self.offload.keep(best.choices)
 
     def _loaded(self, outcome: LoadOutcome) -> None:
         info = outcome.info
         self.offload.show_progress(None)
+        self.chat_stack.setCurrentWidget(self.chat)
+        self.input.setFocus()
         self.statusBar().showMessage(
             f"{info.name}: {outcome.setup.plan.placement_words}, context {info.n_ctx}, "
             f"loaded in {info.load_s:.1f} s",

@@ -1,0 +1,213 @@
+"""The first-run page: an empty library shows what this machine can run, from the local Hub."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pytestqt.qtbot import QtBot
+
+from mixdesk.core.catalog import CatalogFile, CatalogModel
+from mixdesk.core.chat_store import ChatStore
+from mixdesk.core.engine import Engine
+from mixdesk.core.first_run import MIN_RECOMMENDED_TPS, verdict
+from mixdesk.core.hardware import GIB, MIB, GpuInfo, HardwareInfo
+from mixdesk.core.library import Library
+from mixdesk.core.model_profile import profile_local
+from mixdesk.core.planner import plan_offload
+from mixdesk.ui.main_window import MainWindow
+from mixdesk.ui.welcome import OFFLINE_LINE
+from tests import model_factory as mf
+from tests.hub_server import HubFile, HubRepo, HubState
+
+REPO = "TheBloke/Mixtral-8x7B-Instruct-v0.1-GGUF"
+BIG_REPO = "bartowski/Mixtral-8x22B-v0.1-GGUF"
+V100 = HardwareInfo(
+    ram_total_bytes=64 * GIB,
+    ram_available_bytes=56 * GIB,
+    physical_cores=8,
+    logical_cores=16,
+    gpus=[GpuInfo("Tesla V100-SXM2-16GB", "cuda", 16160 * MIB, 15860 * MIB)],
+    gpu_offload=True,
+)
+SPARSE_SHA = "ab" * 32  # the data is a hole; nobody verifies it when reading headers
+
+
+@pytest.fixture(scope="module")
+def headers(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Mixtral 8x7B Q2_K and Q4_K_M and 8x22B Q4_K_M (split): real headers, sparse data."""
+    d = tmp_path_factory.mktemp("first-run")
+    types = mf.modern_quant_types(d / "probe", "Q4_K_M", n_layers=56)
+    out = {
+        q: mf.mixtral_header_file(d, q, legacy=True, name=f"mixtral-8x7b-instruct-v0.1.{q}")
+        for q in ("Q2_K", "Q4_K_M")
+    }
+    out["8x22b"] = mf.mixtral_header_file(
+        d,
+        "Q4_K_M",
+        cfg=mf.MIXTRAL_8X22B,
+        types=types,
+        split_count=2,
+        name="Mixtral-8x22B-v0.1-Q4_K_M",
+    )
+    return out
+
+
+def _catalog(headers: dict[str, Path]) -> list[CatalogModel]:
+    small = CatalogModel(
+        id="8x7b",
+        title="Mixtral 8x7B Instruct v0.1",
+        repo_id=REPO,
+        layout="legacy",
+        instruct=True,
+        files=[
+            CatalogFile(q, headers[q].name, headers[q].stat().st_size) for q in ("Q2_K", "Q4_K_M")
+        ],
+    )
+    big = CatalogModel(
+        id="8x22b",
+        title="Mixtral 8x22B (instruct for this test)",
+        repo_id=BIG_REPO,
+        layout="merged",
+        instruct=True,
+        files=[CatalogFile("Q4_K_M", headers["8x22b"].name, 0, split=True)],
+    )
+    return [small, big]
+
+
+def _serve(state: HubState, headers: dict[str, Path]) -> None:
+    small = HubRepo()
+    for q in ("Q2_K", "Q4_K_M"):
+        small.files[headers[q].name] = HubFile(path=headers[q], sha256=SPARSE_SHA)
+    state.repos[REPO] = small
+    big = HubRepo()
+    for part in sorted(headers["8x22b"].parent.glob("Mixtral-8x22B-v0.1-Q4_K_M-*-of-*.gguf")):
+        big.files[part.name] = HubFile(path=part, sha256=SPARSE_SHA)
+    state.repos[BIG_REPO] = big
+
+
+def _window(
+    qtbot: QtBot, tmp_path: Path, hardware: HardwareInfo, catalog: list[CatalogModel] | None
+) -> MainWindow:
+    window = MainWindow(
+        store=ChatStore(tmp_path / "chats.sqlite"),
+        library=Library(tmp_path / "models"),
+        engine=Engine(log_dir=tmp_path / "logs"),
+        hardware=hardware,
+        catalog=catalog,
+        quiet=True,
+    )
+    qtbot.addWidget(window)
+    window.show()
+    return window
+
+
+def test_empty_library_ranks_the_catalog_with_the_planners_verdicts(
+    qtbot: QtBot, tmp_path: Path, hub: tuple[HubState, str], headers: dict[str, Path]
+) -> None:
+    state, _url = hub
+    _serve(state, headers)
+    catalog = _catalog(headers)
+    window = _window(qtbot, tmp_path, V100, catalog)
+    # the ranking is delivered through the GUI thread's event loop, which runs only from here
+    with qtbot.waitSignal(window.first_run.ranked, timeout=60_000):
+        pass
+    page = window.welcome
+    assert window.chat_stack.currentWidget() is page
+    assert "Tesla V100-SXM2-16GB" in page.machine.text()
+    plans = {
+        name: plan_offload(profile_local(path), V100)
+        for name, path in (
+            ("Q2_K", headers["Q2_K"]),
+            ("Q4_K_M", headers["Q4_K_M"]),
+            ("8x22b", headers["8x22b"]),
+        )
+    }
+    assert plans["8x22b"].fit == "none"  # the test needs one that does not fit
+    shown = dict(zip((c.model.quant for c in page.candidates), page.verdicts(), strict=True))
+    assert len(page.candidates) == 3
+    for c in page.candidates:
+        key = "8x22b" if c.repo_id == BIG_REPO else str(c.model.quant)
+        assert c.plan is not None and c.plan.n_gpu_layers == plans[key].n_gpu_layers
+        text = page.verdicts()[page.candidates.index(c)]
+        assert text == verdict(plans[key])
+        if plans[key].fit != "none":
+            assert plans[key].placement_words in text  # the planner's own words
+    assert "too big for this machine" in shown.values()
+    fitting = [
+        (path.stat().st_size, key)
+        for key, path in (("Q2_K", headers["Q2_K"]), ("Q4_K_M", headers["Q4_K_M"]))
+        if plans[key].fit != "none" and plans[key].expected_tps >= MIN_RECOMMENDED_TPS
+    ]
+    best = max(fitting)[1]
+    recommended = [c for c in page.candidates if c.recommended]
+    assert [c.model.quant for c in recommended] == [best]
+    assert page.candidates[0].recommended  # ranked first, and chosen for the button
+    first = page.table.item(0, 0)
+    assert first is not None and first.text().startswith("★ recommended")
+    assert page.download_button.isEnabled()
+    assert best in page.download_button.text()
+    assert page.open_button.isEnabled() and page.connect_button.isEnabled()
+    window.close()
+
+
+CPU = HardwareInfo(
+    ram_total_bytes=16 * GIB,
+    ram_available_bytes=12 * GIB,
+    physical_cores=2,
+    logical_cores=2,
+    gpus=[],
+    gpu_offload=False,
+)
+
+
+def test_one_button_downloads_loads_with_the_plan_and_focuses_the_message_box(
+    qtbot: QtBot, tmp_path: Path, hub: tuple[HubState, str], models: dict[str, Path]
+) -> None:
+    state, _url = hub
+    model = models["q4_k_m"]
+    name = "tiny-test.Q4_K_M.gguf"
+    state.repos["test/tiny-GGUF"] = HubRepo(files={name: HubFile(data=model.read_bytes())})
+    catalog = [
+        CatalogModel(
+            id="tiny",
+            title="Tiny test Mixtral",
+            repo_id="test/tiny-GGUF",
+            layout="merged",
+            instruct=True,
+            files=[CatalogFile("Q4_K_M", name, model.stat().st_size)],
+        )
+    ]
+    window = _window(qtbot, tmp_path, CPU, catalog)
+    with qtbot.waitSignal(window.first_run.ranked, timeout=30_000):
+        pass
+    page = window.welcome
+    assert page.candidates[0].recommended
+    assert page.verdicts() == [verdict(page.candidates[0].plan)]
+    assert page.verdicts()[0].startswith("CPU only (all 4 layers in RAM)")
+    assert window.settings.download_speed_bps == 0.0
+    with qtbot.waitSignal(window.modelLoaded, timeout=60_000) as loaded:
+        page.download_button.click()
+    info = loaded.args[0]
+    assert Path(info.path).name == name
+    assert info.n_gpu_layers == 0  # the planned layers: CPU only here
+    assert window.chat_stack.currentWidget() is window.chat
+    assert window.focusWidget() is window.input
+    assert window.settings.download_speed_bps > 0  # the next page shows download times
+    assert [e.filename for e in window.models.library.entries()] == [name]
+    window.close()
+
+
+def test_offline_says_so_in_one_line_and_keeps_the_local_options(
+    qtbot: QtBot, tmp_path: Path
+) -> None:
+    # the autouse fixture points the Hub at a port where nothing listens
+    window = _window(qtbot, tmp_path, CPU, None)
+    with qtbot.waitSignal(window.first_run.ranked, timeout=30_000) as ranked:
+        pass
+    assert ranked.args[0].offline
+    page = window.welcome
+    assert page.status.text() == OFFLINE_LINE
+    assert page.table.isHidden() and page.download_button.isHidden()
+    assert page.open_button.isVisible() and page.connect_button.isVisible()
+    window.close()
