@@ -448,7 +448,7 @@ def _split(
     return counts, start == len(slots)
 
 
-def plan_offload(
+def plan_offload(  # noqa: PLR0915 - the lead's rewrite in progress splits it (issue 10 item 7)
     profile: ModelProfile,
     hardware: HardwareInfo,
     *,
