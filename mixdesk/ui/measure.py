@@ -1,24 +1,25 @@
-"""Measuring: generation speed at a few GPU layer counts, one load after another in the one
-engine (each load ends the previous engine process first, so two copies of the model are
+"""Measuring: generation speed with a few settings that really vary between machines (experts
+in RAM or whole layers, op offload, flash attention, threads), one load after another in the
+one engine (each load ends the previous engine process first, so two copies of the model are
 never in memory)."""
 
 from __future__ import annotations
 
 from PySide6.QtCore import QObject, Signal
 
-from mixdesk.core.loading import LoadRequest
+from mixdesk.core.loading import LoadRequest, MeasureVariant
 from mixdesk.ui.workers import EngineController
 
 
 class MeasureController(QObject):
     """Runs a measuring in the engine's worker thread and collects what it measured.
 
-    The last load stays: when measuring ends the model is loaded with the last layer count
-    (the engine worker reports it as a normal load).
+    The last load stays: when measuring ends the model is loaded with the last variant (the
+    engine worker reports it as a normal load).
 
     Signals:
         started(): measuring began (the loaded model is being replaced).
-        measured(object): (GPU layers, eval tok/s) pairs measured so far, in order.
+        measured(object): (setting, eval tok/s) pairs measured so far, in order.
         finished(): measuring ended, finished or failed (the failure comes as a load failure).
     """
 
@@ -30,12 +31,13 @@ class MeasureController(QObject):
         super().__init__(parent)
         self.engine = engine
         self.running = False
-        self.results: list[tuple[int, float]] = []
+        self.results: list[tuple[str, float]] = []
+        self.variants: list[MeasureVariant] = []
         engine.worker.measured.connect(self._measured)
         engine.worker.measureDone.connect(self._done)
 
-    def start(self, request: LoadRequest, layer_counts: list[int]) -> bool:
-        """Measure ``request``'s model at each of ``layer_counts`` GPU layers.
+    def start(self, request: LoadRequest, variants: list[MeasureVariant]) -> bool:
+        """Measure ``request``'s model with each of ``variants``.
 
         Returns:
             False when a measuring is already running (nothing new starts).
@@ -44,15 +46,19 @@ class MeasureController(QObject):
             return False
         self.running = True
         self.results = []
+        self.variants = list(variants)
         self.started.emit()
-        self.engine.measure(request, layer_counts)
+        self.engine.measure(request, self.variants)
         return True
 
-    def fastest(self) -> int | None:
-        """The layer count measured fastest so far, if any."""
-        return max(self.results, key=lambda r: r[1])[0] if self.results else None
+    def fastest(self) -> MeasureVariant | None:
+        """The variant measured fastest so far, if any."""
+        if not self.results:
+            return None
+        best = max(range(len(self.results)), key=lambda i: self.results[i][1])
+        return self.variants[best]
 
-    def _measured(self, results: list[tuple[int, float]]) -> None:
+    def _measured(self, results: list[tuple[str, float]]) -> None:
         self.results = list(results)
         self.measured.emit(self.results)
 

@@ -20,7 +20,7 @@ from PySide6.QtWidgets import (
 )
 
 from mixdesk.core.hardware import HardwareInfo
-from mixdesk.core.loading import LoadChoices, LoadRequest, make_plan
+from mixdesk.core.loading import LoadChoices, LoadRequest, make_plan, measure_variants
 from mixdesk.core.model_profile import ModelProfile
 from mixdesk.core.planner import OffloadPlan
 from mixdesk.ui.plain import plain
@@ -62,11 +62,13 @@ class OffloadPanel(QWidget):
 
     Signals:
         applyRequested(object): the :class:`LoadChoices` to load with.
-        measureRequested(list): GPU layer counts to measure.
+        measureRequested(list): the :class:`MeasureVariant` list to measure.
+        keepFastestRequested(): load with the fastest setting measured.
     """
 
     applyRequested = Signal(object)
     measureRequested = Signal(list)
+    keepFastestRequested = Signal()
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -91,6 +93,14 @@ class OffloadPanel(QWidget):
         self.kv = QComboBox()
         self.kv.addItems(["f16", "q8_0", "q4_0"])
         self.flash = QCheckBox("Flash attention")
+        self.strategy = QComboBox()
+        self.strategy.addItem("Whole layers on the GPU", "layers")
+        self.strategy.addItem("All layers on the GPU, some experts in RAM", "experts")
+        self.strategy.setToolTip(
+            "Experts in RAM keeps attention, router, KV cache and output on the GPU and the "
+            "expert tensors of the first layers in RAM (llama.cpp's --n-cpu-moe): faster "
+            "prompts, about the same generation speed for Mixtral."
+        )
         self.bars = DeviceBars()
         self.warning = plain(QLabel(""))
         self.warning.setStyleSheet("color:#c0392b")
@@ -105,7 +115,7 @@ class OffloadPanel(QWidget):
         self.progress.setRange(0, 100)
         self.progress.hide()
         self.chart = MeasureChart()
-        self._measured: list[tuple[int, float]] = []
+        self._measured: list[tuple[str, float]] = []
         self._lay_out()
         self._connect()
         self._set_enabled(False)
@@ -114,6 +124,7 @@ class OffloadPanel(QWidget):
         form = QFormLayout()
         form.addRow("Context", self.ctx)
         form.addRow("KV cache", self.kv)
+        form.addRow("Placement", self.strategy)
         form.addRow("", self.flash)
         buttons = QHBoxLayout()
         buttons.addWidget(self.apply)
@@ -137,6 +148,7 @@ class OffloadPanel(QWidget):
         self.ctx.valueChanged.connect(self._replan)
         self.kv.currentTextChanged.connect(self._replan)
         self.flash.toggled.connect(self._replan)
+        self.strategy.currentIndexChanged.connect(self._replan)
         self.apply.clicked.connect(self._apply)
         self.measure.clicked.connect(self._measure)
         self.keep_fastest.clicked.connect(self._keep_fastest)
@@ -158,6 +170,9 @@ class OffloadPanel(QWidget):
         self.slider.setMaximum(profile.n_layers + 1)
         self.slider.blockSignals(False)
         self._set_enabled(True)
+        self.strategy.setEnabled(profile.is_moe)
+        if not profile.is_moe:
+            self.strategy.setCurrentIndex(0)
         self._replan()
 
     def _slider_moved(self, value: int) -> None:
@@ -220,6 +235,7 @@ class OffloadPanel(QWidget):
             n_ctx=self.ctx.value() or None,
             kv_type=self.kv.currentText(),
             flash_attn=self.flash.isChecked(),
+            strategy=str(self.strategy.currentData()),
         )
 
     def set_defaults(self, choices: LoadChoices) -> None:
@@ -239,25 +255,29 @@ class OffloadPanel(QWidget):
             self.applyRequested.emit(self.choices())
 
     def _measure(self) -> None:
-        if self.plan is None:
+        if self.plan is None or self.profile is None or self.hardware is None:
             return
-        n = self.plan.n_gpu_layers
-        candidates = sorted({n, max(0, n - 4), max(0, n - 8)}, reverse=True)
-        self.measureRequested.emit(candidates)
+        self.measureRequested.emit(
+            measure_variants(self.choices(), self.plan, self.profile, self.hardware)
+        )
 
-    def show_measurements(self, results: list[tuple[int, float]]) -> None:
-        """Draw measured tok/s per GPU layer count."""
+    def show_measurements(self, results: list[tuple[str, float]]) -> None:
+        """Draw measured tok/s per setting."""
         self._measured = results
-        self.chart.set_results([(f"{n} layers", tps) for n, tps in results])
+        self.chart.set_results(results)
         self.keep_fastest.setEnabled(bool(results))
 
+    def keep(self, choices: LoadChoices) -> None:
+        """Take ``choices`` (the fastest measured) into the panel and load with them."""
+        self.set_defaults(
+            replace(self._defaults, n_threads=choices.n_threads, op_offload=choices.op_offload)
+        )
+        self.flash.setChecked(choices.flash_attn)
+        self.strategy.setCurrentIndex(max(0, self.strategy.findData(choices.strategy)))
+        self.applyRequested.emit(choices)
+
     def _keep_fastest(self) -> None:
-        if not self._measured:
-            return
-        best = max(self._measured, key=lambda r: r[1])[0]
-        self.auto.setChecked(False)
-        self.slider.setValue(best)
-        self._apply()
+        self.keepFastestRequested.emit()
 
     def show_progress(self, fraction: float | None) -> None:
         """The load progress bar (None hides it)."""

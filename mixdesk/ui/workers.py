@@ -23,7 +23,7 @@ from mixdesk.core.chat_template import ChatMessage
 from mixdesk.core.endpoints import Endpoint
 from mixdesk.core.engine import ChatDone, Engine, ModelInfo, SamplingParams
 from mixdesk.core.engine.client import AnswerStream
-from mixdesk.core.loading import LoadOutcome, LoadRequest, load_model
+from mixdesk.core.loading import LoadOutcome, LoadRequest, MeasureVariant, load_model
 from mixdesk.errors import EngineCrashedError
 
 log = logging.getLogger(__name__)
@@ -37,7 +37,7 @@ class ModelWorker(QObject):
         loadProgress(float): 0..1 while a model loads.
         loaded(object): the :class:`LoadOutcome` (model info, plan, note).
         loadFailed(object): the exception that ended the load (or the measuring).
-        measured(object): list of (GPU layers, eval tok/s) measured so far; ``measureDone``
+        measured(object): list of (setting, eval tok/s) measured so far; ``measureDone``
             follows the last one.
         measureDone(): measuring ended (finished or failed).
         delta(int, str, object): request id, text, :class:`GenerationStats`.
@@ -72,19 +72,20 @@ class ModelWorker(QObject):
         self.loaded.emit(outcome)
 
     @Slot(object, list)
-    def measure(self, request: LoadRequest, layer_counts: list[int]) -> None:
-        """Measure generation speed at each GPU layer count, in this one engine (each load
-        ends the previous engine process first, so two copies are never in memory)."""
-        results: list[tuple[int, float]] = []
+    def measure(self, request: LoadRequest, variants: list[MeasureVariant]) -> None:
+        """Measure generation speed with each variant, in this one engine (each load ends
+        the previous engine process first, so two copies are never in memory)."""
+        results: list[tuple[str, float]] = []
         try:
-            for n in layer_counts:
-                counted = replace(request, choices=replace(request.choices, n_gpu_layers=n))
-                outcome = load_model(self.engine, counted, retry=False)
+            for variant in variants:
+                outcome = load_model(
+                    self.engine, replace(request, choices=variant.choices), retry=False
+                )
                 done = self.engine.chat(
                     [ChatMessage("user", "Write a few sentences about the sea.")],
                     SamplingParams(max_tokens=48, seed=1),
                 ).wait()
-                results.append((outcome.setup.config.n_gpu_layers, done.stats.eval_tps))
+                results.append((variant.label, done.stats.eval_tps))
                 self.measured.emit(list(results))
             self.loaded.emit(outcome)
         except Exception as err:  # noqa: BLE001 - every failure reaches the user as a sentence
@@ -203,10 +204,10 @@ class EngineController(QObject):
         self.model = None
         self.requestLoad.emit(request)
 
-    def measure(self, request: LoadRequest, layer_counts: list[int]) -> None:
-        """Measure tok/s at each layer count with the one engine (in the worker thread)."""
+    def measure(self, request: LoadRequest, variants: list[MeasureVariant]) -> None:
+        """Measure tok/s with each variant in the one engine (in the worker thread)."""
         self.model = None
-        self.requestMeasure.emit(request, layer_counts)
+        self.requestMeasure.emit(request, variants)
 
     def chat(
         self, messages: list[ChatMessage], sampling: SamplingParams, *, interval: float = 1 / 60

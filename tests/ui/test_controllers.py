@@ -17,7 +17,7 @@ from mixdesk.core.chat_store import ChatStore
 from mixdesk.core.endpoints import Endpoint
 from mixdesk.core.engine import ChatDone, Engine, GenerationStats, SamplingParams
 from mixdesk.core.library import Library
-from mixdesk.core.loading import LoadChoices, LoadOutcome, LoadRequest
+from mixdesk.core.loading import LoadChoices, LoadOutcome, LoadRequest, MeasureVariant
 from mixdesk.core.pull import import_model
 from mixdesk.core.settings import Settings, load_endpoint_keys
 from mixdesk.errors import EngineCrashedError, NoModelLoadedError, user_message
@@ -230,12 +230,13 @@ def test_a_missing_last_model_is_not_selected(
 def test_measuring_alone(qtbot: QtBot, engine: EngineController, models: dict[str, Path]) -> None:
     measuring = MeasureController(engine, engine)
     request = LoadRequest(str(models["q2_k"]), CPU, LoadChoices(n_ctx=256))
-    seen: list[list[tuple[int, float]]] = []
+    seen: list[list[tuple[str, float]]] = []
     measuring.measured.connect(seen.append)
+    variants = [MeasureVariant("as planned", request.choices)]
     with qtbot.waitSignal(measuring.finished, timeout=60_000):
-        assert measuring.start(request, [0])
-        assert not measuring.start(request, [0])  # one measuring at a time
+        assert measuring.start(request, variants)
+        assert not measuring.start(request, variants)  # one measuring at a time
     assert not measuring.running
-    assert len(seen) == 1 and seen[0][0][0] == 0 and seen[0][0][1] > 0
-    assert measuring.fastest() == 0
+    assert len(seen) == 1 and seen[0][0][0] == "as planned" and seen[0][0][1] > 0
+    assert measuring.fastest() == variants[0]
     assert engine.model is not None  # the last measured load stays
