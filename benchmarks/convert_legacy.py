@@ -3,10 +3,11 @@
 Generates (once, into benchmarks/.models) a real legacy-layout file of at least 2 GB (the
 mid-size Mixtral-architecture model in F32 with one tensor per expert), then, interleaved:
 a plain ``shutil.copyfile`` of it, and the converter in a child process that reports its
-own peak RSS (``VmHWM`` from /proc, which starts afresh with the process image). Prints MB/s for both, their ratio, and the
-converter's peak RSS, which must stay under 600 MB whatever the file size.
+own peak RSS (``VmHWM`` from /proc, which starts afresh with the process image). Prints
+MB/s for both, their ratio, and the converter's peak RSS, which must stay under 600 MB
+whatever the file size: the run exits with status 1 when it does not (benchmarks/goals.py).
 
-Usage: ``python benchmarks/convert_legacy.py [--rounds 3] [--json]``
+Usage: ``python benchmarks/convert_legacy.py [--rounds 3] [--json] [--goal peak_rss_mb=600]``
 """
 
 from __future__ import annotations
@@ -20,11 +21,17 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+
+from benchmarks.goals import Goal, add_goal_arguments, judge  # noqa: E402
+
+#: The converter streams: its memory does not grow with the file (31 MB measured).
+GOAL_PEAK_RSS_MB = 600
 
 _CHILD = """
 import sys
@@ -56,13 +63,14 @@ def legacy_file(cache: Path, *, small: bool = False) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the benchmark and print the figures."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    """Run the benchmark, print the figures and the goal; 1 when the goal was missed."""
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--json", action="store_true")
     parser.add_argument(
         "--small", action="store_true", help="a tiny file, to check the harness only"
     )
+    add_goal_arguments(parser)
     args = parser.parse_args(argv)
     source = legacy_file(ROOT / "benchmarks" / ".models", small=args.small)
     size = source.stat().st_size
@@ -84,22 +92,33 @@ def main(argv: list[str] | None = None) -> int:
             converts.append(size / (time.perf_counter() - t) / 1e6)
             peaks.append(int(proc.stdout.split()[-1]) / 1024)
             out.unlink()
-    result = {
+    result: dict[str, Any] = {
         "file_mb": round(size / 1e6),
         "copy_mb_s_median": round(statistics.median(copies)),
         "convert_mb_s_median": round(statistics.median(converts)),
         "ratio": round(statistics.median(converts) / statistics.median(copies), 3),
         "convert_peak_rss_mb": round(max(peaks)),
     }
-    if args.json:
-        print(json.dumps(result, indent=2))
-    else:
-        print(
-            f"legacy file {result['file_mb']} MB: copy {result['copy_mb_s_median']} MB/s, convert "
-            f"{result['convert_mb_s_median']} MB/s (ratio {result['ratio']}), converter peak RSS "
-            f"{result['convert_peak_rss_mb']} MB"
+    goals = [
+        Goal(
+            "peak_rss_mb",
+            "converter peak RSS",
+            result["convert_peak_rss_mb"],
+            GOAL_PEAK_RSS_MB,
+            False,
+            " MB",
         )
-    return 0
+    ]
+    if args.json:
+        result["goals"], status = judge(goals, args.goal)
+        print(json.dumps(result, indent=2))
+        return status
+    print(
+        f"legacy file {result['file_mb']} MB: copy {result['copy_mb_s_median']} MB/s, convert "
+        f"{result['convert_mb_s_median']} MB/s (ratio {result['ratio']}), converter peak RSS "
+        f"{result['convert_peak_rss_mb']} MB"
+    )
+    return judge(goals, args.goal, out=sys.stdout)[1]
 
 
 if __name__ == "__main__":

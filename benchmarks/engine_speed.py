@@ -12,8 +12,12 @@ Figures:
   the consumer (for MixDesk: in the app process, after the pipe);
 - the per-token IPC cost: time from the engine writing a delta to the app reading it.
 
+Goal: the engine process costs no speed that matters: both ratios at least 0.95; the run
+exits with status 1 when one is lower by more than the noise (benchmarks/goals.py).
+
 Usage: ``python benchmarks/engine_speed.py [--rounds 5] [--tokens 128] [--threads 2]
-[--size mid|tiny] [--json]``. The model is generated once into ``benchmarks/.models``.
+[--size mid|tiny] [--json] [--goal eval_ratio=0.95]``. The model is generated once into
+``benchmarks/.models``.
 """
 
 from __future__ import annotations
@@ -31,11 +35,15 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from benchmarks.goals import Goal, add_goal_arguments, judge  # noqa: E402
 from mixdesk.core.chat_template import ChatMessage, render_prompt, select_template  # noqa: E402
 from mixdesk.core.engine import Engine, LoadConfig, SamplingParams  # noqa: E402
 from mixdesk.core.engine.client import DEFAULT_STREAM_INTERVAL_S  # noqa: E402
 from tests import model_factory as mf  # noqa: E402
 
+GOAL_RATIO = 0.95
+#: How far a median ratio moves between runs here.
+RATIO_NOISE = 0.03
 MESSAGES = [ChatMessage("user", "Explain in detail how a mixture of experts model routes tokens.")]
 SEED = 1234
 
@@ -142,8 +150,8 @@ def ipc_cpu_cost_us(n: int = 20_000) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the benchmark and print the figures."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    """Run the benchmark, print the figures and the goals; 1 when a goal was missed."""
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--threads", type=int, default=2)
@@ -155,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         help="engine delta interval in seconds (0: one message per token)",
     )
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    add_goal_arguments(parser)
     args = parser.parse_args(argv)
 
     from llama_cpp import Llama
@@ -184,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
 
     eval_ratios = [e.eval_tps / r.eval_tps for r, e in zip(refs, engs, strict=True)]
     delivered_ratios = [e.delivered_tps / r.delivered_tps for r, e in zip(refs, engs, strict=True)]
-    result = {
+    result: dict[str, Any] = {
         "model": model.name,
         "model_mib": round(model.stat().st_size / 2**20, 1),
         "threads": args.threads,
@@ -206,27 +215,46 @@ def main(argv: list[str] | None = None) -> int:
             {"reference": asdict(r), "engine": asdict(e)} for r, e in zip(refs, engs, strict=True)
         ],
     }
+    goals = [
+        Goal(
+            "eval_ratio",
+            "engine eval tok/s / in-process",
+            result["eval_ratio_median"],
+            GOAL_RATIO,
+            True,
+            noise=RATIO_NOISE,
+        ),
+        Goal(
+            "delivered_ratio",
+            "engine delivered tok/s / in-process",
+            result["delivered_ratio_median"],
+            GOAL_RATIO,
+            True,
+            noise=RATIO_NOISE,
+        ),
+    ]
     if args.json:
+        result["goals"], status = judge(goals, args.goal)
         print(json.dumps(result, indent=2))
-    else:
-        print(
-            f"model {result['model']} ({result['model_mib']} MiB), {args.threads} threads, "
-            f"{args.tokens} tokens, {args.rounds} interleaved rounds"
-        )
-        print(
-            f"eval tok/s (llama.cpp counters): reference {result['reference_eval_tps_median']}, "
-            f"engine {result['engine_eval_tps_median']}, ratio {result['eval_ratio_median']}"
-        )
-        print(
-            f"delivered tok/s (at the consumer): reference {result['reference_delivered_tps_median']}, "
-            f"engine {result['engine_delivered_tps_median']}, ratio {result['delivered_ratio_median']}"
-        )
-        print(
-            f"IPC: {result['messages_per_answer_median']} messages per answer (interval "
-            f"{result['interval_s']} s), latency engine write -> app read "
-            f"{result['ipc_latency_us_median']} us, CPU {result['ipc_cpu_us_per_message']} us per message"
-        )
-    return 0
+        return status
+    print(
+        f"model {result['model']} ({result['model_mib']} MiB), {args.threads} threads, "
+        f"{args.tokens} tokens, {args.rounds} interleaved rounds"
+    )
+    print(
+        f"eval tok/s (llama.cpp counters): reference {result['reference_eval_tps_median']}, "
+        f"engine {result['engine_eval_tps_median']}, ratio {result['eval_ratio_median']}"
+    )
+    print(
+        f"delivered tok/s (at the consumer): reference {result['reference_delivered_tps_median']}, "
+        f"engine {result['engine_delivered_tps_median']}, ratio {result['delivered_ratio_median']}"
+    )
+    print(
+        f"IPC: {result['messages_per_answer_median']} messages per answer (interval "
+        f"{result['interval_s']} s), latency engine write -> app read "
+        f"{result['ipc_latency_us_median']} us, CPU {result['ipc_cpu_us_per_message']} us per message"
+    )
+    return judge(goals, args.goal, out=sys.stdout)[1]
 
 
 if __name__ == "__main__":

@@ -1,0 +1,1 @@
+"""Speed and responsiveness benchmarks; each judges its goals (benchmarks/goals.py)."""
