@@ -137,7 +137,10 @@ def test_plan_command_on_a_hub_file(hub: tuple[HubState, str], files: dict[str, 
         check=False,
     )
     assert proc.returncode == 0, proc.stderr
-    assert "Plan: --ngl 19 (partial offload), context 2048" in proc.stdout
+    assert (
+        "Plan: --ngl 19 (18 of 32 layers + output on GPU; partial offload), context 2048"
+        in proc.stdout
+    )
     assert "old per-expert Mixtral layout" in proc.stdout
     assert "`mixdesk pull` converts it while downloading" in proc.stdout
     assert state.sent(f"{REPO}/{LEGACY}") <= 8 * MIB
