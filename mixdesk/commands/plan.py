@@ -124,14 +124,14 @@ def run_plan(args: argparse.Namespace) -> int:
     out.write(plan_table(plan) + "\n\n")
     for line in plan.explanation:
         out.write(f"- {line}\n")
-    if profile.is_moe:
-        out.write("\n" + strategies_text(profile, hw, load_choices(args)) + "\n")
     if profile.legacy_expert_layout:
         out.write(
             "- This file uses the old per-expert Mixtral layout, which current llama.cpp no longer "
             "loads: `mixdesk pull` converts it while downloading; for a file you already have, "
             "`mixdesk import FILE` or `mixdesk convert IN OUT`.\n"
         )
+    if profile.is_moe:
+        out.write("\n" + strategies_text(profile, hw, load_choices(args)) + "\n")
     return 0
 
 
