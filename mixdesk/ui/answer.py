@@ -46,6 +46,7 @@ class AnswerController(QObject):
         failed(object): the exception that ended the answer, after what arrived is saved
             (an :class:`EngineCrashedError`: the engine died and the source is gone).
         busyChanged(bool): an answer started or ended.
+        sourceChanged(): :attr:`source` changed (a model loaded or went, an endpoint chosen).
     """
 
     started = Signal(object)
@@ -55,6 +56,7 @@ class AnswerController(QObject):
     finished = Signal(object)
     failed = Signal(object)
     busyChanged = Signal(bool)
+    sourceChanged = Signal()
 
     def __init__(
         self,
@@ -65,7 +67,7 @@ class AnswerController(QObject):
         super().__init__(parent)
         self.engine = engine
         self.conversations = conversations
-        self.source: ModelInfo | Endpoint | None = None
+        self._source: ModelInfo | Endpoint | None = None
         self.editing: int | None = None
         self._request: int | None = None
         self._answer_id: int | None = None
@@ -87,6 +89,22 @@ class AnswerController(QObject):
     def busy(self) -> bool:
         """Whether an answer is streaming."""
         return self._request is not None
+
+    @property
+    def source(self) -> ModelInfo | Endpoint | None:
+        """Where answers come from (None: nothing to answer with yet)."""
+        return self._source
+
+    @source.setter
+    def source(self, source: ModelInfo | Endpoint | None) -> None:
+        self._source = source
+        self.sourceChanged.emit()
+
+    def can_regenerate(self) -> bool:
+        """Whether there is an answer to regenerate, and something to regenerate it with."""
+        if self.busy or self._source is None or self.conversations.current is None:
+            return False
+        return any(m.role == "assistant" for m in self.conversations.messages())
 
     # -- what the user does -------------------------------------------------------------
 

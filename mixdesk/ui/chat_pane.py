@@ -67,7 +67,6 @@ class ChatPane(QWidget):
         self.input.setMaximumHeight(110)
         self.send_button = QPushButton("Send")
         self.stop_button = QPushButton("Stop")
-        self.stop_button.setEnabled(False)
         self.regen_button = QPushButton("Regenerate")
 
         layout = QVBoxLayout(self)
@@ -85,6 +84,7 @@ class ChatPane(QWidget):
             buttons.addWidget(b)
         layout.addLayout(buttons)
         self._connect()
+        self.update_buttons()
 
     def _connect(self) -> None:
         answers, conversations = self.answers, self.conversations
@@ -98,7 +98,11 @@ class ChatPane(QWidget):
         answers.renderDue.connect(self.view.render_streaming)
         answers.finished.connect(lambda _done: self._show_messages())
         answers.failed.connect(lambda _err: self._show_messages())
-        answers.busyChanged.connect(self._busy_changed)
+        answers.finished.connect(lambda _done: self.update_buttons())
+        answers.failed.connect(lambda _err: self.update_buttons())
+        answers.busyChanged.connect(lambda _busy: self.update_buttons())
+        answers.sourceChanged.connect(self.update_buttons)
+        conversations.opened.connect(lambda _c: self.update_buttons())
         # clicked(bool) would arrive as send's text argument: call it with none
         self.send_button.clicked.connect(lambda _checked=False: self.send())
         self.input.submitted.connect(lambda: self.send())  # noqa: PLW0108 - same reason
@@ -137,10 +141,24 @@ class ChatPane(QWidget):
         self.view.set_messages(messages)
         self.view.start_streaming()
 
-    def _busy_changed(self, busy: bool) -> None:
+    def update_buttons(self) -> None:
+        """Send, Regenerate and Stop enabled only when they can do something; a disabled
+        button says why in its tooltip."""
+        answers = self.answers
+        busy, ready = answers.busy, answers.source is not None
         self.stop_button.setEnabled(busy)
-        self.send_button.setEnabled(not busy)
-        self.regen_button.setEnabled(not busy)
+        self.stop_button.setToolTip("Stop the answer (what arrived is kept)." if busy else "")
+        self.send_button.setEnabled(ready and not busy)
+        if not ready:
+            why = "Load a model (pick one above and press Load) or choose an endpoint first."
+        else:
+            why = "An answer is being written: wait, or press Stop." if busy else ""
+        self.send_button.setToolTip(why)
+        regen = answers.can_regenerate()
+        self.regen_button.setEnabled(regen)
+        self.regen_button.setToolTip(
+            "" if regen else "Nothing to regenerate yet: no answer, or no model to answer."
+        )
 
     def _edit_sampling(self) -> None:
         from mixdesk.ui.settings_dialog import SamplingDialog

@@ -10,7 +10,6 @@ from PySide6.QtCore import Signal
 from PySide6.QtWidgets import (
     QFileDialog,
     QHBoxLayout,
-    QHeaderView,
     QLabel,
     QLineEdit,
     QListWidget,
@@ -32,6 +31,7 @@ from mixdesk.core.planner import OffloadPlan, plan_offload
 from mixdesk.core.pull import PullResult, import_model, pull, remote_profile
 from mixdesk.errors import user_message
 from mixdesk.ui.plain import plain
+from mixdesk.ui.widgets import readable_headers
 from mixdesk.ui.workers import TaskWorker
 
 
@@ -183,7 +183,7 @@ class ModelManager(QWidget):
         self.list_button = QPushButton("List files")
         self.files = QTableWidget(0, 4)
         self.files.setHorizontalHeaderLabels(["File", "Quant", "Size", "Fit on this machine"])
-        self.files.horizontalHeader().setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
+        readable_headers(self.files)
         self.files.setSelectionBehavior(QTableWidget.SelectionBehavior.SelectRows)
         self.download_button = QPushButton("Download")
         self.queue = QVBoxLayout()

@@ -153,6 +153,12 @@ class ModelController(QObject):
         self.loadStarted.emit(request.model)
         self.engine.load(request)
 
+    def unload(self) -> None:
+        """End the engine process (its RAM and VRAM are freed); no model answers."""
+        self.engine.model = None
+        self.engine.requestUnload.emit()
+        self.forget()
+
     def forget(self) -> None:
         """No model answers (it is being replaced, or the engine died)."""
         self.info = None
@@ -200,6 +206,8 @@ class ModelBar(QWidget):
         self.open_button = QPushButton("Open .gguf…")
         self.endpoint_button = QPushButton("Endpoint…")
         self.load_button = QPushButton("Load")
+        self.unload_button = QPushButton("Unload")
+        self.unload_button.setToolTip("End the engine: frees the model's RAM and VRAM.")
         self.progress = QProgressBar()
         self.progress.setRange(0, 100)
         self.progress.setMaximumWidth(160)
@@ -208,12 +216,14 @@ class ModelBar(QWidget):
         row.setContentsMargins(0, 0, 0, 0)
         row.addWidget(QLabel("Model"))
         row.addWidget(self.picker, 1)
-        for w in (self.open_button, self.endpoint_button, self.load_button, self.progress):
+        buttons = (self.open_button, self.endpoint_button, self.load_button, self.unload_button)
+        for w in (*buttons, self.progress):
             row.addWidget(w)
         self.picker.currentIndexChanged.connect(lambda _i: self._chosen())
         self.open_button.clicked.connect(self._open_file)
         self.endpoint_button.clicked.connect(self._ask_endpoint)
         self.load_button.clicked.connect(lambda _checked=False: self.loadRequested.emit())
+        self.unload_button.clicked.connect(lambda _checked=False: models.unload())
         models.loadStarted.connect(lambda _p: self._show_progress(0.0))
         models.loadProgress.connect(self._show_progress)
         models.loaded.connect(lambda _o: self._show_progress(None))

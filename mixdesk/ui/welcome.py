@@ -16,7 +16,6 @@ from PySide6.QtCore import QObject, Signal
 from PySide6.QtGui import QFont
 from PySide6.QtWidgets import (
     QHBoxLayout,
-    QHeaderView,
     QLabel,
     QProgressBar,
     QPushButton,
@@ -34,6 +33,7 @@ from mixdesk.core.library import Library
 from mixdesk.core.pull import PullResult, pull
 from mixdesk.core.settings import Settings
 from mixdesk.ui.plain import plain
+from mixdesk.ui.widgets import readable_headers
 from mixdesk.ui.workers import TaskWorker
 
 OFFLINE_LINE = "No connection to the Hugging Face Hub: open a model file or connect to a server."
@@ -104,10 +104,7 @@ class WelcomePage(QWidget):
         self.status.setWordWrap(True)
         self.table = QTableWidget(0, len(self.COLUMNS))
         self.table.setHorizontalHeaderLabels(list(self.COLUMNS))
-        header = self.table.horizontalHeader()
-        header.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
-        for col in (1, 2):
-            header.setSectionResizeMode(col, QHeaderView.ResizeMode.ResizeToContents)
+        readable_headers(self.table)
         self.table.setSelectionBehavior(QTableWidget.SelectionBehavior.SelectRows)
         self.table.setSelectionMode(QTableWidget.SelectionMode.SingleSelection)
         self.table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)

@@ -12,11 +12,12 @@ from PySide6.QtGui import (
     QGuiApplication,
     QPainter,
     QPen,
+    QResizeEvent,
     QTextBlockFormat,
     QTextCharFormat,
     QTextCursor,
 )
-from PySide6.QtWidgets import QLabel, QTextBrowser, QWidget
+from PySide6.QtWidgets import QHeaderView, QLabel, QTableWidget, QTextBrowser, QWidget
 
 from mixdesk.core.chat_store import StoredMessage
 from mixdesk.core.engine import GenerationStats
@@ -235,8 +236,32 @@ class DeviceBars(QWidget):
 
     def set_devices(self, devices: list[DevicePlan]) -> None:
         self.devices = devices
-        self.setMinimumHeight(30 + 40 * len(devices))
+        self._fit_height()
         self.update()
+
+    def legend_items(self) -> list[tuple[str, QColor, QRectF]]:
+        """Each legend entry with its swatch-and-text rectangle: in rows that wrap, so every
+        name stays whole however narrow the panel (at 150% scaling too)."""
+        metrics = self.fontMetrics()
+        line = metrics.height() + 4
+        y = 4.0 + 40 * len(self.devices)
+        x = 4.0
+        items: list[tuple[str, QColor, QRectF]] = []
+        for name, color in _SEGMENTS:
+            w = 14 + metrics.horizontalAdvance(name)
+            if x > 4 and x + w > self.width() - 4:
+                x, y = 4.0, y + line
+            items.append((name, QColor(color), QRectF(x, y, w, line)))
+            x += w + 12
+        return items
+
+    def _fit_height(self) -> None:
+        items = self.legend_items()
+        self.setMinimumHeight(int(items[-1][2].bottom()) + 4)
+
+    def resizeEvent(self, event: QResizeEvent) -> None:  # noqa: N802
+        super().resizeEvent(event)
+        self._fit_height()
 
     def segments(self, d: DevicePlan) -> list[tuple[str, int]]:
         """The bar's parts in bytes."""
@@ -270,13 +295,32 @@ class DeviceBars(QWidget):
             p.setPen(QPen(QColor("#c0392b" if over else "#555"), 2 if over else 1))
             p.drawRect(QRectF(4, y + 16, width * d.free_bytes / scale, 14))
             y += 40
-        x = 4
-        for name, color in _SEGMENTS:
-            p.fillRect(QRectF(x, y + 2, 10, 10), QColor(color))
-            p.setPen(QColor("#333"))
-            p.drawText(x + 14, y + 12, name)
-            x += 14 + p.fontMetrics().horizontalAdvance(name) + 12
+        p.setPen(QColor("#333"))
+        for name, color, rect in self.legend_items():
+            swatch = rect.top() + (rect.height() - 10) / 2
+            p.fillRect(QRectF(rect.left(), swatch, 10, 10), color)
+            text = rect.adjusted(14, 0, 0, 0)
+            p.drawText(text, int(Qt.AlignmentFlag.AlignVCenter | Qt.AlignmentFlag.AlignLeft), name)
         p.end()
+
+
+def readable_headers(table: QTableWidget, *, stretch: int = 0) -> None:
+    """Column ``stretch`` takes the spare width; the others fit their contents; no header
+    label is ever cut (the narrowest column still shows the longest label)."""
+    header = table.horizontalHeader()
+    metrics = header.fontMetrics()
+    labels = [
+        item.text() if (item := table.horizontalHeaderItem(c)) is not None else ""
+        for c in range(table.columnCount())
+    ]
+    header.setMinimumSectionSize(max(metrics.horizontalAdvance(t) for t in labels) + 24)
+    for col in range(table.columnCount()):
+        mode = (
+            QHeaderView.ResizeMode.Stretch
+            if col == stretch
+            else QHeaderView.ResizeMode.ResizeToContents
+        )
+        header.setSectionResizeMode(col, mode)
 
 
 class Banner(QLabel):

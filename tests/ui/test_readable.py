@@ -1,0 +1,49 @@
+"""Every legend entry and table header stays whole at 1280x800, and at 150% scaling (the same
+screen is then 853x533 logical pixels)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from PySide6.QtWidgets import QTableWidget
+from pytestqt.qtbot import QtBot
+
+from mixdesk.ui.main_window import MainWindow
+from tests.ui.test_main_window import GPU, make_window
+
+
+def _cut_headers(window: MainWindow) -> list[str]:
+    cut = []
+    for table in window.findChildren(QTableWidget):
+        header = table.horizontalHeader()
+        metrics = header.fontMetrics()
+        for col in range(table.columnCount()):
+            item = table.horizontalHeaderItem(col)
+            label = item.text() if item is not None else ""
+            if header.sectionSize(col) < metrics.horizontalAdvance(label) + 8:
+                cut.append(f"{label} ({header.sectionSize(col)} px)")
+    return cut
+
+
+@pytest.mark.parametrize("size", [(1280, 800), (853, 533)])
+def test_offload_legend_and_table_headers_are_whole(
+    qtbot: QtBot, tmp_path: Path, models: dict[str, Path], size: tuple[int, int]
+) -> None:
+    window = make_window(qtbot, tmp_path, GPU)
+    window.resize(*size)
+    with qtbot.waitSignal(window.models.profileReady, timeout=10_000):
+        window.select_model_path(str(models["q4_k_m"]))
+    bars = window.offload.bars
+    for tab in (window.offload, window.manager, window.offload):
+        window.tabs.setCurrentWidget(tab)
+        qtbot.waitExposed(tab)
+    assert bars.devices  # a GPU bar and the RAM bar are drawn
+    assert bars.width() < 400  # narrow enough that one legend row would not fit
+    for name, _color, rect in bars.legend_items():
+        assert rect.right() <= bars.width(), name
+        assert rect.bottom() <= bars.height(), name
+    window.tabs.setCurrentWidget(window.manager)
+    qtbot.waitExposed(window.manager)
+    assert _cut_headers(window) == []
+    window.close()
