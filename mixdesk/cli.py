@@ -60,6 +60,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from mixdesk.core.serve import server_main
 
         return server_main()  # its settings (and key) arrive on stdin
+    if args_list[:1] == ["--worker-probe"]:
+        from mixdesk.core import rpc_worker
+
+        return rpc_worker.main(args_list[1:])
     if args_list[:1] == ["--qt-selftest"]:
         from mixdesk.ui.selftest import qt_selftest
 
@@ -117,6 +121,10 @@ def _run(args: argparse.Namespace, args_list: list[str]) -> int:
             verb = "Removed" if args.uninstall else "Installed"
             sys.stderr.write(f"{verb} {len(done.files)} files under {desktop.data_home()}.\n")
             return EXIT_OK
+        if args.command == "worker":
+            from mixdesk.commands.worker import run_worker
+
+            return run_worker(args)
         if args.command == "doctor":
             from mixdesk.commands.doctor import run_doctor
 

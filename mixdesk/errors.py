@@ -128,6 +128,46 @@ class DeviceOutOfMemoryCrashError(EngineCrashedError):
         self.requested_bytes = requested_bytes
 
 
+class WorkerError(MixdeskError):
+    """A MixDesk worker (another machine's GPU, served by ``mixdesk worker``) cannot be used.
+
+    Attributes:
+        endpoint: the worker's ``host:port``.
+    """
+
+    def __init__(self, message: str, *, endpoint: str = "") -> None:
+        super().__init__(message)
+        self.endpoint = endpoint
+
+
+class WorkerUnreachableError(WorkerError):
+    """Nothing answers at the worker's address (checked before llama.cpp connects, since a
+    refused connection would abort the engine)."""
+
+
+class WorkerVersionError(WorkerError):
+    """The worker runs another MixDesk or llama-cpp-python version than this machine."""
+
+
+class NotAWorkerError(WorkerError):
+    """Something answers at the address, but not MixDesk's handshake (llama.cpp's own
+    ``rpc-server``, or another program)."""
+
+
+class WorkerBusyError(WorkerError):
+    """The worker already serves another MixDesk (llama.cpp serves one client at a time)."""
+
+
+class WorkerLostError(EngineCrashedError):
+    """A worker went away while the engine used it: llama.cpp ended the engine with it."""
+
+    def __init__(
+        self, message: str, *, returncode: int | None, log_tail: str = "", endpoint: str = ""
+    ) -> None:
+        super().__init__(message, returncode=returncode, log_tail=log_tail)
+        self.endpoint = endpoint
+
+
 class EngineBusyError(EngineError):
     """A request came while the engine was still answering another one."""
 

@@ -12,6 +12,7 @@ from mixdesk.core import hardware
 from mixdesk.core.engine.protocol import KV_CACHE_TYPES
 from mixdesk.core.hardware import HardwareInfo, Overrides, apply_overrides
 from mixdesk.core.loading import STRATEGIES, LoadChoices
+from mixdesk.errors import InvalidArgumentError
 
 
 def print_json(data: Any) -> None:
@@ -99,6 +100,13 @@ def add_load_arguments(parser: argparse.ArgumentParser, *, runs: bool = True) ->
         help="with --strategy experts: keep the experts of the first K layers in RAM "
         "(default: as few as fit)",
     )
+    load.add_argument(
+        "--worker",
+        action="append",
+        default=[],
+        metavar="HOST:PORT",
+        help="also use the GPU (or CPU) that `mixdesk worker` offers at HOST:PORT; repeatable",
+    )
     if not runs:
         return
     load.add_argument(
@@ -140,4 +148,24 @@ def machine(args: argparse.Namespace) -> HardwareInfo:
             gpu=getattr(args, "gpu", None),
         )
     )
-    return apply_overrides(hardware.detect(), overrides)
+    detected = apply_overrides(hardware.detect(), overrides)
+    return with_workers(detected, getattr(args, "worker", None) or [])
+
+
+def with_workers(hw: HardwareInfo, endpoints: list[str]) -> HardwareInfo:
+    """``hw`` with the workers at ``endpoints`` as offload devices (each probed in a child
+    process: device, free memory, link speed; an unreachable or mismatched one is named).
+
+    Raises:
+        InvalidArgumentError: an endpoint is not HOST:PORT, or given twice.
+        WorkerError: a worker cannot be used.
+    """
+    from dataclasses import replace
+
+    from mixdesk.core.rpc_worker import probe_in_child
+
+    if len(set(endpoints)) != len(endpoints):
+        raise InvalidArgumentError("The same --worker is given twice; name each worker once.")
+    workers = [probe_in_child(e).as_gpu() for e in endpoints]
+    local = [g for g in hw.gpus if g.backend != "rpc"]
+    return replace(hw, gpus=workers + local)

@@ -170,6 +170,39 @@ def add_doctor(commands: Commands) -> None:
     doctor.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
+def add_worker(commands: Commands) -> None:
+    """``mixdesk worker``: lend this machine's GPU (or CPU) to MixDesk on another machine."""
+    worker = commands.add_parser(
+        "worker",
+        help="lend this machine's GPU (or CPU) to MixDesk on another machine (llama.cpp RPC)",
+        description="Serve this machine's GPU (or CPU) through llama.cpp's RPC server until "
+        "Ctrl-C; the machine that runs the model adds it with --worker HOST:PORT. llama.cpp's "
+        "RPC protocol has no password and no encryption: keep the default 127.0.0.1 and use an "
+        "SSH tunnel, or a network you trust.",
+    )
+    worker.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default 127.0.0.1: this machine only; see the warning)",
+    )
+    worker.add_argument("--port", type=positive_int, default=50052, help="port (default 50052)")
+    worker.add_argument(
+        "--device",
+        metavar="NAME",
+        help="llama.cpp's device to offer (CUDA0, CPU; default: the first GPU)",
+    )
+    worker.add_argument(
+        "--threads", type=positive_int, metavar="N", help="CPU threads (default: physical cores)"
+    )
+    worker.add_argument(
+        "--cache-dir",
+        metavar="DIR",
+        help="keep received tensors over 10 MiB here so a second load sends only their hashes "
+        "(default: MixDesk's cache folder)",
+    )
+    worker.add_argument("--no-cache", action="store_true", help="keep no tensor cache")
+
+
 #: The builders in ``--help`` order.
 BUILDERS: tuple[Callable[[Commands], None], ...] = (
     add_chat,
@@ -181,4 +214,5 @@ BUILDERS: tuple[Callable[[Commands], None], ...] = (
     add_library,
     add_install_desktop,
     add_doctor,
+    add_worker,
 )

@@ -47,6 +47,10 @@ class GpuInfo:
     index: int = 0
     #: "host:port" of an RPC server.
     endpoint: str = ""
+    #: Measured bytes per second from this machine to an RPC server (0: not measured).
+    link_bytes_per_s: float = 0.0
+    #: The RPC server's cache folder for large tensors ("" when it keeps none).
+    cache_dir: str = ""
 
 
 @dataclass(frozen=True)

@@ -149,6 +149,13 @@ class DevicePlan:
     output: bool = False
     #: The device's name in llama.cpp's buffer log lines ("CUDA0", "RPC0[host:port]", "CPU").
     buffer_name: str = ""
+    #: Whether ``overhead_bytes`` was measured on this machine (else a default).
+    overhead_measured: bool = False
+    #: For a worker (RPC device): the bytes a load sends it over the network (its weights;
+    #: KV cache and compute buffers are allocated there), and the time that takes at the
+    #: measured link speed (None: not measured).
+    send_bytes: int = 0
+    send_seconds: float | None = None
 
     @property
     def used_bytes(self) -> int:
@@ -345,6 +352,8 @@ class _Costs:
     measured: Mapping[str, int] = field(default_factory=dict)
     #: More compute buffer on a GPU: op offload copies RAM-resident expert tensors there.
     gpu_extra: int = 0
+    #: Runtime overheads measured on this machine, by device buffer name.
+    overheads: Mapping[str, int] = field(default_factory=dict)
 
     def compute_on(self, name: str) -> int:
         """The compute buffer of device ``name``: measured if known, else the formula's."""
@@ -381,7 +390,12 @@ def _device_plan(
         weights_bytes=sum(b for b, _ in slots),
         kv_bytes=layers * costs.kv_layer,
         compute_bytes=costs.compute_on(buffer_name(gpu)) if used else 0,
-        overhead_bytes=RUNTIME_OVERHEAD.get(gpu.backend, 300 * MIB) if used else 0,
+        overhead_bytes=costs.overheads.get(
+            buffer_name(gpu), RUNTIME_OVERHEAD.get(gpu.backend, 300 * MIB)
+        )
+        if used
+        else 0,
+        overhead_measured=buffer_name(gpu) in costs.overheads,
         margin_bytes=GPU_MARGIN if used else 0,
         layers=layers,
         output=output,
@@ -461,6 +475,7 @@ def plan_offload(  # noqa: PLR0915 - the lead's rewrite in progress splits it (i
     measured_compute: Mapping[str, int] | None = None,
     strategy: str = "layers",
     experts_in_ram: int | None = None,
+    overheads: Mapping[str, int] | None = None,
 ) -> OffloadPlan:
     """Plan how to load ``profile`` on ``hardware``.
 
@@ -480,6 +495,8 @@ def plan_offload(  # noqa: PLR0915 - the lead's rewrite in progress splits it (i
             layer on the GPU, the expert tensors of the first K layers in RAM: what llama.cpp's
             ``--n-cpu-moe K`` does). With "experts" ``n_gpu_layers`` is always all of them.
         experts_in_ram: K for the "experts" strategy when the user fixed it.
+        overheads: the runtime overhead measured per device on this machine
+            (:mod:`mixdesk.core.calibration`), by buffer name; else the defaults.
     """
     if gpu_offload_supported is None:
         gpu_offload_supported = hardware.gpu_offload is not False
@@ -509,6 +526,7 @@ def plan_offload(  # noqa: PLR0915 - the lead's rewrite in progress splits it (i
             ),
             measured=measured_compute or {},
             gpu_extra=_largest_expert_tensor(profile, k) if k else 0,
+            overheads=overheads or {},
         )
 
     def choose(ctx: int) -> tuple[int, int, int, list[int]]:
@@ -625,9 +643,10 @@ def _explain(
     lines: list[str] = []
     n = plan.n_layers
     size = format_bytes(profile.weights_bytes)
-    if hardware.gpus and not offload_ok:
+    local = [g for g in hardware.gpus if g.backend != "rpc"]  # workers need no GPU build here
+    if local and not offload_ok:
         lines.append(
-            f"{hardware.gpus[0].name} is not used: this llama.cpp build is CPU-only (see `mixdesk doctor`)."
+            f"{local[0].name} is not used: this llama.cpp build is CPU-only (see `mixdesk doctor`)."
         )
     where = gpu.name if gpu is not None and len(plan.gpus) <= 1 else f"{len(plan.gpus)} devices"
     if gpu is None:
@@ -663,6 +682,14 @@ def _explain(
         lines.append(
             f"Not even one layer fits in the {format_bytes(gpu.free_bytes)} free on {gpu.name}: CPU only."
         )
+    for d in plan.gpus:
+        if d.overhead_bytes or d.overhead_measured:
+            how = (
+                "measured on this machine"
+                if d.overhead_measured
+                else "a default until a load measures it"
+            )
+            lines.append(f"Runtime overhead on {d.name}: {format_bytes(d.overhead_bytes)} ({how}).")
     if len(plan.gpus) > 1:
         shares = "; ".join(
             f"{d.name}: {d.layers} layers{' + output' if d.output else ''}, {format_bytes(d.used_bytes)}"
@@ -678,7 +705,46 @@ def _explain(
         lines.append(
             f"This will not fit: {format_bytes(plan.shortfall_bytes)} more memory is needed than is available."
         )
+    plan, network = _network(plan, hardware)
+    lines += network
     lines.append(
         f"Expected speed about {plan.expected_tps:g} tokens/s (an estimate from memory bandwidth)."
     )
     return replace(plan, explanation=lines)
+
+
+def _network(plan: OffloadPlan, hardware: HardwareInfo) -> tuple[OffloadPlan, list[str]]:
+    """What loading sends to each worker (RPC device), and how long that takes at the link
+    speed measured when the worker was added; the plan's devices carry the figures."""
+    links = {buffer_name(g): g for g in hardware.gpus if g.backend == "rpc"}
+    devices, lines = [], []
+    for d in plan.devices:
+        link = links.get(d.buffer_name)
+        if link is None or d.kind != "gpu":
+            devices.append(d)
+            continue
+        rate = link.link_bytes_per_s
+        seconds = d.weights_bytes / rate if rate > 0 else None
+        devices.append(replace(d, send_bytes=d.weights_bytes, send_seconds=seconds))
+        estimate = (
+            f"about {seconds:.1f} s at the {rate / 1e6:,.0f} MB/s measured"
+            if seconds is not None
+            else "link speed not measured"
+        )
+        cache = (
+            f"; it keeps tensors over 10 MiB in {link.cache_dir}, so loading this model again "
+            "sends only their hashes"
+            if link.cache_dir
+            else "; it keeps no cache, so every load sends all of it"
+        )
+        lines.append(
+            f"Loading sends {format_bytes(d.weights_bytes)} of weights to the worker at "
+            f"{link.endpoint} ({estimate}){cache}."
+        )
+    if lines:
+        lines.append(
+            "While answering, only activations and llama.cpp's commands cross the network "
+            "(kilobytes per token), so a worker's link speed matters for loading, hardly for "
+            "answering; its latency adds a little to every token."
+        )
+    return replace(plan, devices=devices), lines

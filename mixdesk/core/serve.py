@@ -130,6 +130,9 @@ def server_main() -> int:
         log.warning("ignoring environment variables meant for llama-cpp-python: %s", ignored)
     register_chat_format(config.model_path)
     load = config.load
+    from mixdesk.core.engine import llama_adapter
+
+    llama_adapter.add_rpc_servers(load.rpc_servers)  # workers are devices before loading
     threads = load.n_threads or physical_cores()
     model = ModelSettings(
         model=load.model_path,
@@ -144,6 +147,7 @@ def server_main() -> int:
         type_v=KV_TYPE_IDS[load.type_v],
         offload_kqv=True,
         use_mmap=load.use_mmap,
+        tensor_split=list(load.tensor_split) or None,
         chat_format=CHAT_FORMAT,
         verbose=True,
     )
@@ -184,6 +188,7 @@ class ServerProcess:
             diagnose.read_tail(self.log_path),
             during="serving the model",
             model_path=self.config.model_path,
+            workers=self.config.load.rpc_servers,
         )
 
     def stop(self) -> None:

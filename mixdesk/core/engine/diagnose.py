@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import signal
+from collections.abc import Sequence
 from pathlib import Path
 
 from mixdesk.errors import (
@@ -21,6 +22,7 @@ from mixdesk.errors import (
     ModelLoadError,
     OutOfMemoryError,
     UnsupportedArchitectureError,
+    WorkerLostError,
 )
 
 _OOM = re.compile(
@@ -121,8 +123,44 @@ def _signal_name(returncode: int) -> str:
         return f"signal {-returncode}"
 
 
+#: llama.cpp's RPC client ends its process when a server goes away or cannot be reached.
+_RPC_LOST = re.compile(
+    r"Remote RPC server crashed or returned malformed response|"
+    r"Failed to connect to (\S+)|RPC handshake failed for (\S+)"
+)
+
+
+def worker_lost(
+    returncode: int | None, log_text: str, *, during: str, workers: Sequence[str]
+) -> WorkerLostError | None:
+    """The engine's death as a worker that went away, when llama.cpp's log says so.
+
+    llama.cpp does not say which server died; the first of ``workers`` that no longer
+    answers MixDesk's handshake is named.
+    """
+    found = _RPC_LOST.search(log_text)
+    if found is None:
+        return None
+    from mixdesk.core.rpc_worker import gone
+
+    endpoint = found.group(1) or found.group(2) or next(iter(gone(workers)), "")
+    who = f"The worker at {endpoint}" if endpoint else "A worker"
+    return WorkerLostError(
+        f"{who} went away while {during}, which ended the engine; load the model again "
+        "without that worker, or restart `mixdesk worker` there.",
+        returncode=returncode,
+        log_tail=log_text[-4000:],
+        endpoint=endpoint,
+    )
+
+
 def engine_death(
-    returncode: int | None, log_text: str, *, during: str, model_path: str | None = None
+    returncode: int | None,
+    log_text: str,
+    *,
+    during: str,
+    model_path: str | None = None,
+    workers: Sequence[str] = (),
 ) -> EngineCrashedError:
     """Explain why the engine process ended.
 
@@ -131,7 +169,11 @@ def engine_death(
         log_text: the end of the engine's log (llama.cpp's stderr).
         during: what the engine was doing, e.g. "loading the model" or "answering".
         model_path: the model it had loaded, if any.
+        workers: the workers (``host:port``) the engine was using.
     """
+    lost = worker_lost(returncode, log_text, during=during, workers=workers)
+    if lost is not None:
+        return lost
     name = Path(model_path).name if model_path else "the model"
     assertion = _ASSERT.search(log_text)
     oom = out_of_memory(name, log_text) if _OOM.search(log_text) else None

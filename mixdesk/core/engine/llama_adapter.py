@@ -257,6 +257,8 @@ def add_rpc_servers(endpoints: Sequence[str]) -> None:
 
     Raises:
         AdapterError: this llama.cpp build has no RPC backend.
+        WorkerError: a worker is unreachable, busy or runs other versions (before llama.cpp
+            connects, which would abort the process).
     """
     g = ggml()
     if endpoints and g.rpc is None:
@@ -264,36 +266,60 @@ def add_rpc_servers(endpoints: Sequence[str]) -> None:
             "this llama-cpp-python build has no RPC backend (build it with -DGGML_RPC=ON)"
         )
     assert g.rpc is not None or not endpoints
+    from mixdesk.core.rpc_worker import check_before_connecting
+
     for endpoint in endpoints:
         assert g.rpc is not None
+        # llama.cpp aborts this process on a refused connection or a version mismatch, and
+        # hangs on a server busy with another client: MixDesk's handshake asks first.
+        check_before_connecting(endpoint)
         reg = g.rpc.ggml_backend_rpc_add_server(endpoint.encode())
         if not reg:
             raise AdapterError(f"llama.cpp refused the RPC server {endpoint}")
         g.register(reg)
 
 
-def serve_rpc(endpoint: str, *, threads: int, cache_dir: str | None = None) -> None:
-    """Serve this machine's first GPU (or its CPU) to llama.cpp RPC clients; never returns.
+def rpc_device(name: str | None = None) -> BackendDevice:
+    """The device an RPC server offers: the one named (``CUDA1``, ``CPU``), else this
+    machine's first GPU, else its CPU.
 
     Raises:
-        AdapterError: this llama.cpp build has no RPC backend.
+        AdapterError: no device has that name (the message lists the ones there are).
+    """
+    devices = [d for d in backend_devices() if not d.is_rpc]
+    if name:
+        for d in devices:
+            if d.name.lower() == name.lower():
+                return d
+        names = ", ".join(d.name for d in devices)
+        raise AdapterError(f"there is no device {name!r} here; the devices are {names}")
+    gpus = [d for d in devices if d.kind in ("gpu", "igpu")]
+    return gpus[0] if gpus else next(d for d in devices if d.kind == "cpu")
+
+
+def serve_rpc(
+    endpoint: str, *, threads: int, cache_dir: str | None = None, device: str | None = None
+) -> None:
+    """Serve ``device`` (default: this machine's first GPU, or its CPU) to llama.cpp RPC
+    clients; never returns.
+
+    Raises:
+        AdapterError: this llama.cpp build has no RPC backend, or no such device.
     """
     g = ggml()
     if g.rpc is None:
         raise AdapterError(
             "this llama-cpp-python build has no RPC backend (build it with -DGGML_RPC=ON)"
         )
-    gpus = local_gpus()
-    device = None
-    if gpus:
-        for i in range(g.dev_count()):
-            dev = g.dev_get(i)
-            if (g.dev_name(dev) or b"").decode() == gpus[0].name:
-                device = dev
-                break
-    if device is None:
-        device = g.dev_by_type(DEVICE_CPU)
-    devices = (ctypes.c_void_p * 1)(device)
+    wanted = rpc_device(device).name
+    chosen = None
+    for i in range(g.dev_count()):
+        dev = g.dev_get(i)
+        if (g.dev_name(dev) or b"").decode() == wanted:
+            chosen = dev
+            break
+    device_ptr = chosen if chosen is not None else g.dev_by_type(DEVICE_CPU)
+    devices = (ctypes.c_void_p * 1)(device_ptr)
     g.rpc.ggml_backend_rpc_start_server(
         endpoint.encode(),
         cache_dir.encode() if cache_dir else None,
