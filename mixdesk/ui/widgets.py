@@ -296,9 +296,9 @@ class DeviceBars(QWidget):
             p.drawRect(QRectF(4, y + 16, width * d.free_bytes / scale, 14))
             y += 40
         p.setPen(QColor("#333"))
-        for name, color, rect in self.legend_items():
+        for name, swatch_color, rect in self.legend_items():
             swatch = rect.top() + (rect.height() - 10) / 2
-            p.fillRect(QRectF(rect.left(), swatch, 10, 10), color)
+            p.fillRect(QRectF(rect.left(), swatch, 10, 10), swatch_color)
             text = rect.adjusted(14, 0, 0, 0)
             p.drawText(text, int(Qt.AlignmentFlag.AlignVCenter | Qt.AlignmentFlag.AlignLeft), name)
         p.end()
