@@ -20,6 +20,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from mixdesk.core import calibration
 from mixdesk.core.engine.protocol import KV_CACHE_TYPES, LoadConfig, ModelInfo
 from mixdesk.core.gguf_header import open_model_file
 from mixdesk.core.hardware import HardwareInfo
@@ -192,6 +193,7 @@ def make_plan(
         measured_compute=measured,
         strategy=choices.strategy,
         experts_in_ram=choices.experts_in_ram,
+        overheads=calibration.measured_overheads(calibration.installed_llama_version()),
     )
 
 

@@ -149,6 +149,8 @@ class DevicePlan:
     output: bool = False
     #: The device's name in llama.cpp's buffer log lines ("CUDA0", "RPC0[host:port]", "CPU").
     buffer_name: str = ""
+    #: Whether ``overhead_bytes`` was measured on this machine (else a default).
+    overhead_measured: bool = False
     #: For a worker (RPC device): the bytes a load sends it over the network (its weights;
     #: KV cache and compute buffers are allocated there), and the time that takes at the
     #: measured link speed (None: not measured).
@@ -350,6 +352,8 @@ class _Costs:
     measured: Mapping[str, int] = field(default_factory=dict)
     #: More compute buffer on a GPU: op offload copies RAM-resident expert tensors there.
     gpu_extra: int = 0
+    #: Runtime overheads measured on this machine, by device buffer name.
+    overheads: Mapping[str, int] = field(default_factory=dict)
 
     def compute_on(self, name: str) -> int:
         """The compute buffer of device ``name``: measured if known, else the formula's."""
@@ -386,7 +390,12 @@ def _device_plan(
         weights_bytes=sum(b for b, _ in slots),
         kv_bytes=layers * costs.kv_layer,
         compute_bytes=costs.compute_on(buffer_name(gpu)) if used else 0,
-        overhead_bytes=RUNTIME_OVERHEAD.get(gpu.backend, 300 * MIB) if used else 0,
+        overhead_bytes=costs.overheads.get(
+            buffer_name(gpu), RUNTIME_OVERHEAD.get(gpu.backend, 300 * MIB)
+        )
+        if used
+        else 0,
+        overhead_measured=buffer_name(gpu) in costs.overheads,
         margin_bytes=GPU_MARGIN if used else 0,
         layers=layers,
         output=output,
@@ -466,6 +475,7 @@ def plan_offload(  # noqa: PLR0915 - the lead's rewrite in progress splits it (i
     measured_compute: Mapping[str, int] | None = None,
     strategy: str = "layers",
     experts_in_ram: int | None = None,
+    overheads: Mapping[str, int] | None = None,
 ) -> OffloadPlan:
     """Plan how to load ``profile`` on ``hardware``.
 
@@ -485,6 +495,8 @@ def plan_offload(  # noqa: PLR0915 - the lead's rewrite in progress splits it (i
             layer on the GPU, the expert tensors of the first K layers in RAM: what llama.cpp's
             ``--n-cpu-moe K`` does). With "experts" ``n_gpu_layers`` is always all of them.
         experts_in_ram: K for the "experts" strategy when the user fixed it.
+        overheads: the runtime overhead measured per device on this machine
+            (:mod:`mixdesk.core.calibration`), by buffer name; else the defaults.
     """
     if gpu_offload_supported is None:
         gpu_offload_supported = hardware.gpu_offload is not False
@@ -514,6 +526,7 @@ def plan_offload(  # noqa: PLR0915 - the lead's rewrite in progress splits it (i
             ),
             measured=measured_compute or {},
             gpu_extra=_largest_expert_tensor(profile, k) if k else 0,
+            overheads=overheads or {},
         )
 
     def choose(ctx: int) -> tuple[int, int, int, list[int]]:
@@ -669,6 +682,14 @@ def _explain(
         lines.append(
             f"Not even one layer fits in the {format_bytes(gpu.free_bytes)} free on {gpu.name}: CPU only."
         )
+    for d in plan.gpus:
+        if d.layers or d.output:
+            how = (
+                "measured on this machine"
+                if d.overhead_measured
+                else "a default until a load measures it"
+            )
+            lines.append(f"Runtime overhead on {d.name}: {format_bytes(d.overhead_bytes)} ({how}).")
     if len(plan.gpus) > 1:
         shares = "; ".join(
             f"{d.name}: {d.layers} layers{' + output' if d.output else ''}, {format_bytes(d.used_bytes)}"

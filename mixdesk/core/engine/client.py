@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from mixdesk import errors, paths
+from mixdesk.core import calibration
 from mixdesk.core.chat_template import ChatMessage
 from mixdesk.core.engine import diagnose
 from mixdesk.core.engine.protocol import (
@@ -40,6 +41,7 @@ from mixdesk.core.engine.protocol import (
     CancelCommand,
     ChatCommand,
     ChatDone,
+    DeviceMemory,
     DryRunCommand,
     EngineCommand,
     EngineFailure,
@@ -70,6 +72,7 @@ _EVENT_TYPES: dict[str, type[Any]] = {
     "load_progress": LoadProgress,
     "loaded": ModelInfo,
     "buffers": BufferReport,
+    "device_memory": DeviceMemory,
     "delta": TextDelta,
     "done": ChatDone,
     "error": EngineFailure,
@@ -216,6 +219,8 @@ class ChatStream(AnswerStream):
                 self.result = event
                 self._engine._active = None
                 raise StopIteration
+            if isinstance(event, DeviceMemory):
+                self._engine._calibrated(event)
             if isinstance(event, EngineFailure):
                 self._engine._active = None
                 raise _failure_to_error(event)
@@ -258,6 +263,8 @@ class Engine:
         self._active: ChatStream | None = None
         self._fresh = False  # started and never asked to load: a load can reuse it
         self._devices: tuple[str, ...] = ()  # RPC servers a dry run registered
+        #: Runtime overhead measured per device after the last load's first prompt batch.
+        self.overheads: dict[str, int] = {}
         self.info: EngineInfo | None = None
         self.model: ModelInfo | None = None
         self.log_path: Path | None = None
@@ -422,6 +429,18 @@ class Engine:
                 return event.buffers
             if isinstance(event, EngineFailure):
                 raise _failure_to_error(event)
+
+    def _calibrated(self, memory: DeviceMemory) -> None:
+        """Keep what the runtime used on each device beyond llama.cpp's buffers (the planner's
+        overhead next time); a failure to write it never stops an answer."""
+        if self.model is None or self.info is None:
+            return
+        try:
+            self.overheads = calibration.record(
+                self.model, memory.free, self.info.llama_cpp_version
+            )
+        except OSError:
+            log.warning("could not keep the measured overhead", exc_info=True)
 
     def _ensure_fresh(self, config: LoadConfig) -> None:
         """A process with no model and no other devices registered than ``config``'s."""

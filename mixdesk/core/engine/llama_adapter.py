@@ -241,6 +241,17 @@ def backend_devices() -> list[BackendDevice]:
     return found
 
 
+def offload_free_memory() -> dict[str, int]:
+    """Free memory of every offload device, keyed by the name llama.cpp gives its buffers
+    (``CUDA0``, ``RPC0[host:port]``), as the planner's ``DevicePlan.buffer_name``."""
+    found = {}
+    for d in backend_devices():
+        if d.kind == "cpu":
+            continue
+        found[f"RPC0[{d.description}]" if d.is_rpc else d.name] = d.free_bytes
+    return found
+
+
 def local_gpus() -> list[BackendDevice]:
     """The GPUs of this machine llama.cpp can use (RPC devices excluded).
 

@@ -110,6 +110,8 @@ class ModelInfo:
     buffers: dict[str, int] = field(default_factory=dict)
     #: Why a built-in chat template stands in for the model's own (empty when it does not).
     chat_template_note: str = ""
+    #: Free memory of each offload device (by buffer name) before loading and after.
+    device_free: dict[str, list[int]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -220,6 +222,14 @@ class DryRunCommand:
     engine answers with a :class:`BufferReport` (or an :class:`EngineFailure`)."""
 
     config: LoadConfig
+
+
+@dataclass(frozen=True)
+class DeviceMemory:
+    """Free memory of each offload device (by buffer name) after the first prompt batch of a
+    loaded model: with the readings before and after loading, what the runtime itself uses."""
+
+    free: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,7 @@ from mixdesk.core.engine.protocol import (
     CancelCommand,
     ChatCommand,
     ChatDone,
+    DeviceMemory,
     DryRunCommand,
     EngineCommand,
     EngineFailure,
@@ -122,6 +123,8 @@ class EngineWorker:
         self._config: LoadConfig | None = None
         self._template: ChatTemplate | None = None
         self._pieces: dict[int, bytes] = {}
+        self._overrides: llama_adapter.TensorOverrides | None = None
+        self._calibrate = False  # report device memory after the first prompt batch
         # ctypes callbacks must stay referenced while llama.cpp may call them.
         self._abort_cb = llama_cpp.ggml_abort_callback(self._should_abort)
 
@@ -154,6 +157,7 @@ class EngineWorker:
         progress_cb = lc.llama_progress_callback(on_progress)
         kwargs = _llama_kwargs(config)
         n_threads, flash_attn = kwargs["n_threads"], kwargs["flash_attn"]
+        free_before = llama_adapter.offload_free_memory() if config.n_gpu_layers else {}
         start = time.perf_counter()
         try:
             overrides = _overrides(config)
@@ -176,6 +180,8 @@ class EngineWorker:
         arch = metadata.get("general.architecture", "unknown")
         n_layers = int(metadata.get(f"{arch}.block_count", "0") or 0)
         log_text = self._tee.text()
+        free_after = llama_adapter.offload_free_memory() if free_before else {}
+        self._calibrate = bool(free_before)  # once more after the first prompt batch
         info = ModelInfo(
             path=str(path),
             name=metadata.get("general.name", path.stem),
@@ -196,6 +202,7 @@ class EngineWorker:
             type_k=config.type_k,
             type_v=config.type_v,
             buffers=diagnose.buffer_sizes(log_text),
+            device_free={k: [v, free_after.get(k, v)] for k, v in free_before.items()},
         )
         self._channel.send(encode("loaded", info))
 
@@ -323,6 +330,10 @@ class EngineWorker:
                 if answer.n_generated == 0:
                     answer.ttft = time.perf_counter() - answer.start
                     lc.llama_set_abort_callback(ctx, lc.ggml_abort_callback(0), None)
+                    if self._calibrate:  # the runtime's lazy allocations happen by now
+                        self._calibrate = False
+                        free = llama_adapter.offload_free_memory()
+                        self._channel.send(encode("device_memory", DeviceMemory(free)))
                 if answer.request_id in cancelled:
                     answer.finish = "cancelled"
                     break
