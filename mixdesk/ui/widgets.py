@@ -1,158 +1,23 @@
-"""Widgets that only display: the chat view, the live speed, the per-device memory bars."""
+"""Widgets that only display: the live speed, the per-device memory bars, the banner (the
+chat view lives in :mod:`.chat_view`)."""
 
 from __future__ import annotations
 
-import html
 import itertools
-from typing import Any
 
-from PySide6.QtCore import QRectF, QSize, Qt, QUrl, Signal
+from PySide6.QtCore import QRectF, QSize, Qt
 from PySide6.QtGui import (
     QColor,
-    QGuiApplication,
     QPainter,
     QPen,
     QResizeEvent,
-    QTextBlockFormat,
-    QTextCharFormat,
-    QTextCursor,
 )
-from PySide6.QtWidgets import QHeaderView, QLabel, QTableWidget, QTextBrowser, QWidget
+from PySide6.QtWidgets import QHeaderView, QLabel, QTableWidget, QWidget
 
-from mixdesk.core.chat_store import StoredMessage
 from mixdesk.core.engine import GenerationStats
 from mixdesk.core.hardware import format_bytes
 from mixdesk.core.planner import DevicePlan
-from mixdesk.ui.markdown import render_markdown
-
-
-def stats_line(stats: GenerationStats | None) -> str:
-    """The speed figures of an answer, as shown under it."""
-    if stats is None:
-        return ""
-    return (
-        f"{stats.eval_tokens} tokens · {stats.eval_tps:.1f} tok/s · "
-        f"prompt {stats.prompt_tps:.0f} tok/s · first token {stats.ttft_s:.2f} s"
-    )
-
-
-class ChatView(QTextBrowser):
-    """A conversation rendered as HTML; only the streaming answer is re-rendered as it grows.
-
-    Signals:
-        editRequested(int): the user clicked "edit" on a message (its id).
-        copied(str): a code block was copied to the clipboard.
-    """
-
-    editRequested = Signal(int)
-    copied = Signal(str)
-
-    def __init__(self, parent: QWidget | None = None) -> None:
-        super().__init__(parent)
-        self.setOpenLinks(False)
-        self.setOpenExternalLinks(False)
-        self.anchorClicked.connect(self._anchor)
-        self._codes: list[str] = []
-        self._prefix_codes = 0
-        self.streaming_text = ""
-        self._stream_start = 0
-        self._plain = QTextCharFormat()
-
-    def loadResource(self, kind: int, name: QUrl | str) -> Any:  # noqa: N802 - Qt's name
-        """Never load anything (model output may name remote images)."""
-        return None
-
-    def _message_html(self, m: StoredMessage) -> tuple[str, list[str]]:
-        """A message as HTML, and the code blocks its copy links point to."""
-        if m.role == "user":
-            return (
-                f'<p style="background:#eef4ff;padding:6px"><b>You</b> '
-                f'<a href="edit:{m.id}" style="font-size:small">edit</a><br>'
-                f"{html.escape(m.content).replace(chr(10), '<br>')}</p>"
-            ), []
-        body, codes = render_markdown(m.content, code_link_prefix=f"copy:{len(self._codes)}:")
-        footer = ""
-        if m.stats:
-            note = " · stopped" if m.finish_reason == "cancelled" else ""
-            footer = f'<p style="color:#888;font-size:small">{stats_line(m.stats)}{note}</p>'
-        return f"<div><b>Assistant</b>{body}{footer}</div>", codes
-
-    def set_messages(self, messages: list[StoredMessage]) -> None:
-        """Show a whole conversation."""
-        self._codes = []
-        parts = []
-        for m in messages:
-            if m.role != "system":
-                part, codes = self._message_html(m)
-                parts.append(part)
-                self._codes += codes
-        self._prefix_codes = len(self._codes)
-        self.streaming_text = ""
-        at_bottom = self._at_bottom()
-        self.setHtml("".join(parts))
-        if at_bottom:
-            self._scroll_to_bottom()
-
-    def start_streaming(self) -> None:
-        """Open a new answer at the end of the conversation."""
-        self.streaming_text = ""
-        cursor = self._end_cursor()
-        # a fresh block with plain formats, so nothing carries over from the user's message
-        cursor.insertBlock(QTextBlockFormat(), QTextCharFormat())
-        bold = QTextCharFormat()
-        bold.setFontWeight(700)
-        cursor.insertText("Assistant", bold)
-        cursor.insertBlock(QTextBlockFormat(), QTextCharFormat())
-        self._plain = QTextCharFormat()
-        self._stream_start = cursor.position()
-
-    def append_streaming(self, delta: str) -> None:
-        """Add text to the streaming answer: only the new characters are laid out."""
-        if not delta:
-            return
-        at_bottom = self._at_bottom()
-        self.streaming_text += delta
-        self._end_cursor().insertText(delta, self._plain)
-        if at_bottom:
-            self._scroll_to_bottom()
-
-    def render_streaming(self) -> None:
-        """Re-render the streaming answer as Markdown (done a few times a second, not per token)."""
-        at_bottom = self._at_bottom()
-        cursor = self._end_cursor()
-        cursor.setPosition(self._stream_start, QTextCursor.MoveMode.KeepAnchor)
-        cursor.removeSelectedText()
-        body, codes = render_markdown(
-            self.streaming_text, code_link_prefix=f"copy:{self._prefix_codes}:"
-        )
-        self._codes = self._codes[: self._prefix_codes] + codes
-        cursor.insertHtml(body)
-        if at_bottom:
-            self._scroll_to_bottom()
-
-    def _end_cursor(self) -> QTextCursor:
-        cursor = QTextCursor(self.document())
-        cursor.movePosition(QTextCursor.MoveOperation.End)
-        return cursor
-
-    def _at_bottom(self) -> bool:
-        bar = self.verticalScrollBar()
-        return bar.value() >= bar.maximum() - 4
-
-    def _scroll_to_bottom(self) -> None:
-        bar = self.verticalScrollBar()
-        bar.setValue(bar.maximum())
-
-    def _anchor(self, url: QUrl) -> None:
-        text = url.toString()
-        if text.startswith("edit:"):
-            self.editRequested.emit(int(text.split(":")[1]))
-        elif text.startswith("copy:"):
-            _, base, index = text.split(":")
-            code_index = int(base) + int(index)
-            if 0 <= code_index < len(self._codes):
-                QGuiApplication.clipboard().setText(self._codes[code_index])
-                self.copied.emit(self._codes[code_index])
+from mixdesk.ui.chat_view import ChatView, stats_line
 
 
 class SpeedMeter:
@@ -337,3 +202,6 @@ class Banner(QLabel):
     def show_text(self, text: str) -> None:
         self.setText(text)
         self.setVisible(bool(text))
+
+
+__all__ = ["Banner", "ChatView", "DeviceBars", "SpeedMeter", "readable_headers", "stats_line"]

@@ -1,0 +1,233 @@
+"""The chat view: a conversation people read, with the streaming answer growing at its end.
+
+Each turn is a block of its own (a coloured stripe, a tint and the role's name: "You" or
+"Assistant"), the time it was written shows when the pointer rests on the name, an answer
+ends with its speed figures, and code blocks have "copy" links. What a model writes is
+Markdown rendered by :mod:`mixdesk.ui.markdown` (no HTML of its own, nothing remote).
+
+While an answer streams, the view follows it to the bottom with a short scroll animation,
+unless the user has scrolled up to read: it then stays where the user put it until they
+scroll back to the end.
+"""
+
+from __future__ import annotations
+
+import html
+import time
+from typing import Any
+
+from PySide6.QtCore import QEasingCurve, QEvent, QPoint, QPropertyAnimation, QUrl, Signal
+from PySide6.QtGui import (
+    QGuiApplication,
+    QHelpEvent,
+    QTextBlockFormat,
+    QTextCharFormat,
+    QTextCursor,
+)
+from PySide6.QtWidgets import QTextBrowser, QToolTip, QWidget
+
+from mixdesk.core.chat_store import StoredMessage
+from mixdesk.core.engine import GenerationStats
+from mixdesk.ui.markdown import render_markdown
+
+#: (stripe, tint, name colour) of each role.
+_ROLE_STYLE = {
+    "user": ("#2b7de9", "#eef4ff", "#1f5fbf"),
+    "assistant": ("#59a14f", "#f6f8f6", "#2e6b27"),
+    "note": ("#bab0ac", "#fafafa", "#666666"),
+}
+SCROLL_MS = 120
+
+
+def stats_line(stats: GenerationStats | None) -> str:
+    """The speed figures of an answer, as shown under it."""
+    if stats is None:
+        return ""
+    return (
+        f"{stats.eval_tokens} tokens · {stats.eval_tps:.1f} tok/s · "
+        f"prompt {stats.prompt_tps:.0f} tok/s · first token {stats.ttft_s:.2f} s"
+    )
+
+
+def written_at(created: float) -> str:
+    """When a message was written, for its tooltip."""
+    if created <= 0:
+        return ""
+    return time.strftime("Written %H:%M:%S, %d %b %Y", time.localtime(created))
+
+
+def turn_html(role: str, header: str, body: str, *, created: float = 0.0) -> str:
+    """One turn: a stripe and a tint by role, the role's name (with its time as a tooltip)."""
+    stripe, tint, colour = _ROLE_STYLE.get(role, _ROLE_STYLE["note"])
+    title = html.escape(written_at(created), quote=True)
+    name = "You" if role == "user" else "Assistant" if role == "assistant" else ""
+    return (
+        '<table width="100%" cellspacing="0" cellpadding="6" style="margin-top:8px">'
+        f'<tr><td width="4" bgcolor="{stripe}"></td><td bgcolor="{tint}">'
+        f'<span style="font-weight:bold;color:{colour}" title="{title}">{name}</span>{header}'
+        f"{body}</td></tr></table>"
+    )
+
+
+class ChatView(QTextBrowser):
+    """A conversation rendered as HTML; only the streaming answer is re-rendered as it grows.
+
+    Attributes:
+        following: whether the view keeps to the bottom as the answer grows (False once the
+            user scrolls up, True again when they scroll back to the end).
+
+    Signals:
+        editRequested(int): the user clicked "edit" on a message (its id).
+        copied(str): a code block was copied to the clipboard.
+    """
+
+    editRequested = Signal(int)
+    copied = Signal(str)
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setOpenLinks(False)
+        self.setOpenExternalLinks(False)
+        self.anchorClicked.connect(self._anchor)
+        self._codes: list[str] = []
+        self._prefix_codes = 0
+        self.streaming_text = ""
+        self._stream_start = 0
+        self._plain = QTextCharFormat()
+        self.following = True
+        bar = self.verticalScrollBar()
+        self.scroll_animation = QPropertyAnimation(bar, b"value", self)
+        self.scroll_animation.setDuration(SCROLL_MS)
+        self.scroll_animation.setEasingCurve(QEasingCurve.Type.OutCubic)
+        bar.valueChanged.connect(self._scrolled)
+
+    def loadResource(self, kind: int, name: QUrl | str) -> Any:  # noqa: N802 - Qt's name
+        """Never load anything (model output may name remote images)."""
+        return None
+
+    # -- whole conversations ------------------------------------------------------------
+
+    def _message_html(self, m: StoredMessage) -> tuple[str, list[str]]:
+        """A message as HTML, and the code blocks its copy links point to."""
+        if m.role == "user":
+            edit = f' <a href="edit:{m.id}" style="font-size:small">edit</a>'
+            text = html.escape(m.content).replace("\n", "<br>")
+            return turn_html("user", edit, f"<p>{text}</p>", created=m.created), []
+        body, codes = render_markdown(m.content, code_link_prefix=f"copy:{len(self._codes)}:")
+        footer = ""
+        if m.stats:
+            note = " · stopped" if m.finish_reason == "cancelled" else ""
+            footer = f'<p style="color:#777;font-size:small">{stats_line(m.stats)}{note}</p>'
+        return turn_html("assistant", "", body + footer, created=m.created), codes
+
+    def set_messages(self, messages: list[StoredMessage], *, note: str = "") -> None:
+        """Show a whole conversation (``note``: a line above it, e.g. turns left out)."""
+        self._codes = []
+        parts = [f'<p style="color:#777;font-style:italic">{html.escape(note)}</p>'] if note else []
+        for m in messages:
+            if m.role != "system":
+                part, codes = self._message_html(m)
+                parts.append(part)
+                self._codes += codes
+        self._prefix_codes = len(self._codes)
+        self.streaming_text = ""
+        self.scroll_animation.stop()
+        self.setHtml("".join(parts))
+        if self.following:
+            self._jump_to_bottom()
+
+    # -- the streaming answer -----------------------------------------------------------
+
+    def start_streaming(self) -> None:
+        """Open a new answer at the end of the conversation (the view follows it)."""
+        self.streaming_text = ""
+        self.following = True
+        cursor = self._end_cursor()
+        # a fresh block with plain formats, so nothing carries over from the user's message
+        cursor.insertBlock(QTextBlockFormat(), QTextCharFormat())
+        cursor.insertHtml(turn_html("assistant", "", "", created=time.time()))
+        cursor = self._end_cursor()
+        cursor.insertBlock(QTextBlockFormat(), QTextCharFormat())
+        self._plain = QTextCharFormat()
+        self._stream_start = cursor.position()
+        self._jump_to_bottom()
+
+    def append_streaming(self, delta: str) -> None:
+        """Add text to the streaming answer: only the new characters are laid out."""
+        if not delta:
+            return
+        self.streaming_text += delta
+        self._end_cursor().insertText(delta, self._plain)
+        self._follow()
+
+    def render_streaming(self) -> None:
+        """Re-render the streaming answer as Markdown (done a few times a second, not per token)."""
+        cursor = self._end_cursor()
+        cursor.setPosition(self._stream_start, QTextCursor.MoveMode.KeepAnchor)
+        cursor.removeSelectedText()
+        body, codes = render_markdown(
+            self.streaming_text, code_link_prefix=f"copy:{self._prefix_codes}:"
+        )
+        self._codes = self._codes[: self._prefix_codes] + codes
+        cursor.insertHtml(body)
+        self._follow()
+
+    # -- scrolling ----------------------------------------------------------------------
+
+    def at_bottom(self) -> bool:
+        """Whether the end of the conversation is in view."""
+        bar = self.verticalScrollBar()
+        return bar.value() >= bar.maximum() - 4
+
+    def _scrolled(self, _value: int) -> None:
+        # Moves made by the animation are ours; any other move is the user's (wheel, keys,
+        # the scroll bar): following resumes only when they come back to the end.
+        if self.scroll_animation.state() != QPropertyAnimation.State.Running:
+            self.following = self.at_bottom()
+
+    def _follow(self) -> None:
+        """Glide to the new end, unless the user scrolled up to read."""
+        if not self.following:
+            return
+        bar = self.verticalScrollBar()
+        self.scroll_animation.stop()
+        self.scroll_animation.setStartValue(bar.value())
+        self.scroll_animation.setEndValue(bar.maximum())
+        self.scroll_animation.start()
+
+    def _jump_to_bottom(self) -> None:
+        bar = self.verticalScrollBar()
+        bar.setValue(bar.maximum())
+        self.following = True
+
+    # -- links and tooltips -------------------------------------------------------------
+
+    def _end_cursor(self) -> QTextCursor:
+        cursor = QTextCursor(self.document())
+        cursor.movePosition(QTextCursor.MoveOperation.End)
+        return cursor
+
+    def tooltip_at(self, pos: QPoint) -> str:
+        """The tooltip of the text at ``pos`` (viewport coordinates): a message's time."""
+        return self.cursorForPosition(pos).charFormat().toolTip()
+
+    def viewportEvent(self, e: QEvent) -> bool:  # noqa: N802 - Qt's name
+        if e.type() == QEvent.Type.ToolTip and isinstance(e, QHelpEvent):
+            tip = self.tooltip_at(e.pos())
+            if tip:
+                QToolTip.showText(e.globalPos(), tip, self)
+            else:
+                QToolTip.hideText()
+            return True
+        return super().viewportEvent(e)
+
+    def _anchor(self, url: QUrl) -> None:
+        text = url.toString()
+        if text.startswith("edit:"):
+            self.editRequested.emit(int(text.split(":")[1]))
+        elif text.startswith("copy:"):
+            _, base, index = text.split(":")
+            code_index = int(base) + int(index)
+            if 0 <= code_index < len(self._codes):
+                QGuiApplication.clipboard().setText(self._codes[code_index])
+                self.copied.emit(self._codes[code_index])

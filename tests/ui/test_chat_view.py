@@ -1,0 +1,94 @@
+"""The chat view people read: distinct turns, times on hover, answer footers, a scroll that
+follows the answer only while the user has not scrolled up, and no HTML from the model."""
+
+from __future__ import annotations
+
+import time
+
+from pytestqt.qtbot import QtBot
+
+from mixdesk.core.chat_store import StoredMessage
+from mixdesk.core.engine import GenerationStats
+from mixdesk.ui.chat_view import ChatView
+
+WHEN = time.mktime((2026, 11, 26, 14, 5, 9, 0, 0, -1))
+
+
+def _conversation(turns: int) -> list[StoredMessage]:
+    out = []
+    for i in range(turns):
+        out.append(StoredMessage(2 * i + 1, "user", f"Question {i}", created=WHEN))
+        out.append(
+            StoredMessage(
+                2 * i + 2,
+                "assistant",
+                f"Answer {i}\n\n```python\nprint({i})\n```",
+                stats=GenerationStats(eval_tokens=42, eval_tps=12.5, prompt_tps=100.0),
+                finish_reason="stop",
+                created=WHEN + 1,
+            )
+        )
+    return out
+
+
+def _view(qtbot: QtBot) -> ChatView:
+    view = ChatView()
+    qtbot.addWidget(view)
+    view.resize(500, 260)
+    view.show()
+    qtbot.waitExposed(view)
+    return view
+
+
+def test_turns_are_distinct_with_times_on_hover_and_speed_footers(qtbot: QtBot) -> None:
+    view = _view(qtbot)
+    view.set_messages(_conversation(1))
+    page = view.toHtml()
+    assert "#eef4ff" in page and "#f6f8f6" in page  # a tint per role, not one plain column
+    text = view.toPlainText()
+    assert text.index("You") < text.index("Question 0") < text.index("Assistant")
+    assert "42 tokens · 12.5 tok/s" in text
+    assert "copy" in text
+    for name, when in (("You", "14:05:09"), ("Assistant", "14:05:10")):
+        found = view.document().find(name)
+        found.setPosition(found.selectionStart() + 1)  # inside the word
+        tip = view.tooltip_at(view.cursorRect(found).center())
+        assert tip.startswith("Written ") and when in tip and "26 Nov 2026" in tip
+    assert view.tooltip_at(view.cursorRect(view.document().find("Question 0")).center()) == ""
+
+
+def test_the_stream_is_followed_only_while_the_user_has_not_scrolled_up(qtbot: QtBot) -> None:
+    view = _view(qtbot)
+    bar = view.verticalScrollBar()
+    view.set_messages(_conversation(8))
+    assert view.at_bottom()
+    view.start_streaming()
+    with qtbot.waitSignal(view.scroll_animation.finished, timeout=5_000):
+        view.append_streaming("line\n" * 40)
+    assert view.at_bottom() and bar.maximum() > 0
+
+    bar.setValue(0)  # the user scrolls up to read
+    assert not view.following
+    with qtbot.assertNotEmitted(view.scroll_animation.finished, wait=SCROLL_WAIT):
+        view.append_streaming("more\n" * 40)
+        view.render_streaming()
+    assert bar.value() == 0
+
+    bar.setValue(bar.maximum())  # back at the end: following again
+    assert view.following
+    with qtbot.waitSignal(view.scroll_animation.finished, timeout=5_000):
+        view.append_streaming("again\n" * 40)
+    assert view.at_bottom()
+
+
+SCROLL_WAIT = 300  # ms: longer than the scroll animation
+
+
+def test_model_output_is_text_and_loads_nothing(qtbot: QtBot) -> None:
+    view = _view(qtbot)
+    hostile = '<b>bold</b> <img src="http://example.com/x.png"> [a](http://example.com)'
+    view.set_messages([StoredMessage(1, "assistant", hostile)])
+    text = view.toPlainText()
+    assert "<b>bold</b>" in text
+    assert "(http://example.com)" in text
+    assert 'src="http' not in view.toHtml()
