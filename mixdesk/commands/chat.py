@@ -170,12 +170,31 @@ def run_chat(args: argparse.Namespace) -> int:
             history.append(ChatMessage("user", args.prompt))
             done = _stream(engine.chat(history, sampling), echo=not args.json)
             if args.json:
-                print_json(_json_result(done, info))
+                print_json({**_json_result(done, info), **_placement(outcome)})
             else:
                 sys.stdout.write("\n")
                 sys.stderr.write(speed_line(done.stats, load_s=info.load_s) + "\n")
             return 0
         return _interactive(engine, info, history, sampling)
+
+
+def _placement(outcome: LoadOutcome) -> dict[str, object]:
+    """Where the plan put the model and what llama.cpp reported allocating, per device."""
+    return {
+        "devices": [
+            {
+                "name": d.name,
+                "buffer_name": d.buffer_name,
+                "layers": d.layers,
+                "output": d.output,
+                "weights_bytes": d.weights_bytes,
+                "kv_bytes": d.kv_bytes,
+                "send_bytes": d.send_bytes,
+            }
+            for d in outcome.setup.plan.devices
+        ],
+        "buffers": outcome.info.buffers,
+    }
 
 
 def _json_result(done: ChatDone, info: ModelInfo) -> dict[str, object]:
