@@ -204,7 +204,7 @@ class OffloadPanel(QWidget):
             self.plan = plan_for(self.slider.value())
         plan = self.plan
         self.slider_label.setText(
-            f"GPU layers: {plan.n_gpu_layers} of {plan.n_layers + 1} "
+            f"n_gpu_layers {plan.n_gpu_layers}: {plan.placement_words} "
             f"(context {plan.n_ctx}, about {plan.expected_tps:g} tok/s estimated)"
         )
         self.bars.set_devices(plan.devices)

@@ -45,3 +45,40 @@ def test_window_retries_a_device_out_of_memory_with_fewer_layers(
     assert any(f"n_gpu_layers {everything} did not fit in GPU memory" in m for m in messages)
     assert window.last_error == ""  # a note, not an error
     window.close()
+
+
+def test_slider_says_where_the_output_layer_goes(
+    qtbot: QtBot, tmp_path: Path, models: dict[str, Path]
+) -> None:
+    """The slider speaks llama.cpp's n_gpu_layers: the output layer comes first."""
+    from mixdesk.core.engine import Engine
+    from mixdesk.core.hardware import GIB, GpuInfo, HardwareInfo
+
+    window = MainWindow(
+        store=ChatStore(tmp_path / "chats.sqlite"),
+        library=Library(tmp_path / "models"),
+        engine=Engine(log_dir=tmp_path / "logs"),
+        hardware=HardwareInfo(
+            ram_total_bytes=16 * GIB,
+            ram_available_bytes=12 * GIB,
+            physical_cores=2,
+            logical_cores=2,
+            gpus=[GpuInfo("Test GPU", "cuda", 8 * GIB, 8 * GIB)],
+            gpu_offload=True,
+        ),
+        quiet=True,
+    )
+    qtbot.addWidget(window)
+    window.select_model_path(str(models["q4_k_m"]))
+    qtbot.waitUntil(lambda: window.offload.plan is not None, timeout=10_000)
+    panel = window.offload
+    assert panel.slider.maximum() == 5  # 4 layers + the output layer
+    for value, words in (
+        (0, "n_gpu_layers 0: all 4 layers in RAM"),
+        (1, "n_gpu_layers 1: 0 of 4 layers + output on GPU"),
+        (2, "n_gpu_layers 2: 1 of 4 layers + output on GPU"),
+        (5, "n_gpu_layers 5: all 4 layers + output on GPU"),
+    ):
+        panel.slider.setValue(value)
+        assert panel.slider_label.text().startswith(words)
+    window.close()
