@@ -153,7 +153,15 @@ def server_main() -> int:
     )
     # The key is checked by MixDesk's own middleware (every route, constant time), not here.
     server = ServerSettings(host=config.host, port=config.port, api_key=None)
-    app = create_app(server_settings=server, model_settings=[model])
+    overrides = (
+        llama_adapter.TensorOverrides(
+            llama_adapter.experts_in_ram_patterns(range(load.experts_in_ram))
+        )
+        if load.experts_in_ram
+        else None
+    )
+    with llama_adapter.llama_extras(op_offload=load.op_offload, overrides=overrides):
+        app = create_app(server_settings=server, model_settings=[model])  # loads the model
     secure_app(app, api_key=config.api_key, cors_origins=config.cors_origins)
     uvicorn.run(app, host=config.host, port=config.port, log_level="warning")
     return 0

@@ -202,6 +202,28 @@ def model_params(
         low.llama_model_default_params = original
 
 
+@contextmanager
+def llama_extras(*, op_offload: bool | None, overrides: TensorOverrides | None) -> Iterator[None]:
+    """Make every ``Llama(...)`` built meanwhile use this op offload and these tensor overrides.
+
+    For code that builds the ``Llama`` itself and does not pass them (llama-cpp-python's
+    server: its ``ModelSettings`` has neither), so ``mixdesk serve`` loads exactly as the
+    engine does.
+    """
+    original = llama_cpp.Llama.__init__
+
+    def init(self: Any, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("op_offload", op_offload)
+        original(self, *args, **kwargs)
+
+    llama_cpp.Llama.__init__ = init  # type: ignore[method-assign]
+    try:
+        with model_params(overrides=overrides):
+            yield
+    finally:
+        llama_cpp.Llama.__init__ = original  # type: ignore[method-assign]
+
+
 # -- devices ----------------------------------------------------------------------------
 
 

@@ -1,0 +1,44 @@
+"""`mixdesk serve` loads a model exactly as the engine does (same LoadConfig, same buffers).
+
+llama-cpp-python's server builds its own ``Llama`` from ``ModelSettings``, which has no op
+offload and no tensor overrides; MixDesk passes them through the adapter. Checked on a real
+offload device: experts of the first layers in RAM, the rest on the RPC device.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from mixdesk.core.engine import Engine, diagnose
+from mixdesk.core.engine.rpc_server import RpcServerProcess
+from mixdesk.core.loading import LoadChoices, plan_load
+from mixdesk.core.serve import ServeConfig, start_server
+from tests.conftest import free_port
+from tests.core.test_offload_truth import rpc_hardware
+
+
+def test_serve_places_tensors_like_the_engine(
+    models: dict[str, Path], rpc_servers: Callable[..., RpcServerProcess], tmp_path: Path
+) -> None:
+    server = rpc_servers()
+    choices = LoadChoices(n_ctx=1024, strategy="experts", experts_in_ram=2, use_mmap=False)
+    setup = plan_load(models["q4_k_m"], rpc_hardware(server), choices)
+    assert setup.config.experts_in_ram == 2 and setup.config.rpc_servers == (server.endpoint,)
+
+    served = start_server(ServeConfig(load=setup.config, port=free_port()))
+    try:
+        served_buffers = diagnose.buffer_sizes(diagnose.read_tail(served.log_path, 1 << 20))
+    finally:
+        served.stop()  # an RPC server serves one client at a time
+    with Engine(log_dir=tmp_path) as engine:
+        engine_buffers = engine.load(setup.config).buffers
+
+    device = f"RPC0[{server.endpoint}]"
+    for kind in ("model", "KV"):
+        assert served_buffers[f"{device} {kind}"] == engine_buffers[f"{device} {kind}"]
+    cpu = served_buffers.get("CPU model", 0) + served_buffers.get("CPU_REPACK model", 0)
+    assert abs(cpu - setup.plan.cpu.weights_bytes) <= 0.01 * setup.plan.cpu.weights_bytes
+    assert abs(served_buffers[f"{device} model"] - setup.plan.gpus[0].weights_bytes) <= max(
+        0.01 * setup.plan.gpus[0].weights_bytes, 6000
+    )
