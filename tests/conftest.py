@@ -13,6 +13,7 @@ from mixdesk.core.engine import Engine
 from mixdesk.core.engine.rpc_server import RpcServerProcess, start_rpc_server
 from tests import model_factory as mf
 from tests.hub_server import HubState, serve_hub
+from tests.mixdesk_workers import workers  # noqa: F401 - a fixture: `mixdesk worker` processes
 
 # Before pytest-qt creates the (session-wide) QApplication: no display is needed, or used.
 os.environ["QT_QPA_PLATFORM"] = "offscreen"

@@ -160,12 +160,8 @@ def with_workers(hw: HardwareInfo, endpoints: list[str]) -> HardwareInfo:
         InvalidArgumentError: an endpoint is not HOST:PORT, or given twice.
         WorkerError: a worker cannot be used.
     """
-    from dataclasses import replace
-
-    from mixdesk.core.rpc_worker import probe_in_child
+    from mixdesk.core.rpc_worker import probe_in_child, with_devices
 
     if len(set(endpoints)) != len(endpoints):
         raise InvalidArgumentError("The same --worker is given twice; name each worker once.")
-    workers = [probe_in_child(e).as_gpu() for e in endpoints]
-    local = [g for g in hw.gpus if g.backend != "rpc"]
-    return replace(hw, gpus=workers + local)
+    return with_devices(hw, [probe_in_child(e).as_gpu() for e in endpoints])

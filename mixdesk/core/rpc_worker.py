@@ -30,11 +30,11 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from importlib import metadata
 
 from mixdesk import __version__
-from mixdesk.core.hardware import GpuInfo, format_bytes
+from mixdesk.core.hardware import GpuInfo, HardwareInfo, format_bytes
 from mixdesk.errors import (
     InvalidArgumentError,
     NotAWorkerError,
@@ -283,8 +283,6 @@ def probe(endpoint: str, *, speed: bool = True, timeout: float = 5.0) -> WorkerI
     info = hello(endpoint, timeout=timeout)
     check_versions(info)
     if speed and not info.busy:
-        from dataclasses import replace
-
         info = replace(info, link_bytes_per_s=measure_link(endpoint))
     return info
 
@@ -333,6 +331,13 @@ def gone(endpoints: Sequence[str], *, timeout: float = 1.0) -> list[str]:
         except WorkerError:
             missing.append(endpoint)
     return missing
+
+
+def with_devices(hw: HardwareInfo, workers: Sequence[GpuInfo]) -> HardwareInfo:
+    """``hw`` with ``workers`` as its RPC devices (in place of any it had), ahead of the local
+    GPUs as llama.cpp orders them."""
+    local = [g for g in hw.gpus if g.backend != "rpc"]
+    return replace(hw, gpus=[*workers, *local])
 
 
 # -- the probe child -----------------------------------------------------------------

@@ -84,6 +84,13 @@ class Settings:
             "prompt and the last message) or stop."
         },
     )
+    workers: list[str] = field(
+        default_factory=list,
+        metadata={
+            "doc": "Workers (HOST:PORT of `mixdesk worker` on other machines) whose GPUs the "
+            "app spreads a model over."
+        },
+    )
     endpoints: list[Endpoint] = field(
         default_factory=list,
         metadata={
@@ -170,6 +177,8 @@ def _fits(value: object, kind: Any) -> bool:
     origin, args = typing.get_origin(kind), typing.get_args(kind)
     if origin in (types.UnionType, typing.Union):
         return any(value is None if a is type(None) else _fits(value, a) for a in args)
+    if origin is list:
+        return isinstance(value, list) and all(_fits(v, args[0]) for v in value)
     if origin is dict:
         return isinstance(value, dict) and all(
             _fits(k, args[0]) and _fits(v, args[1]) for k, v in value.items()

@@ -5,9 +5,11 @@ from __future__ import annotations
 import html
 
 from PySide6.QtCore import Qt
-from PySide6.QtWidgets import QLabel, QWidget
+from PySide6.QtWidgets import QLabel, QVBoxLayout, QWidget
 
 from mixdesk.core.hardware import HardwareInfo, format_bytes
+from mixdesk.core.settings import Settings
+from mixdesk.ui.workers_panel import WorkersPanel
 
 
 def unused_gpu_notice(hw: HardwareInfo) -> str:
@@ -48,3 +50,16 @@ class HardwarePanel(QLabel):
             f"available of {format_bytes(hw.ram_total_bytes)}<br><b>CPU</b>: "
             f"{hw.physical_cores} cores<br><b>llama.cpp build</b>: {build}"
         )
+
+
+class HardwareTab(QWidget):
+    """The Hardware tab: this machine (:class:`HardwarePanel`) and the workers of other
+    machines (:class:`~mixdesk.ui.workers_panel.WorkersPanel`)."""
+
+    def __init__(self, settings: Settings, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.machine = HardwarePanel()
+        self.workers = WorkersPanel(settings)
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.machine)
+        layout.addWidget(self.workers, 1)

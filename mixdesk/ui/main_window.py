@@ -33,12 +33,13 @@ from mixdesk.core.engine import ChatDone, Engine, GenerationStats
 from mixdesk.core.hardware import HardwareInfo
 from mixdesk.core.library import Library
 from mixdesk.core.loading import LoadChoices, LoadOutcome, MeasureVariant
+from mixdesk.core.rpc_worker import with_devices
 from mixdesk.core.settings import Settings
 from mixdesk.errors import EngineCrashedError, user_message
 from mixdesk.ui.answer import AnswerController
 from mixdesk.ui.chat_pane import ChatPane
 from mixdesk.ui.conversations import ConversationController, ConversationPanel
-from mixdesk.ui.hardware_panel import HardwarePanel, unused_gpu_notice
+from mixdesk.ui.hardware_panel import HardwareTab, unused_gpu_notice
 from mixdesk.ui.measure import MeasureController
 from mixdesk.ui.model_manager import ModelManager
 from mixdesk.ui.models import ModelBar, ModelController
@@ -134,11 +135,15 @@ class MainWindow(QMainWindow):
         self.offload = OffloadPanel()
         self.offload.set_defaults(LoadChoices.from_settings(self.settings))
         self.manager = ModelManager(self.hardware, self.models.library)
-        self.hardware_label = HardwarePanel()
+        self.hardware_tab = HardwareTab(self.settings)
+        self.hardware_label, self.workers_panel = (
+            self.hardware_tab.machine,
+            self.hardware_tab.workers,
+        )
         self.tabs = QTabWidget()
         self.tabs.addTab(self.offload, "Offload")
         self.tabs.addTab(self.manager, "Models")
-        self.tabs.addTab(self.hardware_label, "Hardware")
+        self.tabs.addTab(self.hardware_tab, "Hardware")
 
         splitter = QSplitter()
         for part in (self.conversation_panel, center, self.tabs):
@@ -203,6 +208,8 @@ class MainWindow(QMainWindow):
         self.manager.message.connect(self.notify)
         self.manager.downloadFinished.connect(lambda _n: self.refresh_models())
         self.manager.modelChosen.connect(self.select_model_path)
+        self.workers_panel.workersChanged.connect(lambda _w: self.set_hardware(self.hardware))
+        self.workers_panel.message.connect(self.notify)
         self.userMessage.connect(lambda text: self.statusBar().showMessage(text, 10_000))
 
     # -- messages to the user -----------------------------------------------------------
@@ -224,6 +231,7 @@ class MainWindow(QMainWindow):
 
     def set_hardware(self, hw: HardwareInfo) -> None:
         """Show the machine, and the GPU-build banner when a GPU sits unused."""
+        hw = with_devices(hw, self.workers_panel.workers())  # the workers that answered
         self.hardware = hw
         self.manager.hardware = hw
         self.hardware_label.show_hardware(hw)
@@ -404,6 +412,7 @@ class MainWindow(QMainWindow):
         self.answers.save_partial()
         self.models.shutdown()
         self.manager.shutdown()
+        self.workers_panel.shutdown()
         self.controller.shutdown()
         self.store.close()
         super().closeEvent(event)
