@@ -46,6 +46,19 @@ DROP = (
 )
 
 
+#: What building and importing llama-cpp-python needs, brought as wheels (no network there).
+BUILD_DEPS = (
+    "scikit-build-core[pyproject]",
+    "cmake",
+    "ninja",
+    "numpy",
+    "typing-extensions",
+    "diskcache",
+    "jinja2",
+    "MarkupSafe",
+)
+
+
 def pack(out: Path) -> int:
     """Download the sdist and the build backend's wheels; keep what the build needs."""
     out.mkdir(parents=True, exist_ok=True)
@@ -69,14 +82,7 @@ def pack(out: Path) -> int:
             "download",
             "-d",
             str(out / "wheels"),
-            "scikit-build-core[pyproject]",
-            "cmake",
-            "ninja",
-            "numpy",
-            "typing-extensions",
-            "diskcache",
-            "jinja2",
-            "MarkupSafe",
+            *BUILD_DEPS,
         ],
         check=True,
     )
@@ -101,13 +107,7 @@ def _build(pack_dir: Path, venv: Path) -> Path:
     subprocess.run(
         [
             *pip,
-            "scikit-build-core[pyproject]",
-            "cmake",
-            "ninja",
-            "numpy",
-            "typing-extensions",
-            "diskcache",
-            "jinja2",
+            *BUILD_DEPS,
         ],
         check=True,
     )

@@ -14,6 +14,7 @@ from mixdesk.core.engine.rpc_server import RpcServerProcess, start_rpc_server
 from tests import model_factory as mf
 from tests.hub_server import HubState, serve_hub
 from tests.mixdesk_workers import workers  # noqa: F401 - a fixture: `mixdesk worker` processes
+from tests.net import free_port
 
 # Before pytest-qt creates the (session-wide) QApplication: no display is needed, or used.
 os.environ["QT_QPA_PLATFORM"] = "offscreen"
@@ -102,15 +103,6 @@ def engine(tmp_path: Path) -> Iterator[Engine]:
         yield eng
     finally:
         eng.close()
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 nobody listens on (right now)."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture

@@ -17,13 +17,11 @@ from pytestqt.qtbot import QtBot
 from mixdesk.cli import build_parser
 from mixdesk.commands.chat import load_request
 from mixdesk.commands.serve import serve_config
-from mixdesk.core.chat_store import ChatStore
-from mixdesk.core.engine import Engine
-from mixdesk.core.hardware import GIB, GpuInfo, HardwareInfo, Overrides, apply_overrides
-from mixdesk.core.library import Library
+from mixdesk.core.hardware import GIB, HardwareInfo, Overrides, apply_overrides
 from mixdesk.core.loading import LoadChoices, measure_variants
 from mixdesk.core.settings import Settings
-from mixdesk.ui.main_window import MainWindow
+from tests.ui.test_main_window import make_window
+from tests.ui.test_offload_retry import GPU_8GIB
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -77,14 +75,7 @@ def test_chat_serve_and_window_load_the_same(
     settings = Settings.load()
     settings.threads = args.threads
     settings.save()
-    window = MainWindow(
-        store=ChatStore(tmp_path / "chats.sqlite"),
-        library=Library(tmp_path / "models"),
-        engine=Engine(log_dir=tmp_path / "logs"),
-        hardware=hardware,
-        quiet=True,
-    )
-    qtbot.addWidget(window)
+    window = make_window(qtbot, tmp_path, hardware)
     window.select_model_path(model)
     qtbot.waitUntil(lambda: window.offload.plan is not None, timeout=10_000)
     panel = window.offload
@@ -127,21 +118,7 @@ def engines_alive() -> int:
 def test_measure_never_has_two_engines_alive(
     qtbot: QtBot, tmp_path: Path, models: dict[str, Path]
 ) -> None:
-    window = MainWindow(
-        store=ChatStore(tmp_path / "chats.sqlite"),
-        library=Library(tmp_path / "models"),
-        engine=Engine(log_dir=tmp_path / "logs"),
-        hardware=HardwareInfo(
-            ram_total_bytes=16 * GIB,
-            ram_available_bytes=12 * GIB,
-            physical_cores=2,
-            logical_cores=2,
-            gpus=[GpuInfo("Test GPU", "cuda", GIB, GIB)],
-            gpu_offload=True,
-        ),
-        quiet=True,
-    )
-    qtbot.addWidget(window)
+    window = make_window(qtbot, tmp_path, GPU_8GIB)
     window.select_model_path(str(models["q4_k_m"]))
     qtbot.waitUntil(lambda: window.offload.plan is not None, timeout=10_000)
     with qtbot.waitSignal(window.modelLoaded, timeout=30_000):

@@ -14,8 +14,8 @@ from mixdesk.core.engine import Engine, diagnose
 from mixdesk.core.engine.rpc_server import RpcServerProcess
 from mixdesk.core.loading import LoadChoices, plan_load
 from mixdesk.core.serve import ServeConfig, start_server
-from tests.conftest import free_port
 from tests.core.test_offload_truth import rpc_hardware
+from tests.net import free_port
 
 
 def test_serve_places_tensors_like_the_engine(

@@ -40,11 +40,14 @@ def squash(text: str) -> str:
     return " ".join(text.split())
 
 
-def make_window(qtbot: QtBot, tmp_path: Path, hardware: HardwareInfo = CPU) -> MainWindow:
+def make_window(
+    qtbot: QtBot, tmp_path: Path, hardware: HardwareInfo = CPU, *, engine: Engine | None = None
+) -> MainWindow:
+    """The real window with its own chats, library and engine under ``tmp_path``."""
     window = MainWindow(
         store=ChatStore(tmp_path / "chats.sqlite"),
         library=Library(tmp_path / "models"),
-        engine=Engine(log_dir=tmp_path / "logs"),
+        engine=engine or Engine(log_dir=tmp_path / "logs"),
         hardware=hardware,
         quiet=True,
     )

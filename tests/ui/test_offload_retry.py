@@ -6,14 +6,21 @@ from pathlib import Path
 
 from pytestqt.qtbot import QtBot
 
-from mixdesk.core.chat_store import ChatStore
 from mixdesk.core.engine.rpc_server import RpcServerProcess
-from mixdesk.core.hardware import MIB
-from mixdesk.core.library import Library
+from mixdesk.core.hardware import GIB, MIB, GpuInfo, HardwareInfo
 from mixdesk.core.loading import MAX_LOAD_TRIES
-from mixdesk.ui.main_window import MainWindow
 from tests.conftest import OOM_SHAPE
 from tests.core.test_device_oom import CountingEngine, Servers, device_hardware
+from tests.ui.test_main_window import make_window
+
+GPU_8GIB = HardwareInfo(
+    ram_total_bytes=16 * GIB,
+    ram_available_bytes=12 * GIB,
+    physical_cores=2,
+    logical_cores=2,
+    gpus=[GpuInfo("Test GPU", "cuda", 8 * GIB, 8 * GIB)],
+    gpu_offload=True,
+)
 
 
 def test_window_retries_a_device_out_of_memory_with_fewer_layers(
@@ -21,14 +28,7 @@ def test_window_retries_a_device_out_of_memory_with_fewer_layers(
 ) -> None:
     server: RpcServerProcess = rpc_servers(48 * MIB)
     engine = CountingEngine(log_dir=tmp_path / "logs")
-    window = MainWindow(
-        store=ChatStore(tmp_path / "chats.sqlite"),
-        library=Library(tmp_path / "models"),
-        engine=engine,
-        hardware=device_hardware(server),
-        quiet=True,
-    )
-    qtbot.addWidget(window)
+    window = make_window(qtbot, tmp_path, device_hardware(server), engine=engine)
     messages: list[str] = []
     window.userMessage.connect(messages.append)
     window.select_model_path(str(oom_model))
@@ -51,24 +51,7 @@ def test_slider_says_where_the_output_layer_goes(
     qtbot: QtBot, tmp_path: Path, models: dict[str, Path]
 ) -> None:
     """The slider speaks llama.cpp's n_gpu_layers: the output layer comes first."""
-    from mixdesk.core.engine import Engine
-    from mixdesk.core.hardware import GIB, GpuInfo, HardwareInfo
-
-    window = MainWindow(
-        store=ChatStore(tmp_path / "chats.sqlite"),
-        library=Library(tmp_path / "models"),
-        engine=Engine(log_dir=tmp_path / "logs"),
-        hardware=HardwareInfo(
-            ram_total_bytes=16 * GIB,
-            ram_available_bytes=12 * GIB,
-            physical_cores=2,
-            logical_cores=2,
-            gpus=[GpuInfo("Test GPU", "cuda", 8 * GIB, 8 * GIB)],
-            gpu_offload=True,
-        ),
-        quiet=True,
-    )
-    qtbot.addWidget(window)
+    window = make_window(qtbot, tmp_path, GPU_8GIB)
     window.select_model_path(str(models["q4_k_m"]))
     qtbot.waitUntil(lambda: window.offload.plan is not None, timeout=10_000)
     panel = window.offload
