@@ -4,6 +4,7 @@ paced for the view; the answer saved while it arrives."""
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 from PySide6.QtCore import QObject, QTimer, Signal
 
@@ -75,6 +76,8 @@ class AnswerController(QObject):
         self._shown = 0
         self._stats: GenerationStats | None = None
         self._dirty = False
+        #: Messages the last answer's prompt left out (the context was full), and where.
+        self.dropped: tuple[int, int] = (0, 0)
         self._last_render = 0.0
         self._last_save = 0.0
         self.flush_timer = QTimer(self)
@@ -154,6 +157,18 @@ class AnswerController(QObject):
         if self.busy:
             self.engine.cancel()
 
+    def dropped_note(self) -> str:
+        """The line the chat shows when the last answer's prompt left older turns out."""
+        count, conv_id = self.dropped
+        conv = self.conversations.current
+        if not count or conv is None or conv.id != conv_id:
+            return ""
+        return (
+            f"{count} older message{'s' if count > 1 else ''} of this conversation "
+            f"{'were' if count > 1 else 'was'} left out of the model's context to make room "
+            "(the conversation itself is kept whole)."
+        )
+
     def save_partial(self) -> None:
         """Save what arrived of a streaming answer (the window is closing)."""
         if self._answer_id is not None and self.busy:
@@ -165,7 +180,8 @@ class AnswerController(QObject):
         conversations = self.conversations
         conv = conversations.ensure()
         history = conversations.history()
-        sampling = conversations.sampling()
+        overflow = conversations.settings.context_overflow
+        sampling = replace(conversations.sampling(), overflow=overflow)
         self.started.emit(conversations.messages())
         self._answer_id = conversations.store.add_message(conv.id, "assistant", "").id
         self._text = ""
@@ -218,6 +234,8 @@ class AnswerController(QObject):
         self.conversations.store.update_message(
             self._answer_id, done.text, stats=done.stats, finish_reason=done.finish_reason
         )
+        conv = self.conversations.current
+        self.dropped = (done.dropped_messages, conv.id if conv is not None else 0)
         self.speed.emit(done.stats, True)
         self.finished.emit(done)
 

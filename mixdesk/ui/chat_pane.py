@@ -135,7 +135,7 @@ class ChatPane(QWidget):
         self.preset.blockSignals(False)
 
     def _show_messages(self) -> None:
-        self.view.set_messages(self.conversations.messages())
+        self.view.set_messages(self.conversations.messages(), note=self.answers.dropped_note())
 
     def _started(self, messages: list[StoredMessage]) -> None:
         self.view.set_messages(messages)

@@ -121,14 +121,16 @@ class ChatView(QTextBrowser):
         return turn_html("assistant", "", body + footer, created=m.created), codes
 
     def set_messages(self, messages: list[StoredMessage], *, note: str = "") -> None:
-        """Show a whole conversation (``note``: a line above it, e.g. turns left out)."""
+        """Show a whole conversation (``note``: a line under it, e.g. turns left out)."""
         self._codes = []
-        parts = [f'<p style="color:#777;font-style:italic">{html.escape(note)}</p>'] if note else []
+        parts = []
         for m in messages:
             if m.role != "system":
                 part, codes = self._message_html(m)
                 parts.append(part)
                 self._codes += codes
+        if note:
+            parts.append(f'<p style="color:#777;font-style:italic">{html.escape(note)}</p>')
         self._prefix_codes = len(self._codes)
         self.streaming_text = ""
         self.scroll_animation.stop()

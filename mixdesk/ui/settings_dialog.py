@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from PySide6.QtWidgets import (
+    QComboBox,
     QDialog,
     QDialogButtonBox,
     QDoubleSpinBox,
@@ -97,6 +98,10 @@ class SettingsDialog(QDialog):
         self.threads.setSpecialValueText("physical cores")
         self.threads.setValue(settings.threads or 0)
         self.models_dir = QLineEdit(settings.models_dir or "")
+        self.overflow = QComboBox()
+        self.overflow.addItem("Drop the oldest turns (keep the system prompt)", "drop_oldest")
+        self.overflow.addItem("Stop at the limit", "stop")
+        self.overflow.setCurrentIndex(max(0, self.overflow.findData(settings.context_overflow)))
         self.token = QLineEdit()
         self.token.setEchoMode(QLineEdit.EchoMode.Password)
         self.token.setPlaceholderText("hf_… (stored by huggingface_hub, not in MixDesk's settings)")
@@ -107,6 +112,7 @@ class SettingsDialog(QDialog):
             ("System prompt", self.system_prompt),
             ("Threads", self.threads),
             ("Models folder", self.models_dir),
+            ("Long conversations", self.overflow),
             ("Hugging Face token", self.token),
             ("", save_token),
             ("", self.token_state),
@@ -144,6 +150,7 @@ class SettingsDialog(QDialog):
             system_prompt=self.system_prompt.text(),
             threads=self.threads.value() or None,
             models_dir=self.models_dir.text().strip() or None,
+            context_overflow=str(self.overflow.currentData()),
         )
 
 

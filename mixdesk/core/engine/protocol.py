@@ -73,6 +73,8 @@ class SamplingParams:
     max_tokens: int = 512
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    #: What to do when the conversation outgrows the context (``context_window.OVERFLOW_POLICIES``).
+    overflow: str = "drop_oldest"
 
 
 @dataclass(frozen=True)
@@ -171,6 +173,8 @@ class ChatDone:
     text: str
     finish_reason: str
     stats: GenerationStats
+    #: Older messages left out of the prompt so the conversation fit the context.
+    dropped_messages: int = 0
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ from mixdesk.core.chat_template import (
     render_prompt,
     select_template,
 )
+from mixdesk.core.context_window import answer_room, fit_messages
 from mixdesk.core.engine import diagnose, llama_adapter
 from mixdesk.core.engine.protocol import (
     KV_TYPE_IDS,
@@ -243,14 +244,28 @@ class EngineWorker:
         llm = self._llm
         if llm is None or self._template is None:
             raise NoModelLoadedError("No model is loaded; load a model before chatting.")
+        n_ctx = llm.n_ctx()
+        counted: dict[int, list[int]] = {}
+
+        def count(some: list[ChatMessage]) -> int:
+            counted[len(some)] = self._prompt_tokens(request_id, some)
+            return len(counted[len(some)])
+
         try:
-            tokens = self._prompt_tokens(request_id, messages)
+            # the overflow policy: older turns left out (or a refusal) before the context fills
+            fitted = fit_messages(
+                messages,
+                count,
+                n_ctx=n_ctx,
+                reserve=answer_room(n_ctx, sampling.max_tokens),
+                policy=sampling.overflow,
+            )
+            tokens = counted[len(fitted.messages)]
         except TemplateCancelledError:
             self.cancelled.discard(request_id)
             done = ChatDone(request_id, "", "cancelled", GenerationStats())
             self._channel.send(encode("done", done))
             return
-        n_ctx = llm.n_ctx()
         if len(tokens) >= n_ctx:
             raise ContextOverflowError(
                 f"The conversation ({len(tokens)} tokens) no longer fits the context of {n_ctx} "
@@ -278,7 +293,8 @@ class EngineWorker:
         # llama.cpp's own timings go to the log before "done", so the log is complete when the
         # app hears the answer ended.
         self._lc.llama_perf_context_print(ctx)
-        self._channel.send(encode("done", ChatDone(request_id, answer.text, answer.finish, stats)))
+        done = ChatDone(request_id, answer.text, answer.finish, stats, fitted.dropped)
+        self._channel.send(encode("done", done))
 
     def _prompt_tokens(self, request_id: int, messages: Sequence[ChatMessage]) -> list[int]:
         """Render the conversation with the model's template and tokenize it.
