@@ -19,7 +19,7 @@ import logging
 import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -103,9 +103,12 @@ class ChatTemplate:
     """
 
     text: str
-    source: str  # "gguf", "mixtral (built in)" or "chatml (built in)"
+    source: str  # "gguf", "mixtral (built in)", "chatml (built in)" or "llama.cpp NAME (...)"
     has_system_role: bool
     note: str = ""
+    #: The name of llama.cpp's own built-in template (``llama_chat_apply_template``) that
+    #: renders this model's prompts in the engine; empty when ``text`` (Jinja) does.
+    llama_builtin: str = ""
 
 
 class _OverBudget(Exception):  # noqa: N818 - a signal inside a render, never shown
@@ -429,11 +432,72 @@ def is_mistral_family(metadata: Mapping[str, str]) -> bool:
     return arch == "llama" and int(metadata.get("llama.expert_count", "0") or 0) > 0
 
 
+#: llama.cpp's built-in chat template (one of ``llama_chat_builtin_templates``) for a model of
+#: each architecture that carries no template of its own. A dense ``llama`` file without one
+#: is a Llama 2 era model ([INST], as Mistral's); Mixtral (llama with experts) is caught first.
+ARCH_BUILTIN_TEMPLATES = {
+    "llama": "llama2",
+    "llama4": "llama4",
+    "gemma": "gemma",
+    "gemma2": "gemma",
+    "gemma3": "gemma",
+    "gemma3n": "gemma",
+    "qwen": "chatml",
+    "qwen2": "chatml",
+    "qwen2moe": "chatml",
+    "qwen3": "chatml",
+    "qwen3moe": "chatml",
+    "phi3": "phi3",
+    "command-r": "command-r",
+    "cohere2": "command-r",
+    "deepseek": "deepseek",
+    "deepseek2": "deepseek3",
+    "chatglm": "chatglm4",
+    "glm4": "chatglm4",
+    "falcon": "falcon3",
+    "granite": "granite",
+    "granitemoe": "granite",
+    "exaone": "exaone3",
+    "exaone4": "exaone4",
+    "minicpm": "minicpm",
+    "orion": "orion",
+    "bailingmoe": "bailing",
+    "hunyuan-moe": "hunyuan-moe",
+    "hunyuan-dense": "hunyuan-dense",
+    "seed_oss": "seed_oss",
+}
+_INSTRUCT_WORDS = ("instruct", "chat", "-it", "_it", " it ", "rlhf", "dpo", "sft", "assistant")
+
+
+def looks_like_base_model(metadata: Mapping[str, str]) -> bool:
+    """Whether a model looks like a base (not instruction-tuned) model: it carries no chat
+    template and its name says nothing of instruct/chat tuning. Such a model continues text;
+    in a chat it answers oddly (a Gemma base model answered "<" forty times)."""
+    if metadata.get("tokenizer.chat_template"):
+        return False
+    name = " ".join(
+        metadata.get(k, "") for k in ("general.name", "general.basename", "general.finetune")
+    )
+    name = f" {name.lower()} "
+    return not any(word in name for word in _INSTRUCT_WORDS)
+
+
 def builtin_template(metadata: Mapping[str, str]) -> ChatTemplate:
-    """The built-in template for a model: Mixtral's for the Mistral family, ChatML otherwise."""
+    """The built-in template for a model: Mixtral's for the Mistral family, llama.cpp's own
+    for the architecture when it has one, ChatML otherwise."""
     if is_mistral_family(metadata):
         return ChatTemplate(
             text=MIXTRAL_TEMPLATE, source="mixtral (built in)", has_system_role=False
+        )
+    arch = metadata.get("general.architecture", "")
+    name = ARCH_BUILTIN_TEMPLATES.get(arch)
+    if name is not None:
+        # llama.cpp places a system prompt itself where the format has none (e.g. Gemma's)
+        return ChatTemplate(
+            text="",
+            source=f"llama.cpp {name} (built in, for the {arch} architecture)",
+            has_system_role=True,
+            llama_builtin=name,
         )
     return ChatTemplate(text=CHATML_TEMPLATE, source="chatml (built in)", has_system_role=True)
 
@@ -446,7 +510,8 @@ def select_template(metadata: Mapping[str, str]) -> ChatTemplate:
 
     Returns:
         The GGUF's own template when it has one that works; Mixtral's for a Mistral-family
-        model without one; ChatML otherwise. A broken template of the model's own is
+        model without one; llama.cpp's built-in template for the architecture when llama.cpp
+        has one (:data:`ARCH_BUILTIN_TEMPLATES`); ChatML otherwise. A broken template of the model's own is
         replaced by the built-in one, and ``note`` says so.
     """
     text = metadata.get("tokenizer.chat_template")
@@ -455,14 +520,17 @@ def select_template(metadata: Mapping[str, str]) -> ChatTemplate:
             return ChatTemplate(text=text, source="gguf", has_system_role=check_template(text))
         except (TemplateSyntaxBrokenError, TemplateBudgetError) as err:
             fallback = builtin_template(metadata)
-            name = "Mixtral [INST]" if fallback.text is MIXTRAL_TEMPLATE else "ChatML"
+            name = (
+                "Mixtral [INST]"
+                if fallback.text is MIXTRAL_TEMPLATE
+                else f"llama.cpp {fallback.llama_builtin}"
+                if fallback.llama_builtin
+                else "ChatML"
+            )
             note = f"{err} MixDesk uses its built-in {name} template instead."
             log.warning("%s", note)
-            return ChatTemplate(
-                text=fallback.text,
-                source=f"{fallback.source}; the model's own is broken",
-                has_system_role=fallback.has_system_role,
-                note=note,
+            return replace(
+                fallback, source=f"{fallback.source}; the model's own is broken", note=note
             )
     fallback = builtin_template(metadata)
     if fallback.text is CHATML_TEMPLATE:
@@ -509,6 +577,10 @@ def render_prompt(
         TemplateCancelledError: ``cancelled`` said stop.
     """
     turns = list(messages) if template.has_system_role else fold_system_prompt(messages)
+    if template.llama_builtin:
+        from mixdesk.core.llama_templates import apply_builtin
+
+        return apply_builtin(template.llama_builtin, [(m.role, m.content) for m in turns])
     budget = _Budget(seconds=seconds, size=SIZE_BUDGET, stop=cancelled)
     try:
         return _render_raw(

@@ -42,7 +42,7 @@ from mixdesk.ui.conversations import ConversationController, ConversationPanel
 from mixdesk.ui.hardware_panel import HardwareTab, unused_gpu_notice
 from mixdesk.ui.measure import MeasureController
 from mixdesk.ui.model_manager import ModelManager
-from mixdesk.ui.models import ModelBar, ModelController
+from mixdesk.ui.models import ModelBar, ModelController, model_info_line
 from mixdesk.ui.offload_panel import OffloadPanel
 from mixdesk.ui.plain import message_box
 from mixdesk.ui.welcome import FirstRun, WelcomePage
@@ -345,11 +345,7 @@ class MainWindow(QMainWindow):
         self.offload.show_progress(None)
         self.chat_stack.setCurrentWidget(self.chat)
         self.input.setFocus()
-        self.statusBar().showMessage(
-            f"{info.name}: {outcome.setup.plan.placement_words}, context {info.n_ctx}, "
-            f"loaded in {info.load_s:.1f} s",
-            10_000,
-        )
+        self.statusBar().showMessage(model_info_line(outcome), 10_000)
         if outcome.note:
             self.notify(outcome.note, error=False)
         if self.conversation is not None:

@@ -19,6 +19,7 @@ from PySide6.QtWidgets import (
     QLineEdit,
     QProgressBar,
     QPushButton,
+    QVBoxLayout,
     QWidget,
 )
 
@@ -29,9 +30,26 @@ from mixdesk.core.library import Library, models_dir
 from mixdesk.core.loading import LoadOutcome, LoadRequest
 from mixdesk.core.model_profile import profile_local
 from mixdesk.core.settings import Settings, save_endpoint_key
+from mixdesk.ui.plain import plain
 from mixdesk.ui.workers import EngineController, TaskWorker
 
 log = logging.getLogger(__name__)
+
+
+BASE_MODEL_WORDS = (
+    "looks like a base model (no chat template, not instruction-tuned): it continues text, "
+    "so chat answers may be odd"
+)
+
+
+def model_info_line(outcome: LoadOutcome) -> str:
+    """The loaded model in one line: placement, context, template, and a base-model warning."""
+    info = outcome.info
+    line = (
+        f"{info.name}: {outcome.setup.plan.placement_words}, context {info.n_ctx}, "
+        f"loaded in {info.load_s:.1f} s, chat template: {info.chat_template_source}"
+    )
+    return f"{line} · {BASE_MODEL_WORDS}" if info.base_model else line
 
 
 def _read_profile(path: str, *, report: Any, cancel: threading.Event) -> Any:
@@ -212,8 +230,14 @@ class ModelBar(QWidget):
         self.progress.setRange(0, 100)
         self.progress.setMaximumWidth(160)
         self.progress.hide()
-        row = QHBoxLayout(self)
-        row.setContentsMargins(0, 0, 0, 0)
+        self.info = plain(QLabel(""))  # model names come from the file
+        self.info.setWordWrap(True)
+        self.info.hide()
+        column = QVBoxLayout(self)
+        column.setContentsMargins(0, 0, 0, 0)
+        row = QHBoxLayout()
+        column.addLayout(row)
+        column.addWidget(self.info)
         row.addWidget(QLabel("Model"))
         row.addWidget(self.picker, 1)
         buttons = (self.open_button, self.endpoint_button, self.load_button, self.unload_button)
@@ -227,6 +251,8 @@ class ModelBar(QWidget):
         models.loadStarted.connect(lambda _p: self._show_progress(0.0))
         models.loadProgress.connect(self._show_progress)
         models.loaded.connect(lambda _o: self._show_progress(None))
+        models.loaded.connect(lambda outcome: self._show_info(model_info_line(outcome)))
+        models.sourceChanged.connect(self._source_changed)
         models.loadFailed.connect(lambda _e: self._show_progress(None))
 
     def refresh(self) -> None:
@@ -270,6 +296,14 @@ class ModelBar(QWidget):
             self.models.choose_endpoint(data)
         elif isinstance(data, str) and data:
             self.models.choose_file(data)
+
+    def _source_changed(self) -> None:
+        if self.models.info is None:
+            self._show_info("")  # nothing loaded any more
+
+    def _show_info(self, line: str) -> None:
+        self.info.setText(line)
+        self.info.setVisible(bool(line))
 
     def _show_progress(self, fraction: float | None) -> None:
         self.progress.setVisible(fraction is not None)

@@ -59,7 +59,9 @@ def test_template_selection() -> None:
     moe = select_template({"general.architecture": "llama", "llama.expert_count": "8"})
     assert moe.source == "mixtral (built in)"
     other = select_template({"general.name": "something", "general.architecture": "qwen2"})
-    assert other.source == "chatml (built in)"
+    assert other.llama_builtin == "chatml"  # llama.cpp's own template for the architecture
+    unknown = select_template({"general.name": "something", "general.architecture": "new"})
+    assert unknown.source == "chatml (built in)"
 
 
 def test_roles_that_do_not_alternate_are_reported() -> None:

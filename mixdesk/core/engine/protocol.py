@@ -114,6 +114,8 @@ class ModelInfo:
     chat_template_note: str = ""
     #: Free memory of each offload device (by buffer name) before loading and after.
     device_free: dict[str, list[int]] = field(default_factory=dict)
+    #: No chat template and a name that says nothing of instruct/chat tuning: a base model.
+    base_model: bool = False
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ from typing import IO, Any
 from mixdesk.core.chat_template import (
     ChatMessage,
     ChatTemplate,
+    looks_like_base_model,
     render_prompt,
     select_template,
 )
@@ -196,6 +197,7 @@ class EngineWorker:
             size_bytes=model.size(),
             chat_template_source=self._template.source,
             chat_template_note=self._template.note,
+            base_model=looks_like_base_model(metadata),
             system_prompt_folded=not self._template.has_system_role,
             load_s=round(load_s, 4),
             n_threads=n_threads,
