@@ -1,0 +1,40 @@
+"""benchmarks/rpc_workers.py runs two real `mixdesk worker` processes, prints its figures and
+judges its goals: the exit status follows the verdicts, and an impossible goal fails the run.
+
+It runs small here: the tiny model, whose tensors are all below llama.cpp's 10 MiB cache
+threshold and so small that llama.cpp's commands weigh as much as its weights, and 8 tokens,
+so the byte goals are relaxed; the README's figures come from the mid-size model.
+"""
+
+from __future__ import annotations
+
+from tests.test_benchmarks import _bench
+
+
+def test_rpc_workers_benchmark_measures_bytes_per_worker_and_judges_its_goals() -> None:
+    relaxed = ["second_load_share=2", "sent_vs_plan_0=2", "sent_vs_plan_1=2"]
+    proc, result = _bench(
+        "rpc_workers.py",
+        "--size",
+        "tiny",
+        "--tokens",
+        "8",
+        *[arg for goal in [*relaxed, "bytes_per_token_kib=1000"] for arg in ("--goal", goal)],
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    two = result["two_workers"]
+    assert len(two["devices"]) == 2 and sum(two["tensor_split"]) == 5
+    for device in two["devices"]:
+        assert device["received_bytes_first_load"] >= device["planned_send_bytes"] > 0
+    assert result["one_device"]["eval_tps"] > 0 and two["eval_tps"] > 0
+
+    missed, _ = _bench(
+        "rpc_workers.py",
+        "--size",
+        "tiny",
+        "--tokens",
+        "8",
+        *[arg for goal in [*relaxed, "bytes_per_token_kib=0"] for arg in ("--goal", goal)],
+    )
+    assert missed.returncode == 1
+    assert "[MISSED] traffic per generated token" in missed.stderr
