@@ -164,8 +164,11 @@ def test_a_template_that_does_not_parse_is_replaced_and_reported() -> None:
 
 def test_a_template_that_cannot_render_two_lines_is_replaced() -> None:
     chosen = select_template({"tokenizer.chat_template": LOOPS, "general.architecture": "qwen2"})
-    assert chosen.text == CHATML_TEMPLATE
-    assert "took more than" in chosen.note and "ChatML" in chosen.note
+    assert chosen.llama_builtin == "chatml"  # llama.cpp's own for the architecture
+    assert "took more than" in chosen.note and "llama.cpp chatml" in chosen.note
+    other = select_template({"tokenizer.chat_template": LOOPS, "general.architecture": "new"})
+    assert other.text == CHATML_TEMPLATE
+    assert "took more than" in other.note and "ChatML" in other.note
 
 
 def test_template_errors_are_sentences() -> None:
