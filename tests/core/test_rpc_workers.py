@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Callable
@@ -28,8 +29,8 @@ from mixdesk.errors import (
     WorkerUnreachableError,
     WorkerVersionError,
 )
-from tests.conftest import free_port
 from tests.mixdesk_workers import WorkerProcess
+from tests.net import free_port
 
 
 def mixdesk(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
@@ -236,3 +237,42 @@ def test_worker_killed_mid_answer_ends_it_with_one_sentence(
         f"mixdesk: The worker at {b.endpoint} went away while answering, which ended the "
         "engine; load the model again without that worker, or restart `mixdesk worker` there."
     )
+
+
+def test_serve_with_a_worker_answers_from_it(
+    models: dict[str, Path], workers: Callable[..., WorkerProcess]
+) -> None:
+    import urllib.request
+
+    a = workers()
+    port = free_port()
+    serve = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "mixdesk", "serve", str(models["q4_k_m"])),
+            *("--port", str(port), "--worker", a.endpoint, "--ngl", "all", "--ctx", "1024"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert serve.stderr is not None
+        for line in serve.stderr:  # "mixdesk: serving ... at http://127.0.0.1:PORT/v1"
+            if "serving" in line:
+                break
+        body = json.dumps(
+            {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4}
+        ).encode()
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/v1/chat/completions",
+            data=body,
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=60) as response:  # noqa: S310 - loopback
+            answer = json.loads(response.read())
+        assert answer["choices"][0]["message"]["content"]
+        stats = rpc_worker.stats(a.endpoint)
+        assert stats.active and stats.received_bytes > 0  # the server's llama.cpp uses the worker
+    finally:
+        serve.send_signal(signal.SIGINT)
+        serve.communicate(timeout=30)
