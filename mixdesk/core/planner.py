@@ -27,7 +27,7 @@ costing layers that make generation faster.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 
 from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
@@ -556,15 +556,12 @@ def plan_offload(  # noqa: PLR0915 - the lead's rewrite in progress splits it (i
         return 0, 0, 0, [0] * len(gpus)
 
     fixed_by_user = n_gpu_layers is not None or (experts and experts_in_ram is not None)
-    best: tuple[int, int, int, int, list[int]] | None = None  # (score, ctx, n_gpu, k, counts)
-    for ctx in contexts:
-        score, n_gpu, k, counts = choose(ctx)
-        if best is None or score > best[0]:
-            best = (score, ctx, n_gpu, k, counts)
-        if score > n or fixed_by_user:
-            break
-    assert best is not None
-    _score, ctx, n_gpu, k, counts = best
+    # With flash attention and a quantised KV cache (q8_0) a 4096-token context costs little:
+    # a long conversation keeps it rather than trade it for a single layer (issue 13).
+    cheap_ctx = flash_attn and type_k != "f16" and type_v != "f16"
+    (_score, ctx, n_gpu, k, counts), kept_ctx_over_layer = _best_context(
+        contexts, choose, n_layers=n, stop_at_first=fixed_by_user, cheap_ctx=cheap_ctx
+    )
     costs = costs_at(ctx, k)
     slots = _slot_bytes(profile, n_gpu, k)
     devices: list[DevicePlan] = []
@@ -626,9 +623,44 @@ def plan_offload(  # noqa: PLR0915 - the lead's rewrite in progress splits it (i
         strategy="experts" if experts else "layers",
         experts_in_ram=k,
     )
-    return _explain(
+    plan = _explain(
         plan, profile, hardware, fastest, gpu_offload_supported, user_ngl=n_gpu_layers is not None
     )
+    if not kept_ctx_over_layer:
+        return plan
+    lines = list(plan.explanation)
+    lines.insert(
+        len(lines) - 1,
+        f"Context {ctx} tokens kept rather than one more layer at {contexts[-1]}: with "
+        f"flash attention and a {type_k} KV cache it costs little, and long conversations "
+        "need the room.",
+    )
+    return replace(plan, explanation=lines)
+
+
+def _best_context(
+    contexts: list[int],
+    choose: Callable[[int], tuple[int, int, int, list[int]]],
+    *,
+    n_layers: int,
+    stop_at_first: bool,
+    cheap_ctx: bool,
+) -> tuple[tuple[int, int, int, int, list[int]], bool]:
+    """The context (largest first) whose placement scores best: (score, ctx, n_gpu, k,
+    counts), and whether a larger context was kept over a gain of one layer (``cheap_ctx``:
+    a smaller context must then gain two layers or more)."""
+    best: tuple[int, int, int, int, list[int]] | None = None
+    kept = False
+    for ctx in contexts:
+        score, n_gpu, k, counts = choose(ctx)
+        if best is not None and cheap_ctx and score == best[0] + 1:
+            kept = True
+        elif best is None or score > best[0]:
+            best = (score, ctx, n_gpu, k, counts)
+        if score > n_layers or stop_at_first:
+            break
+    assert best is not None
+    return best, kept
 
 
 def _explain(
