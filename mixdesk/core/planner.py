@@ -462,7 +462,7 @@ def _split(
     return counts, start == len(slots)
 
 
-def plan_offload(  # noqa: PLR0915 - the lead's rewrite in progress splits it (issue 10 item 7)
+def plan_offload(
     profile: ModelProfile,
     hardware: HardwareInfo,
     *,
@@ -563,45 +563,9 @@ def plan_offload(  # noqa: PLR0915 - the lead's rewrite in progress splits it (i
         contexts, choose, n_layers=n, stop_at_first=fixed_by_user, cheap_ctx=cheap_ctx
     )
     costs = costs_at(ctx, k)
-    slots = _slot_bytes(profile, n_gpu, k)
-    devices: list[DevicePlan] = []
-    start = 0
-    for gpu, count in zip(gpus, counts, strict=True):
-        block = slots[start : start + count]
-        start += count
-        if block:
-            devices.append(_device_plan(gpu, block, costs, output=start == len(slots)))
-    full_offload = n_gpu > n and k == 0
-    cpu_plan = DevicePlan(
-        name="CPU RAM",
-        kind="cpu",
-        total_bytes=hardware.ram_total_bytes,
-        free_bytes=hardware.ram_available_bytes,
-        weights_bytes=_cpu_weights(profile, n_gpu, k),
-        kv_bytes=(n - repeating_layers(n_gpu, n)) * costs.kv_layer,
-        compute_bytes=costs.measured.get(
-            "CPU compute",
-            profile.vocab_size * 4 + 4 * profile.n_embd * min(UBATCH, ctx) * 4
-            if full_offload
-            else costs.compute,
-        ),
-        overhead_bytes=CPU_RUNTIME_OVERHEAD,
-        layers=n - repeating_layers(n_gpu, n),
-        output=n_gpu == 0,
-        buffer_name="CPU",
-    )
-    devices.append(cpu_plan)
+    devices = _place(profile, hardware, gpus, counts, costs, n_gpu=n_gpu, k=k, ctx=ctx)
     shortfall = sum(max(0, d.used_bytes - d.free_bytes) for d in devices)
-    if shortfall:
-        fit = "none"
-    elif full_offload:
-        fit = "full"
-    elif n_gpu > 0 and k:
-        fit = "experts"
-    elif n_gpu > 0:
-        fit = "partial"
-    else:
-        fit = "cpu"
+    fit = _fit(shortfall=shortfall, n_gpu=n_gpu, n_layers=n, k=k)
     fastest = max(gpus, key=lambda g: g.free_bytes) if gpus else None
     plan = OffloadPlan(
         n_gpu_layers=n_gpu,
@@ -661,6 +625,64 @@ def _best_context(
             break
     assert best is not None
     return best, kept
+
+
+def _place(
+    profile: ModelProfile,
+    hardware: HardwareInfo,
+    gpus: list[GpuInfo],
+    counts: list[int],
+    costs: _Costs,
+    *,
+    n_gpu: int,
+    k: int,
+    ctx: int,
+) -> list[DevicePlan]:
+    """Every device's share: each offload device's block of slots, then the CPU's."""
+    n = profile.n_layers
+    slots = _slot_bytes(profile, n_gpu, k)
+    devices: list[DevicePlan] = []
+    start = 0
+    for gpu, count in zip(gpus, counts, strict=True):
+        block = slots[start : start + count]
+        start += count
+        if block:
+            devices.append(_device_plan(gpu, block, costs, output=start == len(slots)))
+    full_offload = n_gpu > n and k == 0
+    on_cpu = n - repeating_layers(n_gpu, n)
+    devices.append(
+        DevicePlan(
+            name="CPU RAM",
+            kind="cpu",
+            total_bytes=hardware.ram_total_bytes,
+            free_bytes=hardware.ram_available_bytes,
+            weights_bytes=_cpu_weights(profile, n_gpu, k),
+            kv_bytes=on_cpu * costs.kv_layer,
+            # With everything offloaded the CPU keeps only the graph's inputs and logits.
+            compute_bytes=costs.measured.get(
+                "CPU compute",
+                profile.vocab_size * 4 + 4 * profile.n_embd * min(UBATCH, ctx) * 4
+                if full_offload
+                else costs.compute,
+            ),
+            overhead_bytes=CPU_RUNTIME_OVERHEAD,
+            layers=on_cpu,
+            output=n_gpu == 0,
+            buffer_name="CPU",
+        )
+    )
+    return devices
+
+
+def _fit(*, shortfall: int, n_gpu: int, n_layers: int, k: int) -> str:
+    """The plan's verdict: "none", "full", "experts", "partial" or "cpu"."""
+    if shortfall:
+        return "none"
+    if n_gpu > n_layers and k == 0:
+        return "full"
+    if n_gpu > 0 and k:
+        return "experts"
+    return "partial" if n_gpu > 0 else "cpu"
 
 
 def _explain(
