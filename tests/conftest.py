@@ -13,6 +13,7 @@ from mixdesk.core.engine import Engine
 from mixdesk.core.engine.rpc_server import RpcServerProcess, start_rpc_server
 from tests import model_factory as mf
 from tests.hub_server import HubState, serve_hub
+from tests.limits import limit_address_space
 from tests.mixdesk_workers import workers  # noqa: F401 - a fixture: `mixdesk worker` processes
 from tests.net import free_port
 
@@ -125,13 +126,7 @@ def rpc_servers(tmp_path: Path) -> Iterator[Callable[..., RpcServerProcess]]:
         )
         started.append(server)
         if memory_budget is not None:
-            import re
-            import resource
-
-            status = Path(f"/proc/{server.proc.pid}/status").read_text()
-            idle = int(re.search(r"VmSize:\s+(\d+) kB", status).group(1)) * 1024  # type: ignore[union-attr]
-            limit = idle + memory_budget
-            resource.prlimit(server.proc.pid, resource.RLIMIT_AS, (limit, limit))
+            limit_address_space(server.proc.pid, memory_budget)
         return server
 
     try:

@@ -7,6 +7,7 @@ there, as on a GPU that is full.
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +22,8 @@ from mixdesk.core.hardware import GIB, MIB, GpuInfo, HardwareInfo
 from mixdesk.core.loading import MAX_LOAD_TRIES, LoadChoices, LoadRequest, load_model
 from mixdesk.errors import DeviceOutOfMemoryError, HostOutOfMemoryError
 from tests.conftest import OOM_SHAPE
+from tests.limits import limit_address_space
+from tests.mixdesk_workers import start_worker
 
 BUDGET = 48 * MIB
 
@@ -110,3 +113,42 @@ def test_ram_failure_never_lowers_gpu_layers(
     with engine, pytest.raises(HostOutOfMemoryError, match="not enough RAM"):
         load_model(engine, request)
     assert engine.loads == [2]
+
+
+def test_chat_command_retries_a_device_out_of_memory(oom_model: Path, tmp_path: Path) -> None:
+    """`mixdesk chat --worker ... --ngl all` on a worker whose device is really too small: it
+    loads fewer layers, says so in one line, and answers."""
+    worker = start_worker(tmp_path, "--no-cache")
+    try:
+        limit_address_space(worker.proc.pid, BUDGET)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "mixdesk",
+                "chat",
+                str(oom_model),
+                "--worker",
+                worker.endpoint,
+                "--ngl",
+                "all",
+                "--ctx",
+                "512",
+                "--prompt",
+                "Hello",
+                "--max-tokens",
+                "4",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+    finally:
+        worker.kill()
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    everything = OOM_SHAPE.n_layers + 1
+    note = f"mixdesk: n_gpu_layers {everything} did not fit in GPU memory, so MixDesk loaded "
+    assert note in proc.stderr
+    assert "layers + output on GPU." in proc.stderr.split(note, 1)[1].splitlines()[0]
+    assert proc.stdout.strip()  # it answered
