@@ -62,4 +62,8 @@ def run_app(argv: list[str] | None = None) -> int:
             window.close()
 
         QTimer.singleShot(0, report)
-    return int(app.exec())
+    status = int(app.exec())
+    from mixdesk.ui.workers import TaskWorker
+
+    TaskWorker.stop_all()  # work started as the window closed ends before the process does
+    return status

@@ -15,7 +15,7 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any
+from typing import Any, ClassVar
 
 from PySide6.QtCore import QObject, QThread, Signal, Slot
 
@@ -267,9 +267,26 @@ class TaskWorker(QObject):
         self.finished.connect(self.worker_thread.quit)
         self.failed.connect(self.worker_thread.quit)
 
+    #: Tasks whose thread runs: kept referenced until they end, and ended with the app.
+    _alive: ClassVar[set[TaskWorker]] = set()
+
     def start(self) -> None:
         """Start the work."""
+        TaskWorker._alive.add(self)
+        self.worker_thread.finished.connect(lambda: TaskWorker._alive.discard(self))
         self.worker_thread.start()
+
+    @classmethod
+    def stop_all(cls, wait_ms: int = 10_000) -> None:
+        """Ask every running task to stop and wait for their threads (the window closes):
+        a QThread destroyed while it runs aborts the process."""
+        tasks = list(cls._alive)
+        for task in tasks:
+            task.cancel_event.set()
+        for task in tasks:
+            task.worker_thread.quit()
+            task.worker_thread.wait(wait_ms)
+        cls._alive.difference_update(tasks)
 
     @Slot()
     def _run(self) -> None:
