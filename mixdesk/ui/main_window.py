@@ -20,7 +20,6 @@ from PySide6.QtGui import QAction, QCloseEvent
 from PySide6.QtWidgets import (
     QMainWindow,
     QSplitter,
-    QStackedWidget,
     QTabWidget,
     QVBoxLayout,
     QWidget,
@@ -37,15 +36,14 @@ from mixdesk.core.rpc_worker import with_devices
 from mixdesk.core.settings import Settings
 from mixdesk.errors import EngineCrashedError, user_message
 from mixdesk.ui.answer import AnswerController
-from mixdesk.ui.chat_pane import ChatPane
+from mixdesk.ui.chat_area import ChatArea
 from mixdesk.ui.conversations import ConversationController, ConversationPanel
 from mixdesk.ui.hardware_panel import HardwareTab, unused_gpu_notice
 from mixdesk.ui.measure import MeasureController
 from mixdesk.ui.model_manager import ModelManager
-from mixdesk.ui.models import ModelBar, ModelController, model_info_line
+from mixdesk.ui.models import ModelController, model_info_line
 from mixdesk.ui.offload_panel import OffloadPanel
 from mixdesk.ui.plain import message_box
-from mixdesk.ui.welcome import FirstRun, WelcomePage
 from mixdesk.ui.widgets import Banner, SpeedMeter, stats_line
 from mixdesk.ui.workers import EngineController, TaskWorker
 
@@ -92,7 +90,6 @@ class MainWindow(QMainWindow):
         self.answers = AnswerController(self.controller, self.conversations, self)
         self.models = ModelController(self.controller, library or Library(), self.settings, self)
         self.measuring = MeasureController(self.controller, self)
-        self._pending_load: tuple[str, int] | None = None
         self._build(catalog)
         self._connect()
         self.conversations.open_first()
@@ -100,7 +97,7 @@ class MainWindow(QMainWindow):
         self.models.find_last()
         if hardware is None:
             self.models.run(TaskWorker(lambda report, cancel: hw_mod.detect()), self.set_hardware)
-        elif self.chat_stack.currentWidget() is self.welcome:
+        elif self.center.welcoming:
             self.first_run.start(hardware)
 
     # -- layout -------------------------------------------------------------------------
@@ -110,27 +107,16 @@ class MainWindow(QMainWindow):
         self.conversation_panel = ConversationPanel(self.conversations)
         self.search = self.conversation_panel.search
 
-        self.model_bar = ModelBar(self.models)
+        center = ChatArea(self.models, self.answers, self.settings, catalog=catalog)
+        self.center, self.model_bar, self.chat = center, center.model_bar, center.chat
+        self.welcome, self.first_run, self.chat_stack = (
+            center.welcome,
+            center.first_run,
+            center.stack,
+        )
         self.model_picker = self.model_bar.picker
-        self.chat = ChatPane(self.answers, self.settings)
         self.view, self.input = self.chat.view, self.chat.input
         self.send_button = self.chat.send_button
-        center = QWidget()
-        cv = QVBoxLayout(center)
-        cv.addWidget(self.model_bar)
-        self.welcome = WelcomePage()
-        self.first_run = FirstRun(
-            self.welcome,
-            self.settings,
-            run=self.models.run,
-            library=lambda: self.models.library,
-            catalog=catalog,
-            parent=self,
-        )
-        self.chat_stack = QStackedWidget()
-        self.chat_stack.addWidget(self.chat)
-        self.chat_stack.addWidget(self.welcome)
-        cv.addWidget(self.chat_stack, 1)
 
         self.offload = OffloadPanel()
         self.offload.set_defaults(LoadChoices.from_settings(self.settings))
@@ -183,10 +169,11 @@ class MainWindow(QMainWindow):
         models.profileReady.connect(
             lambda path, profile: self.offload.set_model(path, profile, self.hardware)
         )
-        models.profileReady.connect(self._load_downloaded)
-        self.welcome.openFileRequested.connect(self.model_bar.open_button.click)
-        self.welcome.connectRequested.connect(self.model_bar.endpoint_button.click)
-        self.first_run.downloaded.connect(self._downloaded)
+        models.profileReady.connect(self.center.profile_ready)  # after the panel planned it
+        self.center.downloaded.connect(self.select_model_path)
+        self.center.loadWanted.connect(
+            lambda n: self.load(replace(self.offload.choices(), n_gpu_layers=n))
+        )
         models.loadStarted.connect(lambda _path: self.offload.show_progress(0.0))
         models.loadStarted.connect(
             lambda path: self.statusBar().showMessage(f"Loading {Path(path).name}…")
@@ -236,7 +223,7 @@ class MainWindow(QMainWindow):
         self.manager.hardware = hw
         self.hardware_label.show_hardware(hw)
         self.banner.show_text(unused_gpu_notice(hw))
-        if self.chat_stack.currentWidget() is self.welcome:
+        if self.center.welcoming:
             self.first_run.start(hw)
         if self.offload.profile is not None:
             self.offload.set_model(self.offload.model_path, self.offload.profile, hw)
@@ -271,27 +258,11 @@ class MainWindow(QMainWindow):
         """Refill the model picker and the Models tab from the library."""
         self.model_bar.refresh()
         self.manager.refresh_library()
-        self._show_welcome_or_chat()
-
-    def _show_welcome_or_chat(self) -> None:
-        """The welcome page while there is nothing to chat with and the library is empty."""
-        models = self.models
-        idle = models.info is None and models.endpoint is None
-        first = idle and not self.model_picker.currentData() and not models.library.entries()
-        self.chat_stack.setCurrentWidget(self.welcome if first else self.chat)
-
-    def _downloaded(self, path: str, n_gpu_layers: int) -> None:
-        self._pending_load = (path, n_gpu_layers)  # loaded once its profile is read
-        self.refresh_models()
-        self.select_model_path(path)
-
-    def _load_downloaded(self, path: str, _profile: object) -> None:
-        pending, self._pending_load = self._pending_load, None
-        if pending is not None and pending[0] == path:
-            self.load(replace(self.offload.choices(), n_gpu_layers=pending[1]))
+        self.center.update_page()
 
     def select_model_path(self, path: str, *, quiet: bool = False) -> None:
         """Pick a model file (adding it to the picker if needed) and plan for it."""
+        self.manager.refresh_library()  # it may be new (downloaded on the welcome page)
         self.model_bar.select_path(path, quiet=quiet)
 
     def _restore_model(self, path: str) -> None:
@@ -308,7 +279,6 @@ class MainWindow(QMainWindow):
     def _source_changed(self) -> None:
         models = self.models
         self.answers.source = models.endpoint or models.info
-        self._show_welcome_or_chat()
         if models.endpoint is not None:
             self.statusBar().showMessage(f"Answers now come from {models.endpoint.url}", 10_000)
 
@@ -343,8 +313,6 @@ class MainWindow(QMainWindow):
     def _loaded(self, outcome: LoadOutcome) -> None:
         info = outcome.info
         self.offload.show_progress(None)
-        self.chat_stack.setCurrentWidget(self.chat)
-        self.input.setFocus()
         self.statusBar().showMessage(model_info_line(outcome), 10_000)
         if outcome.note:
             self.notify(outcome.note, error=False)
@@ -410,5 +378,6 @@ class MainWindow(QMainWindow):
         self.manager.shutdown()
         self.workers_panel.shutdown()
         self.controller.shutdown()
+        TaskWorker.stop_all()  # the first-run page's, the model manager's, any other
         self.store.close()
         super().closeEvent(event)
