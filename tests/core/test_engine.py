@@ -306,7 +306,8 @@ def test_context_overflow_is_explained(engine: Engine, models: dict[str, Path]) 
     assert engine.model is not None
     with pytest.raises(
         # one message longer than the context: no overflow policy can leave anything out
-        ContextOverflowError, match=f"too long for the context of {engine.model.n_ctx} tokens"
+        ContextOverflowError,
+        match=f"too long for the context of {engine.model.n_ctx} tokens",
     ):
         engine.chat(long).wait()
     assert engine.chat(HELLO, SamplingParams(max_tokens=3)).wait().stats.eval_tokens == 3
