@@ -4,6 +4,7 @@
 #   bash packaging/bootstrap.sh start [MIXDESK ARGS...]   set up, then run `mixdesk ARGS`
 #   bash packaging/bootstrap.sh test  [PYTEST ARGS...]    set up, then ruff, mypy and pytest
 #   bash packaging/bootstrap.sh llama-flags               print the llama.cpp build key and flags
+#   bash packaging/bootstrap.sh gpu                       rebuild llama.cpp for this machine's GPU
 #
 # Works on a fresh Debian/Ubuntu machine with Python >= 3.10: as root it installs the Debian
 # packages it needs (a C++ compiler, cmake, python3-venv); otherwise it names them. The first
@@ -24,11 +25,33 @@ say() { printf 'bootstrap: %s\n' "$*" >&2; }
 # this machine has an NVIDIA GPU and the CUDA toolkit.
 LLAMA_VERSION="$(sed -n 's/.*"llama-cpp-python\[server\]==\([0-9][0-9.]*\)".*/\1/p' pyproject.toml)"
 
+# What stops a CUDA build on this machine, in one sentence ("" when nothing does, or when
+# there is no NVIDIA GPU at all).
+cuda_problem() {
+    local gpu cuda archs
+    [ "${MIXDESK_GPU:-auto}" != none ] && command -v nvidia-smi >/dev/null 2>&1 || return 0
+    gpu="$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n1)"
+    gpu="${gpu:-the NVIDIA GPU}"
+    archs="$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | tr -d ' .' | sort -u)"
+    if ! command -v nvcc >/dev/null 2>&1; then
+        if printf '%s\n' "$archs" | grep -qx 70; then
+            echo "the CUDA toolkit (nvcc) is not installed; for a V100 ($gpu) install CUDA 12.x, as CUDA 13 no longer supports Volta."
+        else
+            echo "the CUDA toolkit (nvcc) is not installed; install it for $gpu (https://developer.nvidia.com/cuda-downloads), then try again."
+        fi
+        return 0
+    fi
+    cuda="$(nvcc --version | sed -n 's/.*release \([0-9][0-9]*\).*/\1/p' | head -n1)"
+    if [ "${cuda:-0}" -ge 13 ] && printf '%s\n' "$archs" | grep -qx 70; then
+        echo "CUDA $cuda no longer supports Volta ($gpu); install CUDA 12.x beside it and put its nvcc first on PATH."
+    fi
+}
+
 # Prints two lines: the build key (backend, toolkit, GPU architectures) and the CMake flags.
 llama_build_flags() {
     local flags="-DGGML_RPC=ON" key="cpu-rpc" cuda archs
     if [ "${MIXDESK_GPU:-auto}" != none ] && command -v nvidia-smi >/dev/null 2>&1 \
-        && command -v nvcc >/dev/null 2>&1; then
+        && command -v nvcc >/dev/null 2>&1 && [ -z "$(cuda_problem)" ]; then
         cuda="$(nvcc --version | sed -n 's/.*release \([0-9][0-9.]*\).*/\1/p' | head -n1)"
         archs="${MIXDESK_CUDA_ARCHS:-$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null \
             | tr -d ' .' | sort -u | paste -sd ';' -)}"
@@ -68,6 +91,22 @@ install_llama_cpp() {
 
 if [ "$mode" = llama-flags ]; then  # what a build here would use (tests read this)
     llama_build_flags
+    exit 0
+fi
+if [ "$mode" = gpu ]; then  # the app's "Install GPU support": rebuild for this machine's GPU
+    problem="$(cuda_problem)"
+    if [ -n "$problem" ]; then
+        say "$problem"
+        exit 3
+    fi
+    if ! command -v nvidia-smi >/dev/null 2>&1; then
+        say "no NVIDIA GPU was found (nvidia-smi is missing); MixDesk builds GPU support for NVIDIA GPUs here."
+        exit 3
+    fi
+    PY="$VENV/bin/python"
+    [ -x "$PY" ] || { say "no MixDesk environment in $VENV; run bash packaging/bootstrap.sh start first."; exit 3; }
+    install_llama_cpp
+    say "GPU support installed; the engine uses it from its next start."
     exit 0
 fi
 

@@ -2,7 +2,7 @@
 # Build the one-folder MixDesk bundle: dist/MixDesk/mixdesk (window + terminal commands).
 #
 #   bash packaging/build_bundle.sh           # portable CPU build
-#   bash packaging/build_bundle.sh --cuda    # with a CUDA build of llama.cpp (needs the CUDA toolkit)
+#   bash packaging/build_bundle.sh --cuda    # with CUDA (a CUDA 12.x toolkit; sm 70;75;80;86;89)
 #
 # llama-cpp-python is compiled with GGML_NATIVE=OFF, so the bundle runs on other x86-64 CPUs
 # than the build machine's (a native build can die with "illegal instruction" elsewhere).
@@ -11,9 +11,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
 VENV="${BUILD_VENV:-.build-venv}"
-CMAKE="-DGGML_NATIVE=OFF"
+# RPC always (pooling GPUs over `mixdesk worker`); CUDA for the CUDA variant, for every GPU
+# generation from Volta (V100, sm_70) to Ada (sm_89): that needs a CUDA 12.x toolkit, since
+# CUDA 13 dropped Volta. Ship it as MixDesk-linux-x86_64-cuda.tar.gz.
+CMAKE="-DGGML_NATIVE=OFF -DGGML_RPC=ON"
 if [ "${1:-}" = "--cuda" ]; then
-    CMAKE="$CMAKE -DGGML_CUDA=on"
+    CMAKE="$CMAKE -DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=70;75;80;86;89"
 fi
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"

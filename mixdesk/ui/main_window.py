@@ -38,13 +38,14 @@ from mixdesk.errors import EngineCrashedError, user_message
 from mixdesk.ui.answer import AnswerController
 from mixdesk.ui.chat_area import ChatArea
 from mixdesk.ui.conversations import ConversationController, ConversationPanel
-from mixdesk.ui.hardware_panel import HardwareTab, unused_gpu_notice
+from mixdesk.ui.gpu_support import GpuSupportBar
+from mixdesk.ui.hardware_panel import HardwareTab
 from mixdesk.ui.measure import MeasureController
 from mixdesk.ui.model_manager import ModelManager
 from mixdesk.ui.models import ModelController, model_info_line
 from mixdesk.ui.offload_panel import OffloadPanel
 from mixdesk.ui.plain import message_box
-from mixdesk.ui.widgets import Banner, SpeedMeter, stats_line
+from mixdesk.ui.widgets import SpeedMeter, stats_line
 from mixdesk.ui.workers import EngineController, TaskWorker
 
 log = logging.getLogger(__name__)
@@ -103,7 +104,8 @@ class MainWindow(QMainWindow):
     # -- layout -------------------------------------------------------------------------
 
     def _build(self, catalog: Sequence[CatalogModel] | None) -> None:
-        self.banner = Banner()
+        self.banner = GpuSupportBar()
+        self.banner.installed.connect(self.models.unload)  # the next load starts a new engine
         self.conversation_panel = ConversationPanel(self.conversations)
         self.search = self.conversation_panel.search
 
@@ -222,7 +224,7 @@ class MainWindow(QMainWindow):
         self.hardware = hw
         self.manager.hardware = hw
         self.hardware_label.show_hardware(hw)
-        self.banner.show_text(unused_gpu_notice(hw))
+        self.banner.show_for(hw)
         if self.center.welcoming:
             self.first_run.start(hw)
         if self.offload.profile is not None:

@@ -302,7 +302,8 @@ def test_gpu_banner_and_hardware_panel(window: MainWindow) -> None:
     )
     window.set_hardware(idle_gpu)
     assert window.banner.isVisible()
-    assert 'CMAKE_ARGS="-DGGML_CUDA=on"' in window.banner.text()
+    assert 'CMAKE_ARGS="-DGGML_CUDA=on"' in window.banner.banner.text()
+    assert window.banner.install.isVisible()  # a source setup can rebuild from the app
     assert "Tesla V100-SXM2-16GB" in window.hardware_label.text()
     window.set_hardware(CPU)
     assert "CPU only" in window.hardware_label.text()
