@@ -1,24 +1,53 @@
-"""Make the README's screenshots from the real app (offscreen), on a generated tiny model.
+"""Make the README's screenshots from the real app in a real X window (Xvfb), 1280x800.
 
-Usage: ``python docs/make_screenshots.py`` (writes docs/screenshots/*.png).
+Usage: ``python docs/make_screenshots.py`` (writes docs/screenshots/*.png). Without a
+``DISPLAY`` it starts its own Xvfb (Debian: ``apt-get install xvfb`` plus Qt's xcb libraries,
+see the README's Quick start); the pictures are grabbed from the X server's framebuffer, as a
+user would see them. Shown: the first-run page (the catalog ranked for a 16 GB V100 from a
+local Hub server), a two-turn conversation on a generated model (random weights: the words
+are noise, the layout is real), the offload panel for Mixtral 8x7B Q4_K_M on that V100, and
+the model manager with fit badges.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from mixdesk.core.hardware import HardwareInfo
+    from PySide6.QtWidgets import QWidget
+
     from mixdesk.ui.main_window import MainWindow
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 OUT = ROOT / "docs" / "screenshots"
+SIZE = (1280, 800)
+
+
+def _x_display() -> subprocess.Popen[bytes] | None:
+    """Use $DISPLAY, or start an Xvfb of 1280x800 for this run."""
+    os.environ["QT_QPA_PLATFORM"] = "xcb"
+    if os.environ.get("DISPLAY"):
+        return None
+    xvfb = shutil.which("Xvfb")
+    if xvfb is None:
+        raise SystemExit("make_screenshots: Xvfb is not installed (Debian: apt-get install xvfb).")
+    display = ":93"
+    proc = subprocess.Popen(
+        [xvfb, display, "-screen", "0", f"{SIZE[0]}x{SIZE[1]}x24", "-nolisten", "tcp"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    time.sleep(1.0)
+    os.environ["DISPLAY"] = display
+    return proc
 
 
 def _spin(ms: int) -> None:
@@ -30,111 +59,144 @@ def _spin(ms: int) -> None:
     loop.exec()
 
 
+def _wait(signal: object, timeout_ms: int = 120_000) -> None:
+    """Run the event loop until ``signal`` fires."""
+    from PySide6.QtCore import QEventLoop, QTimer
+
+    loop = QEventLoop()
+    signal.connect(lambda *_a: loop.quit())  # type: ignore[attr-defined]
+    QTimer.singleShot(timeout_ms, loop.quit)
+    loop.exec()
+
+
+def _shot(window: MainWindow, name: str, part: QWidget | None = None) -> None:
+    """Grab the window (or ``part`` of it) from the X server's framebuffer."""
+    from PySide6.QtCore import QPoint
+
+    _spin(300)  # let the compositor-less X server show the last paint
+    screen = window.screen()
+    if part is None:
+        image = screen.grabWindow(window.winId())
+    else:
+        at = part.mapTo(window, QPoint(0, 0))
+        image = screen.grabWindow(window.winId(), at.x(), at.y(), part.width(), part.height())
+    OUT.mkdir(parents=True, exist_ok=True)
+    image.save(str(OUT / f"{name}.png"))
+    print(f"  {name}.png {image.width()}x{image.height()}")
+
+
 def main() -> int:
-    """Open the window, drive it, grab PNGs."""
+    """Open the window on the X display, drive it, grab PNGs."""
+    xvfb = _x_display()
+    try:
+        return _make()
+    finally:
+        if xvfb is not None:
+            xvfb.terminate()
+
+
+def _make() -> int:
+    import huggingface_hub.constants as hub_constants
     from PySide6.QtWidgets import QApplication
 
     from mixdesk.core.chat_store import ChatStore
     from mixdesk.core.engine import Engine
-    from mixdesk.core.hardware import GIB, MIB, GpuInfo, HardwareInfo
     from mixdesk.core.library import Library
     from mixdesk.ui.main_window import MainWindow
     from tests import model_factory as mf
+    from tests.hub_server import HubState, serve_hub
+    from tests.ui.test_first_run import V100, _catalog, _serve
 
     tmp = Path(tempfile.mkdtemp(prefix="mixdesk-shots-"))
+    os.environ["XDG_DATA_HOME"] = str(tmp / "data")  # a fresh user: the first run
+    os.environ["XDG_CONFIG_HOME"] = str(tmp / "config")
+    os.environ["MIXDESK_NO_DIALOGS"] = "1"
+    headers = {
+        q: mf.mixtral_header_file(
+            tmp / "hub", q, legacy=True, name=f"mixtral-8x7b-instruct-v0.1.{q}"
+        )
+        for q in ("Q2_K", "Q4_K_M")
+    }
+    types = mf.modern_quant_types(tmp / "probe", "Q4_K_M", n_layers=56)
+    headers["8x22b"] = mf.mixtral_header_file(
+        tmp / "hub",
+        "Q4_K_M",
+        cfg=mf.MIXTRAL_8X22B,
+        types=types,
+        split_count=2,
+        name="Mixtral-8x22B-v0.1-Q4_K_M",
+    )
     model = mf.make_model(tmp / "models-src", mf.TINY, "Q4_K_M", name="mixtral-tiny-demo")
-    _app = QApplication.instance() or QApplication([])  # kept alive while the window runs
-    hw = HardwareInfo(
-        ram_total_bytes=32 * GIB,
-        ram_available_bytes=28 * GIB,
-        physical_cores=8,
-        logical_cores=16,
-        gpus=[GpuInfo("Tesla V100-SXM2-16GB", "cuda", 16160 * MIB, 15860 * MIB)],
-        gpu_offload=True,
-    )
-    window = MainWindow(
-        store=ChatStore(tmp / "chats.sqlite"),
-        library=Library(tmp / "models"),
-        engine=Engine(log_dir=tmp / "logs"),
-        hardware=hw,
-        quiet=True,
-    )
-    window.resize(1400, 860)
-    window.show()
-    _main_window_shot(window, model)
-    _offload_panel_shot(window, tmp, hw)
-    _model_manager_shot(window, model)
-    window.close()
+    app = QApplication.instance() or QApplication([])
+    state = HubState()
+    _serve(state, headers)
+    with serve_hub(state) as url:
+        hub_constants.ENDPOINT = url
+        hub_constants.HUGGINGFACE_CO_URL_TEMPLATE = url + "/{repo_id}/resolve/{revision}/{filename}"
+        window = MainWindow(
+            store=ChatStore(tmp / "chats.sqlite"),
+            library=Library(tmp / "models"),
+            engine=Engine(log_dir=tmp / "logs"),
+            hardware=V100,
+            catalog=_catalog(headers),
+            quiet=True,
+        )
+        window.resize(*SIZE)
+        window.show()
+        _wait(window.first_run.ranked)
+        _shot(window, "first-run")
+        _conversation(window, model)
+        _offload_panel(window, headers["Q4_K_M"])
+        _model_manager(window, headers)
+        window.close()
+    del app
     print(f"screenshots in {OUT}")
     return 0
 
 
-def _main_window_shot(window: MainWindow, model: Path) -> None:
-    """Load the tiny model and grab the window mid-answer."""
-    from PySide6.QtCore import QEventLoop
-
+def _conversation(window: MainWindow, model: Path) -> None:
+    """Two short turns with the tiny model: roles, footers, the speed line."""
     window.select_model_path(str(model))
     while window.offload.plan is None:
         _spin(20)
-    loaded = QEventLoop()
-    window.modelLoaded.connect(lambda _i: loaded.quit())
     window.load_selected()
-    loaded.exec()
-    window.set_sampling(
-        max_tokens=0, seed=3
-    )  # until the context is full: long enough to catch mid-answer
+    _wait(window.modelLoaded)
+    window.set_sampling(max_tokens=28, seed=3, temperature=0.8)
     window.rename_conversation("Mixture of experts")
-    window.send("Explain how a mixture of experts routes each token, with a code example.")
-    _spin(400)
-    OUT.mkdir(parents=True, exist_ok=True)
-    window.grab().save(str(OUT / "main-window.png"))
-    finished = QEventLoop()
-    window.answerFinished.connect(lambda _d: finished.quit())
-    window.stop()
-    if window.busy:
-        finished.exec()
-
-
-def _offload_panel_shot(window: MainWindow, tmp: Path, hw: HardwareInfo) -> None:
-    """The offload panel on the article's machine: Mixtral 8x7B Q4_K_M (header only) on a V100."""
-    from mixdesk.core.model_profile import profile_local
-    from tests import model_factory as mf
-
-    mixtral = mf.mixtral_header_file(
-        tmp / "mixtral", "Q4_K_M", legacy=True, name="mixtral-8x7b-instruct-v0.1.Q4_K_M"
-    )
+    for text in (
+        "How does a mixture of experts route each token?",
+        "And why do only two experts run per token?",
+    ):
+        window.send(text)
+        _wait(window.answerFinished)
     window.tabs.setCurrentWidget(window.offload)
-    window.offload.set_model(str(mixtral), profile_local(mixtral), hw)
-    window.offload.ctx.setValue(2048)
-    _spin(100)
-    window.offload.grab().save(str(OUT / "offload-panel.png"))
+    _shot(window, "conversation")
 
 
-def _model_manager_shot(window: MainWindow, model: Path) -> None:
-    """The model manager listing a repository on a local Hub server, fit badges read."""
-    import huggingface_hub.constants as c
+def _offload_panel(window: MainWindow, mixtral: Path) -> None:
+    """The offload panel on the article's machine: Mixtral 8x7B Q4_K_M on a 16 GB V100."""
+    from mixdesk.core.model_profile import profile_local
 
-    from tests.hub_server import HubFile, HubRepo, HubState, serve_hub
+    panel = window.offload
+    window.tabs.setCurrentWidget(panel)
+    panel.set_model(str(mixtral), profile_local(mixtral), window.hardware)
+    panel.ctx.setValue(2048)
+    _shot(window, "offload-panel", panel)
 
-    state = HubState()
-    demo = model.read_bytes()
-    state.repos["TheBloke/Mixtral-tiny-GGUF"] = HubRepo(
-        files={
-            "mixtral-tiny.Q4_K_M.gguf": HubFile(data=demo),
-            "mixtral-tiny.Q2_K.gguf": HubFile(data=demo),
-        }
-    )
-    with serve_hub(state) as url:
-        c.ENDPOINT = url
-        c.HUGGINGFACE_CO_URL_TEMPLATE = url + "/{repo_id}/resolve/{revision}/{filename}"
-        window.tabs.setCurrentWidget(window.manager)
-        window.manager.list_repo("TheBloke/Mixtral-tiny-GGUF")
-        while (
-            window.manager.files.rowCount() < 2 or "reading header…" in window.manager.badge_texts()
-        ):
-            _spin(20)
-        _spin(100)
-        window.grab().save(str(OUT / "model-manager.png"))
+
+def _model_manager(window: MainWindow, headers: dict[str, Path]) -> None:
+    """The model manager listing the Mixtral repository, fit badges read from headers."""
+    from tests.ui.test_first_run import REPO
+
+    window.tabs.setCurrentWidget(window.manager)
+    window.manager.list_repo(REPO)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and (
+        window.manager.files.rowCount() < len(headers) - 1
+        or "reading header…" in window.manager.badge_texts()
+    ):
+        _spin(50)
+    _shot(window, "model-manager")
 
 
 if __name__ == "__main__":

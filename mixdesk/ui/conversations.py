@@ -8,7 +8,7 @@ from pathlib import Path
 from PySide6.QtCore import QObject, Signal
 from PySide6.QtWidgets import (
     QFileDialog,
-    QHBoxLayout,
+    QGridLayout,
     QInputDialog,
     QLineEdit,
     QListWidget,
@@ -184,10 +184,12 @@ class ConversationPanel(QWidget):
         layout = QVBoxLayout(self)
         layout.addWidget(self.search)
         layout.addWidget(self.list, 1)
-        row = QHBoxLayout()
-        for b in (self.new_button, self.rename_button, self.delete_button, self.export_button):
-            row.addWidget(b)
-        layout.addLayout(row)
+        grid = QGridLayout()  # two by two: the list stays narrow next to the chat
+        for i, b in enumerate(
+            (self.new_button, self.rename_button, self.delete_button, self.export_button)
+        ):
+            grid.addWidget(b, i // 2, i % 2)
+        layout.addLayout(grid)
 
         self.search.textChanged.connect(conversations.set_search)
         self.list.currentItemChanged.connect(self._item_chosen)

@@ -220,7 +220,12 @@ class ModelBar(QWidget):
         super().__init__(parent)
         self.models = models
         self.picker = QComboBox()
-        self.picker.setMinimumWidth(320)
+        # Long file names must not widen the window past a 1280-pixel screen: the picker
+        # shows 24 characters at least and elides, whatever its items are.
+        self.picker.setSizeAdjustPolicy(
+            QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon
+        )
+        self.picker.setMinimumContentsLength(24)
         self.open_button = QPushButton("Open .gguf…")
         self.endpoint_button = QPushButton("Endpoint…")
         self.load_button = QPushButton("Load")
@@ -240,9 +245,13 @@ class ModelBar(QWidget):
         column.addWidget(self.info)
         row.addWidget(QLabel("Model"))
         row.addWidget(self.picker, 1)
-        buttons = (self.open_button, self.endpoint_button, self.load_button, self.unload_button)
-        for w in (*buttons, self.progress):
+        for w in (self.load_button, self.unload_button, self.progress):
             row.addWidget(w)
+        more = QHBoxLayout()  # where models come from, on their own row (the window's width)
+        more.addStretch(1)
+        more.addWidget(self.open_button)
+        more.addWidget(self.endpoint_button)
+        column.insertLayout(1, more)
         self.picker.currentIndexChanged.connect(lambda _i: self._chosen())
         self.open_button.clicked.connect(self._open_file)
         self.endpoint_button.clicked.connect(self._ask_endpoint)

@@ -85,7 +85,8 @@ class OffloadPanel(QWidget):
         self.auto.setChecked(True)
         self.slider = QSlider(Qt.Orientation.Horizontal)
         self.slider.setMinimum(0)
-        self.slider_label = QLabel("GPU layers: 0")
+        self.slider_label = QLabel("n_gpu_layers 0")
+        self.slider_label.setWordWrap(True)  # the placement words must not widen the window
         self.ctx = QSpinBox()
         self.ctx.setRange(0, 1 << 20)
         self.ctx.setSingleStep(1024)
@@ -154,7 +155,16 @@ class OffloadPanel(QWidget):
         self.keep_fastest.clicked.connect(self._keep_fastest)
 
     def _set_enabled(self, enabled: bool) -> None:
-        for w in (self.auto, self.slider, self.ctx, self.kv, self.flash, self.apply, self.measure):
+        for w in (
+            self.auto,
+            self.slider,
+            self.ctx,
+            self.kv,
+            self.flash,
+            self.strategy,
+            self.apply,
+            self.measure,
+        ):
             w.setEnabled(enabled)
 
     def set_model(self, path: str, profile: ModelProfile, hardware: HardwareInfo) -> None:

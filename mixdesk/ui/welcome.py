@@ -100,6 +100,7 @@ class WelcomePage(QWidget):
         font.setBold(True)
         title.setFont(font)
         self.machine = plain(QLabel("Detecting this machine…"))  # GPU names come from drivers
+        self.machine.setWordWrap(True)  # a long GPU name must not widen the window
         self.status = plain(QLabel(""))
         self.status.setWordWrap(True)
         self.table = QTableWidget(0, len(self.COLUMNS))
