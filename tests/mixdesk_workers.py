@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,13 +14,7 @@ import pytest
 
 from mixdesk.core import rpc_worker
 from mixdesk.errors import WorkerError
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 nobody listens on (right now)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.net import free_port
 
 
 @dataclass
