@@ -22,6 +22,7 @@ from mixdesk.core.engine import ChatDone, Engine, GenerationStats, SamplingParam
 from mixdesk.core.engine.client import AnswerStream, validate_sampling
 from mixdesk.core.engine.protocol import ModelInfo
 from mixdesk.core.loading import LoadOutcome, LoadRequest, load_model
+from mixdesk.core.planner import placement_words
 from mixdesk.errors import InvalidArgumentError
 
 _HELP = "Type a message and press Enter. /reset starts over, /exit or Ctrl-D quits, Ctrl-C stops an answer."
@@ -244,7 +245,7 @@ def _interactive(
     system = list(history)
     if sys.stdin.isatty():
         sys.stderr.write(
-            f"{info.name}: {info.n_layers} layers, {info.n_gpu_layers} on the GPU, "
+            f"{info.name}: {placement_words(info.n_gpu_layers, info.n_layers)}, "
             f"context {info.n_ctx}. {_HELP}\n"
         )
         with contextlib.suppress(ImportError):
