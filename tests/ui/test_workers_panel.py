@@ -11,7 +11,8 @@ from pytestqt.qtbot import QtBot
 
 from mixdesk.core.settings import Settings
 from mixdesk.ui.workers_panel import WorkersPanel
-from tests.mixdesk_workers import WorkerProcess, free_port
+from tests.mixdesk_workers import WorkerProcess
+from tests.net import free_port
 from tests.ui.test_main_window import ask, make_window
 
 Workers = Callable[..., WorkerProcess]
