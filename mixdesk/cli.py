@@ -56,10 +56,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         from mixdesk.core.engine import worker
 
         return worker.main()
-    if args_list[:1] == ["--rpc-server"]:
-        from mixdesk.core.engine import rpc_server
-
-        return rpc_server.main(args_list[1:])
     if args_list[:1] == ["--llama-server"]:
         from mixdesk.core.serve import server_main
 

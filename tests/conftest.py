@@ -10,12 +10,10 @@ import huggingface_hub.constants as hf_constants
 import pytest
 
 from mixdesk.core.engine import Engine
-from mixdesk.core.engine.rpc_server import RpcServerProcess, start_rpc_server
 from tests import model_factory as mf
 from tests.hub_server import HubState, serve_hub
 from tests.limits import limit_address_space
-from tests.mixdesk_workers import workers  # noqa: F401 - a fixture: `mixdesk worker` processes
-from tests.net import free_port
+from tests.mixdesk_workers import WorkerProcess, workers  # noqa: F401 - a fixture
 
 # Before pytest-qt creates the (session-wide) QApplication: no display is needed, or used.
 os.environ["QT_QPA_PLATFORM"] = "offscreen"
@@ -107,33 +105,22 @@ def engine(tmp_path: Path) -> Iterator[Engine]:
 
 
 @pytest.fixture
-def rpc_servers(tmp_path: Path) -> Iterator[Callable[..., RpcServerProcess]]:
-    """Start llama.cpp RPC servers on loopback: real offload devices on a machine without a GPU.
+def rpc_servers(workers: Callable[..., WorkerProcess]) -> Callable[..., WorkerProcess]:  # noqa: F811 - the fixture
+    """Start offload devices on loopback: real llama.cpp RPC servers (`mixdesk worker`, over
+    the CPU backend) on a machine without a GPU.
 
-    Call the fixture's value to start one; each is its own process (llama.cpp's RPC server
-    over the CPU backend), ended after the test. ``MALLOC_ARENA_MAX`` keeps its address space
-    predictable, for tests that limit it.
+    Call the fixture's value to start one; each is its own process, ended after the test.
+    ``memory_budget`` bytes of address space beyond what it uses idle make a device that runs
+    out of memory for real; ``MALLOC_ARENA_MAX`` keeps that address space predictable.
     """
-    started: list[RpcServerProcess] = []
 
-    def start(memory_budget: int | None = None) -> RpcServerProcess:
-        """Start a server; ``memory_budget`` bytes of address space beyond what it uses idle
-        make a device that runs out of memory for real (llama.cpp cannot allocate there)."""
-        server = start_rpc_server(
-            port=free_port(),
-            log_path=tmp_path / f"rpc-server-{len(started)}.log",
-            env={"MALLOC_ARENA_MAX": "1"},
-        )
-        started.append(server)
+    def start(memory_budget: int | None = None) -> WorkerProcess:
+        worker = workers("--no-cache", env={"MALLOC_ARENA_MAX": "1"})
         if memory_budget is not None:
-            limit_address_space(server.proc.pid, memory_budget)
-        return server
+            limit_address_space(worker.proc.pid, memory_budget)
+        return worker
 
-    try:
-        yield start
-    finally:
-        for server in started:
-            server.stop()
+    return start
 
 
 #: Layers of about 12 MiB (Q4_K_M) against compute buffers of about 20 MiB: a model whose

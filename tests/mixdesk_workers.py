@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -9,6 +10,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -37,7 +39,11 @@ class WorkerProcess:
 
 
 def start_worker(
-    tmp_path: Path, *extra: str, python_prelude: str = "", host: str = "127.0.0.1"
+    tmp_path: Path,
+    *extra: str,
+    python_prelude: str = "",
+    host: str = "127.0.0.1",
+    env: dict[str, str] | None = None,
 ) -> WorkerProcess:
     """Start `mixdesk worker` on a free loopback port and wait until it answers the handshake.
 
@@ -49,7 +55,11 @@ def start_worker(
     code = f"{python_prelude}\nimport sys\nfrom mixdesk.cli import main\nsys.exit(main({args!r}))"
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-c", code], stdin=subprocess.DEVNULL, stdout=out, stderr=out
+            [sys.executable, "-c", code],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=out,
+            env={**os.environ, **(env or {})},
         )
     endpoint = f"127.0.0.1:{port}"
     deadline = time.monotonic() + 60
@@ -69,7 +79,7 @@ def workers(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
     """Start `mixdesk worker` processes; all end after the test."""
     started: list[WorkerProcess] = []
 
-    def start(*extra: str, **kwargs: str) -> WorkerProcess:
+    def start(*extra: str, **kwargs: Any) -> WorkerProcess:
         worker = start_worker(tmp_path, *extra, **kwargs)
         started.append(worker)
         return worker

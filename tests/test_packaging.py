@@ -41,5 +41,5 @@ def test_frozen_entry_points_are_dispatched(tmp_path: Path) -> None:
     assert server_command(ServeConfig(LoadConfig("m.gguf")))[-2] == "--llama-server"
     assert self_command()[-1] == "mixdesk"
     cli = (ROOT / "mixdesk" / "cli.py").read_text()
-    for flag in ("--engine-worker", "--llama-server", "--qt-selftest", "--rpc-server"):
+    for flag in ("--engine-worker", "--llama-server", "--qt-selftest"):
         assert flag in cli

@@ -300,18 +300,12 @@ def check_before_connecting(endpoint: str, *, timeout: float = 5.0) -> None:
     busy.
 
     Raises:
-        WorkerUnreachableError, WorkerVersionError, WorkerBusyError, WorkerError.
+        WorkerUnreachableError, WorkerVersionError, WorkerBusyError, NotAWorkerError (a plain
+        llama.cpp rpc-server: its versions cannot be checked), WorkerError.
     """
     if endpoint in _connected:
         return
-    try:
-        info = hello(endpoint, timeout=timeout)
-    except NotAWorkerError:
-        # llama.cpp's own rpc-server (the test suite's offload device is one): it answered
-        # and closed, so it listens and is free; llama.cpp's handshake checks its protocol.
-        log.warning("%s is a plain llama.cpp RPC server: versions not checked", endpoint)
-        _connected.add(endpoint)
-        return
+    info = hello(endpoint, timeout=timeout)  # a plain llama.cpp rpc-server: NotAWorkerError
     check_versions(info)
     if info.busy:
         raise WorkerBusyError(

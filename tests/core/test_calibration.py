@@ -9,10 +9,10 @@ from mixdesk.core import calibration
 from mixdesk.core.chat_template import ChatMessage
 from mixdesk.core.engine import Engine
 from mixdesk.core.engine.protocol import ModelInfo
-from mixdesk.core.engine.rpc_server import RpcServerProcess
 from mixdesk.core.hardware import MIB
 from mixdesk.core.loading import LoadChoices, LoadRequest, load_model, plan_load
 from tests.core.test_offload_truth import rpc_hardware
+from tests.mixdesk_workers import WorkerProcess
 
 
 def test_overhead_is_what_left_beyond_llama_cpps_buffers() -> None:
@@ -45,7 +45,7 @@ def test_overhead_is_what_left_beyond_llama_cpps_buffers() -> None:
 
 
 def test_a_load_measures_the_overhead_and_the_next_plan_uses_it(
-    models: dict[str, Path], rpc_servers: Callable[..., RpcServerProcess], tmp_path: Path
+    models: dict[str, Path], rpc_servers: Callable[..., WorkerProcess], tmp_path: Path
 ) -> None:
     server = rpc_servers()
     hardware = rpc_hardware(server)

@@ -17,20 +17,19 @@ import pytest
 
 from mixdesk.core.chat_template import ChatMessage
 from mixdesk.core.engine import Engine, LoadConfig, ModelInfo
-from mixdesk.core.engine.rpc_server import RpcServerProcess
 from mixdesk.core.hardware import GIB, MIB, GpuInfo, HardwareInfo
 from mixdesk.core.loading import MAX_LOAD_TRIES, LoadChoices, LoadRequest, load_model
 from mixdesk.errors import DeviceOutOfMemoryError, HostOutOfMemoryError
 from tests.conftest import OOM_SHAPE
 from tests.limits import limit_address_space
-from tests.mixdesk_workers import start_worker
+from tests.mixdesk_workers import WorkerProcess, start_worker
 
 BUDGET = 48 * MIB
 
-Servers = Callable[..., RpcServerProcess]
+Servers = Callable[..., WorkerProcess]
 
 
-def device_hardware(server: RpcServerProcess) -> HardwareInfo:
+def device_hardware(server: WorkerProcess) -> HardwareInfo:
     """The RPC device as its server reports it: the host's free memory, not its limit."""
     return HardwareInfo(
         ram_total_bytes=16 * GIB,

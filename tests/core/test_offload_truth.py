@@ -17,14 +17,14 @@ from mixdesk.core.chat_template import ChatMessage
 from mixdesk.core.convert import convert_legacy
 from mixdesk.core.engine import Engine
 from mixdesk.core.engine.protocol import ModelInfo
-from mixdesk.core.engine.rpc_server import RpcServerProcess
 from mixdesk.core.hardware import GIB, MIB, GpuInfo, HardwareInfo
 from mixdesk.core.loading import LoadChoices, LoadSetup, plan_load
 from mixdesk.core.model_profile import profile_local
 from mixdesk.core.synthetic_model import write_model
 from tests import model_factory as mf
+from tests.mixdesk_workers import WorkerProcess
 
-Servers = Callable[[], RpcServerProcess]
+Servers = Callable[[], WorkerProcess]
 
 #: n_embd 768 (not a multiple of 512), 5 layers, 6 heads: a second Mixtral-like shape.
 WIDE = mf.with_changes(
@@ -32,7 +32,7 @@ WIDE = mf.with_changes(
 )
 
 
-def rpc_hardware(*servers: RpcServerProcess, free: int = 8 * GIB) -> HardwareInfo:
+def rpc_hardware(*servers: WorkerProcess, free: int = 8 * GIB) -> HardwareInfo:
     """This machine as the planner sees it with ``servers`` as its offload devices."""
     return HardwareInfo(
         ram_total_bytes=16 * GIB,

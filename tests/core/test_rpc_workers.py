@@ -7,11 +7,14 @@ behind MixDesk's front), and every load a real engine.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -20,11 +23,12 @@ import pytest
 
 from mixdesk import __version__
 from mixdesk.core import rpc_worker
-from mixdesk.core.engine import Engine
+from mixdesk.core.engine import Engine, LoadConfig
 from mixdesk.core.engine.diagnose import buffer_sizes
 from mixdesk.core.hardware import GIB, GpuInfo, HardwareInfo
 from mixdesk.core.loading import LoadChoices, LoadRequest, load_model
 from mixdesk.errors import (
+    NotAWorkerError,
     WorkerBusyError,
     WorkerUnreachableError,
     WorkerVersionError,
@@ -276,3 +280,38 @@ def test_serve_with_a_worker_answers_from_it(
     finally:
         serve.send_signal(signal.SIGINT)
         serve.communicate(timeout=30)
+
+
+def test_a_plain_llama_cpp_rpc_server_is_refused_before_connecting(
+    models: dict[str, Path], tmp_path: Path
+) -> None:
+    """llama.cpp's own RPC server has no MixDesk handshake, so its versions cannot be checked:
+    the engine refuses it with one sentence instead of letting llama.cpp connect."""
+    port = free_port()
+    code = (
+        "from mixdesk.core.engine import llama_adapter; "
+        f"llama_adapter.serve_rpc('127.0.0.1:{port}', threads=1)"
+    )
+    server = subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", port), timeout=0.5),
+            ):
+                break
+            time.sleep(0.1)
+        config = LoadConfig(
+            str(models["q4_k_m"]), n_gpu_layers=2, rpc_servers=(f"127.0.0.1:{port}",)
+        )
+        with (
+            Engine(log_dir=tmp_path) as engine,
+            pytest.raises(NotAWorkerError, match=rf"127\.0\.0\.1:{port}"),
+        ):
+            engine.load(config)
+    finally:
+        server.kill()
+        server.wait()

@@ -11,15 +11,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 from mixdesk.core.engine import Engine, diagnose
-from mixdesk.core.engine.rpc_server import RpcServerProcess
 from mixdesk.core.loading import LoadChoices, plan_load
 from mixdesk.core.serve import ServeConfig, start_server
 from tests.core.test_offload_truth import rpc_hardware
+from tests.mixdesk_workers import WorkerProcess
 from tests.net import free_port
 
 
 def test_serve_places_tensors_like_the_engine(
-    models: dict[str, Path], rpc_servers: Callable[..., RpcServerProcess], tmp_path: Path
+    models: dict[str, Path], rpc_servers: Callable[..., WorkerProcess], tmp_path: Path
 ) -> None:
     server = rpc_servers()
     choices = LoadChoices(n_ctx=1024, strategy="experts", experts_in_ram=2, use_mmap=False)

@@ -6,11 +6,11 @@ from pathlib import Path
 
 from pytestqt.qtbot import QtBot
 
-from mixdesk.core.engine.rpc_server import RpcServerProcess
 from mixdesk.core.hardware import GIB, MIB, GpuInfo, HardwareInfo
 from mixdesk.core.loading import MAX_LOAD_TRIES
 from tests.conftest import OOM_SHAPE
 from tests.core.test_device_oom import CountingEngine, Servers, device_hardware
+from tests.mixdesk_workers import WorkerProcess
 from tests.ui.test_main_window import make_window
 
 GPU_8GIB = HardwareInfo(
@@ -26,7 +26,7 @@ GPU_8GIB = HardwareInfo(
 def test_window_retries_a_device_out_of_memory_with_fewer_layers(
     qtbot: QtBot, tmp_path: Path, oom_model: Path, rpc_servers: Servers
 ) -> None:
-    server: RpcServerProcess = rpc_servers(48 * MIB)
+    server: WorkerProcess = rpc_servers(48 * MIB)
     engine = CountingEngine(log_dir=tmp_path / "logs")
     window = make_window(qtbot, tmp_path, device_hardware(server), engine=engine)
     messages: list[str] = []
