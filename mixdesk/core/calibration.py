@@ -11,6 +11,7 @@ uses it and says that it is measured.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -23,6 +24,7 @@ from mixdesk.core.engine.protocol import ModelInfo
 log = logging.getLogger(__name__)
 
 
+@functools.cache
 def installed_llama_version() -> str:
     """The installed llama-cpp-python's version (without importing it)."""
     from importlib.metadata import PackageNotFoundError, version
@@ -38,14 +40,22 @@ def store_path() -> Path:
     return paths.data_dir() / "calibration.json"
 
 
+#: What the store holds, by its path: read once per process (every plan asks, and the
+#: offload panel plans at each move of its slider, on the GUI thread), kept by :func:`record`.
+_cache: dict[Path, dict[str, int]] = {}
+
+
 def _read() -> dict[str, int]:
-    try:
-        data = json.loads(store_path().read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    if not isinstance(data, dict):
-        return {}
-    return {str(k): int(v) for k, v in data.items() if isinstance(v, int) and v >= 0}
+    path = store_path()
+    if path not in _cache:
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            data = {}
+        if not isinstance(data, dict):
+            data = {}
+        _cache[path] = {str(k): int(v) for k, v in data.items() if isinstance(v, int) and v >= 0}
+    return dict(_cache[path])
 
 
 def _key(device: str, version: str) -> str:
@@ -82,5 +92,6 @@ def record(info: ModelInfo, after_batch: Mapping[str, int], version: str) -> dic
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(data, indent=1, sort_keys=True), encoding="utf-8")
     os.replace(tmp, path)
+    _cache[path] = data
     log.info("runtime overhead measured: %s", seen)
     return seen
