@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from mixdesk import paths
-from mixdesk.core.hardware import format_bytes
+from mixdesk.core.hardware import format_bytes, physical_cores
 from mixdesk.core.rpc_worker import local_versions
 from mixdesk.core.serve_security import is_loopback
 from mixdesk.errors import MixdeskError
@@ -70,7 +70,6 @@ def _say(line: str) -> None:
 def run_worker(args: argparse.Namespace) -> int:
     """Serve until Ctrl-C; returns the exit status."""
     from mixdesk.core.engine import llama_adapter
-    from mixdesk.core.engine.protocol import physical_cores
     from mixdesk.core.engine.rpc_front import WorkerFront, start_llama_rpc_server
 
     listener = _listen(args.host, args.port)  # a taken port is said before llama.cpp starts

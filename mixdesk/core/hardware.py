@@ -186,6 +186,11 @@ def _apple_unified(ram_total: int, ram_available: int) -> list[GpuInfo]:
     ]
 
 
+def physical_cores() -> int:
+    """The default thread count: physical cores (llama.cpp gains nothing from hyperthreads)."""
+    return psutil.cpu_count(logical=False) or os.cpu_count() or 1
+
+
 def detect_gpus(
     *, ram_total: int = 0, ram_available: int = 0, nvml: ModuleType | None = None
 ) -> list[GpuInfo]:
@@ -223,7 +228,7 @@ def detect() -> HardwareInfo:
     """Probe this machine."""
     mem = psutil.virtual_memory()
     logical = psutil.cpu_count(logical=True) or os.cpu_count() or 1
-    physical = psutil.cpu_count(logical=False) or logical
+    physical = physical_cores()
     return HardwareInfo(
         ram_total_bytes=mem.total,
         ram_available_bytes=mem.available,

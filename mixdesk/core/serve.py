@@ -27,7 +27,8 @@ from typing import Any
 
 from mixdesk import paths
 from mixdesk.core.engine import diagnose
-from mixdesk.core.engine.protocol import KV_TYPE_IDS, LoadConfig, from_dict, physical_cores
+from mixdesk.core.engine.protocol import KV_TYPE_IDS, LoadConfig, from_dict
+from mixdesk.core.hardware import physical_cores
 from mixdesk.core.serve_security import (
     drop_setting_variables,
     exit_when_parent_ends,

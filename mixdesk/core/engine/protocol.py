@@ -23,15 +23,6 @@ KV_CACHE_TYPES = ("f16", "q8_0", "q4_0")
 KV_TYPE_IDS = {"f16": 1, "q8_0": 8, "q4_0": 2}
 
 
-def physical_cores() -> int:
-    """The default thread count: physical cores (llama.cpp gains nothing from hyperthreads)."""
-    import os
-
-    import psutil
-
-    return psutil.cpu_count(logical=False) or os.cpu_count() or 1
-
-
 @dataclass(frozen=True)
 class LoadConfig:
     """How to load a model, exactly as llama.cpp will be asked to.

@@ -59,8 +59,8 @@ from mixdesk.core.engine.protocol import (
     encode,
     encode_delta,
     failure,
-    physical_cores,
 )
+from mixdesk.core.hardware import physical_cores
 from mixdesk.errors import (
     ContextOverflowError,
     MixdeskError,
