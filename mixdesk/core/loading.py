@@ -231,30 +231,42 @@ def plan_load(
     if profile is None:
         profile = profile_local(path)
     plan = make_plan(profile, hardware, choices)
-    config = _config(path, plan, choices, hardware)
     if engine is not None and plan.n_gpu_layers > 0:
-        pinned_ctx = replace(choices, n_ctx=plan.n_ctx)
-        for _ in range(MAX_DRY_RUNS):
-            measured = engine.dry_run(config)
-            same = replace(
-                pinned_ctx,
-                n_gpu_layers=plan.n_gpu_layers,
-                experts_in_ram=plan.experts_in_ram if plan.strategy == "experts" else None,
-            )
-            exact = make_plan(profile, hardware, same, measured=measured)
-            exact = replace(exact, ctx_reduced_from=plan.ctx_reduced_from)
-            fits = all(d.used_bytes <= d.free_bytes for d in exact.gpus)
-            user_fixed = choices.n_gpu_layers is not None or choices.experts_in_ram is not None
-            if fits or user_fixed:
-                plan = exact
-                config = _config(path, plan, choices, hardware)
-                break
-            # The real compute buffers are bigger than the formula said: plan again with them.
-            plan = make_plan(profile, hardware, pinned_ctx, measured=measured)
-            config = _config(path, plan, choices, hardware)
-            if plan.n_gpu_layers == 0:
-                break
-    return LoadSetup(profile=profile, plan=plan, config=config)
+        plan = _dry_run_checked(
+            engine, path, profile=profile, hardware=hardware, choices=choices, plan=plan
+        )
+    return LoadSetup(profile=profile, plan=plan, config=_config(path, plan, choices, hardware))
+
+
+def _dry_run_checked(
+    engine: Engine,
+    path: Path,
+    *,
+    profile: ModelProfile,
+    hardware: HardwareInfo,
+    choices: LoadChoices,
+    plan: OffloadPlan,
+) -> OffloadPlan:
+    """``plan`` with llama.cpp's own compute buffers from a dry run; when they do not fit
+    (and the user did not fix the layers), planned again with them, at most
+    :data:`MAX_DRY_RUNS` dry runs in all. The context stays the one first chosen."""
+    pinned_ctx = replace(choices, n_ctx=plan.n_ctx)
+    user_fixed = choices.n_gpu_layers is not None or choices.experts_in_ram is not None
+    for _ in range(MAX_DRY_RUNS):
+        measured = engine.dry_run(_config(path, plan, choices, hardware))
+        same = replace(
+            pinned_ctx,
+            n_gpu_layers=plan.n_gpu_layers,
+            experts_in_ram=plan.experts_in_ram if plan.strategy == "experts" else None,
+        )
+        exact = make_plan(profile, hardware, same, measured=measured)
+        if user_fixed or all(d.used_bytes <= d.free_bytes for d in exact.gpus):
+            return replace(exact, ctx_reduced_from=plan.ctx_reduced_from)
+        # The real compute buffers are bigger than the formula said: plan again with them.
+        plan = make_plan(profile, hardware, pinned_ctx, measured=measured)
+        if plan.n_gpu_layers == 0:
+            break
+    return plan
 
 
 def _config(
@@ -283,7 +295,7 @@ def _config(
 def with_gpu_layers(
     setup: LoadSetup, n_gpu_layers: int, hardware: HardwareInfo, *, engine: Engine | None = None
 ) -> LoadSetup:
-    """The same load with another GPU layer count (Measure, Keep fastest, out-of-memory retries)."""
+    """The same load with another GPU layer count (the out-of-memory retry)."""
     choices = replace(_choices_of(setup.config), n_gpu_layers=n_gpu_layers)
     return plan_load(
         setup.config.model_path, hardware, choices, profile=setup.profile, engine=engine
