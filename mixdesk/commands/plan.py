@@ -18,7 +18,7 @@ from mixdesk.core.planner import OffloadPlan
 _FIT_WORDS = {
     "full": "everything on the GPU",
     "partial": "partial offload",
-    "experts": "experts in RAM",
+    "experts": "fits",
     "cpu": "CPU only",
     "none": "does not fit",
 }
