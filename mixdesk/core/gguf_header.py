@@ -35,9 +35,15 @@ MAX_DIMS = 4
 #: Strings in all of a header's arrays together: the largest real vocabularies have about
 #: 260k tokens and as many merges; a header claiming millions more is damaged or hostile.
 MAX_STRING_ITEMS = 1 << 22
-#: Arrays up to this many items are kept in full (per-layer settings); longer ones (the
-#: vocabulary) are read past and only their length is kept.
+#: Arrays of numbers up to this many items are kept in full (per-layer settings such as
+#: ``ARCH.attention.head_count_kv``); longer ones (the vocabulary's scores), string arrays
+#: and the tokenizer's arrays, which nothing in MixDesk reads item by item, are read past and
+#: only their length is kept.
 KEEP_ARRAY_ITEMS = 4096
+#: Items kept in all of a header's arrays together. A real model keeps a few thousand at most
+#: (a dozen per-layer settings for 256 layers); a header of 15,000 arrays of 4,096 numbers
+#: would otherwise become 61 million Python numbers (2.5 GB) from a 246 MB file.
+KEEP_TOTAL_ITEMS = 1 << 16
 #: The fewest bytes a tensor entry (name length, dimension count, type, offset) or a metadata
 #: entry (key length, value type, a one-byte value) takes: a count is checked against them.
 _MIN_TENSOR_BYTES = 8 + 4 + 4 + 8
@@ -69,7 +75,8 @@ class GGUFHeaderError(MixdeskError):
 
 @dataclass(frozen=True)
 class ArrayInfo:
-    """A metadata array too long to keep (e.g. the vocabulary): its item type and length."""
+    """A metadata array that is not kept (the vocabulary, any string array): its item type
+    and length (see :data:`KEEP_ARRAY_ITEMS`)."""
 
     item_type: int
     length: int
@@ -160,6 +167,7 @@ class _Reader:
         self._pos = 0
         self.consumed = 0
         self.strings = 0
+        self.kept = 0
 
     def expect(self, count: int, item_bytes: int, item: str) -> None:
         """Refuse a count whose items cannot fit in what is left of the file or the header limit.
@@ -205,6 +213,24 @@ class _Reader:
                 continue
             self._pos += 8 + length
             self.consumed += 8 + length
+
+    def skip(self, n: int, item: str) -> None:
+        """Read past ``n`` bytes a chunk at a time, keeping none of them."""
+        while n > 0:
+            step = min(n, self._chunk)
+            self.read(step, item)
+            n -= step
+
+    def keep(self, key: str, length: int) -> bool:
+        """Whether to keep an array of ``length`` numbers at ``key`` (counted if so)."""
+        if (
+            length > KEEP_ARRAY_ITEMS
+            or key.startswith("tokenizer.")
+            or self.kept + length > KEEP_TOTAL_ITEMS
+        ):
+            return False
+        self.kept += length
+        return True
 
     def read(self, n: int, item: str) -> bytes:
         if self.consumed + n > self._limit:
@@ -265,17 +291,15 @@ def _value(r: _Reader, vtype: int, key: str, lengths: dict[str, int]) -> MetaVal
         fmt = _SCALARS[item_type]
         size = struct.calcsize(fmt)
         r.expect(length, size, key)
-        raw = r.read(size * length, key)
-        if length > KEEP_ARRAY_ITEMS:
+        if not r.keep(key, length):
+            r.skip(size * length, key)
             return ArrayInfo(item_type, length)
-        return [v[0] for v in struct.iter_unpack(fmt, raw)]
+        return [v[0] for v in struct.iter_unpack(fmt, r.read(size * length, key))]
     if item_type == _STRING:
         r.expect(length, 8, key)
         r.count_strings(length, key)
-        if length > KEEP_ARRAY_ITEMS:
-            r.skip_strings(length, key)
-            return ArrayInfo(item_type, length)
-        return [r.string(key) for _ in range(length)]
+        r.skip_strings(length, key)
+        return ArrayInfo(item_type, length)
     raise GGUFHeaderError(f"{r._what} has a damaged header: arrays of type {item_type} at '{key}'")
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import struct
+import tracemalloc
 from pathlib import Path
 
 import gguf
@@ -11,7 +12,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mixdesk.core.gguf_header import GGUFHeaderError, read_header, read_local_header, tensor_nbytes
+from mixdesk.core.gguf_header import (
+    KEEP_TOTAL_ITEMS,
+    ArrayInfo,
+    GGUFHeaderError,
+    read_header,
+    read_local_header,
+    tensor_nbytes,
+)
 from mixdesk.core.model_profile import profile_local, split_parts
 from tests import model_factory as mf
 
@@ -100,6 +108,52 @@ def test_absurd_headers(data: bytes, words: str) -> None:
 def test_header_size_cap(models: dict[str, Path]) -> None:
     with models["f32"].open("rb") as fh, pytest.raises(GGUFHeaderError, match="larger than"):
         read_header(fh, name="x", max_bytes=1 << 10)
+
+
+def _gguf_string(text: str) -> bytes:
+    raw = text.encode()
+    return struct.pack("<Q", len(raw)) + raw
+
+
+def _array_entry(key: str, item_type: int, fmt: str, values: list[int] | list[float]) -> bytes:
+    """A metadata entry: an array of ``values`` packed with ``fmt`` (GGUF type ``item_type``)."""
+    return (
+        _gguf_string(key)
+        + struct.pack("<IIQ", 9, item_type, len(values))
+        + struct.pack(f"<{len(values)}{fmt}", *values)
+    )
+
+
+def test_a_header_of_thousands_of_arrays_keeps_only_what_fits_the_cap() -> None:
+    """1,000 arrays of 4,096 numbers (16 MB) once became 4 million Python floats (130 MB)."""
+    per_layer = _array_entry("llama.attention.head_count_kv", 4, "I", list(range(32)))
+    floats = [i + 0.5 for i in range(4096)]
+    hostile = b"".join(_array_entry(f"llama.setting_{i:04d}", 6, "f", floats) for i in range(1000))
+    data = _header(n_kv=1001, rest=per_layer + hostile)
+    tracemalloc.start()
+    try:
+        header = read_header(io.BytesIO(data), name="x.gguf", file_size=len(data))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert header.metadata["llama.attention.head_count_kv"] == list(range(32))  # still read
+    assert len(header.array_lengths) == 1001
+    assert header.array_lengths["llama.setting_0999"] == 4096
+    kept = [v for v in header.metadata.values() if isinstance(v, list)]
+    assert sum(len(v) for v in kept) <= KEEP_TOTAL_ITEMS
+    assert header.metadata["llama.setting_0999"] == ArrayInfo(6, 4096)
+    assert peak < 8 << 20, f"reading the header peaked at {peak >> 20} MiB"
+
+
+def test_the_tokenizer_arrays_and_string_arrays_are_not_kept() -> None:
+    strings = _gguf_string("general.tags") + struct.pack("<IIQ", 9, 8, 2)
+    strings += _gguf_string("a") + _gguf_string("bc")
+    tokens = _array_entry("tokenizer.ggml.token_type", 5, "i", [1, 2, 3])
+    data = _header(n_kv=2, rest=tokens + strings)
+    header = read_header(io.BytesIO(data), name="x.gguf", file_size=len(data))
+    assert header.metadata["tokenizer.ggml.token_type"] == ArrayInfo(5, 3)
+    assert header.metadata["general.tags"] == ArrayInfo(8, 2)
+    assert header.array_lengths == {"tokenizer.ggml.token_type": 3, "general.tags": 2}
 
 
 def test_tensor_sizes_come_from_gguf_table() -> None:
