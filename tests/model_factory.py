@@ -31,9 +31,16 @@ QUANTS = ("F32", "F16", "Q4_K_M", "Q2_K", "Q8_0", "Q4_0")
 
 __all__ = [
     "CHATML_TEMPLATE_FOR_TESTS",
+    "ENDS_AT_ONCE",
+    "GEMMA_BASE",
+    "LLAMA3_BASE",
     "MID",
+    "MIXTRAL_NO_TEMPLATE",
+    "PHI3_BASE",
     "QUANTS",
+    "QWEN2_NO_BOS",
     "TINY",
+    "WITH_EOS",
     "ModelSpec",
     "broken_magic",
     "cached_model",
@@ -324,3 +331,54 @@ def mixtral_header_file(
 
 
 from mixdesk.core.chat_template import MIXTRAL_TEMPLATE  # noqa: E402
+
+# --- Models of each chat-template path (parity with llama.cpp's own path) ----------------------
+
+#: A Gemma-architecture base model: no template (llama.cpp's built-in ``gemma`` one), its
+#: vocabulary asks for BOS (``add_bos_token = true``) as Gemma 3's does.
+GEMMA_BASE = ModelSpec(
+    family="gemma",
+    n_expert=0,
+    chat_template=None,
+    bos_text="<bos>",
+    eos_text="<eos>",
+    control_tokens=("<start_of_turn>", "<end_of_turn>"),
+    name="Gemma tiny base",
+)
+#: A Qwen2-architecture model without a template (built-in ``chatml``) whose vocabulary
+#: wants no BOS (``add_bos_token = false``), as Qwen's does.
+QWEN2_NO_BOS = ModelSpec(
+    family="qwen2",
+    n_expert=0,
+    chat_template=None,
+    add_bos=False,
+    bos_text="<|endoftext|>",
+    eos_text="<|im_end|>",
+    control_tokens=("<|im_start|>",),
+    name="Qwen2 tiny base",
+)
+#: A Phi-3-architecture model without a template (built-in ``phi3``).
+PHI3_BASE = ModelSpec(
+    family="phi3",
+    n_expert=0,
+    chat_template=None,
+    control_tokens=("<|user|>", "<|assistant|>", "<|end|>", "<|system|>", "<|endoftext|>"),
+    name="Phi3 tiny base",
+)
+#: A dense llama-architecture model with a Llama 3 vocabulary (``tokenizer.ggml.pre =
+#: llama-bpe``) and no template (built-in ``llama3``).
+LLAMA3_BASE = ModelSpec(
+    n_expert=0,
+    chat_template=None,
+    tokenizer_pre="llama-bpe",
+    bos_text="<|begin_of_text|>",
+    eos_text="<|end_of_text|>",
+    control_tokens=("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"),
+    name="Llama3 tiny base",
+)
+#: A 2023 Mixtral file without a template (MixDesk's Mixtral ``[INST]`` fallback).
+MIXTRAL_NO_TEMPLATE = with_changes(TINY, chat_template=None, name="Mixtral tiny 2023")
+#: A vocabulary that also asks for EOS at the end of every tokenized text.
+WITH_EOS = with_changes(TINY, add_eos=True, name="Mixtral tiny add-eos")
+#: A model whose first answer token is always end-of-text.
+ENDS_AT_ONCE = with_changes(GEMMA_BASE, eos_first=True, name="Gemma tiny ends at once")

@@ -491,6 +491,8 @@ def builtin_template(metadata: Mapping[str, str]) -> ChatTemplate:
         )
     arch = metadata.get("general.architecture", "")
     name = ARCH_BUILTIN_TEMPLATES.get(arch)
+    if arch == "llama" and metadata.get("tokenizer.ggml.pre") == "llama-bpe":
+        name = "llama3"  # a Llama 3 vocabulary: Llama 3's header format, not Llama 2's [INST]
     if name is not None:
         # llama.cpp places a system prompt itself where the format has none (e.g. Gemma's)
         return ChatTemplate(

@@ -12,9 +12,10 @@ gibberish) and almost never ends the answer early.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from mixdesk.core.chat_template import MIXTRAL_TEMPLATE
 
@@ -152,6 +153,22 @@ class ModelSpec:
     seed: int = 0
     #: Extra word pieces to make a larger vocabulary (real Mixtral has 32000 tokens).
     extra_tokens: int = 0
+    #: The llama.cpp architecture written (``general.architecture``): a llama-style decoder
+    #: (Mixtral with experts, dense without), or a dense Gemma, Qwen2 or Phi-3 one (each with
+    #: the tensors llama.cpp requires of it), to test the per-architecture chat templates.
+    family: Literal["llama", "gemma", "qwen2", "phi3"] = "llama"
+    #: The vocabulary's BOS and EOS strings (ids 1 and 2) and whether llama.cpp adds them
+    #: when it tokenizes with ``add_special`` (``tokenizer.ggml.add_bos_token`` / ``_eos_``).
+    bos_text: str = "<s>"
+    eos_text: str = "</s>"
+    add_bos: bool = True
+    add_eos: bool = False
+    #: Control tokens of a chat format (``<start_of_turn>``, ``<|im_start|>``...), at the end.
+    control_tokens: tuple[str, ...] = ()
+    #: ``tokenizer.ggml.pre`` when set (``llama-bpe`` marks a Llama 3 vocabulary).
+    tokenizer_pre: str = ""
+    #: Make end-of-text the most likely token everywhere: the model ends its answers at once.
+    eos_first: bool = False
 
     @property
     def head_dim(self) -> int:
@@ -180,7 +197,7 @@ Vocabulary = tuple[list[str], list[float], list[int]]
 
 def vocabulary(spec: ModelSpec) -> Vocabulary:
     """Return tokens, scores and token types of a llama (SentencePiece) vocabulary."""
-    tokens = ["<unk>", "<s>", "</s>"]
+    tokens = ["<unk>", spec.bos_text, spec.eos_text]
     types = [2, 3, 3]  # UNKNOWN, CONTROL, CONTROL
     tokens += [f"<0x{b:02X}>" for b in range(256)]
     types += [6] * 256  # BYTE
@@ -189,6 +206,9 @@ def vocabulary(spec: ModelSpec) -> Vocabulary:
     tokens += pieces
     types += [1] * len(pieces)  # NORMAL
     scores = [0.0] * 259 + [-float(i) for i in range(len(pieces))]
+    tokens += spec.control_tokens
+    types += [3] * len(spec.control_tokens)  # CONTROL
+    scores += [0.0] * len(spec.control_tokens)
     return tokens, scores, types
 
 
@@ -208,43 +228,78 @@ def _weights(spec: ModelSpec, n_vocab: int) -> list[tuple[str, npt.NDArray[np.fl
     def ones(n: int) -> npt.NDArray[np.floating]:
         return np.ones(n, dtype=np.float32)
 
-    e, f, kv = spec.n_embd, spec.n_ff, spec.n_head_kv * spec.head_dim
+    e, kv = spec.n_embd, spec.n_head_kv * spec.head_dim
     out = mat(n_vocab, e) * 3
     out[:259] = 0  # specials and bytes: logit 0, far below the word pieces
+    out[n_vocab - len(spec.control_tokens) :] = 0  # a chat format's control tokens too
+    embd = (mat(n_vocab, e) * float(np.sqrt(e))).astype(dtype)
+    if spec.eos_first:
+        out[2] = 50.0  # end-of-text wins whatever the hidden state
     tensors: list[tuple[str, npt.NDArray[np.floating]]] = [
-        ("token_embd.weight", (mat(n_vocab, e) * float(np.sqrt(e))).astype(dtype)),
+        ("token_embd.weight", embd),
         ("output_norm.weight", ones(e)),
-        ("output.weight", out),
     ]
+    if spec.family != "gemma":  # Gemma's output is its token embedding (tied)
+        tensors.append(("output.weight", out))
     for i in range(spec.n_layers):
         b = f"blk.{i}"
-        tensors += [
-            (f"{b}.attn_norm.weight", ones(e)),
-            (f"{b}.attn_q.weight", mat(e, e)),
-            (f"{b}.attn_k.weight", mat(kv, e)),
-            (f"{b}.attn_v.weight", mat(kv, e)),
-            (f"{b}.attn_output.weight", mat(e, e)),
-            (f"{b}.ffn_norm.weight", ones(e)),
-            (f"{b}.ffn_gate_inp.weight", mat(spec.n_expert, e).astype(np.float32)),
-        ]
-        gate, up, down = (
-            mat(f, e, spec.n_expert),
-            mat(f, e, spec.n_expert),
-            mat(e, f, spec.n_expert),
-        )
-        if spec.legacy_expert_layout:
-            for x in range(spec.n_expert):
-                tensors += [
-                    (f"{b}.ffn_gate.{x}.weight", gate[x]),
-                    (f"{b}.ffn_down.{x}.weight", down[x]),
-                    (f"{b}.ffn_up.{x}.weight", up[x]),
-                ]
+        tensors.append((f"{b}.attn_norm.weight", ones(e)))
+        if spec.family == "phi3":  # one fused q|k|v matrix
+            tensors.append((f"{b}.attn_qkv.weight", mat(e + 2 * kv, e)))
         else:
             tensors += [
-                (f"{b}.ffn_gate_exps.weight", gate),
-                (f"{b}.ffn_down_exps.weight", down),
-                (f"{b}.ffn_up_exps.weight", up),
+                (f"{b}.attn_q.weight", mat(e, e)),
+                (f"{b}.attn_k.weight", mat(kv, e)),
+                (f"{b}.attn_v.weight", mat(kv, e)),
             ]
+        if spec.family == "qwen2":  # Qwen2 has q/k/v biases
+            tensors += [
+                (f"{b}.attn_q.bias", np.zeros(e, dtype=np.float32)),
+                (f"{b}.attn_k.bias", np.zeros(kv, dtype=np.float32)),
+                (f"{b}.attn_v.bias", np.zeros(kv, dtype=np.float32)),
+            ]
+        tensors += [
+            (f"{b}.attn_output.weight", mat(e, e)),
+            (f"{b}.ffn_norm.weight", ones(e)),
+        ]
+        tensors += _ffn(spec, b, mat)
+    return tensors
+
+
+def _ffn(
+    spec: ModelSpec, b: str, mat: Callable[..., npt.NDArray[np.floating]]
+) -> list[tuple[str, npt.NDArray[np.floating]]]:
+    """The feed-forward tensors of layer ``b``: experts (Mixtral), or one dense block."""
+    import numpy as np
+
+    e, f = spec.n_embd, spec.n_ff
+    if not spec.n_expert:
+        if spec.family == "phi3":  # gate and up fused in one matrix
+            return [(f"{b}.ffn_up.weight", mat(2 * f, e)), (f"{b}.ffn_down.weight", mat(e, f))]
+        return [
+            (f"{b}.ffn_gate.weight", mat(f, e)),
+            (f"{b}.ffn_up.weight", mat(f, e)),
+            (f"{b}.ffn_down.weight", mat(e, f)),
+        ]
+    tensors = [(f"{b}.ffn_gate_inp.weight", mat(spec.n_expert, e).astype(np.float32))]
+    gate, up, down = (
+        mat(f, e, spec.n_expert),
+        mat(f, e, spec.n_expert),
+        mat(e, f, spec.n_expert),
+    )
+    if spec.legacy_expert_layout:
+        for x in range(spec.n_expert):
+            tensors += [
+                (f"{b}.ffn_gate.{x}.weight", gate[x]),
+                (f"{b}.ffn_down.{x}.weight", down[x]),
+                (f"{b}.ffn_up.{x}.weight", up[x]),
+            ]
+    else:
+        tensors += [
+            (f"{b}.ffn_gate_exps.weight", gate),
+            (f"{b}.ffn_down_exps.weight", down),
+            (f"{b}.ffn_up_exps.weight", up),
+        ]
     return tensors
 
 
@@ -262,7 +317,7 @@ def write_gguf(
     spec: ModelSpec,
     *,
     vocab: Vocabulary,
-    architecture: str = "llama",
+    architecture: str | None = None,
     split_parts: int = 1,
 ) -> Path:
     """Write ``spec``'s weights with the given vocabulary and architecture name.
@@ -274,7 +329,8 @@ def write_gguf(
         path: The file to write (the first part's name is derived from it when split).
         spec: Shape and options of the model.
         vocab: Tokens, scores and token types (see :func:`vocabulary`).
-        architecture: ``general.architecture``, which also prefixes the shape keys.
+        architecture: ``general.architecture``, which also prefixes the shape keys
+            (``spec.family`` unless given).
         split_parts: Write llama.cpp split files when more than 1.
 
     Returns:
@@ -285,7 +341,7 @@ def write_gguf(
     tokens, scores, types = vocab
     weights = _weights(spec, len(tokens))
     per_part = -(-len(weights) // split_parts) if split_parts > 1 else 0
-    writer = gguf.GGUFWriter(str(path), architecture, split_max_tensors=per_part)
+    writer = gguf.GGUFWriter(str(path), architecture or spec.family, split_max_tensors=per_part)
     writer.add_name(spec.name)
     writer.add_context_length(spec.n_ctx_train)
     writer.add_embedding_length(spec.n_embd)
@@ -296,8 +352,9 @@ def write_gguf(
     writer.add_rope_dimension_count(spec.head_dim)
     writer.add_rope_freq_base(1_000_000.0)
     writer.add_layer_norm_rms_eps(1e-5)
-    writer.add_expert_count(spec.n_expert)
-    writer.add_expert_used_count(spec.n_expert_used)
+    if spec.n_expert:
+        writer.add_expert_count(spec.n_expert)
+        writer.add_expert_used_count(spec.n_expert_used)
     writer.add_vocab_size(len(tokens))
     writer.add_file_type(
         gguf.LlamaFileType.MOSTLY_F16 if spec.dtype == "f16" else gguf.LlamaFileType.ALL_F32
@@ -309,8 +366,10 @@ def write_gguf(
     writer.add_bos_token_id(1)
     writer.add_eos_token_id(2)
     writer.add_unk_token_id(0)
-    writer.add_add_bos_token(True)
-    writer.add_add_eos_token(False)
+    writer.add_add_bos_token(spec.add_bos)
+    writer.add_add_eos_token(spec.add_eos)
+    if spec.tokenizer_pre:
+        writer.add_tokenizer_pre(spec.tokenizer_pre)
     if spec.chat_template is not None:
         writer.add_chat_template(spec.chat_template)
     for name, data in weights:

@@ -454,6 +454,7 @@ class Engine:
         sampling: SamplingParams | None = None,
         *,
         stream_interval_s: float = DEFAULT_STREAM_INTERVAL_S,
+        report_tokens: bool = False,
     ) -> ChatStream:
         """Start an answer to ``messages``; returns the stream of its text.
 
@@ -461,6 +462,8 @@ class Engine:
             messages: the conversation so far, ending with the user's turn.
             sampling: sampling settings (defaults: :class:`SamplingParams`).
             stream_interval_s: the shortest time between two deltas (0: one per token).
+            report_tokens: have the prompt's and the answer's token ids in the
+                :class:`ChatDone` (parity checks).
 
         Raises:
             NoModelLoadedError: no model is loaded.
@@ -475,7 +478,9 @@ class Engine:
         if self._active is not None and self._active.result is None:
             raise EngineBusyError("The engine is still answering; stop that answer first.")
         request_id = next(self._ids)
-        self._send(ChatCommand(request_id, tuple(messages), sampling, stream_interval_s))
+        self._send(
+            ChatCommand(request_id, tuple(messages), sampling, stream_interval_s, report_tokens)
+        )
         self._active = ChatStream(self, request_id)
         return self._active
 

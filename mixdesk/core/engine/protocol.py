@@ -168,6 +168,15 @@ class ChatDone:
     stats: GenerationStats
     #: Older messages left out of the prompt so the conversation fit the context.
     dropped_messages: int = 0
+    #: The prompt's tokens and the generated ones (end-of-text included), when the command
+    #: asked for them (``ChatCommand.report_tokens``: parity checks, the doctor).
+    prompt_token_ids: tuple[int, ...] = ()
+    token_ids: tuple[int, ...] = ()
+
+    @property
+    def ended_at_once(self) -> bool:
+        """The model's first token was end-of-text: an answer with no text at all."""
+        return self.finish_reason == "stop" and self.stats.eval_tokens == 0 and not self.text
 
 
 @dataclass(frozen=True)
@@ -198,6 +207,8 @@ class ChatCommand:
     messages: tuple[ChatMessage, ...]
     sampling: SamplingParams = field(default_factory=SamplingParams)
     stream_interval_s: float = 0.0
+    #: Send the prompt's and the answer's token ids with :class:`ChatDone`.
+    report_tokens: bool = False
 
 
 @dataclass(frozen=True)
@@ -258,6 +269,10 @@ def from_dict(cls: type[T], data: dict[str, Any]) -> T:
         kwargs["perf"] = from_dict(PerfCounters, kwargs["perf"])
     if cls in (TextDelta, ChatDone) and isinstance(kwargs.get("stats"), dict):
         kwargs["stats"] = from_dict(GenerationStats, kwargs["stats"])
+    if cls is ChatDone:
+        for name in ("prompt_token_ids", "token_ids"):
+            if name in kwargs:
+                kwargs[name] = tuple(int(t) for t in kwargs[name])
     if cls is SamplingParams and "stop" in kwargs:
         kwargs["stop"] = tuple(kwargs["stop"])
     if cls is LoadConfig:
@@ -312,6 +327,7 @@ def decode_command(line: bytes | str) -> EngineCommand:
             messages=tuple(messages_from_wire(body["messages"])),
             sampling=from_dict(SamplingParams, body["sampling"]),
             stream_interval_s=float(body["stream_interval_s"]),
+            report_tokens=bool(body.get("report_tokens", False)),
         )
     if kind == "cancel":
         return CancelCommand(int(body["request_id"]))

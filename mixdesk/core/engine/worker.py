@@ -35,7 +35,7 @@ from mixdesk.core.chat_template import (
     select_template,
 )
 from mixdesk.core.context_window import answer_room, fit_messages
-from mixdesk.core.engine import diagnose, llama_adapter
+from mixdesk.core.engine import diagnose, llama_adapter, prompt_tokens
 from mixdesk.core.engine.protocol import (
     KV_TYPE_IDS,
     BufferReport,
@@ -124,6 +124,7 @@ class EngineWorker:
         self._llm: Any = None
         self._config: LoadConfig | None = None
         self._template: ChatTemplate | None = None
+        self._special: prompt_tokens.SpecialTokens | None = None
         self._pieces: dict[int, bytes] = {}
         self._overrides: llama_adapter.TensorOverrides | None = None
         self._calibrate = False  # report device memory after the first prompt batch
@@ -179,6 +180,7 @@ class EngineWorker:
         metadata = dict(llm.metadata)
         self._template = select_template(metadata)
         model = llama_adapter.model_handle(llm)
+        self._special = prompt_tokens.special_tokens(model.vocab)
         arch = metadata.get("general.architecture", "unknown")
         n_layers = int(metadata.get(f"{arch}.block_count", "0") or 0)
         log_text = self._tee.text()
@@ -236,8 +238,10 @@ class EngineWorker:
         sampling: SamplingParams,
         *,
         stream_interval_s: float = 0.0,
+        report_tokens: bool = False,
     ) -> None:
-        """Generate an answer, streaming deltas with live speed; end with ``done``.
+        """Generate an answer, streaming deltas with live speed; end with ``done``
+        (with the prompt's and the answer's token ids when ``report_tokens``).
 
         Deltas go out at most every ``stream_interval_s`` (text arriving faster is merged into
         the next one): nobody reads more than 60 updates a second, and every message the app
@@ -282,6 +286,8 @@ class EngineWorker:
         answer = _Answer(
             request_id, len(tokens), tuple(s for s in sampling.stop if s), stream_interval_s
         )
+        if report_tokens:
+            answer.token_ids = []
         llm.set_seed(
             sampling.seed if sampling.seed is not None else int.from_bytes(os.urandom(4), "little")
         )
@@ -295,7 +301,15 @@ class EngineWorker:
         # llama.cpp's own timings go to the log before "done", so the log is complete when the
         # app hears the answer ended.
         self._lc.llama_perf_context_print(ctx)
-        done = ChatDone(request_id, answer.text, answer.finish, stats, fitted.dropped)
+        done = ChatDone(
+            request_id,
+            answer.text,
+            answer.finish,
+            stats,
+            fitted.dropped,
+            prompt_token_ids=tuple(tokens) if report_tokens else (),
+            token_ids=tuple(answer.token_ids or ()),
+        )
         self._channel.send(encode("done", done))
 
     def _prompt_tokens(self, request_id: int, messages: Sequence[ChatMessage]) -> list[int]:
@@ -306,21 +320,20 @@ class EngineWorker:
             ChatTemplateError: the template broke its time or size budget.
         """
         assert self._template is not None
-        model = llama_adapter.model_handle(self._llm)
-        bos = model.token_get_text(model.token_bos()) if model.token_bos() >= 0 else ""
-        eos = model.token_get_text(model.token_eos()) if model.token_eos() >= 0 else ""
+        assert self._special is not None
+        special = self._special
         # The template comes from the model file: it renders within a time and size
         # budget (a ChatTemplateError past it), and a Stop ends the render at once.
         prompt = render_prompt(
             self._template,
             list(messages),
-            bos_token=bos,
-            eos_token=eos,
+            bos_token=special.bos,
+            eos_token=special.eos,
             cancelled=lambda: request_id in self.cancelled,
         )
-        # The template writes BOS itself when it wants one; special=True parses [INST]-like tokens.
-        tokens: list[int] = self._llm.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
-        return tokens
+        # llama.cpp's rule: one BOS whether the template writes it or not (prompt_tokens).
+        vocab = llama_adapter.model_handle(self._llm).vocab
+        return prompt_tokens.tokenize(vocab, prompt_tokens.for_tokenizer(prompt, special))
 
     def _generate(
         self, answer: _Answer, tokens: list[int], sampling: SamplingParams, max_tokens: int
@@ -345,6 +358,8 @@ class EngineWorker:
         lc.llama_set_abort_callback(ctx, self._abort_cb, None)
         try:
             for token in generator:
+                if answer.token_ids is not None:
+                    answer.token_ids.append(token)
                 if answer.n_generated == 0:
                     answer.ttft = time.perf_counter() - answer.start
                     lc.llama_set_abort_callback(ctx, lc.ggml_abort_callback(0), None)
@@ -501,6 +516,8 @@ class _Answer:
     ttft: float = 0.0
     last_send: float = 0.0
     finish: str = "length"
+    #: Every token sampled, when the command asked for them.
+    token_ids: list[int] | None = None
     decoder: codecs.IncrementalDecoder = field(
         default_factory=lambda: codecs.getincrementaldecoder("utf-8")(errors="replace")
     )
@@ -621,6 +638,7 @@ def main() -> int:
                     command.messages,
                     command.sampling,
                     stream_interval_s=command.stream_interval_s,
+                    report_tokens=command.report_tokens,
                 )
             elif isinstance(command, ShutdownCommand):
                 return 0
