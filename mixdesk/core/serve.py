@@ -73,29 +73,18 @@ class ServeConfig:
 
 
 def register_chat_format(model_path: str) -> None:
-    """Register MixDesk's chat format for ``model_path`` with llama-cpp-python (in the server process)."""
-    import gguf
+    """Register MixDesk's chat format for ``model_path`` with llama-cpp-python (in the server
+    process): the template the engine would choose, from the same metadata (all of it, as
+    llama.cpp reads it), and the prompt prepared by the same rule (:mod:`.engine.prompt_tokens`)
+    so that the server's tokens are the engine's."""
     from llama_cpp.llama_chat_format import ChatFormatterResponse, register_chat_format
 
     from mixdesk.core.chat_template import ChatMessage, render_prompt, select_template
+    from mixdesk.core.engine import prompt_tokens
 
-    reader = gguf.GGUFReader(model_path)
-    metadata: dict[str, str] = {}
-    for key in (
-        "tokenizer.chat_template",
-        "general.name",
-        "general.architecture",
-        "llama.expert_count",
-    ):
-        field = reader.fields.get(key)
-        if field is not None:
-            metadata[key] = str(field.contents())
-    tokens = reader.fields["tokenizer.ggml.tokens"].contents()
-    bos_id = reader.fields.get("tokenizer.ggml.bos_token_id")
-    eos_id = reader.fields.get("tokenizer.ggml.eos_token_id")
-    bos = tokens[int(bos_id.contents())] if bos_id is not None else ""
-    eos = tokens[int(eos_id.contents())] if eos_id is not None else ""
-    template = select_template(metadata)
+    vocab = prompt_tokens.read_vocab_file(model_path)
+    special = vocab.special
+    template = select_template(vocab.metadata)
 
     def text_of(content: Any) -> str:
         if isinstance(content, list):
@@ -109,8 +98,14 @@ def register_chat_format(model_path: str) -> None:
             for m in messages
             if m.get("role") in ("system", "user", "assistant")
         ]
-        prompt = render_prompt(template, turns, bos_token=bos, eos_token=eos)
-        return ChatFormatterResponse(prompt=prompt, stop=[eos] if eos else None, added_special=True)
+        prompt = render_prompt(template, turns, bos_token=special.bos, eos_token=special.eos)
+        # added_special=False: llama-cpp-python tokenizes with add_special and parse_special,
+        # as the engine does (prompt_tokens.tokenize)
+        return ChatFormatterResponse(
+            prompt=prompt_tokens.for_tokenizer(prompt, special),
+            stop=[special.eos] if special.eos else None,
+            added_special=False,
+        )
 
 
 def server_main() -> int:
