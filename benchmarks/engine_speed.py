@@ -37,7 +37,13 @@ if str(ROOT) not in sys.path:
 
 from benchmarks.goals import Goal, add_goal_arguments, judge  # noqa: E402
 from mixdesk.core.chat_template import ChatMessage, render_prompt, select_template  # noqa: E402
-from mixdesk.core.engine import Engine, LoadConfig, SamplingParams  # noqa: E402
+from mixdesk.core.engine import (  # noqa: E402
+    Engine,
+    LoadConfig,
+    SamplingParams,
+    llama_adapter,
+)
+from mixdesk.core.engine import prompt_tokens as prompt_tokens_rule  # noqa: E402
 from mixdesk.core.engine.client import DEFAULT_STREAM_INTERVAL_S  # noqa: E402
 from tests import model_factory as mf  # noqa: E402
 
@@ -177,8 +183,12 @@ def main(argv: list[str] | None = None) -> int:
         str(model), n_ctx=n_ctx, n_threads=args.threads, n_threads_batch=args.threads, verbose=False
     )
     template = select_template(dict(llm.metadata))
-    prompt = render_prompt(template, MESSAGES, bos_token="<s>", eos_token="</s>")
-    prompt_tokens = llm.tokenize(prompt.encode(), add_bos=False, special=True)
+    vocab = llama_adapter.model_handle(llm).vocab
+    special = prompt_tokens_rule.special_tokens(vocab)
+    prompt = render_prompt(template, MESSAGES, bos_token=special.bos, eos_token=special.eos)
+    prompt_tokens = prompt_tokens_rule.tokenize(
+        vocab, prompt_tokens_rule.for_tokenizer(prompt, special)
+    )
 
     refs: list[Run] = []
     engs: list[Run] = []
