@@ -71,8 +71,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(args_list)
-    if args.command is not None:
-        ignore_sigpipe()  # `mixdesk plan M | head` ends quietly, as Unix tools do
+    # `mixdesk plan M | head` ends quietly, as Unix tools do; never for the servers, where a
+    # client that goes away must not end the process (`worker` ignores SIGPIPE itself).
+    if args.command is not None and args.command not in ("worker", "serve"):
+        ignore_sigpipe()
     from mixdesk.commands.terminal import sanitized_output
 
     with sanitized_output():  # nothing a model, a file or the network says can drive the terminal

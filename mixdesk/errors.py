@@ -158,6 +158,15 @@ class WorkerBusyError(WorkerError):
     """The worker already serves another MixDesk (llama.cpp serves one client at a time)."""
 
 
+class WorkerAuthError(WorkerError):
+    """The worker and this machine do not share the worker secret (or this machine has none):
+    the worker answers nothing else until a client proves it holds the secret."""
+
+
+class WorkerFingerprintError(WorkerError):
+    """The worker's TLS certificate is not the one this machine pinned on first use."""
+
+
 class WorkerLostError(EngineCrashedError):
     """A worker went away while the engine used it: llama.cpp ended the engine with it."""
 

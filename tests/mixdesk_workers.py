@@ -44,12 +44,14 @@ def start_worker(
     python_prelude: str = "",
     host: str = "127.0.0.1",
     env: dict[str, str] | None = None,
+    port: int | None = None,
 ) -> WorkerProcess:
-    """Start `mixdesk worker` on a free loopback port and wait until it answers the handshake.
+    """Start `mixdesk worker` on a free loopback port (or ``port``) and wait until it answers
+    the handshake (with the secret it shares with this process through the config folder).
 
     ``python_prelude`` runs before the CLI in the child (to give it another version).
     """
-    port = free_port()
+    port = port or free_port()
     log = tmp_path / f"worker-{port}.log"
     args = ["worker", "--host", host, "--port", str(port), "--threads", "1", *extra]
     code = f"{python_prelude}\nimport sys\nfrom mixdesk.cli import main\nsys.exit(main({args!r}))"

@@ -176,14 +176,14 @@ def add_worker(commands: Commands) -> None:
         "worker",
         help="lend this machine's GPU (or CPU) to MixDesk on another machine (llama.cpp RPC)",
         description="Serve this machine's GPU (or CPU) through llama.cpp's RPC server until "
-        "Ctrl-C; the machine that runs the model adds it with --worker HOST:PORT. llama.cpp's "
-        "RPC protocol has no password and no encryption: keep the default 127.0.0.1 and use an "
-        "SSH tunnel, or a network you trust.",
+        "Ctrl-C; the machine that runs the model adds it with --worker HOST:PORT. Only clients "
+        "that hold this worker's secret (made once, printed at start) get in; off loopback the "
+        "link is TLS with this worker's own certificate.",
     )
     worker.add_argument(
         "--host",
         default="127.0.0.1",
-        help="address to listen on (default 127.0.0.1: this machine only; see the warning)",
+        help="address to listen on (default 127.0.0.1: this machine only)",
     )
     worker.add_argument("--port", type=positive_int, default=50052, help="port (default 50052)")
     worker.add_argument(
@@ -198,9 +198,38 @@ def add_worker(commands: Commands) -> None:
         "--cache-dir",
         metavar="DIR",
         help="keep received tensors over 10 MiB here so a second load sends only their hashes "
-        "(default: MixDesk's cache folder)",
+        "(default: MixDesk's cache folder, rpc/)",
+    )
+    worker.add_argument(
+        "--cache-max",
+        metavar="SIZE",
+        default="20GiB",
+        help="the most the tensor cache keeps; the least recently used tensors go first "
+        "(default 20GiB)",
     )
     worker.add_argument("--no-cache", action="store_true", help="keep no tensor cache")
+    worker.add_argument(
+        "--secret-file",
+        metavar="FILE",
+        help="the worker secret (made there, 0600, if missing; default: worker-secret in "
+        "MixDesk's config folder)",
+    )
+    worker.add_argument(
+        "--client-timeout",
+        type=positive_int,
+        default=30,
+        metavar="S",
+        help="cut off a client silent this long while proving itself or inside a message "
+        "(default 30)",
+    )
+    worker.add_argument(
+        "--idle-timeout",
+        type=non_negative_int,
+        default=3600,
+        metavar="S",
+        help="end a llama.cpp session with nothing sent either way this long; 0: never "
+        "(default 3600)",
+    )
 
 
 #: The builders in ``--help`` order.

@@ -2,19 +2,22 @@
 
 The model runs on the other machine (``mixdesk chat MODEL --worker THIS-HOST:50052``); this
 one holds some of its layers. llama.cpp's RPC protocol has no password and no encryption, so
-the worker listens on 127.0.0.1 unless told otherwise, and says what that means when it is.
+the worker puts a front before it: only clients that prove they hold the worker's secret get
+in, over TLS with the worker's own certificate when they come from another machine.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import socket
 import sys
 from pathlib import Path
 
 from mixdesk import paths
-from mixdesk.core.hardware import format_bytes, physical_cores
+from mixdesk.core import worker_security as security
+from mixdesk.core.hardware import format_bytes, parse_size, physical_cores
 from mixdesk.core.rpc_worker import local_versions
 from mixdesk.core.serve_security import is_loopback
 from mixdesk.errors import MixdeskError
@@ -23,17 +26,15 @@ from mixdesk.errors import MixdeskError
 _EVERY_INTERFACE = ("0.0.0.0", "::")  # noqa: S104 - compared with, never bound here
 
 
-def exposure_warning(host: str, port: int) -> str:
-    """The risk of a worker reachable from other machines, and the remedy (an SSH tunnel)."""
+def how_to_connect(secret_file: Path, made: bool, fingerprint: str, reach: str) -> str:
+    """What the worker prints at start: where its secret is, how the other machine uses it,
+    and the certificate fingerprint that machine pins on first use."""
     return (
-        f"mixdesk worker: warning: listening on {host} lets anyone who can reach port {port} "
-        "use this machine's llama.cpp: its RPC protocol has no password and no encryption, so "
-        "they can run the code paths of its RPC server (allocate memory, write and read "
-        "tensors, compute) and read everything it computes, your prompts' activations "
-        "included. Use it only on a network you trust, or keep the default 127.0.0.1 and "
-        "reach it through an SSH tunnel from the machine that runs the model:\n"
-        f"    ssh -N -L {port}:127.0.0.1:{port} USER@THIS-MACHINE\n"
-        f"then use --worker 127.0.0.1:{port} there.\n"
+        f"mixdesk worker: secret in {secret_file}{' (made now)' if made else ''}; on the machine "
+        f"that runs the model, copy that file to {security.default_secret_file()} (or point "
+        f"{security.SECRET_FILE_ENV} at it), then: mixdesk chat MODEL --worker {reach}\n"
+        f"mixdesk worker: TLS certificate {fingerprint} (pinned by each machine on its first "
+        "connection; check it there in ~/.config/MixDesk/worker-fingerprints.json).\n"
     )
 
 
@@ -58,7 +59,7 @@ def _listen(host: str, port: int) -> socket.socket:
         raise MixdeskError(
             f"Port {port} on {host} is already in use; choose another with --port."
         ) from None
-    listener.listen(8)
+    listener.listen(128)
     return listener
 
 
@@ -70,20 +71,33 @@ def _say(line: str) -> None:
 def run_worker(args: argparse.Namespace) -> int:
     """Serve until Ctrl-C; returns the exit status."""
     from mixdesk.core.engine import llama_adapter
-    from mixdesk.core.engine.rpc_front import WorkerFront, start_llama_rpc_server
+    from mixdesk.core.engine.rpc_front import FrontLimits, WorkerFront, start_llama_rpc_server
+    from mixdesk.core.rpc_frames import TensorCache
 
+    # A client that goes away makes llama.cpp's send() raise SIGPIPE (it passes no
+    # MSG_NOSIGNAL): ignored, the send fails and only that session ends.
+    if hasattr(signal, "SIGPIPE"):
+        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     listener = _listen(args.host, args.port)  # a taken port is said before llama.cpp starts
     try:
         device = llama_adapter.rpc_device(args.device)
     except llama_adapter.AdapterError as err:
         raise MixdeskError(f"{str(err)[0].upper()}{str(err)[1:]}.") from None
-    cache = (
-        None
-        if args.no_cache
-        else str(paths.ensure_dir(Path(args.cache_dir or default_cache_dir())))
+    secret, secret_file, made = security.worker_secret(
+        Path(args.secret_file).expanduser() if args.secret_file else None
     )
+    certificate = security.worker_certificate()
+    cache_max = parse_size(args.cache_max)
+    cache_dir = (
+        None if args.no_cache else paths.ensure_dir(Path(args.cache_dir or default_cache_dir()))
+    )
+    cache = TensorCache(cache_dir, cache_max) if cache_dir else None
+    if cache is not None:
+        cache.prune()
     threads = args.threads or physical_cores()
-    backend_port = start_llama_rpc_server(device=device.name, threads=threads, cache_dir=cache)
+    backend_port = start_llama_rpc_server(
+        device=device.name, threads=threads, cache_dir=str(cache_dir) if cache_dir else None
+    )
     mixdesk_version, llama_version = local_versions()
 
     def describe() -> dict[str, object]:
@@ -96,7 +110,7 @@ def run_worker(args: argparse.Namespace) -> int:
             "kind": device.kind,
             "free_bytes": now.free_bytes,
             "total_bytes": now.total_bytes,
-            "cache_dir": cache or "",
+            "cache_bytes": cache_max if cache else 0,
         }
 
     address = f"{args.host}:{args.port}"
@@ -107,16 +121,28 @@ def run_worker(args: argparse.Namespace) -> int:
         f"mixdesk worker: offering {device.name} ({device.description}), "
         f"{format_bytes(device.free_bytes)} free of {format_bytes(device.total_bytes)}, "
         f"at {address} (MixDesk {mixdesk_version}, llama-cpp-python {llama_version}).\n"
-        f"mixdesk worker: cache folder {cache or 'none (--no-cache)'}. "
-        f"Use it with: mixdesk chat MODEL --worker {reach}. Ctrl-C stops.\n"
+        f"mixdesk worker: cache folder {cache_dir or 'none (--no-cache)'}"
+        f"{f', at most {format_bytes(cache_max)}' if cache else ''}; llama.cpp's RPC server "
+        f"listens on 127.0.0.1:{backend_port} for this front only. Ctrl-C stops.\n"
     )
+    out.write(how_to_connect(secret_file, made, certificate.fingerprint, reach))
     if not is_loopback(args.host):
-        out.write(exposure_warning(args.host, args.port))
+        out.write(
+            f"mixdesk worker: listening on {args.host}: other machines reach it over TLS, "
+            "and only with the secret.\n"
+        )
     out.flush()
     front = WorkerFront(
         listener,
         backend_port,
         describe,
+        secret=secret,
+        certificate=certificate,
+        cache=cache,
+        limits=FrontLimits(
+            client_timeout=float(args.client_timeout),
+            idle_timeout=float(args.idle_timeout) or None,
+        ),
         on_session=_say,
     )
     try:

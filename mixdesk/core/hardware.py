@@ -49,8 +49,8 @@ class GpuInfo:
     endpoint: str = ""
     #: Measured bytes per second from this machine to an RPC server (0: not measured).
     link_bytes_per_s: float = 0.0
-    #: The RPC server's cache folder for large tensors ("" when it keeps none).
-    cache_dir: str = ""
+    #: The most an RPC server's cache of large tensors keeps (0 when it keeps none).
+    cache_bytes: int = 0
 
 
 @dataclass(frozen=True)

@@ -786,9 +786,9 @@ def _network(plan: OffloadPlan, hardware: HardwareInfo) -> tuple[OffloadPlan, li
             else "link speed not measured"
         )
         cache = (
-            f"; it keeps tensors over 10 MiB in {link.cache_dir}, so loading this model again "
-            "sends only their hashes"
-            if link.cache_dir
+            f"; it keeps tensors over 10 MiB in its cache (up to {format_bytes(link.cache_bytes)}), "
+            "so loading this model again sends only their hashes"
+            if link.cache_bytes
             else "; it keeps no cache, so every load sends all of it"
         )
         lines.append(

@@ -8,13 +8,19 @@ ends its whole process (``GGML_ABORT``) on a refused connection, a protocol mism
 server that dies; so before the engine lets llama.cpp connect it asks the front here whether
 the worker is there, free, and runs the same MixDesk and llama-cpp-python versions.
 
-The wire protocol, one connection per question (a first byte ``M`` is never llama.cpp's,
-whose first command byte is ``RPC_CMD_HELLO`` = 14; every other connection goes through to
-llama.cpp unchanged):
+The wire protocol, one connection per question. A connection off loopback is TLS first (the
+worker's self-signed certificate, pinned on first use); on loopback it may be plain. Then the
+client and the worker prove to each other that they hold the worker secret
+(:mod:`.worker_security`) and the client asks one question in its proof line:
 
-- ``MIXDESK/1 HELLO\\n`` -> one JSON line: versions, device, free memory, busy, cache folder.
-- ``MIXDESK/1 SPEED N\\n`` then N bytes -> one JSON line once all arrived: the link speed.
-- ``MIXDESK/1 STATS\\n`` -> one JSON line: bytes llama.cpp's sessions received and sent.
+- ``HELLO`` -> one JSON line: versions, device, free memory, busy, the tensor cache's cap.
+- ``SPEED N`` then N bytes -> one JSON line once all arrived: the link speed.
+- ``STATS`` -> one JSON line: bytes llama.cpp's sessions received and sent.
+- ``RELAY`` -> ``{"relay": true}``, then the connection carries llama.cpp's RPC session (the
+  engine's local relay, :mod:`.engine.rpc_relay`, opens it for llama.cpp's client).
+
+A refusal is one JSON line ``{"refused": REASON}``; a client that has not proven itself hears
+nothing but "authentication required".
 
 The app and the terminal commands run :func:`probe_in_child` (a short-lived child process),
 so a probe never holds up the window, and whatever happens to it happens to the child.
@@ -26,6 +32,7 @@ import json
 import logging
 import os
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -34,10 +41,12 @@ from dataclasses import asdict, dataclass, replace
 from importlib import metadata
 
 from mixdesk import __version__
+from mixdesk.core import worker_security as security
 from mixdesk.core.hardware import GpuInfo, HardwareInfo, format_bytes
 from mixdesk.errors import (
     InvalidArgumentError,
     NotAWorkerError,
+    WorkerAuthError,
     WorkerBusyError,
     WorkerError,
     WorkerUnreachableError,
@@ -46,7 +55,6 @@ from mixdesk.errors import (
 
 log = logging.getLogger(__name__)
 
-PROTOCOL = "MIXDESK/1"
 DEFAULT_PORT = 50052
 #: Bytes sent to measure the link when a worker is added (about 70 ms on gigabit Ethernet).
 SPEED_PROBE_BYTES = 8 << 20
@@ -68,7 +76,8 @@ class WorkerInfo:
     free_bytes: int
     total_bytes: int
     busy: bool
-    cache_dir: str = ""
+    #: The most the worker's tensor cache keeps (0: no cache).
+    cache_bytes: int = 0
     #: Measured bytes per second from here to the worker (0: not measured).
     link_bytes_per_s: float = 0.0
 
@@ -86,7 +95,7 @@ class WorkerInfo:
             free_bytes=self.free_bytes,
             endpoint=self.endpoint,
             link_bytes_per_s=self.link_bytes_per_s,
-            cache_dir=self.cache_dir,
+            cache_bytes=self.cache_bytes,
         )
 
     def summary(self) -> str:
@@ -154,7 +163,7 @@ def _connect(endpoint: str, timeout: float) -> socket.socket:
     return sock
 
 
-def _read_line(sock: socket.socket, endpoint: str) -> dict[str, object]:
+def _read_raw_line(sock: socket.socket, endpoint: str) -> bytes:
     data = b""
     while not data.endswith(b"\n") and len(data) < _LINE_LIMIT:
         try:
@@ -170,23 +179,140 @@ def _read_line(sock: socket.socket, endpoint: str) -> dict[str, object]:
         if not chunk:
             break
         data += chunk
+    return data
+
+
+def _not_a_worker(endpoint: str) -> NotAWorkerError:
+    return NotAWorkerError(
+        f"{endpoint} answers, but not as a MixDesk worker (a plain llama.cpp rpc-server?); "
+        "run `mixdesk worker` there.",
+        endpoint=endpoint,
+    )
+
+
+def _refusal(endpoint: str, reason: str) -> WorkerError:
+    """The typed error for a worker's ``{"refused": reason}``."""
+    if reason.startswith("authentication"):
+        return WorkerAuthError(
+            f"The worker at {endpoint} refused this machine's worker secret; copy the secret "
+            f"file `mixdesk worker` printed there to {security.default_secret_file()} here, or "
+            f"set {security.SECRET_FILE_ENV}.",
+            endpoint=endpoint,
+        )
+    if reason == "busy":
+        return WorkerBusyError(
+            f"The worker at {endpoint} is serving another MixDesk (llama.cpp serves one at a "
+            "time); unload the model there, or remove this worker.",
+            endpoint=endpoint,
+        )
+    return WorkerError(
+        f"The worker at {endpoint} refused the connection ({reason}).", endpoint=endpoint
+    )
+
+
+def _read_line(sock: socket.socket, endpoint: str) -> dict[str, object]:
+    data = _read_raw_line(sock, endpoint)
     try:
         body = json.loads(data)
         if not isinstance(body, dict):
             raise ValueError("not an object")
     except ValueError:
-        raise NotAWorkerError(
-            f"{endpoint} answers, but not as a MixDesk worker (a plain llama.cpp rpc-server?); "
-            "run `mixdesk worker` there.",
-            endpoint=endpoint,
-        ) from None
+        raise _not_a_worker(endpoint) from None
+    if "refused" in body:
+        raise _refusal(endpoint, str(body["refused"]))
     return body
 
 
-def _ask(endpoint: str, command: str, *, timeout: float, payload: int = 0) -> dict[str, object]:
-    with _connect(endpoint, timeout) as sock:
+def read_answer(sock: socket.socket, endpoint: str) -> dict[str, object]:
+    """The worker's one-line JSON answer on a channel from :func:`open_channel`.
+
+    Raises:
+        WorkerAuthError, WorkerBusyError, WorkerError: the worker refused; NotAWorkerError:
+        it is not a JSON line.
+    """
+    return _read_line(sock, endpoint)
+
+
+def open_channel(endpoint: str, command: str, *, timeout: float) -> socket.socket:
+    """Connect to the worker, over TLS unless it is on loopback, prove that both sides hold
+    the worker secret, and ask ``command``; the caller reads the answer.
+
+    Raises:
+        WorkerUnreachableError: nothing listens there.
+        WorkerAuthError: no secret here, or the worker holds another one.
+        WorkerFingerprintError: the worker's certificate is not the one pinned.
+        WorkerVersionError: an older MixDesk worker (without authentication).
+        NotAWorkerError: something else answers.
+    """
+    host, _ = parse_endpoint(endpoint)
+    sock = _connect(endpoint, timeout)  # an unreachable worker is said first
+    try:
+        bound = security.PLAIN_BINDING
+        if security.wants_tls(host):
+            try:
+                sock = security.client_context().wrap_socket(sock)
+            except (ssl.SSLError, OSError):
+                raise _not_a_worker(endpoint) from None
+            seen = security.fingerprint(sock.getpeercert(binary_form=True) or b"")
+            security.check_pin(endpoint, seen)
+            bound = security.binding(seen)
+        mine = security.new_nonce()
         try:
-            sock.sendall(f"{PROTOCOL} {command}\n".encode())
+            sock.sendall(f"{security.PROTOCOL} AUTH {mine.hex()}\n".encode())
+        except OSError:
+            raise _not_a_worker(endpoint) from None
+        words = _read_raw_line(sock, endpoint).decode("ascii", errors="replace").split()
+        if words[:2] != [security.PROTOCOL, "CHALLENGE"] or len(words) != 4:
+            _read_challenge_failure(endpoint, words)
+        try:
+            theirs = bytes.fromhex(words[2])
+        except ValueError:
+            raise _not_a_worker(endpoint) from None
+        secret = security.client_secret(endpoint)  # after the answer: a non-worker is said first
+        expected = security.proof(secret, "worker", mine, theirs, bound)
+        if not security.proofs_match(expected, words[3]):
+            raise WorkerAuthError(
+                f"The worker at {endpoint} does not hold this machine's worker secret; copy "
+                f"the secret file `mixdesk worker` printed there to "
+                f"{security.default_secret_file()} here, or set {security.SECRET_FILE_ENV}.",
+                endpoint=endpoint,
+            )
+        mine_proof = security.proof(secret, "client", mine, theirs, bound)
+        try:
+            sock.sendall(f"{security.PROTOCOL} PROOF {mine_proof.hex()} {command}\n".encode())
+        except OSError as err:
+            raise WorkerUnreachableError(
+                f"The worker at {endpoint} closed the connection ({err.strerror or err}); "
+                "check that `mixdesk worker` still runs there.",
+                endpoint=endpoint,
+            ) from None
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _read_challenge_failure(endpoint: str, words: list[str]) -> None:
+    """Raise the error for a first answer that is not a challenge."""
+    text = " ".join(words)
+    try:
+        body = json.loads(text)
+    except ValueError:
+        raise _not_a_worker(endpoint) from None
+    if isinstance(body, dict) and "refused" in body:
+        raise _refusal(endpoint, str(body["refused"]))
+    if isinstance(body, dict) and "error" in body:  # MIXDESK/1: a worker before authentication
+        raise WorkerVersionError(
+            f"The worker at {endpoint} runs an older MixDesk, without authentication; install "
+            "the same MixDesk version on both.",
+            endpoint=endpoint,
+        )
+    raise _not_a_worker(endpoint)
+
+
+def _ask(endpoint: str, command: str, *, timeout: float, payload: int = 0) -> dict[str, object]:
+    with open_channel(endpoint, command, timeout=timeout) as sock:
+        try:
             chunk = bytes(1 << 20)
             left = payload
             while left > 0:
@@ -221,7 +347,7 @@ def hello(endpoint: str, *, timeout: float = 5.0) -> WorkerInfo:
             free_bytes=int(body["free_bytes"]),  # type: ignore[call-overload]
             total_bytes=int(body["total_bytes"]),  # type: ignore[call-overload]
             busy=bool(body.get("busy", False)),
-            cache_dir=str(body.get("cache_dir") or ""),
+            cache_bytes=int(body.get("cache_bytes") or 0),  # type: ignore[call-overload]
         )
     except (KeyError, TypeError, ValueError):
         raise WorkerError(

@@ -72,18 +72,17 @@ def test_worker_says_what_it_offers_and_answers_the_handshake(
     assert (info.mixdesk_version, info.llama_cpp_version) == rpc_worker.local_versions()
     assert info.device == "CPU" and info.free_bytes > 0 and info.total_bytes >= info.free_bytes
     assert info.link_bytes_per_s > 0 and not info.busy
-    assert info.cache_dir.endswith("rpc")
+    assert info.cache_bytes == 20 << 30  # the default cap; no path crosses the wire
 
 
-def test_worker_on_every_interface_warns_with_the_tunnel_command(
+def test_worker_on_every_interface_says_it_takes_tls_and_the_secret(
     workers: Callable[..., WorkerProcess],
 ) -> None:
     worker = workers(host="0.0.0.0")  # reached via 127.0.0.1 only
     out = worker.output()
     port = worker.endpoint.rsplit(":", 1)[1]
-    assert "warning: listening on 0.0.0.0" in out
-    assert "no password and no encryption" in out
-    assert f"ssh -N -L {port}:127.0.0.1:{port}" in out
+    assert "listening on 0.0.0.0: other machines reach it over TLS, and only with the secret" in out
+    assert f"--worker {socket.gethostname()}:{port}" in out
     assert rpc_worker.probe_in_child(worker.endpoint, speed=False).device == "CPU"
 
 

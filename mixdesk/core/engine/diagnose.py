@@ -94,7 +94,7 @@ def out_of_memory(name: str, log_text: str) -> OutOfMemoryError:
     out-of-memory line is a :class:`DeviceOutOfMemoryError` (fewer GPU layers may fit); a
     CPU, ``CPU_Mapped`` or ``CUDA_Host`` buffer, a failed mmap or a C++ bad_alloc is RAM.
     """
-    allocs = _ALLOC.findall(log_text)
+    allocs = _ALLOC.findall(with_worker_names(log_text))
     where, device, size = (
         (allocs[-1][0], allocs[-1][1], int(allocs[-1][2])) if allocs else ("", "", 0)
     )
@@ -138,12 +138,14 @@ def worker_lost(
     llama.cpp does not say which server died; the first of ``workers`` that no longer
     answers MixDesk's handshake is named.
     """
-    found = _RPC_LOST.search(log_text)
+    found = _RPC_LOST.search(with_worker_names(log_text))
     if found is None:
         return None
     from mixdesk.core.rpc_worker import gone
 
-    endpoint = found.group(1) or found.group(2) or next(iter(gone(workers)), "")
+    endpoint = found.group(1) or found.group(2) or ""
+    if workers and endpoint not in workers:  # a relay's address whose line left the log's tail
+        endpoint = next(iter(gone(workers)), "")
     who = f"The worker at {endpoint}" if endpoint else "A worker"
     return WorkerLostError(
         f"{who} went away while {during}, which ended the engine; load the model again "
@@ -224,6 +226,18 @@ _BUFFER = re.compile(r"(\S+)\s+(model|KV|compute|output|RS)\s+buffer size\s*=\s*
 _OFFLOADED = re.compile(r"offloaded (\d+)/(\d+) layers to GPU")
 
 
+#: Written by the engine's relay (rpc_relay.relay_for) before llama.cpp connects.
+_RELAY = re.compile(r"mixdesk: llama\.cpp reaches the worker (\S+) through (127\.0\.0\.1:\d+)")
+
+
+def with_worker_names(log_text: str) -> str:
+    """``log_text`` with each relay address llama.cpp was given replaced by its worker's."""
+    relays = {local: endpoint for endpoint, local in _RELAY.findall(log_text)}
+    for local, endpoint in relays.items():
+        log_text = re.sub(rf"(?<![\d.]){re.escape(local)}(?!\d)", endpoint, log_text)
+    return log_text
+
+
 def _last_load(log_text: str) -> str:
     """The part of the log written by the last model load."""
     start = log_text.rfind("llama_model_load")
@@ -239,7 +253,7 @@ def buffer_sizes(log_text: str) -> dict[str, int]:
     called ``RPC0``, so their names keep the endpoint. Only the last load in ``log_text`` is read.
     """
     found: dict[str, int] = {}
-    for device, kind, mib in _BUFFER.findall(_last_load(log_text)):
+    for device, kind, mib in _BUFFER.findall(_last_load(with_worker_names(log_text))):
         key = f"{device} {kind}"
         found[key] = found.get(key, 0) + round(float(mib) * 2**20)
     return found

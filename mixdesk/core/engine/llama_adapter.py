@@ -24,6 +24,8 @@ from typing import Any
 import llama_cpp
 import llama_cpp.llama_cpp as low
 
+from mixdesk.core.engine import rpc_relay
+
 #: The llama-cpp-python version this adapter (and the planner's accounting) was checked against.
 PINNED_VERSION = "0.3.36"
 
@@ -270,7 +272,7 @@ def offload_free_memory() -> dict[str, int]:
     for d in backend_devices():
         if d.kind == "cpu":
             continue
-        found[f"RPC0[{d.description}]" if d.is_rpc else d.name] = d.free_bytes
+        found[f"RPC0[{rpc_relay.worker_of(d.description)}]" if d.is_rpc else d.name] = d.free_bytes
     return found
 
 
@@ -306,7 +308,9 @@ def add_rpc_servers(endpoints: Sequence[str]) -> None:
         # llama.cpp aborts this process on a refused connection or a version mismatch, and
         # hangs on a server busy with another client: MixDesk's handshake asks first.
         check_before_connecting(endpoint)
-        reg = g.rpc.ggml_backend_rpc_add_server(endpoint.encode())
+        # llama.cpp's client speaks plain TCP without the worker secret: it talks to a relay
+        # in this process, which carries it to the worker authenticated (and over TLS).
+        reg = g.rpc.ggml_backend_rpc_add_server(rpc_relay.relay_for(endpoint).encode())
         if not reg:
             raise AdapterError(f"llama.cpp refused the RPC server {endpoint}")
         g.register(reg)

@@ -1,28 +1,63 @@
-"""The worker process: llama.cpp's RPC server behind a front that speaks MixDesk's handshake.
+"""The worker process: llama.cpp's RPC server behind a front that only lets proven clients in.
 
 ``mixdesk worker`` runs llama.cpp's own RPC server (``ggml_backend_rpc_start_server``) on a
-loopback port only this process knows, and listens on the public address itself. Each
-connection's first byte decides: ``M`` is a MixDesk question (hello, link speed, byte counts;
-see :mod:`mixdesk.core.rpc_worker`) answered here in Python; anything else is llama.cpp's
-client, whose bytes go through to the RPC server unchanged (and are counted). So a probe never
-reaches llama.cpp, never blocks the engine that holds the worker, and the address and port
-stay the ones the user gave.
+loopback port only this process knows, and listens on the public address itself. Every
+connection must first prove that it holds the worker secret (:mod:`mixdesk.core.worker_security`;
+TLS first unless it comes from loopback); until then the front answers nothing but
+"authentication required" and relays nothing. A proven client then asks one question (hello,
+link speed, byte counts; see :mod:`mixdesk.core.rpc_worker`), or ``RELAY``: its connection then
+carries llama.cpp's RPC session, every message header checked by
+:class:`~mixdesk.core.rpc_frames.FrameGuard` before it reaches llama.cpp's parser.
+
+No client can hold or end the worker: a client that does not finish proving itself, or stops
+in the middle of a message, is cut off after ``client_timeout``; a relayed session idle for
+``idle_timeout`` is ended; one session at a time (others hear "busy"); at most
+``max_pending`` connections still proving themselves (the oldest makes room for a new one);
+running out of file descriptors drops the oldest of those instead of the worker. Every refused
+client is logged with the reason.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import errno
 import json
 import logging
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from mixdesk.core import worker_security as security
+from mixdesk.core.rpc_frames import FrameGuard, TensorCache
+from mixdesk.core.serve_security import is_loopback
+from mixdesk.core.tunnel import relay
+
 log = logging.getLogger(__name__)
 
 _CHUNK = 1 << 20
+_LINE_LIMIT = 512
+_TLS_RECORD = 0x16  # the first byte of a TLS ClientHello
+#: The most a link-speed probe may send.
+MAX_SPEED_BYTES = 64 << 20
+_FD_ERRORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+
+
+@dataclass(frozen=True)
+class FrontLimits:
+    """How long and how many (seconds; None: no limit)."""
+
+    #: To finish proving itself, or to go on with a message it started.
+    client_timeout: float = 30.0
+    #: A relayed session with nothing moving either way for this long is ended.
+    idle_timeout: float | None = 3600.0
+    #: Connections still proving themselves; a new one closes the oldest beyond this.
+    max_pending: int = 32
+    #: Proven connections at once (the relayed session and questions).
+    max_proven: int = 16
 
 
 @dataclass
@@ -33,14 +68,26 @@ class _Counters:
     active: int = 0
 
 
+class _Refusal(Exception):  # noqa: N818 - a verdict with the client's answer and the log's reason
+    def __init__(self, answer: str, reason: str) -> None:
+        super().__init__(reason)
+        self.answer = answer
+        self.reason = reason
+
+
 class WorkerFront:
-    """Accepts connections on ``listener``; answers MixDesk's questions, relays the rest.
+    """Accepts connections on ``listener``; answers proven clients' questions, relays their
+    llama.cpp sessions.
 
     Args:
         listener: a bound, listening socket (the worker's public address).
         backend_port: the loopback port of llama.cpp's RPC server in this process.
         describe: the hello answer's fields (device, free memory, versions), read at each hello.
-        on_session: called with a line to print when a llama.cpp client comes or goes.
+        secret: the worker secret clients must prove they hold.
+        certificate: the TLS certificate (None: plain connections from loopback only).
+        cache: llama.cpp's tensor cache folder, kept under its cap (None: no cache).
+        on_session: called with a line to print when a session comes or goes, or a client is
+            refused.
     """
 
     def __init__(
@@ -49,59 +96,180 @@ class WorkerFront:
         backend_port: int,
         describe: Callable[[], dict[str, object]],
         *,
+        secret: bytes,
+        certificate: security.WorkerCertificate | None = None,
+        cache: TensorCache | None = None,
+        limits: FrontLimits | None = None,
         on_session: Callable[[str], None] | None = None,
     ) -> None:
         self._listener = listener
-        self._backend = ("127.0.0.1", backend_port)
+        self._backend_port = backend_port
         self._describe = describe
+        self._secret = secret
+        self._certificate = certificate
+        self._tls = security.server_context(certificate) if certificate else None
+        self._cache = cache
+        self._limits = limits or FrontLimits()
         self._on_session = on_session or (lambda _line: None)
         self._lock = threading.Lock()
         self._counters = _Counters()
+        self._session = threading.Lock()
+        self._pending: collections.OrderedDict[int, socket.socket] = collections.OrderedDict()
+        self._proven = 0
+        self._backend_ports: set[int] = set()  # our own connections to llama.cpp's port
+        self._foreign_seen: set[int] = set()
+
+    # -- accepting ------------------------------------------------------------------------
 
     def serve_forever(self) -> None:
         """Accept connections until the process ends (each is handled in its own thread)."""
         while True:
-            conn, address = self._listener.accept()
-            threading.Thread(target=self._handle, args=(conn, address), daemon=True).start()
+            try:
+                conn, address = self._listener.accept()
+            except OSError as err:
+                if err.errno in _FD_ERRORS:
+                    # Out of file descriptors: close the oldest unproven client, not the worker.
+                    self._refused("?", "no file descriptors left (dropped the oldest unproven)")
+                    self._drop_oldest_pending()
+                    time.sleep(0.05)
+                    continue
+                if err.errno in (errno.ECONNABORTED, errno.EINTR):
+                    continue
+                raise
+            self._admit(conn, f"{address[0]}:{address[1]}")
 
-    def _handle(self, conn: socket.socket, address: tuple[str, int]) -> None:
-        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    def _admit(self, conn: socket.socket, who: str) -> None:
+        with self._lock:
+            crowded = len(self._pending) >= self._limits.max_pending
+            self._pending[id(conn)] = conn
+        if crowded:
+            self._drop_oldest_pending()
         try:
-            first = conn.recv(1)
-            if first == b"M":
-                with conn:
-                    self._answer(conn)
-            elif first:
-                self._relay(conn, first, f"{address[0]}:{address[1]}")
-            else:
-                conn.close()
-        except OSError as err:
-            log.info("connection from %s ended: %s", address, err)
-            with contextlib.suppress(OSError):
-                conn.close()
+            threading.Thread(target=self._handle, args=(conn, who), daemon=True).start()
+        except RuntimeError:  # no thread left: the client goes, the worker stays
+            self._done_pending(conn)
+            conn.close()
+            self._refused(who, "no thread left for it")
 
-    # -- MixDesk's questions ------------------------------------------------------------
-
-    def _answer(self, conn: socket.socket) -> None:
-        conn.settimeout(30)
-        line = b"M"
-        while not line.endswith(b"\n") and len(line) < 256:
-            chunk = conn.recv(1)
-            if not chunk:
+    def _drop_oldest_pending(self) -> None:
+        with self._lock:
+            if not self._pending:
                 return
-            line += chunk
-        words = line.decode("ascii", errors="replace").split()
-        command = words[1] if len(words) > 1 else ""
+            _, oldest = self._pending.popitem(last=False)
+        self._refused(_peer(oldest), "still unproven when newer connections came")
+        with contextlib.suppress(OSError):
+            oldest.shutdown(socket.SHUT_RDWR)  # its thread wakes up and closes it
+
+    def _done_pending(self, conn: socket.socket) -> bool:
+        """Take ``conn`` off the unproven list; False when it was dropped meanwhile."""
+        with self._lock:
+            return self._pending.pop(id(conn), None) is not None
+
+    def _refused(self, who: str, reason: str) -> None:
+        log.warning("refused %s: %s", who, reason)
+        self._on_session(f"refused {who}: {reason}")
+
+    # -- one connection -----------------------------------------------------------------
+
+    def _handle(self, conn: socket.socket, who: str) -> None:
+        stream: socket.socket = conn
+        proven = False
+        try:
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            deadline = time.monotonic() + self._limits.client_timeout
+            stream, command = self._prove(conn, who, deadline)
+            if not self._done_pending(conn):
+                return  # dropped to make room, meanwhile
+            with self._lock:
+                if self._proven >= self._limits.max_proven:
+                    raise _Refusal("busy", "too many proven connections at once")
+                self._proven += 1
+            proven = True
+            self._answer(stream, command, who)
+        except _Refusal as refusal:
+            self._refused(who, refusal.reason)
+            with contextlib.suppress(OSError):
+                stream.settimeout(1.0)
+                stream.sendall(json.dumps({"refused": refusal.answer}).encode() + b"\n")
+        except (OSError, ValueError) as err:
+            if self._done_pending(conn):
+                self._refused(who, f"connection ended while proving itself ({_why(err)})")
+            else:
+                log.info("connection from %s ended: %s", who, _why(err))
+        finally:
+            self._done_pending(conn)
+            if proven:
+                with self._lock:
+                    self._proven -= 1
+            for s in (stream, conn):
+                with contextlib.suppress(OSError):
+                    s.close()
+
+    def _prove(
+        self, conn: socket.socket, who: str, deadline: float
+    ) -> tuple[socket.socket, list[str]]:
+        """TLS (or plain from loopback) and the secret's proofs; returns the stream and the
+        question the client asked."""
+        conn.settimeout(_left(deadline))
+        first = conn.recv(1, socket.MSG_PEEK)
+        if not first:
+            raise ConnectionResetError(errno.ECONNRESET, "closed before a byte")
+        stream = conn
+        bound = security.PLAIN_BINDING
+        if first[0] == _TLS_RECORD and self._tls is not None:
+            try:
+                stream = self._tls.wrap_socket(conn, server_side=True)
+            except ssl.SSLError as err:
+                raise _Refusal("authentication required", f"TLS failed ({_why(err)})") from None
+            assert self._certificate is not None
+            bound = security.binding(self._certificate.fingerprint)
+        elif first != b"M":
+            raise _Refusal(
+                "authentication required",
+                "not authenticated (it spoke llama.cpp's RPC or something else first)",
+            )
+        elif not is_loopback(_peer(conn).rsplit(":", 1)[0]):
+            raise _Refusal("authentication required", "plain connection from another machine")
+        words = _read_words(stream, deadline)
+        if words[:2] != [security.PROTOCOL, "AUTH"] or len(words) != 3:
+            raise _Refusal("authentication required", "not authenticated")
+        try:
+            theirs = bytes.fromhex(words[2])
+        except ValueError:
+            raise _Refusal("authentication required", "not authenticated") from None
+        if len(theirs) != security.NONCE_BYTES:
+            raise _Refusal("authentication required", "not authenticated")
+        mine = security.new_nonce()
+        mine_proof = security.proof(self._secret, "worker", theirs, mine, bound)
+        stream.sendall(f"{security.PROTOCOL} CHALLENGE {mine.hex()} {mine_proof.hex()}\n".encode())
+        words = _read_words(stream, deadline)
+        expected = security.proof(self._secret, "client", theirs, mine, bound)
+        if (
+            words[:2] != [security.PROTOCOL, "PROOF"]
+            or len(words) < 4
+            or not security.proofs_match(expected, words[2])
+        ):
+            raise _Refusal("authentication failed", "wrong secret")
+        return stream, words[3:]
+
+    # -- proven clients -------------------------------------------------------------------
+
+    def _answer(self, stream: socket.socket, words: list[str], who: str) -> None:
+        stream.settimeout(self._limits.client_timeout)
+        command = words[0]
         reply: dict[str, object]
         if command == "HELLO":
             with self._lock:
                 busy = self._counters.active > 0
-            reply = {**self._describe(), "busy": busy}
-        elif command == "SPEED" and len(words) > 2 and words[2].isdigit():
-            wanted = int(words[2])
+            reply = {**self._describe(), "busy": busy or bool(self._foreign_clients())}
+        elif command == "SPEED" and len(words) > 1 and words[1].isdigit():
+            wanted = int(words[1])
+            if wanted > MAX_SPEED_BYTES:
+                raise _Refusal(f"at most {MAX_SPEED_BYTES} bytes", f"speed probe of {wanted} bytes")
             got, start = 0, time.perf_counter()
             while got < wanted:
-                chunk = conn.recv(min(_CHUNK, wanted - got))
+                chunk = stream.recv(min(_CHUNK, wanted - got))
                 if not chunk:
                     return
                 got += len(chunk)
@@ -115,57 +283,141 @@ class WorkerFront:
                     "sent_bytes": c.sent_bytes,
                     "active": c.active > 0,
                 }
+        elif command == "RELAY":
+            self._relay(stream, who)
+            return
         else:
-            reply = {"error": f"unknown question {command!r}"}
-        conn.sendall(json.dumps(reply).encode() + b"\n")
+            reply = {"error": f"unknown question {command[:40]!r}"}
+        stream.sendall(json.dumps(reply).encode() + b"\n")
 
     # -- llama.cpp's sessions -----------------------------------------------------------
 
-    def _relay(self, conn: socket.socket, first: bytes, client: str) -> None:
-        backend = socket.create_connection(self._backend)
-        backend.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        with self._lock:
-            self._counters.sessions += 1
-            self._counters.active += 1
-            before = (self._counters.received_bytes, self._counters.sent_bytes)
-        self._on_session(f"llama.cpp client {client} connected")
-        backend.sendall(first)
-        self._count(received=len(first))
-        back = threading.Thread(target=self._pump, args=(backend, conn, False), daemon=True)
-        back.start()
-        self._pump(conn, backend, True)
-        back.join()
-        for s in (conn, backend):
-            with contextlib.suppress(OSError):
-                s.close()
-        with self._lock:
-            self._counters.active -= 1
-            got = self._counters.received_bytes - before[0]
-            sent = self._counters.sent_bytes - before[1]
-        self._on_session(
-            f"llama.cpp client {client} disconnected (received {got / 2**20:.1f} MiB, "
-            f"sent {sent / 2**20:.1f} MiB)"
-        )
-
-    def _pump(self, src: socket.socket, dst: socket.socket, inbound: bool) -> None:
-        """Copy ``src`` to ``dst`` until either side closes; then close both directions."""
+    def _relay(self, stream: socket.socket, client: str) -> None:
+        # A few seconds' grace: llama.cpp reconnects as soon as its last session closed.
+        if not self._session.acquire(timeout=5.0):
+            raise _Refusal("busy", "busy with another session")
         try:
-            while True:
-                data = src.recv(_CHUNK)
-                if not data:
-                    break
-                dst.sendall(data)
-                self._count(**({"received": len(data)} if inbound else {"sent": len(data)}))
-        except OSError:
-            pass
-        for s in (src, dst):
-            with contextlib.suppress(OSError):
-                s.shutdown(socket.SHUT_RDWR)
+            foreign = self._foreign_clients()
+            if foreign:
+                raise _Refusal(
+                    "busy", f"llama.cpp's internal port is in use by 127.0.0.1:{min(foreign)}"
+                )
+            backend = socket.create_connection(("127.0.0.1", self._backend_port), timeout=10)
+            backend.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            own_port = int(backend.getsockname()[1])
+            with self._lock:
+                self._backend_ports.add(own_port)
+                self._counters.sessions += 1
+                self._counters.active += 1
+                before = (self._counters.received_bytes, self._counters.sent_bytes)
+            self._on_session(f"llama.cpp client {client} connected")
+            why = "?"
+            try:
+                stream.sendall(b'{"relay": true}\n')
+                cache = self._cache
+                guard = FrameGuard(
+                    on_hash=cache.touch if cache else None,
+                    on_large_tensor=cache.prune_soon if cache else None,
+                )
+                why = relay(
+                    stream,
+                    backend,
+                    inspector=guard,
+                    on_a_to_b=lambda n: self._count(received=n),
+                    on_b_to_a=lambda n: self._count(sent=n),
+                    idle_timeout=self._limits.idle_timeout,
+                    stall_timeout=self._limits.client_timeout,
+                )
+            finally:
+                with self._lock:
+                    self._backend_ports.discard(own_port)
+                    self._counters.active -= 1
+                    got = self._counters.received_bytes - before[0]
+                    sent = self._counters.sent_bytes - before[1]
+                if self._cache is not None:
+                    self._cache.prune()
+            ended = why if why in ("client closed", "client went away") else f"ended: {why}"
+            if not why.startswith(("client", "server")):
+                self._refused(client, why)
+            self._on_session(
+                f"llama.cpp client {client} disconnected ({ended}; received "
+                f"{got / 2**20:.1f} MiB, sent {sent / 2**20:.1f} MiB)"
+            )
+        finally:
+            self._session.release()
 
     def _count(self, *, received: int = 0, sent: int = 0) -> None:
         with self._lock:
             self._counters.received_bytes += received
             self._counters.sent_bytes += sent
+
+    def _foreign_clients(self) -> set[int]:
+        """Ports of clients of llama.cpp's internal port that are not this front (another
+        process on this machine connected to it directly), reported once each."""
+        with self._lock:
+            own = set(self._backend_ports)
+        foreign = loopback_clients(self._backend_port) - own
+        for port in foreign - self._foreign_seen:
+            self._on_session(
+                f"warning: a process on this machine (127.0.0.1:{port}) uses llama.cpp's "
+                f"internal port 127.0.0.1:{self._backend_port} directly, bypassing the front; "
+                "the worker is busy until it disconnects"
+            )
+            log.warning("foreign client of llama.cpp's internal port: 127.0.0.1:%d", port)
+        self._foreign_seen |= foreign
+        return foreign
+
+
+def loopback_clients(port: int) -> set[int]:
+    """The ports of established IPv4 loopback connections to ``port`` (Linux; elsewhere
+    none are seen)."""
+    found = set()
+    try:
+        with open("/proc/net/tcp", encoding="ascii") as fh:
+            next(fh, None)
+            for line in fh:
+                fields = line.split()
+                local, remote, state = fields[1], fields[2], fields[3]
+                if state == "01" and int(local.rsplit(":", 1)[1], 16) == port:
+                    found.add(int(remote.rsplit(":", 1)[1], 16))
+    except (OSError, ValueError, IndexError):
+        return set()
+    return found
+
+
+def _read_words(stream: socket.socket, deadline: float) -> list[str]:
+    """One line (at most :data:`_LINE_LIMIT` bytes) before ``deadline``, split in words."""
+    line = b""
+    while not line.endswith(b"\n"):
+        if len(line) >= _LINE_LIMIT:
+            raise _Refusal("authentication required", "a line too long")
+        stream.settimeout(_left(deadline))
+        byte = stream.recv(1)
+        if not byte:
+            raise ConnectionResetError(errno.ECONNRESET, "closed mid-line")
+        line += byte
+    return line.decode("ascii", errors="replace").split()
+
+
+def _left(deadline: float) -> float:
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError(errno.ETIMEDOUT, "too slow to prove itself")
+    return left
+
+
+def _peer(conn: socket.socket) -> str:
+    try:
+        host, port = conn.getpeername()[:2]
+    except OSError:
+        return "?"
+    return f"{host}:{port}"
+
+
+def _why(err: BaseException) -> str:
+    if isinstance(err, OSError) and err.strerror:
+        return err.strerror
+    return str(err) or type(err).__name__
 
 
 def start_llama_rpc_server(
@@ -193,9 +445,25 @@ def start_llama_rpc_server(
     thread.start()
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and thread.is_alive():
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return port
-        except OSError:
-            time.sleep(0.05)
+        # Wait for the port to listen without connecting (llama.cpp would serve a connection).
+        if _listening(port):
+            return port
+        time.sleep(0.05)
     raise OSError(f"llama.cpp's RPC server did not start on 127.0.0.1:{port}")
+
+
+def _listening(port: int) -> bool:
+    """Whether something listens on 127.0.0.1:``port`` (asked of the kernel where it can be)."""
+    try:
+        with open("/proc/net/tcp", encoding="ascii") as fh:
+            next(fh, None)
+            return any(
+                f.split()[3] == "0A" and int(f.split()[1].rsplit(":", 1)[1], 16) == port for f in fh
+            )
+    except OSError:
+        pass
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False

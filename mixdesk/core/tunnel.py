@@ -1,0 +1,196 @@
+"""Copy bytes both ways between two sockets (either may be TLS) in one thread.
+
+Used twice for every relayed llama.cpp session: in the engine, between llama.cpp's RPC client
+(plain TCP on loopback) and the worker (TLS off loopback); on the worker, between that link
+and llama.cpp's RPC server. One thread drives both directions, so a TLS connection is never
+read and written by two threads at once (OpenSSL does not allow it), and the timeouts live in
+one place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import selectors
+import socket
+import ssl
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+_CHUNK = 1 << 20
+#: Stop reading a side while this much is waiting to be written to the other (backpressure).
+_HIGH_WATER = 8 << 20
+_WOULD_BLOCK = (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
+
+
+class Refused(Exception):  # noqa: N818 - a verdict, raised by an inspector to end the session
+    """An inspector's reason to end the session (an over-size or unknown frame)."""
+
+
+class Inspector(Protocol):
+    """Sees (and may rewrite) the bytes from the first socket before they go on."""
+
+    def feed(self, data: bytes) -> bytes:
+        """Return the bytes to pass on; raise :class:`Refused` to end the session."""
+
+    @property
+    def mid_frame(self) -> bool:
+        """Whether the first socket stopped in the middle of a message."""
+
+
+def _recv(sock: socket.socket) -> bytes | None:
+    """What ``sock`` has now (b"" at its end, None when nothing is there yet)."""
+    try:
+        data = sock.recv(_CHUNK)
+    except _WOULD_BLOCK:
+        return None
+    except (ssl.SSLZeroReturnError, ssl.SSLEOFError, ConnectionError):
+        return b""
+    if data and isinstance(sock, ssl.SSLSocket):
+        # Decrypted bytes OpenSSL holds back do not make the socket readable: take them now.
+        parts = [data]
+        while sock.pending():
+            try:
+                parts.append(sock.recv(_CHUNK))
+            except _WOULD_BLOCK:
+                break
+        data = b"".join(parts)
+    return data
+
+
+def relay(
+    a: socket.socket,
+    b: socket.socket,
+    *,
+    inspector: Inspector | None = None,
+    on_a_to_b: Callable[[int], None] | None = None,
+    on_b_to_a: Callable[[int], None] | None = None,
+    idle_timeout: float | None = None,
+    stall_timeout: float | None = None,
+) -> str:
+    """Copy ``a`` <-> ``b`` until either side ends, a timeout passes or ``inspector`` refuses;
+    both sockets are closed then.
+
+    Args:
+        a: the client's side (its bytes go through ``inspector``).
+        b: the server's side.
+        on_a_to_b, on_b_to_a: told the byte count of each piece passed on.
+        idle_timeout: end when nothing moved either way this long (None: never).
+        stall_timeout: end when ``a`` stopped mid-message this long (None: never).
+
+    Returns:
+        Why it ended, in a few words ("client closed", "idle for 600 s", a refusal).
+    """
+    pipe = _Pipe(a, b, inspector, {a: on_a_to_b, b: on_b_to_a})
+    try:
+        while True:
+            why = pipe.step()
+            if not why:
+                why = pipe.timed_out(idle_timeout, stall_timeout)
+            if why:
+                return why
+    except Refused as err:
+        return str(err)
+    except OSError as err:
+        return f"connection error ({err.strerror or err})"
+    finally:
+        pipe.close()
+
+
+class _Pipe:
+    """The state of one :func:`relay`: what waits to be written to each side, and when."""
+
+    def __init__(
+        self,
+        a: socket.socket,
+        b: socket.socket,
+        inspector: Inspector | None,
+        counters: dict[socket.socket, Callable[[int], None] | None],
+    ) -> None:
+        for s in (a, b):
+            s.setblocking(False)
+        self.a, self.b = a, b
+        self.inspector = inspector
+        self.counters = counters
+        self.out: dict[socket.socket, bytearray] = {a: bytearray(), b: bytearray()}
+        self.other = {a: b, b: a}
+        self.sel = selectors.DefaultSelector()
+        self.registered: dict[socket.socket, int] = {}
+        self.last_move = self.last_from_a = time.monotonic()
+
+    def _register(self) -> None:
+        for s in (self.a, self.b):
+            events = selectors.EVENT_READ if len(self.out[self.other[s]]) < _HIGH_WATER else 0
+            if self.out[s]:
+                events |= selectors.EVENT_WRITE
+            if self.registered.get(s) == events:
+                continue
+            if s in self.registered:
+                self.sel.unregister(s)
+                del self.registered[s]
+            if events:
+                self.sel.register(s, events)
+                self.registered[s] = events
+
+    def step(self) -> str:
+        """Wait up to a second and move what can be moved; returns why it ended, or ""."""
+        self._register()
+        for key, mask in self.sel.select(timeout=1.0):
+            s: socket.socket = key.fileobj  # type: ignore[assignment]
+            if mask & selectors.EVENT_READ:
+                why = self._read(s)
+                if why:
+                    return why
+            if mask & selectors.EVENT_WRITE and self.out[s]:
+                why = self._write(s)
+                if why:
+                    return why
+        return ""
+
+    def _read(self, s: socket.socket) -> str:
+        data = _recv(s)
+        if data == b"":
+            return "client closed" if s is self.a else "server closed"
+        if data:
+            self.last_move = time.monotonic()
+            if s is self.a:
+                self.last_from_a = self.last_move
+                if self.inspector is not None:
+                    data = self.inspector.feed(data)
+            self.out[self.other[s]] += data
+            counter = self.counters[s]
+            if counter is not None:
+                counter(len(data))
+        return ""
+
+    def _write(self, s: socket.socket) -> str:
+        try:
+            sent = s.send(self.out[s][:_CHUNK])
+        except _WOULD_BLOCK:
+            return ""
+        except OSError:
+            return "client went away" if s is self.a else "server went away"
+        del self.out[s][:sent]
+        self.last_move = time.monotonic()
+        return ""
+
+    def timed_out(self, idle_timeout: float | None, stall_timeout: float | None) -> str:
+        """Why the session should end for lack of progress, or ""."""
+        now = time.monotonic()
+        if idle_timeout is not None and now - self.last_move > idle_timeout:
+            return f"idle for {idle_timeout:.0f} s"
+        if (
+            stall_timeout is not None
+            and self.inspector is not None
+            and self.inspector.mid_frame
+            and now - self.last_from_a > stall_timeout
+        ):
+            return f"stopped in the middle of a message for {stall_timeout:.0f} s"
+        return ""
+
+    def close(self) -> None:
+        """Close both sockets."""
+        self.sel.close()
+        for s in (self.a, self.b):
+            with contextlib.suppress(OSError):
+                s.close()
