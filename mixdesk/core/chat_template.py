@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
+from itertools import islice
 from typing import Any
 
 from jinja2 import BaseLoader, Environment, TemplateError, TemplateSyntaxError, nodes
@@ -30,6 +31,14 @@ from jinja2.parser import Parser
 from jinja2.runtime import Context
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from mixdesk.core.template_sizes import (
+    SEQUENCE_FILTERS,
+    filter_result_size,
+    format_args,
+    format_size,
+    method_result_size,
+    text_size,
+)
 from mixdesk.errors import (
     TemplateBudgetError,
     TemplateCancelledError,
@@ -144,9 +153,32 @@ class _Budget:
 
     def sized(self, value: Any) -> Any:
         """Return ``value``, or stop the render if it is a string or list over the size budget."""
-        if isinstance(value, str | list | tuple | dict) and len(value) > self.size:
+        if isinstance(value, str | bytes | list | tuple | dict) and len(value) > self.size:
             raise _OverBudget(f"built a value of more than {self.size} items")
         return value
+
+    def fits(self, size: int, what: str) -> None:
+        """Stop the render before it makes a result of ``size`` characters over the budget."""
+        if size > self.size:
+            raise _OverBudget(f"{what} past the size budget ({size} characters or more)")
+
+    def sequence(self, value: Any) -> Any:
+        """``value`` as a sequence that can be measured (an iterator becomes a list).
+
+        The items are measured as they arrive (``map`` may make each one), and the list is
+        given up once their text passes the size budget.
+        """
+        if isinstance(value, Sequence) or not isinstance(value, Iterable):
+            return value
+        items = []
+        text = 0
+        for item in islice(value, self.size + 1):
+            text += text_size(item, self.size)
+            self.fits(text, "collected items")
+            items.append(item)
+        if len(items) > self.size:
+            raise _OverBudget(f"built a value of more than {self.size} items")
+        return items
 
     def no_huge_numbers(self, values: Iterable[Any]) -> None:
         """Refuse widths and counts that would make a huge string (``center(10**9)``)."""
@@ -168,7 +200,10 @@ class BudgetedSandbox(ImmutableSandboxedEnvironment):
     Every call, attribute and item lookup and every loop iteration looks at the budget (loops
     are rewritten to count their steps); ``*``, ``**``, ``+`` and ``%`` and every filter refuse
     to build a string or list over the size budget; ``~`` and ``{% set %}`` blocks are checked
-    as well. A render over budget raises :class:`_OverBudget`, a cancelled one :class:`_Stopped`.
+    as well. Operations whose result can be many times their input (``join``, ``replace``,
+    ``format`` and ``%``, ``indent``, writing a list as text) are measured before they run
+    (:mod:`mixdesk.core.template_sizes`), so an over-budget result is never made. A render
+    over budget raises :class:`_OverBudget`, a cancelled one :class:`_Stopped`.
     """
 
     intercepted_binops = frozenset({"*", "**", "+", "%"})
@@ -182,12 +217,15 @@ class BudgetedSandbox(ImmutableSandboxedEnvironment):
             extensions=[_GenerationTag, "jinja2.ext.loopcontrols"],
         )
         self.budget = budget
+        self.finalize = self._check_text  # every {{ value }}, before it becomes text
         self.globals["raise_exception"] = _raise_exception
         self.globals["strftime_now"] = _strftime_now
+        del self.globals["lipsum"]  # lipsum(10**6) runs for minutes in one call
         for name, func in list(self.filters.items()):
-            self.filters[name] = self._guarded_filter(func)
+            self.filters[name] = self._guarded_filter(name, func)
         self.filters["mixdesk_steps"] = self._count_steps
         self.filters["mixdesk_sized"] = self._check_size
+        self.filters["mixdesk_text"] = self._check_text
 
     # -- hooks of the sandbox ---------------------------------------------------------
 
@@ -196,6 +234,9 @@ class BudgetedSandbox(ImmutableSandboxedEnvironment):
         budget.check()
         budget.no_huge_numbers(args)
         budget.no_huge_numbers(kwargs.values())
+        if getattr(__obj, "__name__", "") == "join" and args:
+            args = (budget.sequence(args[0]), *args[1:])
+        budget.fits(method_result_size(__obj, args, kwargs, budget.size), "made text")
         return budget.sized(super().call(__context, __obj, *args, **kwargs))
 
     def getattr(self, obj: Any, attribute: str) -> Any:
@@ -214,7 +255,7 @@ class BudgetedSandbox(ImmutableSandboxedEnvironment):
         if operator == "*":
             for seq, count in ((left, right), (right, left)):
                 if (
-                    isinstance(seq, str | list | tuple)
+                    isinstance(seq, str | bytes | list | tuple)
                     and isinstance(count, int)
                     and len(seq) * max(count, 0) > budget.size
                 ):
@@ -225,10 +266,12 @@ class BudgetedSandbox(ImmutableSandboxedEnvironment):
         elif operator == "%":
             budget.no_huge_format(left)
             budget.no_huge_numbers([right])
+            if isinstance(left, str):
+                budget.fits(format_size(left, format_args(right), budget.size), "formatted text")
         elif (
             operator == "+"
-            and isinstance(left, str | list | tuple)
-            and isinstance(right, str | list | tuple)
+            and isinstance(left, str | bytes | list | tuple)
+            and isinstance(right, str | bytes | list | tuple)
             and len(left) + len(right) > budget.size
         ):
             raise _OverBudget("joined values past the size budget")
@@ -240,7 +283,10 @@ class BudgetedSandbox(ImmutableSandboxedEnvironment):
     # -- loops, concatenation and set blocks ------------------------------------------
 
     def _parse(self, source: str, name: str | None, filename: str | None) -> nodes.Template:
-        """Parse, then rewrite the tree so that loops count their steps and joins their size."""
+        """Parse, then rewrite the tree so that loops count their steps and joins their size.
+
+        The parts of a ``~`` join are measured as text before they become text.
+        """
         tree = super()._parse(source, name, filename)
         for loop in tree.find_all(nodes.For):
             loop.iter = nodes.Filter(loop.iter, "mixdesk_steps", [], [], None, None)
@@ -252,12 +298,15 @@ class BudgetedSandbox(ImmutableSandboxedEnvironment):
             for field in parent.fields:
                 child = getattr(parent, field, None)
                 if isinstance(child, nodes.Concat):
-                    setattr(parent, field, _sized(child))
+                    setattr(parent, field, _sized(_text_parts(child)))
                 elif isinstance(child, list):
                     setattr(
                         parent,
                         field,
-                        [_sized(c) if isinstance(c, nodes.Concat) else c for c in child],
+                        [
+                            _sized(_text_parts(c)) if isinstance(c, nodes.Concat) else c
+                            for c in child
+                        ],
                     )
         return tree
 
@@ -271,7 +320,12 @@ class BudgetedSandbox(ImmutableSandboxedEnvironment):
         self.budget.check()
         return self.budget.sized(value)
 
-    def _guarded_filter(self, func: Callable[..., Any]) -> Callable[..., Any]:
+    def _check_text(self, value: Any) -> Any:
+        """Return ``value``, or stop the render if its text would be over the size budget."""
+        self.budget.fits(text_size(value, self.budget.size), "wrote a value as text")
+        return value
+
+    def _guarded_filter(self, name: str, func: Callable[..., Any]) -> Callable[..., Any]:
         budget = self.budget
 
         def guarded(*args: Any, **kwargs: Any) -> Any:
@@ -279,10 +333,15 @@ class BudgetedSandbox(ImmutableSandboxedEnvironment):
             values = [a for a in args if not isinstance(a, Context | EvalContext | Environment)]
             budget.no_huge_numbers(values[1:])
             budget.no_huge_numbers(kwargs.values())
-            if func.__name__ == "do_format" and values:
+            if name == "format" and values:
                 budget.no_huge_format(values[0])
-            if func.__name__ == "do_replace":
-                _check_replace(budget, values)
+            if name in SEQUENCE_FILTERS and values:
+                first = len(args) - len(values)
+                values[0] = budget.sequence(values[0])
+                args = (*args[:first], values[0], *args[first + 1 :])
+            budget.fits(
+                filter_result_size(name, values, kwargs, budget.size), f"made text with {name}"
+            )
             return budget.sized(func(*args, **kwargs))
 
         # Jinja passes the context or environment to filters marked for it: keep the marks.
@@ -291,15 +350,6 @@ class BudgetedSandbox(ImmutableSandboxedEnvironment):
             guarded.jinja_pass_arg = func.jinja_pass_arg  # type: ignore[attr-defined]
         guarded.__name__ = func.__name__
         return guarded
-
-
-def _check_replace(budget: _Budget, values: list[Any]) -> None:
-    """``replace`` can multiply a string's length: estimate the result before making it."""
-    if len(values) >= 3 and all(isinstance(v, str) for v in values[:3]):
-        text, old, new = values[:3]
-        grows = (text.count(old) if old else len(text) + 1) * max(len(new) - len(old), 0)
-        if len(text) + grows > budget.size:
-            raise _OverBudget("replaced text past the size budget")
 
 
 def _chain_filter(existing: nodes.Filter | None, name: str) -> nodes.Filter:
@@ -316,6 +366,12 @@ def _chain_filter(existing: nodes.Filter | None, name: str) -> nodes.Filter:
 
 def _sized(concat: nodes.Concat) -> nodes.Filter:
     return nodes.Filter(concat, "mixdesk_sized", [], [], None, None)
+
+
+def _text_parts(concat: nodes.Concat) -> nodes.Concat:
+    """``concat`` with each part measured as text before it becomes text."""
+    concat.nodes = [nodes.Filter(part, "mixdesk_text", [], [], None, None) for part in concat.nodes]
+    return concat
 
 
 def _raise_exception(message: str) -> None:
