@@ -3,8 +3,9 @@
 See shared/reference/hub-protocol.md: repo info with LFS metadata, tree, paths-info, and
 HEAD/GET on ``resolve`` URLs with ``Range`` support, ``X-Repo-Commit`` and ETags; gated and
 missing repos and files answered with the ``X-Error-Code`` the client maps to its
-exceptions. It counts the body bytes it sends per file and records Range requests, so
-tests can check what a client fetched.
+exceptions; a file can announce a smaller size than it serves (a lying Hub). It counts the
+body bytes it sends per file and records Range requests, so tests can check what a client
+fetched.
 """
 
 from __future__ import annotations
@@ -33,6 +34,13 @@ class HubFile:
     data: bytes | None = None
     path: Path | None = None
     sha256: str | None = None  # computed from the data when None
+    #: The size the Hub's metadata announces, when it lies (the body is the whole file).
+    listed_size: int | None = None
+
+    @property
+    def announced_size(self) -> int:
+        """The size the metadata and the size headers announce."""
+        return self.size if self.listed_size is None else self.listed_size
 
     @property
     def size(self) -> int:
@@ -135,18 +143,18 @@ def _make_handler(state: HubState) -> type[BaseHTTPRequestHandler]:
 
         @staticmethod
         def _entry(name: str, f: HubFile, *, siblings: bool) -> dict[str, Any]:
-            lfs = {"size": f.size, "pointerSize": 134}
+            lfs = {"size": f.announced_size, "pointerSize": 134}
             if siblings:
                 return {
                     "rfilename": name,
-                    "size": f.size,
+                    "size": f.announced_size,
                     "blobId": f.digest()[:40],
                     "lfs": {**lfs, "sha256": f.digest()},
                 }
             return {
                 "type": "file",
                 "oid": f.digest()[:40],
-                "size": f.size,
+                "size": f.announced_size,
                 "path": name,
                 "lfs": {**lfs, "oid": f.digest()},
             }
@@ -247,7 +255,7 @@ def _make_handler(state: HubState) -> type[BaseHTTPRequestHandler]:
             self.send_header("X-Repo-Commit", COMMIT)
             self.send_header("ETag", f'"{f.digest()}"')
             self.send_header("X-Linked-Etag", f'"{f.digest()}"')
-            self.send_header("X-Linked-Size", str(size))
+            self.send_header("X-Linked-Size", str(f.announced_size))
             self.send_header("Accept-Ranges", "bytes")
             self.send_header("Content-Type", "application/octet-stream")
             if ranged:

@@ -273,7 +273,13 @@ class Downloader:
         if store is not None:
             for chunk in store.source_chunks():
                 hasher.update(chunk)
-        sink = Sink(hasher, store, self._chooser(f, merge_experts=merge_experts))
+        sink = Sink(
+            hasher,
+            store,
+            self._chooser(f, merge_experts=merge_experts),
+            size=f.size,
+            name=f.filename,
+        )
         meter = _Meter(f.filename, f.size, have, on_progress, cancel)
         try:
             self._transfer(f, url=url, headers=headers, sink=sink, meter=meter, cancel=cancel)
@@ -320,7 +326,7 @@ class Downloader:
             try:
                 _http_get(url, sink, headers=headers, expected_size=f.size, meter=meter)
                 return
-            except DownloadCancelled:
+            except (DownloadCancelled, HubError):
                 raise
             except OSError as err:
                 if err.errno == errno.ENOSPC:

@@ -16,6 +16,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Protocol
 
+from mixdesk.core.hub_header import HubSizeMismatchError
+
 
 class Hasher:
     """sha256 of a byte stream, computed on its own thread."""
@@ -89,6 +91,8 @@ class Sink:
 
     A download that may merge experts keeps the first bytes in memory until the header is
     complete, then ``choose`` picks the store (merging for a legacy Mixtral file, else plain).
+    Nothing past ``size`` (the size the Hub announced, which the disk check counted) is taken:
+    huggingface_hub compares sizes only once the whole body is on disk.
     """
 
     def __init__(
@@ -96,9 +100,14 @@ class Sink:
         hasher: Hasher,
         store: Store | None,
         choose: Callable[[bytes, bool], Store | None],
+        *,
+        size: int,
+        name: str,
     ) -> None:
         self._hasher = hasher
         self._choose = choose
+        self.size = size
+        self.name = name
         self.store = store
         self._buffer = bytearray()
         self._next_try = 0
@@ -108,6 +117,13 @@ class Sink:
             self._decide(final=False)
 
     def write(self, chunk: bytes) -> int:
+        if self._pos + len(chunk) > self.size:
+            raise HubSizeMismatchError(
+                f"The Hub sent more than the {self.size:,} bytes it announced for {self.name}, "
+                "so MixDesk stopped the download there (nothing past that size was written). "
+                "Try again later; if it happens again, the file on the Hub is not what the Hub "
+                "says it is."
+            )
         self._hasher.update(bytes(chunk))
         self._pos += len(chunk)
         if self.store is not None:

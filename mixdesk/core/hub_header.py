@@ -32,6 +32,11 @@ class HubUnreachableError(HubError):
     """No answer from the Hub at all (no network, or ``HF_ENDPOINT`` names nothing)."""
 
 
+class HubSizeMismatchError(HubError):
+    """The Hub sent more bytes for a file than its metadata announced (refused past that size,
+    so a lying server cannot fill the disk past the free-space check)."""
+
+
 @dataclass(frozen=True)
 class ModelRef:
     """A model named by the user: a local file, or a file in a Hub repository."""

@@ -21,10 +21,10 @@ from mixdesk.core.download import (
     DownloadProgress,
 )
 from mixdesk.core.hub import HubFileInfo, list_models, pick_model
-from mixdesk.core.hub_header import HubError
+from mixdesk.core.hub_header import HubError, HubSizeMismatchError
 from mixdesk.core.library import Library, safe_target
 from mixdesk.core.pull import pull
-from mixdesk.errors import InvalidArgumentError
+from mixdesk.errors import InvalidArgumentError, user_message
 from tests.hub_server import HubFile, HubRepo, HubState
 
 REPO = "TheBloke/Mixtral-tiny-GGUF"
@@ -147,6 +147,28 @@ def test_wrong_bytes_are_rejected(served: tuple[HubState, Library]) -> None:
     f = _file(state, "mixtral-tiny.Q4_K_M.gguf")
     assert Downloader(library.root).partial_bytes(f) == 0
     assert not Downloader(library.root).target_path(f).exists()
+
+
+def test_bytes_past_the_announced_size_are_refused(served: tuple[HubState, Library]) -> None:
+    """A Hub that announces 1 MiB and sends the whole 4 MiB file fills no more than 1 MiB."""
+    state, library = served
+    hub_file = state.repos[REPO].files["mixtral-tiny.Q4_K_M.gguf"]
+    hub_file.listed_size = 1 << 20
+    f = _file(state, "mixtral-tiny.Q4_K_M.gguf")
+    assert f.size == 1 << 20 < hub_file.size
+    downloader = Downloader(library.root)
+    with pytest.raises(HubSizeMismatchError) as info:
+        downloader.download(f)
+    assert user_message(info.value) == (
+        "The Hub sent more than the 1,048,576 bytes it announced for mixtral-tiny.Q4_K_M.gguf, "
+        "so MixDesk stopped the download there (nothing past that size was written). Try again "
+        "later; if it happens again, the file on the Hub is not what the Hub says it is."
+    )
+    assert isinstance(info.value, HubError)
+    assert downloader.partial_bytes(f) <= 1 << 20
+    partial = library.root / ".partial"
+    assert sum(p.stat().st_size for p in partial.rglob("*") if p.is_file()) <= 1 << 20
+    assert not downloader.target_path(f).exists()
 
 
 def test_missing_repo_file_and_gated(served: tuple[HubState, Library]) -> None:
