@@ -380,5 +380,8 @@ LLAMA3_BASE = ModelSpec(
 MIXTRAL_NO_TEMPLATE = with_changes(TINY, chat_template=None, name="Mixtral tiny 2023")
 #: A vocabulary that also asks for EOS at the end of every tokenized text.
 WITH_EOS = with_changes(TINY, add_eos=True, name="Mixtral tiny add-eos")
-#: A model whose first answer token is always end-of-text.
-ENDS_AT_ONCE = with_changes(GEMMA_BASE, eos_first=True, name="Gemma tiny ends at once")
+#: A dense base model (no template: llama.cpp's built-in ``llama2``) whose first answer token
+#: is always end-of-text.
+ENDS_AT_ONCE = with_changes(
+    TINY, n_expert=0, chat_template=None, eos_first=True, name="Llama tiny base ends at once"
+)

@@ -253,3 +253,19 @@ def test_engine_crash_puts_llama_cpp_lines_in_the_app_log(
     text = app_log.read_text()
     assert "last lines of the engine log" in text
     assert "GGML_ASSERT(id_to_token.size() == token_to_id.size()) failed" in text
+
+
+def test_chat_names_a_base_model_and_an_answer_that_ends_at_once(tmp_path: Path) -> None:
+    """A base model is named as one (as the window does), and an answer with no text says
+    why: the model ended it at once."""
+    from mixdesk.core.chat_words import BASE_MODEL_WORDS, ENDED_AT_ONCE_WORDS
+    from tests.model_factory import ENDS_AT_ONCE, make_model
+
+    model = make_model(tmp_path, ENDS_AT_ONCE, name="ends-at-once")
+    proc = run("chat", str(model), "--prompt", "The capital of France is", "--temperature", "0")
+    assert proc.returncode == 0, proc.stderr
+    assert BASE_MODEL_WORDS in proc.stderr
+    assert ENDED_AT_ONCE_WORDS in proc.stderr
+    assert "Traceback" not in proc.stderr
+    proc = run("chat", str(model), "--prompt", "Hi", "--temperature", "0", "--json")
+    assert json.loads(proc.stdout)["ended_at_once"] is True

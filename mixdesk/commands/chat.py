@@ -12,6 +12,7 @@ from mixdesk.commands.common import load_choices, machine, print_json
 from mixdesk.commands.keys import endpoint_key_from
 from mixdesk.commands.terminal import write_control
 from mixdesk.core.chat_template import ChatMessage
+from mixdesk.core.chat_words import BASE_MODEL_WORDS, ENDED_AT_ONCE_WORDS
 from mixdesk.core.endpoints import (
     Endpoint,
     normalize_url,
@@ -164,6 +165,8 @@ def run_chat(args: argparse.Namespace) -> int:
                 sys.stderr.write(f"mixdesk: {outcome.note}\n")
         if info.chat_template_note:  # the model's own template is broken: say which one is used
             sys.stderr.write(f"mixdesk: {info.chat_template_note}\n")
+        if info.base_model:
+            sys.stderr.write(f"mixdesk: {info.name} {BASE_MODEL_WORDS}.\n")
         history: list[ChatMessage] = []
         if args.system:
             history.append(ChatMessage("system", args.system))
@@ -174,6 +177,7 @@ def run_chat(args: argparse.Namespace) -> int:
                 print_json({**_json_result(done, info), **_placement(outcome)})
             else:
                 sys.stdout.write("\n")
+                _say_if_ended_at_once(done)
                 sys.stderr.write(speed_line(done.stats, load_s=info.load_s) + "\n")
             return 0
         return _interactive(engine, info, history, sampling)
@@ -198,10 +202,17 @@ def _placement(outcome: LoadOutcome) -> dict[str, object]:
     }
 
 
+def _say_if_ended_at_once(done: ChatDone) -> None:
+    """An answer with no text says why instead of printing nothing."""
+    if done.ended_at_once:
+        sys.stderr.write(f"mixdesk: {ENDED_AT_ONCE_WORDS}\n")
+
+
 def _json_result(done: ChatDone, info: ModelInfo) -> dict[str, object]:
     stats = done.stats
     return {
         "text": done.text,
+        "ended_at_once": done.ended_at_once,
         "model": info.path,
         "n_gpu_layers": info.n_gpu_layers,
         "finish_reason": done.finish_reason,
@@ -264,6 +275,7 @@ def _interactive(
         history.append(ChatMessage("user", text))
         done = _stream(engine.chat(history, sampling), echo=True)
         sys.stdout.write("\n")
+        _say_if_ended_at_once(done)
         history.append(ChatMessage("assistant", done.text))
         note = " (stopped)" if done.finish_reason == "cancelled" else ""
         sys.stderr.write(

@@ -167,7 +167,8 @@ class ModelSpec:
     control_tokens: tuple[str, ...] = ()
     #: ``tokenizer.ggml.pre`` when set (``llama-bpe`` marks a Llama 3 vocabulary).
     tokenizer_pre: str = ""
-    #: Make end-of-text the most likely token everywhere: the model ends its answers at once.
+    #: Make end-of-text the most likely token everywhere: the model ends its answers at once
+    #: (needs an output matrix of its own: not with ``family="gemma"``).
     eos_first: bool = False
 
     @property
@@ -233,8 +234,10 @@ def _weights(spec: ModelSpec, n_vocab: int) -> list[tuple[str, npt.NDArray[np.fl
     out[:259] = 0  # specials and bytes: logit 0, far below the word pieces
     out[n_vocab - len(spec.control_tokens) :] = 0  # a chat format's control tokens too
     embd = (mat(n_vocab, e) * float(np.sqrt(e))).astype(dtype)
-    if spec.eos_first:
-        out[2] = 50.0  # end-of-text wins whatever the hidden state
+    if spec.eos_first:  # one direction dominates every hidden state, and only EOS reads it
+        embd[:, 0] = 100.0
+        out[2] = 0.0
+        out[2, 0] = 50.0
     tensors: list[tuple[str, npt.NDArray[np.floating]]] = [
         ("token_embd.weight", embd),
         ("output_norm.weight", ones(e)),

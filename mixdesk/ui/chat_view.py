@@ -27,6 +27,7 @@ from PySide6.QtGui import (
 from PySide6.QtWidgets import QTextBrowser, QToolTip, QWidget
 
 from mixdesk.core.chat_store import StoredMessage
+from mixdesk.core.chat_words import ENDED_AT_ONCE_WORDS, ended_at_once
 from mixdesk.core.engine import GenerationStats
 from mixdesk.ui.markdown import render_markdown
 
@@ -115,6 +116,10 @@ class ChatView(QTextBrowser):
             edit = f' <a href="edit:{m.id}" style="font-size:small">edit</a>'
             text = html.escape(m.content).replace("\n", "<br>")
             return turn_html("user", edit, f"<p>{text}</p>", created=m.created), []
+        if m.stats and ended_at_once(m.finish_reason, m.stats.eval_tokens, m.content):
+            note = html.escape(ENDED_AT_ONCE_WORDS)
+            body = f'<p style="color:#777;font-style:italic">{note}</p>'
+            return turn_html("assistant", "", body, created=m.created), []
         body, codes = render_markdown(m.content, code_link_prefix=f"copy:{len(self._codes)}:")
         footer = ""
         if m.stats:

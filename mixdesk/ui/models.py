@@ -23,6 +23,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from mixdesk.core.chat_words import BASE_MODEL_WORDS
 from mixdesk.core.endpoints import Endpoint, normalize_url, remote_model_info
 from mixdesk.core.engine import ModelInfo
 from mixdesk.core.hardware import format_bytes
@@ -34,12 +35,6 @@ from mixdesk.ui.plain import plain
 from mixdesk.ui.workers import EngineController, TaskWorker
 
 log = logging.getLogger(__name__)
-
-
-BASE_MODEL_WORDS = (
-    "looks like a base model (no chat template, not instruction-tuned): it continues text, "
-    "so chat answers may be odd"
-)
 
 
 def model_info_line(outcome: LoadOutcome) -> str:

@@ -27,6 +27,7 @@ from mixdesk.core.engine.protocol import ChatDone
 from mixdesk.core.synthetic_model import TINY, ModelSpec, with_changes
 from tests.model_factory import (
     CHATML_TEMPLATE_FOR_TESTS,
+    ENDS_AT_ONCE,
     GEMMA_BASE,
     LLAMA3_BASE,
     MIXTRAL_NO_TEMPLATE,
@@ -150,7 +151,14 @@ def test_engine_answers_token_for_token_as_llama_cpp(
     spec, messages, ref_turns, ref_template = CASES[case]
     model = parity_models[case]
     done = engine_answer(parity_engine, model, messages)
-    ref = reference.answer(str(model), ref_turns, n_predict=32, n_ctx=N_CTX, **ref_template)
+    ref = reference.answer(
+        str(model),
+        ref_turns,
+        template=ref_template.get("template"),
+        builtin=ref_template.get("builtin"),
+        n_predict=32,
+        n_ctx=N_CTX,
+    )
 
     assert list(done.prompt_token_ids) == ref.prompt_tokens, ref.prompt
     assert list(done.token_ids) == ref.tokens
@@ -178,3 +186,15 @@ def test_a_base_model_is_named_as_one_and_chosen_builtin_templates(
         assert info is not None
         assert info.chat_template_source.startswith(f"llama.cpp {builtin} ")
         assert info.base_model
+
+
+def test_an_answer_that_ends_at_once_is_marked(
+    parity_engine: Engine, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """End-of-text as the first token: an empty answer the app can name (not "0 tokens")."""
+    model = make_model(tmp_path_factory.mktemp("eos-first"), ENDS_AT_ONCE, name="eos-first")
+    done = engine_answer(parity_engine, model, QUESTION)
+    ref = reference.answer(str(model), _turns(QUESTION), builtin="llama2", n_ctx=N_CTX)
+    assert ref.tokens == [2] and list(done.token_ids) == [2]
+    assert done.ended_at_once
+    assert (done.text, done.finish_reason, done.stats.eval_tokens) == ("", "stop", 0)

@@ -4,7 +4,6 @@ a base model is named as one (a generated Gemma-architecture model, real engine)
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
 from pytestqt.qtbot import QtBot
@@ -16,73 +15,16 @@ from mixdesk.core.chat_template import (
     render_prompt,
     select_template,
 )
-from mixdesk.core.synthetic_model import TINY, vocabulary
-from mixdesk.ui.models import BASE_MODEL_WORDS
+from mixdesk.core.chat_words import BASE_MODEL_WORDS, ENDED_AT_ONCE_WORDS
+from mixdesk.core.synthetic_model import with_changes
+from tests.model_factory import ENDS_AT_ONCE, GEMMA_BASE, make_model
 from tests.ui.test_main_window import ask, load, make_window
-
-
-def write_dense(path: Path, *, architecture: str, name: str) -> Path:
-    """A small dense model of ``architecture`` (Gemma's tensor set: tied output) with no chat
-    template, written with the gguf package."""
-    import gguf
-    import numpy as np
-
-    rng = np.random.default_rng(0)
-    tokens, scores, types = vocabulary(TINY)
-    e, f, heads, kv_heads = 256, 512, 4, 2
-    kv = kv_heads * (e // heads)
-
-    def mat(rows: int, cols: int) -> Any:
-        return (rng.standard_normal((rows, cols), dtype=np.float32) / np.sqrt(cols)).astype(
-            np.float32
-        )
-
-    writer = gguf.GGUFWriter(str(path), architecture)
-    writer.add_name(name)
-    writer.add_context_length(2048)
-    writer.add_embedding_length(e)
-    writer.add_block_count(2)
-    writer.add_feed_forward_length(f)
-    writer.add_head_count(heads)
-    writer.add_head_count_kv(kv_heads)
-    writer.add_key_length(e // heads)
-    writer.add_value_length(e // heads)
-    writer.add_layer_norm_rms_eps(1e-6)
-    writer.add_file_type(gguf.LlamaFileType.ALL_F32)
-    writer.add_tokenizer_model("llama")
-    writer.add_token_list(tokens)
-    writer.add_token_scores(scores)
-    writer.add_token_types(types)
-    writer.add_bos_token_id(1)
-    writer.add_eos_token_id(2)
-    writer.add_unk_token_id(0)
-    writer.add_tensor("token_embd.weight", mat(len(tokens), e))
-    writer.add_tensor("output_norm.weight", np.ones(e, dtype=np.float32))
-    for i in range(2):
-        b = f"blk.{i}"
-        for tname, data in (
-            ("attn_norm", np.ones(e, dtype=np.float32)),
-            ("attn_q", mat(e, e)),
-            ("attn_k", mat(kv, e)),
-            ("attn_v", mat(kv, e)),
-            ("attn_output", mat(e, e)),
-            ("ffn_norm", np.ones(e, dtype=np.float32)),
-            ("ffn_gate", mat(f, e)),
-            ("ffn_up", mat(f, e)),
-            ("ffn_down", mat(e, f)),
-        ):
-            writer.add_tensor(f"{b}.{tname}.weight", data)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return path
 
 
 @pytest.fixture(scope="module")
 def gemma_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
     directory = tmp_path_factory.mktemp("gemma")
-    return write_dense(directory / "gemma-tiny-base.gguf", architecture="gemma", name="Gemma tiny")
+    return make_model(directory, with_changes(GEMMA_BASE, n_layers=2), name="gemma-tiny-base")
 
 
 def test_a_gemma_model_without_a_template_chats_in_gemmas_format(
@@ -125,3 +67,17 @@ def test_base_models_are_told_apart_from_instruct_ones() -> None:
     assert not looks_like_base_model({"general.name": "gemma-3-270m-it"})
     assert not looks_like_base_model({"general.name": "Mixtral 8x7B Instruct v0.1"})
     assert not looks_like_base_model({"general.name": "x", "tokenizer.chat_template": "{{x}}"})
+
+
+def test_an_answer_that_ends_at_once_says_why(qtbot: QtBot, tmp_path: Path) -> None:
+    """End-of-text as the first token: one sentence in place of an empty block with
+    "0 tokens · 0.0 tok/s"."""
+    model = make_model(tmp_path, ENDS_AT_ONCE, name="ends-at-once")
+    window = make_window(qtbot, tmp_path)
+    load(qtbot, window, model)
+    done = ask(qtbot, window, "The capital of France is")
+    assert done.ended_at_once and done.text == "" and done.stats.eval_tokens == 0
+    shown = window.view.toPlainText()
+    assert ENDED_AT_ONCE_WORDS in shown
+    assert "0 tokens" not in shown and "0.0 tok/s" not in shown
+    window.close()

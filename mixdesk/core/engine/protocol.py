@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from typing import Any, TypeVar
 
 from mixdesk.core.chat_template import ChatMessage
+from mixdesk.core.chat_words import ended_at_once
 
 #: KV cache types a user can pick, as llama.cpp names them.
 KV_CACHE_TYPES = ("f16", "q8_0", "q4_0")
@@ -176,7 +177,7 @@ class ChatDone:
     @property
     def ended_at_once(self) -> bool:
         """The model's first token was end-of-text: an answer with no text at all."""
-        return self.finish_reason == "stop" and self.stats.eval_tokens == 0 and not self.text
+        return ended_at_once(self.finish_reason, self.stats.eval_tokens, self.text)
 
 
 @dataclass(frozen=True)
