@@ -64,6 +64,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from mixdesk.core import rpc_worker
 
         return rpc_worker.main(args_list[1:])
+    if args_list[:1] == ["--llama-reference"]:
+        from mixdesk.core.engine import reference
+
+        return reference.main()  # the request arrives on stdin
     if args_list[:1] == ["--qt-selftest"]:
         from mixdesk.ui.selftest import qt_selftest
 

@@ -227,6 +227,8 @@ def test_doctor_json_runs_the_engine_end_to_end() -> None:
     checks = {c["name"]: c for c in report["checks"]}
     assert checks["engine"]["status"] == "ok"
     assert "streamed 16 tokens" in checks["engine"]["detail"]
+    assert checks["answers"]["status"] == "ok", checks["answers"]
+    assert "equal llama.cpp's own path" in checks["answers"]["detail"]
     assert checks["qt"]["status"] == "ok"
     assert checks["gpu-offload"]["status"] in ("ok", "warn")
     assert checks["dir-data"]["status"] == "ok"

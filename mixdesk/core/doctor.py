@@ -3,12 +3,15 @@
 Each check gives ok / warn / fail, a detail line and, where something can be done, the fix
 (for a CPU-only llama-cpp-python on a machine with a GPU: the exact command that installs a
 GPU build). The end-to-end check writes a tiny Mixtral-architecture model, loads it in a
-real engine process and streams tokens from it.
+real engine process and streams tokens from it; the answers check compares the engine's greedy
+answer on a Gemma base model with llama.cpp's own path (:mod:`mixdesk.core.engine.reference`,
+in a child process), token for token.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import os
 import platform
 import subprocess
@@ -16,11 +19,16 @@ import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from mixdesk import __version__, paths
 from mixdesk.core import hardware
 from mixdesk.core.hardware import HardwareInfo, format_bytes
+from mixdesk.core.synthetic_model import ModelSpec
 from mixdesk.errors import user_message
+
+if TYPE_CHECKING:
+    from mixdesk.core.engine import Engine, LoadConfig
 
 OK, WARN, FAIL = "ok", "warn", "fail"
 
@@ -199,45 +207,150 @@ def _qt_check() -> Check:
     return Check("qt", OK, "Qt starts (offscreen)")
 
 
-def _engine_check(work_dir: Path) -> tuple[Check, bool | None]:
+def _engine_check(work_dir: Path) -> tuple[Check, Check, bool | None]:
+    """The engine streams from a test model, and answers as llama.cpp's own path does.
+
+    Returns:
+        The engine check, the answers check and whether the build can offload to a GPU.
+    """
     from mixdesk.core.chat_template import ChatMessage
     from mixdesk.core.engine import Engine, SamplingParams
-    from mixdesk.core.loading import LoadChoices, plan_load
     from mixdesk.core.synthetic_model import ModelSpec, write_model
 
     model = write_model(
         work_dir / "doctor-check.gguf", ModelSpec(n_layers=2, name="MixDesk doctor check")
     )
+    not_run = Check("answers", WARN, "not checked (the engine did not start)")
     try:
         with Engine() as engine:
             info = engine.start()
-            # The check is the engine's, not the GPU's: plan it for the CPU alone.
-            cpu_only = HardwareInfo(
-                ram_total_bytes=1 << 30,
-                ram_available_bytes=1 << 30,
-                physical_cores=1,
-                logical_cores=1,
-            )
-            choices = LoadChoices(n_ctx=256, n_threads=min(2, os.cpu_count() or 1))
-            engine.load(plan_load(model, cpu_only, choices).config)
+            engine.load(_cpu_load_config(model))
             stream = engine.chat(
                 [ChatMessage("user", "Say something.")], SamplingParams(max_tokens=16, seed=1)
             )
             deltas = sum(1 for _ in stream)
             done = stream.result
+            answers = _answers_check(engine, work_dir)
     except Exception as err:  # noqa: BLE001 - the doctor reports any failure as a check
-        return Check("engine", FAIL, user_message(err)), None
+        return Check("engine", FAIL, user_message(err)), not_run, None
     assert done is not None
     if deltas == 0 or done.stats.eval_tokens == 0:
+        return (
+            Check("engine", FAIL, "the engine loaded a test model but generated nothing"),
+            answers,
+            info.supports_gpu_offload,
+        )
+    return (
+        Check(
+            "engine",
+            OK,
+            f"llama-cpp-python {info.llama_cpp_version} streamed {done.stats.eval_tokens} tokens "
+            f"from a test Mixtral model at {done.stats.eval_tps:.0f} tokens/s",
+        ),
+        answers,
+        info.supports_gpu_offload,
+    )
+
+
+def _cpu_load_config(model: Path) -> LoadConfig:
+    """How the doctor loads a test model: on the CPU alone (the check is the engine's)."""
+    from mixdesk.core.loading import LoadChoices, plan_load
+
+    cpu_only = HardwareInfo(
+        ram_total_bytes=1 << 30,
+        ram_available_bytes=1 << 30,
+        physical_cores=1,
+        logical_cores=1,
+    )
+    choices = LoadChoices(n_ctx=PARITY_CTX, n_threads=min(2, os.cpu_count() or 1))
+    return plan_load(model, cpu_only, choices).config
+
+
+#: The doctor's parity model: a Gemma base model without a chat template (llama.cpp's built-in
+#: gemma template, which writes no BOS: the prompt needs the vocabulary's BOS rule).
+PARITY_MODEL = ModelSpec(
+    family="gemma",
+    n_expert=0,
+    n_layers=2,
+    chat_template=None,
+    bos_text="<bos>",
+    eos_text="<eos>",
+    control_tokens=("<start_of_turn>", "<end_of_turn>"),
+    name="MixDesk doctor parity",
+)
+PARITY_CTX = 256
+PARITY_TOKENS = 16
+PARITY_CONVERSATION = (("system", "Answer briefly."), ("user", "The capital of France is"))
+
+
+def _answers_check(engine: Engine, work_dir: Path) -> Check:
+    """The engine's greedy answer equals llama.cpp's own path (prompt tokens, tokens, text),
+    so a broken install or a changed llama-cpp-python shows up as one sentence."""
+    from mixdesk.core.chat_template import ChatMessage
+    from mixdesk.core.engine import SamplingParams
+    from mixdesk.core.synthetic_model import write_model
+
+    model = write_model(work_dir / "doctor-parity.gguf", PARITY_MODEL)
+    engine.load(_cpu_load_config(model))
+    greedy = SamplingParams(temperature=0.0, repeat_penalty=1.0, max_tokens=PARITY_TOKENS, seed=0)
+    stream = engine.chat(
+        [ChatMessage(r, c) for r, c in PARITY_CONVERSATION], greedy, report_tokens=True
+    )
+    for _ in stream:
+        pass
+    done = stream.result
+    assert done is not None
+    reference = _reference_answer(model, builtin="gemma")
+    fix = "set MixDesk up again (bash packaging/bootstrap.sh start) to reinstall the llama-cpp-python it pins"
+    if reference is None:
+        return Check("answers", WARN, "llama.cpp's own path could not be run to compare")
+    if list(done.prompt_token_ids) != reference["prompt_tokens"]:
         return Check(
-            "engine", FAIL, "the engine loaded a test model but generated nothing"
-        ), info.supports_gpu_offload
+            "answers",
+            FAIL,
+            "the engine's prompt tokens differ from llama.cpp's own path "
+            f"({len(done.prompt_token_ids)} vs {len(reference['prompt_tokens'])} tokens): "
+            "answers would be wrong",
+            fix,
+        )
+    if list(done.token_ids) != reference["tokens"] or done.text != reference["text"].lstrip():
+        return Check(
+            "answers",
+            FAIL,
+            "the engine's greedy answer differs from llama.cpp's own path for the same prompt",
+            fix,
+        )
     return Check(
-        "engine",
+        "answers",
         OK,
-        f"llama-cpp-python {info.llama_cpp_version} streamed {done.stats.eval_tokens} tokens from a "
-        f"test Mixtral model at {done.stats.eval_tps:.0f} tokens/s",
-    ), info.supports_gpu_offload
+        f"greedy answers equal llama.cpp's own path ({len(done.prompt_token_ids)} prompt tokens, "
+        f"{len(done.token_ids)} answer tokens, gemma template)",
+    )
+
+
+def _reference_answer(model: Path, *, builtin: str) -> dict[str, Any] | None:
+    """llama.cpp's own answer (:mod:`mixdesk.core.engine.reference`), in a child process
+    (llama.cpp may abort): None when it could not run."""
+    request = {
+        "model_path": str(model),
+        "messages": [list(turn) for turn in PARITY_CONVERSATION],
+        "builtin": builtin,
+        "n_predict": PARITY_TOKENS,
+        "n_ctx": PARITY_CTX,
+    }
+    try:
+        proc = subprocess.run(
+            [*self_command(), "--llama-reference"],
+            input=json.dumps(request),
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        result: dict[str, Any] = json.loads(proc.stdout.splitlines()[-1])
+    except (OSError, subprocess.TimeoutExpired, ValueError, IndexError):
+        return None
+    return result
 
 
 def run_checks() -> DoctorReport:
@@ -254,8 +367,9 @@ def run_checks() -> DoctorReport:
     ):
         report.checks.append(_writable(name, path))
     with tempfile.TemporaryDirectory(prefix="mixdesk-doctor-") as tmp:
-        engine, offload = _engine_check(Path(tmp))
+        engine, answers, offload = _engine_check(Path(tmp))
     report.checks.append(_offload_check(offload, hw))
     report.checks.append(engine)
+    report.checks.append(answers)
     report.checks.append(_qt_check())
     return report

@@ -1,6 +1,12 @@
-"""Doctor checks that need no engine: the GPU-build advice and hardware lines."""
+"""Doctor checks: the GPU-build advice and hardware lines, and the answers check against
+llama.cpp's own path (a real engine)."""
 
 from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
 
 from mixdesk.core import doctor
 from mixdesk.core.hardware import GIB, GpuInfo, HardwareInfo, format_bytes
@@ -51,3 +57,29 @@ def test_the_qt_check_runs_the_ui_selftest_in_a_child() -> None:
     """The doctor (Qt-free core) asks a child `mixdesk --qt-selftest` (mixdesk.ui) about Qt."""
     check = doctor._qt_check()
     assert (check.name, check.status, check.detail) == ("qt", doctor.OK, "Qt starts (offscreen)")
+
+
+def test_the_answers_check_names_a_difference_from_llama_cpp(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The doctor compares the engine's greedy answer with llama.cpp's own path: equal on this
+    install; one token off (as a changed llama-cpp-python or a broken BOS rule would make it)
+    is one FAIL sentence."""
+    from mixdesk.core.engine import Engine
+
+    real = doctor._reference_answer
+    with Engine(log_dir=tmp_path) as engine:
+        engine.start()
+        good = doctor._answers_check(engine, tmp_path)
+        assert good.status == doctor.OK, good.detail
+
+        def without_bos(model: Path, *, builtin: str) -> dict[str, Any] | None:
+            answer = real(model, builtin=builtin)
+            assert answer is not None
+            return {**answer, "prompt_tokens": answer["prompt_tokens"][1:]}
+
+        monkeypatch.setattr(doctor, "_reference_answer", without_bos)
+        bad = doctor._answers_check(engine, tmp_path)
+    assert bad.status == doctor.FAIL
+    assert "prompt tokens differ from llama.cpp's own path" in bad.detail
+    assert bad.fix
