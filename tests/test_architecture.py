@@ -151,6 +151,14 @@ def test_commands_do_not_import_the_cli() -> None:
     assert offenders == []
 
 
+def test_the_parity_reference_shares_no_code_with_the_engine() -> None:
+    """llama.cpp's own path (the yardstick of the parity tests and the doctor) is written on
+    llama.cpp's C API alone: a bug in MixDesk's prompt code cannot hide in both."""
+    path = module_files()["mixdesk.core.engine.reference"]
+    imported = imported_names("mixdesk.core.engine.reference", path)
+    assert not {name for name in imported if name.split(".")[0] == "mixdesk"}
+
+
 @pytest.mark.parametrize("package", ["mixdesk.core", "mixdesk.commands"])
 def test_the_core_and_the_commands_import_no_qt(package: str) -> None:
     """Qt stays in mixdesk.ui: the core runs in a terminal and in tests without a display."""

@@ -271,3 +271,34 @@ def test_chat_names_a_base_model_and_an_answer_that_ends_at_once(tmp_path: Path)
     assert "Traceback" not in proc.stderr
     proc = run("chat", str(model), "--prompt", "Hi", "--temperature", "0", "--json")
     assert json.loads(proc.stdout)["ended_at_once"] is True
+
+
+def test_chat_answers_as_llama_cpp_does_on_a_base_model(tmp_path: Path) -> None:
+    """``mixdesk chat MODEL --prompt ... --temperature 0 --json`` on a Gemma base model without
+    a template: llama.cpp's own greedy answer (its prompt has its BOS; before the rule the
+    prompt had none and the answer differed)."""
+    from mixdesk.core.engine import reference
+    from tests.model_factory import GEMMA_BASE, make_model
+
+    model = make_model(tmp_path, GEMMA_BASE, name="gemma-base")
+    proc = run(
+        "chat",
+        str(model),
+        "--prompt",
+        "The capital of France is",
+        "--temperature",
+        "0",
+        "--repeat-penalty",
+        "1",
+        "--max-tokens",
+        "20",
+        "--json",
+    )
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    ref = reference.answer(
+        str(model), [("user", "The capital of France is")], builtin="gemma", n_predict=20
+    )
+    assert result["stats"]["prompt_tokens"] == len(ref.prompt_tokens)
+    assert result["text"] == ref.text.lstrip()
+    assert result["stats"]["eval_tokens"] == 20

@@ -45,6 +45,29 @@ def test_a_gemma_model_without_a_template_chats_in_gemmas_format(
     window.close()
 
 
+def test_the_window_answers_as_llama_cpp_does(
+    qtbot: QtBot, tmp_path: Path, gemma_base: Path
+) -> None:
+    """Greedy, the window's answer on a base model without a template is llama.cpp's own
+    (the prompt with its BOS: before the rule it was not, and the answer differed)."""
+    from mixdesk.core.engine import reference
+
+    window = make_window(qtbot, tmp_path)
+    load(qtbot, window, gemma_base)
+    window.set_sampling(temperature=0.0, repeat_penalty=1.0, max_tokens=24, seed=0)
+    done = ask(qtbot, window, "The capital of France is")
+    window.close()
+    ref = reference.answer(
+        str(gemma_base),
+        [("user", "The capital of France is")],
+        builtin="gemma",
+        n_predict=24,
+        n_ctx=512,
+    )
+    assert done.stats.prompt_tokens == len(ref.prompt_tokens)
+    assert done.text == ref.text.lstrip()
+
+
 def test_the_choice_by_architecture() -> None:
     gemma = select_template({"general.architecture": "gemma3", "general.name": "Gemma 3 270m"})
     assert gemma.llama_builtin == "gemma" and gemma.text == ""
