@@ -3,22 +3,38 @@
 ``MIXDESK_DATA_DIR`` moves the data directory (models, conversations); the XDG variables
 work as usual on Linux because platformdirs honours them.
 
-Folders MixDesk creates are private (0700, as the XDG base directory spec asks), and the
-files that may hold secrets or conversations (logs, ``chats.sqlite``, settings, key files)
-are created 0600 through :func:`private_file` and :func:`write_private_text`.
+Folders MixDesk creates are private (0700, as the XDG base directory spec asks), model
+folders included, all through :func:`ensure_dir`; the files that may hold secrets or
+conversations (logs, ``chats.sqlite``, settings, key files) are created 0600 through
+:func:`private_file` and :func:`write_private_text`, and a download's own files through
+:func:`open_private`, which never writes through a symbolic link.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import stat
 import tempfile
 from pathlib import Path
+from typing import BinaryIO, Literal
 
 import platformdirs
 
 from mixdesk import APP_NAME
+from mixdesk.errors import MixdeskError
+
+
+class UnsafeFileError(MixdeskError):
+    """A file MixDesk was about to write is a symbolic link (or a FIFO, a device, a folder)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(
+            f"{path} is a symbolic link or not a plain file, so MixDesk did not write to it "
+            "(a download writes only files of its own); delete it and try again."
+        )
+        self.path = path
 
 
 def data_dir() -> Path:
@@ -72,6 +88,45 @@ def ensure_private_dir(path: Path) -> Path:
     ensure_dir(path)
     _tighten(path, PRIVATE_DIR_MODE)
     return path
+
+
+_WRITE_FLAGS = {
+    "ab": os.O_WRONLY | os.O_CREAT | os.O_APPEND,
+    "wb": os.O_WRONLY | os.O_CREAT | os.O_TRUNC,
+    "r+b": os.O_RDWR,
+}
+
+
+def open_private(path: Path, mode: Literal["ab", "wb", "r+b"]) -> BinaryIO:
+    """Open ``path`` to write, never through a symbolic link; a new file is created 0600.
+
+    A link planted where a download keeps its bytes (``FILE.part``) would otherwise send them
+    into whatever file it names. ``O_NOFOLLOW`` refuses a link as the last part of the path
+    and the file is checked on the open descriptor; the folders above it are MixDesk's own,
+    made 0700 by :func:`ensure_dir`. ``O_NONBLOCK`` makes a planted FIFO fail at once instead
+    of waiting for a reader.
+
+    Raises:
+        UnsafeFileError: ``path`` is a symbolic link, a FIFO, a device or a folder.
+        OSError: it cannot be opened.
+    """
+    nonblock = getattr(os, "O_NONBLOCK", 0)
+    flags = _WRITE_FLAGS[mode] | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags | nonblock, PRIVATE_FILE_MODE)
+    except OSError as err:
+        if err.errno in (errno.ELOOP, errno.ENXIO, errno.EISDIR):  # ENXIO: a FIFO
+            raise UnsafeFileError(path) from None
+        raise
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise UnsafeFileError(path)
+        if nonblock:
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, mode)
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def private_file(path: Path) -> Path:

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mixdesk import paths
 from mixdesk.core import merge_stream
 from mixdesk.core.convert import ConversionError, merged_layout, needs_conversion
 from mixdesk.core.download_store import Hasher, PlainStore, Sink, Store
@@ -241,9 +242,10 @@ class Downloader:
             "converted": converted,
         }
         done = self._done_path(f)
-        done.parent.mkdir(parents=True, exist_ok=True)
+        paths.ensure_dir(done.parent)
         tmp = done.with_name(done.name + ".tmp")
-        tmp.write_text(json.dumps(record))
+        with paths.open_private(tmp, "wb") as fh:
+            fh.write(json.dumps(record).encode())
         os.replace(tmp, done)
 
     def _download(

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Protocol
 
+from mixdesk import paths
 from mixdesk.core.hub_header import HubSizeMismatchError
 
 
@@ -56,9 +57,9 @@ class PlainStore:
     """The file's bytes as they arrive, in ``FILE.part``."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        paths.ensure_dir(path.parent)
         self.path = path
-        self._fh = path.open("ab")
+        self._fh = paths.open_private(path, "ab")
 
     def consumed(self) -> int:
         return int(self._fh.tell())
@@ -78,7 +79,7 @@ class PlainStore:
     def finish(self, target: Path, *, before_move: Callable[[Path], None]) -> None:
         self._fh.close()
         before_move(self.path)
-        target.parent.mkdir(parents=True, exist_ok=True)
+        paths.ensure_dir(target.parent)
         os.replace(self.path, target)
 
     def discard(self) -> None:

@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 from types import TracebackType
 
+from mixdesk import paths
+
 
 class FileLock:
     """An exclusive lock on ``path`` (created when needed).
@@ -64,8 +66,8 @@ class FileLock:
         self._fd = None
 
     def _try_once(self) -> bool:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        paths.ensure_dir(self.path.parent)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600)
         try:
             if not _lock(fd):
                 os.close(fd)

@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO, cast
 
+from mixdesk import paths
 from mixdesk.core.convert import ConversionError, MergedLayout, check_merged, merged_layout
 from mixdesk.core.gguf_header import MAX_HEADER_BYTES, GGUFHeader, GGUFHeaderError, read_header
 
@@ -93,8 +94,8 @@ class MergingStore:
         self._rest_size = rest
         self._starts = [s.source_start for s in layout.segments]
         self._index = self._segment_at(consumed)
-        self._merged: BinaryIO = self.merged_path.open("r+b")
-        self._rest: BinaryIO = self.rest_path.open("r+b")
+        self._merged: BinaryIO = paths.open_private(self.merged_path, "r+b")
+        self._rest: BinaryIO = paths.open_private(self.rest_path, "r+b")
         self._rest.truncate(rest)
         self._rest.seek(rest)
         self._saved = (consumed, time.monotonic())
@@ -106,10 +107,10 @@ class MergingStore:
         """Begin a merged file for a download whose header has just arrived."""
         merged, rest, state = store_paths(base)
         state.unlink(missing_ok=True)
-        with merged.open("wb") as fh:
+        with paths.open_private(merged, "wb") as fh:
             fh.write(layout.header)
             fh.truncate(layout.size)
-        rest.write_bytes(b"")
+        paths.open_private(rest, "wb").close()
         store = cls(base, layout, consumed=0, rest=0)
         store._state = {"size": source_size, "sha256": sha256}
         store.checkpoint()
@@ -186,7 +187,8 @@ class MergingStore:
         self._rest.flush()
         state = {**self._state, "consumed": self._consumed, "rest": self._rest_size}
         tmp = self.state_path.with_name(self.state_path.name + ".tmp")
-        tmp.write_text(json.dumps(state))
+        with paths.open_private(tmp, "wb") as fh:
+            fh.write(json.dumps(state).encode())
         os.replace(tmp, self.state_path)
         self._saved = (self._consumed, time.monotonic())
 
@@ -226,7 +228,7 @@ class MergingStore:
             discard(self.base)
             raise
         before_move(self.merged_path)
-        target.parent.mkdir(parents=True, exist_ok=True)
+        paths.ensure_dir(target.parent)
         os.replace(self.merged_path, target)
         discard(self.base)
 

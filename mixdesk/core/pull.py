@@ -36,6 +36,7 @@ from mixdesk.core.library import Library, LibraryEntry, model_name
 from mixdesk.core.model_profile import ModelProfile, profile_from_headers
 from mixdesk.core.planner import OffloadPlan, plan_offload
 from mixdesk.errors import CorruptModelError
+from mixdesk.paths import ensure_dir, open_private
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,7 @@ def remote_profile(model: HubModel) -> ModelProfile:
 def join_pieces(pieces: list[Path], output: Path) -> Path:
     """Concatenate ``.gguf.partXofY`` pieces into one file (the pieces stay; the caller removes them)."""
     tmp = output.with_name(output.name + ".joining")
-    with tmp.open("wb") as out:
+    with open_private(tmp, "wb") as out:
         for piece in pieces:
             with piece.open("rb") as src:
                 while chunk := src.read(8 << 20):
@@ -297,7 +298,7 @@ def import_model(
             if earlier is not None
             else library.free_path(library.root / "imported" / path.name)
         )
-        target.parent.mkdir(parents=True, exist_ok=True)
+        ensure_dir(target.parent)
         target.with_name(target.name + ".converting").unlink(missing_ok=True)  # a crashed import's
         convert_legacy(path, target, on_progress=on_convert)
     return library.add(

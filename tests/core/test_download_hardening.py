@@ -7,6 +7,8 @@ library and real generated models.
 from __future__ import annotations
 
 import hashlib
+import os
+import stat
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +27,8 @@ from mixdesk.core.download import (
 from mixdesk.core.hub import HubFileInfo, list_models
 from mixdesk.core.library import Library
 from mixdesk.core.pull import pull
+from mixdesk.errors import user_message
+from mixdesk.paths import UnsafeFileError, open_private
 from tests.hub_server import HubFile, HubRepo, HubState
 
 REPO = "TheBloke/Mixtral-tiny-GGUF"
@@ -296,3 +300,66 @@ def test_the_disk_check_for_a_legacy_file_asks_for_one_files_size(
     assert result.converted
     assert result.plan is not None
     assert Path(result.entry.path).read_bytes() == merged_legacy
+
+
+# -- files and folders of a download ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("suffix", [".part", ".done.tmp"])
+def test_a_link_planted_where_a_download_writes_is_refused_not_followed(
+    served: tuple[HubState, Library], tmp_path: Path, suffix: str
+) -> None:
+    """Model bytes (``.part``) or the verified record (``.done.tmp``) never land in a link's target."""
+    _, library = served
+    f = _file(MODERN)
+    downloader = Downloader(library.root)
+    part = downloader.partial_path(f)
+    planted = part.with_name(part.name.removesuffix(".part") + suffix)
+    victim = tmp_path / "victim.txt"
+    victim.write_bytes(b"precious")
+    planted.parent.mkdir(parents=True)
+    planted.symlink_to(victim)
+    with pytest.raises(UnsafeFileError) as info:
+        downloader.download(f)
+    assert user_message(info.value) == (
+        f"{planted} is a symbolic link or not a plain file, so MixDesk did not write to it "
+        "(a download writes only files of its own); delete it and try again."
+    )
+    assert victim.read_bytes() == b"precious"
+    planted.unlink()
+    path = downloader.download(f)
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == f.sha256
+
+
+def test_open_private_refuses_links_fifos_and_folders(tmp_path: Path) -> None:
+    link, fifo, folder, plain = (tmp_path / n for n in ("link", "fifo", "folder", "plain"))
+    link.symlink_to(tmp_path / "target")
+    os.mkfifo(fifo)
+    folder.mkdir()
+    for path in (link, fifo, folder):
+        for mode in ("ab", "wb", "r+b"):
+            with pytest.raises(UnsafeFileError):
+                open_private(path, mode)
+    assert not (tmp_path / "target").exists()
+    old_umask = os.umask(0o022)
+    try:
+        with open_private(plain, "ab") as fh:
+            fh.write(b"x")
+    finally:
+        os.umask(old_umask)
+    assert stat.S_IMODE(plain.stat().st_mode) == 0o600
+
+
+def test_model_folders_are_made_private(served: tuple[HubState, Library]) -> None:
+    _, library = served
+    f = _file(MODERN)
+    old_umask = os.umask(0o022)
+    try:
+        path = Downloader(library.root).download(f)
+    finally:
+        os.umask(old_umask)
+    folders = [library.root, library.root / ".partial", path.parent]
+    folders.append(Downloader(library.root).partial_path(f).parent)
+    assert {str(p): stat.S_IMODE(p.stat().st_mode) for p in folders} == {
+        str(p): 0o700 for p in folders
+    }
