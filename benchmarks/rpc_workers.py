@@ -10,17 +10,23 @@ threshold, as Mixtral's are), same prompt, seed and thread count:
    worker's front received while loading (what crossed the "network"), against the plan's
    bytes to send, llama.cpp's buffers against the plan, load time and tok/s, and the bytes
    per generated token;
-3. the same load again: the workers' caches hold the large tensors, so far fewer bytes cross.
+3. the same load again: the workers' caches hold the large tensors, so far fewer bytes cross;
+4. what TLS costs: two fresh workers without a cache (every load sends every byte), loaded and
+   answering in interleaved rounds with the link plain (loopback skips TLS) and with TLS
+   (``MIXDESK_WORKER_TLS=always``); both authenticate with the worker secret, both go through
+   the engine's relay.
 
 Goals (the run exits with status 1 when one is missed by more than its noise,
 benchmarks/goals.py): each worker receives the plan's bytes within 5% (llama.cpp's commands
 ride along); each worker's model and KV buffers equal the plan within 1%; the second load
-sends at most half the bytes of the first; per-token traffic stays under 64 KiB.
+sends at most half the bytes of the first; per-token traffic stays under 64 KiB; with TLS,
+eval tok/s is at least 0.95 of plain and the load takes at most 1.3 times as long (medians of
+the rounds).
 
 On one machine the "network" is loopback and the workers share its CPU, so the tok/s ratio
 says what RPC's round trips cost, not what a second GPU gains.
 
-Usage: ``python benchmarks/rpc_workers.py [--tokens 64] [--size mid|tiny] [--json]
+Usage: ``python benchmarks/rpc_workers.py [--tokens 64] [--size mid|tiny] [--rounds 3] [--json]
 [--goal KEY=VALUE]``.
 """
 
@@ -28,6 +34,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import statistics
 import sys
 import tempfile
 from dataclasses import dataclass, replace
@@ -40,6 +48,7 @@ if str(ROOT) not in sys.path:
 
 from benchmarks.goals import Goal, add_goal_arguments, judge  # noqa: E402
 from mixdesk.core import hardware, rpc_worker  # noqa: E402
+from mixdesk.core import worker_security as security  # noqa: E402
 from mixdesk.core.chat_template import ChatMessage  # noqa: E402
 from mixdesk.core.engine import Engine, SamplingParams  # noqa: E402
 from mixdesk.core.loading import LoadChoices, LoadOutcome, LoadRequest, load_model  # noqa: E402
@@ -72,8 +81,62 @@ def traffic(workers: list[WorkerProcess]) -> dict[str, int]:
     return {w.endpoint: rpc_worker.stats(w.endpoint).received_bytes for w in workers}
 
 
+def tls_cost(
+    request: LoadRequest, tokens: int, *, rounds: int, work: Path
+) -> tuple[dict[str, Any], list[Goal]]:
+    """Load and answer with two cache-less workers, plain and TLS in turn; medians."""
+    workers = [start_worker(work, "--no-cache") for _ in range(2)]
+    runs: dict[str, list[Run]] = {"plain": [], "tls": []}
+    try:
+        devices = [rpc_worker.probe(w.endpoint).as_gpu() for w in workers]
+        request = replace(request, hardware=rpc_worker.with_devices(request.hardware, devices))
+        for _ in range(rounds):
+            for mode in ("plain", "tls"):
+                if mode == "tls":
+                    os.environ[security.TLS_ENV] = "always"  # the engine child inherits it
+                else:
+                    os.environ.pop(security.TLS_ENV, None)
+                with Engine(log_dir=work / "logs") as engine:
+                    runs[mode].append(answer(engine, request, tokens))
+    finally:
+        os.environ.pop(security.TLS_ENV, None)
+        for w in workers:
+            w.kill()
+    load = {mode: statistics.median(r.load_s for r in done) for mode, done in runs.items()}
+    tps = {mode: statistics.median(r.eval_tps for r in done) for mode, done in runs.items()}
+    eval_ratio = tps["tls"] / max(tps["plain"], 1e-9)
+    load_ratio = load["tls"] / max(load["plain"], 1e-9)
+    figures: dict[str, Any] = {
+        mode: {
+            "load_s": load[mode],
+            "eval_tps": tps[mode],
+            "rounds": [{"load_s": r.load_s, "eval_tps": r.eval_tps} for r in done],
+        }
+        for mode, done in runs.items()
+    }
+    figures["eval_tps_tls_vs_plain"] = round(eval_ratio, 3)
+    figures["load_s_tls_vs_plain"] = round(load_ratio, 3)
+    goals = [
+        Goal(
+            "tls_eval_ratio",
+            "eval tok/s with TLS / plain (two loopback workers)",
+            round(eval_ratio, 3),
+            0.95,
+            higher_is_better=True,
+        ),
+        Goal(
+            "tls_load_ratio",
+            "load time with TLS / plain (every byte sent)",
+            round(load_ratio, 3),
+            1.3,
+            higher_is_better=False,
+        ),
+    ]
+    return figures, goals
+
+
 def measure(
-    model: Path, tokens: int, threads: int, work: Path
+    model: Path, tokens: int, threads: int, work: Path, rounds: int = 3
 ) -> tuple[dict[str, Any], list[Goal]]:
     machine = hardware.detect()
     base = replace(machine, gpus=[], gpu_offload=False)
@@ -107,6 +170,8 @@ def measure(
     finally:
         for w in workers:
             w.kill()
+    base_request = LoadRequest(str(model), base, replace(choices, n_gpu_layers=-1))
+    tls_figures, tls_goals = tls_cost(base_request, tokens, rounds=rounds, work=work)
     plan = first.outcome.setup.plan
     buffers = first.outcome.info.buffers
     rows = []
@@ -174,6 +239,7 @@ def measure(
             unit=" KiB",
         )
     )
+    goals += tls_goals
     figures = {
         "model": str(model),
         "model_bytes": first.outcome.setup.profile.weights_bytes,
@@ -190,6 +256,7 @@ def measure(
             "devices": rows,
         },
         "tps_ratio_two_workers_vs_one_device": round(first.eval_tps / max(one.eval_tps, 1e-9), 3),
+        "tls": tls_figures,
     }
     return figures, goals
 
@@ -204,13 +271,16 @@ def main(argv: list[str] | None = None) -> int:
         default="mid",
         help="tiny: the test suite's model (its tensors are below the cache threshold)",
     )
+    parser.add_argument("--rounds", type=int, default=3, help="TLS on/off rounds (interleaved)")
     parser.add_argument("--json", action="store_true")
     add_goal_arguments(parser)
     args = parser.parse_args(argv)
     spec = mf.MID if args.size == "mid" else mf.TINY
     model = mf.cached_model(ROOT / "benchmarks" / ".models", spec, "Q4_K_M")
     with tempfile.TemporaryDirectory() as tmp:
-        figures, goals = measure(model, args.tokens, args.threads, Path(tmp))
+        # The workers' secret, certificates and pins live here, not in the user's config.
+        os.environ["XDG_CONFIG_HOME"] = str(Path(tmp) / "config")
+        figures, goals = measure(model, args.tokens, args.threads, Path(tmp), args.rounds)
     two, one = figures["two_workers"], figures["one_device"]
     out = sys.stderr
     out.write(
@@ -230,6 +300,12 @@ def main(argv: list[str] | None = None) -> int:
             f"{d['llama_model_buffer'] / MIB:.2f} MiB, KV {d['llama_kv_buffer'] / MIB:.2f} MiB "
             f"(planned {d['planned_kv'] / MIB:.2f})\n"
         )
+    tls = figures["tls"]
+    out.write(
+        f"TLS (two cache-less loopback workers, median of {args.rounds}): plain load "
+        f"{tls['plain']['load_s']:.2f} s, {tls['plain']['eval_tps']:.1f} tok/s; TLS load "
+        f"{tls['tls']['load_s']:.2f} s, {tls['tls']['eval_tps']:.1f} tok/s\n"
+    )
     rows, status = judge(goals, args.goal)
     if args.json:
         sys.stdout.write(json.dumps({**figures, "goals": rows}, indent=2) + "\n")

@@ -88,31 +88,33 @@ class FrameGuard:
 
     def feed(self, data: bytes) -> bytes:
         """The bytes to relay for ``data``; raises :class:`Refused` on a message to refuse."""
-        out = bytearray()
-        view = memoryview(data)
-        while view:
+        zero: list[tuple[int, int]] = []  # a HELLO's body: no transport upgrade (RDMA) here
+        pos, end = 0, len(data)
+        while pos < end:
             if self._left == 0:
-                take = min(HEADER_BYTES - len(self._header), len(view))
-                self._header += view[:take]
-                out += view[:take]
-                view = view[take:]
+                take = min(HEADER_BYTES - len(self._header), end - pos)
+                self._header += data[pos : pos + take]
+                pos += take
                 if len(self._header) == HEADER_BYTES:
                     self._start(bytes(self._header))
                     self._header.clear()
                     if self._left == 0:
                         self._end()
                 continue
-            take = min(self._left, len(view))
-            piece = view[:take]
+            take = min(self._left, end - pos)
             if self._cmd == CMD_HELLO:
-                piece = memoryview(bytes(take))  # no transport upgrade: the relay is plain TCP
+                zero.append((pos, pos + take))
             if len(self._keep) < self._keep_wanted:
-                self._keep += piece[: self._keep_wanted - len(self._keep)]
-            out += piece
-            view = view[take:]
+                self._keep += data[pos : pos + min(take, self._keep_wanted - len(self._keep))]
+            pos += take
             self._left -= take
             if self._left == 0:
                 self._end()
+        if not zero:
+            return data  # passed on as it came: no copy
+        out = bytearray(data)
+        for first, last in zero:
+            out[first:last] = bytes(last - first)
         return bytes(out)
 
     def _start(self, header: bytes) -> None:

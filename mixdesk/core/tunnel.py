@@ -17,9 +17,10 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
-_CHUNK = 1 << 20
+#: Small buffers: a worker may run under a tight memory limit, and loopback is fast anyway.
+_CHUNK = 256 << 10
 #: Stop reading a side while this much is waiting to be written to the other (backpressure).
-_HIGH_WATER = 8 << 20
+_HIGH_WATER = 1 << 20
 _WOULD_BLOCK = (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
 
 
@@ -91,6 +92,8 @@ def relay(
                 return why
     except Refused as err:
         return str(err)
+    except MemoryError:
+        return "out of memory for its buffers"
     except OSError as err:
         return f"connection error ({err.strerror or err})"
     finally:
@@ -157,15 +160,29 @@ class _Pipe:
                 self.last_from_a = self.last_move
                 if self.inspector is not None:
                     data = self.inspector.feed(data)
-            self.out[self.other[s]] += data
             counter = self.counters[s]
             if counter is not None:
                 counter(len(data))
+            self._pass_on(self.other[s], data)
         return ""
+
+    def _pass_on(self, dst: socket.socket, data: bytes) -> None:
+        """Send ``data`` to ``dst`` now as far as it takes it; keep the rest for later (so
+        the buffers stay small: a worker may run under a tight memory limit)."""
+        if not self.out[dst]:
+            try:
+                sent = dst.send(data)
+            except _WOULD_BLOCK:
+                sent = 0
+            if sent == len(data):
+                return
+            data = data[sent:]
+        self.out[dst] += data
 
     def _write(self, s: socket.socket) -> str:
         try:
-            sent = s.send(self.out[s][:_CHUNK])
+            with memoryview(self.out[s]) as view, view[:_CHUNK] as piece:
+                sent = s.send(piece)
         except _WOULD_BLOCK:
             return ""
         except OSError:

@@ -9,6 +9,7 @@ kept in the settings.
 
 from __future__ import annotations
 
+import html
 import logging
 from collections.abc import Callable
 
@@ -24,6 +25,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from mixdesk.core import worker_security as security
 from mixdesk.core.hardware import GpuInfo
 from mixdesk.core.rpc_worker import DEFAULT_PORT, WorkerInfo, parse_endpoint, probe_in_child
 from mixdesk.core.settings import Settings
@@ -73,8 +75,11 @@ class WorkersPanel(QWidget):
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         title = QLabel(
-            "<b>Workers</b>: GPUs of other machines running <code>mixdesk worker</code> "
-            "(llama.cpp RPC: no password, no encryption; use an SSH tunnel or a trusted network)."
+            "<b>Workers</b>: GPUs of other machines running <code>mixdesk worker</code>. Each "
+            "lets in only holders of its secret: copy the secret file it printed to "
+            f"<code>{html.escape(str(security.default_secret_file()))}</code> here (or set "
+            f"<code>{security.SECRET_FILE_ENV}</code>). Off this machine the link is TLS; "
+            "the worker's certificate is pinned on first use."
         )
         title.setWordWrap(True)
         self.list = QListWidget()

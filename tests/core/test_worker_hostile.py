@@ -13,6 +13,7 @@ import contextlib
 import json
 import re
 import shutil
+import signal
 import socket
 import struct
 import time
@@ -452,3 +453,50 @@ def test_nothing_reaches_the_cache_without_the_secret(
     assert list(cache.iterdir()) == []
     assert rpc_worker.hello(worker.endpoint).cache_bytes == 1 << 20
     assert "cache folder" in worker.output() and "at most 1.0 MiB" in worker.output()
+
+
+# -- SIGPIPE ------------------------------------------------------------------------------
+
+
+def sigpipe_ignored(pid: int) -> bool:
+    """Whether process ``pid`` ignores SIGPIPE (its SigIgn mask in /proc)."""
+    found = re.search(r"SigIgn:\s*([0-9a-f]+)", Path(f"/proc/{pid}/status").read_text())
+    assert found
+    return bool(int(found.group(1), 16) & (1 << (signal.SIGPIPE - 1)))
+
+
+def test_worker_and_serve_ignore_sigpipe(
+    workers: Callable[..., WorkerProcess], models: dict[str, Path]
+) -> None:
+    """llama.cpp's send() has no MSG_NOSIGNAL: a client gone mid-answer must cost a session,
+    never the process. `mixdesk plan | head` keeps the default."""
+    import subprocess
+    import sys
+
+    from tests.net import free_port
+
+    assert sigpipe_ignored(workers().proc.pid)
+    serve = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mixdesk",
+            "serve",
+            str(models["q4_k_m"]),
+            "--port",
+            str(free_port()),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert serve.stderr is not None
+        for line in serve.stderr:  # bounded: serve ends its stderr when it exits
+            if "serving" in line:
+                break
+        assert serve.poll() is None
+        assert sigpipe_ignored(serve.pid)
+    finally:
+        serve.send_signal(signal.SIGINT)
+        serve.communicate(timeout=30)
