@@ -59,6 +59,14 @@ llama_build_flags() {
         flags="$flags -DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=$archs"
         key="cuda${cuda:-unknown}-sm${archs//;/_}-rpc"
     fi
+    # ggml's AMX kernels, which -march=native compiles in on a CPU with AMX, crash the process
+    # on the first Q4_K model (a segfault while loading; seen on a Xeon with amx_int8): build
+    # without them. The repacked AVX-512 kernels still run.
+    if grep -qw amx_tile "${MIXDESK_CPUINFO:-/proc/cpuinfo}" 2>/dev/null; then
+        local no_amx="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+        flags="$flags -DCMAKE_C_FLAGS='$no_amx' -DCMAKE_CXX_FLAGS='$no_amx'"
+        key="$key-noamx"
+    fi
     printf '%s\n%s\n' "$key" "$flags"
 }
 

@@ -28,9 +28,15 @@ def stub(directory: Path, name: str, text: str) -> None:
     path.chmod(0o755)
 
 
-def machine_with(tmp_path: Path, *, nvcc: str | None, capability: str = "7.0") -> dict[str, str]:
-    """An environment whose PATH has a stub NVIDIA driver (a V100 by default) and nvcc."""
+def machine_with(
+    tmp_path: Path, *, nvcc: str | None, capability: str = "7.0", cpu_flags: str = "avx2 fma"
+) -> dict[str, str]:
+    """An environment whose PATH has a stub NVIDIA driver (a V100 by default) and nvcc, on a
+    CPU with ``cpu_flags`` (a stand-in /proc/cpuinfo)."""
     bin_dir = tmp_path / "bin"
+    cpuinfo = tmp_path / "cpuinfo"
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    cpuinfo.write_text(f"processor\t: 0\nflags\t\t: fpu sse2 {cpu_flags}\n")
     stub(
         bin_dir,
         "nvidia-smi",
@@ -38,7 +44,7 @@ def machine_with(tmp_path: Path, *, nvcc: str | None, capability: str = "7.0") -
     )
     if nvcc is not None:
         stub(bin_dir, "nvcc", f'echo "Cuda compilation tools, release {nvcc}, V{nvcc}.1"')
-    return {**os.environ, "PATH": f"{bin_dir}:/usr/bin:/bin"}
+    return {**os.environ, "PATH": f"{bin_dir}:/usr/bin:/bin", "MIXDESK_CPUINFO": str(cpuinfo)}
 
 
 def flags(env: dict[str, str]) -> list[str]:
@@ -58,6 +64,17 @@ def test_nvidia_gpu_and_nvcc_build_cuda_keyed_by_toolkit_and_architecture(tmp_pa
     assert "-DGGML_CUDA=on" in cmake and "-DCMAKE_CUDA_ARCHITECTURES=70" in cmake
     assert "-DGGML_RPC=ON" in cmake
     assert key == "cuda12.4-sm70-rpc"  # the wheel cache folder: a CPU wheel never comes back
+
+
+def test_a_cpu_with_amx_builds_without_ggml_amx_kernels(tmp_path: Path) -> None:
+    """ggml's AMX kernels crash on Q4_K models (seen on a Xeon with amx_int8): a CPU with AMX
+    builds without them, under its own wheel key (a cached AMX wheel never comes back)."""
+    env = machine_with(tmp_path, nvcc=None, cpu_flags="avx512f amx_bf16 amx_tile amx_int8")
+    key, cmake = flags(env)
+    assert key == "cpu-rpc-noamx"
+    assert "-DCMAKE_CXX_FLAGS='-mno-amx-tile -mno-amx-int8 -mno-amx-bf16'" in cmake
+    key, cmake = flags(machine_with(tmp_path / "cuda", nvcc="12.4", cpu_flags="amx_tile"))
+    assert key == "cuda12.4-sm70-rpc-noamx" and "-DGGML_CUDA=on" in cmake
 
 
 @pytest.mark.parametrize(("nvcc", "capability"), [(None, "8.6"), ("13.0", "7.0")])
