@@ -123,13 +123,17 @@ class WorkerFront:
 
     def serve_forever(self) -> None:
         """Accept connections until the process ends (each is handled in its own thread)."""
+        last_said = 0.0
         while True:
             try:
                 conn, address = self._listener.accept()
             except OSError as err:
                 if err.errno in _FD_ERRORS:
                     # Out of file descriptors: close the oldest unproven client, not the worker.
-                    self._refused("?", "no file descriptors left (dropped the oldest unproven)")
+                    now = time.monotonic()
+                    if now - last_said > 1.0:
+                        self._refused("a new client", f"no file descriptors left ({_why(err)})")
+                        last_said = now
                     self._drop_oldest_pending()
                     time.sleep(0.05)
                     continue
