@@ -500,3 +500,40 @@ def test_worker_and_serve_ignore_sigpipe(
     finally:
         serve.send_signal(signal.SIGINT)
         serve.communicate(timeout=30)
+
+
+def test_the_engines_relay_serves_only_its_own_process(
+    workers: Callable[..., WorkerProcess],
+) -> None:
+    """The relay llama.cpp's client talks to holds a proven link: another process on this
+    machine must not borrow it."""
+    import subprocess
+    import sys
+
+    from mixdesk.core.engine import rpc_relay
+
+    worker = workers()
+    local = rpc_relay.relay_for(worker.endpoint)
+    assert rpc_relay.worker_of(local) == worker.endpoint
+    host, port = rpc_worker.parse_endpoint(local)
+    assert host == "127.0.0.1" and local != worker.endpoint
+    with socket.create_connection((host, port), timeout=10) as mine:  # this process: carried
+        mine.sendall(HELLO)
+        assert len(recv_exactly(mine, 36)) == 36
+    other = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import socket, sys\n"
+            f"s = socket.create_connection(('127.0.0.1', {port}), timeout=10)\n"
+            f"s.sendall({HELLO!r})\n"
+            "try:\n    data = s.recv(64)\nexcept OSError:\n    data = b''\n"
+            "sys.stdout.write(repr(data))",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert other.stdout == "b''", other.stderr  # closed without a byte of llama.cpp's answer
+    still_serves(worker)
