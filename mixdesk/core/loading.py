@@ -125,6 +125,8 @@ class LoadSetup:
     profile: ModelProfile
     plan: OffloadPlan
     config: LoadConfig
+    #: The user's choices the plan was made from (a retry changes the layer count only).
+    choices: LoadChoices = LoadChoices()
 
     @property
     def summary(self) -> str:
@@ -235,7 +237,9 @@ def plan_load(
         plan = _dry_run_checked(
             engine, path, profile=profile, hardware=hardware, choices=choices, plan=plan
         )
-    return LoadSetup(profile=profile, plan=plan, config=_config(path, plan, choices, hardware))
+    return LoadSetup(
+        profile=profile, plan=plan, config=_config(path, plan, choices, hardware), choices=choices
+    )
 
 
 def _dry_run_checked(
@@ -295,8 +299,9 @@ def _config(
 def with_gpu_layers(
     setup: LoadSetup, n_gpu_layers: int, hardware: HardwareInfo, *, engine: Engine | None = None
 ) -> LoadSetup:
-    """The same load with another GPU layer count (the out-of-memory retry)."""
-    choices = replace(_choices_of(setup.config), n_gpu_layers=n_gpu_layers)
+    """The same load with another GPU layer count (the out-of-memory retry): every other
+    choice of the user's (op offload, threads, KV type, batch...) and the context stay."""
+    choices = _retry_choices(setup, n_gpu_layers)
     return plan_load(
         setup.config.model_path, hardware, choices, profile=setup.profile, engine=engine
     )
@@ -410,9 +415,8 @@ def fewer_gpu_layers(
     room = device.free_bytes
     if err.requested_bytes:
         room = min(room, already + err.requested_bytes)
-    choices = _choices_of(setup.config)
     for n in range(current - 1, 0, -1):
-        smaller = make_plan(setup.profile, hardware, replace(choices, n_gpu_layers=n))
+        smaller = make_plan(setup.profile, hardware, _retry_choices(setup, n))
         share = next((d for d in smaller.gpus if d.buffer_name == device.buffer_name), None)
         if share is None:
             return n
@@ -422,18 +426,14 @@ def fewer_gpu_layers(
     return 0
 
 
-def _choices_of(config: LoadConfig) -> LoadChoices:
-    """The choices that give ``config`` again (for a changed layer count)."""
-    return LoadChoices(
-        n_gpu_layers=config.n_gpu_layers,
-        n_ctx=config.n_ctx,
-        kv_type=config.type_k,
-        flash_attn=config.flash_attn,
-        n_threads=config.n_threads,
-        n_batch=config.n_batch,
-        use_mmap=config.use_mmap,
-        strategy="experts" if config.experts_in_ram else "layers",
-        experts_in_ram=config.experts_in_ram or None,
+def _retry_choices(setup: LoadSetup, n_gpu_layers: int) -> LoadChoices:
+    """The user's own choices with another layer count, for the context already chosen."""
+    return replace(
+        setup.choices,
+        n_gpu_layers=n_gpu_layers,
+        n_ctx=setup.config.n_ctx,
+        strategy="layers",
+        experts_in_ram=None,
     )
 
 

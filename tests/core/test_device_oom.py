@@ -93,6 +93,41 @@ def test_device_out_of_memory_retries_with_fewer_layers(
     assert outcome.setup.plan.placement_words in outcome.note
 
 
+class ConfigEngine(Engine):
+    """The real engine, keeping every configuration it is asked to load."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.configs: list[LoadConfig] = []
+
+    def load(
+        self, config: LoadConfig, *, on_progress: Callable[[float], None] | None = None
+    ) -> ModelInfo:
+        self.configs.append(config)
+        return super().load(config, on_progress=on_progress)
+
+
+def test_a_retry_keeps_every_choice_but_the_layer_count(
+    oom_model: Path, rpc_servers: Servers, tmp_path: Path
+) -> None:
+    """After Keep fastest chose op offload off, two threads and a smaller batch, a device
+    out-of-memory retries with fewer layers and nothing else changed (the retry used to
+    rebuild the choices from the config and drop the measured op offload)."""
+    server = rpc_servers(BUDGET)
+    kept = LoadChoices(n_gpu_layers=-1, n_ctx=512, op_offload=False, n_threads=2, n_batch=256)
+    request = LoadRequest(str(oom_model), device_hardware(server), kept)
+    engine = ConfigEngine(log_dir=tmp_path)
+    with engine:
+        outcome = load_model(engine, request)
+    first, *retries = engine.configs
+    assert retries, "the device did not run out of memory"
+    for config in retries:
+        assert config.n_gpu_layers < first.n_gpu_layers
+        assert (config.op_offload, config.n_threads, config.n_batch) == (False, 2, 256)
+        assert config.n_ctx == first.n_ctx
+    assert outcome.setup.choices.op_offload is False
+
+
 def test_ram_failure_never_lowers_gpu_layers(
     oom_model: Path, rpc_servers: Servers, tmp_path: Path
 ) -> None:
