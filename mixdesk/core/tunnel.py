@@ -10,11 +10,13 @@ one place.
 from __future__ import annotations
 
 import contextlib
+import enum
 import selectors
 import socket
 import ssl
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol
 
 #: Small buffers: a worker may run under a tight memory limit, and loopback is fast anyway.
@@ -22,6 +24,22 @@ _CHUNK = 256 << 10
 #: Stop reading a side while this much is waiting to be written to the other (backpressure).
 _HIGH_WATER = 1 << 20
 _WOULD_BLOCK = (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
+
+
+class Ender(enum.Enum):
+    """Who ended a relayed session."""
+
+    CLIENT = "client"  # the first socket's side closed or went away
+    SERVER = "server"  # the second's
+    RELAY = "relay"  # a timeout, a refused message, an error here
+
+
+@dataclass(frozen=True)
+class Ending:
+    """Why :func:`relay` returned."""
+
+    by: Ender
+    why: str  # in a few words: "closed", "idle for 600 s", a refusal
 
 
 class Refused(Exception):  # noqa: N818 - a verdict, raised by an inspector to end the session
@@ -68,7 +86,7 @@ def relay(
     on_b_to_a: Callable[[int], None] | None = None,
     idle_timeout: float | None = None,
     stall_timeout: float | None = None,
-) -> str:
+) -> Ending:
     """Copy ``a`` <-> ``b`` until either side ends, a timeout passes or ``inspector`` refuses;
     both sockets are closed then.
 
@@ -80,22 +98,20 @@ def relay(
         stall_timeout: end when ``a`` stopped mid-message this long (None: never).
 
     Returns:
-        Why it ended, in a few words ("client closed", "idle for 600 s", a refusal).
+        Who ended it and why.
     """
     pipe = _Pipe(a, b, inspector, {a: on_a_to_b, b: on_b_to_a})
     try:
         while True:
-            why = pipe.step()
-            if not why:
-                why = pipe.timed_out(idle_timeout, stall_timeout)
-            if why:
-                return why
+            ending = pipe.step() or pipe.timed_out(idle_timeout, stall_timeout)
+            if ending is not None:
+                return ending
     except Refused as err:
-        return str(err)
+        return Ending(Ender.RELAY, str(err))
     except MemoryError:
-        return "out of memory for its buffers"
+        return Ending(Ender.RELAY, "out of memory for its buffers")
     except OSError as err:
-        return f"connection error ({err.strerror or err})"
+        return Ending(Ender.RELAY, f"connection error ({err.strerror or err})")
     finally:
         pipe.close()
 
@@ -135,25 +151,28 @@ class _Pipe:
                 self.sel.register(s, events)
                 self.registered[s] = events
 
-    def step(self) -> str:
-        """Wait up to a second and move what can be moved; returns why it ended, or ""."""
+    def step(self) -> Ending | None:
+        """Wait up to a second and move what can be moved; returns how it ended, if it did."""
         self._register()
         for key, mask in self.sel.select(timeout=1.0):
             s: socket.socket = key.fileobj  # type: ignore[assignment]
             if mask & selectors.EVENT_READ:
-                why = self._read(s)
-                if why:
-                    return why
+                ending = self._read(s)
+                if ending is not None:
+                    return ending
             if mask & selectors.EVENT_WRITE and self.out[s]:
-                why = self._write(s)
-                if why:
-                    return why
-        return ""
+                ending = self._write(s)
+                if ending is not None:
+                    return ending
+        return None
 
-    def _read(self, s: socket.socket) -> str:
+    def _ender(self, s: socket.socket) -> Ender:
+        return Ender.CLIENT if s is self.a else Ender.SERVER
+
+    def _read(self, s: socket.socket) -> Ending | None:
         data = _recv(s)
         if data == b"":
-            return "client closed" if s is self.a else "server closed"
+            return Ending(self._ender(s), "closed")
         if data:
             self.last_move = time.monotonic()
             if s is self.a:
@@ -164,7 +183,7 @@ class _Pipe:
             if counter is not None:
                 counter(len(data))
             self._pass_on(self.other[s], data)
-        return ""
+        return None
 
     def _pass_on(self, dst: socket.socket, data: bytes) -> None:
         """Send ``data`` to ``dst`` now as far as it takes it; keep the rest for later (so
@@ -179,31 +198,33 @@ class _Pipe:
             data = data[sent:]
         self.out[dst] += data
 
-    def _write(self, s: socket.socket) -> str:
+    def _write(self, s: socket.socket) -> Ending | None:
         try:
             with memoryview(self.out[s]) as view, view[:_CHUNK] as piece:
                 sent = s.send(piece)
         except _WOULD_BLOCK:
-            return ""
+            return None
         except OSError:
-            return "client went away" if s is self.a else "server went away"
+            return Ending(self._ender(s), "went away")
         del self.out[s][:sent]
         self.last_move = time.monotonic()
-        return ""
+        return None
 
-    def timed_out(self, idle_timeout: float | None, stall_timeout: float | None) -> str:
-        """Why the session should end for lack of progress, or ""."""
+    def timed_out(self, idle_timeout: float | None, stall_timeout: float | None) -> Ending | None:
+        """How the session ends for lack of progress, if it does."""
         now = time.monotonic()
         if idle_timeout is not None and now - self.last_move > idle_timeout:
-            return f"idle for {idle_timeout:.0f} s"
+            return Ending(Ender.RELAY, f"idle for {idle_timeout:.0f} s")
         if (
             stall_timeout is not None
             and self.inspector is not None
             and self.inspector.mid_frame
             and now - self.last_from_a > stall_timeout
         ):
-            return f"stopped in the middle of a message for {stall_timeout:.0f} s"
-        return ""
+            return Ending(
+                Ender.RELAY, f"stopped in the middle of a message for {stall_timeout:.0f} s"
+            )
+        return None
 
     def close(self) -> None:
         """Close both sockets."""

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from mixdesk.core import worker_security as security
 from mixdesk.core.rpc_frames import FrameGuard, TensorCache
 from mixdesk.core.serve_security import is_loopback
-from mixdesk.core.tunnel import relay
+from mixdesk.core.tunnel import Ender, Ending, relay
 
 log = logging.getLogger(__name__)
 
@@ -315,7 +315,7 @@ class WorkerFront:
                 self._counters.active += 1
                 before = (self._counters.received_bytes, self._counters.sent_bytes)
             self._on_session(f"llama.cpp client {client} connected")
-            why = "?"
+            ending = Ending(Ender.RELAY, "did not start")
             try:
                 stream.sendall(b'{"relay": true}\n')
                 cache = self._cache
@@ -323,7 +323,7 @@ class WorkerFront:
                     on_hash=cache.touch if cache else None,
                     on_large_tensor=cache.prune_soon if cache else None,
                 )
-                why = relay(
+                ending = relay(
                     stream,
                     backend,
                     inspector=guard,
@@ -340,9 +340,10 @@ class WorkerFront:
                     sent = self._counters.sent_bytes - before[1]
                 if self._cache is not None:
                     self._cache.prune()
-            ended = why if why in ("client closed", "client went away") else f"ended: {why}"
-            if not why.startswith(("client", "server")):
-                self._refused(client, why)
+            ended = f"{ending.by.value} {ending.why}"
+            if ending.by is Ender.RELAY:
+                self._refused(client, ending.why)
+                ended = f"ended: {ending.why}"
             self._on_session(
                 f"llama.cpp client {client} disconnected ({ended}; received "
                 f"{got / 2**20:.1f} MiB, sent {sent / 2**20:.1f} MiB)"

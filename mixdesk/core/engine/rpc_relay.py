@@ -96,8 +96,8 @@ def _carry(conn: socket.socket, endpoint: str, timeout: float) -> None:
         conn.close()
         return
     link.settimeout(None)
-    why = relay(conn, link)
-    log.info("relay to %s ended: %s", endpoint, why)
+    ending = relay(conn, link)
+    log.info("relay to %s ended: %s %s", endpoint, ending.by.value, ending.why)
 
 
 def _from_this_process(peer_port: int, relay_port: int) -> bool:
