@@ -333,6 +333,7 @@ def hello(endpoint: str, *, timeout: float = 5.0) -> WorkerInfo:
 
     Raises:
         WorkerUnreachableError: nothing listens there.
+        WorkerAuthError, WorkerFingerprintError: the secret or the certificate is not right.
         WorkerError: something listens, but not a MixDesk worker.
     """
     body = _ask(endpoint, "HELLO", timeout=timeout)
@@ -427,7 +428,8 @@ def check_before_connecting(endpoint: str, *, timeout: float = 5.0) -> None:
 
     Raises:
         WorkerUnreachableError, WorkerVersionError, WorkerBusyError, NotAWorkerError (a plain
-        llama.cpp rpc-server: its versions cannot be checked), WorkerError.
+        llama.cpp rpc-server: its versions cannot be checked), WorkerAuthError,
+        WorkerFingerprintError, WorkerError.
     """
     if endpoint in _connected:
         return
