@@ -29,6 +29,7 @@ from mixdesk import paths
 from mixdesk.core.engine import diagnose
 from mixdesk.core.engine.protocol import KV_TYPE_IDS, LoadConfig, from_dict
 from mixdesk.core.hardware import physical_cores
+from mixdesk.core.library import model_name
 from mixdesk.core.serve_security import (
     drop_setting_variables,
     exit_when_parent_ends,
@@ -54,6 +55,7 @@ class ServeConfig:
     port: int = 8080
     #: The key every request must carry (never shown in a repr, a log or a command line).
     api_key: str | None = field(default=None, repr=False)
+    #: The model's name in the API (None: the file's name without ``.gguf``, never its path).
     model_alias: str | None = None
     #: Web origins allowed to call the API from a browser; none by default.
     cors_origins: tuple[str, ...] = ()
@@ -114,7 +116,7 @@ def server_main() -> int:
     The settings come as one JSON line on stdin; the process ends when stdin closes.
     """
     import uvicorn
-    from llama_cpp.server.app import create_app
+    from llama_cpp.server.app import create_app, router
     from llama_cpp.server.settings import ModelSettings, ServerSettings
 
     config = ServeConfig.from_json(read_settings_line(sys.stdin.buffer))
@@ -130,9 +132,10 @@ def server_main() -> int:
 
     llama_adapter.add_rpc_servers(load.rpc_servers)  # workers are devices before loading
     threads = load.n_threads or physical_cores()
+    alias = config.model_alias or model_name(load.model_path)  # never the file's path
     model = ModelSettings(
         model=load.model_path,
-        model_alias=config.model_alias,
+        model_alias=alias,
         n_gpu_layers=load.n_gpu_layers,
         n_ctx=load.n_ctx,
         n_batch=load.n_batch,
@@ -158,7 +161,14 @@ def server_main() -> int:
     )
     with llama_adapter.llama_extras(op_offload=load.op_offload, overrides=overrides):
         app = create_app(server_settings=server, model_settings=[model])  # loads the model
-    secure_app(app, api_key=config.api_key, cors_origins=config.cors_origins)
+    secure_app(
+        app,
+        api_key=config.api_key,
+        cors_origins=config.cors_origins,
+        host=config.host,
+        model_alias=alias,
+        routes=router.routes,
+    )
     uvicorn.run(app, host=config.host, port=config.port, log_level="warning")
     return 0
 

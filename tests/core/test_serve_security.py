@@ -1,7 +1,9 @@
 """``mixdesk serve`` is safe to leave running: a real server on 127.0.0.1 with a tiny model.
 
 The key on every route, no cross-origin access unless named, no settings taken from the
-environment, the key never on a command line, and a server that ends with its parent.
+environment, the key never on a command line, a server that ends with its parent, only
+loopback Host names on loopback, request bodies capped and checked, and the model named by
+its alias.
 """
 
 from __future__ import annotations
@@ -20,10 +22,17 @@ from typing import Any
 
 import psutil
 import pytest
+from pydantic import BaseModel
 
 from mixdesk.core.engine import LoadConfig
 from mixdesk.core.serve import ServeConfig, ServerProcess, start_server
-from mixdesk.core.serve_security import check_origins, is_loopback, url_host
+from mixdesk.core.serve_security import (
+    check_origins,
+    is_loopback,
+    is_loopback_name,
+    secure_app,
+    url_host,
+)
 from mixdesk.errors import InvalidArgumentError
 
 KEY = "serve-test-key"
@@ -205,3 +214,185 @@ def test_serve_command_key_from_environment_and_named_origins(
     parent.send_signal(signal.SIGINT)
     assert "server stopped" in parent.communicate(timeout=30)[1]
     child.wait(10)
+
+
+# -- Host names, request bodies and the model's name ----------------------------------------
+
+REFUSED_HOST = (
+    "This server answers only requests to localhost or a loopback address; "
+    "use http://127.0.0.1:PORT."
+)
+
+
+def send_raw(port: int, data: bytes) -> tuple[int, bytes]:
+    """Send ``data`` as it is; the status and body of the answer (the server closes after it)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as conn:
+        conn.sendall(data)
+        answer = b""
+        while chunk := conn.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), body
+
+
+def post(url: str, body: bytes, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+    req = urllib.request.Request(  # noqa: S310 - http on 127.0.0.1
+        url,
+        data=body,
+        method="POST",
+        headers={"Content-Type": "application/json", **(headers or {})},
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=60) as response:  # noqa: S310
+            return int(response.status), response.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read()
+
+
+@pytest.fixture
+def keyless(models: dict[str, Path]) -> Iterator[ServerProcess]:
+    """A server with no key and no alias given: the one a rebinding page would aim at."""
+    server = start_server(
+        ServeConfig(LoadConfig(str(models["q2_k"]), n_ctx=256, n_threads=1), port=free_port())
+    )
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_a_server_without_a_key_answers_only_loopback_host_names(keyless: ServerProcess) -> None:
+    port = keyless.config.port
+    url = keyless.url + "/models"
+    for host in ("attacker.example", f"rebind.attacker.example:{port}", "localhost.evil.example"):
+        status, _, body = request(url, headers={"Host": host})
+        assert status == 403, host
+        assert json.loads(body)["error"]["message"] == REFUSED_HOST
+    for host in (
+        f"localhost:{port}",
+        f"127.0.0.1:{port}",
+        f"[::1]:{port}",
+        "LocalHost",
+        "a.localhost",
+    ):
+        assert request(url, headers={"Host": host})[0] == 200, host
+
+
+def test_bodies_are_capped_and_checked_and_the_model_has_its_alias(
+    keyless: ServerProcess, models: dict[str, Path]
+) -> None:
+    port, url = keyless.config.port, keyless.url
+    path = str(models["q2_k"])
+    # 200 MiB announced: refused before a byte of it is read
+    status, body = send_raw(
+        port,
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b"Content-Type: application/json\r\nContent-Length: 209715200\r\n\r\n",
+    )
+    assert status == 413
+    assert json.loads(body)["error"]["message"] == (
+        "The request body is larger than 8 MiB, the most this server reads."
+    )
+    status, body = post(url + "/chat/completions", b'{"messages": [')
+    assert (status, json.loads(body)["error"]["code"]) == (400, "invalid_json")
+    status, body = post(url + "/chat/completions", b'{"messages": 5}')
+    assert status == 422
+    assert json.loads(body)["error"]["message"] == (
+        "The request does not fit this route: messages: Input should be a valid list."
+    )
+    status, body = post(url + "/completions", b"[1, 2]")
+    assert status == 422
+    asked = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, "model": path}
+    status, body = post(url + "/chat/completions", json.dumps(asked).encode())
+    assert status == 200
+    assert json.loads(body)["model"] == "tiny.Q2_K"
+    _, _, body = request(url + "/models")
+    assert [m["id"] for m in json.loads(body)["data"]] == ["tiny.Q2_K"]
+    for text in (body, *(post(url + "/chat/completions", b)[1] for b in (b"{", b"[]", b"{}"))):
+        assert path.encode() not in text and b".py" not in text and b"/" not in text
+
+
+def test_loopback_host_names() -> None:
+    for name in (
+        b"localhost",
+        b"localhost:8080",
+        b"127.0.0.1:1",
+        b"127.8.9.10",
+        b"[::1]:80",
+        b"::1",
+    ):
+        assert is_loopback_name(name), name
+    for name in (b"example.com", b"127.0.0.1.nip.io:80", b"[::2]:80", b"0.0.0.0", b"", b"\xff"):
+        assert not is_loopback_name(name), name
+
+
+class _Ask(BaseModel):
+    """The body of the one route of :func:`_guarded_app`."""
+
+    text: str
+    model: str | None = None
+
+
+async def _answer(body: _Ask) -> dict[str, str | None]:
+    return {"text": body.text, "model": body.model}
+
+
+def _guarded_app(host: str) -> Any:
+    """A FastAPI app with one JSON route, secured as ``mixdesk serve`` secures llama's."""
+    from fastapi import APIRouter, FastAPI
+
+    router = APIRouter()
+    router.post("/ask")(_answer)
+    app = FastAPI()
+    app.include_router(router)
+    secure_app(
+        app,
+        api_key=None,
+        cors_origins=(),
+        host=host,
+        model_alias="alias",
+        routes=router.routes,
+        max_request_bytes=1 << 20,
+    )
+    return app
+
+
+def _ask(app: Any, body: bytes | Iterator[bytes], host: str = "127.0.0.1") -> tuple[int, Any]:
+    import asyncio
+
+    import httpx
+
+    async def run() -> tuple[int, Any]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url=f"http://{host}") as client:
+            content: Any = body
+            if not isinstance(body, bytes):
+                chunks = list(body)
+
+                async def stream() -> Any:
+                    for chunk in chunks:
+                        yield chunk
+
+                content = stream()  # no Content-Length: counted as it arrives
+            headers = {"Content-Type": "application/json"}
+            response = await client.post("/ask", content=content, headers=headers)
+            return response.status_code, response.json()
+
+    return asyncio.run(run())
+
+
+def test_the_body_checks_in_front_of_any_route() -> None:
+    app = _guarded_app("127.0.0.1")
+    assert _ask(app, b'{"text": "hi", "model": "/models/x.gguf"}') == (
+        200,
+        {"text": "hi", "model": "alias"},
+    )
+    status, answer = _ask(app, iter([b'{"text": "', b"x" * (1 << 20), b'"}']))
+    assert (status, answer["error"]["code"]) == (413, "request_too_large")
+    assert _ask(app, b"\xff")[0] == 400
+    assert _ask(app, b'{"text": 1}')[1]["error"]["message"] == (
+        "The request does not fit this route: text: Input should be a valid string."
+    )
+    assert _ask(app, b"{}", host="evil.example")[0] == 403
+    anywhere = _guarded_app("0.0.0.0")  # never started: the check is the app's, not the socket's
+    assert _ask(anywhere, b'{"text": "hi"}', host="evil.example")[0] == 200
