@@ -77,7 +77,7 @@ def test_plan_names_the_output_layers_place(mixtral_q4: Path) -> None:
 def test_plan_table_and_cpu_only(mixtral_q4: Path) -> None:
     proc = run("plan", str(mixtral_q4), "--gpu", "none", "--ram", "16GiB")
     assert proc.returncode == 0, proc.stderr
-    assert "Plan: --ngl 0 (all 32 layers in RAM; does not fit)" in proc.stdout
+    assert "Plan: --ngl 0 (all 32 layers in RAM; too big for this machine)" in proc.stdout
     assert "will not fit" in proc.stdout
     assert "CPU RAM" in proc.stdout
 

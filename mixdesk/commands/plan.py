@@ -13,15 +13,8 @@ from mixdesk.core.hardware import HardwareInfo, format_bytes
 from mixdesk.core.hub_header import parse_model_ref, profile_ref
 from mixdesk.core.loading import STRATEGIES, LoadChoices, make_plan
 from mixdesk.core.model_profile import ModelProfile
+from mixdesk.core.plan_words import FIT_WORDS
 from mixdesk.core.planner import OffloadPlan
-
-_FIT_WORDS = {
-    "full": "everything on the GPU",
-    "partial": "partial offload",
-    "experts": "fits",
-    "cpu": "CPU only",
-    "none": "does not fit",
-}
 
 
 def plan_to_json(plan: OffloadPlan, *, model: str) -> dict[str, Any]:
@@ -117,7 +110,7 @@ def run_plan(args: argparse.Namespace) -> int:
     )
     out.write(f" in {len(profile.files)} files\n" if len(profile.files) > 1 else "\n")
     out.write(
-        f"Plan: --ngl {plan.n_gpu_layers} ({plan.placement_words}; {_FIT_WORDS[plan.fit]}), "
+        f"Plan: --ngl {plan.n_gpu_layers} ({plan.placement_words}; {FIT_WORDS[plan.fit]}), "
         f"context {plan.n_ctx}, "
         f"KV cache {plan.type_k}{', flash attention' if plan.flash_attn else ''}\n\n"
     )

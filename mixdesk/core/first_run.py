@@ -16,8 +16,9 @@ from mixdesk.core.catalog import CatalogModel, load_catalog
 from mixdesk.core.hardware import HardwareInfo, format_bytes
 from mixdesk.core.hub import HubModel, list_models
 from mixdesk.core.hub_header import HubUnreachableError
+from mixdesk.core.loading import LoadChoices, make_plan
 from mixdesk.core.model_profile import ModelProfile
-from mixdesk.core.planner import OffloadPlan, plan_offload
+from mixdesk.core.planner import OffloadPlan
 
 log = logging.getLogger(__name__)
 
@@ -65,18 +66,6 @@ class FirstRunReport:
     candidates: list[Candidate] = field(default_factory=list)
     offline: bool = False
     problem: str = ""
-
-
-def verdict(plan: OffloadPlan | None, problem: str = "") -> str:
-    """The planner's verdict in its own words, with the expected speed."""
-    if plan is None:
-        return f"unknown ({problem})" if problem else "unknown"
-    if plan.fit == "none":
-        return "too big for this machine"
-    speed = f"about {plan.expected_tps:g} tok/s"
-    if plan.fit == "cpu":
-        return f"CPU only ({plan.placement_words}), {speed}"
-    return f"{plan.placement_words}, {speed}"
 
 
 def download_seconds(size: int, speed_bps: float) -> float | None:
@@ -156,7 +145,7 @@ def rank_catalog(
                 continue
             plan, problem = None, ""
             try:
-                plan = plan_offload(profile_of(model), hardware)
+                plan = make_plan(profile_of(model), hardware, LoadChoices())
             except Exception as err:  # noqa: BLE001 - shown in the row as a reason
                 problem = type(err).__name__
             candidate = Candidate(

@@ -29,6 +29,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
+from enum import Enum
 
 from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
 
@@ -169,6 +170,19 @@ class DevicePlan:
         )
 
 
+class Fit(str, Enum):
+    """The plan's verdict (a ``str``: it compares and serialises as its value)."""
+
+    FULL = "full"  # every layer and the output on the GPU
+    PARTIAL = "partial"  # some layers on the GPU, the rest in RAM
+    EXPERTS = "experts"  # every layer on the GPU, experts of the first K layers in RAM
+    CPU = "cpu"  # nothing on a GPU
+    NONE = "none"  # does not fit this machine
+
+    def __str__(self) -> str:
+        return self.value
+
+
 @dataclass(frozen=True)
 class OffloadPlan:
     """The planner's answer."""
@@ -177,7 +191,7 @@ class OffloadPlan:
     n_layers: int
     n_ctx: int
     ctx_reduced_from: int | None
-    fit: str  # "full", "partial", "cpu", "none"
+    fit: Fit
     shortfall_bytes: int
     devices: list[DevicePlan]
     flash_attn: bool
@@ -674,15 +688,15 @@ def _place(
     return devices
 
 
-def _fit(*, shortfall: int, n_gpu: int, n_layers: int, k: int) -> str:
-    """The plan's verdict: "none", "full", "experts", "partial" or "cpu"."""
+def _fit(*, shortfall: int, n_gpu: int, n_layers: int, k: int) -> Fit:
+    """The plan's verdict."""
     if shortfall:
-        return "none"
+        return Fit.NONE
     if n_gpu > n_layers and k == 0:
-        return "full"
+        return Fit.FULL
     if n_gpu > 0 and k:
-        return "experts"
-    return "partial" if n_gpu > 0 else "cpu"
+        return Fit.EXPERTS
+    return Fit.PARTIAL if n_gpu > 0 else Fit.CPU
 
 
 def _explain(

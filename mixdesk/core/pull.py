@@ -33,8 +33,9 @@ from mixdesk.core.hardware import HardwareInfo
 from mixdesk.core.hub import HubModel, list_models, pick_model
 from mixdesk.core.hub_header import read_remote_header
 from mixdesk.core.library import Library, LibraryEntry, model_name
+from mixdesk.core.loading import LoadChoices, make_plan
 from mixdesk.core.model_profile import ModelProfile, profile_from_headers
-from mixdesk.core.planner import OffloadPlan, plan_offload
+from mixdesk.core.planner import OffloadPlan
 from mixdesk.errors import CorruptModelError
 from mixdesk.paths import ensure_dir, open_private
 
@@ -163,7 +164,7 @@ def _pull_locked(
     if hardware is not None or on_plan is not None:
         profile = remote_profile(model)
         if hardware is not None:
-            plan = plan_offload(profile, hardware)
+            plan = make_plan(profile, hardware, LoadChoices())
             if on_plan is not None:
                 on_plan(profile, plan)
     single = len(model.files) == 1 and not model.join

@@ -27,23 +27,13 @@ from mixdesk.core.download import DownloadCancelled, DownloadProgress
 from mixdesk.core.hardware import HardwareInfo, format_bytes
 from mixdesk.core.hub import HubModel, list_models
 from mixdesk.core.library import Library
-from mixdesk.core.planner import OffloadPlan, plan_offload
+from mixdesk.core.loading import LoadChoices, make_plan
+from mixdesk.core.plan_words import fit_badge
 from mixdesk.core.pull import PullResult, import_model, pull, remote_profile
 from mixdesk.errors import user_message
 from mixdesk.ui.plain import plain
 from mixdesk.ui.widgets import readable_headers
 from mixdesk.ui.workers import TaskWorker
-
-
-def fit_badge(plan: OffloadPlan) -> str:
-    """The fit of a plan in a few words."""
-    if plan.fit == "full":
-        return f"all {plan.n_layers} layers on GPU"
-    if plan.fit == "partial":
-        return f"{plan.repeating_layers_on_gpu}/{plan.n_layers} layers on GPU"
-    if plan.fit == "cpu":
-        return "CPU only"
-    return "too big for this machine"
 
 
 def _list_task(repo: str, *, report: Any, cancel: threading.Event) -> list[HubModel]:
@@ -58,7 +48,7 @@ def _badges_task(
         if cancel.is_set():
             break
         try:
-            report((m.name, fit_badge(plan_offload(remote_profile(m), hardware))))
+            report((m.name, fit_badge(make_plan(remote_profile(m), hardware, LoadChoices()))))
         except Exception as err:  # noqa: BLE001 - a badge that cannot be computed says so
             report((m.name, f"unknown ({type(err).__name__})"))
         done += 1

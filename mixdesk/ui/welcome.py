@@ -27,9 +27,10 @@ from PySide6.QtWidgets import (
 
 from mixdesk.core.catalog import CatalogModel
 from mixdesk.core.download import DownloadProgress
-from mixdesk.core.first_run import Candidate, FirstRunReport, download_words, rank_catalog, verdict
+from mixdesk.core.first_run import Candidate, FirstRunReport, download_words, rank_catalog
 from mixdesk.core.hardware import HardwareInfo, format_bytes
 from mixdesk.core.library import Library
+from mixdesk.core.plan_words import verdict
 from mixdesk.core.pull import PullResult, pull
 from mixdesk.core.settings import Settings
 from mixdesk.ui.plain import plain

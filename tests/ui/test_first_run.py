@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 from pytestqt.qtbot import QtBot
 
+from mixdesk.core import calibration
 from mixdesk.core.catalog import CatalogFile, CatalogModel
 from mixdesk.core.chat_store import ChatStore
 from mixdesk.core.engine import Engine
-from mixdesk.core.first_run import MIN_RECOMMENDED_TPS, verdict
+from mixdesk.core.first_run import MIN_RECOMMENDED_TPS
 from mixdesk.core.hardware import GIB, MIB, GpuInfo, HardwareInfo
 from mixdesk.core.library import Library
+from mixdesk.core.loading import LoadChoices, make_plan
 from mixdesk.core.model_profile import profile_local
+from mixdesk.core.plan_words import verdict
 from mixdesk.core.planner import plan_offload
 from mixdesk.ui.main_window import MainWindow
 from mixdesk.ui.welcome import OFFLINE_LINE
@@ -108,6 +112,12 @@ def test_empty_library_ranks_the_catalog_with_the_planners_verdicts(
     state, _url = hub
     _serve(state, headers)
     catalog = _catalog(headers)
+    # a runtime overhead measured on this machine: the page plans as `mixdesk plan` does
+    # (through loading.make_plan, with the measured overheads), not with the defaults
+    version = calibration.installed_llama_version()
+    calibration.store_path().parent.mkdir(parents=True, exist_ok=True)
+    calibration.store_path().write_text(json.dumps({f"{version} CUDA0": 2 * GIB}))
+    calibration._cache.clear()
     window = _window(qtbot, tmp_path, V100, catalog)
     # the ranking is delivered through the GUI thread's event loop, which runs only from here
     with qtbot.waitSignal(window.first_run.ranked, timeout=60_000):
@@ -116,7 +126,7 @@ def test_empty_library_ranks_the_catalog_with_the_planners_verdicts(
     assert window.chat_stack.currentWidget() is page
     assert "Tesla V100-SXM2-16GB" in page.machine.text()
     plans = {
-        name: plan_offload(profile_local(path), V100)
+        name: make_plan(profile_local(path), V100, LoadChoices())
         for name, path in (
             ("Q2_K", headers["Q2_K"]),
             ("Q4_K_M", headers["Q4_K_M"]),
@@ -124,6 +134,8 @@ def test_empty_library_ranks_the_catalog_with_the_planners_verdicts(
         )
     }
     assert plans["8x22b"].fit == "none"  # the test needs one that does not fit
+    default = plan_offload(profile_local(headers["Q4_K_M"]), V100)
+    assert default.n_gpu_layers > plans["Q4_K_M"].n_gpu_layers  # the overhead matters
     shown = dict(zip((c.model.quant for c in page.candidates), page.verdicts(), strict=True))
     assert len(page.candidates) == 3
     for c in page.candidates:

@@ -1,0 +1,63 @@
+"""One vocabulary for a plan's verdict: the Models tab's badges, the first-run page and
+``mixdesk plan`` say the same thing for every fit (the badge used to call a plan with the
+experts in RAM "too big for this machine")."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mixdesk.core.hardware import GIB, MIB, GpuInfo, HardwareInfo
+from mixdesk.core.loading import LoadChoices, make_plan
+from mixdesk.core.model_profile import profile_local
+from mixdesk.core.plan_words import FIT_WORDS, fit_badge, verdict
+from mixdesk.core.planner import Fit
+from tests import model_factory as mf
+
+V100 = HardwareInfo(
+    ram_total_bytes=64 * GIB,
+    ram_available_bytes=56 * GIB,
+    physical_cores=8,
+    logical_cores=16,
+    gpus=[GpuInfo("Tesla V100-SXM2-16GB", "cuda", 16160 * MIB, 15860 * MIB)],
+    gpu_offload=True,
+)
+
+
+@pytest.fixture(scope="module")
+def q4(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A header-only Mixtral 8x7B Q4_K_M as TheBloke made it (no tensor data)."""
+    return mf.mixtral_header_file(tmp_path_factory.mktemp("q4"), "Q4_K_M", legacy=True)
+
+
+def test_every_verdict_has_its_words() -> None:
+    assert set(FIT_WORDS) == set(Fit)
+    assert len(set(FIT_WORDS.values())) == len(Fit)
+
+
+def test_a_plan_with_experts_in_ram_is_not_too_big(q4: Path) -> None:
+    profile = profile_local(q4)
+    plan = make_plan(profile, V100, LoadChoices(strategy="experts"))
+    assert plan.fit == Fit.EXPERTS
+    badge = fit_badge(plan)
+    assert "too big" not in badge and "experts" in badge
+    assert "too big" not in verdict(plan)
+    assert plan.placement_words in verdict(plan)
+
+
+@pytest.mark.parametrize(
+    ("hardware", "fit"),
+    [
+        (V100, Fit.PARTIAL),
+        (HardwareInfo(64 * GIB, 56 * GIB, 8, 16), Fit.CPU),
+        (HardwareInfo(4 * GIB, 2 * GIB, 2, 2), Fit.NONE),
+    ],
+)
+def test_badges_and_verdicts_follow_the_fit(q4: Path, hardware: HardwareInfo, fit: Fit) -> None:
+    plan = make_plan(profile_local(q4), hardware, LoadChoices())
+    assert plan.fit == fit
+    if fit == Fit.NONE:
+        assert fit_badge(plan) == verdict(plan) == FIT_WORDS[Fit.NONE]
+    else:
+        assert FIT_WORDS[Fit.NONE] not in fit_badge(plan) + verdict(plan)
