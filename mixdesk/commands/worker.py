@@ -26,15 +26,24 @@ from mixdesk.errors import MixdeskError
 _EVERY_INTERFACE = ("0.0.0.0", "::")  # noqa: S104 - compared with, never bound here
 
 
+def _home_relative(path: Path) -> str:
+    """``path`` as ``~/...`` when it is under the home folder (the same place on another
+    machine, usually)."""
+    try:
+        return f"~/{path.relative_to(Path.home()).as_posix()}"
+    except ValueError:
+        return str(path)
+
+
 def how_to_connect(secret_file: Path, made: bool, fingerprint: str, reach: str) -> str:
     """What the worker prints at start: where its secret is, how the other machine uses it,
     and the certificate fingerprint that machine pins on first use."""
     return (
         f"mixdesk worker: secret in {secret_file}{' (made now)' if made else ''}; on the machine "
-        f"that runs the model, copy that file to {security.default_secret_file()} (or point "
-        f"{security.SECRET_FILE_ENV} at it), then: mixdesk chat MODEL --worker {reach}\n"
-        f"mixdesk worker: TLS certificate {fingerprint} (pinned by each machine on its first "
-        "connection; check it there in ~/.config/MixDesk/worker-fingerprints.json).\n"
+        f"that runs the model, copy that file to {_home_relative(security.default_secret_file())} "
+        f"(or point {security.SECRET_FILE_ENV} at it), then: mixdesk chat MODEL --worker {reach}\n"
+        f"mixdesk worker: TLS certificate {fingerprint} (each machine pins it on its first "
+        f"connection, in {_home_relative(security.pins_file())}: compare it there once).\n"
     )
 
 
