@@ -16,6 +16,7 @@ import contextlib
 import errno
 import os
 import stat
+import sys
 import tempfile
 from pathlib import Path
 from typing import BinaryIO, Literal
@@ -121,7 +122,7 @@ def open_private(path: Path, mode: Literal["ab", "wb", "r+b"]) -> BinaryIO:
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise UnsafeFileError(path)
-        if nonblock:
+        if sys.platform != "win32" and nonblock:
             os.set_blocking(fd, True)
         return os.fdopen(fd, mode)
     except BaseException:
@@ -161,9 +162,10 @@ def write_private_text(path: Path, text: str) -> None:
 
 def _tighten(path: Path, mode: int) -> None:
     """Drop group and other permissions from ``path`` if this user owns it."""
-    try:
-        info = path.stat()
-        if stat.S_IMODE(info.st_mode) & 0o077 and info.st_uid == os.getuid():
-            path.chmod(stat.S_IMODE(info.st_mode) & mode)
-    except (OSError, AttributeError):  # AttributeError: no getuid on Windows (ACLs there)
-        pass
+    if sys.platform != "win32":  # Windows has no POSIX modes (ACLs there)
+        try:
+            info = path.stat()
+            if stat.S_IMODE(info.st_mode) & 0o077 and info.st_uid == os.getuid():
+                path.chmod(stat.S_IMODE(info.st_mode) & mode)
+        except OSError:
+            pass

@@ -22,6 +22,7 @@ import os
 import re
 import shutil
 import struct
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -182,17 +183,36 @@ def _copy_range(src: int, dst: int, src_offset: int, dst_offset: int, length: in
     end = src_offset + length
     while src_offset < end:
         n = min(_CHUNK, end - src_offset)
-        try:
-            done = os.copy_file_range(src, dst, n, src_offset, dst_offset)
-        except (AttributeError, OSError):
-            data = os.pread(src, n, src_offset)
-            done = os.pwrite(dst, data, dst_offset)
+        done = _copy_chunk(src, dst, n, src_offset, dst_offset)
         if done <= 0:
             raise ConversionError(
                 "the source file ended early; it is incomplete: download it again"
             )
         src_offset += done
         dst_offset += done
+
+
+def _copy_chunk(src: int, dst: int, n: int, src_offset: int, dst_offset: int) -> int:
+    """Copy up to ``n`` bytes between positions of two files: in the kernel on Linux
+    (``copy_file_range``), else through a buffer; returns the bytes copied (0 at the end)."""
+    if sys.platform == "linux":
+        try:
+            return os.copy_file_range(src, dst, n, src_offset, dst_offset)
+        except OSError:
+            pass  # e.g. across file systems on older kernels: copy through a buffer
+    return _copy_chunk_buffered(src, dst, n, src_offset, dst_offset)
+
+
+def _copy_chunk_buffered(src: int, dst: int, n: int, src_offset: int, dst_offset: int) -> int:
+    """:func:`_copy_chunk` through a buffer: ``pread``/``pwrite`` where they exist, a seek
+    then ``read``/``write`` on Windows (which has neither)."""
+    if sys.platform == "win32":
+        os.lseek(src, src_offset, os.SEEK_SET)
+        data = os.read(src, n)
+        os.lseek(dst, dst_offset, os.SEEK_SET)
+        return os.write(dst, data)
+    else:
+        return os.pwrite(dst, os.pread(src, n, src_offset), dst_offset)
 
 
 def convert_legacy(

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import stat
 import struct
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -442,7 +443,7 @@ def open_model_file(path: str | os.PathLike[str]) -> BinaryIO:
         if not stat.S_ISREG(mode):
             kind = next((k for test, k in _NOT_REGULAR if test(mode)), "not a regular file")
             raise NotARegularFileError(str(path), kind)
-        if flags & getattr(os, "O_NONBLOCK", 0):
+        if sys.platform != "win32" and flags & os.O_NONBLOCK:
             os.set_blocking(fd, True)
         return os.fdopen(fd, "rb")
     except BaseException:
