@@ -35,6 +35,24 @@ def test_load_config_is_built_only_by_the_load_service() -> None:
     assert set(builders) == {"mixdesk/core/loading.py"}
 
 
+def test_a_llama_is_built_only_by_the_engine_session() -> None:
+    """The engine and ``mixdesk serve`` load through one session module: nothing else builds a
+    ``Llama`` or hands llama-cpp-python's server load settings of its own (serve used to
+    re-code the engine's LoadConfig -> Llama translation in its ModelSettings)."""
+    builders, settings = [], []
+    for path in sorted((ROOT / "mixdesk").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if not isinstance(node, ast.Call):
+                continue
+            name = getattr(node.func, "id", None) or getattr(node.func, "attr", None)
+            if name == "Llama":
+                builders.append(str(path.relative_to(ROOT)))
+            if name == "ModelSettings":
+                settings += [k.arg for k in node.keywords]
+    assert set(builders) == {"mixdesk/core/engine/session.py"}
+    assert set(settings) <= {"model", "model_alias", "chat_format"}
+
+
 @pytest.mark.parametrize(
     "options",
     [

@@ -27,8 +27,7 @@ from typing import Any
 
 from mixdesk import paths
 from mixdesk.core.engine import diagnose
-from mixdesk.core.engine.protocol import KV_TYPE_IDS, LoadConfig, from_dict
-from mixdesk.core.hardware import physical_cores
+from mixdesk.core.engine.protocol import LoadConfig, from_dict
 from mixdesk.core.library import model_name
 from mixdesk.core.serve_security import (
     drop_setting_variables,
@@ -128,39 +127,23 @@ def server_main() -> int:
         log.warning("ignoring environment variables meant for llama-cpp-python: %s", ignored)
     register_chat_format(config.model_path)
     load = config.load
-    from mixdesk.core.engine import llama_adapter
+    from mixdesk.core.engine import llama_adapter, session
 
-    llama_adapter.add_rpc_servers(load.rpc_servers)  # workers are devices before loading
-    threads = load.n_threads or physical_cores()
+    session.register_devices(load)  # workers are devices before loading
     alias = config.model_alias or model_name(load.model_path)  # never the file's path
-    model = ModelSettings(
-        model=load.model_path,
-        model_alias=alias,
-        n_gpu_layers=load.n_gpu_layers,
-        n_ctx=load.n_ctx,
-        n_batch=load.n_batch,
-        n_threads=threads,
-        n_threads_batch=threads,
-        flash_attn=load.flash_attn or load.type_v != "f16",
-        type_k=KV_TYPE_IDS[load.type_k],
-        type_v=KV_TYPE_IDS[load.type_v],
-        offload_kqv=True,
-        use_mmap=load.use_mmap,
-        tensor_split=list(load.tensor_split) or None,
-        chat_format=CHAT_FORMAT,
-        verbose=True,
-    )
+    # The model loads through the engine's own session code (the same Llama arguments, tensor
+    # overrides and op offload); llama-cpp-python's settings only name it and its chat format.
+    opened: list[session.OpenedModel] = []
+
+    def load_model() -> Any:
+        opened.append(session.open_llama(load, chat_format=CHAT_FORMAT))
+        return opened[-1].llm
+
+    llama_adapter.serve_model_from(load_model)
+    model = ModelSettings(model=load.model_path, model_alias=alias, chat_format=CHAT_FORMAT)
     # The key is checked by MixDesk's own middleware (every route, constant time), not here.
     server = ServerSettings(host=config.host, port=config.port, api_key=None)
-    overrides = (
-        llama_adapter.TensorOverrides(
-            llama_adapter.experts_in_ram_patterns(range(load.experts_in_ram))
-        )
-        if load.experts_in_ram
-        else None
-    )
-    with llama_adapter.llama_extras(op_offload=load.op_offload, overrides=overrides):
-        app = create_app(server_settings=server, model_settings=[model])  # loads the model
+    app = create_app(server_settings=server, model_settings=[model])  # loads the model
     secure_app(
         app,
         api_key=config.api_key,

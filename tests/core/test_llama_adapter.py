@@ -90,3 +90,12 @@ def test_a_different_version_is_refused_loudly() -> None:
         "try:\n    a.check_compatible()\nexcept a.AdapterError as e:\n    print(e)"
     )
     assert "llama-cpp-python 0.3.99 is installed" in out and "0.3.36" in out
+
+
+def test_the_server_and_formatter_hooks_are_there() -> None:
+    """``mixdesk serve`` hands llama-cpp-python's server the engine's own ``Llama`` and keeps
+    the model's templates from being compiled at load: both hooks are checked."""
+    run_python(
+        "from mixdesk.core.engine import llama_adapter as a; a.check_compatible(); "
+        "a.check_server_compatible()"
+    )

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import ctypes
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,7 +123,32 @@ def check_compatible() -> None:
     for name in ("_model", "_ctx"):
         if name not in llama_cpp.Llama.__init__.__code__.co_names:
             raise AdapterError(f"Llama no longer keeps {name!r}; the engine adapter needs updating")
+    import llama_cpp.llama_chat_format as formats
+
+    if "Jinja2ChatFormatter" not in llama_cpp.Llama.__init__.__code__.co_names or not hasattr(
+        formats, "Jinja2ChatFormatter"
+    ):
+        raise AdapterError("Llama no longer compiles templates with Jinja2ChatFormatter")
     ggml()
+
+
+def check_server_compatible() -> None:
+    """Fail loudly when llama-cpp-python's server no longer builds its model where
+    :func:`serve_model_from` replaces it (run by ``mixdesk serve`` and the tests).
+
+    Raises:
+        AdapterError: naming the missing piece.
+    """
+    from llama_cpp.server import model as server_model
+
+    proxy: Any = getattr(server_model, "LlamaProxy", None)
+    loader = getattr(proxy, "load_llama_from_model_settings", None)
+    init_names = proxy.__init__.__code__.co_names if proxy is not None else ()
+    if loader is None or "load_llama_from_model_settings" not in init_names:
+        raise AdapterError(
+            "llama-cpp-python's server no longer loads models with "
+            "LlamaProxy.load_llama_from_model_settings; the serve adapter needs updating"
+        )
 
 
 # -- a loaded Llama ---------------------------------------------------------------------
@@ -204,26 +229,48 @@ def model_params(
         low.llama_model_default_params = original
 
 
-@contextmanager
-def llama_extras(*, op_offload: bool | None, overrides: TensorOverrides | None) -> Iterator[None]:
-    """Make every ``Llama(...)`` built meanwhile use this op offload and these tensor overrides.
+class _UnusedChatFormatter:
+    """Stands in for llama-cpp-python's template formatter while a model loads.
 
-    For code that builds the ``Llama`` itself and does not pass them (llama-cpp-python's
-    server: its ``ModelSettings`` has neither), so ``mixdesk serve`` loads exactly as the
-    engine does.
+    ``Llama.__init__`` compiles every chat template in the file with its own Jinja
+    environment, so a template that does not parse fails the whole load ("Unexpected end of
+    template"). MixDesk never uses those formatters: it renders prompts itself, within a
+    budget, with a fallback for broken templates (:mod:`mixdesk.core.chat_template`).
     """
-    original = llama_cpp.Llama.__init__
 
-    def init(self: Any, *args: Any, **kwargs: Any) -> None:
-        kwargs.setdefault("op_offload", op_offload)
-        original(self, *args, **kwargs)
+    def __init__(self, *_args: Any, **_kwargs: Any) -> None:
+        pass
 
-    llama_cpp.Llama.__init__ = init  # type: ignore[method-assign]
+    def to_chat_handler(self) -> Any:
+        return None
+
+
+@contextmanager
+def without_chat_formatters() -> Iterator[None]:
+    """Keep llama-cpp-python from compiling the model's chat templates while it loads."""
+    import llama_cpp.llama_chat_format as formats
+
+    original = formats.Jinja2ChatFormatter
+    formats.Jinja2ChatFormatter = _UnusedChatFormatter  # type: ignore[misc,assignment]
     try:
-        with model_params(overrides=overrides):
-            yield
+        yield
     finally:
-        llama_cpp.Llama.__init__ = original  # type: ignore[method-assign]
+        formats.Jinja2ChatFormatter = original  # type: ignore[misc]
+
+
+def serve_model_from(load: Callable[[], Any]) -> None:
+    """Make llama-cpp-python's server use the ``Llama`` that ``load`` returns instead of
+    building one from its ``ModelSettings`` (which lack op offload, tensor overrides and the
+    progress of MixDesk's own load): ``mixdesk serve`` loads through the engine's session.
+    For the server's process only (it stays so)."""
+    from llama_cpp.server import model as server_model
+
+    check_server_compatible()
+
+    def from_settings(_settings: Any) -> Any:
+        return load()
+
+    server_model.LlamaProxy.load_llama_from_model_settings = staticmethod(from_settings)  # type: ignore[method-assign,assignment]
 
 
 # -- devices ----------------------------------------------------------------------------

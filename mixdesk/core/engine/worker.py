@@ -22,7 +22,6 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -35,9 +34,8 @@ from mixdesk.core.chat_template import (
     select_template,
 )
 from mixdesk.core.context_window import answer_room, fit_messages
-from mixdesk.core.engine import diagnose, llama_adapter, prompt_tokens
+from mixdesk.core.engine import diagnose, llama_adapter, prompt_tokens, session
 from mixdesk.core.engine.protocol import (
-    KV_TYPE_IDS,
     BufferReport,
     CancelCommand,
     ChatCommand,
@@ -60,7 +58,6 @@ from mixdesk.core.engine.protocol import (
     encode_delta,
     failure,
 )
-from mixdesk.core.hardware import physical_cores
 from mixdesk.errors import (
     ContextOverflowError,
     MixdeskError,
@@ -126,7 +123,7 @@ class EngineWorker:
         self._template: ChatTemplate | None = None
         self._special: prompt_tokens.SpecialTokens | None = None
         self._pieces: dict[int, bytes] = {}
-        self._overrides: llama_adapter.TensorOverrides | None = None
+        self._opened: session.OpenedModel | None = None
         self._calibrate = False  # report device memory after the first prompt batch
         # ctypes callbacks must stay referenced while llama.cpp may call them.
         self._abort_cb = llama_cpp.ggml_abort_callback(self._should_abort)
@@ -158,18 +155,14 @@ class EngineWorker:
             return True
 
         progress_cb = lc.llama_progress_callback(on_progress)
-        kwargs = _llama_kwargs(config)
+        kwargs = session.llama_kwargs(config)
         n_threads, flash_attn = kwargs["n_threads"], kwargs["flash_attn"]
+        session.register_devices(config)
         free_before = llama_adapter.offload_free_memory() if config.n_gpu_layers else {}
         start = time.perf_counter()
         try:
-            overrides = _overrides(config)
-            with (
-                llama_adapter.model_params(progress=progress_cb, overrides=overrides),
-                _without_chat_formatters(),
-            ):
-                self._llm = lc.Llama(**kwargs)
-            self._overrides = overrides  # llama.cpp keeps the pointer: alive with the model
+            self._opened = session.open_llama(config, progress=progress_cb)
+            self._llm = self._opened.llm
         except ValueError:
             sys.stderr.flush()
             raise diagnose.load_failure(str(path), self._tee.text()) from None
@@ -216,14 +209,9 @@ class EngineWorker:
         compute buffer of every backend comes out exact, on whatever devices are present;
         model and KV buffers log 0. Sends a :class:`BufferReport`."""
         _check_model_file(Path(config.model_path))
-        kwargs = {**_llama_kwargs(config), "use_mmap": False}  # no_alloc needs load mode none
+        session.register_devices(config)
         try:
-            overrides = _overrides(config)
-            with (
-                llama_adapter.model_params(no_alloc=True, overrides=overrides),
-                _without_chat_formatters(),
-            ):
-                llm = self._lc.Llama(**kwargs)
+            llm = session.open_llama(config, no_alloc=True).llm
         except ValueError:
             sys.stderr.flush()
             raise diagnose.load_failure(config.model_path, self._tee.text()) from None
@@ -440,37 +428,6 @@ def _check_model_file(path: Path) -> None:
             raise NotAGgufError(str(path))
 
 
-def _overrides(config: LoadConfig) -> llama_adapter.TensorOverrides | None:
-    """The tensor buffer overrides of ``config`` (experts of the first K layers in RAM)."""
-    if not config.experts_in_ram:
-        return None
-    return llama_adapter.TensorOverrides(
-        llama_adapter.experts_in_ram_patterns(range(config.experts_in_ram))
-    )
-
-
-def _llama_kwargs(config: LoadConfig) -> dict[str, Any]:
-    """``Llama(...)`` arguments for ``config`` (the same for a load and its dry run)."""
-    llama_adapter.add_rpc_servers(config.rpc_servers)
-    n_threads = config.n_threads or physical_cores()
-    return {
-        "model_path": config.model_path,
-        "n_gpu_layers": config.n_gpu_layers,
-        "n_ctx": config.n_ctx,
-        "n_threads": n_threads,
-        "n_threads_batch": n_threads,
-        "n_batch": config.n_batch,
-        # llama.cpp refuses a quantised V cache without flash attention; turn it on instead.
-        "flash_attn": config.flash_attn or config.type_v != "f16",
-        "type_k": KV_TYPE_IDS[config.type_k],
-        "type_v": KV_TYPE_IDS[config.type_v],
-        "use_mmap": config.use_mmap,
-        "op_offload": config.op_offload,
-        "tensor_split": list(config.tensor_split) or None,
-        "verbose": True,
-    }
-
-
 def _rate(count: int, ms: float) -> float:
     """Tokens per second as llama_perf_context_print computes it."""
     return round(1e3 * count / ms, 3) if ms > 0 else 0.0
@@ -555,35 +512,6 @@ class _Answer:
         chunk = self.text[self.sent :]
         self.sent = len(self.text)
         return chunk
-
-
-class _UnusedChatFormatter:
-    """Stands in for llama-cpp-python's template formatter while a model loads.
-
-    ``Llama.__init__`` compiles every chat template in the file with its own Jinja
-    environment, so a template that does not parse fails the whole load ("Unexpected end of
-    template"). The engine never uses those formatters: it renders prompts itself, within a
-    budget, with a fallback for broken templates (:mod:`mixdesk.core.chat_template`).
-    """
-
-    def __init__(self, *_args: Any, **_kwargs: Any) -> None:
-        pass
-
-    def to_chat_handler(self) -> Any:
-        return None
-
-
-@contextmanager
-def _without_chat_formatters() -> Any:
-    """Keep llama-cpp-python from compiling the model's chat templates while it loads."""
-    import llama_cpp.llama_chat_format as formats
-
-    original = formats.Jinja2ChatFormatter
-    formats.Jinja2ChatFormatter = _UnusedChatFormatter  # type: ignore[misc,assignment]
-    try:
-        yield
-    finally:
-        formats.Jinja2ChatFormatter = original  # type: ignore[misc]
 
 
 def _reader(worker: EngineWorker, commands: queue.Queue[EngineCommand]) -> None:
