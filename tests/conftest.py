@@ -115,7 +115,11 @@ def rpc_servers(workers: Callable[..., WorkerProcess]) -> Callable[..., WorkerPr
     """
 
     def start(memory_budget: int | None = None) -> WorkerProcess:
-        worker = workers("--no-cache", env={"MALLOC_ARENA_MAX": "1"})
+        # one malloc arena, and every large block its own mapping, unmapped when freed: the
+        # address space a failed load took comes back (glibc would otherwise keep it)
+        worker = workers(
+            "--no-cache", env={"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_THRESHOLD_": str(1 << 20)}
+        )
         if memory_budget is not None:
             limit_address_space(worker.proc.pid, memory_budget)
         return worker

@@ -75,6 +75,10 @@ class _Refusal(Exception):  # noqa: N818 - a verdict with the client's answer an
         self.reason = reason
 
 
+#: The stack of a client's thread (Python code moving bytes; the default is 8 MiB).
+_CLIENT_STACK = 1 << 20
+
+
 class WorkerFront:
     """Accepts connections on ``listener``; answers proven clients' questions, relays their
     llama.cpp sessions.
@@ -148,12 +152,17 @@ class WorkerFront:
             self._pending[id(conn)] = conn
         if crowded:
             self._drop_oldest_pending()
+        # A client's thread only moves bytes between sockets: a small stack, so that dozens
+        # of clients do not reserve 8 MiB of address space each on a device with little room.
+        previous = threading.stack_size(_CLIENT_STACK)
         try:
             threading.Thread(target=self._handle, args=(conn, who), daemon=True).start()
         except RuntimeError:  # no thread left: the client goes, the worker stays
             self._done_pending(conn)
             conn.close()
             self._refused(who, "no thread left for it")
+        finally:
+            threading.stack_size(previous)
 
     def _drop_oldest_pending(self) -> None:
         with self._lock:
