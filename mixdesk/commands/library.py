@@ -6,13 +6,14 @@ import argparse
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
 from mixdesk.commands.common import machine, print_json
 from mixdesk.commands.terminal import write_control
 from mixdesk.core.download import DownloadCancelled, DownloadProgress
-from mixdesk.core.hardware import format_bytes
+from mixdesk.core.hardware import HardwareInfo, format_bytes
 from mixdesk.core.library import Library
 from mixdesk.core.model_profile import ModelProfile
 from mixdesk.core.planner import OffloadPlan
@@ -86,6 +87,13 @@ def _print_plan(profile: ModelProfile, plan: OffloadPlan) -> None:
         sys.stderr.write(f"- {line}\n")
 
 
+def _planner(hardware: HardwareInfo) -> Callable[[ModelProfile], OffloadPlan]:
+    """How `pull` plans a model before downloading it: as `mixdesk plan` does."""
+    from mixdesk.core.loading import LoadChoices, make_plan
+
+    return lambda profile: make_plan(profile, hardware, LoadChoices())
+
+
 def run_pull(args: argparse.Namespace) -> int:
     """Download a model into the library."""
     from mixdesk.core.pull import pull
@@ -98,7 +106,7 @@ def run_pull(args: argparse.Namespace) -> int:
             filename=args.file,
             quant=args.quant,
             revision=args.revision,
-            hardware=machine(args),
+            plan=_planner(machine(args)),
             on_plan=None if args.json else _print_plan,
             on_progress=printer.download,
             on_convert=printer.convert,

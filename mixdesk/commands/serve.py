@@ -11,8 +11,9 @@ from mixdesk.commands.common import load_choices, machine
 from mixdesk.commands.keys import api_key_from
 from mixdesk.core.library import model_name
 from mixdesk.core.loading import LoadSetup, plan_load
+from mixdesk.core.net import is_loopback
 from mixdesk.core.serve import ServeConfig, start_server
-from mixdesk.core.serve_security import check_origins, is_loopback
+from mixdesk.core.serve_security import check_origins
 
 
 def serve_config(args: argparse.Namespace) -> tuple[ServeConfig, LoadSetup]:

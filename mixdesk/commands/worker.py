@@ -18,8 +18,8 @@ from pathlib import Path
 from mixdesk import paths
 from mixdesk.core import worker_security as security
 from mixdesk.core.hardware import format_bytes, parse_size, physical_cores
+from mixdesk.core.net import is_loopback
 from mixdesk.core.rpc_worker import local_versions
-from mixdesk.core.serve_security import is_loopback
 from mixdesk.errors import MixdeskError
 
 #: Addresses that listen on every interface (the worker is then reached by this machine's name).

@@ -31,6 +31,7 @@ from jinja2.parser import Parser
 from jinja2.runtime import Context
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from mixdesk.core.known_templates import CHATML_TEMPLATE, MIXTRAL_TEMPLATE
 from mixdesk.core.template_sizes import (
     SEQUENCE_FILTERS,
     filter_result_size,
@@ -63,25 +64,6 @@ __all__ = [
     "select_template",
     "template_has_system_role",
 ]
-
-#: The chat template of mistralai/Mixtral-8x7B-Instruct-v0.1 (no system role).
-MIXTRAL_TEMPLATE = (
-    "{{ bos_token }}{% for message in messages %}"
-    "{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
-    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}"
-    "{% endif %}"
-    "{% if message['role'] == 'user' %}{{ '[INST] ' + message['content'] + ' [/INST]' }}"
-    "{% elif message['role'] == 'assistant' %}{{ message['content'] + eos_token }}"
-    "{% else %}{{ raise_exception('Only user and assistant roles are supported!') }}"
-    "{% endif %}{% endfor %}"
-)
-
-#: A plain ChatML template for models that carry no template and are not Mistral-family.
-CHATML_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
-    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
 
 #: Seconds a template may take to render one conversation (real ones take milliseconds).
 TIME_BUDGET_S = 2.0

@@ -359,6 +359,7 @@ def load_model(
     Raises:
         MixdeskError: the load failed (the last failure after retries).
     """
+    engine.on_device_memory = calibration.record  # what a load shows, the next plan uses
     setup = request.setup(engine=engine)
     wanted = setup.config.n_gpu_layers
     for attempt in range(1, MAX_LOAD_TRIES + 1):

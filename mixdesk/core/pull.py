@@ -29,11 +29,9 @@ from mixdesk.core.download import (
 )
 from mixdesk.core.file_lock import FileLock
 from mixdesk.core.gguf_header import ArrayInfo, GGUFHeader, read_local_header
-from mixdesk.core.hardware import HardwareInfo
 from mixdesk.core.hub import HubModel, list_models, pick_model
 from mixdesk.core.hub_header import read_remote_header
 from mixdesk.core.library import Library, LibraryEntry, model_name
-from mixdesk.core.loading import LoadChoices, make_plan
 from mixdesk.core.model_profile import ModelProfile, profile_from_headers
 from mixdesk.core.planner import OffloadPlan
 from mixdesk.errors import CorruptModelError
@@ -85,7 +83,7 @@ def pull(
     quant: str | None = None,
     revision: str | None = None,
     library: Library | None = None,
-    hardware: HardwareInfo | None = None,
+    plan: Callable[[ModelProfile], OffloadPlan] | None = None,
     on_plan: Callable[[ModelProfile, OffloadPlan], None] | None = None,
     on_progress: Callable[[DownloadProgress], None] | None = None,
     on_convert: Callable[[int, int], None] | None = None,
@@ -95,6 +93,8 @@ def pull(
     """Download a model from a Hub repository into the library (resuming what is on disk).
 
     Args:
+        plan: plans the model for this machine from its remote header before any byte comes
+            (the caller's planner: ``loading.make_plan`` with the machine and choices).
         wait: when another pull of the same model is running, wait for it (reporting the
             phase "waiting") instead of raising DownloadInProgressError.
 
@@ -112,7 +112,7 @@ def pull(
             model,
             library=library,
             downloader=downloader,
-            hardware=hardware,
+            plan=plan,
             on_plan=on_plan,
             on_progress=on_progress,
             on_convert=on_convert,
@@ -147,7 +147,7 @@ def _pull_locked(
     *,
     library: Library,
     downloader: Downloader,
-    hardware: HardwareInfo | None,
+    plan: Callable[[ModelProfile], OffloadPlan] | None,
     on_plan: Callable[[ModelProfile, OffloadPlan], None] | None,
     on_progress: Callable[[DownloadProgress], None] | None,
     on_convert: Callable[[int, int], None] | None,
@@ -159,14 +159,14 @@ def _pull_locked(
     if have is not None:
         return PullResult(have, model, already_had=True, converted=False, plan=None)
 
-    plan = None
+    planned = None
     profile = None
-    if hardware is not None or on_plan is not None:
+    if plan is not None or on_plan is not None:
         profile = remote_profile(model)
-        if hardware is not None:
-            plan = make_plan(profile, hardware, LoadChoices())
+        if plan is not None:
+            planned = plan(profile)
             if on_plan is not None:
-                on_plan(profile, plan)
+                on_plan(profile, planned)
     single = len(model.files) == 1 and not model.join
     # A legacy file is merged while it downloads, so it needs its own size; a join, or a
     # legacy download begun by an older MixDesk (a plain .part), needs room for a second copy.
@@ -214,7 +214,7 @@ def _pull_locked(
     )
     _clean_leftovers(downloader, model, registered=entry)
     log.info("pulled %s into %s", model.name, entry.path)
-    return PullResult(entry, model, already_had=False, converted=converted, plan=plan)
+    return PullResult(entry, model, already_had=False, converted=converted, plan=planned)
 
 
 def _clean_leftovers(

@@ -29,16 +29,15 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import ipaddress
 import json
 import os
-import socket
 import sys
 import threading
 from collections.abc import Iterable, Mapping, MutableMapping, Sequence
 from typing import IO, TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from mixdesk.core.net import is_loopback, is_loopback_address
 from mixdesk.errors import InvalidArgumentError
 
 if TYPE_CHECKING:
@@ -51,33 +50,6 @@ API_KEY_VARIABLE = "MIXDESK_API_KEY"
 #: The largest request body the server reads: a prompt filling a 128k-token context is
 #: about 1 MiB of JSON.
 MAX_REQUEST_BYTES = 8 << 20
-
-
-def is_loopback(host: str) -> bool:
-    """Whether a server listening on ``host`` can be reached from this machine only.
-
-    Only 127.0.0.0/8 and ::1 are loopback; ``""`` (like ``0.0.0.0`` and ``::``) listens on
-    every interface. A name counts when every address it resolves to is loopback
-    (``localhost``, normally).
-    """
-    if not host:
-        return False
-    try:
-        return _is_loopback_address(host)
-    except ValueError:
-        pass
-    try:
-        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
-    except OSError:
-        return False
-    return bool(infos) and all(_is_loopback_address(str(info[4][0])) for info in infos)
-
-
-def _is_loopback_address(text: str) -> bool:
-    address = ipaddress.ip_address(text.split("%", 1)[0])  # drop an IPv6 zone ("fe80::1%eth0")
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return address.is_loopback
 
 
 def url_host(host: str) -> str:
@@ -106,7 +78,7 @@ def is_loopback_name(host_header: bytes) -> bool:
     if name == "localhost" or name.endswith(".localhost"):
         return True
     try:
-        return _is_loopback_address(name)
+        return is_loopback_address(name)
     except ValueError:
         return False
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from mixdesk.core.chat_template import MIXTRAL_TEMPLATE
+from mixdesk.core.known_templates import MIXTRAL_TEMPLATE
 
 if TYPE_CHECKING:
     import numpy as np

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mixdesk import paths
-from mixdesk.core.serve_security import is_loopback
+from mixdesk.core.net import is_loopback
 from mixdesk.errors import MixdeskError, WorkerAuthError, WorkerFingerprintError
 
 log = logging.getLogger(__name__)

@@ -26,6 +26,7 @@ from mixdesk.core.download import (
 )
 from mixdesk.core.hub import HubFileInfo, list_models
 from mixdesk.core.library import Library
+from mixdesk.core.loading import LoadChoices, make_plan
 from mixdesk.core.pull import pull
 from mixdesk.errors import user_message
 from mixdesk.paths import UnsafeFileError, open_private
@@ -296,7 +297,8 @@ def test_the_disk_check_for_a_legacy_file_asks_for_one_files_size(
     cpu = HardwareInfo(
         ram_total_bytes=8 << 30, ram_available_bytes=8 << 30, physical_cores=2, logical_cores=2
     )
-    result = pull(REPO, filename=LEGACY, library=library, hardware=cpu)  # plans: knows it is legacy
+    planner = lambda profile: make_plan(profile, cpu, LoadChoices())  # noqa: E731
+    result = pull(REPO, filename=LEGACY, library=library, plan=planner)  # knows it is legacy
     assert result.converted
     assert result.plan is not None
     assert Path(result.entry.path).read_bytes() == merged_legacy

@@ -22,8 +22,8 @@ from mixdesk.core.endpoints import (
     remote_chat,
 )
 from mixdesk.core.engine import LoadConfig, SamplingParams
+from mixdesk.core.net import is_loopback
 from mixdesk.core.serve import ServeConfig, ServerProcess, start_server
-from mixdesk.core.serve_security import is_loopback
 from mixdesk.errors import EngineCrashedError, MixdeskError
 
 KEY = "sekrit-test-key"

@@ -25,10 +25,10 @@ import pytest
 from pydantic import BaseModel
 
 from mixdesk.core.engine import LoadConfig
+from mixdesk.core.net import is_loopback
 from mixdesk.core.serve import ServeConfig, ServerProcess, start_server
 from mixdesk.core.serve_security import (
     check_origins,
-    is_loopback,
     is_loopback_name,
     secure_app,
     url_host,

@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import IO, Any
 
 from mixdesk import errors, paths
-from mixdesk.core import calibration
 from mixdesk.core.chat_template import ChatMessage
 from mixdesk.core.engine import diagnose
 from mixdesk.core.engine.protocol import (
@@ -265,6 +264,12 @@ class Engine:
         self._devices: tuple[str, ...] = ()  # RPC servers a dry run registered
         #: Runtime overhead measured per device after the last load's first prompt batch.
         self.overheads: dict[str, int] = {}
+        #: Called with the loaded model, each device's free memory after the first prompt batch
+        #: and llama-cpp-python's version; returns the overheads it kept. The load service sets
+        #: it (the engine reports device memory; planning keeps what it means).
+        self.on_device_memory: Callable[[ModelInfo, dict[str, int], str], dict[str, int]] | None = (
+            None
+        )
         self.info: EngineInfo | None = None
         self.model: ModelInfo | None = None
         self.log_path: Path | None = None
@@ -433,10 +438,10 @@ class Engine:
     def _calibrated(self, memory: DeviceMemory) -> None:
         """Keep what the runtime used on each device beyond llama.cpp's buffers (the planner's
         overhead next time); a failure to write it never stops an answer."""
-        if self.model is None or self.info is None:
+        if self.model is None or self.info is None or self.on_device_memory is None:
             return
         try:
-            self.overheads = calibration.record(
+            self.overheads = self.on_device_memory(
                 self.model, memory.free, self.info.llama_cpp_version
             )
         except OSError:

@@ -32,8 +32,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from mixdesk.core import worker_security as security
+from mixdesk.core.net import is_loopback
 from mixdesk.core.rpc_frames import FrameGuard, TensorCache
-from mixdesk.core.serve_security import is_loopback
 from mixdesk.core.tunnel import Ender, Ending, relay
 
 log = logging.getLogger(__name__)
