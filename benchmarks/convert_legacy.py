@@ -36,7 +36,7 @@ GOAL_PEAK_RSS_MB = 600
 _CHILD = """
 import sys
 from pathlib import Path
-from mixdesk.core.convert import convert_legacy
+from mixdesk.core.gguf.convert import convert_legacy
 convert_legacy(Path(sys.argv[1]), Path(sys.argv[2]))
 status = Path("/proc/self/status").read_text()
 print(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:")))
@@ -51,7 +51,7 @@ def legacy_file(cache: Path, *, small: bool = False) -> Path:
         # in a child process, so this one stays small
         code = (
             "import sys; from pathlib import Path; from tests import model_factory as mf; "
-            "from mixdesk.core.synthetic_model import write_model; "
+            "from mixdesk.core.gguf.synthetic import write_model; "
             f"spec = mf.with_changes(mf.{'TINY' if small else 'MID'}, legacy_expert_layout=True, dtype='f32'); "
             "write_model(Path(sys.argv[1]), spec)"
         )

@@ -90,8 +90,8 @@ def main(argv: list[str] | None = None) -> int:
         c.HUGGINGFACE_CO_URL_TEMPLATE = url + "/{repo_id}/resolve/{revision}/{filename}"
         from huggingface_hub import hf_hub_download
 
-        from mixdesk.core.download import Downloader
-        from mixdesk.core.hub import HubFileInfo
+        from mixdesk.core.hub.api import HubFileInfo
+        from mixdesk.core.hub.download import Downloader
 
         plain, ours = [], []
         for _ in range(args.rounds):

@@ -36,7 +36,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.goals import Goal, add_goal_arguments, judge  # noqa: E402
-from mixdesk.core.chat_template import ChatMessage, render_prompt, select_template  # noqa: E402
+from mixdesk.core.chat.template import ChatMessage, render_prompt, select_template  # noqa: E402
 from mixdesk.core.engine import (  # noqa: E402
     Engine,
     LoadConfig,

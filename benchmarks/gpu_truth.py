@@ -158,10 +158,10 @@ def measure(out_dir: Path, vram: int) -> int:
     """In the CUDA venv: every n_gpu_layers, both strategies, planned vs real."""
     import pynvml
 
-    from mixdesk.core.chat_template import ChatMessage
+    from mixdesk.core.chat.template import ChatMessage
     from mixdesk.core.engine import Engine, SamplingParams
-    from mixdesk.core.hardware import detect
-    from mixdesk.core.loading import LoadChoices, plan_load
+    from mixdesk.core.loading.service import LoadChoices, plan_load
+    from mixdesk.core.machine.hardware import detect
     from tests import model_factory as mf
     from tests.core.test_offload_truth import mismatches
 

@@ -112,10 +112,10 @@ def open_window(model: Path) -> MainWindow:
     """The real main window with ``model`` loaded (its own store and library in a temp folder)."""
     from PySide6.QtCore import QEventLoop, QTimer
 
-    from mixdesk.core.chat_store import ChatStore
     from mixdesk.core.engine import Engine
-    from mixdesk.core.hardware import GIB, HardwareInfo
-    from mixdesk.core.library import Library
+    from mixdesk.core.hub.library import Library
+    from mixdesk.core.machine.hardware import GIB, HardwareInfo
+    from mixdesk.core.workspace.chat_store import ChatStore
     from mixdesk.ui.main_window import MainWindow
 
     tmp = Path(tempfile.mkdtemp(prefix="mixdesk-ui-bench-"))

@@ -99,9 +99,9 @@ def _make() -> int:
     import huggingface_hub.constants as hub_constants
     from PySide6.QtWidgets import QApplication
 
-    from mixdesk.core.chat_store import ChatStore
     from mixdesk.core.engine import Engine
-    from mixdesk.core.library import Library
+    from mixdesk.core.hub.library import Library
+    from mixdesk.core.workspace.chat_store import ChatStore
     from mixdesk.ui.main_window import MainWindow
     from tests import model_factory as mf
     from tests.hub_server import HubState, serve_hub
@@ -175,7 +175,7 @@ def _conversation(window: MainWindow, model: Path) -> None:
 
 def _offload_panel(window: MainWindow, mixtral: Path) -> None:
     """The offload panel on the article's machine: Mixtral 8x7B Q4_K_M on a 16 GB V100."""
-    from mixdesk.core.model_profile import profile_local
+    from mixdesk.core.gguf.profile import profile_local
 
     panel = window.offload
     window.tabs.setCurrentWidget(panel)

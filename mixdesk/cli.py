@@ -52,16 +52,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run ``mixdesk`` with ``argv`` (default: the process arguments); return the exit status."""
     args_list = list(sys.argv[1:] if argv is None else argv)
     # Hidden entry points used by the app itself (they also work inside a frozen bundle).
-    if args_list[:1] == ["--engine-worker"]:
-        from mixdesk.core.engine import worker
+    if args_list[:1] == ["--engine-process"]:
+        from mixdesk.core.engine import process
 
-        return worker.main()
+        return process.main()
     if args_list[:1] == ["--llama-server"]:
-        from mixdesk.core.serve import server_main
+        from mixdesk.core.serving.serve import server_main
 
         return server_main()  # its settings (and key) arrive on stdin
     if args_list[:1] == ["--worker-probe"]:
-        from mixdesk.core import rpc_worker
+        from mixdesk.core.machine import rpc_worker
 
         return rpc_worker.main(args_list[1:])
     if args_list[:1] == ["--llama-reference"]:
@@ -93,7 +93,7 @@ def _run(args: argparse.Namespace, args_list: list[str]) -> int:
     log.info("mixdesk %s: %s", __version__, loggable_arguments(vars(args)))
     try:
         if getattr(args, "model", None):
-            from mixdesk.core.library import Library
+            from mixdesk.core.hub.library import Library
 
             args.model = Library().resolve(args.model)  # a library name works wherever a path does
         if args.command == "chat":
@@ -121,7 +121,7 @@ def _run(args: argparse.Namespace, args_list: list[str]) -> int:
 
             return run_serve(args)
         if args.command == "install-desktop":
-            from mixdesk.core import desktop
+            from mixdesk.core.machine import desktop
 
             done = desktop.uninstall() if args.uninstall else desktop.install()
             verb = "Removed" if args.uninstall else "Installed"

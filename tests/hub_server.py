@@ -268,14 +268,15 @@ def _make_handler(state: HubState) -> type[BaseHTTPRequestHandler]:
             if plain and f.path is not None and hasattr(os, "sendfile"):
                 # zero-copy, like a real file server: the benchmark then measures the client
                 self.wfile.flush()
+                # counted before they go: a client that has the bytes finds them counted
+                with state.lock:
+                    state.bytes_sent[key] = state.bytes_sent.get(key, 0) + (end - start)
                 with f.path.open("rb") as src:
                     pos = start
                     while pos < end:
                         pos += os.sendfile(
                             self.connection.fileno(), src.fileno(), pos, min(end - pos, 8 << 20)
                         )
-                with state.lock:
-                    state.bytes_sent[key] = state.bytes_sent.get(key, 0) + (end - start)
                 return
             step = 1 << 20 if not state.throttle_bps else max(4096, state.throttle_bps // 20)
             pos = start
@@ -294,11 +295,11 @@ def _make_handler(state: HubState) -> type[BaseHTTPRequestHandler]:
                     self.close_connection = True
                     self.connection.shutdown(2)
                     return
+                with state.lock:  # counted before they go (see above)
+                    state.bytes_sent[key] = state.bytes_sent.get(key, 0) + len(chunk)
                 self.wfile.write(chunk)
                 pos += len(chunk)
                 sent += len(chunk)
-                with state.lock:
-                    state.bytes_sent[key] = state.bytes_sent.get(key, 0) + len(chunk)
                 if state.throttle_bps:
                     time.sleep(len(chunk) / state.throttle_bps)
 

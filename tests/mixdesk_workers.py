@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from mixdesk.core import rpc_worker
+from mixdesk.core.machine import rpc_worker
 from mixdesk.errors import WorkerError
 from tests.net import free_port
 

@@ -1,6 +1,6 @@
 """Real GGUF files for tests and benchmarks, generated in about a second.
 
-Builds on :mod:`mixdesk.core.synthetic_model` (the writer the doctor also uses) and adds
+Builds on :mod:`mixdesk.core.gguf.synthetic` (the writer the doctor also uses) and adds
 llama.cpp's own quantiser (Q4_K_M, Q2_K), TheBloke's legacy per-expert layout, and broken
 files: truncated, wrong magic, a duplicated vocabulary entry that makes llama.cpp abort,
 an unknown architecture, a model with no chat template.
@@ -17,7 +17,7 @@ import shutil
 from dataclasses import asdict
 from pathlib import Path
 
-from mixdesk.core.synthetic_model import (
+from mixdesk.core.gguf.synthetic import (
     MID,
     TINY,
     ModelSpec,
@@ -268,7 +268,7 @@ def mixtral_header_file(
     import gguf
     import numpy as np
 
-    from mixdesk.core.gguf_header import tensor_nbytes
+    from mixdesk.core.gguf.header import tensor_nbytes
 
     cfg = cfg or MIXTRAL_8X7B
     directory.mkdir(parents=True, exist_ok=True)
@@ -330,7 +330,7 @@ def mixtral_header_file(
     return Path(ends[0][0])
 
 
-from mixdesk.core.chat_template import MIXTRAL_TEMPLATE  # noqa: E402
+from mixdesk.core.chat.template import MIXTRAL_TEMPLATE  # noqa: E402
 
 # --- Models of each chat-template path (parity with llama.cpp's own path) ----------------------
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from mixdesk.core.synthetic_model import ModelSpec
+from mixdesk.core.gguf.synthetic import ModelSpec
 
 PACKAGE = Path(__file__).resolve().parent.parent / "mixdesk"
 
@@ -149,6 +149,63 @@ def test_commands_do_not_import_the_cli() -> None:
         m for m, deps in graph.items() if m.startswith("mixdesk.commands") and "mixdesk.cli" in deps
     )
     assert offenders == []
+
+
+#: mixdesk.core's packages from the bottom up: a package imports only its own modules and
+#: those of the packages before it (never one after it).
+CORE_LAYERS = (
+    "gguf",  # GGUF files: header, profile, split names, legacy conversion, test models
+    "machine",  # this machine and others: hardware, GPU build, RPC workers, their security
+    "chat",  # conversations as text: templates and their sandbox, words, the context window
+    "engine",  # the child process that owns llama.cpp, its client and protocol
+    "planning",  # where the layers go, how fast, in what words; calibration
+    "workspace",  # the user's settings, conversations and remote endpoints
+    "hub",  # the Hugging Face Hub: listing, remote headers, downloads, pull, the library
+    "loading",  # the one load path: model + machine + choices -> plan -> LoadConfig -> loaded
+    "serving",  # mixdesk serve: the OpenAI-compatible server and its security
+    "onboarding",  # the first-run page's ranking and the doctor
+)
+
+
+def _core_package(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[2] if len(parts) > 2 and parts[:2] == ["mixdesk", "core"] else None
+
+
+def test_the_core_is_cut_into_layers_and_no_package_imports_a_higher_one() -> None:
+    graph = import_graph()
+    modules = [m for m in graph if m.startswith("mixdesk.core.")]
+    packages = {_core_package(m) for m in modules}
+    assert packages == set(CORE_LAYERS), "every core module lives in one of the layers"
+    rank = {name: i for i, name in enumerate(CORE_LAYERS)}
+    upward = sorted(
+        f"{module} -> {dep}"
+        for module in modules
+        for dep in graph[module]
+        if (target := _core_package(dep)) is not None
+        and rank[target] > rank[str(_core_package(module))]
+    )
+    assert upward == []
+
+
+def test_the_engine_never_imports_planning() -> None:
+    """The engine reports device memory; the load service records what it means."""
+    graph = import_graph()
+    engine = [m for m in graph if _core_package(m) == "engine"]
+    assert not [
+        (m, d) for m in engine for d in graph[m] if _core_package(d) in ("planning", "loading")
+    ]
+
+
+def test_core_modules_stay_readable() -> None:
+    """A newcomer reads a module in one sitting: none over 600 lines (the planner's split is
+    the next step toward ~400)."""
+    long = {
+        name: n
+        for name, path in module_files().items()
+        if name.startswith("mixdesk.core.") and (n := len(path.read_text().splitlines())) > 600
+    }
+    assert long == {"mixdesk.core.planning.planner": long.get("mixdesk.core.planning.planner")}
 
 
 def test_the_parity_reference_shares_no_code_with_the_engine() -> None:

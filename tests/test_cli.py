@@ -137,8 +137,7 @@ def test_ctrl_c_stops_an_answer_not_the_chat(models: dict[str, Path]) -> None:
     proc.stdin.flush()
     proc.stdout.read(1)  # the answer has started streaming
     proc.send_signal(signal.SIGINT)
-    time.sleep(0.3)
-    proc.stdin.write("/exit\n")
+    proc.stdin.write("/exit\n")  # read once the stopped answer is done: no wait needed
     proc.stdin.flush()
     _out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
@@ -260,7 +259,7 @@ def test_engine_crash_puts_llama_cpp_lines_in_the_app_log(
 def test_chat_names_a_base_model_and_an_answer_that_ends_at_once(tmp_path: Path) -> None:
     """A base model is named as one (as the window does), and an answer with no text says
     why: the model ended it at once."""
-    from mixdesk.core.chat_words import BASE_MODEL_WORDS, ENDED_AT_ONCE_WORDS
+    from mixdesk.core.chat.words import BASE_MODEL_WORDS, ENDED_AT_ONCE_WORDS
     from tests.model_factory import ENDS_AT_ONCE, make_model
 
     model = make_model(tmp_path, ENDS_AT_ONCE, name="ends-at-once")

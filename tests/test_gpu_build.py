@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from pytestqt.qtbot import QtBot
 
-from mixdesk.core import gpu_build
-from mixdesk.core.hardware import GIB, GpuInfo, HardwareInfo
+from mixdesk.core.machine import gpu_build
+from mixdesk.core.machine.hardware import GIB, GpuInfo, HardwareInfo
 from tests.ui.test_main_window import make_window
 
 ROOT = Path(__file__).resolve().parent.parent

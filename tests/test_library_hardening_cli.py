@@ -14,7 +14,7 @@ from pathlib import Path
 import gguf
 import pytest
 
-from mixdesk.core.convert import convert_legacy
+from mixdesk.core.gguf.convert import convert_legacy
 from tests.hub_server import HubFile, HubRepo, HubState
 
 MIXDESK = [sys.executable, "-m", "mixdesk"]

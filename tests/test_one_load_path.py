@@ -1,4 +1,4 @@
-"""One way from "this model" to "loaded": every front end plans through mixdesk.core.loading.
+"""One way from "this model" to "loaded": every front end plans through mixdesk.core.loading.service.
 
 The same model, machine and choices give the same LoadConfig in `mixdesk chat`, `mixdesk
 serve` and the window; nothing but the load service builds a LoadConfig; Measure never has
@@ -17,9 +17,9 @@ from pytestqt.qtbot import QtBot
 from mixdesk.cli import build_parser
 from mixdesk.commands.chat import load_request
 from mixdesk.commands.serve import serve_config
-from mixdesk.core.hardware import GIB, HardwareInfo, Overrides, apply_overrides
-from mixdesk.core.loading import LoadChoices, measure_variants
-from mixdesk.core.settings import Settings
+from mixdesk.core.loading.service import LoadChoices, measure_variants
+from mixdesk.core.machine.hardware import GIB, HardwareInfo, Overrides, apply_overrides
+from mixdesk.core.workspace.settings import Settings
 from tests.ui.test_main_window import make_window
 from tests.ui.test_offload_retry import GPU_8GIB
 
@@ -32,7 +32,7 @@ def test_load_config_is_built_only_by_the_load_service() -> None:
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
             if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "LoadConfig":
                 builders.append(str(path.relative_to(ROOT)))
-    assert set(builders) == {"mixdesk/core/loading.py"}
+    assert set(builders) == {"mixdesk/core/loading/service.py"}
 
 
 def test_a_llama_is_built_only_by_the_engine_session() -> None:
@@ -124,7 +124,7 @@ def engines_alive() -> int:
     count = 0
     for child in psutil.Process().children(recursive=True):
         try:
-            if child.status() != psutil.STATUS_ZOMBIE and "mixdesk.core.engine.worker" in " ".join(
+            if child.status() != psutil.STATUS_ZOMBIE and "mixdesk.core.engine.process" in " ".join(
                 child.cmdline()
             ):
                 count += 1

@@ -32,14 +32,14 @@ def test_spec_names_files_that_exist() -> None:
 
 def test_frozen_entry_points_are_dispatched(tmp_path: Path) -> None:
     """The frozen executable starts its own engine and server with hidden arguments."""
-    from mixdesk.core.doctor import self_command
     from mixdesk.core.engine import LoadConfig
     from mixdesk.core.engine.client import engine_command
-    from mixdesk.core.serve import ServeConfig, server_command
+    from mixdesk.core.onboarding.doctor import self_command
+    from mixdesk.core.serving.serve import ServeConfig, server_command
 
-    assert engine_command()[-1].endswith("worker")
+    assert engine_command()[-1] == "mixdesk.core.engine.process"
     assert server_command(ServeConfig(LoadConfig("m.gguf")))[-2] == "--llama-server"
     assert self_command()[-1] == "mixdesk"
     cli = (ROOT / "mixdesk" / "cli.py").read_text()
-    for flag in ("--engine-worker", "--llama-server", "--qt-selftest"):
+    for flag in ("--engine-process", "--llama-server", "--qt-selftest"):
         assert flag in cli

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from mixdesk.core.chat_template import ChatMessage
+from mixdesk.core.chat.template import ChatMessage
 from mixdesk.core.engine import Engine, LoadConfig, SamplingParams
 from tests import model_factory as mf
 

@@ -11,19 +11,19 @@ from pathlib import Path
 from mixdesk.commands.common import load_choices, machine, print_json
 from mixdesk.commands.keys import endpoint_key_from
 from mixdesk.commands.terminal import write_control
-from mixdesk.core.chat_template import ChatMessage
-from mixdesk.core.chat_words import BASE_MODEL_WORDS, ENDED_AT_ONCE_WORDS
-from mixdesk.core.endpoints import (
+from mixdesk.core.chat.template import ChatMessage
+from mixdesk.core.chat.words import BASE_MODEL_WORDS, ENDED_AT_ONCE_WORDS
+from mixdesk.core.engine import ChatDone, Engine, GenerationStats, SamplingParams
+from mixdesk.core.engine.client import AnswerStream, validate_sampling
+from mixdesk.core.engine.protocol import ModelInfo
+from mixdesk.core.loading.service import LoadOutcome, LoadRequest, load_model
+from mixdesk.core.planning.planner import placement_words
+from mixdesk.core.workspace.endpoints import (
     Endpoint,
     normalize_url,
     remote_chat,
     remote_model_info,
 )
-from mixdesk.core.engine import ChatDone, Engine, GenerationStats, SamplingParams
-from mixdesk.core.engine.client import AnswerStream, validate_sampling
-from mixdesk.core.engine.protocol import ModelInfo
-from mixdesk.core.loading import LoadOutcome, LoadRequest, load_model
-from mixdesk.core.planner import placement_words
 from mixdesk.errors import InvalidArgumentError
 
 _HELP = "Type a message and press Enter. /reset starts over, /exit or Ctrl-D quits, Ctrl-C stops an answer."

@@ -8,10 +8,10 @@ import sys
 from typing import Any
 
 from mixdesk.commands.terminal import json_safe
-from mixdesk.core import hardware
 from mixdesk.core.engine.protocol import KV_CACHE_TYPES
-from mixdesk.core.hardware import HardwareInfo, Overrides, apply_overrides
-from mixdesk.core.loading import STRATEGIES, LoadChoices
+from mixdesk.core.loading.service import STRATEGIES, LoadChoices
+from mixdesk.core.machine import hardware
+from mixdesk.core.machine.hardware import HardwareInfo, Overrides, apply_overrides
 from mixdesk.errors import InvalidArgumentError
 
 
@@ -160,7 +160,7 @@ def with_workers(hw: HardwareInfo, endpoints: list[str]) -> HardwareInfo:
         InvalidArgumentError: an endpoint is not HOST:PORT, or given twice.
         WorkerError: a worker cannot be used.
     """
-    from mixdesk.core.rpc_worker import probe_in_child, with_devices
+    from mixdesk.core.machine.rpc_worker import probe_in_child, with_devices
 
     if len(set(endpoints)) != len(endpoints):
         raise InvalidArgumentError("The same --worker is given twice; name each worker once.")

@@ -7,7 +7,7 @@ import sys
 from dataclasses import asdict
 
 from mixdesk.commands.common import print_json
-from mixdesk.core.doctor import FAIL, WARN, run_checks
+from mixdesk.core.onboarding.doctor import FAIL, WARN, run_checks
 
 _MARK = {"ok": "ok  ", WARN: "WARN", FAIL: "FAIL"}
 

@@ -12,7 +12,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from mixdesk.core.serve_security import API_KEY_VARIABLE
+from mixdesk.core.serving.security import API_KEY_VARIABLE
 from mixdesk.errors import InvalidArgumentError
 
 
@@ -81,7 +81,7 @@ def endpoint_key_from(args: argparse.Namespace, url: str) -> str | None:
     """
     key = api_key_from(args)
     if key is None:
-        from mixdesk.core.settings import load_endpoint_keys
+        from mixdesk.core.workspace.settings import load_endpoint_keys
 
         key = load_endpoint_keys().get(url)
     return key

@@ -12,11 +12,11 @@ from pathlib import Path
 
 from mixdesk.commands.common import machine, print_json
 from mixdesk.commands.terminal import write_control
-from mixdesk.core.download import DownloadCancelled, DownloadProgress
-from mixdesk.core.hardware import HardwareInfo, format_bytes
-from mixdesk.core.library import Library
-from mixdesk.core.model_profile import ModelProfile
-from mixdesk.core.planner import OffloadPlan
+from mixdesk.core.gguf.profile import ModelProfile
+from mixdesk.core.hub.download import DownloadCancelled, DownloadProgress
+from mixdesk.core.hub.library import Library
+from mixdesk.core.machine.hardware import HardwareInfo, format_bytes
+from mixdesk.core.planning.planner import OffloadPlan
 
 
 class _ProgressPrinter:
@@ -89,14 +89,14 @@ def _print_plan(profile: ModelProfile, plan: OffloadPlan) -> None:
 
 def _planner(hardware: HardwareInfo) -> Callable[[ModelProfile], OffloadPlan]:
     """How `pull` plans a model before downloading it: as `mixdesk plan` does."""
-    from mixdesk.core.loading import LoadChoices, make_plan
+    from mixdesk.core.loading.service import LoadChoices, make_plan
 
     return lambda profile: make_plan(profile, hardware, LoadChoices())
 
 
 def run_pull(args: argparse.Namespace) -> int:
     """Download a model into the library."""
-    from mixdesk.core.pull import pull
+    from mixdesk.core.hub.pull import pull
 
     printer = _ProgressPrinter(enabled=not args.json)
     cancel = threading.Event()
@@ -164,7 +164,7 @@ def run_rm(args: argparse.Namespace) -> int:
 
 def run_import(args: argparse.Namespace) -> int:
     """Register a local GGUF (converting a legacy Mixtral file)."""
-    from mixdesk.core.pull import import_model
+    from mixdesk.core.hub.pull import import_model
 
     printer = _ProgressPrinter(enabled=True)
     entry = import_model(Path(args.path), on_convert=printer.convert)
@@ -175,7 +175,7 @@ def run_import(args: argparse.Namespace) -> int:
 
 def run_convert(args: argparse.Namespace) -> int:
     """Convert a legacy Mixtral file to the merged layout."""
-    from mixdesk.core.convert import convert_legacy
+    from mixdesk.core.gguf.convert import convert_legacy
 
     printer = _ProgressPrinter(enabled=True)
     result = convert_legacy(Path(args.input), Path(args.output), on_progress=printer.convert)
@@ -187,7 +187,7 @@ def run_convert(args: argparse.Namespace) -> int:
 
 def run_catalog(args: argparse.Namespace) -> int:
     """Show the built-in catalog."""
-    from mixdesk.core.catalog import load_catalog
+    from mixdesk.core.hub.catalog import load_catalog
 
     catalog = load_catalog()
     if args.json:
@@ -209,7 +209,7 @@ def run_catalog(args: argparse.Namespace) -> int:
 
 def run_list(args: argparse.Namespace) -> int:
     """List a Hub repository's GGUF models."""
-    from mixdesk.core.hub import list_models
+    from mixdesk.core.hub.api import list_models
 
     models = list_models(args.repo)
     if args.json:

@@ -8,13 +8,13 @@ from dataclasses import asdict, replace
 from typing import Any
 
 from mixdesk.commands.common import load_choices, machine, print_json
-from mixdesk.core import hardware
-from mixdesk.core.hardware import HardwareInfo, format_bytes
-from mixdesk.core.hub_header import parse_model_ref, profile_ref
-from mixdesk.core.loading import STRATEGIES, LoadChoices, make_plan
-from mixdesk.core.model_profile import ModelProfile
-from mixdesk.core.plan_words import FIT_WORDS
-from mixdesk.core.planner import OffloadPlan
+from mixdesk.core.gguf.profile import ModelProfile
+from mixdesk.core.hub.remote_header import parse_model_ref, profile_ref
+from mixdesk.core.loading.service import STRATEGIES, LoadChoices, make_plan
+from mixdesk.core.machine import hardware
+from mixdesk.core.machine.hardware import HardwareInfo, format_bytes
+from mixdesk.core.planning.planner import OffloadPlan
+from mixdesk.core.planning.words import FIT_WORDS
 
 
 def plan_to_json(plan: OffloadPlan, *, model: str) -> dict[str, Any]:

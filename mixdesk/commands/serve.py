@@ -9,11 +9,11 @@ import time
 
 from mixdesk.commands.common import load_choices, machine
 from mixdesk.commands.keys import api_key_from
-from mixdesk.core.library import model_name
-from mixdesk.core.loading import LoadSetup, plan_load
-from mixdesk.core.net import is_loopback
-from mixdesk.core.serve import ServeConfig, start_server
-from mixdesk.core.serve_security import check_origins
+from mixdesk.core.hub.library import model_name
+from mixdesk.core.loading.service import LoadSetup, plan_load
+from mixdesk.core.machine.net import is_loopback
+from mixdesk.core.serving.security import check_origins
+from mixdesk.core.serving.serve import ServeConfig, start_server
 
 
 def serve_config(args: argparse.Namespace) -> tuple[ServeConfig, LoadSetup]:

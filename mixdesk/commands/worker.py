@@ -16,10 +16,10 @@ import sys
 from pathlib import Path
 
 from mixdesk import paths
-from mixdesk.core import worker_security as security
-from mixdesk.core.hardware import format_bytes, parse_size, physical_cores
-from mixdesk.core.net import is_loopback
-from mixdesk.core.rpc_worker import local_versions
+from mixdesk.core.machine import worker_security as security
+from mixdesk.core.machine.hardware import format_bytes, parse_size, physical_cores
+from mixdesk.core.machine.net import is_loopback
+from mixdesk.core.machine.rpc_worker import local_versions
 from mixdesk.errors import MixdeskError
 
 #: Addresses that listen on every interface (the worker is then reached by this machine's name).
@@ -81,7 +81,7 @@ def run_worker(args: argparse.Namespace) -> int:
     """Serve until Ctrl-C; returns the exit status."""
     from mixdesk.core.engine import llama_adapter
     from mixdesk.core.engine.rpc_front import FrontLimits, WorkerFront, start_llama_rpc_server
-    from mixdesk.core.rpc_frames import TensorCache
+    from mixdesk.core.machine.rpc_frames import TensorCache
 
     # A client that goes away makes llama.cpp's send() raise SIGPIPE (it passes no
     # MSG_NOSIGNAL): ignored, the send fails and only that session ends.

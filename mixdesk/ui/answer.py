@@ -8,8 +8,8 @@ from dataclasses import replace
 
 from PySide6.QtCore import QObject, QTimer, Signal
 
-from mixdesk.core.endpoints import Endpoint
 from mixdesk.core.engine import ChatDone, GenerationStats, ModelInfo
+from mixdesk.core.workspace.endpoints import Endpoint
 from mixdesk.errors import EngineCrashedError, NoModelLoadedError
 from mixdesk.ui.conversations import ConversationController
 from mixdesk.ui.workers import EngineController

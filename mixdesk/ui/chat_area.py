@@ -8,8 +8,8 @@ from collections.abc import Sequence
 from PySide6.QtCore import Signal
 from PySide6.QtWidgets import QStackedWidget, QVBoxLayout, QWidget
 
-from mixdesk.core.catalog import CatalogModel
-from mixdesk.core.settings import Settings
+from mixdesk.core.hub.catalog import CatalogModel
+from mixdesk.core.workspace.settings import Settings
 from mixdesk.ui.answer import AnswerController
 from mixdesk.ui.chat_pane import ChatPane
 from mixdesk.ui.models import ModelBar, ModelController

@@ -15,8 +15,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from mixdesk.core.chat_store import Conversation, StoredMessage
-from mixdesk.core.settings import Settings
+from mixdesk.core.workspace.chat_store import Conversation, StoredMessage
+from mixdesk.core.workspace.settings import Settings
 from mixdesk.errors import MixdeskError
 from mixdesk.ui.answer import AnswerController
 from mixdesk.ui.widgets import ChatView

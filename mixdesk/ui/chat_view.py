@@ -26,9 +26,9 @@ from PySide6.QtGui import (
 )
 from PySide6.QtWidgets import QTextBrowser, QToolTip, QWidget
 
-from mixdesk.core.chat_store import StoredMessage
-from mixdesk.core.chat_words import ENDED_AT_ONCE_WORDS, ended_at_once
+from mixdesk.core.chat.words import ENDED_AT_ONCE_WORDS, ended_at_once
 from mixdesk.core.engine import GenerationStats
+from mixdesk.core.workspace.chat_store import StoredMessage
 from mixdesk.ui.markdown import render_markdown
 
 #: (stripe, tint, name colour) of each role.

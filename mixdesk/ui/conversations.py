@@ -18,10 +18,10 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from mixdesk.core.chat_store import ChatStore, Conversation, StoredMessage
-from mixdesk.core.chat_template import ChatMessage
+from mixdesk.core.chat.template import ChatMessage
 from mixdesk.core.engine import SamplingParams
-from mixdesk.core.settings import Settings
+from mixdesk.core.workspace.chat_store import ChatStore, Conversation, StoredMessage
+from mixdesk.core.workspace.settings import Settings
 
 #: Characters of the first message that become a new conversation's title.
 TITLE_CHARS = 48

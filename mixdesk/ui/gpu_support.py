@@ -9,8 +9,8 @@ from PySide6.QtCore import QUrl, Signal
 from PySide6.QtGui import QDesktopServices
 from PySide6.QtWidgets import QHBoxLayout, QProgressBar, QPushButton, QVBoxLayout, QWidget
 
-from mixdesk.core import gpu_build
-from mixdesk.core.hardware import HardwareInfo
+from mixdesk.core.machine import gpu_build
+from mixdesk.core.machine.hardware import HardwareInfo
 from mixdesk.errors import user_message
 from mixdesk.ui.hardware_panel import unused_gpu_notice
 from mixdesk.ui.widgets import Banner

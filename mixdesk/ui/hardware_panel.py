@@ -7,8 +7,8 @@ import html
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QLabel, QVBoxLayout, QWidget
 
-from mixdesk.core.hardware import HardwareInfo, format_bytes
-from mixdesk.core.settings import Settings
+from mixdesk.core.machine.hardware import HardwareInfo, format_bytes
+from mixdesk.core.workspace.settings import Settings
 from mixdesk.ui.workers_panel import WorkersPanel
 
 
@@ -16,7 +16,7 @@ def unused_gpu_notice(hw: HardwareInfo) -> str:
     """What to install when a GPU is present and the llama.cpp build is CPU-only ("" if not)."""
     if not hw.gpus or hw.gpu_offload:
         return ""
-    from mixdesk.core.doctor import gpu_build_command
+    from mixdesk.core.onboarding.doctor import gpu_build_command
 
     gpu = hw.gpus[0]
     return (

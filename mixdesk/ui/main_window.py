@@ -25,15 +25,15 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from mixdesk.core import hardware as hw_mod
-from mixdesk.core.catalog import CatalogModel
-from mixdesk.core.chat_store import ChatStore, Conversation
 from mixdesk.core.engine import ChatDone, Engine, GenerationStats
-from mixdesk.core.hardware import HardwareInfo
-from mixdesk.core.library import Library
-from mixdesk.core.loading import LoadChoices, LoadOutcome, MeasureVariant
-from mixdesk.core.rpc_worker import with_devices
-from mixdesk.core.settings import Settings
+from mixdesk.core.hub.catalog import CatalogModel
+from mixdesk.core.hub.library import Library
+from mixdesk.core.loading.service import LoadChoices, LoadOutcome, MeasureVariant
+from mixdesk.core.machine import hardware as hw_mod
+from mixdesk.core.machine.hardware import HardwareInfo
+from mixdesk.core.machine.rpc_worker import with_devices
+from mixdesk.core.workspace.chat_store import ChatStore, Conversation
+from mixdesk.core.workspace.settings import Settings
 from mixdesk.errors import EngineCrashedError, user_message
 from mixdesk.ui.answer import AnswerController
 from mixdesk.ui.chat_area import ChatArea

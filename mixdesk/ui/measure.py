@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from PySide6.QtCore import QObject, Signal
 
-from mixdesk.core.loading import LoadRequest, MeasureVariant
+from mixdesk.core.loading.service import LoadRequest, MeasureVariant
 from mixdesk.ui.workers import EngineController
 
 

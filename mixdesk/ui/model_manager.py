@@ -22,14 +22,14 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from mixdesk.core.catalog import load_catalog
-from mixdesk.core.download import DownloadCancelled, DownloadProgress
-from mixdesk.core.hardware import HardwareInfo, format_bytes
-from mixdesk.core.hub import HubModel, list_models
-from mixdesk.core.library import Library
-from mixdesk.core.loading import LoadChoices, make_plan
-from mixdesk.core.plan_words import fit_badge
-from mixdesk.core.pull import PullResult, import_model, pull, remote_profile
+from mixdesk.core.hub.api import HubModel, list_models
+from mixdesk.core.hub.catalog import load_catalog
+from mixdesk.core.hub.download import DownloadCancelled, DownloadProgress
+from mixdesk.core.hub.library import Library
+from mixdesk.core.hub.pull import PullResult, import_model, pull, remote_profile
+from mixdesk.core.loading.service import LoadChoices, make_plan
+from mixdesk.core.machine.hardware import HardwareInfo, format_bytes
+from mixdesk.core.planning.words import fit_badge
 from mixdesk.errors import user_message
 from mixdesk.ui.plain import plain
 from mixdesk.ui.widgets import readable_headers
@@ -290,7 +290,7 @@ class ModelManager(QWidget):
         return row
 
     def discard_partial(self, model: HubModel) -> None:
-        from mixdesk.core.download import Downloader
+        from mixdesk.core.hub.download import Downloader
 
         for f in model.files:
             Downloader(self.library.root).discard(f)

@@ -23,14 +23,14 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from mixdesk.core.chat_words import BASE_MODEL_WORDS
-from mixdesk.core.endpoints import Endpoint, normalize_url, remote_model_info
+from mixdesk.core.chat.words import BASE_MODEL_WORDS
 from mixdesk.core.engine import ModelInfo
-from mixdesk.core.hardware import format_bytes
-from mixdesk.core.library import Library, models_dir
-from mixdesk.core.loading import LoadOutcome, LoadRequest
-from mixdesk.core.model_profile import profile_local
-from mixdesk.core.settings import Settings, save_endpoint_key
+from mixdesk.core.gguf.profile import profile_local
+from mixdesk.core.hub.library import Library, models_dir
+from mixdesk.core.loading.service import LoadOutcome, LoadRequest
+from mixdesk.core.machine.hardware import format_bytes
+from mixdesk.core.workspace.endpoints import Endpoint, normalize_url, remote_model_info
+from mixdesk.core.workspace.settings import Settings, save_endpoint_key
 from mixdesk.ui.plain import plain
 from mixdesk.ui.workers import EngineController, TaskWorker
 

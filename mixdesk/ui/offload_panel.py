@@ -19,10 +19,10 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from mixdesk.core.hardware import HardwareInfo
-from mixdesk.core.loading import LoadChoices, LoadRequest, make_plan, measure_variants
-from mixdesk.core.model_profile import ModelProfile
-from mixdesk.core.planner import OffloadPlan
+from mixdesk.core.gguf.profile import ModelProfile
+from mixdesk.core.loading.service import LoadChoices, LoadRequest, make_plan, measure_variants
+from mixdesk.core.machine.hardware import HardwareInfo
+from mixdesk.core.planning.planner import OffloadPlan
 from mixdesk.ui.plain import plain
 from mixdesk.ui.widgets import DeviceBars
 

@@ -19,7 +19,7 @@ from PySide6.QtWidgets import (
 )
 
 from mixdesk.core.engine import SamplingParams
-from mixdesk.core.settings import Settings
+from mixdesk.core.workspace.settings import Settings
 from mixdesk.ui.plain import plain
 
 

@@ -1,8 +1,8 @@
 """The first-run page: what this machine can run, one button to get it, and the local options.
 
 Shown in the chat area while the library is empty. The catalog is planned for this machine
-in a worker thread (:func:`mixdesk.core.first_run.rank_catalog`, remote headers only); the
-download runs in another (:func:`mixdesk.core.pull.pull`). Nothing here touches the network
+in a worker thread (:func:`mixdesk.core.onboarding.first_run.rank_catalog`, remote headers only); the
+download runs in another (:func:`mixdesk.core.hub.pull.pull`). Nothing here touches the network
 or the disk on the GUI thread.
 """
 
@@ -25,14 +25,19 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from mixdesk.core.catalog import CatalogModel
-from mixdesk.core.download import DownloadProgress
-from mixdesk.core.first_run import Candidate, FirstRunReport, download_words, rank_catalog
-from mixdesk.core.hardware import HardwareInfo, format_bytes
-from mixdesk.core.library import Library
-from mixdesk.core.plan_words import verdict
-from mixdesk.core.pull import PullResult, pull
-from mixdesk.core.settings import Settings
+from mixdesk.core.hub.catalog import CatalogModel
+from mixdesk.core.hub.download import DownloadProgress
+from mixdesk.core.hub.library import Library
+from mixdesk.core.hub.pull import PullResult, pull
+from mixdesk.core.machine.hardware import HardwareInfo, format_bytes
+from mixdesk.core.onboarding.first_run import (
+    Candidate,
+    FirstRunReport,
+    download_words,
+    rank_catalog,
+)
+from mixdesk.core.planning.words import verdict
+from mixdesk.core.workspace.settings import Settings
 from mixdesk.ui.plain import plain
 from mixdesk.ui.widgets import readable_headers
 from mixdesk.ui.workers import TaskWorker

@@ -19,11 +19,11 @@ from typing import Any, ClassVar
 
 from PySide6.QtCore import QObject, QThread, Signal, Slot
 
-from mixdesk.core.chat_template import ChatMessage
-from mixdesk.core.endpoints import Endpoint
+from mixdesk.core.chat.template import ChatMessage
 from mixdesk.core.engine import ChatDone, Engine, ModelInfo, SamplingParams
 from mixdesk.core.engine.client import AnswerStream
-from mixdesk.core.loading import LoadOutcome, LoadRequest, MeasureVariant, load_model
+from mixdesk.core.loading.service import LoadOutcome, LoadRequest, MeasureVariant, load_model
+from mixdesk.core.workspace.endpoints import Endpoint
 from mixdesk.errors import EngineCrashedError
 
 log = logging.getLogger(__name__)
@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 class ModelWorker(QObject):
     """Owns the :class:`Engine`; runs in its own thread. Plans and loads through
-    :mod:`mixdesk.core.loading`, so the window never builds a load configuration itself.
+    :mod:`mixdesk.core.loading.service`, so the window never builds a load configuration itself.
 
     Signals:
         loadProgress(float): 0..1 while a model loads.
@@ -117,8 +117,8 @@ class ModelWorker(QObject):
         """Stream an answer from a remote endpoint, with the same signals as a local one.
         An endpoint without a key gets the one saved for its address (read here, off the GUI
         thread)."""
-        from mixdesk.core.endpoints import remote_chat
-        from mixdesk.core.settings import load_endpoint_keys
+        from mixdesk.core.workspace.endpoints import remote_chat
+        from mixdesk.core.workspace.settings import load_endpoint_keys
 
         def start() -> AnswerStream:
             keyed = endpoint

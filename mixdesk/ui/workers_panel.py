@@ -1,6 +1,6 @@
 """The Hardware tab's workers: other machines' GPUs (``mixdesk worker``) to spread a model over.
 
-Each worker is checked by a short-lived child process (:func:`~mixdesk.core.rpc_worker.probe_in_child`:
+Each worker is checked by a short-lived child process (:func:`~mixdesk.core.machine.rpc_worker.probe_in_child`:
 MixDesk's handshake, the versions, free memory and a link-speed probe), started from a task
 thread, so the window never waits on the network and nothing of llama.cpp's RPC ever runs in
 the app's process. A worker that answered becomes an offload device of the plan; the list is
@@ -25,10 +25,10 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from mixdesk.core import worker_security as security
-from mixdesk.core.hardware import GpuInfo
-from mixdesk.core.rpc_worker import DEFAULT_PORT, WorkerInfo, parse_endpoint, probe_in_child
-from mixdesk.core.settings import Settings
+from mixdesk.core.machine import worker_security as security
+from mixdesk.core.machine.hardware import GpuInfo
+from mixdesk.core.machine.rpc_worker import DEFAULT_PORT, WorkerInfo, parse_endpoint, probe_in_child
+from mixdesk.core.workspace.settings import Settings
 from mixdesk.errors import InvalidArgumentError, user_message
 from mixdesk.ui.workers import TaskWorker
 

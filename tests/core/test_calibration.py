@@ -5,12 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from mixdesk.core import calibration
-from mixdesk.core.chat_template import ChatMessage
+from mixdesk.core.chat.template import ChatMessage
 from mixdesk.core.engine import Engine
 from mixdesk.core.engine.protocol import ModelInfo
-from mixdesk.core.hardware import MIB
-from mixdesk.core.loading import LoadChoices, LoadRequest, load_model, plan_load
+from mixdesk.core.loading.service import LoadChoices, LoadRequest, load_model, plan_load
+from mixdesk.core.machine.hardware import MIB
+from mixdesk.core.planning import calibration
 from tests.core.test_offload_truth import rpc_hardware
 from tests.mixdesk_workers import WorkerProcess
 

@@ -7,9 +7,9 @@ import sqlite3
 from dataclasses import fields
 from pathlib import Path
 
-from mixdesk.core.chat_store import ChatStore
 from mixdesk.core.engine import GenerationStats, SamplingParams
 from mixdesk.core.engine.protocol import PerfCounters
+from mixdesk.core.workspace.chat_store import ChatStore
 
 
 def test_sampling_and_stats_come_back_as_dataclasses(tmp_path: Path) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mixdesk.core.chat_template import (
+from mixdesk.core.chat.template import (
     CHATML_TEMPLATE,
     MIXTRAL_TEMPLATE,
     ChatMessage,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from mixdesk.core.chat_template import ChatMessage
-from mixdesk.core.context_window import answer_room, fit_messages
+from mixdesk.core.chat.context_window import answer_room, fit_messages
+from mixdesk.core.chat.template import ChatMessage
 from mixdesk.errors import ContextOverflowError, user_message
 
 

@@ -15,10 +15,10 @@ from typing import Any
 
 import pytest
 
-from mixdesk.core.chat_template import ChatMessage
+from mixdesk.core.chat.template import ChatMessage
 from mixdesk.core.engine import Engine, LoadConfig, ModelInfo
-from mixdesk.core.hardware import GIB, MIB, GpuInfo, HardwareInfo
-from mixdesk.core.loading import MAX_LOAD_TRIES, LoadChoices, LoadRequest, load_model
+from mixdesk.core.loading.service import MAX_LOAD_TRIES, LoadChoices, LoadRequest, load_model
+from mixdesk.core.machine.hardware import GIB, MIB, GpuInfo, HardwareInfo
 from mixdesk.errors import DeviceOutOfMemoryError, HostOutOfMemoryError
 from tests.conftest import OOM_SHAPE
 from tests.limits import limit_address_space
@@ -138,7 +138,7 @@ def test_ram_failure_never_lowers_gpu_layers(
         sys.executable,
         "-c",
         "import resource; resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30)); "
-        "from mixdesk.core.engine.worker import main; raise SystemExit(main())",
+        "from mixdesk.core.engine.process import main; raise SystemExit(main())",
     ]
     engine = CountingEngine(log_dir=tmp_path, command=limited)
     request = LoadRequest(

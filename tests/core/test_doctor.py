@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from mixdesk.core import doctor
-from mixdesk.core.hardware import GIB, GpuInfo, HardwareInfo, format_bytes
+from mixdesk.core.machine.hardware import GIB, GpuInfo, HardwareInfo, format_bytes
+from mixdesk.core.onboarding import doctor
 
 V100 = GpuInfo(
     name="Tesla V100-SXM2-16GB", backend="cuda", total_bytes=16 * GIB, free_bytes=15 * GIB

@@ -13,17 +13,17 @@ from pathlib import Path
 import huggingface_hub.constants as hf_constants
 import pytest
 
-from mixdesk.core.download import (
+from mixdesk.core.hub.api import HubFileInfo, list_models, pick_model
+from mixdesk.core.hub.download import (
     ChecksumMismatchError,
     DiskFullError,
     DownloadCancelled,
     Downloader,
     DownloadProgress,
 )
-from mixdesk.core.hub import HubFileInfo, list_models, pick_model
-from mixdesk.core.hub_header import HubError, HubSizeMismatchError
-from mixdesk.core.library import Library, safe_target
-from mixdesk.core.pull import pull
+from mixdesk.core.hub.library import Library, safe_target
+from mixdesk.core.hub.pull import pull
+from mixdesk.core.hub.remote_header import HubError, HubSizeMismatchError
 from mixdesk.errors import InvalidArgumentError, user_message
 from tests.hub_server import HubFile, HubRepo, HubState
 
@@ -86,7 +86,7 @@ def test_pull_downloads_verifies_registers_and_chats(
     assert library.get("mixtral-tiny.Q4_K_M") == entry
     again = pull(REPO, library=library)
     assert again.already_had
-    from mixdesk.core.chat_template import ChatMessage
+    from mixdesk.core.chat.template import ChatMessage
     from mixdesk.core.engine import Engine, LoadConfig, SamplingParams
 
     with Engine(log_dir=tmp_path / "logs") as engine:
@@ -226,7 +226,7 @@ def test_disk_full_before_and_during(served: tuple[HubState, Library], small_dis
     f = _file(state, "mixtral-tiny.Q4_K_M.gguf")
     # space that vanishes while downloading: another program fills the disk
     downloader = Downloader(small_disk / "models")
-    import mixdesk.core.download as dl
+    import mixdesk.core.hub.download as dl
 
     filled = threading.Event()
 
@@ -281,9 +281,9 @@ def test_several_downloads_at_once(served: tuple[HubState, Library]) -> None:
 
 
 def test_split_model_and_joined_pieces(hub: tuple[HubState, str], tmp_path: Path) -> None:
-    from mixdesk.core.chat_template import ChatMessage
+    from mixdesk.core.chat.template import ChatMessage
     from mixdesk.core.engine import Engine, LoadConfig, SamplingParams
-    from mixdesk.core.synthetic_model import TINY, write_model
+    from mixdesk.core.gguf.synthetic import TINY, write_model
 
     state, _ = hub
     (tmp_path / "src").mkdir()
@@ -317,7 +317,7 @@ def test_split_model_and_joined_pieces(hub: tuple[HubState, str], tmp_path: Path
 
 def test_hub_adapter_matches_the_installed_huggingface_hub() -> None:
     """The private huggingface_hub pieces the downloader uses are where the adapter expects."""
-    from mixdesk.core import hub_adapter
+    from mixdesk.core.hub import adapter as hub_adapter
 
     hub_adapter.check_compatible()
     assert "user-agent" in {k.lower() for k in hub_adapter.build_headers(token=False)}

@@ -16,18 +16,18 @@ from pathlib import Path
 import huggingface_hub.constants as hf_constants
 import pytest
 
-from mixdesk.core.convert import convert_legacy
-from mixdesk.core.download import (
+from mixdesk.core.gguf.convert import convert_legacy
+from mixdesk.core.hub.api import HubFileInfo, list_models
+from mixdesk.core.hub.download import (
     ChecksumMismatchError,
     DownloadCancelled,
     Downloader,
     DownloadInProgressError,
     DownloadProgress,
 )
-from mixdesk.core.hub import HubFileInfo, list_models
-from mixdesk.core.library import Library
-from mixdesk.core.loading import LoadChoices, make_plan
-from mixdesk.core.pull import pull
+from mixdesk.core.hub.library import Library
+from mixdesk.core.hub.pull import pull
+from mixdesk.core.loading.service import LoadChoices, make_plan
 from mixdesk.errors import user_message
 from mixdesk.paths import UnsafeFileError, open_private
 from tests.hub_server import HubFile, HubRepo, HubState
@@ -270,7 +270,7 @@ def small_disk(tmp_path: Path, models: dict[str, Path]) -> Iterator[Path]:
     """A tmpfs with room for the legacy model once (plus the reserve), not twice."""
     import subprocess
 
-    from mixdesk.core.download import DISK_RESERVE
+    from mixdesk.core.hub.download import DISK_RESERVE
 
     size = DISK_RESERVE + int(1.5 * models["legacy"].stat().st_size)
     mount = tmp_path / "small"
@@ -291,7 +291,7 @@ def small_disk(tmp_path: Path, models: dict[str, Path]) -> Iterator[Path]:
 def test_the_disk_check_for_a_legacy_file_asks_for_one_files_size(
     served: tuple[HubState, Library], small_disk: Path, merged_legacy: bytes
 ) -> None:
-    from mixdesk.core.hardware import HardwareInfo
+    from mixdesk.core.machine.hardware import HardwareInfo
 
     library = Library(small_disk / "models")
     cpu = HardwareInfo(

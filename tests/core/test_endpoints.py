@@ -13,17 +13,17 @@ from pathlib import Path
 import pytest
 from huggingface_hub import InferenceClient
 
-from mixdesk.core.chat_template import ChatMessage
-from mixdesk.core.endpoints import (
+from mixdesk.core.chat.template import ChatMessage
+from mixdesk.core.engine import LoadConfig, SamplingParams
+from mixdesk.core.machine.net import is_loopback
+from mixdesk.core.serving.serve import ServeConfig, ServerProcess, start_server
+from mixdesk.core.workspace.endpoints import (
     Endpoint,
     EndpointError,
     detect_kind,
     normalize_url,
     remote_chat,
 )
-from mixdesk.core.engine import LoadConfig, SamplingParams
-from mixdesk.core.net import is_loopback
-from mixdesk.core.serve import ServeConfig, ServerProcess, start_server
 from mixdesk.errors import EngineCrashedError, MixdeskError
 
 KEY = "sekrit-test-key"

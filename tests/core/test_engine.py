@@ -14,7 +14,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from mixdesk.core.chat_template import ChatMessage
+from mixdesk.core.chat.template import ChatMessage
 from mixdesk.core.engine import Engine, LoadConfig, SamplingParams
 from mixdesk.core.engine.protocol import GenerationStats
 from mixdesk.errors import (
@@ -344,7 +344,7 @@ def test_too_little_memory_says_so(models: dict[str, Path], tmp_path: Path) -> N
         sys.executable,
         "-c",
         "import resource; resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30)); "
-        "from mixdesk.core.engine.worker import main; raise SystemExit(main())",
+        "from mixdesk.core.engine.process import main; raise SystemExit(main())",
     ]
     with Engine(log_dir=tmp_path, command=limited) as small:
         with pytest.raises(

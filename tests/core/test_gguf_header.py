@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mixdesk.core.gguf_header import (
+from mixdesk.core.gguf.header import (
     KEEP_TOTAL_ITEMS,
     ArrayInfo,
     GGUFHeaderError,
@@ -20,7 +20,7 @@ from mixdesk.core.gguf_header import (
     read_local_header,
     tensor_nbytes,
 )
-from mixdesk.core.model_profile import profile_local, split_parts
+from mixdesk.core.gguf.profile import profile_local, split_parts
 from tests import model_factory as mf
 
 

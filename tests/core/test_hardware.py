@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from mixdesk.core import hardware
-from mixdesk.core.hardware import GIB, MIB, Overrides, apply_overrides, parse_size
+from mixdesk.core.machine import hardware
+from mixdesk.core.machine.hardware import GIB, MIB, Overrides, apply_overrides, parse_size
 from mixdesk.errors import InvalidArgumentError
 
 

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from mixdesk.core.hardware import GIB, MIB, GpuInfo, HardwareInfo
-from mixdesk.core.hub_header import HubError, parse_model_ref, profile_ref
-from mixdesk.core.model_profile import profile_local
-from mixdesk.core.planner import plan_offload
+from mixdesk.core.gguf.profile import profile_local
+from mixdesk.core.hub.remote_header import HubError, parse_model_ref, profile_ref
+from mixdesk.core.machine.hardware import GIB, MIB, GpuInfo, HardwareInfo
+from mixdesk.core.planning.planner import plan_offload
 from mixdesk.errors import InvalidArgumentError
 from tests import model_factory as mf
 from tests.hub_server import HubFile, HubRepo, HubState

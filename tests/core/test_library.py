@@ -10,9 +10,9 @@ import gguf
 import numpy as np
 import pytest
 
-from mixdesk.core.gguf_header import GGUFHeaderError
-from mixdesk.core.library import Library
-from mixdesk.core.pull import import_model, pull
+from mixdesk.core.gguf.header import GGUFHeaderError
+from mixdesk.core.hub.library import Library
+from mixdesk.core.hub.pull import import_model, pull
 from mixdesk.errors import CorruptModelError, user_message
 from tests.hub_server import HubFile, HubRepo, HubState
 

@@ -13,14 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from mixdesk.core.chat_template import ChatMessage
-from mixdesk.core.convert import convert_legacy
+from mixdesk.core.chat.template import ChatMessage
 from mixdesk.core.engine import Engine
 from mixdesk.core.engine.protocol import ModelInfo
-from mixdesk.core.hardware import GIB, MIB, GpuInfo, HardwareInfo
-from mixdesk.core.loading import LoadChoices, LoadSetup, plan_load
-from mixdesk.core.model_profile import profile_local
-from mixdesk.core.synthetic_model import write_model
+from mixdesk.core.gguf.convert import convert_legacy
+from mixdesk.core.gguf.profile import profile_local
+from mixdesk.core.gguf.synthetic import write_model
+from mixdesk.core.loading.service import LoadChoices, LoadSetup, plan_load
+from mixdesk.core.machine.hardware import GIB, MIB, GpuInfo, HardwareInfo
 from tests import model_factory as mf
 from tests.mixdesk_workers import WorkerProcess
 

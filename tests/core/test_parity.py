@@ -21,10 +21,10 @@ from pathlib import Path
 
 import pytest
 
-from mixdesk.core.chat_template import MIXTRAL_TEMPLATE, ChatMessage
+from mixdesk.core.chat.template import MIXTRAL_TEMPLATE, ChatMessage
 from mixdesk.core.engine import Engine, LoadConfig, SamplingParams, reference
 from mixdesk.core.engine.protocol import ChatDone
-from mixdesk.core.synthetic_model import TINY, ModelSpec, with_changes
+from mixdesk.core.gguf.synthetic import TINY, ModelSpec, with_changes
 from tests.model_factory import (
     CHATML_TEMPLATE_FOR_TESTS,
     ENDS_AT_ONCE,

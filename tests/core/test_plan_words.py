@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from mixdesk.core.hardware import GIB, MIB, GpuInfo, HardwareInfo
-from mixdesk.core.loading import LoadChoices, make_plan
-from mixdesk.core.model_profile import profile_local
-from mixdesk.core.plan_words import FIT_WORDS, fit_badge, verdict
-from mixdesk.core.planner import Fit
+from mixdesk.core.gguf.profile import profile_local
+from mixdesk.core.loading.service import LoadChoices, make_plan
+from mixdesk.core.machine.hardware import GIB, MIB, GpuInfo, HardwareInfo
+from mixdesk.core.planning.planner import Fit
+from mixdesk.core.planning.words import FIT_WORDS, fit_badge, verdict
 from tests import model_factory as mf
 
 V100 = HardwareInfo(

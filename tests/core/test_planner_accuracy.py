@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from mixdesk.core.engine import Engine, LoadConfig
-from mixdesk.core.hardware import MIB, HardwareInfo
-from mixdesk.core.model_profile import profile_local
-from mixdesk.core.planner import plan_offload
+from mixdesk.core.gguf.profile import profile_local
+from mixdesk.core.machine.hardware import MIB, HardwareInfo
+from mixdesk.core.planning.planner import plan_offload
 from tests import model_factory as mf
 
 CPU_ONLY = HardwareInfo(

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from mixdesk.core import convert
+from mixdesk.core.gguf import convert
 
 ROOT = Path(__file__).resolve().parents[2]
 

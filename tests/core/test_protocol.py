@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from mixdesk.core.chat_template import ChatMessage
+from mixdesk.core.chat.template import ChatMessage
 from mixdesk.core.engine import GenerationStats, LoadConfig, SamplingParams, TextDelta
 from mixdesk.core.engine.protocol import (
     CancelCommand,

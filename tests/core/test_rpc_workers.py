@@ -22,11 +22,11 @@ from pathlib import Path
 import pytest
 
 from mixdesk import __version__
-from mixdesk.core import rpc_worker
 from mixdesk.core.engine import Engine, LoadConfig
 from mixdesk.core.engine.diagnose import buffer_sizes
-from mixdesk.core.hardware import GIB, GpuInfo, HardwareInfo
-from mixdesk.core.loading import LoadChoices, LoadRequest, load_model
+from mixdesk.core.loading.service import LoadChoices, LoadRequest, load_model
+from mixdesk.core.machine import rpc_worker
+from mixdesk.core.machine.hardware import GIB, GpuInfo, HardwareInfo
 from mixdesk.errors import (
     NotAWorkerError,
     WorkerBusyError,

@@ -21,10 +21,10 @@ import huggingface_hub.constants as hf_constants
 import pytest
 
 from mixdesk import paths
-from mixdesk.core.chat_store import ChatStore
-from mixdesk.core.chat_template import ChatMessage
-from mixdesk.core.endpoints import Endpoint, may_receive_hub_token, remote_chat
-from mixdesk.core.settings import Settings, endpoint_keys_path, save_endpoint_key
+from mixdesk.core.chat.template import ChatMessage
+from mixdesk.core.workspace.chat_store import ChatStore
+from mixdesk.core.workspace.endpoints import Endpoint, may_receive_hub_token, remote_chat
+from mixdesk.core.workspace.settings import Settings, endpoint_keys_path, save_endpoint_key
 
 HUB_TOKEN = "hf_saved_hub_token_that_must_not_leak"  # noqa: S105 - a test value
 

@@ -11,8 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from mixdesk.core.engine import Engine, diagnose
-from mixdesk.core.loading import LoadChoices, plan_load
-from mixdesk.core.serve import ServeConfig, start_server
+from mixdesk.core.loading.service import LoadChoices, plan_load
+from mixdesk.core.serving.serve import ServeConfig, start_server
 from tests.core.test_offload_truth import rpc_hardware
 from tests.mixdesk_workers import WorkerProcess
 from tests.net import free_port

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from mixdesk.core.chat_template import ChatMessage
+from mixdesk.core.chat.template import ChatMessage
 from mixdesk.core.engine import Engine, LoadConfig, SamplingParams, reference
-from mixdesk.core.serve import ServeConfig, start_server
-from mixdesk.core.synthetic_model import TINY
+from mixdesk.core.gguf.synthetic import TINY
+from mixdesk.core.serving.serve import ServeConfig, start_server
 from tests.model_factory import GEMMA_BASE, make_model
 from tests.net import free_port
 

@@ -25,14 +25,14 @@ import pytest
 from pydantic import BaseModel
 
 from mixdesk.core.engine import LoadConfig
-from mixdesk.core.net import is_loopback
-from mixdesk.core.serve import ServeConfig, ServerProcess, start_server
-from mixdesk.core.serve_security import (
+from mixdesk.core.machine.net import is_loopback
+from mixdesk.core.serving.security import (
     check_origins,
     is_loopback_name,
     secure_app,
     url_host,
 )
+from mixdesk.core.serving.serve import ServeConfig, ServerProcess, start_server
 from mixdesk.errors import InvalidArgumentError
 
 KEY = "serve-test-key"

@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from mixdesk.core.settings import Settings
+from mixdesk.core.workspace.settings import Settings
 
 
 def _write(data: object) -> None:
@@ -21,7 +21,7 @@ def test_a_file_without_settings_gives_the_defaults(
     data: object, caplog: pytest.LogCaptureFixture
 ) -> None:
     _write(data)
-    with caplog.at_level(logging.WARNING, logger="mixdesk.core.settings"):
+    with caplog.at_level(logging.WARNING, logger="mixdesk.core.workspace.settings"):
         assert Settings.load() == Settings()
     assert len(caplog.records) == 1
 
@@ -47,7 +47,7 @@ def test_each_wrongly_typed_value_falls_back_with_one_warning(
             "unknown": {"kept": False},
         }
     )
-    with caplog.at_level(logging.WARNING, logger="mixdesk.core.settings"):
+    with caplog.at_level(logging.WARNING, logger="mixdesk.core.workspace.settings"):
         settings = Settings.load()
     defaults = Settings()
     bad = [

@@ -11,16 +11,16 @@ from pathlib import Path
 import pytest
 
 import mixdesk
-from mixdesk.core.endpoints import Endpoint
 from mixdesk.core.engine import SamplingParams
-from mixdesk.core.library import Library, models_dir
-from mixdesk.core.loading import LoadChoices
-from mixdesk.core.pull import import_model
-from mixdesk.core.settings import Settings, load_endpoint_keys, save_endpoint_key
+from mixdesk.core.hub.library import Library, models_dir
+from mixdesk.core.hub.pull import import_model
+from mixdesk.core.loading.service import LoadChoices
+from mixdesk.core.workspace.endpoints import Endpoint
+from mixdesk.core.workspace.settings import Settings, load_endpoint_keys, save_endpoint_key
 
 PACKAGE = Path(mixdesk.__file__).parent
 #: Where a setting is declared and where it is only edited: reading it there does not count.
-NOT_READERS = {"core/settings.py", "ui/settings_dialog.py"}
+NOT_READERS = {"core/workspace/settings.py", "ui/settings_dialog.py"}
 
 
 def _attributes_read() -> set[str]:

@@ -12,8 +12,8 @@ import tracemalloc
 
 import pytest
 
-from mixdesk.core.chat_template import ChatMessage, ChatTemplate, render_prompt
-from mixdesk.core.template_sizes import (
+from mixdesk.core.chat.template import ChatMessage, ChatTemplate, render_prompt
+from mixdesk.core.chat.template_sizes import (
     format_size,
     indent_size,
     join_size,

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import pytest
 
-from mixdesk.core import rpc_worker
-from mixdesk.core import worker_security as security
-from mixdesk.core.rpc_frames import (
+from mixdesk.core.machine import rpc_worker
+from mixdesk.core.machine import worker_security as security
+from mixdesk.core.machine.rpc_frames import (
     CMD_ALLOC_BUFFER,
     CMD_GRAPH_COMPUTE,
     CMD_HELLO,
@@ -35,7 +35,7 @@ from mixdesk.core.rpc_frames import (
     FrameGuard,
     TensorCache,
 )
-from mixdesk.core.tunnel import Refused
+from mixdesk.core.machine.tunnel import Refused
 from mixdesk.errors import WorkerAuthError, WorkerBusyError, WorkerFingerprintError
 from tests.mixdesk_workers import WorkerProcess
 

@@ -8,15 +8,15 @@ from pathlib import Path
 import pytest
 from pytestqt.qtbot import QtBot
 
-from mixdesk.core.chat_template import (
+from mixdesk.core.chat.template import (
     CHATML_TEMPLATE,
     ChatMessage,
     looks_like_base_model,
     render_prompt,
     select_template,
 )
-from mixdesk.core.chat_words import BASE_MODEL_WORDS, ENDED_AT_ONCE_WORDS
-from mixdesk.core.synthetic_model import with_changes
+from mixdesk.core.chat.words import BASE_MODEL_WORDS, ENDED_AT_ONCE_WORDS
+from mixdesk.core.gguf.synthetic import with_changes
 from tests.model_factory import ENDS_AT_ONCE, GEMMA_BASE, make_model
 from tests.ui.test_main_window import ask, load, make_window
 

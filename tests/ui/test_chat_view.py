@@ -7,8 +7,8 @@ import time
 
 from pytestqt.qtbot import QtBot
 
-from mixdesk.core.chat_store import StoredMessage
 from mixdesk.core.engine import GenerationStats
+from mixdesk.core.workspace.chat_store import StoredMessage
 from mixdesk.ui.chat_view import ChatView
 
 WHEN = time.mktime((2026, 11, 26, 14, 5, 9, 0, 0, -1))

@@ -13,13 +13,13 @@ import shiboken6
 from PySide6.QtCore import QObject, Signal
 from pytestqt.qtbot import QtBot
 
-from mixdesk.core.chat_store import ChatStore
-from mixdesk.core.endpoints import Endpoint
 from mixdesk.core.engine import ChatDone, Engine, GenerationStats, SamplingParams
-from mixdesk.core.library import Library
-from mixdesk.core.loading import LoadChoices, LoadOutcome, LoadRequest, MeasureVariant
-from mixdesk.core.pull import import_model
-from mixdesk.core.settings import Settings, load_endpoint_keys
+from mixdesk.core.hub.library import Library
+from mixdesk.core.hub.pull import import_model
+from mixdesk.core.loading.service import LoadChoices, LoadOutcome, LoadRequest, MeasureVariant
+from mixdesk.core.workspace.chat_store import ChatStore
+from mixdesk.core.workspace.endpoints import Endpoint
+from mixdesk.core.workspace.settings import Settings, load_endpoint_keys
 from mixdesk.errors import EngineCrashedError, NoModelLoadedError, user_message
 from mixdesk.ui.answer import AnswerController
 from mixdesk.ui.conversations import ConversationController

@@ -8,17 +8,17 @@ from pathlib import Path
 import pytest
 from pytestqt.qtbot import QtBot
 
-from mixdesk.core import calibration
-from mixdesk.core.catalog import CatalogFile, CatalogModel
-from mixdesk.core.chat_store import ChatStore
 from mixdesk.core.engine import Engine
-from mixdesk.core.first_run import MIN_RECOMMENDED_TPS
-from mixdesk.core.hardware import GIB, MIB, GpuInfo, HardwareInfo
-from mixdesk.core.library import Library
-from mixdesk.core.loading import LoadChoices, make_plan
-from mixdesk.core.model_profile import profile_local
-from mixdesk.core.plan_words import verdict
-from mixdesk.core.planner import plan_offload
+from mixdesk.core.gguf.profile import profile_local
+from mixdesk.core.hub.catalog import CatalogFile, CatalogModel
+from mixdesk.core.hub.library import Library
+from mixdesk.core.loading.service import LoadChoices, make_plan
+from mixdesk.core.machine.hardware import GIB, MIB, GpuInfo, HardwareInfo
+from mixdesk.core.onboarding.first_run import MIN_RECOMMENDED_TPS
+from mixdesk.core.planning import calibration
+from mixdesk.core.planning.planner import plan_offload
+from mixdesk.core.planning.words import verdict
+from mixdesk.core.workspace.chat_store import ChatStore
 from mixdesk.ui.main_window import MainWindow
 from mixdesk.ui.welcome import OFFLINE_LINE
 from tests import model_factory as mf

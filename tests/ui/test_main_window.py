@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from pytestqt.qtbot import QtBot
 
-from mixdesk.core.chat_store import ChatStore
 from mixdesk.core.engine import ChatDone, Engine, LoadConfig, SamplingParams
-from mixdesk.core.hardware import GIB, GpuInfo, HardwareInfo
-from mixdesk.core.library import Library
+from mixdesk.core.hub.library import Library
+from mixdesk.core.machine.hardware import GIB, GpuInfo, HardwareInfo
+from mixdesk.core.workspace.chat_store import ChatStore
 from mixdesk.ui.main_window import MainWindow
 from tests.hub_server import HubFile, HubRepo, HubState
 
@@ -361,8 +361,8 @@ def test_chat_with_a_saved_endpoint(
 ) -> None:
     import socket
 
-    from mixdesk.core.serve import ServeConfig, start_server
-    from mixdesk.core.settings import load_endpoint_keys
+    from mixdesk.core.serving.serve import ServeConfig, start_server
+    from mixdesk.core.workspace.settings import load_endpoint_keys
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -402,8 +402,8 @@ def test_settings_and_sampling_dialogs_round_trip(window: MainWindow) -> None:
 def test_the_models_folder_setting_moves_the_library(
     qtbot: QtBot, window: MainWindow, tmp_path: Path, models: dict[str, Path]
 ) -> None:
-    from mixdesk.core.pull import import_model
-    from mixdesk.core.settings import Settings
+    from mixdesk.core.hub.pull import import_model
+    from mixdesk.core.workspace.settings import Settings
     from mixdesk.ui.settings_dialog import SettingsDialog
 
     moved = tmp_path / "elsewhere"
@@ -423,7 +423,7 @@ def test_the_models_folder_setting_moves_the_library(
 def test_the_last_model_is_selected_at_start_up(
     qtbot: QtBot, tmp_path: Path, models: dict[str, Path]
 ) -> None:
-    from mixdesk.core.settings import Settings
+    from mixdesk.core.workspace.settings import Settings
 
     first = make_window(qtbot, tmp_path)
     load(qtbot, first, models["q2_k"])
@@ -440,7 +440,7 @@ def test_the_last_model_is_selected_at_start_up(
 def test_load_follows_the_context_kv_and_flash_settings(
     qtbot: QtBot, tmp_path: Path, models: dict[str, Path]
 ) -> None:
-    from mixdesk.core.settings import Settings
+    from mixdesk.core.workspace.settings import Settings
 
     Settings(n_ctx=768, kv_type="q8_0", flash_attn=True, threads=1).save()
     window = make_window(qtbot, tmp_path)

@@ -7,7 +7,7 @@ import re
 
 from pytestqt.qtbot import QtBot
 
-from mixdesk.core.chat_store import StoredMessage
+from mixdesk.core.workspace.chat_store import StoredMessage
 from mixdesk.ui.markdown import render_markdown
 from mixdesk.ui.widgets import ChatView
 

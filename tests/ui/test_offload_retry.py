@@ -6,8 +6,8 @@ from pathlib import Path
 
 from pytestqt.qtbot import QtBot
 
-from mixdesk.core.hardware import GIB, MIB, GpuInfo, HardwareInfo
-from mixdesk.core.loading import MAX_LOAD_TRIES
+from mixdesk.core.loading.service import MAX_LOAD_TRIES
+from mixdesk.core.machine.hardware import GIB, MIB, GpuInfo, HardwareInfo
 from tests.conftest import OOM_SHAPE
 from tests.core.test_device_oom import CountingEngine, Servers, device_hardware
 from tests.mixdesk_workers import WorkerProcess

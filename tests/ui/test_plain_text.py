@@ -11,12 +11,12 @@ from PySide6.QtCore import Qt, QTimer
 from PySide6.QtWidgets import QApplication, QMessageBox
 from pytestqt.qtbot import QtBot
 
-from mixdesk.core.chat_store import ChatStore
 from mixdesk.core.engine import Engine
-from mixdesk.core.hardware import GIB, HardwareInfo
-from mixdesk.core.library import Library
-from mixdesk.core.model_profile import profile_local
-from mixdesk.core.settings import Settings
+from mixdesk.core.gguf.profile import profile_local
+from mixdesk.core.hub.library import Library
+from mixdesk.core.machine.hardware import GIB, HardwareInfo
+from mixdesk.core.workspace.chat_store import ChatStore
+from mixdesk.core.workspace.settings import Settings
 from mixdesk.ui.main_window import MainWindow
 from mixdesk.ui.offload_panel import OffloadPanel
 from tests import model_factory as mf

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from pytestqt.qtbot import QtBot
 
-from mixdesk.core.hardware import GIB, GpuInfo, HardwareInfo
+from mixdesk.core.machine.hardware import GIB, GpuInfo, HardwareInfo
 from tests.ui.test_main_window import make_window
 
 

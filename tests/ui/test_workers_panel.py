@@ -9,7 +9,7 @@ from pathlib import Path
 
 from pytestqt.qtbot import QtBot
 
-from mixdesk.core.settings import Settings
+from mixdesk.core.workspace.settings import Settings
 from mixdesk.ui.workers_panel import WorkersPanel
 from tests.mixdesk_workers import WorkerProcess
 from tests.net import free_port

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from mixdesk import errors, paths
-from mixdesk.core.chat_template import ChatMessage
+from mixdesk.core.chat.template import ChatMessage
 from mixdesk.core.engine import diagnose
 from mixdesk.core.engine.protocol import (
     KV_CACHE_TYPES,
@@ -91,8 +91,8 @@ class _Died:
 def engine_command() -> list[str]:
     """Return the command line that starts an engine process (also inside a frozen bundle)."""
     if getattr(sys, "frozen", False):
-        return [sys.executable, "--engine-worker"]
-    return [sys.executable, "-m", "mixdesk.core.engine.worker"]
+        return [sys.executable, "--engine-process"]
+    return [sys.executable, "-m", "mixdesk.core.engine.process"]
 
 
 def validate_load_config(config: LoadConfig) -> None:
@@ -123,7 +123,7 @@ def validate_load_config(config: LoadConfig) -> None:
     path = Path(config.model_path)
     if not path.exists():
         raise ModelNotFoundError(str(path))
-    from mixdesk.core.gguf_header import open_model_file
+    from mixdesk.core.gguf.header import open_model_file
 
     with open_model_file(path) as fh:  # a FIFO or a device is refused here, never read
         magic = fh.read(4)
@@ -563,7 +563,7 @@ def _first_split_part(config: LoadConfig) -> LoadConfig:
     """llama.cpp loads a split model from its first part (and finds the others itself)."""
     from dataclasses import replace
 
-    from mixdesk.core.model_profile import split_parts
+    from mixdesk.core.gguf.profile import split_parts
 
     first = split_parts(Path(config.model_path))[0]
     return config if str(first) == config.model_path else replace(config, model_path=str(first))

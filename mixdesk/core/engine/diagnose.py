@@ -141,7 +141,7 @@ def worker_lost(
     found = _RPC_LOST.search(with_worker_names(log_text))
     if found is None:
         return None
-    from mixdesk.core.rpc_worker import gone
+    from mixdesk.core.machine.rpc_worker import gone
 
     endpoint = found.group(1) or found.group(2) or ""
     if workers and endpoint not in workers:  # a relay's address whose line left the log's tail

@@ -235,7 +235,7 @@ class _UnusedChatFormatter:
     ``Llama.__init__`` compiles every chat template in the file with its own Jinja
     environment, so a template that does not parse fails the whole load ("Unexpected end of
     template"). MixDesk never uses those formatters: it renders prompts itself, within a
-    budget, with a fallback for broken templates (:mod:`mixdesk.core.chat_template`).
+    budget, with a fallback for broken templates (:mod:`mixdesk.core.chat.template`).
     """
 
     def __init__(self, *_args: Any, **_kwargs: Any) -> None:
@@ -348,7 +348,7 @@ def add_rpc_servers(endpoints: Sequence[str]) -> None:
             "this llama-cpp-python build has no RPC backend (build it with -DGGML_RPC=ON)"
         )
     assert g.rpc is not None or not endpoints
-    from mixdesk.core.rpc_worker import check_before_connecting
+    from mixdesk.core.machine.rpc_worker import check_before_connecting
 
     for endpoint in endpoints:
         assert g.rpc is not None

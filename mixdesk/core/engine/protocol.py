@@ -15,8 +15,8 @@ import time
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from typing import Any, TypeVar
 
-from mixdesk.core.chat_template import ChatMessage
-from mixdesk.core.chat_words import ended_at_once
+from mixdesk.core.chat.template import ChatMessage
+from mixdesk.core.chat.words import ended_at_once
 
 #: KV cache types a user can pick, as llama.cpp names them.
 KV_CACHE_TYPES = ("f16", "q8_0", "q4_0")
@@ -28,7 +28,7 @@ KV_TYPE_IDS = {"f16": 1, "q8_0": 8, "q4_0": 2}
 class LoadConfig:
     """How to load a model, exactly as llama.cpp will be asked to.
 
-    Built only by :func:`mixdesk.core.loading.plan_load`. ``n_gpu_layers`` is llama.cpp's
+    Built only by :func:`mixdesk.core.loading.service.plan_load`. ``n_gpu_layers`` is llama.cpp's
     number: the output layer plus ``n_gpu_layers - 1`` repeating layers, 0 to n_layers + 1.
     """
 

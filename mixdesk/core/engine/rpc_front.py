@@ -2,12 +2,12 @@
 
 ``mixdesk worker`` runs llama.cpp's own RPC server (``ggml_backend_rpc_start_server``) on a
 loopback port only this process knows, and listens on the public address itself. Every
-connection must first prove that it holds the worker secret (:mod:`mixdesk.core.worker_security`;
+connection must first prove that it holds the worker secret (:mod:`mixdesk.core.machine.worker_security`;
 TLS first unless it comes from loopback); until then the front answers nothing but
 "authentication required" and relays nothing. A proven client then asks one question (hello,
-link speed, byte counts; see :mod:`mixdesk.core.rpc_worker`), or ``RELAY``: its connection then
+link speed, byte counts; see :mod:`mixdesk.core.machine.rpc_worker`), or ``RELAY``: its connection then
 carries llama.cpp's RPC session, every message header checked by
-:class:`~mixdesk.core.rpc_frames.FrameGuard` before it reaches llama.cpp's parser.
+:class:`~mixdesk.core.machine.rpc_frames.FrameGuard` before it reaches llama.cpp's parser.
 
 No client can hold or end the worker: a client that does not finish proving itself, or stops
 in the middle of a message, is cut off after ``client_timeout``; a relayed session idle for
@@ -31,10 +31,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from mixdesk.core import worker_security as security
-from mixdesk.core.net import is_loopback
-from mixdesk.core.rpc_frames import FrameGuard, TensorCache
-from mixdesk.core.tunnel import Ender, Ending, relay
+from mixdesk.core.machine import worker_security as security
+from mixdesk.core.machine.net import is_loopback
+from mixdesk.core.machine.rpc_frames import FrameGuard, TensorCache
+from mixdesk.core.machine.tunnel import Ender, Ending, relay
 
 log = logging.getLogger(__name__)
 

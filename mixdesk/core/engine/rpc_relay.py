@@ -3,7 +3,7 @@
 llama.cpp's RPC client knows neither MixDesk's secret nor TLS. So before it connects, the engine
 starts one relay per worker on a loopback port of its own and gives llama.cpp that address;
 each connection llama.cpp opens is carried to the worker over an authenticated (and, off
-loopback, TLS) channel (:func:`mixdesk.core.rpc_worker.open_channel` with ``RELAY``).
+loopback, TLS) channel (:func:`mixdesk.core.machine.rpc_worker.open_channel` with ``RELAY``).
 
 The relay accepts only connections from this very process (on Linux it checks that the
 connecting socket is one of this process's file descriptors), so another program on this
@@ -21,8 +21,8 @@ import socket
 import sys
 import threading
 
-from mixdesk.core import rpc_worker
-from mixdesk.core.tunnel import relay
+from mixdesk.core.machine import rpc_worker
+from mixdesk.core.machine.tunnel import relay
 from mixdesk.errors import WorkerError
 
 log = logging.getLogger(__name__)

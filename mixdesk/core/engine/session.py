@@ -17,7 +17,7 @@ from typing import Any
 
 from mixdesk.core.engine import llama_adapter
 from mixdesk.core.engine.protocol import KV_TYPE_IDS, LoadConfig
-from mixdesk.core.hardware import physical_cores
+from mixdesk.core.machine.hardware import physical_cores
 
 
 def register_devices(config: LoadConfig) -> None:

@@ -1,0 +1,478 @@
+"""The one way from "this model" to "loaded": model + machine + choices -> plan -> ``LoadConfig``.
+
+Every front end (``mixdesk chat``, ``mixdesk serve``, the window's Load, Apply, Keep fastest
+and Measure) calls :func:`plan_load`; nothing else builds a :class:`LoadConfig`. So a model
+loads the same way whichever way it is started, and what the plan shows is what loads.
+
+Rules kept here, once:
+
+- ``n_gpu_layers`` is llama.cpp's number, 0 to ``n_layers + 1`` (the output layer counts as
+  one); "all" (-1) becomes ``n_layers + 1``. The config carries the plan's number.
+- A context of 0 means the model's own (trained) context; the plan is made for that length.
+- The planner's choices (layers, context, op offload) fill in whatever the user left open.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from mixdesk.core.engine.protocol import KV_CACHE_TYPES, LoadConfig, ModelInfo
+from mixdesk.core.gguf.header import open_model_file
+from mixdesk.core.gguf.profile import ModelProfile, profile_local, split_parts
+from mixdesk.core.machine.hardware import HardwareInfo
+from mixdesk.core.planning import calibration
+from mixdesk.core.planning.planner import OffloadPlan, offload_devices, plan_offload
+from mixdesk.errors import (
+    DeviceOutOfMemoryCrashError,
+    DeviceOutOfMemoryError,
+    InvalidArgumentError,
+    ModelNotFoundError,
+    NotAGgufError,
+)
+
+if TYPE_CHECKING:
+    from mixdesk.core.engine.client import Engine
+    from mixdesk.core.hub.library import Library
+    from mixdesk.core.workspace.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+#: How layers can be placed: whole layers, or every layer with some experts in RAM.
+STRATEGIES = ("layers", "experts")
+
+
+@dataclass(frozen=True)
+class LoadChoices:
+    """What the user decided about a load; ``None`` leaves the choice to MixDesk.
+
+    Attributes:
+        n_gpu_layers: llama.cpp's ``n_gpu_layers`` (output layer + repeating layers); -1: all.
+        n_ctx: the context length; 0: the model's own; None: the planner's choice.
+        kv_type: the KV cache type (K and V), one of :data:`KV_CACHE_TYPES`.
+        flash_attn: flash attention (always on for a quantised V cache).
+        n_threads: CPU threads; None: the physical cores.
+        n_batch: the logical batch size.
+        use_mmap: map the model file instead of reading it.
+        op_offload: llama.cpp's op offload; None: as the planner decides.
+        strategy: "layers" (whole layers on the GPU) or "experts" (all layers on the GPU,
+            experts of the first K layers in RAM).
+        experts_in_ram: K for the "experts" strategy; None: the planner's choice.
+    """
+
+    n_gpu_layers: int | None = None
+    n_ctx: int | None = None
+    kv_type: str = "f16"
+    flash_attn: bool = False
+    n_threads: int | None = None
+    n_batch: int = 512
+    use_mmap: bool = True
+    op_offload: bool | None = None
+    strategy: str = "layers"
+    experts_in_ram: int | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **overrides: object) -> LoadChoices:
+        """The saved settings' choices (threads, context, KV type, flash attention), then ``overrides``."""
+        base = cls(
+            n_ctx=settings.n_ctx,
+            kv_type=settings.kv_type,
+            flash_attn=settings.flash_attn,
+            n_threads=settings.threads,
+        )
+        return replace(base, **overrides)  # type: ignore[arg-type]
+
+    def validate(self) -> None:
+        """Reject settings that make no sense, with one sentence.
+
+        Raises:
+            InvalidArgumentError: a value is out of range.
+        """
+        if self.n_gpu_layers is not None and self.n_gpu_layers < -1:
+            raise InvalidArgumentError(
+                f"GPU layers {self.n_gpu_layers} is out of range; use -1 (all), 0 (none) or a count."
+            )
+        if self.n_ctx is not None and not 0 <= self.n_ctx <= 1 << 22:
+            raise InvalidArgumentError(
+                f"Context length {self.n_ctx} is out of range; use 0 (the model's own) to 4194304."
+            )
+        if self.kv_type not in KV_CACHE_TYPES:
+            raise InvalidArgumentError(
+                f"KV cache type {self.kv_type!r} is unknown; use one of {', '.join(KV_CACHE_TYPES)}."
+            )
+        if self.n_threads is not None and self.n_threads < 1:
+            raise InvalidArgumentError(f"Thread count {self.n_threads} must be at least 1.")
+        if self.n_batch < 1:
+            raise InvalidArgumentError(f"Batch size {self.n_batch} must be at least 1.")
+        if self.strategy not in STRATEGIES:
+            raise InvalidArgumentError(
+                f"Offload strategy {self.strategy!r} is unknown; use {' or '.join(STRATEGIES)}."
+            )
+        if self.experts_in_ram is not None and self.experts_in_ram < 0:
+            raise InvalidArgumentError(
+                f"Experts in RAM {self.experts_in_ram} must be 0 or more layers."
+            )
+
+
+@dataclass(frozen=True)
+class LoadSetup:
+    """A model ready to load: what it is, the plan, and the exact configuration."""
+
+    profile: ModelProfile
+    plan: OffloadPlan
+    config: LoadConfig
+    #: The user's choices the plan was made from (a retry changes the layer count only).
+    choices: LoadChoices = LoadChoices()
+
+    @property
+    def summary(self) -> str:
+        """One line: the layers and context chosen, and why (without the speed estimate)."""
+        why = " ".join(self.plan.explanation[:-1])
+        return f"--ngl {self.config.n_gpu_layers}, context {self.config.n_ctx}: {why}".rstrip(": ")
+
+
+def resolve_model(ref: str | Path, *, library: Library | None = None) -> Path:
+    """The model file for a path, a library name or any part of a split model.
+
+    Returns:
+        The file to load (the first part of a split model).
+
+    Raises:
+        ModelNotFoundError: neither a file nor a library name.
+        NotAGgufError: the file is not a GGUF model.
+    """
+    text = str(ref)
+    path = Path(text).expanduser()
+    if not path.exists():
+        if library is None:
+            from mixdesk.core.hub.library import Library
+
+            library = Library()
+        path = Path(library.resolve(text))
+    if not path.exists():
+        raise ModelNotFoundError(text)
+    if path.is_dir():
+        raise NotAGgufError(str(path))
+    path = split_parts(path)[0]
+    with open_model_file(path) as fh:  # a FIFO or a device is refused here, never read
+        if fh.read(4) != b"GGUF":
+            raise NotAGgufError(str(path))
+    return path
+
+
+def make_plan(
+    profile: ModelProfile,
+    hardware: HardwareInfo,
+    choices: LoadChoices,
+    *,
+    measured: Mapping[str, int] | None = None,
+) -> OffloadPlan:
+    """The offload plan for ``choices`` (also for a model not downloaded yet: ``mixdesk plan``).
+
+    Args:
+        profile, hardware, choices: the model, the machine, the user's choices.
+        measured: buffer sizes from a dry run (exact compute buffers per device).
+
+    Raises:
+        InvalidArgumentError: a choice is out of range.
+    """
+    choices.validate()
+    n_ctx = choices.n_ctx
+    if n_ctx == 0:
+        n_ctx = profile.context_length or None
+    return plan_offload(
+        profile,
+        hardware,
+        n_ctx=n_ctx,
+        type_k=choices.kv_type,
+        type_v=choices.kv_type,
+        flash_attn=choices.flash_attn,
+        n_gpu_layers=choices.n_gpu_layers,
+        measured_compute=measured,
+        strategy=choices.strategy,
+        experts_in_ram=choices.experts_in_ram,
+        overheads=calibration.measured_overheads(calibration.installed_llama_version()),
+    )
+
+
+#: Dry runs at most per load (each may move the plan one or more layers down).
+MAX_DRY_RUNS = 3
+
+
+def plan_load(
+    model: str | Path,
+    hardware: HardwareInfo,
+    choices: LoadChoices | None = None,
+    *,
+    profile: ModelProfile | None = None,
+    library: Library | None = None,
+    engine: Engine | None = None,
+) -> LoadSetup:
+    """Plan a load and build its configuration: the only place a :class:`LoadConfig` is made.
+
+    Args:
+        model: a model file, a library name, or a part of a split model.
+        hardware: the machine (with any overrides already applied).
+        choices: the user's choices (defaults: everything chosen by MixDesk).
+        profile: the model's profile when the caller has read it already.
+        library: where library names are looked up (the default library otherwise).
+        engine: an engine to dry-run the plan in (llama.cpp's ``no_alloc`` mode): the compute
+            buffers of every device are then llama.cpp's own figures for this very load, and a
+            plan that turns out not to fit moves down before anything is allocated.
+
+    Raises:
+        InvalidArgumentError, ModelNotFoundError, NotAGgufError, GGUFHeaderError: bad input.
+    """
+    choices = choices or LoadChoices()
+    choices.validate()  # a bad value is reported before any file is read
+    path = resolve_model(model, library=library)
+    if profile is None:
+        profile = profile_local(path)
+    plan = make_plan(profile, hardware, choices)
+    if engine is not None and plan.n_gpu_layers > 0:
+        plan = _dry_run_checked(
+            engine, path, profile=profile, hardware=hardware, choices=choices, plan=plan
+        )
+    return LoadSetup(
+        profile=profile, plan=plan, config=_config(path, plan, choices, hardware), choices=choices
+    )
+
+
+def _dry_run_checked(
+    engine: Engine,
+    path: Path,
+    *,
+    profile: ModelProfile,
+    hardware: HardwareInfo,
+    choices: LoadChoices,
+    plan: OffloadPlan,
+) -> OffloadPlan:
+    """``plan`` with llama.cpp's own compute buffers from a dry run; when they do not fit
+    (and the user did not fix the layers), planned again with them, at most
+    :data:`MAX_DRY_RUNS` dry runs in all. The context stays the one first chosen."""
+    pinned_ctx = replace(choices, n_ctx=plan.n_ctx)
+    user_fixed = choices.n_gpu_layers is not None or choices.experts_in_ram is not None
+    for _ in range(MAX_DRY_RUNS):
+        measured = engine.dry_run(_config(path, plan, choices, hardware))
+        same = replace(
+            pinned_ctx,
+            n_gpu_layers=plan.n_gpu_layers,
+            experts_in_ram=plan.experts_in_ram if plan.strategy == "experts" else None,
+        )
+        exact = make_plan(profile, hardware, same, measured=measured)
+        if user_fixed or all(d.used_bytes <= d.free_bytes for d in exact.gpus):
+            return replace(exact, ctx_reduced_from=plan.ctx_reduced_from)
+        # The real compute buffers are bigger than the formula said: plan again with them.
+        plan = make_plan(profile, hardware, pinned_ctx, measured=measured)
+        if plan.n_gpu_layers == 0:
+            break
+    return plan
+
+
+def _config(
+    path: Path, plan: OffloadPlan, choices: LoadChoices, hardware: HardwareInfo
+) -> LoadConfig:
+    """The load configuration of ``plan``."""
+    return LoadConfig(
+        model_path=str(path),
+        n_gpu_layers=plan.n_gpu_layers,
+        n_ctx=plan.n_ctx,
+        n_threads=choices.n_threads,
+        n_batch=choices.n_batch,
+        flash_attn=plan.flash_attn,
+        type_k=plan.type_k,
+        type_v=plan.type_v,
+        use_mmap=choices.use_mmap,
+        op_offload=plan.op_offload if choices.op_offload is None else choices.op_offload,
+        rpc_servers=tuple(g.endpoint for g in offload_devices(hardware) if g.backend == "rpc")
+        if plan.n_gpu_layers > 0
+        else (),
+        tensor_split=tuple(float(c) for c in plan.tensor_split),
+        experts_in_ram=plan.experts_in_ram,
+    )
+
+
+def with_gpu_layers(
+    setup: LoadSetup, n_gpu_layers: int, hardware: HardwareInfo, *, engine: Engine | None = None
+) -> LoadSetup:
+    """The same load with another GPU layer count (the out-of-memory retry): every other
+    choice of the user's (op offload, threads, KV type, batch...) and the context stay."""
+    choices = _retry_choices(setup, n_gpu_layers)
+    return plan_load(
+        setup.config.model_path, hardware, choices, profile=setup.profile, engine=engine
+    )
+
+
+@dataclass(frozen=True)
+class LoadRequest:
+    """A model to load and how: what a front end hands to whoever runs the engine.
+
+    The request is planned where the engine runs (off the GUI thread), so a front end never
+    reads a file or builds a configuration itself.
+    """
+
+    model: str
+    hardware: HardwareInfo
+    choices: LoadChoices = LoadChoices()
+    #: The model's profile when the front end has read it already.
+    profile: ModelProfile | None = None
+
+    def setup(self, *, engine: Engine | None = None) -> LoadSetup:
+        """Plan this request (see :func:`plan_load`), dry-run in ``engine`` if given."""
+        return plan_load(
+            self.model, self.hardware, self.choices, profile=self.profile, engine=engine
+        )
+
+
+@dataclass(frozen=True)
+class LoadOutcome:
+    """A finished load: the model as llama.cpp reports it, the setup it loaded with, and a
+    note for the user when MixDesk changed the plan (fewer GPU layers after an out-of-memory)."""
+
+    info: ModelInfo
+    setup: LoadSetup
+    note: str = ""
+
+
+#: Loads tried at most for one request (the first and two with fewer GPU layers).
+MAX_LOAD_TRIES = 3
+
+
+def load_model(
+    engine: Engine,
+    request: LoadRequest,
+    *,
+    on_progress: Callable[[float], None] | None = None,
+    retry: bool = True,
+) -> LoadOutcome:
+    """Plan ``request`` and load it in ``engine``.
+
+    When a GPU device runs out of memory (:class:`DeviceOutOfMemoryError`, never a RAM
+    failure or a kill), the load is tried again with fewer GPU layers: as many fewer as the
+    failed allocation needs beyond the device's free memory, at most :data:`MAX_LOAD_TRIES`
+    loads in all.
+
+    Raises:
+        MixdeskError: the load failed (the last failure after retries).
+    """
+    engine.on_device_memory = calibration.record  # what a load shows, the next plan uses
+    setup = request.setup(engine=engine)
+    wanted = setup.config.n_gpu_layers
+    for attempt in range(1, MAX_LOAD_TRIES + 1):
+        try:
+            info = engine.load(setup.config, on_progress=on_progress)
+        except (DeviceOutOfMemoryError, DeviceOutOfMemoryCrashError) as err:
+            fewer = fewer_gpu_layers(setup, err, request.hardware)
+            if not retry or attempt == MAX_LOAD_TRIES or fewer is None:
+                raise
+            log.warning(
+                "%s; retrying with %s GPU layers instead of %s",
+                err,
+                fewer,
+                setup.config.n_gpu_layers,
+            )
+            setup = with_gpu_layers(setup, fewer, request.hardware, engine=engine)
+            continue
+        note = ""
+        if setup.config.n_gpu_layers != wanted:
+            note = (
+                f"n_gpu_layers {wanted} did not fit in GPU memory, so MixDesk loaded "
+                f"{setup.plan.placement_words}."
+            )
+        return LoadOutcome(info=info, setup=setup, note=note)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def fewer_gpu_layers(
+    setup: LoadSetup,
+    err: DeviceOutOfMemoryError | DeviceOutOfMemoryCrashError,
+    hardware: HardwareInfo,
+) -> int | None:
+    """The GPU layer count to try after ``err``, or None when no GPU layer is left to drop.
+
+    The failed allocation bounds the device's real room: what this load had already put there
+    (the weights, for a KV cache failure; weights and KV cache, for a compute buffer) plus the
+    buffer that did not fit. The new count is the largest one whose share of that device
+    (weights, KV cache, compute) stays below that bound, at least one layer fewer.
+    """
+    current = setup.config.n_gpu_layers
+    if current <= 0 or setup.config.experts_in_ram:
+        return None  # (with experts in RAM, MixDesk does not guess a larger K: the user picks)
+    plan = setup.plan
+    device = next(
+        (d for d in plan.gpus if d.buffer_name and err.device.startswith(d.buffer_name)),
+        plan.gpu,
+    )
+    if device is None:
+        return current - 1
+    buffer = getattr(err, "buffer", "")
+    already = 0 if buffer in ("", "model") else device.weights_bytes
+    if buffer == "compute":
+        already += device.kv_bytes
+    room = device.free_bytes
+    if err.requested_bytes:
+        room = min(room, already + err.requested_bytes)
+    for n in range(current - 1, 0, -1):
+        smaller = make_plan(setup.profile, hardware, _retry_choices(setup, n))
+        share = next((d for d in smaller.gpus if d.buffer_name == device.buffer_name), None)
+        if share is None:
+            return n
+        need = share.weights_bytes + share.kv_bytes + max(share.compute_bytes, device.compute_bytes)
+        if need < room:
+            return n
+    return 0
+
+
+def _retry_choices(setup: LoadSetup, n_gpu_layers: int) -> LoadChoices:
+    """The user's own choices with another layer count, for the context already chosen."""
+    return replace(
+        setup.choices,
+        n_gpu_layers=n_gpu_layers,
+        n_ctx=setup.config.n_ctx,
+        strategy="layers",
+        experts_in_ram=None,
+    )
+
+
+@dataclass(frozen=True)
+class MeasureVariant:
+    """One setting to measure: a label the user reads and the choices that load it."""
+
+    label: str
+    choices: LoadChoices
+
+
+def measure_variants(
+    choices: LoadChoices, plan: OffloadPlan, profile: ModelProfile, hardware: HardwareInfo
+) -> list[MeasureVariant]:
+    """What is worth measuring on this machine, starting from ``choices`` as planned.
+
+    Fewer GPU layers is always slower (and a reload of tens of GB per try), so it is never
+    measured; what really varies between machines is: experts in RAM instead of whole layers
+    (for a mixture of experts), op offload, flash attention and the thread count.
+    """
+    base = replace(choices, n_gpu_layers=plan.n_gpu_layers if plan.strategy == "layers" else None)
+    found = [MeasureVariant("as planned", base)]
+    if plan.gpus and profile.is_moe:
+        other = "layers" if plan.strategy == "experts" else "experts"
+        words = "whole layers" if other == "layers" else "experts in RAM"
+        found.append(MeasureVariant(words, replace(base, strategy=other, n_gpu_layers=None)))
+    if plan.gpus and plan.n_gpu_layers > 0:
+        op = not plan.op_offload
+        found.append(
+            MeasureVariant(f"op offload {'on' if op else 'off'}", replace(base, op_offload=op))
+        )
+    fa = not plan.flash_attn
+    if plan.type_v == "f16" or fa:  # a quantised V cache needs flash attention
+        found.append(
+            MeasureVariant(f"flash attention {'on' if fa else 'off'}", replace(base, flash_attn=fa))
+        )
+    threads = choices.n_threads or hardware.physical_cores
+    if threads > 1:
+        fewer = max(1, threads // 2)
+        found.append(MeasureVariant(f"{fewer} threads", replace(base, n_threads=fewer)))
+    return found

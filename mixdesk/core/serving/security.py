@@ -1,0 +1,430 @@
+"""What ``mixdesk serve`` changes in llama-cpp-python's server so it can be left running.
+
+llama-cpp-python's server, as it comes:
+
+- lets any web page the user visits drive the model (``access-control-allow-origin`` for
+  every origin, with credentials);
+- checks the API key on the OpenAI routes only (``/docs`` and ``/openapi.json`` answer
+  anyone), comparing it with ``==``;
+- takes its settings from ``CONFIG_FILE`` and from environment variables named like them
+  (``API_KEY``, ``MODEL``, ``HOST``...) over the ones it is given;
+- runs on after the process that started it is killed;
+- answers any ``Host``, so a web page whose name an attacker points at 127.0.0.1 (DNS
+  rebinding) can drive a server that has no key;
+- reads a request body of any size (a 200 MiB body peaked at 3.4 times that in memory);
+- answers malformed JSON or a field of the wrong type with HTTP 500 and a traceback line
+  naming its own source file, and names the model by its file path where no alias is given.
+
+Here: no cross-origin access unless origins are named; one key check, in constant time, in
+front of every route; a server on loopback answers only requests addressed to a loopback
+name; bodies over :data:`MAX_REQUEST_BYTES` get HTTP 413 before they are read, malformed
+JSON 400 and a body that does not fit the route 422, each with an OpenAI-style error that
+names no file; every request names the model by its alias. A server process ignores those
+variables; the settings (and the key) arrive on stdin rather than on the command line, and
+the server ends when stdin closes, which happens however its parent ends. Nothing here
+imports Qt or llama.cpp.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import sys
+import threading
+from collections.abc import Iterable, Mapping, MutableMapping, Sequence
+from typing import IO, TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from mixdesk.core.machine.net import is_loopback, is_loopback_address
+from mixdesk.errors import InvalidArgumentError
+
+if TYPE_CHECKING:
+    from starlette.types import ASGIApp, Receive, Scope, Send
+
+#: Read by llama-cpp-python's ``create_app`` in place of the settings it is given.
+CONFIG_FILE_VARIABLE = "CONFIG_FILE"
+#: Where ``mixdesk serve`` and ``mixdesk chat --endpoint`` find a key not given as an option.
+API_KEY_VARIABLE = "MIXDESK_API_KEY"
+#: The largest request body the server reads: a prompt filling a 128k-token context is
+#: about 1 MiB of JSON.
+MAX_REQUEST_BYTES = 8 << 20
+
+
+def url_host(host: str) -> str:
+    """How ``host`` is written in a URL clients of this machine use (wildcards: 127.0.0.1)."""
+    if host in ("", "0.0.0.0", "::"):  # noqa: S104 - display only
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host else host
+
+
+def is_loopback_name(host_header: bytes) -> bool:
+    """Whether a request's ``Host`` header names this machine by a loopback name.
+
+    ``localhost`` (and ``*.localhost``, which browsers resolve to loopback themselves) or a
+    loopback address, with or without a port. Names are not resolved: a rebinding attacker's
+    name resolves to 127.0.0.1 by design.
+    """
+    try:
+        text = host_header.decode("ascii").strip().lower()
+    except UnicodeDecodeError:
+        return False
+    if text.startswith("["):  # [::1]:8080
+        name, _, _ = text[1:].partition("]")
+    else:
+        name = text.rsplit(":", 1)[0] if text.count(":") == 1 else text
+    name = name.rstrip(".")
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return is_loopback_address(name)
+    except ValueError:
+        return False
+
+
+def check_origins(origins: Iterable[str]) -> tuple[str, ...]:
+    """The web origins allowed to call the server (``--cors``), checked and normalised.
+
+    Raises:
+        InvalidArgumentError: a value that is not an origin (``scheme://host[:port]``).
+    """
+    checked: list[str] = []
+    for origin in origins:
+        text = origin.strip().rstrip("/")
+        if text != "*":
+            parts = urlsplit(text)
+            if parts.scheme not in ("http", "https") or not parts.hostname or parts.path:
+                raise InvalidArgumentError(
+                    f"'{origin}' is not a web origin; write it like https://example.com or "
+                    "http://localhost:3000 (no path)."
+                )
+            text = f"{parts.scheme}://{parts.netloc}".lower()
+        checked.append(text)
+    return tuple(dict.fromkeys(checked))
+
+
+async def _send_error(
+    send: Send, status: int, message: str, code: str, extra: Sequence[tuple[bytes, bytes]] = ()
+) -> None:
+    """Answer with an OpenAI-style error body."""
+    body = json.dumps(
+        {"error": {"message": message, "type": "invalid_request_error", "code": code}}
+    ).encode()
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        *extra,
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+class LoopbackHostOnly:
+    """ASGI middleware: answer only requests whose ``Host`` is a loopback name (HTTP 403).
+
+    For a server listening on loopback: a browser sends the name it looked up, so a page of
+    ``attacker.example`` rebound to 127.0.0.1 is refused while ``localhost:PORT`` and
+    ``127.0.0.1:PORT`` work. A request without ``Host`` (HTTP/1.0, never a browser) passes.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Pass a request addressed to a loopback name on; refuse any other."""
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        hosts = [value for name, value in scope["headers"] if name.lower() == b"host"]
+        if all(is_loopback_name(value) for value in hosts):
+            await self.app(scope, receive, send)
+            return
+        if scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        await _send_error(
+            send,
+            403,
+            "This server answers only requests to localhost or a loopback address; "
+            "use http://127.0.0.1:PORT.",
+            "invalid_host",
+        )
+
+
+class CheckedBody:
+    """ASGI middleware: a request body is capped, parsed and checked before the app sees it.
+
+    A body over ``max_bytes`` (by its ``Content-Length``, or counted as it arrives) gets
+    HTTP 413 and is not read further. For the routes in ``schemas`` (path -> pydantic model
+    of its JSON body), a body that is not JSON gets 400 and one that does not fit the model
+    422, each naming what is wrong and no file; the body's ``model`` is set to ``alias``, so
+    responses name the model by its alias whatever the client asked.
+    """
+
+    def __init__(
+        self, app: ASGIApp, *, max_bytes: int, schemas: Mapping[str, Any], alias: str
+    ) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+        self.schemas = schemas
+        self.alias = alias
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Read, check and hand on the body; answer 413, 400 or 422 instead where it fails."""
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+            await self.app(scope, receive, send)
+            return
+        declared = [v for n, v in scope["headers"] if n.lower() == b"content-length"]
+        if any(v.strip().isdigit() and int(v) > self.max_bytes for v in declared):
+            await self._too_large(send)
+            return
+        body = bytearray()
+        more = True
+        while more:  # ends: each message adds bytes up to the cap, or ends the body
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client went away
+            body += message.get("body", b"")
+            more = bool(message.get("more_body", False))
+            if len(body) > self.max_bytes:
+                await self._too_large(send)
+                return
+        schema = self.schemas.get(scope["path"])
+        if schema is not None:
+            checked = await self._check_json(bytes(body), schema, send)
+            if checked is None:
+                return
+            body = bytearray(checked)
+        headers = [(n, v) for n, v in scope["headers"] if n.lower() != b"content-length"]
+        headers.append((b"content-length", str(len(body)).encode()))
+        await self.app({**scope, "headers": headers}, _replay(bytes(body), receive), send)
+
+    async def _too_large(self, send: Send) -> None:
+        limit = self.max_bytes >> 20
+        await _send_error(
+            send,
+            413,
+            f"The request body is larger than {limit} MiB, the most this server reads.",
+            "request_too_large",
+            [(b"connection", b"close")],
+        )
+
+    async def _check_json(self, body: bytes, schema: Any, send: Send) -> bytes | None:
+        """The body with its model set to the alias, or None once an error is answered."""
+        from pydantic import ValidationError
+
+        try:
+            data = json.loads(body)
+        except ValueError as err:
+            where = (
+                f" (line {err.lineno}, column {err.colno})"
+                if isinstance(err, json.JSONDecodeError)
+                else ""
+            )
+            await _send_error(
+                send, 400, f"The request body is not valid JSON{where}.", "invalid_json"
+            )
+            return None
+        try:
+            schema.model_validate(data)
+        except ValidationError as err:
+            problems = "; ".join(
+                f"{'.'.join(str(part) for part in e['loc']) or 'body'}: {e['msg']}"
+                for e in err.errors(include_url=False, include_input=False)[:10]
+            )
+            await _send_error(
+                send, 422, f"The request does not fit this route: {problems}.", "invalid_request"
+            )
+            return None
+        data["model"] = self.alias  # a dict: the schemas are objects
+        return json.dumps(data).encode()
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A ``receive`` that gives ``body`` once, then what the client sends (a disconnect)."""
+    sent = False
+
+    async def replay() -> MutableMapping[str, Any]:
+        nonlocal sent
+        if sent:
+            return dict(await receive())
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return replay
+
+
+def body_schemas(routes: Iterable[Any]) -> dict[str, Any]:
+    """Path -> the pydantic model of the JSON body, for POST routes that take one.
+
+    Args:
+        routes: a FastAPI router's routes (``llama_cpp.server.app.router.routes``).
+    """
+    import typing
+
+    from fastapi.routing import APIRoute
+    from pydantic import BaseModel
+
+    schemas: dict[str, Any] = {}
+    for route in routes:
+        if not isinstance(route, APIRoute) or "POST" not in (route.methods or ()):
+            continue
+        try:
+            hints = typing.get_type_hints(route.endpoint)
+        except (NameError, TypeError):  # an annotation that does not resolve: size cap only
+            continue
+        models = [
+            hint
+            for name, hint in hints.items()
+            if name != "return" and isinstance(hint, type) and issubclass(hint, BaseModel)
+        ]
+        if len(models) == 1:  # FastAPI reads the whole body as that model
+            schemas[route.path] = models[0]
+    return schemas
+
+
+class RequireKey:
+    """ASGI middleware: every request needs ``Authorization: Bearer <key>``.
+
+    Compared in constant time (of equal-length digests, so not even the key's length leaks).
+    Requests without the key get HTTP 401 with an OpenAI-style error body.
+    """
+
+    def __init__(self, app: ASGIApp, key: str) -> None:
+        self.app = app
+        self._digest = hashlib.sha256(key.encode("utf-8")).digest()
+
+    def authorized(self, headers: Iterable[tuple[bytes, bytes]]) -> bool:
+        """Whether the request headers carry the key."""
+        for name, value in headers:
+            if name.lower() == b"authorization":
+                scheme, _, token = value.strip().partition(b" ")
+                if scheme.lower() == b"bearer":
+                    given = hashlib.sha256(token.strip()).digest()
+                    return hmac.compare_digest(given, self._digest)
+        return False
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Pass an authorised request on; answer any other with 401."""
+        if scope["type"] not in ("http", "websocket") or self.authorized(scope["headers"]):
+            await self.app(scope, receive, send)
+            return
+        if scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        body = json.dumps(
+            {
+                "error": {
+                    "message": "Invalid or missing API key.",
+                    "type": "invalid_request_error",
+                    "code": "invalid_api_key",
+                }
+            }
+        ).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 401,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"www-authenticate", b"Bearer"),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+
+def secure_app(
+    app: Any,
+    *,
+    api_key: str | None,
+    cors_origins: Sequence[str],
+    host: str,
+    model_alias: str,
+    routes: Iterable[Any],
+    max_request_bytes: int = MAX_REQUEST_BYTES,
+) -> None:
+    """Replace llama-cpp-python's any-origin CORS, and put MixDesk's checks before every route.
+
+    From the outside in: the ``Host`` check (on loopback), CORS, the key, the body checks.
+
+    Args:
+        app: the FastAPI app from ``llama_cpp.server.app.create_app`` (not yet started).
+        api_key: the key clients must send, or None for none.
+        cors_origins: web origins allowed to call the API (none: no cross-origin access).
+        host: the address the server listens on.
+        model_alias: the model's name in every request and response.
+        routes: the API's routes, whose body types the body check uses.
+        max_request_bytes: the largest request body read.
+    """
+    from starlette.middleware.cors import CORSMiddleware
+
+    app.user_middleware[:] = [m for m in app.user_middleware if m.cls is not CORSMiddleware]
+    app.add_middleware(
+        CheckedBody, max_bytes=max_request_bytes, schemas=body_schemas(routes), alias=model_alias
+    )
+    if api_key:
+        app.add_middleware(RequireKey, key=api_key)
+    if cors_origins:  # outermost, so a browser's preflight is answered before the key check
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(cors_origins),
+            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_headers=["authorization", "content-type"],
+            allow_credentials=False,  # the key travels in a header, never as a cookie
+        )
+    if is_loopback(host):
+        app.add_middleware(LoopbackHostOnly)
+
+
+def server_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """The environment for the server process: this one without ``CONFIG_FILE`` or the key.
+
+    The key reaches the server on its stdin; it need not sit in its environment too.
+    """
+    dropped = {CONFIG_FILE_VARIABLE, API_KEY_VARIABLE}
+    return {k: v for k, v in environ.items() if k.upper() not in dropped}
+
+
+def drop_setting_variables(
+    environ: MutableMapping[str, str], setting_names: Iterable[str]
+) -> list[str]:
+    """Remove the variables pydantic-settings would read for these settings (any case).
+
+    Returns:
+        The names removed (for the log; their values are not logged).
+    """
+    names = {n.lower() for n in setting_names} | {CONFIG_FILE_VARIABLE.lower()}
+    removed = [var for var in environ if var.lower() in names]
+    for var in removed:
+        del environ[var]
+    return removed
+
+
+def read_settings_line(stream: IO[bytes]) -> str:
+    """The settings line the parent writes first on the server's stdin."""
+    line = stream.readline()
+    if not line.strip():
+        raise SystemExit("mixdesk serve: no settings arrived on stdin")
+    return line.decode("utf-8")
+
+
+def exit_when_parent_ends(stream: IO[bytes]) -> threading.Thread:
+    """End this process as soon as ``stream`` (stdin, held open by the parent) closes.
+
+    The parent never writes after the settings line, so EOF means it has gone: closed the
+    pipe, exited, or was killed (``kill -9`` too: the kernel closes its end).
+    """
+
+    def watch() -> None:
+        while stream.read(4096):
+            pass
+        sys.stderr.write("mixdesk serve: the parent process ended; stopping the server.\n")
+        sys.stderr.flush()
+        os._exit(0)
+
+    thread = threading.Thread(target=watch, name="parent-watch", daemon=True)
+    thread.start()
+    return thread
