@@ -12,7 +12,6 @@ an answer is being generated, and the process exits as soon as the app goes away
 
 from __future__ import annotations
 
-import codecs
 import collections
 import ctypes
 import logging
@@ -22,7 +21,6 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
@@ -35,6 +33,7 @@ from mixdesk.core.chat.template import (
     select_template,
 )
 from mixdesk.core.engine import diagnose, llama_adapter, prompt_tokens, session
+from mixdesk.core.engine.answer import Answer
 from mixdesk.core.engine.protocol import (
     BufferReport,
     CancelCommand,
@@ -271,7 +270,7 @@ class EngineWorker:
         self.current_request = request_id
         ctx = llama_adapter.context_pointer(llm)
         self._lc.llama_perf_context_reset(ctx)
-        answer = _Answer(
+        answer = Answer(
             request_id, len(tokens), tuple(s for s in sampling.stop if s), stream_interval_s
         )
         if report_tokens:
@@ -324,7 +323,7 @@ class EngineWorker:
         return prompt_tokens.tokenize(vocab, prompt_tokens.for_tokenizer(prompt, special))
 
     def _generate(
-        self, answer: _Answer, tokens: list[int], sampling: SamplingParams, max_tokens: int
+        self, answer: Answer, tokens: list[int], sampling: SamplingParams, max_tokens: int
     ) -> None:
         """Run llama.cpp's sampling loop into ``answer``, sending deltas as they are due."""
         lc = self._lc
@@ -378,7 +377,7 @@ class EngineWorker:
             generator.close()
             lc.llama_set_abort_callback(ctx, lc.ggml_abort_callback(0), None)
 
-    def _answer_stats(self, answer: _Answer) -> GenerationStats:
+    def _answer_stats(self, answer: Answer) -> GenerationStats:
         return self._stats(answer.n_prompt, answer.n_generated, answer.start, answer.ttft)
 
     # -- helpers ----------------------------------------------------------------------
@@ -431,87 +430,6 @@ def _check_model_file(path: Path) -> None:
 def _rate(count: int, ms: float) -> float:
     """Tokens per second as llama_perf_context_print computes it."""
     return round(1e3 * count / ms, 3) if ms > 0 else 0.0
-
-
-def _stop_position(text: str, sent: int, stops: tuple[str, ...]) -> tuple[int, int]:
-    """Find a stop string in the unsent text.
-
-    Returns:
-        (index where a stop string starts or -1, number of trailing characters to hold back
-        because they could be the start of a stop string).
-    """
-    if not stops:
-        return -1, 0
-    search_from = max(0, sent - max(len(s) for s in stops))
-    found = [i for s in stops if (i := text.find(s, search_from)) >= 0]
-    if found:
-        return min(found), 0
-    hold = 0
-    for s in stops:
-        for k in range(min(len(s) - 1, len(text) - sent), 0, -1):
-            if text.endswith(s[:k]):
-                hold = max(hold, k)
-                break
-    return -1, hold
-
-
-@dataclass
-class _Answer:
-    """One answer as it grows: its text, how much of it the app has been sent, and why it ended."""
-
-    request_id: int
-    n_prompt: int
-    #: Stop strings; text that could be the start of one is held back until it is not.
-    stops: tuple[str, ...]
-    #: Send at most this often (seconds); text arriving faster joins the next delta.
-    interval_s: float
-    start: float = field(default_factory=time.perf_counter)
-    text: str = ""  # everything generated (after stop-string trimming)
-    sent: int = 0  # characters of ``text`` already sent
-    hold: int = 0  # trailing characters that could begin a stop string
-    n_generated: int = 0
-    ttft: float = 0.0
-    last_send: float = 0.0
-    finish: str = "length"
-    #: Every token sampled, when the command asked for them.
-    token_ids: list[int] | None = None
-    decoder: codecs.IncrementalDecoder = field(
-        default_factory=lambda: codecs.getincrementaldecoder("utf-8")(errors="replace")
-    )
-
-    def add(self, raw: bytes) -> bool:
-        """Append one token's bytes; return True when a stop string ended the answer."""
-        self.n_generated += 1
-        piece = self.decoder.decode(raw)
-        if not self.text:
-            piece = piece.lstrip()
-        self.text += piece
-        stop_at, self.hold = _stop_position(self.text, self.sent, self.stops)
-        if stop_at >= 0:
-            self.text = self.text[:stop_at]
-            self.finish = "stop"
-            return True
-        return False
-
-    def due(self) -> str:
-        """The text to send now, marked as sent ("" when nothing is new or the last was recent)."""
-        if len(self.text) - self.hold <= self.sent:
-            return ""
-        now = time.perf_counter()
-        if now - self.last_send < self.interval_s:
-            return ""
-        self.last_send = now
-        chunk = self.text[self.sent : len(self.text) - self.hold]
-        self.sent += len(chunk)
-        return chunk
-
-    def rest(self) -> str:
-        """Everything not sent yet, the decoder flushed unless a stop string cut the text."""
-        if self.finish != "stop":
-            self.text += self.decoder.decode(b"", final=True)
-        chunk = self.text[self.sent :]
-        self.sent = len(self.text)
-        return chunk
 
 
 def _reader(worker: EngineWorker, commands: queue.Queue[EngineCommand]) -> None:
