@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import errno
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 log = logging.getLogger(__name__)
 
@@ -207,6 +207,68 @@ class TemplateSyntaxBrokenError(ChatTemplateError):
 
 class TemplateCancelledError(ChatTemplateError):
     """The answer was stopped while its prompt was still being rendered."""
+
+
+# -- across the engine's process boundary ------------------------------------------------
+
+#: Errors the engine process raises, by the code they cross the pipe with. An error crosses
+#: as its nearest class here (a subclass not listed crosses as its parent); the client builds
+#: the same class again with :func:`from_wire`.
+WIRE_CODES: dict[type[MixdeskError], str] = {
+    MixdeskError: "error",
+    InvalidArgumentError: "invalid_argument",
+    ModelNotFoundError: "model_not_found",
+    ModelLoadError: "model_load",
+    NotAGgufError: "not_a_gguf",
+    NotARegularFileError: "not_a_regular_file",
+    CorruptModelError: "corrupt_model",
+    UnsupportedArchitectureError: "unsupported_architecture",
+    LegacyLayoutError: "legacy_layout",
+    OutOfMemoryError: "out_of_memory",
+    DeviceOutOfMemoryError: "device_out_of_memory",
+    HostOutOfMemoryError: "host_out_of_memory",
+    EngineError: "engine",
+    NoModelLoadedError: "no_model_loaded",
+    ContextOverflowError: "context_overflow",
+    ChatTemplateError: "chat_template",
+    TemplateRenderError: "template_render",
+    TemplateBudgetError: "template_budget",
+    TemplateSyntaxBrokenError: "template_syntax",
+    TemplateCancelledError: "template_cancelled",
+}
+
+
+def wire_code(err: MixdeskError) -> str:
+    """The code ``err`` crosses the engine's pipe with (its nearest class in :data:`WIRE_CODES`)."""
+    for cls in type(err).__mro__:
+        if cls in WIRE_CODES:
+            return WIRE_CODES[cls]
+    return WIRE_CODES[MixdeskError]
+
+
+def from_wire(code: str, message: str, details: Mapping[str, object]) -> MixdeskError:
+    """The error the engine reported, as the same class with the same sentence and fields
+    (an unknown code, from a newer engine, is a plain :class:`MixdeskError`)."""
+    cls = next((c for c, name in WIRE_CODES.items() if name == code), MixdeskError)
+    text = {k: str(v) for k, v in details.items() if isinstance(v, str)}
+    if cls is ModelNotFoundError:
+        err: MixdeskError = ModelNotFoundError(text.get("path", ""))
+    elif cls is NotARegularFileError:
+        err = NotARegularFileError(text.get("path", ""), text.get("kind", "not a regular file"))
+    elif cls is NotAGgufError:
+        err = NotAGgufError(text.get("path", ""))
+    elif cls is DeviceOutOfMemoryError:
+        requested = details.get("requested_bytes", 0)
+        err = DeviceOutOfMemoryError(
+            message,
+            device=text.get("device", ""),
+            buffer=text.get("buffer", ""),
+            requested_bytes=requested if isinstance(requested, int) else 0,
+        )
+    else:
+        err = cls(message)
+    err.args = (message,)  # the engine's own sentence, word for word
+    return err
 
 
 def _os_error_message(err: BaseException) -> str:

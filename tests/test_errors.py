@@ -23,3 +23,41 @@ def test_unexpected_errors_still_get_a_sentence() -> None:
     message = user_message(ZeroDivisionError("division by zero"))
     assert "Something unexpected went wrong" in message
     assert "\n" not in message
+
+
+def test_every_engine_error_crosses_the_pipe_as_itself() -> None:
+    """Errors cross the engine's pipe by an explicit code (never a class name looked up with
+    getattr), and come back as the same class with the same sentence and fields."""
+    import mixdesk.errors as e
+    from mixdesk.core.engine.protocol import ChatDone, EngineFailure, failure, from_dict
+
+    samples: list[e.MixdeskError] = [
+        e.ModelNotFoundError("/models/x.gguf"),
+        e.NotAGgufError("/tmp/notes.txt"),
+        e.NotARegularFileError("/tmp/fifo", "a FIFO"),
+        e.DeviceOutOfMemoryError(
+            "It does not fit.", device="CUDA0", buffer="KV", requested_bytes=123
+        ),
+        e.HostOutOfMemoryError("No RAM."),
+        e.TemplateBudgetError("Too long."),
+        e.WorkerLostError("The worker went away.", returncode=-6),
+    ]
+    assert len(set(e.WIRE_CODES.values())) == len(e.WIRE_CODES)
+    for err in samples:
+        wire = failure(err, str(err), 7)
+        assert wire.code in e.WIRE_CODES.values()
+        again = e.from_wire(wire.code, wire.message, wire.details)
+        expected = next(c for c in type(err).__mro__ if c in e.WIRE_CODES)
+        assert type(again) is expected
+        assert str(again) == str(err)
+        for name in ("path", "kind", "device", "buffer", "requested_bytes"):
+            if hasattr(err, name):
+                assert getattr(again, name) == getattr(err, name)
+    assert type(e.from_wire("from_a_newer_engine", "Hm.", {})) is e.MixdeskError
+    assert "kind" not in {f for f in EngineFailure.__dataclass_fields__}
+    assert (
+        from_dict(
+            ChatDone, {"request_id": 1, "text": "", "finish_reason": "stop", "stats": {}}
+        ).request_id
+        == 1
+    )

@@ -60,9 +60,7 @@ def test_a_template_that_loops_costs_one_sentence_and_no_reload(
 
 
 @pytest.mark.timeout(60)
-def test_stop_ends_a_looping_template_before_its_own_budget(
-    engine: Engine, tmp_path: Path
-) -> None:
+def test_stop_ends_a_looping_template_before_its_own_budget(engine: Engine, tmp_path: Path) -> None:
     _load(engine, _model(tmp_path, LOOPING_TEMPLATE, "looping"))
     assert engine.pid is not None
     process = psutil.Process(engine.pid)

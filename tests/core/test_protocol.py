@@ -84,3 +84,23 @@ def test_commands_round_trip(command: EngineCommand) -> None:
 def test_a_line_that_is_no_command_is_refused(line: bytes) -> None:
     with pytest.raises((ValueError, KeyError)):
         decode_command(line)
+
+
+def test_every_message_names_its_kind_once_and_decodes_generically() -> None:
+    """One registry: each dataclass is sent as its kind, and a nested message (a chat's
+    messages, an answer's stats and their counters) comes back equal, with no hand-written
+    decoder per kind."""
+    from mixdesk.core.engine.protocol import MESSAGES, ChatDone, GenerationStats, decode, encode
+
+    assert len(set(MESSAGES.values())) == len(MESSAGES)
+    done = ChatDone(
+        3,
+        "Paris.",
+        "stop",
+        GenerationStats(prompt_tokens=9, eval_tokens=2, perf=PerfCounters(1.0, 9, 2.0, 2)),
+        prompt_token_ids=(1, 2, 3),
+        token_ids=(4, 2),
+    )
+    line = encode(done)
+    assert b'"type":"done"' in line
+    assert decode(line) == done

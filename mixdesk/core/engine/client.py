@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import json
 import logging
 import os
 import queue
@@ -29,7 +28,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 from mixdesk import errors, paths
 from mixdesk.core.chat.template import ChatMessage
@@ -52,8 +51,8 @@ from mixdesk.core.engine.protocol import (
     SamplingParams,
     ShutdownCommand,
     TextDelta,
+    decode,
     encode_command,
-    from_dict,
 )
 from mixdesk.errors import (
     EngineBusyError,
@@ -66,16 +65,6 @@ from mixdesk.errors import (
 
 log = logging.getLogger(__name__)
 
-_EVENT_TYPES: dict[str, type[Any]] = {
-    "ready": EngineInfo,
-    "load_progress": LoadProgress,
-    "loaded": ModelInfo,
-    "buffers": BufferReport,
-    "device_memory": DeviceMemory,
-    "delta": TextDelta,
-    "done": ChatDone,
-    "error": EngineFailure,
-}
 _KEEP_ENGINE_LOGS = 10
 #: 60 updates a second: smooth to read, and cheap for the app to receive.
 DEFAULT_STREAM_INTERVAL_S = 1 / 60
@@ -148,14 +137,7 @@ def validate_sampling(sampling: SamplingParams) -> None:
 
 def _failure_to_error(failure: EngineFailure) -> MixdeskError:
     """Rebuild the engine's error as the same MixdeskError class, with the engine's sentence."""
-    cls = getattr(errors, failure.kind, None)
-    if not (isinstance(cls, type) and issubclass(cls, MixdeskError)):
-        cls = MixdeskError
-    # Bypass constructors that build their sentence from other fields: the text is final.
-    err = cls.__new__(cls)
-    MixdeskError.__init__(err, failure.message)
-    err.__dict__.update(failure.details)
-    return err
+    return errors.from_wire(failure.code, failure.message, failure.details)
 
 
 class AnswerStream(Iterator[TextDelta]):
@@ -549,9 +531,7 @@ class Engine:
         try:
             for line in stdout:
                 try:
-                    body = json.loads(line)
-                    cls = _EVENT_TYPES[body.pop("type")]
-                    events.put(from_dict(cls, body))
+                    events.put(decode(line))
                 except (ValueError, KeyError, TypeError):
                     log.warning("unreadable engine message: %r", line[:200])
         except (OSError, ValueError):

@@ -150,7 +150,7 @@ class EngineWorker:
         def on_progress(fraction: float, _data: Any) -> bool:
             if fraction - last[0] >= 0.01 or fraction >= 1.0:
                 last[0] = fraction
-                self._channel.send(encode("load_progress", LoadProgress(round(fraction, 4))))
+                self._channel.send(encode(LoadProgress(round(fraction, 4))))
             return True
 
         progress_cb = lc.llama_progress_callback(on_progress)
@@ -201,7 +201,7 @@ class EngineWorker:
             buffers=diagnose.buffer_sizes(log_text),
             device_free={k: [v, free_after.get(k, v)] for k, v in free_before.items()},
         )
-        self._channel.send(encode("loaded", info))
+        self._channel.send(encode(info))
 
     def dry_run(self, config: LoadConfig) -> None:
         """Ask llama.cpp what a load would allocate, without allocating (``no_alloc``): the
@@ -216,7 +216,7 @@ class EngineWorker:
             raise diagnose.load_failure(config.model_path, self._tee.text()) from None
         report = BufferReport(diagnose.buffer_sizes(self._tee.text()))
         llm.close()
-        self._channel.send(encode("buffers", report))
+        self._channel.send(encode(report))
 
     def chat(
         self,
@@ -257,7 +257,7 @@ class EngineWorker:
         except TemplateCancelledError:
             self.cancelled.discard(request_id)
             done = ChatDone(request_id, "", "cancelled", GenerationStats())
-            self._channel.send(encode("done", done))
+            self._channel.send(encode(done))
             return
         if len(tokens) >= n_ctx:
             raise ContextOverflowError(
@@ -297,7 +297,7 @@ class EngineWorker:
             prompt_token_ids=tuple(tokens) if report_tokens else (),
             token_ids=tuple(answer.token_ids or ()),
         )
-        self._channel.send(encode("done", done))
+        self._channel.send(encode(done))
 
     def _prompt_tokens(self, request_id: int, messages: Sequence[ChatMessage]) -> list[int]:
         """Render the conversation with the model's template and tokenize it.
@@ -353,7 +353,7 @@ class EngineWorker:
                     if self._calibrate:  # the runtime's lazy allocations happen by now
                         self._calibrate = False
                         free = llama_adapter.offload_free_memory()
-                        self._channel.send(encode("device_memory", DeviceMemory(free)))
+                        self._channel.send(encode(DeviceMemory(free)))
                 if answer.request_id in cancelled:
                     answer.finish = "cancelled"
                     break
@@ -462,11 +462,9 @@ def main() -> int:
     channel = _Channel(proto_fd)
     try:
         worker = EngineWorker(channel, tee)
-        channel.send(encode("ready", worker.info()))
+        channel.send(encode(worker.info()))
     except Exception as err:  # noqa: BLE001 - report any import failure to the app, then exit
-        channel.send(
-            encode("error", EngineFailure("EngineError", f"The engine could not start: {err}."))
-        )
+        channel.send(encode(EngineFailure("engine", f"The engine could not start: {err}.")))
         return 1
     commands: queue.Queue[EngineCommand] = queue.Queue()
     threading.Thread(target=_reader, args=(worker, commands), daemon=True).start()
@@ -489,14 +487,10 @@ def main() -> int:
             elif isinstance(command, ShutdownCommand):
                 return 0
         except MixdeskError as err:
-            channel.send(encode("error", failure(err, str(err), request_id)))
+            channel.send(encode(failure(err, str(err), request_id)))
         except Exception as err:
             log.exception("engine command failed")
-            channel.send(
-                encode(
-                    "error", EngineFailure("EngineError", f"The engine failed: {err}.", request_id)
-                )
-            )
+            channel.send(encode(EngineFailure("engine", f"The engine failed: {err}.", request_id)))
 
 
 if __name__ == "__main__":

@@ -12,11 +12,14 @@ from __future__ import annotations
 import functools
 import json
 import time
+import types
+import typing
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from typing import Any, TypeVar
 
 from mixdesk.core.chat.template import ChatMessage
 from mixdesk.core.chat.words import ended_at_once
+from mixdesk.errors import MixdeskError, wire_code
 
 #: KV cache types a user can pick, as llama.cpp names them.
 KV_CACHE_TYPES = ("f16", "q8_0", "q4_0")
@@ -182,9 +185,10 @@ class ChatDone:
 
 @dataclass(frozen=True)
 class EngineFailure:
-    """An error the engine reports without dying. ``kind`` names a MixdeskError class."""
+    """An error the engine reports without dying; ``code`` is its class's wire code
+    (:data:`mixdesk.errors.WIRE_CODES`)."""
 
-    kind: str
+    code: str
     message: str
     request_id: int = 0
     #: The error's own fields (e.g. a device out-of-memory's device and size).
@@ -251,63 +255,91 @@ class BufferReport:
 #: Everything the app can tell the engine.
 EngineCommand = LoadCommand | ChatCommand | CancelCommand | ShutdownCommand | DryRunCommand
 
-_COMMAND_NAMES: dict[type[Any], str] = {
-    DryRunCommand: "dry_run",
-    LoadCommand: "load",
-    ChatCommand: "chat",
-    CancelCommand: "cancel",
-    ShutdownCommand: "shutdown",
+#: Every message, by the kind it is sent as: each dataclass names its kind once, here.
+MESSAGES: dict[str, type[Any]] = {
+    # commands (the app -> the engine)
+    "load": LoadCommand,
+    "dry_run": DryRunCommand,
+    "chat": ChatCommand,
+    "cancel": CancelCommand,
+    "shutdown": ShutdownCommand,
+    # events (the engine -> the app)
+    "ready": EngineInfo,
+    "load_progress": LoadProgress,
+    "loaded": ModelInfo,
+    "buffers": BufferReport,
+    "device_memory": DeviceMemory,
+    "delta": TextDelta,
+    "done": ChatDone,
+    "error": EngineFailure,
 }
+_KINDS: dict[type[Any], str] = {cls: kind for kind, cls in MESSAGES.items()}
+_COMMANDS = (LoadCommand, DryRunCommand, ChatCommand, CancelCommand, ShutdownCommand)
 
 T = TypeVar("T")
 
 
+@functools.cache
+def _hints(cls: type[Any]) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _value(hint: Any, value: Any) -> Any:
+    """``value`` from JSON as the type ``hint`` wants it: nested dataclasses built, lists that
+    are tuples made tuples (their items too), ``X | None`` unwrapped."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = [a for a in typing.get_args(hint) if a is not type(None)]
+        return _value(options[0], value) if value is not None and len(options) == 1 else value
+    if isinstance(hint, type) and is_dataclass(hint) and isinstance(value, dict):
+        return from_dict(hint, value)
+    if origin is tuple and isinstance(value, list):
+        args = typing.get_args(hint)
+        item = args[0] if len(args) == 2 and args[1] is Ellipsis else Any
+        return tuple(_value(item, v) for v in value)
+    return value
+
+
 def from_dict(cls: type[T], data: dict[str, Any]) -> T:
-    """Build dataclass ``cls`` from a dict, ignoring unknown keys (newer peers)."""
+    """Build dataclass ``cls`` from a dict, nested dataclasses and tuples included, ignoring
+    unknown keys (a newer peer's fields)."""
+    hints = _hints(typing.cast(Any, cls))
     names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
-    kwargs = {k: v for k, v in data.items() if k in names}
-    if cls is GenerationStats and isinstance(kwargs.get("perf"), dict):
-        kwargs["perf"] = from_dict(PerfCounters, kwargs["perf"])
-    if cls in (TextDelta, ChatDone) and isinstance(kwargs.get("stats"), dict):
-        kwargs["stats"] = from_dict(GenerationStats, kwargs["stats"])
-    if cls is ChatDone:
-        for name in ("prompt_token_ids", "token_ids"):
-            if name in kwargs:
-                kwargs[name] = tuple(int(t) for t in kwargs[name])
-    if cls is SamplingParams and "stop" in kwargs:
-        kwargs["stop"] = tuple(kwargs["stop"])
-    if cls is LoadConfig:
-        for name in ("rpc_servers", "tensor_split"):
-            if name in kwargs:
-                kwargs[name] = tuple(kwargs[name])
-    return cls(**kwargs)
+    return cls(**{k: _value(hints[k], v) for k, v in data.items() if k in names})
 
 
-def failure(err: BaseException, message: str, request_id: int = 0) -> EngineFailure:
-    """An error as it crosses to the app: its class name, sentence and plain fields."""
+def failure(err: MixdeskError, message: str, request_id: int = 0) -> EngineFailure:
+    """An error as it crosses to the app: its wire code, sentence and plain fields."""
     details = {
         k: v for k, v in vars(err).items() if isinstance(v, (str, int, float, bool)) or v is None
     }
-    return EngineFailure(type(err).__name__, message, request_id, details)
+    return EngineFailure(wire_code(err), message, request_id, details)
 
 
-def encode(kind: str, payload: Any = None, **extra: Any) -> bytes:
-    """Encode one message (a dataclass payload and/or extra fields) as a JSON line."""
-    body: dict[str, Any] = {"type": kind}
-    if payload is not None:
-        body.update(asdict(payload))
-    body.update(extra)
+def encode(message: Any) -> bytes:
+    """Encode one message (a dataclass of :data:`MESSAGES`) as a JSON line."""
+    body: dict[str, Any] = {"type": _KINDS[type(message)]}
+    body.update(asdict(message))
     return (json.dumps(body, separators=(",", ":")) + "\n").encode("utf-8")
 
 
-def messages_from_wire(items: list[dict[str, str]]) -> list[ChatMessage]:
-    """Turn JSON dicts back into chat messages."""
-    return [ChatMessage(role=str(i["role"]), content=str(i["content"])) for i in items]
+def decode(line: bytes | str) -> Any:
+    """Read one message line (any kind of :data:`MESSAGES`).
+
+    Raises:
+        ValueError, KeyError: not a message.
+    """
+    body = json.loads(line)
+    cls = MESSAGES[body.pop("type")]
+    try:
+        return from_dict(cls, body)
+    except TypeError as err:  # a field missing or of the wrong kind
+        raise ValueError(f"not a {cls.__name__}: {err}") from None
 
 
 def encode_command(command: EngineCommand) -> bytes:
     """Encode a command for the engine's stdin (one JSON line, like an event)."""
-    return encode(_COMMAND_NAMES[type(command)], command)
+    return encode(command)
 
 
 def decode_command(line: bytes | str) -> EngineCommand:
@@ -316,25 +348,10 @@ def decode_command(line: bytes | str) -> EngineCommand:
     Raises:
         ValueError, KeyError, TypeError: not a command (the engine skips such lines).
     """
-    body = json.loads(line)
-    kind = body.pop("type")
-    if kind == "load":
-        return LoadCommand(from_dict(LoadConfig, body["config"]))
-    if kind == "dry_run":
-        return DryRunCommand(from_dict(LoadConfig, body["config"]))
-    if kind == "chat":
-        return ChatCommand(
-            request_id=int(body["request_id"]),
-            messages=tuple(messages_from_wire(body["messages"])),
-            sampling=from_dict(SamplingParams, body["sampling"]),
-            stream_interval_s=float(body["stream_interval_s"]),
-            report_tokens=bool(body.get("report_tokens", False)),
-        )
-    if kind == "cancel":
-        return CancelCommand(int(body["request_id"]))
-    if kind == "shutdown":
-        return ShutdownCommand()
-    raise ValueError(f"unknown engine command {kind!r}")
+    message = decode(line)
+    if not isinstance(message, _COMMANDS):
+        raise ValueError(f"not an engine command: {type(message).__name__}")
+    return message
 
 
 @functools.cache
