@@ -17,6 +17,7 @@ from mixdesk.core.hub.download import DownloadCancelled, DownloadProgress
 from mixdesk.core.hub.library import Library
 from mixdesk.core.machine.hardware import HardwareInfo, format_bytes
 from mixdesk.core.planning.planner import OffloadPlan
+from mixdesk.core.planning.words import explain
 
 
 class _ProgressPrinter:
@@ -83,7 +84,7 @@ def _print_plan(profile: ModelProfile, plan: OffloadPlan) -> None:
         f"--ngl {plan.n_gpu_layers} ({plan.fit}), context {plan.n_ctx}.\n"
     )
     sys.stderr.write(plan_table(plan) + "\n")
-    for line in plan.explanation:
+    for line in explain(plan):
         sys.stderr.write(f"- {line}\n")
 
 

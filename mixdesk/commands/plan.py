@@ -14,7 +14,7 @@ from mixdesk.core.loading.service import STRATEGIES, LoadChoices, make_plan
 from mixdesk.core.machine import hardware
 from mixdesk.core.machine.hardware import HardwareInfo, format_bytes
 from mixdesk.core.planning.planner import OffloadPlan
-from mixdesk.core.planning.words import FIT_WORDS
+from mixdesk.core.planning.words import FIT_WORDS, explain
 
 
 def plan_to_json(plan: OffloadPlan, *, model: str) -> dict[str, Any]:
@@ -39,7 +39,7 @@ def plan_to_json(plan: OffloadPlan, *, model: str) -> dict[str, Any]:
         "tensor_split": list(plan.tensor_split),
         "compute_measured": plan.compute_measured,
         "devices": [{**asdict(d), "used_bytes": d.used_bytes} for d in plan.devices],
-        "explanation": plan.explanation,
+        "explanation": explain(plan),
     }
 
 
@@ -115,7 +115,7 @@ def run_plan(args: argparse.Namespace) -> int:
         f"KV cache {plan.type_k}{', flash attention' if plan.flash_attn else ''}\n\n"
     )
     out.write(plan_table(plan) + "\n\n")
-    for line in plan.explanation:
+    for line in explain(plan):
         out.write(f"- {line}\n")
     if profile.legacy_expert_layout:
         out.write(

@@ -23,6 +23,7 @@ from mixdesk.core.gguf.profile import ModelProfile
 from mixdesk.core.loading.service import LoadChoices, LoadRequest, make_plan, measure_variants
 from mixdesk.core.machine.hardware import HardwareInfo
 from mixdesk.core.planning.planner import OffloadPlan
+from mixdesk.core.planning.words import explain
 from mixdesk.ui.plain import plain
 from mixdesk.ui.widgets import DeviceBars
 
@@ -223,7 +224,7 @@ class OffloadPanel(QWidget):
             self.warning.setText("This setting will not fit in memory: loading it may fail.")
         else:
             self.warning.setText("")
-        self.explanation.setText("\n".join(plan.explanation))
+        self.explanation.setText("\n".join(explain(plan)))
 
     def choices(self) -> LoadChoices:
         """The panel's settings as load choices: the slider's layer count (none with Auto on),

@@ -61,3 +61,14 @@ def test_badges_and_verdicts_follow_the_fit(q4: Path, hardware: HardwareInfo, fi
         assert fit_badge(plan) == verdict(plan) == FIT_WORDS[Fit.NONE]
     else:
         assert FIT_WORDS[Fit.NONE] not in fit_badge(plan) + verdict(plan)
+
+
+def test_the_plan_keeps_reasons_and_the_words_add_the_speed(q4: Path) -> None:
+    """The plan's reasons hold no speed sentence (no caller cuts off a last line); the words
+    add it for those who show the whole explanation."""
+    from mixdesk.core.planning.words import explain, speed_words
+
+    plan = make_plan(profile_local(q4), V100, LoadChoices())
+    assert not any("Expected speed" in line for line in plan.explanation)
+    assert explain(plan) == [*plan.explanation, speed_words(plan)]
+    assert f"{plan.expected_tps:g} tokens/s" in speed_words(plan)

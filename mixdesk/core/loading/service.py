@@ -131,7 +131,7 @@ class LoadSetup:
     @property
     def summary(self) -> str:
         """One line: the layers and context chosen, and why (without the speed estimate)."""
-        why = " ".join(self.plan.explanation[:-1])
+        why = " ".join(self.plan.explanation)
         return f"--ngl {self.config.n_gpu_layers}, context {self.config.n_ctx}: {why}".rstrip(": ")
 
 

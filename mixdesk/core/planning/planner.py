@@ -607,8 +607,7 @@ def plan_offload(
     if not kept_ctx_over_layer:
         return plan
     lines = list(plan.explanation)
-    lines.insert(
-        len(lines) - 1,
+    lines.append(
         f"Context {ctx} tokens kept rather than one more layer at {contexts[-1]}: with "
         f"flash attention and a {type_k} KV cache it costs little, and long conversations "
         "need the room.",
@@ -775,9 +774,6 @@ def _explain(
         )
     plan, network = _network(plan, hardware)
     lines += network
-    lines.append(
-        f"Expected speed about {plan.expected_tps:g} tokens/s (an estimate from memory bandwidth)."
-    )
     return replace(plan, explanation=lines)
 
 

@@ -40,3 +40,15 @@ def verdict(plan: OffloadPlan | None, problem: str = "") -> str:
             return f"CPU only ({plan.placement_words}), {speed}"
         case Fit.FULL | Fit.PARTIAL | Fit.EXPERTS:
             return f"{plan.placement_words}, {speed}"
+
+
+def speed_words(plan: OffloadPlan) -> str:
+    """The expected speed, said as what it is."""
+    return (
+        f"Expected speed about {plan.expected_tps:g} tokens/s (an estimate from memory bandwidth)."
+    )
+
+
+def explain(plan: OffloadPlan) -> list[str]:
+    """Why the plan is what it is, line by line, ending with its expected speed."""
+    return [*plan.explanation, speed_words(plan)]
