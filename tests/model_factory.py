@@ -18,6 +18,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from mixdesk.core.gguf.synthetic import (
+    GEMMA_BASE,
     MID,
     TINY,
     ModelSpec,
@@ -334,17 +335,6 @@ from mixdesk.core.chat.template import MIXTRAL_TEMPLATE  # noqa: E402
 
 # --- Models of each chat-template path (parity with llama.cpp's own path) ----------------------
 
-#: A Gemma-architecture base model: no template (llama.cpp's built-in ``gemma`` one), its
-#: vocabulary asks for BOS (``add_bos_token = true``) as Gemma 3's does.
-GEMMA_BASE = ModelSpec(
-    family="gemma",
-    n_expert=0,
-    chat_template=None,
-    bos_text="<bos>",
-    eos_text="<eos>",
-    control_tokens=("<start_of_turn>", "<end_of_turn>"),
-    name="Gemma tiny base",
-)
 #: A Qwen2-architecture model without a template (built-in ``chatml``) whose vocabulary
 #: wants no BOS (``add_bos_token = false``), as Qwen's does.
 QWEN2_NO_BOS = ModelSpec(

@@ -42,16 +42,21 @@ def device_hardware(server: WorkerProcess) -> HardwareInfo:
 
 
 class CountingEngine(Engine):
-    """The real engine, noting the GPU layer count of every load asked of it."""
+    """The real engine, keeping every configuration it is asked to load."""
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.loads: list[int] = []
+        self.configs: list[LoadConfig] = []
+
+    @property
+    def loads(self) -> list[int]:
+        """The GPU layer count of every load asked of it."""
+        return [c.n_gpu_layers for c in self.configs]
 
     def load(
         self, config: LoadConfig, *, on_progress: Callable[[float], None] | None = None
     ) -> ModelInfo:
-        self.loads.append(config.n_gpu_layers)
+        self.configs.append(config)
         return super().load(config, on_progress=on_progress)
 
 
@@ -93,20 +98,6 @@ def test_device_out_of_memory_retries_with_fewer_layers(
     assert outcome.setup.plan.placement_words in outcome.note
 
 
-class ConfigEngine(Engine):
-    """The real engine, keeping every configuration it is asked to load."""
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.configs: list[LoadConfig] = []
-
-    def load(
-        self, config: LoadConfig, *, on_progress: Callable[[float], None] | None = None
-    ) -> ModelInfo:
-        self.configs.append(config)
-        return super().load(config, on_progress=on_progress)
-
-
 def test_a_retry_keeps_every_choice_but_the_layer_count(
     oom_model: Path, rpc_servers: Servers, tmp_path: Path
 ) -> None:
@@ -116,7 +107,7 @@ def test_a_retry_keeps_every_choice_but_the_layer_count(
     server = rpc_servers(BUDGET)
     kept = LoadChoices(n_gpu_layers=-1, n_ctx=512, op_offload=False, n_threads=2, n_batch=256)
     request = LoadRequest(str(oom_model), device_hardware(server), kept)
-    engine = ConfigEngine(log_dir=tmp_path)
+    engine = CountingEngine(log_dir=tmp_path)
     with engine:
         outcome = load_model(engine, request)
     first, *retries = engine.configs

@@ -10,19 +10,11 @@ import pytest
 
 from mixdesk.core.gguf.profile import profile_local
 from mixdesk.core.loading.service import LoadChoices, make_plan
-from mixdesk.core.machine.hardware import GIB, MIB, GpuInfo, HardwareInfo
+from mixdesk.core.machine.hardware import GIB, HardwareInfo
 from mixdesk.core.planning.planner import Fit
 from mixdesk.core.planning.words import FIT_WORDS, fit_badge, verdict
 from tests import model_factory as mf
-
-V100 = HardwareInfo(
-    ram_total_bytes=64 * GIB,
-    ram_available_bytes=56 * GIB,
-    physical_cores=8,
-    logical_cores=16,
-    gpus=[GpuInfo("Tesla V100-SXM2-16GB", "cuda", 16160 * MIB, 15860 * MIB)],
-    gpu_offload=True,
-)
+from tests.machines import V100
 
 
 @pytest.fixture(scope="module")

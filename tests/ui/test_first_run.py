@@ -13,7 +13,7 @@ from mixdesk.core.gguf.profile import profile_local
 from mixdesk.core.hub.catalog import CatalogFile, CatalogModel
 from mixdesk.core.hub.library import Library
 from mixdesk.core.loading.service import LoadChoices, make_plan
-from mixdesk.core.machine.hardware import GIB, MIB, GpuInfo, HardwareInfo
+from mixdesk.core.machine.hardware import GIB, HardwareInfo
 from mixdesk.core.onboarding.first_run import MIN_RECOMMENDED_TPS
 from mixdesk.core.planning import calibration
 from mixdesk.core.planning.planner import plan_offload
@@ -23,17 +23,10 @@ from mixdesk.ui.main_window import MainWindow
 from mixdesk.ui.welcome import OFFLINE_LINE
 from tests import model_factory as mf
 from tests.hub_server import HubFile, HubRepo, HubState
+from tests.machines import V100
 
 REPO = "TheBloke/Mixtral-8x7B-Instruct-v0.1-GGUF"
 BIG_REPO = "bartowski/Mixtral-8x22B-v0.1-GGUF"
-V100 = HardwareInfo(
-    ram_total_bytes=64 * GIB,
-    ram_available_bytes=56 * GIB,
-    physical_cores=8,
-    logical_cores=16,
-    gpus=[GpuInfo("Tesla V100-SXM2-16GB", "cuda", 16160 * MIB, 15860 * MIB)],
-    gpu_offload=True,
-)
 SPARSE_SHA = "ab" * 32  # the data is a hole; nobody verifies it when reading headers
 
 

@@ -389,3 +389,17 @@ def write_gguf(
 def with_changes(spec: ModelSpec, **changes: object) -> ModelSpec:
     """Return a copy of ``spec`` with some fields changed."""
     return replace(spec, **changes)  # type: ignore[arg-type]
+
+
+#: A Gemma-architecture base model: no chat template (llama.cpp's built-in ``gemma`` one, which
+#: writes no BOS), a vocabulary that asks for BOS as Gemma 3's does: the prompt needs llama.cpp's
+#: BOS rule (the doctor's parity check, the tests).
+GEMMA_BASE = ModelSpec(
+    family="gemma",
+    n_expert=0,
+    chat_template=None,
+    bos_text="<bos>",
+    eos_text="<eos>",
+    control_tokens=("<start_of_turn>", "<end_of_turn>"),
+    name="Gemma tiny base",
+)

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mixdesk import __version__, paths
-from mixdesk.core.gguf.synthetic import ModelSpec
+from mixdesk.core.gguf.synthetic import GEMMA_BASE, with_changes
 from mixdesk.core.machine import hardware
 from mixdesk.core.machine.hardware import HardwareInfo, format_bytes
 from mixdesk.errors import user_message
@@ -268,16 +268,7 @@ def _cpu_load_config(model: Path) -> LoadConfig:
 
 #: The doctor's parity model: a Gemma base model without a chat template (llama.cpp's built-in
 #: gemma template, which writes no BOS: the prompt needs the vocabulary's BOS rule).
-PARITY_MODEL = ModelSpec(
-    family="gemma",
-    n_expert=0,
-    n_layers=2,
-    chat_template=None,
-    bos_text="<bos>",
-    eos_text="<eos>",
-    control_tokens=("<start_of_turn>", "<end_of_turn>"),
-    name="MixDesk doctor parity",
-)
+PARITY_MODEL = with_changes(GEMMA_BASE, n_layers=2, name="MixDesk doctor parity")
 PARITY_CTX = 256
 PARITY_TOKENS = 16
 PARITY_CONVERSATION = (("system", "Answer briefly."), ("user", "The capital of France is"))

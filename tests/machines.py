@@ -1,0 +1,15 @@
+"""Machines the tests plan for (no test imports another test module for them)."""
+
+from __future__ import annotations
+
+from mixdesk.core.machine.hardware import GIB, MIB, GpuInfo, HardwareInfo
+
+#: The seed article's machine: one V100 (16 GB) with 64 GiB of RAM.
+V100 = HardwareInfo(
+    ram_total_bytes=64 * GIB,
+    ram_available_bytes=56 * GIB,
+    physical_cores=8,
+    logical_cores=16,
+    gpus=[GpuInfo("Tesla V100-SXM2-16GB", "cuda", 16160 * MIB, 15860 * MIB)],
+    gpu_offload=True,
+)
