@@ -12,7 +12,7 @@ from mixdesk.core.engine import ChatDone, GenerationStats, ModelInfo
 from mixdesk.core.workspace.endpoints import Endpoint
 from mixdesk.errors import EngineCrashedError, NoModelLoadedError
 from mixdesk.ui.conversations import ConversationController
-from mixdesk.ui.workers import EngineController
+from mixdesk.ui.threads import EngineController
 
 # The view is updated at 10 Hz and re-rendered as Markdown once a second: smooth to read,
 # and on a 2-core machine every millisecond the GUI spends is taken from llama.cpp (whose
@@ -30,7 +30,7 @@ class AnswerController(QObject):
     """Streams answers into the open conversation, from the loaded model or an endpoint.
 
     Args:
-        engine: the handle on the engine worker (local and remote answers go through it).
+        engine: the handle on the engine's thread (local and remote answers go through it).
         conversations: where messages are read and saved.
 
     Attributes:
@@ -83,10 +83,10 @@ class AnswerController(QObject):
         self.flush_timer = QTimer(self)
         self.flush_timer.setInterval(FLUSH_MS)
         self.flush_timer.timeout.connect(self._flush)
-        worker = engine.worker
-        worker.delta.connect(self._delta)
-        worker.done.connect(self._done)
-        worker.chatFailed.connect(self._failed)
+        runner = engine.runner
+        runner.delta.connect(self._delta)
+        runner.done.connect(self._done)
+        runner.chatFailed.connect(self._failed)
 
     @property
     def busy(self) -> bool:

@@ -63,7 +63,7 @@ def run_app(argv: list[str] | None = None) -> int:
 
         QTimer.singleShot(0, report)
     status = int(app.exec())
-    from mixdesk.ui.workers import TaskWorker
+    from mixdesk.ui.threads import BackgroundTask
 
-    TaskWorker.stop_all()  # work started as the window closed ends before the process does
+    BackgroundTask.stop_all()  # work started as the window closed ends before the process does
     return status

@@ -13,8 +13,8 @@ from mixdesk.core.machine import gpu_build
 from mixdesk.core.machine.hardware import HardwareInfo
 from mixdesk.errors import user_message
 from mixdesk.ui.hardware_panel import unused_gpu_notice
+from mixdesk.ui.threads import BackgroundTask
 from mixdesk.ui.widgets import Banner
-from mixdesk.ui.workers import TaskWorker
 
 
 def _install_task(*, report: Any, cancel: threading.Event) -> str:
@@ -49,7 +49,7 @@ class GpuSupportBar(QWidget):
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.banner)
         layout.addLayout(row)
-        self.task: TaskWorker | None = None
+        self.task: BackgroundTask | None = None
         self.install.clicked.connect(self.start)
         self.show_log.clicked.connect(self._open_log)
         self._set_state(building=False, log=False)
@@ -68,7 +68,7 @@ class GpuSupportBar(QWidget):
         """Rebuild llama-cpp-python for this GPU, off the GUI thread."""
         if self.task is not None:
             return
-        self.task = TaskWorker(_install_task)
+        self.task = BackgroundTask(_install_task)
         self.task.progress.connect(
             lambda line: self.banner.show_text(f"Installing GPU support: {line}")
         )

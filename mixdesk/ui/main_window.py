@@ -45,8 +45,8 @@ from mixdesk.ui.model_manager import ModelManager
 from mixdesk.ui.models import ModelController, model_info_line
 from mixdesk.ui.offload_panel import OffloadPanel
 from mixdesk.ui.plain import message_box
+from mixdesk.ui.threads import BackgroundTask, EngineController
 from mixdesk.ui.widgets import SpeedMeter, stats_line
-from mixdesk.ui.workers import EngineController, TaskWorker
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,9 @@ class MainWindow(QMainWindow):
         self.refresh_models()
         self.models.find_last()
         if hardware is None:
-            self.models.run(TaskWorker(lambda report, cancel: hw_mod.detect()), self.set_hardware)
+            self.models.run(
+                BackgroundTask(lambda report, cancel: hw_mod.detect()), self.set_hardware
+            )
         elif self.center.welcoming:
             self.first_run.start(hardware)
 
@@ -380,6 +382,6 @@ class MainWindow(QMainWindow):
         self.manager.shutdown()
         self.workers_panel.shutdown()
         self.controller.shutdown()
-        TaskWorker.stop_all()  # the first-run page's, the model manager's, any other
+        BackgroundTask.stop_all()  # the first-run page's, the model manager's, any other
         self.store.close()
         super().closeEvent(event)

@@ -8,14 +8,14 @@ from __future__ import annotations
 from PySide6.QtCore import QObject, Signal
 
 from mixdesk.core.loading.service import LoadRequest, MeasureVariant
-from mixdesk.ui.workers import EngineController
+from mixdesk.ui.threads import EngineController
 
 
 class MeasureController(QObject):
-    """Runs a measuring in the engine's worker thread and collects what it measured.
+    """Runs a measuring in the engine's runner thread and collects what it measured.
 
     The last load stays: when measuring ends the model is loaded with the last variant (the
-    engine worker reports it as a normal load).
+    engine runner reports it as a normal load).
 
     Signals:
         started(): measuring began (the loaded model is being replaced).
@@ -33,8 +33,8 @@ class MeasureController(QObject):
         self.running = False
         self.results: list[tuple[str, float]] = []
         self.variants: list[MeasureVariant] = []
-        engine.worker.measured.connect(self._measured)
-        engine.worker.measureDone.connect(self._done)
+        engine.runner.measured.connect(self._measured)
+        engine.runner.measureDone.connect(self._done)
 
     def start(self, request: LoadRequest, variants: list[MeasureVariant]) -> bool:
         """Measure ``request``'s model with each of ``variants``.

@@ -32,8 +32,8 @@ from mixdesk.core.machine.hardware import HardwareInfo, format_bytes
 from mixdesk.core.planning.words import fit_badge
 from mixdesk.errors import user_message
 from mixdesk.ui.plain import plain
+from mixdesk.ui.threads import BackgroundTask
 from mixdesk.ui.widgets import readable_headers
-from mixdesk.ui.workers import TaskWorker
 
 
 def _list_task(repo: str, *, report: Any, cancel: threading.Event) -> list[HubModel]:
@@ -69,7 +69,7 @@ class DownloadRow(QWidget):
         self.manager = manager
         self.repo = repo
         self.model = model
-        self.task: TaskWorker | None = None
+        self.task: BackgroundTask | None = None
         self.label = plain(QLabel(f"{model.filename} ({format_bytes(model.size)})"))
         self.bar = QProgressBar()
         self.bar.setRange(0, 1000)
@@ -87,7 +87,7 @@ class DownloadRow(QWidget):
         self._discard = False
 
     def start(self) -> None:
-        self.task = TaskWorker(_pull_task, self.repo, self.model.filename, self.manager.library)
+        self.task = BackgroundTask(_pull_task, self.repo, self.model.filename, self.manager.library)
         self.task.progress.connect(self._progress)
         self.task.finished.connect(self._finished)
         self.task.failed.connect(self._failed)
@@ -124,14 +124,14 @@ class DownloadRow(QWidget):
         self.manager.message.emit(user_message(err))
 
     def _pause_or_resume(self) -> None:
-        if self.task is not None and self.task.worker_thread.isRunning():
+        if self.task is not None and self.task.runner_thread.isRunning():
             self.task.cancel_event.set()
         else:
             self.start()
 
     def _cancel(self) -> None:
         self._discard = True
-        if self.task is not None and self.task.worker_thread.isRunning():
+        if self.task is not None and self.task.runner_thread.isRunning():
             self.task.cancel_event.set()
         else:
             self.manager.discard_partial(self.model)
@@ -159,7 +159,7 @@ class ModelManager(QWidget):
         self.library = library or Library()
         self.models: list[HubModel] = []
         self.rows: list[DownloadRow] = []
-        self._tasks: list[TaskWorker] = []
+        self._tasks: list[BackgroundTask] = []
 
         self.catalog = QListWidget()
         for entry in load_catalog():
@@ -219,16 +219,16 @@ class ModelManager(QWidget):
         for task in tasks:
             task.cancel_event.set()
         for task in tasks:
-            task.worker_thread.quit()
-            task.worker_thread.wait(10_000)
+            task.runner_thread.quit()
+            task.runner_thread.wait(10_000)
 
     def _catalog_chosen(self, item: QListWidgetItem | None, _previous: object) -> None:
         if item is not None:
             self.repo.setText(str(item.data(256)))
             self.list_repo(str(item.data(256)))
 
-    def _run(self, task: TaskWorker) -> TaskWorker:
-        self._tasks = [t for t in self._tasks if t.worker_thread.isRunning()] + [task]
+    def _run(self, task: BackgroundTask) -> BackgroundTask:
+        self._tasks = [t for t in self._tasks if t.runner_thread.isRunning()] + [task]
         task.start()
         return task
 
@@ -237,7 +237,7 @@ class ModelManager(QWidget):
         if not repo:
             return
         self.status.setText(f"Listing {repo}…")
-        task = TaskWorker(_list_task, repo)
+        task = BackgroundTask(_list_task, repo)
         task.finished.connect(lambda models: self._show_models(repo, models))
         task.failed.connect(self._failed)
         self._run(task)
@@ -253,7 +253,7 @@ class ModelManager(QWidget):
             ):
                 self.files.setItem(i, col, QTableWidgetItem(text))
         self.status.setText(f"{len(models)} models in {repo}")
-        task = TaskWorker(_badges_task, models, self.hardware)
+        task = BackgroundTask(_badges_task, models, self.hardware)
         task.progress.connect(self._badge)
         task.failed.connect(self._failed)
         self._run(task)
@@ -328,7 +328,7 @@ class ModelManager(QWidget):
             self, "Import a GGUF model", str(Path.home()), "GGUF models (*.gguf)"
         )
         if path:
-            task = TaskWorker(
+            task = BackgroundTask(
                 lambda p, report, cancel: import_model(Path(p), library=self.library), path
             )
             task.finished.connect(lambda _e: self.refresh_library())

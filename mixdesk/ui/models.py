@@ -32,7 +32,7 @@ from mixdesk.core.machine.hardware import format_bytes
 from mixdesk.core.workspace.endpoints import Endpoint, normalize_url, remote_model_info
 from mixdesk.core.workspace.settings import Settings, save_endpoint_key
 from mixdesk.ui.plain import plain
-from mixdesk.ui.workers import EngineController, TaskWorker
+from mixdesk.ui.threads import BackgroundTask, EngineController
 
 log = logging.getLogger(__name__)
 
@@ -62,11 +62,11 @@ def _open_library(*, report: Any, cancel: threading.Event) -> Library:
 class ModelController(QObject):
     """Chooses, plans, loads and forgets the model; remembers the last one and the endpoints.
 
-    Disk work (reading a header, opening the library) runs in :class:`TaskWorker` threads and
-    loads run in the engine's worker thread: nothing here blocks the GUI thread.
+    Disk work (reading a header, opening the library) runs in :class:`BackgroundTask` threads and
+    loads run in the engine's thread: nothing here blocks the GUI thread.
 
     Args:
-        engine: the handle on the engine worker.
+        engine: the handle on the engine's thread.
         library: the model library.
         settings: the settings (the last model and the endpoints are kept there).
 
@@ -109,25 +109,25 @@ class ModelController(QObject):
         self.settings = settings
         self.info: ModelInfo | None = None
         self.endpoint: Endpoint | None = None
-        self.tasks: list[TaskWorker] = []
-        worker = engine.worker
-        worker.loadProgress.connect(self.loadProgress)
-        worker.loaded.connect(self._loaded)
-        worker.loadFailed.connect(self.loadFailed)
+        self.tasks: list[BackgroundTask] = []
+        runner = engine.runner
+        runner.loadProgress.connect(self.loadProgress)
+        runner.loaded.connect(self._loaded)
+        runner.loadFailed.connect(self.loadFailed)
 
-    def run(self, task: TaskWorker, done: Callable[[Any], None]) -> None:
+    def run(self, task: BackgroundTask, done: Callable[[Any], None]) -> None:
         """Start ``task``; ``done`` gets its result, :attr:`failed` its exception."""
         task.finished.connect(done)
         task.failed.connect(self.failed)
-        self.tasks = [t for t in self.tasks if t.worker_thread.isRunning()] + [task]
+        self.tasks = [t for t in self.tasks if t.runner_thread.isRunning()] + [task]
         task.start()
 
     def shutdown(self) -> None:
         """Stop the background work and wait for its threads (the window is closing)."""
         for task in self.tasks:
             task.cancel_event.set()
-            task.worker_thread.quit()
-            task.worker_thread.wait(10_000)
+            task.runner_thread.quit()
+            task.runner_thread.wait(10_000)
 
     def choose_file(self, path: str) -> None:
         """Answer with the local engine, and read ``path``'s profile for planning."""
@@ -135,7 +135,7 @@ class ModelController(QObject):
         self.info = self.engine.model  # the loaded model, if any, answers until a new load
         self.sourceChanged.emit()
         self.run(
-            TaskWorker(_read_profile, path),
+            BackgroundTask(_read_profile, path),
             lambda profile: self.profileReady.emit(path, profile),
         )
 
@@ -153,7 +153,7 @@ class ModelController(QObject):
         Raises:
             EndpointError: ``url`` is not an endpoint address.
         """
-        url = normalize_url(url)  # no network here: the kind of server is found by the worker
+        url = normalize_url(url)  # no network here: the kind of server is found off the GUI thread
         endpoint = Endpoint(url=url, model=model or None, name=name or url)
         self.settings.add_endpoint(endpoint)
         self.settings.save()
@@ -161,7 +161,7 @@ class ModelController(QObject):
         return endpoint
 
     def load(self, request: LoadRequest) -> None:
-        """Plan and load ``request`` in the engine (in its worker thread)."""
+        """Plan and load ``request`` in the engine (in its runner thread)."""
         self.forget()
         self.loadStarted.emit(request.model)
         self.engine.load(request)
@@ -188,11 +188,13 @@ class ModelController(QObject):
 
     def find_last(self) -> None:
         """Look for the model loaded last time (off the GUI thread): :attr:`lastModelFound`."""
-        self.run(TaskWorker(_existing, self.settings.last_model or ""), self.lastModelFound.emit)
+        self.run(
+            BackgroundTask(_existing, self.settings.last_model or ""), self.lastModelFound.emit
+        )
 
     def follow_models_dir(self) -> None:
         """Open the library in the models folder the settings name now (off the GUI thread)."""
-        self.run(TaskWorker(_open_library), self._library_opened)
+        self.run(BackgroundTask(_open_library), self._library_opened)
 
     def _library_opened(self, library: Library) -> None:
         self.library = library

@@ -39,8 +39,8 @@ from mixdesk.core.onboarding.first_run import (
 from mixdesk.core.planning.words import verdict
 from mixdesk.core.workspace.settings import Settings
 from mixdesk.ui.plain import plain
+from mixdesk.ui.threads import BackgroundTask
 from mixdesk.ui.widgets import readable_headers
-from mixdesk.ui.workers import TaskWorker
 
 OFFLINE_LINE = "No connection to the Hugging Face Hub: open a model file or connect to a server."
 
@@ -232,7 +232,7 @@ class FirstRun(QObject):
     Args:
         page: the welcome page.
         settings: the last measured download speed is kept there.
-        run: starts a :class:`TaskWorker` (the model controller's ``run``, which stops it
+        run: starts a :class:`BackgroundTask` (the model controller's ``run``, which stops it
             when the window closes) with the function to call on its result.
         library: where downloads go (a callable: the library can move).
         catalog: the models to rank (default: the shipped catalog).
@@ -272,7 +272,7 @@ class FirstRun(QObject):
         self.page.speed_bps = self.settings.download_speed_bps
         self.page.show_machine(hardware)
         self.page.show_checking()
-        self._run(TaskWorker(_rank_task, hardware, self.catalog), self._ranked)
+        self._run(BackgroundTask(_rank_task, hardware, self.catalog), self._ranked)
 
     def _ranked(self, report: FirstRunReport) -> None:
         self.page.show_report(report)
@@ -280,7 +280,7 @@ class FirstRun(QObject):
 
     def download(self, candidate: Candidate) -> None:
         """Download ``candidate`` into the library (in a worker thread), then :attr:`downloaded`."""
-        task = TaskWorker(_pull_task, candidate, self._library())
+        task = BackgroundTask(_pull_task, candidate, self._library())
         task.progress.connect(self._progress)
         task.failed.connect(self._failed)
         self.page.show_progress(

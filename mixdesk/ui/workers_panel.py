@@ -30,7 +30,7 @@ from mixdesk.core.machine.hardware import GpuInfo
 from mixdesk.core.machine.rpc_worker import DEFAULT_PORT, WorkerInfo, parse_endpoint, probe_in_child
 from mixdesk.core.workspace.settings import Settings
 from mixdesk.errors import InvalidArgumentError, user_message
-from mixdesk.ui.workers import TaskWorker
+from mixdesk.ui.threads import BackgroundTask
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ class WorkersPanel(QWidget):
         self.settings = settings
         self._probe = probe
         self._found: dict[str, WorkerInfo] = {}
-        self._tasks: list[TaskWorker] = []
+        self._tasks: list[BackgroundTask] = []
         self._build()
         for endpoint in settings.workers:
             self._add_row(endpoint)
@@ -137,17 +137,17 @@ class WorkersPanel(QWidget):
     def test(self, endpoint: str) -> None:
         """Check ``endpoint`` again in a child process; its row says what it found."""
         self._set_row(endpoint, "checking…")
-        task = TaskWorker(_probe_task, endpoint, self._probe)
+        task = BackgroundTask(_probe_task, endpoint, self._probe)
         task.finished.connect(self._answered)
         task.failed.connect(lambda err, e=endpoint: self._failed(e, err))
-        self._tasks = [t for t in self._tasks if t.worker_thread.isRunning()] + [task]
+        self._tasks = [t for t in self._tasks if t.runner_thread.isRunning()] + [task]
         task.start()
 
     def shutdown(self) -> None:
         """Wait for running checks (the window is closing)."""
         for task in self._tasks:
-            task.worker_thread.quit()
-            task.worker_thread.wait(10_000)
+            task.runner_thread.quit()
+            task.runner_thread.wait(10_000)
 
     # -- rows ---------------------------------------------------------------------------
 

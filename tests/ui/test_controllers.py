@@ -25,7 +25,7 @@ from mixdesk.ui.answer import AnswerController
 from mixdesk.ui.conversations import ConversationController
 from mixdesk.ui.measure import MeasureController
 from mixdesk.ui.models import ModelController
-from mixdesk.ui.workers import EngineController
+from mixdesk.ui.threads import EngineController
 from tests.ui.test_main_window import CPU
 
 
@@ -56,7 +56,7 @@ class _Relay(QObject):
 def load(qtbot: QtBot, engine: EngineController, path: Path, **choices: object) -> LoadOutcome:
     request = LoadRequest(str(path), CPU, LoadChoices(n_ctx=512, **choices))  # type: ignore[arg-type]
     relay = _Relay()
-    engine.worker.loaded.connect(relay.loaded)
+    engine.runner.loaded.connect(relay.loaded)
     with qtbot.waitSignal(relay.loaded, timeout=30_000) as blocker:
         engine.load(request)
     outcome = blocker.args[0]
@@ -154,7 +154,7 @@ def test_an_engine_death_arrives_as_its_exception(
     assert engine.model is not None
     conversations.new()
     conversations.set_sampling(SamplingParams(max_tokens=0))  # until the context is full
-    pid = engine.worker.engine.pid
+    pid = engine.runner.engine.pid
     assert pid is not None
     killed: list[int] = []
 

@@ -188,11 +188,11 @@ def test_slider_moves_the_bars_and_apply_reloads(
     assert panel.plan.n_gpu_layers == 2
     assert panel.bars.devices[0].weights_bytes < full
     assert panel.bars.devices[-1].kind == "cpu"
-    pid = window.controller.worker.engine.pid
+    pid = window.controller.runner.engine.pid
     with qtbot.waitSignal(window.modelLoaded, timeout=30_000) as blocker:
         panel.apply.click()
     assert blocker.args[0].path == str(models["f32"])
-    assert window.controller.worker.engine.pid != pid
+    assert window.controller.runner.engine.pid != pid
     panel.auto.setChecked(True)
     assert panel.plan.n_gpu_layers == 5
     window.close()
@@ -203,7 +203,7 @@ def test_engine_killed_mid_answer(
 ) -> None:
     load(qtbot, window, models["f32"])
     window.set_sampling(max_tokens=0)
-    pid = window.controller.worker.engine.pid
+    pid = window.controller.runner.engine.pid
     assert pid is not None
     killed: list[int] = []
 

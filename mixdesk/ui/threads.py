@@ -1,8 +1,9 @@
-"""Qt adapters over the core: QObject workers moved to QThreads, talking through typed signals.
+"""Qt adapters over the core: QObjects moved to QThreads, talking through typed signals.
 
-Nothing here blocks the GUI thread: loading, generation, planning and downloads run in the
-workers' threads. A cancel is the one call made straight from the GUI thread, because the
-worker thread is busy streaming; the engine's cancel is thread-safe.
+The engine's runner (load, chat, measure) lives in one thread; background tasks (planning,
+downloads, probes) in their own. Nothing here blocks the GUI thread. A cancel is the one
+call made straight from the GUI thread, because the runner thread is busy streaming; the
+engine's cancel is thread-safe.
 
 Failures cross to the GUI thread as the exceptions themselves (``loadFailed(object)``,
 ``chatFailed(int, object)``, ``failed(object)``): the receiver decides by type, and
@@ -29,7 +30,7 @@ from mixdesk.errors import EngineCrashedError
 log = logging.getLogger(__name__)
 
 
-class ModelWorker(QObject):
+class EngineRunner(QObject):
     """Owns the :class:`Engine`; runs in its own thread. Plans and loads through
     :mod:`mixdesk.core.loading.service`, so the window never builds a load configuration itself.
 
@@ -161,9 +162,9 @@ class ModelWorker(QObject):
 
 
 class EngineController(QObject):
-    """The GUI thread's handle on the model worker and its thread.
+    """The GUI thread's handle on the engine runner and its thread.
 
-    Signals (emitted here, delivered to the worker in its thread): requestLoad(object),
+    Signals (emitted here, delivered to the runner in its thread): requestLoad(object),
     requestMeasure(object, list), requestChat(int, object, object, float),
     requestRemoteChat(int, object, object, object), requestUnload().
     """
@@ -176,21 +177,21 @@ class EngineController(QObject):
 
     def __init__(self, engine: Engine | None = None, parent: QObject | None = None) -> None:
         super().__init__(parent)
-        self.worker_thread = QThread()
-        self.worker_thread.setObjectName("engine")
-        self.worker = ModelWorker(engine)
-        self.worker.moveToThread(self.worker_thread)
-        self.requestLoad.connect(self.worker.load)
-        self.requestMeasure.connect(self.worker.measure)
-        self.requestChat.connect(self.worker.chat)
-        self.requestUnload.connect(self.worker.unload)
-        self.requestRemoteChat.connect(self.worker.chat_remote)
-        self.worker_thread.start()
+        self.runner_thread = QThread()
+        self.runner_thread.setObjectName("engine")
+        self.runner = EngineRunner(engine)
+        self.runner.moveToThread(self.runner_thread)
+        self.requestLoad.connect(self.runner.load)
+        self.requestMeasure.connect(self.runner.measure)
+        self.requestChat.connect(self.runner.chat)
+        self.requestUnload.connect(self.runner.unload)
+        self.requestRemoteChat.connect(self.runner.chat_remote)
+        self.runner_thread.start()
         self._next_id = 0
         #: The loaded model (None while loading, after a failed load or the engine's death).
         self.model: ModelInfo | None = None
-        self.worker.loaded.connect(self._remember)
-        self.worker.chatFailed.connect(self._chat_failed)
+        self.runner.loaded.connect(self._remember)
+        self.runner.chatFailed.connect(self._chat_failed)
 
     def _remember(self, outcome: LoadOutcome) -> None:
         self.model = outcome.info
@@ -200,12 +201,12 @@ class EngineController(QObject):
             self.model = None
 
     def load(self, request: LoadRequest) -> None:
-        """Plan and load a model (in the worker thread)."""
+        """Plan and load a model (in the runner thread)."""
         self.model = None
         self.requestLoad.emit(request)
 
     def measure(self, request: LoadRequest, variants: list[MeasureVariant]) -> None:
-        """Measure tok/s with each variant in the one engine (in the worker thread)."""
+        """Measure tok/s with each variant in the one engine (in the runner thread)."""
         self.model = None
         self.requestMeasure.emit(request, variants)
 
@@ -227,22 +228,22 @@ class EngineController(QObject):
 
     def cancel(self) -> None:
         """Stop the current answer."""
-        self.worker.cancel()
+        self.runner.cancel()
 
     def shutdown(self) -> None:
         """Stop the engine and the thread (when the window closes)."""
-        self.worker.cancel()
+        self.runner.cancel()
         self.requestUnload.emit()
-        self.worker_thread.quit()
-        self.worker_thread.wait(10_000)
-        self.worker.engine.close()
+        self.runner_thread.quit()
+        self.runner_thread.wait(10_000)
+        self.runner.engine.close()
 
 
-#: What a TaskWorker reports for a function that returned None.
+#: What a BackgroundTask reports for a function that returned None.
 DONE = "done"
 
 
-class TaskWorker(QObject):
+class BackgroundTask(QObject):
     """Runs one blocking function in its own thread and reports the result.
 
     Signals:
@@ -261,20 +262,20 @@ class TaskWorker(QObject):
         self._args = args
         self._kwargs = kwargs
         self.cancel_event = threading.Event()
-        self.worker_thread = QThread()
-        self.moveToThread(self.worker_thread)
-        self.worker_thread.started.connect(self._run)
-        self.finished.connect(self.worker_thread.quit)
-        self.failed.connect(self.worker_thread.quit)
+        self.runner_thread = QThread()
+        self.moveToThread(self.runner_thread)
+        self.runner_thread.started.connect(self._run)
+        self.finished.connect(self.runner_thread.quit)
+        self.failed.connect(self.runner_thread.quit)
 
     #: Tasks whose thread runs: kept referenced until they end, and ended with the app.
-    _alive: ClassVar[set[TaskWorker]] = set()
+    _alive: ClassVar[set[BackgroundTask]] = set()
 
     def start(self) -> None:
         """Start the work."""
-        TaskWorker._alive.add(self)
-        self.worker_thread.finished.connect(lambda: TaskWorker._alive.discard(self))
-        self.worker_thread.start()
+        BackgroundTask._alive.add(self)
+        self.runner_thread.finished.connect(lambda: BackgroundTask._alive.discard(self))
+        self.runner_thread.start()
 
     @classmethod
     def stop_all(cls, wait_ms: int = 10_000) -> None:
@@ -284,8 +285,8 @@ class TaskWorker(QObject):
         for task in tasks:
             task.cancel_event.set()
         for task in tasks:
-            task.worker_thread.quit()
-            task.worker_thread.wait(wait_ms)
+            task.runner_thread.quit()
+            task.runner_thread.wait(wait_ms)
         cls._alive.difference_update(tasks)
 
     @Slot()
@@ -302,4 +303,4 @@ class TaskWorker(QObject):
         self.finished.emit(result if result is not None else DONE)
 
 
-__all__ = ["ChatDone", "EngineController", "ModelWorker", "TaskWorker"]
+__all__ = ["BackgroundTask", "ChatDone", "EngineController", "EngineRunner"]
