@@ -198,14 +198,14 @@ def test_the_engine_never_imports_planning() -> None:
 
 
 def test_core_modules_stay_readable() -> None:
-    """A newcomer reads a module in one sitting: none over 600 lines (the planner's split is
-    the next step toward ~400)."""
+    """A newcomer reads a module in one sitting: none in the core over 600 lines (the planner
+    of 818 lines is five modules now: types, memory, placement, speed, planner)."""
     long = {
         name: n
         for name, path in module_files().items()
         if name.startswith("mixdesk.core.") and (n := len(path.read_text().splitlines())) > 600
     }
-    assert long == {"mixdesk.core.planning.planner": long.get("mixdesk.core.planning.planner")}
+    assert long == {}
 
 
 def test_the_parity_reference_shares_no_code_with_the_engine() -> None:

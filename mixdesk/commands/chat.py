@@ -17,7 +17,7 @@ from mixdesk.core.engine import ChatDone, Engine, GenerationStats, SamplingParam
 from mixdesk.core.engine.client import AnswerStream, validate_sampling
 from mixdesk.core.engine.protocol import ModelInfo
 from mixdesk.core.loading.service import LoadOutcome, LoadRequest, load_model
-from mixdesk.core.planning.planner import placement_words
+from mixdesk.core.planning.types import placement_words
 from mixdesk.core.workspace.endpoints import (
     Endpoint,
     normalize_url,

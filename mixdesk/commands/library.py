@@ -16,7 +16,7 @@ from mixdesk.core.gguf.profile import ModelProfile
 from mixdesk.core.hub.download import DownloadCancelled, DownloadProgress
 from mixdesk.core.hub.library import Library
 from mixdesk.core.machine.hardware import HardwareInfo, format_bytes
-from mixdesk.core.planning.planner import OffloadPlan
+from mixdesk.core.planning.types import OffloadPlan
 from mixdesk.core.planning.words import explain
 
 

@@ -13,7 +13,7 @@ from mixdesk.core.hub.remote_header import parse_model_ref, profile_ref
 from mixdesk.core.loading.service import STRATEGIES, LoadChoices, make_plan
 from mixdesk.core.machine import hardware
 from mixdesk.core.machine.hardware import HardwareInfo, format_bytes
-from mixdesk.core.planning.planner import OffloadPlan
+from mixdesk.core.planning.types import OffloadPlan
 from mixdesk.core.planning.words import FIT_WORDS, explain
 
 

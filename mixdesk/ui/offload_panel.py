@@ -22,7 +22,7 @@ from PySide6.QtWidgets import (
 from mixdesk.core.gguf.profile import ModelProfile
 from mixdesk.core.loading.service import LoadChoices, LoadRequest, make_plan, measure_variants
 from mixdesk.core.machine.hardware import HardwareInfo
-from mixdesk.core.planning.planner import OffloadPlan
+from mixdesk.core.planning.types import OffloadPlan
 from mixdesk.core.planning.words import explain
 from mixdesk.ui.plain import plain
 from mixdesk.ui.widgets import DeviceBars

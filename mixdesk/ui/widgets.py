@@ -16,7 +16,7 @@ from PySide6.QtWidgets import QHeaderView, QLabel, QTableWidget, QWidget
 
 from mixdesk.core.engine import GenerationStats
 from mixdesk.core.machine.hardware import format_bytes
-from mixdesk.core.planning.planner import DevicePlan
+from mixdesk.core.planning.types import DevicePlan
 from mixdesk.ui.chat_view import ChatView, stats_line
 
 

@@ -11,7 +11,7 @@ import pytest
 from mixdesk.core.gguf.profile import profile_local
 from mixdesk.core.loading.service import LoadChoices, make_plan
 from mixdesk.core.machine.hardware import GIB, HardwareInfo
-from mixdesk.core.planning.planner import Fit
+from mixdesk.core.planning.types import Fit
 from mixdesk.core.planning.words import FIT_WORDS, fit_badge, verdict
 from tests import model_factory as mf
 from tests.machines import V100

@@ -6,7 +6,9 @@ import pytest
 
 from mixdesk.core.gguf.profile import ModelProfile, profile_local
 from mixdesk.core.machine.hardware import GIB, MIB, GpuInfo, HardwareInfo
-from mixdesk.core.planning.planner import GPU_MARGIN, OffloadPlan, plan_offload
+from mixdesk.core.planning.memory import GPU_MARGIN
+from mixdesk.core.planning.planner import plan_offload
+from mixdesk.core.planning.types import OffloadPlan
 from tests import model_factory as mf
 
 V100 = GpuInfo(

@@ -33,7 +33,7 @@ from mixdesk.core.hub.download import (
 from mixdesk.core.hub.file_lock import FileLock
 from mixdesk.core.hub.library import Library, LibraryEntry, model_name
 from mixdesk.core.hub.remote_header import read_remote_header
-from mixdesk.core.planning.planner import OffloadPlan
+from mixdesk.core.planning.types import OffloadPlan
 from mixdesk.errors import CorruptModelError
 from mixdesk.paths import ensure_dir, open_private
 

@@ -25,7 +25,9 @@ from mixdesk.core.gguf.header import open_model_file
 from mixdesk.core.gguf.profile import ModelProfile, profile_local, split_parts
 from mixdesk.core.machine.hardware import HardwareInfo
 from mixdesk.core.planning import calibration
-from mixdesk.core.planning.planner import OffloadPlan, offload_devices, plan_offload
+from mixdesk.core.planning.placement import offload_devices
+from mixdesk.core.planning.planner import plan_offload
+from mixdesk.core.planning.types import OffloadPlan
 from mixdesk.errors import (
     DeviceOutOfMemoryCrashError,
     DeviceOutOfMemoryError,

@@ -18,7 +18,7 @@ from mixdesk.core.hub.catalog import CatalogModel, load_catalog
 from mixdesk.core.hub.remote_header import HubUnreachableError
 from mixdesk.core.loading.service import LoadChoices, make_plan
 from mixdesk.core.machine.hardware import HardwareInfo, format_bytes
-from mixdesk.core.planning.planner import OffloadPlan
+from mixdesk.core.planning.types import OffloadPlan
 
 log = logging.getLogger(__name__)
 

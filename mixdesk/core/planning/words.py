@@ -3,7 +3,7 @@ and ``mixdesk plan`` (the plan itself is data: :class:`~mixdesk.core.planning.pl
 
 from __future__ import annotations
 
-from mixdesk.core.planning.planner import Fit, OffloadPlan
+from mixdesk.core.planning.types import Fit, OffloadPlan
 
 #: What each verdict means, in a few words.
 FIT_WORDS: dict[Fit, str] = {

@@ -1,0 +1,132 @@
+"""The plan as data: what each device holds, the verdict, and the whole plan."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+
+@dataclass(frozen=True)
+class DevicePlan:
+    """What one device will hold."""
+
+    name: str
+    kind: str  # "gpu" or "cpu"
+    total_bytes: int
+    free_bytes: int
+    weights_bytes: int = 0
+    kv_bytes: int = 0
+    compute_bytes: int = 0
+    overhead_bytes: int = 0
+    margin_bytes: int = 0
+    #: Repeating layers on this device, and whether the output layer is here.
+    layers: int = 0
+    output: bool = False
+    #: The device's name in llama.cpp's buffer log lines ("CUDA0", "RPC0[host:port]", "CPU").
+    buffer_name: str = ""
+    #: Whether ``overhead_bytes`` was measured on this machine (else a default).
+    overhead_measured: bool = False
+    #: For a worker (RPC device): the bytes a load sends it over the network (its weights;
+    #: KV cache and compute buffers are allocated there), and the time that takes at the
+    #: measured link speed (None: not measured).
+    send_bytes: int = 0
+    send_seconds: float | None = None
+
+    @property
+    def used_bytes(self) -> int:
+        """Everything planned on this device, margin included."""
+        return (
+            self.weights_bytes
+            + self.kv_bytes
+            + self.compute_bytes
+            + self.overhead_bytes
+            + self.margin_bytes
+        )
+
+
+class Fit(str, Enum):
+    """The plan's verdict (a ``str``: it compares and serialises as its value)."""
+
+    FULL = "full"  # every layer and the output on the GPU
+    PARTIAL = "partial"  # some layers on the GPU, the rest in RAM
+    EXPERTS = "experts"  # every layer on the GPU, experts of the first K layers in RAM
+    CPU = "cpu"  # nothing on a GPU
+    NONE = "none"  # does not fit this machine
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True)
+class OffloadPlan:
+    """The planner's answer."""
+
+    n_gpu_layers: int
+    n_layers: int
+    n_ctx: int
+    ctx_reduced_from: int | None
+    fit: Fit
+    shortfall_bytes: int
+    devices: list[DevicePlan]
+    flash_attn: bool
+    type_k: str
+    type_v: str
+    op_offload: bool
+    expected_tps: float
+    #: Slots (layers, the output layer counting as one) per offload device, in llama.cpp's
+    #: device order: its ``tensor_split``. Empty with one device.
+    tensor_split: tuple[int, ...] = ()
+    #: Whether the compute buffers come from a dry run of llama.cpp (else from the formula).
+    compute_measured: bool = False
+    #: "layers" or "experts" (all layers on the GPU, experts of the first K layers in RAM).
+    strategy: str = "layers"
+    #: K: layers whose expert tensors stay in RAM (the "experts" strategy).
+    experts_in_ram: int = 0
+    explanation: list[str] = field(default_factory=list)
+
+    @property
+    def gpu(self) -> DevicePlan | None:
+        """The (first) GPU's share, if a GPU is used."""
+        return next((d for d in self.devices if d.kind == "gpu"), None)
+
+    @property
+    def gpus(self) -> list[DevicePlan]:
+        """Every offload device's share, in llama.cpp's device order."""
+        return [d for d in self.devices if d.kind == "gpu"]
+
+    @property
+    def cpu(self) -> DevicePlan:
+        """The CPU RAM share."""
+        return next(d for d in self.devices if d.kind == "cpu")
+
+    @property
+    def repeating_layers_on_gpu(self) -> int:
+        """Repeating layers on the GPU (``n_gpu_layers`` without the output layer)."""
+        return repeating_layers(self.n_gpu_layers, self.n_layers)
+
+    @property
+    def output_on_gpu(self) -> bool:
+        """Whether the output layer is on the GPU (whenever any layer is)."""
+        return self.n_gpu_layers > 0
+
+    @property
+    def placement_words(self) -> str:
+        """Where the layers go, in the words every front end uses ("18 of 32 layers + output on GPU")."""
+        words = placement_words(self.n_gpu_layers, self.n_layers)
+        if self.experts_in_ram:
+            words += f", experts of {self.experts_in_ram} layers in RAM"
+        return words
+
+
+def repeating_layers(n_gpu_layers: int, n_layers: int) -> int:
+    """Repeating layers llama.cpp puts on the GPU for ``n_gpu_layers`` (the output layer comes first)."""
+    return max(0, min(n_gpu_layers - 1, n_layers))
+
+
+def placement_words(n_gpu_layers: int, n_layers: int) -> str:
+    """``n_gpu_layers`` in words that name the output layer's place."""
+    if n_gpu_layers <= 0:
+        return f"all {n_layers} layers in RAM"
+    if n_gpu_layers > n_layers:
+        return f"all {n_layers} layers + output on GPU"
+    return f"{repeating_layers(n_gpu_layers, n_layers)} of {n_layers} layers + output on GPU"
