@@ -35,6 +35,8 @@ from mixdesk.core.chat.template_sizes import (
 TIME_BUDGET_S = 2.0
 #: Characters a template may write, and the largest string or list it may build.
 SIZE_BUDGET = 8 << 20
+#: All the values one render makes may add up to this many times the size budget.
+TOTAL_FACTOR = 8
 #: Loop iterations between two looks at the clock and the stop flag.
 _CHECK_EVERY = 256
 _BIG_INT_BITS = 1 << 16
@@ -59,6 +61,10 @@ class Budget:
         self.size = size
         self.stop = stop
         self.steps = 0
+        #: Items (characters, elements) of every value made so far, and the most in all: many
+        #: values each under the size budget must not add up to gigabytes.
+        self.made = 0
+        self.total = TOTAL_FACTOR * size
 
     def check(self) -> None:
         """Look at the clock and the stop flag."""
@@ -75,8 +81,12 @@ class Budget:
 
     def sized(self, value: Any) -> Any:
         """Return ``value``, or stop the render if it is a string or list over the size budget."""
-        if isinstance(value, str | bytes | list | tuple | dict) and len(value) > self.size:
-            raise OverBudget(f"built a value of more than {self.size} items")
+        if isinstance(value, str | bytes | list | tuple | dict):
+            if len(value) > self.size:
+                raise OverBudget(f"built a value of more than {self.size} items")
+            self.made += len(value)
+            if self.made > self.total:
+                raise OverBudget(f"built values of more than {self.total} items in all")
         return value
 
     def fits(self, size: int, what: str) -> None:
@@ -147,6 +157,7 @@ class BudgetedSandbox(ImmutableSandboxedEnvironment):
             self.filters[name] = self._guarded_filter(name, func)
         self.filters["mixdesk_steps"] = self._count_steps
         self.filters["mixdesk_sized"] = self._check_size
+        self.filters["mixdesk_slice"] = self._slice
         self.filters["mixdesk_text"] = self._check_text
 
     # -- hooks of the sandbox ---------------------------------------------------------
@@ -216,21 +227,20 @@ class BudgetedSandbox(ImmutableSandboxedEnvironment):
             assign.filter = _chain_filter(assign.filter, "mixdesk_sized")
         for block in tree.find_all(nodes.FilterBlock):
             block.filter = _chain_filter(block.filter, "mixdesk_sized")
-        for parent in list(tree.find_all(nodes.Node)):
+        for parent in reversed(list(tree.find_all(nodes.Node))):  # children first
             for field in parent.fields:
                 child = getattr(parent, field, None)
-                if isinstance(child, nodes.Concat):
-                    setattr(parent, field, _sized(_text_parts(child)))
-                elif isinstance(child, list):
-                    setattr(
-                        parent,
-                        field,
-                        [
-                            _sized(_text_parts(c)) if isinstance(c, nodes.Concat) else c
-                            for c in child
-                        ],
-                    )
+                if isinstance(child, list):
+                    setattr(parent, field, [_guarded_node(c) for c in child])
+                elif isinstance(child, nodes.Node):
+                    setattr(parent, field, _guarded_node(child))
         return tree
+
+    def _slice(self, value: Any, start: Any, stop: Any, step: Any) -> Any:
+        """``value[start:stop:step]``: Jinja compiles a slice to plain Python, past the
+        sandbox's ``getitem``; here it looks at the clock and is measured like any value."""
+        self.budget.check()
+        return self.budget.sized(value[start:stop:step])
 
     def _count_steps(self, iterable: Any) -> Iterator[Any]:
         budget = self.budget
@@ -284,6 +294,20 @@ def _chain_filter(existing: nodes.Filter | None, name: str) -> nodes.Filter:
         innermost = innermost.node
     innermost.node = added
     return existing
+
+
+def _guarded_node(node: Any) -> Any:
+    """``node`` measured where it can build a value the sandbox would not see: a ``~`` join
+    (its parts measured as text first) and a slice (checked like an item lookup)."""
+    if isinstance(node, nodes.Concat):
+        return _sized(_text_parts(node))
+    if isinstance(node, nodes.Getitem) and isinstance(node.arg, nodes.Slice):
+        bounds = [
+            b if b is not None else nodes.Const(None)
+            for b in (node.arg.start, node.arg.stop, node.arg.step)
+        ]
+        return nodes.Filter(node.node, "mixdesk_slice", bounds, [], None, None)
+    return node
 
 
 def _sized(concat: nodes.Concat) -> nodes.Filter:
