@@ -235,6 +235,13 @@ WIRE_CODES: dict[type[MixdeskError], str] = {
     TemplateBudgetError: "template_budget",
     TemplateSyntaxBrokenError: "template_syntax",
     TemplateCancelledError: "template_cancelled",
+    WorkerError: "worker",
+    WorkerUnreachableError: "worker_unreachable",
+    WorkerVersionError: "worker_version",
+    NotAWorkerError: "not_a_worker",
+    WorkerBusyError: "worker_busy",
+    WorkerAuthError: "worker_auth",
+    WorkerFingerprintError: "worker_fingerprint",
 }
 
 
@@ -265,6 +272,8 @@ def from_wire(code: str, message: str, details: Mapping[str, object]) -> Mixdesk
             buffer=text.get("buffer", ""),
             requested_bytes=requested if isinstance(requested, int) else 0,
         )
+    elif issubclass(cls, WorkerError):
+        err = cls(message, endpoint=text.get("endpoint", ""))
     else:
         err = cls(message)
     err.args = (message,)  # the engine's own sentence, word for word

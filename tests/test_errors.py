@@ -41,6 +41,9 @@ def test_every_engine_error_crosses_the_pipe_as_itself() -> None:
         e.HostOutOfMemoryError("No RAM."),
         e.TemplateBudgetError("Too long."),
         e.WorkerLostError("The worker went away.", returncode=-6),
+        e.WorkerUnreachableError("Nobody there.", endpoint="127.0.0.1:1"),
+        e.WorkerBusyError("Busy.", endpoint="127.0.0.1:2"),
+        e.NotAWorkerError("Not one.", endpoint="127.0.0.1:3"),
     ]
     assert len(set(e.WIRE_CODES.values())) == len(e.WIRE_CODES)
     for err in samples:
@@ -50,10 +53,13 @@ def test_every_engine_error_crosses_the_pipe_as_itself() -> None:
         expected = next(c for c in type(err).__mro__ if c in e.WIRE_CODES)
         assert type(again) is expected
         assert str(again) == str(err)
-        for name in ("path", "kind", "device", "buffer", "requested_bytes"):
-            if hasattr(err, name):
+        for name in ("path", "kind", "device", "buffer", "requested_bytes", "endpoint"):
+            if hasattr(err, name) and type(again) is type(err):  # a parent keeps its own fields
                 assert getattr(again, name) == getattr(err, name)
     assert type(e.from_wire("from_a_newer_engine", "Hm.", {})) is e.MixdeskError
+    # every error the engine process can raise has a code of its own
+    raised = {c for c in vars(e).values() if isinstance(c, type) and issubclass(c, e.WorkerError)}
+    assert raised <= set(e.WIRE_CODES)
     assert "kind" not in {f for f in EngineFailure.__dataclass_fields__}
     assert (
         from_dict(
