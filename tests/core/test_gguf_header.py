@@ -88,6 +88,7 @@ def _header(version: int = 3, n_tensors: int = 0, n_kv: int = 0, rest: bytes = b
         (_header(version=1), "version 1"),
         (_header(version=7), "unknown GGUF version"),
         (_header(n_tensors=1 << 40), "damaged header"),
+        (_header(n_tensors=(1 << 16) + 1), "damaged header"),  # more than any model has
         (_header(n_kv=1, rest=struct.pack("<Q", 1 << 50)), "damaged header"),
         (
             _header(n_kv=1, rest=struct.pack("<Q", 1) + b"k" + struct.pack("<I", 99)),

@@ -28,6 +28,7 @@ from mixdesk.core.engine import LoadConfig
 from mixdesk.core.machine.net import is_loopback
 from mixdesk.core.serving.security import (
     check_origins,
+    is_local_network_name,
     is_loopback_name,
     secure_app,
     url_host,
@@ -394,5 +395,18 @@ def test_the_body_checks_in_front_of_any_route() -> None:
         "The request does not fit this route: text: Input should be a valid string."
     )
     assert _ask(app, b"{}", host="evil.example")[0] == 403
-    anywhere = _guarded_app("0.0.0.0")  # never started: the check is the app's, not the socket's
-    assert _ask(anywhere, b'{"text": "hi"}', host="evil.example")[0] == 200
+    status, answer = _ask(app, b"[" * 200_000)  # nested too deep for Python's parser
+    assert (status, answer["error"]["code"]) == (400, "invalid_json")
+    # open to the network without a key: addresses and local names, never a public name (a
+    # DNS-rebinding page's); never started: the check is the app's, not the socket's
+    anywhere = _guarded_app("0.0.0.0")
+    assert _ask(anywhere, b'{"text": "hi"}', host="evil.example")[0] == 403
+    for local in ("192.168.1.20:8080", "desk", "desk.local", "127.0.0.1"):
+        assert _ask(anywhere, b'{"text": "hi"}', host=local)[0] == 200, local
+
+
+def test_local_network_host_names() -> None:
+    for name in (b"192.168.1.20:8080", b"[fe80::1]:80", b"desk", b"desk.local", b"nas.lan"):
+        assert is_local_network_name(name), name
+    for name in (b"evil.example", b"127.0.0.1.nip.io:80", b"desk.local.evil.com", b"", b"\xff"):
+        assert not is_local_network_name(name), name

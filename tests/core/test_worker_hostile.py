@@ -537,3 +537,34 @@ def test_the_engines_relay_serves_only_its_own_process(
     )
     assert other.stdout == "b''", other.stderr  # closed without a byte of llama.cpp's answer
     still_serves(worker)
+
+
+def test_a_failed_huge_allocation_does_not_let_a_huge_tensor_through() -> None:
+    """An ALLOC_BUFFER of 2^63 fails quietly in llama.cpp; a SET_TENSOR of that size after it
+    would make llama.cpp throw an uncaught length_error (abort). The cap is the device's size."""
+    guard = FrameGuard(max_buffer=1 << 30)
+    guard.feed(HELLO + frame(CMD_ALLOC_BUFFER, struct.pack("<IQ", 0, 1 << 63)))
+    with pytest.raises(Refused, match="a message of"):
+        guard.feed(frame(CMD_SET_TENSOR, size=SET_TENSOR_HEADER + (1 << 62)))
+    guard = FrameGuard()  # unknown device size: at most a terabyte
+    guard.feed(HELLO + frame(CMD_ALLOC_BUFFER, struct.pack("<IQ", 0, 1 << 63)))
+    with pytest.raises(Refused):
+        guard.feed(frame(CMD_SET_TENSOR, size=SET_TENSOR_HEADER + (1 << 62)))
+
+
+def test_a_certificate_is_pinned_only_once_the_worker_proved_the_secret(
+    workers: Callable[..., WorkerProcess], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whoever answers first is not trusted for that: a worker that cannot prove the secret
+    (here, this machine holds another one) leaves no pin behind."""
+    monkeypatch.setenv(security.TLS_ENV, "always")
+    worker = workers()
+    security.pins_file().unlink(missing_ok=True)
+    monkeypatch.setenv(security.SECRET_ENV, "ab" * 32)
+    with pytest.raises(WorkerAuthError):
+        rpc_worker.hello(worker.endpoint)
+    pinned = json.loads(security.pins_file().read_text()) if security.pins_file().exists() else {}
+    assert worker.endpoint not in pinned
+    monkeypatch.delenv(security.SECRET_ENV)
+    rpc_worker.hello(worker.endpoint)  # the right secret: pinned now
+    assert worker.endpoint in json.loads(security.pins_file().read_text())

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 from mixdesk.core.machine import worker_security as security
 from mixdesk.core.machine.net import is_loopback
-from mixdesk.core.machine.rpc_frames import FrameGuard, TensorCache
+from mixdesk.core.machine.rpc_frames import MAX_BUFFER_BYTES, FrameGuard, TensorCache
 from mixdesk.core.machine.tunnel import Ender, Ending, relay
 
 log = logging.getLogger(__name__)
@@ -141,9 +141,18 @@ class WorkerFront:
                     self._drop_oldest_pending()
                     time.sleep(0.05)
                     continue
+                if err.errno in (errno.EBADF, errno.EINVAL):
+                    raise  # the listener itself is gone
+                # a client's own failure (ECONNABORTED, EPROTO, EPERM, ENETUNREACH...): the
+                # worker goes on
                 if err.errno in (errno.ECONNABORTED, errno.EINTR):
                     continue
-                raise
+                now = time.monotonic()
+                if now - last_said > 1.0:
+                    self._refused("a new client", f"its connection failed ({_why(err)})")
+                    last_said = now
+                time.sleep(0.01)
+                continue
             self._admit(conn, f"{address[0]}:{address[1]}")
 
     def _admit(self, conn: socket.socket, who: str) -> None:
@@ -328,9 +337,11 @@ class WorkerFront:
             try:
                 stream.sendall(b'{"relay": true}\n')
                 cache = self._cache
+                total = self._describe().get("total_bytes")
                 guard = FrameGuard(
                     on_hash=cache.touch if cache else None,
                     on_large_tensor=cache.prune_soon if cache else None,
+                    max_buffer=total if isinstance(total, int) and total > 0 else MAX_BUFFER_BYTES,
                 )
                 ending = relay(
                     stream,

@@ -49,6 +49,8 @@ ALLOC_BUFFER_BYTES = 12  # u32 device, u64 size
 MAX_GRAPH_BYTES = 256 << 20
 #: Every other command's body (GET_ALLOC_SIZE, the largest, is 3260 bytes).
 MAX_SMALL_BYTES = 64 << 10
+#: The largest buffer any device can hold, when the device's size is not known.
+MAX_BUFFER_BYTES = 1 << 40
 #: llama.cpp sends tensors larger than this as a hash first (and caches them).
 CACHE_THRESHOLD = 10 << 20
 
@@ -69,7 +71,11 @@ class FrameGuard:
         *,
         on_hash: Callable[[int], None] | None = None,
         on_large_tensor: Callable[[], None] | None = None,
+        max_buffer: int = MAX_BUFFER_BYTES,
     ) -> None:
+        #: No buffer is larger than the device (an ALLOC_BUFFER of 2^63 fails in llama.cpp,
+        #: but a SET_TENSOR of that size would make it throw an uncaught length_error).
+        self._max_buffer = max_buffer
         self._header = bytearray()
         self._left = 0  # body bytes still to pass
         self._cmd = -1
@@ -142,7 +148,8 @@ class FrameGuard:
     def _end(self) -> None:
         body = bytes(self._keep)
         if self._cmd == CMD_ALLOC_BUFFER and len(body) == ALLOC_BUFFER_BYTES:
-            self._largest_buffer = max(self._largest_buffer, struct.unpack_from("<Q", body, 4)[0])
+            asked = min(struct.unpack_from("<Q", body, 4)[0], self._max_buffer)
+            self._largest_buffer = max(self._largest_buffer, asked)
         elif self._cmd == CMD_SET_TENSOR_HASH and len(body) == SET_TENSOR_HASH_BYTES:
             if self._on_hash is not None:
                 self._on_hash(struct.unpack_from("<Q", body, SET_TENSOR_HEADER)[0])

@@ -248,13 +248,15 @@ def open_channel(endpoint: str, command: str, *, timeout: float) -> socket.socke
     sock = _connect(endpoint, timeout)  # an unreachable worker is said first
     try:
         bound = security.PLAIN_BINDING
+        new_pin = ""  # a first certificate, pinned once the worker has proven the secret
         if security.wants_tls(host):
             try:
                 sock = security.client_context().wrap_socket(sock)
             except (ssl.SSLError, OSError):
                 raise _not_a_worker(endpoint) from None
             seen = security.fingerprint(sock.getpeercert(binary_form=True) or b"")
-            security.check_pin(endpoint, seen)
+            if security.check_pin(endpoint, seen):
+                new_pin = seen
             bound = security.binding(seen)
         mine = security.new_nonce()
         try:
@@ -277,6 +279,8 @@ def open_channel(endpoint: str, command: str, *, timeout: float) -> socket.socke
                 f"{security.default_secret_file()} here, or set {security.SECRET_FILE_ENV}.",
                 endpoint=endpoint,
             )
+        if new_pin:
+            security.pin(endpoint, new_pin)
         mine_proof = security.proof(secret, "client", mine, theirs, bound)
         try:
             sock.sendall(f"{security.PROTOCOL} PROOF {mine_proof.hex()} {command}\n".encode())

@@ -248,19 +248,19 @@ def _read_pins() -> dict[str, str]:
     return {str(k): str(v) for k, v in pins.items()} if isinstance(pins, dict) else {}
 
 
-def check_pin(endpoint: str, seen: str) -> None:
-    """Pin ``seen`` for ``endpoint`` on first use; refuse a different one later.
+def check_pin(endpoint: str, seen: str) -> bool:
+    """Check ``seen`` against the fingerprint pinned for ``endpoint``.
+
+    Returns:
+        Whether none is pinned yet: the caller pins ``seen`` (:func:`pin`) once the worker has
+        proven it holds the secret, so that whoever answers first is not trusted for that.
 
     Raises:
         WorkerFingerprintError: ``endpoint`` presented another certificate before.
     """
-    pins = _read_pins()
-    pinned = pins.get(endpoint)
+    pinned = _read_pins().get(endpoint)
     if pinned is None:
-        pins[endpoint] = seen
-        paths.write_private_text(pins_file(), json.dumps(pins, indent=1, sort_keys=True) + "\n")
-        log.info("pinned the certificate of the worker at %s: %s", endpoint, seen)
-        return
+        return True
     if not hmac.compare_digest(pinned, seen):
         raise WorkerFingerprintError(
             f"The worker at {endpoint} presents a certificate ({seen}) other than the one pinned "
@@ -269,6 +269,15 @@ def check_pin(endpoint: str, seen: str) -> None:
             f"{pins_file()}.",
             endpoint=endpoint,
         )
+    return False
+
+
+def pin(endpoint: str, seen: str) -> None:
+    """Pin ``seen`` for ``endpoint`` (first use, after the worker proved the secret)."""
+    pins = _read_pins()
+    pins[endpoint] = seen
+    paths.write_private_text(pins_file(), json.dumps(pins, indent=1, sort_keys=True) + "\n")
+    log.info("pinned the certificate of the worker at %s: %s", endpoint, seen)
 
 
 def forget_pin(endpoint: str) -> None:

@@ -29,11 +29,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import json
 import os
 import sys
 import threading
-from collections.abc import Iterable, Mapping, MutableMapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
 from typing import IO, TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -83,6 +84,39 @@ def is_loopback_name(host_header: bytes) -> bool:
         return False
 
 
+def _host_name(host_header: bytes) -> str | None:
+    """The name in a ``Host`` header, without its port, lower case (None: not ASCII)."""
+    try:
+        text = host_header.decode("ascii").strip().lower()
+    except UnicodeDecodeError:
+        return None
+    if text.startswith("["):  # [::1]:8080
+        name, _, _ = text[1:].partition("]")
+    else:
+        name = text.rsplit(":", 1)[0] if text.count(":") == 1 else text
+    return name.rstrip(".")
+
+
+#: Name endings a public web page cannot make a browser resolve to this machine (DNS
+#: rebinding needs a public domain of the attacker's).
+_LOCAL_SUFFIXES = (".localhost", ".local", ".lan", ".home.arpa", ".internal")
+
+
+def is_local_network_name(host_header: bytes) -> bool:
+    """Whether a ``Host`` header names this machine as other machines on the network do: an
+    address, a name without a dot, or a local-network name (``*.local``, ``*.lan``...). A
+    public domain name is refused: that is how a DNS-rebinding web page reaches a server."""
+    name = _host_name(host_header)
+    if name is None or not name:
+        return False
+    try:
+        ipaddress.ip_address(name.split("%", 1)[0])
+        return True
+    except ValueError:
+        pass
+    return "." not in name or name == "localhost" or name.endswith(_LOCAL_SUFFIXES)
+
+
 def check_origins(origins: Iterable[str]) -> tuple[str, ...]:
     """The web origins allowed to call the server (``--cors``), checked and normalised.
 
@@ -128,28 +162,30 @@ class LoopbackHostOnly:
     ``127.0.0.1:PORT`` work. A request without ``Host`` (HTTP/1.0, never a browser) passes.
     """
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        allowed: Callable[[bytes], bool] = is_loopback_name,
+        refusal: str = "This server answers only requests to localhost or a loopback address; "
+        "use http://127.0.0.1:PORT.",
+    ) -> None:
         self.app = app
+        self.allowed = allowed
+        self.refusal = refusal
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Pass a request addressed to a loopback name on; refuse any other."""
+        """Pass a request addressed to an allowed name on; refuse any other."""
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
         hosts = [value for name, value in scope["headers"] if name.lower() == b"host"]
-        if all(is_loopback_name(value) for value in hosts):
+        if all(self.allowed(value) for value in hosts):
             await self.app(scope, receive, send)
             return
         if scope["type"] == "websocket":
             await send({"type": "websocket.close", "code": 1008})
             return
-        await _send_error(
-            send,
-            403,
-            "This server answers only requests to localhost or a loopback address; "
-            "use http://127.0.0.1:PORT.",
-            "invalid_host",
-        )
+        await _send_error(send, 403, self.refusal, "invalid_host")
 
 
 class CheckedBody:
@@ -216,7 +252,7 @@ class CheckedBody:
 
         try:
             data = json.loads(body)
-        except ValueError as err:
+        except (ValueError, RecursionError) as err:  # RecursionError: "[" nested 200,000 deep
             where = (
                 f" (line {err.lineno}, column {err.colno})"
                 if isinstance(err, json.JSONDecodeError)
@@ -228,6 +264,9 @@ class CheckedBody:
             return None
         try:
             schema.model_validate(data)
+        except RecursionError:
+            await _send_error(send, 400, "The request body is nested too deeply.", "invalid_json")
+            return None
         except ValidationError as err:
             problems = "; ".join(
                 f"{'.'.join(str(part) for part in e['loc']) or 'body'}: {e['msg']}"
@@ -377,6 +416,13 @@ def secure_app(
         )
     if is_loopback(host):
         app.add_middleware(LoopbackHostOnly)
+    elif not api_key:  # open to the network without a key: at least no DNS rebinding
+        app.add_middleware(
+            LoopbackHostOnly,
+            allowed=is_local_network_name,
+            refusal="This server answers only requests to its address or a local-network "
+            "name; use http://ADDRESS:PORT (or set a key to serve public names).",
+        )
 
 
 def server_environment(environ: Mapping[str, str]) -> dict[str, str]:
