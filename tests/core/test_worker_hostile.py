@@ -568,3 +568,37 @@ def test_a_certificate_is_pinned_only_once_the_worker_proved_the_secret(
     monkeypatch.delenv(security.SECRET_ENV)
     rpc_worker.hello(worker.endpoint)  # the right secret: pinned now
     assert worker.endpoint in json.loads(security.pins_file().read_text())
+
+
+def test_the_relays_portable_owner_check_knows_its_own_connections() -> None:
+    """Where /proc is missing (macOS, Windows) the relay asks psutil who holds a connection,
+    and refuses when it is not this process (it used to let everyone through there)."""
+    import subprocess
+    import sys
+
+    from mixdesk.core.engine.rpc_relay import _own_connection
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        with socket.create_connection(("127.0.0.1", port)) as mine:
+            listener.accept()[0].close()
+            assert _own_connection(mine.getsockname()[1], port)
+        code = (
+            "import socket,sys,time; s=socket.create_connection(('127.0.0.1',int(sys.argv[1])));"
+            "print(s.getsockname()[1], flush=True); time.sleep(30)"
+        )
+        child = subprocess.Popen(
+            [sys.executable, "-c", code, str(port)], stdout=subprocess.PIPE, text=True
+        )
+        try:
+            assert child.stdout is not None
+            theirs = int(child.stdout.readline())
+            listener.accept()[0].close()
+            assert not _own_connection(theirs, port)
+        finally:
+            child.kill()
+            child.wait()
+            if child.stdout is not None:
+                child.stdout.close()

@@ -116,7 +116,7 @@ def _from_this_process(peer_port: int, relay_port: int) -> bool:
                     inode = fields[9]
                     break
     except (OSError, ValueError, IndexError):
-        return True  # not Linux: nothing to check with
+        return _own_connection(peer_port, relay_port)  # not Linux: ask the system (psutil)
     if inode is None:
         return False
     target = f"socket:[{inode}]"
@@ -126,3 +126,19 @@ def _from_this_process(peer_port: int, relay_port: int) -> bool:
                 if os.readlink(f"/proc/self/fd/{fd}") == target:
                     return True
     return False
+
+
+def _own_connection(peer_port: int, relay_port: int) -> bool:
+    """Whether this process holds the TCP connection 127.0.0.1:``peer_port`` ->
+    :``relay_port`` (macOS, Windows: psutil lists a process's own connections without
+    privileges). Refuses when it cannot tell: the relay carries a proven link."""
+    import psutil
+
+    try:
+        connections = psutil.Process().net_connections(kind="tcp")
+    except (psutil.Error, OSError):
+        return False
+    return any(
+        c.laddr and c.raddr and c.laddr.port == peer_port and c.raddr.port == relay_port
+        for c in connections
+    )
