@@ -602,3 +602,31 @@ def test_the_relays_portable_owner_check_knows_its_own_connections() -> None:
             child.wait()
             if child.stdout is not None:
                 child.stdout.close()
+
+
+def test_the_front_trusts_only_its_own_llama_cpp_listener() -> None:
+    """Between choosing llama.cpp's internal port and llama.cpp's bind, another program could
+    take the port; the front asks who listens there, and a listener of another process is not
+    llama.cpp's (it used to accept any listener on that port number)."""
+    import subprocess
+    import sys
+
+    from mixdesk.core.engine.rpc_front import _listening
+
+    with socket.socket() as mine:
+        mine.bind(("127.0.0.1", 0))
+        mine.listen()
+        assert _listening(mine.getsockname()[1])
+    code = (
+        "import socket,time; s=socket.socket(); s.bind(('127.0.0.1',0)); s.listen();"
+        "print(s.getsockname()[1], flush=True); time.sleep(30)"
+    )
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None
+        assert not _listening(int(child.stdout.readline()))
+    finally:
+        child.kill()
+        child.wait()
+        if child.stdout is not None:
+            child.stdout.close()

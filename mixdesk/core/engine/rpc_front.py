@@ -478,17 +478,15 @@ def start_llama_rpc_server(
 
 
 def _listening(port: int) -> bool:
-    """Whether something listens on 127.0.0.1:``port`` (asked of the kernel where it can be)."""
+    """Whether this very process listens on 127.0.0.1:``port``: llama.cpp's server, not
+    another program that took the port between its choice and llama.cpp's bind (asked of the
+    system, without connecting: llama.cpp would serve a connection)."""
+    import psutil
+
     try:
-        with open("/proc/net/tcp", encoding="ascii") as fh:
-            next(fh, None)
-            return any(
-                f.split()[3] == "0A" and int(f.split()[1].rsplit(":", 1)[1], 16) == port for f in fh
-            )
-    except OSError:
-        pass
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
+        connections = psutil.Process().net_connections(kind="tcp")
+    except (psutil.Error, OSError):
         return False
+    return any(
+        c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port for c in connections
+    )
