@@ -9,6 +9,7 @@ in, over TLS with the worker's own certificate when they come from another machi
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import socket
@@ -77,6 +78,18 @@ def _say(line: str) -> None:
     sys.stderr.flush()
 
 
+def _more_file_descriptors() -> None:
+    """Raise the soft limit on open files to the hard one: llama.cpp's own server stops for
+    good when its accept() runs out of descriptors (the front survives that; llama.cpp not)."""
+    if sys.platform != "win32":
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if hard != resource.RLIM_INFINITY and soft < hard:
+            with contextlib.suppress(ValueError, OSError):
+                resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 def run_worker(args: argparse.Namespace) -> int:
     """Serve until Ctrl-C; returns the exit status."""
     from mixdesk.core.engine import llama_adapter
@@ -87,6 +100,7 @@ def run_worker(args: argparse.Namespace) -> int:
     # MSG_NOSIGNAL): ignored, the send fails and only that session ends.
     if hasattr(signal, "SIGPIPE"):
         signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    _more_file_descriptors()
     listener = _listen(args.host, args.port)  # a taken port is said before llama.cpp starts
     try:
         device = llama_adapter.rpc_device(args.device)

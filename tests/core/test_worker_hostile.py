@@ -630,3 +630,44 @@ def test_the_front_trusts_only_its_own_llama_cpp_listener() -> None:
         child.wait()
         if child.stdout is not None:
             child.stdout.close()
+
+
+def test_one_host_opening_connections_fast_cannot_push_out_another(
+    workers: Callable[..., WorkerProcess],
+) -> None:
+    """The room for unproven connections is made at the expense of the address holding the
+    most of them: a flood from 127.0.0.2 drops its own, not 127.0.0.1's handshake."""
+    worker = workers()
+    host, port = rpc_worker.parse_endpoint(worker.endpoint)
+    patient = connect(worker.endpoint)  # from 127.0.0.1, slow to prove itself
+    flood = []
+    try:
+        for _ in range(60):
+            sock = socket.socket()
+            sock.settimeout(10)
+            sock.bind(("127.0.0.2", 0))
+            sock.connect((host, port))
+            flood.append(sock)
+        assert wait_for(lambda: "still unproven when newer connections came" in worker.output(), 5)
+        patient.settimeout(0.5)
+        with pytest.raises(TimeoutError):
+            patient.recv(1)  # still open: nothing was said to it, it was not closed
+    finally:
+        patient.close()
+        for sock in flood:
+            sock.close()
+    dropped = [line for line in worker.output().splitlines() if "still unproven" in line]
+    assert dropped and not [line for line in dropped if "127.0.0.1:" in line]
+    still_serves(worker)
+
+
+def test_the_worker_raises_its_open_file_limit(workers: Callable[..., WorkerProcess]) -> None:
+    """llama.cpp's own server stops for good when its accept() runs out of descriptors: the
+    worker takes all the descriptors it may have (the soft limit up to the hard one)."""
+    worker = workers(
+        python_prelude="import resource\nresource.setrlimit(resource.RLIMIT_NOFILE, (64, 4096))"
+    )
+    limits = Path(f"/proc/{worker.proc.pid}/limits").read_text()
+    line = next(x for x in limits.splitlines() if x.startswith("Max open files"))
+    assert line.split()[3:5] == ["4096", "4096"], line
+    still_serves(worker)

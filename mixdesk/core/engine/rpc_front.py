@@ -174,10 +174,15 @@ class WorkerFront:
             threading.stack_size(previous)
 
     def _drop_oldest_pending(self) -> None:
+        """Make room: drop the oldest unproven connection of the address that holds the most
+        of them (one host opening connections fast cannot push out everyone else's)."""
         with self._lock:
             if not self._pending:
                 return
-            _, oldest = self._pending.popitem(last=False)
+            hosts = collections.Counter(_peer_host(c) for c in self._pending.values())
+            busiest = hosts.most_common(1)[0][0]
+            key = next(k for k, c in self._pending.items() if _peer_host(c) == busiest)
+            oldest = self._pending.pop(key)
         self._refused(_peer(oldest), "still unproven when newer connections came")
         with contextlib.suppress(OSError):
             oldest.shutdown(socket.SHUT_RDWR)  # its thread wakes up and closes it
@@ -475,6 +480,14 @@ def start_llama_rpc_server(
             return port
         time.sleep(0.05)
     raise OSError(f"llama.cpp's RPC server did not start on 127.0.0.1:{port}")
+
+
+def _peer_host(conn: socket.socket) -> str:
+    """The address a connection comes from ("" once it is closed)."""
+    try:
+        return str(conn.getpeername()[0])
+    except OSError:
+        return ""
 
 
 def _listening(port: int) -> bool:
