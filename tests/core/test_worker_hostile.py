@@ -671,3 +671,14 @@ def test_the_worker_raises_its_open_file_limit(workers: Callable[..., WorkerProc
     line = next(x for x in limits.splitlines() if x.startswith("Max open files"))
     assert line.split()[3:5] == ["4096", "4096"], line
     still_serves(worker)
+
+
+def test_a_damaged_pins_file_is_refused_not_overwritten(
+    workers: Callable[..., WorkerProcess], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(security.TLS_ENV, "always")
+    worker = workers()
+    security.pins_file().write_text("{not json")
+    with pytest.raises(WorkerFingerprintError, match="cannot be read"):
+        rpc_worker.hello(worker.endpoint)
+    assert security.pins_file().read_text() == "{not json"

@@ -241,11 +241,33 @@ def wants_tls(host: str) -> bool:
 
 
 def _read_pins() -> dict[str, str]:
+    """The pinned fingerprints ({} before the first).
+
+    Raises:
+        WorkerFingerprintError: the file is there but cannot be read or is damaged: its pins
+            are not forgotten (and overwritten) in silence.
+    """
+    path = pins_file()
     try:
-        pins = json.loads(pins_file().read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
         return {}
-    return {str(k): str(v) for k, v in pins.items()} if isinstance(pins, dict) else {}
+    except OSError as err:
+        raise _damaged_pins(path, err.strerror or str(err)) from None
+    try:
+        pins = json.loads(text)
+    except ValueError:
+        pins = None
+    if not isinstance(pins, dict):
+        raise _damaged_pins(path, "it is not a list of pins")
+    return {str(k): str(v) for k, v in pins.items()}
+
+
+def _damaged_pins(path: Path, why: str) -> WorkerFingerprintError:
+    return WorkerFingerprintError(
+        f"The pinned worker certificates in {path} cannot be read ({why}), so MixDesk cannot "
+        "check any worker's certificate; repair the file, or remove it to pin anew."
+    )
 
 
 def check_pin(endpoint: str, seen: str) -> bool:
