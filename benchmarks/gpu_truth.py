@@ -160,7 +160,8 @@ def measure(out_dir: Path, vram: int) -> int:
 
     from mixdesk.core.chat.template import ChatMessage
     from mixdesk.core.engine import Engine, SamplingParams
-    from mixdesk.core.loading.service import LoadChoices, plan_load
+    from mixdesk.core.loading.choices import LoadChoices
+    from mixdesk.core.loading.service import plan_load
     from mixdesk.core.machine.hardware import detect
     from tests import model_factory as mf
     from tests.core.test_offload_truth import mismatches

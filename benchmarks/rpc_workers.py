@@ -49,7 +49,8 @@ if str(ROOT) not in sys.path:
 from benchmarks.goals import Goal, add_goal_arguments, judge  # noqa: E402
 from mixdesk.core.chat.template import ChatMessage  # noqa: E402
 from mixdesk.core.engine import Engine, SamplingParams  # noqa: E402
-from mixdesk.core.loading.service import LoadChoices, LoadOutcome, LoadRequest, load_model  # noqa: E402
+from mixdesk.core.loading.choices import LoadChoices  # noqa: E402
+from mixdesk.core.loading.service import LoadOutcome, LoadRequest, load_model  # noqa: E402
 from mixdesk.core.machine import hardware, rpc_worker  # noqa: E402
 from mixdesk.core.machine import worker_security as security  # noqa: E402
 from tests import model_factory as mf  # noqa: E402

@@ -17,7 +17,8 @@ from pytestqt.qtbot import QtBot
 from mixdesk.cli import build_parser
 from mixdesk.commands.chat import load_request
 from mixdesk.commands.serve import serve_config
-from mixdesk.core.loading.service import LoadChoices, measure_variants
+from mixdesk.core.loading.choices import LoadChoices
+from mixdesk.core.loading.measure import measure_variants
 from mixdesk.core.machine.hardware import GIB, HardwareInfo, Overrides, apply_overrides
 from mixdesk.core.workspace.settings import Settings
 from tests.ui.test_main_window import make_window

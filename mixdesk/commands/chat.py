@@ -14,8 +14,9 @@ from mixdesk.commands.terminal import write_control
 from mixdesk.core.chat.template import ChatMessage
 from mixdesk.core.chat.words import BASE_MODEL_WORDS, ENDED_AT_ONCE_WORDS
 from mixdesk.core.engine import ChatDone, Engine, GenerationStats, SamplingParams
-from mixdesk.core.engine.client import AnswerStream, validate_sampling
 from mixdesk.core.engine.protocol import ModelInfo
+from mixdesk.core.engine.stream import AnswerStream
+from mixdesk.core.engine.validate import validate_sampling
 from mixdesk.core.loading.service import LoadOutcome, LoadRequest, load_model
 from mixdesk.core.planning.types import placement_words
 from mixdesk.core.workspace.endpoints import (

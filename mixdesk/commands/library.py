@@ -90,7 +90,8 @@ def _print_plan(profile: ModelProfile, plan: OffloadPlan) -> None:
 
 def _planner(hardware: HardwareInfo) -> Callable[[ModelProfile], OffloadPlan]:
     """How `pull` plans a model before downloading it: as `mixdesk plan` does."""
-    from mixdesk.core.loading.service import LoadChoices, make_plan
+    from mixdesk.core.loading.choices import LoadChoices
+    from mixdesk.core.loading.service import make_plan
 
     return lambda profile: make_plan(profile, hardware, LoadChoices())
 

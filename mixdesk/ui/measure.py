@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from PySide6.QtCore import QObject, Signal
 
-from mixdesk.core.loading.service import LoadRequest, MeasureVariant
+from mixdesk.core.loading.measure import MeasureVariant
+from mixdesk.core.loading.service import LoadRequest
 from mixdesk.ui.threads import EngineController
 
 

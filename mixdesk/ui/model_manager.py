@@ -27,7 +27,8 @@ from mixdesk.core.hub.catalog import load_catalog
 from mixdesk.core.hub.download import DownloadCancelled, DownloadProgress
 from mixdesk.core.hub.library import Library
 from mixdesk.core.hub.pull import PullResult, import_model, pull, remote_profile
-from mixdesk.core.loading.service import LoadChoices, make_plan
+from mixdesk.core.loading.choices import LoadChoices
+from mixdesk.core.loading.service import make_plan
 from mixdesk.core.machine.hardware import HardwareInfo, format_bytes
 from mixdesk.core.planning.words import fit_badge
 from mixdesk.errors import user_message

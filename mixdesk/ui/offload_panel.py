@@ -20,7 +20,9 @@ from PySide6.QtWidgets import (
 )
 
 from mixdesk.core.gguf.profile import ModelProfile
-from mixdesk.core.loading.service import LoadChoices, LoadRequest, make_plan, measure_variants
+from mixdesk.core.loading.choices import LoadChoices
+from mixdesk.core.loading.measure import measure_variants
+from mixdesk.core.loading.service import LoadRequest, make_plan
 from mixdesk.core.machine.hardware import HardwareInfo
 from mixdesk.core.planning.types import OffloadPlan
 from mixdesk.core.planning.words import explain

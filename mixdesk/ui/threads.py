@@ -22,8 +22,9 @@ from PySide6.QtCore import QObject, QThread, Signal, Slot
 
 from mixdesk.core.chat.template import ChatMessage
 from mixdesk.core.engine import ChatDone, Engine, ModelInfo, SamplingParams
-from mixdesk.core.engine.client import AnswerStream
-from mixdesk.core.loading.service import LoadOutcome, LoadRequest, MeasureVariant, load_model
+from mixdesk.core.engine.stream import AnswerStream
+from mixdesk.core.loading.measure import MeasureVariant
+from mixdesk.core.loading.service import LoadOutcome, LoadRequest, load_model
 from mixdesk.core.workspace.endpoints import Endpoint
 from mixdesk.errors import EngineCrashedError
 

@@ -8,7 +8,8 @@ from pathlib import Path
 from mixdesk.core.chat.template import ChatMessage
 from mixdesk.core.engine import Engine
 from mixdesk.core.engine.protocol import ModelInfo
-from mixdesk.core.loading.service import LoadChoices, LoadRequest, load_model, plan_load
+from mixdesk.core.loading.choices import LoadChoices
+from mixdesk.core.loading.service import LoadRequest, load_model, plan_load
 from mixdesk.core.machine.hardware import MIB
 from mixdesk.core.planning import calibration
 from tests.core.test_offload_truth import rpc_hardware

@@ -17,7 +17,8 @@ import pytest
 
 from mixdesk.core.chat.template import ChatMessage
 from mixdesk.core.engine import Engine, LoadConfig, ModelInfo
-from mixdesk.core.loading.service import MAX_LOAD_TRIES, LoadChoices, LoadRequest, load_model
+from mixdesk.core.loading.choices import LoadChoices
+from mixdesk.core.loading.service import MAX_LOAD_TRIES, LoadRequest, load_model
 from mixdesk.core.machine.hardware import GIB, MIB, GpuInfo, HardwareInfo
 from mixdesk.errors import DeviceOutOfMemoryError, HostOutOfMemoryError
 from tests.conftest import OOM_SHAPE

@@ -27,7 +27,8 @@ from mixdesk.core.hub.download import (
 )
 from mixdesk.core.hub.library import Library
 from mixdesk.core.hub.pull import pull
-from mixdesk.core.loading.service import LoadChoices, make_plan
+from mixdesk.core.loading.choices import LoadChoices
+from mixdesk.core.loading.service import make_plan
 from mixdesk.errors import user_message
 from mixdesk.paths import UnsafeFileError, open_private
 from tests.hub_server import HubFile, HubRepo, HubState

@@ -19,7 +19,8 @@ from mixdesk.core.engine.protocol import ModelInfo
 from mixdesk.core.gguf.convert import convert_legacy
 from mixdesk.core.gguf.profile import profile_local
 from mixdesk.core.gguf.synthetic import write_model
-from mixdesk.core.loading.service import LoadChoices, LoadSetup, plan_load
+from mixdesk.core.loading.choices import LoadChoices
+from mixdesk.core.loading.service import LoadSetup, plan_load
 from mixdesk.core.machine.hardware import GIB, MIB, GpuInfo, HardwareInfo
 from tests import model_factory as mf
 from tests.mixdesk_workers import WorkerProcess

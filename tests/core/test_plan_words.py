@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from mixdesk.core.gguf.profile import profile_local
-from mixdesk.core.loading.service import LoadChoices, make_plan
+from mixdesk.core.loading.choices import LoadChoices
+from mixdesk.core.loading.service import make_plan
 from mixdesk.core.machine.hardware import GIB, HardwareInfo
 from mixdesk.core.planning.types import Fit
 from mixdesk.core.planning.words import FIT_WORDS, fit_badge, verdict

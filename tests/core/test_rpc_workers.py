@@ -24,7 +24,8 @@ import pytest
 from mixdesk import __version__
 from mixdesk.core.engine import Engine, LoadConfig
 from mixdesk.core.engine.diagnose import buffer_sizes
-from mixdesk.core.loading.service import LoadChoices, LoadRequest, load_model
+from mixdesk.core.loading.choices import LoadChoices
+from mixdesk.core.loading.service import LoadRequest, load_model
 from mixdesk.core.machine import rpc_worker
 from mixdesk.core.machine.hardware import GIB, GpuInfo, HardwareInfo
 from mixdesk.errors import (

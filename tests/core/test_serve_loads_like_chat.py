@@ -11,7 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from mixdesk.core.engine import Engine, diagnose
-from mixdesk.core.loading.service import LoadChoices, plan_load
+from mixdesk.core.loading.choices import LoadChoices
+from mixdesk.core.loading.service import plan_load
 from mixdesk.core.serving.serve import ServeConfig, start_server
 from tests.core.test_offload_truth import rpc_hardware
 from tests.mixdesk_workers import WorkerProcess

@@ -14,7 +14,7 @@ import mixdesk
 from mixdesk.core.engine import SamplingParams
 from mixdesk.core.hub.library import Library, models_dir
 from mixdesk.core.hub.pull import import_model
-from mixdesk.core.loading.service import LoadChoices
+from mixdesk.core.loading.choices import LoadChoices
 from mixdesk.core.workspace.endpoints import Endpoint
 from mixdesk.core.workspace.settings import Settings, load_endpoint_keys, save_endpoint_key
 

@@ -16,7 +16,9 @@ from pytestqt.qtbot import QtBot
 from mixdesk.core.engine import ChatDone, Engine, GenerationStats, SamplingParams
 from mixdesk.core.hub.library import Library
 from mixdesk.core.hub.pull import import_model
-from mixdesk.core.loading.service import LoadChoices, LoadOutcome, LoadRequest, MeasureVariant
+from mixdesk.core.loading.choices import LoadChoices
+from mixdesk.core.loading.measure import MeasureVariant
+from mixdesk.core.loading.service import LoadOutcome, LoadRequest
 from mixdesk.core.workspace.chat_store import ChatStore
 from mixdesk.core.workspace.endpoints import Endpoint
 from mixdesk.core.workspace.settings import Settings, load_endpoint_keys

@@ -12,7 +12,8 @@ from mixdesk.core.engine import Engine
 from mixdesk.core.gguf.profile import profile_local
 from mixdesk.core.hub.catalog import CatalogFile, CatalogModel
 from mixdesk.core.hub.library import Library
-from mixdesk.core.loading.service import LoadChoices, make_plan
+from mixdesk.core.loading.choices import LoadChoices
+from mixdesk.core.loading.service import make_plan
 from mixdesk.core.machine.hardware import GIB, HardwareInfo
 from mixdesk.core.onboarding.first_run import MIN_RECOMMENDED_TPS
 from mixdesk.core.planning import calibration

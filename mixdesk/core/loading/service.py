@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mixdesk.core.engine.protocol import KV_CACHE_TYPES, LoadConfig, ModelInfo
+from mixdesk.core.engine.protocol import LoadConfig, ModelInfo
 from mixdesk.core.gguf.header import open_model_file
 from mixdesk.core.gguf.profile import ModelProfile, profile_local, split_parts
+from mixdesk.core.loading.choices import LoadChoices
 from mixdesk.core.machine.hardware import HardwareInfo
 from mixdesk.core.planning import calibration
 from mixdesk.core.planning.placement import offload_devices
@@ -31,7 +32,6 @@ from mixdesk.core.planning.types import OffloadPlan
 from mixdesk.errors import (
     DeviceOutOfMemoryCrashError,
     DeviceOutOfMemoryError,
-    InvalidArgumentError,
     ModelNotFoundError,
     NotAGgufError,
 )
@@ -39,85 +39,8 @@ from mixdesk.errors import (
 if TYPE_CHECKING:
     from mixdesk.core.engine.client import Engine
     from mixdesk.core.hub.library import Library
-    from mixdesk.core.workspace.settings import Settings
 
 log = logging.getLogger(__name__)
-
-
-#: How layers can be placed: whole layers, or every layer with some experts in RAM.
-STRATEGIES = ("layers", "experts")
-
-
-@dataclass(frozen=True)
-class LoadChoices:
-    """What the user decided about a load; ``None`` leaves the choice to MixDesk.
-
-    Attributes:
-        n_gpu_layers: llama.cpp's ``n_gpu_layers`` (output layer + repeating layers); -1: all.
-        n_ctx: the context length; 0: the model's own; None: the planner's choice.
-        kv_type: the KV cache type (K and V), one of :data:`KV_CACHE_TYPES`.
-        flash_attn: flash attention (always on for a quantised V cache).
-        n_threads: CPU threads; None: the physical cores.
-        n_batch: the logical batch size.
-        use_mmap: map the model file instead of reading it.
-        op_offload: llama.cpp's op offload; None: as the planner decides.
-        strategy: "layers" (whole layers on the GPU) or "experts" (all layers on the GPU,
-            experts of the first K layers in RAM).
-        experts_in_ram: K for the "experts" strategy; None: the planner's choice.
-    """
-
-    n_gpu_layers: int | None = None
-    n_ctx: int | None = None
-    kv_type: str = "f16"
-    flash_attn: bool = False
-    n_threads: int | None = None
-    n_batch: int = 512
-    use_mmap: bool = True
-    op_offload: bool | None = None
-    strategy: str = "layers"
-    experts_in_ram: int | None = None
-
-    @classmethod
-    def from_settings(cls, settings: Settings, **overrides: object) -> LoadChoices:
-        """The saved settings' choices (threads, context, KV type, flash attention), then ``overrides``."""
-        base = cls(
-            n_ctx=settings.n_ctx,
-            kv_type=settings.kv_type,
-            flash_attn=settings.flash_attn,
-            n_threads=settings.threads,
-        )
-        return replace(base, **overrides)  # type: ignore[arg-type]
-
-    def validate(self) -> None:
-        """Reject settings that make no sense, with one sentence.
-
-        Raises:
-            InvalidArgumentError: a value is out of range.
-        """
-        if self.n_gpu_layers is not None and self.n_gpu_layers < -1:
-            raise InvalidArgumentError(
-                f"GPU layers {self.n_gpu_layers} is out of range; use -1 (all), 0 (none) or a count."
-            )
-        if self.n_ctx is not None and not 0 <= self.n_ctx <= 1 << 22:
-            raise InvalidArgumentError(
-                f"Context length {self.n_ctx} is out of range; use 0 (the model's own) to 4194304."
-            )
-        if self.kv_type not in KV_CACHE_TYPES:
-            raise InvalidArgumentError(
-                f"KV cache type {self.kv_type!r} is unknown; use one of {', '.join(KV_CACHE_TYPES)}."
-            )
-        if self.n_threads is not None and self.n_threads < 1:
-            raise InvalidArgumentError(f"Thread count {self.n_threads} must be at least 1.")
-        if self.n_batch < 1:
-            raise InvalidArgumentError(f"Batch size {self.n_batch} must be at least 1.")
-        if self.strategy not in STRATEGIES:
-            raise InvalidArgumentError(
-                f"Offload strategy {self.strategy!r} is unknown; use {' or '.join(STRATEGIES)}."
-            )
-        if self.experts_in_ram is not None and self.experts_in_ram < 0:
-            raise InvalidArgumentError(
-                f"Experts in RAM {self.experts_in_ram} must be 0 or more layers."
-            )
 
 
 @dataclass(frozen=True)
@@ -128,7 +51,7 @@ class LoadSetup:
     plan: OffloadPlan
     config: LoadConfig
     #: The user's choices the plan was made from (a retry changes the layer count only).
-    choices: LoadChoices = LoadChoices()
+    choices: LoadChoices = field(default_factory=LoadChoices)
 
     @property
     def summary(self) -> str:
@@ -319,7 +242,7 @@ class LoadRequest:
 
     model: str
     hardware: HardwareInfo
-    choices: LoadChoices = LoadChoices()
+    choices: LoadChoices = field(default_factory=LoadChoices)
     #: The model's profile when the front end has read it already.
     profile: ModelProfile | None = None
 
@@ -438,43 +361,3 @@ def _retry_choices(setup: LoadSetup, n_gpu_layers: int) -> LoadChoices:
         strategy="layers",
         experts_in_ram=None,
     )
-
-
-@dataclass(frozen=True)
-class MeasureVariant:
-    """One setting to measure: a label the user reads and the choices that load it."""
-
-    label: str
-    choices: LoadChoices
-
-
-def measure_variants(
-    choices: LoadChoices, plan: OffloadPlan, profile: ModelProfile, hardware: HardwareInfo
-) -> list[MeasureVariant]:
-    """What is worth measuring on this machine, starting from ``choices`` as planned.
-
-    Fewer GPU layers is always slower (and a reload of tens of GB per try), so it is never
-    measured; what really varies between machines is: experts in RAM instead of whole layers
-    (for a mixture of experts), op offload, flash attention and the thread count.
-    """
-    base = replace(choices, n_gpu_layers=plan.n_gpu_layers if plan.strategy == "layers" else None)
-    found = [MeasureVariant("as planned", base)]
-    if plan.gpus and profile.is_moe:
-        other = "layers" if plan.strategy == "experts" else "experts"
-        words = "whole layers" if other == "layers" else "experts in RAM"
-        found.append(MeasureVariant(words, replace(base, strategy=other, n_gpu_layers=None)))
-    if plan.gpus and plan.n_gpu_layers > 0:
-        op = not plan.op_offload
-        found.append(
-            MeasureVariant(f"op offload {'on' if op else 'off'}", replace(base, op_offload=op))
-        )
-    fa = not plan.flash_attn
-    if plan.type_v == "f16" or fa:  # a quantised V cache needs flash attention
-        found.append(
-            MeasureVariant(f"flash attention {'on' if fa else 'off'}", replace(base, flash_attn=fa))
-        )
-    threads = choices.n_threads or hardware.physical_cores
-    if threads > 1:
-        fewer = max(1, threads // 2)
-        found.append(MeasureVariant(f"{fewer} threads", replace(base, n_threads=fewer)))
-    return found

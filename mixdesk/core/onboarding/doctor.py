@@ -254,7 +254,8 @@ def _engine_check(work_dir: Path) -> tuple[Check, Check, bool | None]:
 
 def _cpu_load_config(model: Path) -> LoadConfig:
     """How the doctor loads a test model: on the CPU alone (the check is the engine's)."""
-    from mixdesk.core.loading.service import LoadChoices, plan_load
+    from mixdesk.core.loading.choices import LoadChoices
+    from mixdesk.core.loading.service import plan_load
 
     cpu_only = HardwareInfo(
         ram_total_bytes=1 << 30,

@@ -16,7 +16,8 @@ from mixdesk.core.gguf.profile import ModelProfile
 from mixdesk.core.hub.api import HubModel, list_models
 from mixdesk.core.hub.catalog import CatalogModel, load_catalog
 from mixdesk.core.hub.remote_header import HubUnreachableError
-from mixdesk.core.loading.service import LoadChoices, make_plan
+from mixdesk.core.loading.choices import LoadChoices
+from mixdesk.core.loading.service import make_plan
 from mixdesk.core.machine.hardware import HardwareInfo, format_bytes
 from mixdesk.core.planning.types import OffloadPlan
 

@@ -26,7 +26,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from mixdesk.core.chat.template import ChatMessage
-from mixdesk.core.engine.client import AnswerStream
 from mixdesk.core.engine.protocol import (
     ChatDone,
     GenerationStats,
@@ -34,6 +33,7 @@ from mixdesk.core.engine.protocol import (
     SamplingParams,
     TextDelta,
 )
+from mixdesk.core.engine.stream import AnswerStream
 from mixdesk.errors import MixdeskError
 
 log = logging.getLogger(__name__)
