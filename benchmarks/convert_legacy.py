@@ -50,7 +50,7 @@ def legacy_file(cache: Path, *, small: bool = False) -> Path:
         cache.mkdir(parents=True, exist_ok=True)
         # in a child process, so this one stays small
         code = (
-            "import sys; from pathlib import Path; from tests import model_factory as mf; "
+            "import sys; from pathlib import Path; from tests.helpers import model_factory as mf; "
             "from mixdesk.core.gguf.synthetic import write_model; "
             f"spec = mf.with_changes(mf.{'TINY' if small else 'MID'}, legacy_expert_layout=True, dtype='f32'); "
             "write_model(Path(sys.argv[1]), spec)"

@@ -1,7 +1,7 @@
 """Download speed: MixDesk's resumable, verifying downloader against plain ``hf_hub_download``.
 
 A 1 GB file (random bytes, made once in benchmarks/.models) is served by the local Hub
-server (tests/hub_server.py) running in its own process. Interleaved rounds download it with
+server (tests/helpers/hub_server.py) running in its own process. Interleaved rounds download it with
 ``hf_hub_download`` (no sha256 check) and with MixDesk's ``Downloader`` (which hashes as it
 goes and verifies against the LFS sha256); the result is the median speed ratio, which
 must be at least 0.9: the run exits with status 1 when it is not (benchmarks/goals.py).
@@ -38,7 +38,7 @@ NAME = "big.gguf"
 _SERVER = """
 import sys, time
 from pathlib import Path
-from tests.hub_server import HubFile, HubRepo, HubState, serve_hub
+from tests.helpers.hub_server import HubFile, HubRepo, HubState, serve_hub
 state = HubState()
 state.repos[sys.argv[2]] = HubRepo(files={sys.argv[3]: HubFile(path=Path(sys.argv[1]), sha256=sys.argv[4])})
 with serve_hub(state) as url:

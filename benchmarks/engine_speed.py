@@ -45,7 +45,7 @@ from mixdesk.core.engine import (  # noqa: E402
 )
 from mixdesk.core.engine import prompt_tokens as prompt_tokens_rule  # noqa: E402
 from mixdesk.core.engine.client import DEFAULT_STREAM_INTERVAL_S  # noqa: E402
-from tests import model_factory as mf  # noqa: E402
+from tests.helpers import model_factory as mf  # noqa: E402
 
 GOAL_RATIO = 0.95
 #: How far a median ratio moves between runs here.

@@ -163,8 +163,8 @@ def measure(out_dir: Path, vram: int) -> int:
     from mixdesk.core.loading.choices import LoadChoices
     from mixdesk.core.loading.service import plan_load
     from mixdesk.core.machine.hardware import detect
-    from tests import model_factory as mf
-    from tests.core.test_offload_truth import mismatches
+    from tests.helpers import model_factory as mf
+    from tests.helpers.devices import mismatches
 
     held = _fill_card(vram)
     pynvml.nvmlInit()

@@ -53,8 +53,8 @@ from mixdesk.core.loading.choices import LoadChoices  # noqa: E402
 from mixdesk.core.loading.service import LoadOutcome, LoadRequest, load_model  # noqa: E402
 from mixdesk.core.machine import hardware, rpc_worker  # noqa: E402
 from mixdesk.core.machine import worker_security as security  # noqa: E402
-from tests import model_factory as mf  # noqa: E402
-from tests.mixdesk_workers import WorkerProcess, start_worker  # noqa: E402
+from tests.helpers import model_factory as mf  # noqa: E402
+from tests.helpers.mixdesk_workers import WorkerProcess, start_worker  # noqa: E402
 
 MESSAGES = [ChatMessage("user", "Explain in detail how a mixture of experts model routes tokens.")]
 SEED = 1234

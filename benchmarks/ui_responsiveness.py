@@ -34,7 +34,7 @@ if str(ROOT) not in sys.path:
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 from benchmarks.goals import Goal, add_goal_arguments, judge  # noqa: E402
-from tests import model_factory as mf  # noqa: E402
+from tests.helpers import model_factory as mf  # noqa: E402
 
 if TYPE_CHECKING:
     from mixdesk.ui.main_window import MainWindow

@@ -103,9 +103,10 @@ def _make() -> int:
     from mixdesk.core.hub.library import Library
     from mixdesk.core.workspace.chat_store import ChatStore
     from mixdesk.ui.main_window import MainWindow
-    from tests import model_factory as mf
-    from tests.hub_server import HubState, serve_hub
-    from tests.ui.test_first_run import V100, _catalog, _serve
+    from tests.helpers import model_factory as mf
+    from tests.helpers.first_run import catalog_of, serve_headers
+    from tests.helpers.hub_server import HubState, serve_hub
+    from tests.helpers.machines import V100
 
     tmp = Path(tempfile.mkdtemp(prefix="mixdesk-shots-"))
     os.environ["XDG_DATA_HOME"] = str(tmp / "data")  # a fresh user: the first run
@@ -129,7 +130,7 @@ def _make() -> int:
     model = mf.make_model(tmp / "models-src", mf.TINY, "Q4_K_M", name="mixtral-tiny-demo")
     app = QApplication.instance() or QApplication([])
     state = HubState()
-    _serve(state, headers)
+    serve_headers(state, headers)
     with serve_hub(state) as url:
         hub_constants.ENDPOINT = url
         hub_constants.HUGGINGFACE_CO_URL_TEMPLATE = url + "/{repo_id}/resolve/{revision}/{filename}"
@@ -138,7 +139,7 @@ def _make() -> int:
             library=Library(tmp / "models"),
             engine=Engine(log_dir=tmp / "logs"),
             hardware=V100,
-            catalog=_catalog(headers),
+            catalog=catalog_of(headers),
             quiet=True,
         )
         window.resize(*SIZE)
@@ -186,7 +187,7 @@ def _offload_panel(window: MainWindow, mixtral: Path) -> None:
 
 def _model_manager(window: MainWindow, headers: dict[str, Path]) -> None:
     """The model manager listing the Mixtral repository, fit badges read from headers."""
-    from tests.ui.test_first_run import REPO
+    from tests.helpers.first_run import REPO
 
     window.tabs.setCurrentWidget(window.manager)
     window.manager.list_repo(REPO)

@@ -10,10 +10,10 @@ import huggingface_hub.constants as hf_constants
 import pytest
 
 from mixdesk.core.engine import Engine
-from tests import model_factory as mf
-from tests.hub_server import HubState, serve_hub
-from tests.limits import limit_address_space
-from tests.mixdesk_workers import WorkerProcess, workers  # noqa: F401 - a fixture
+from tests.helpers import model_factory as mf
+from tests.helpers.hub_server import HubState, serve_hub
+from tests.helpers.limits import limit_address_space
+from tests.helpers.mixdesk_workers import WorkerProcess, workers  # noqa: F401 - a fixture
 
 # Before pytest-qt creates the (session-wide) QApplication: no display is needed, or used.
 os.environ["QT_QPA_PLATFORM"] = "offscreen"

@@ -266,3 +266,16 @@ def test_functions_keep_within_the_branch_and_statement_limits() -> None:
     ]
     unexplained = [line for line in noqa if not re.search(r"PLR091[25] - \w", line)]
     assert unexplained == [], "say why beside the noqa"
+
+
+def test_no_test_module_imports_another() -> None:
+    """Shared test code lives in tests/helpers/ (and conftest.py): a test module is never
+    imported by another one, nor by a benchmark or the screenshot script."""
+    root = PACKAGE.parent
+    importers = []
+    for folder in ("tests", "benchmarks", "docs"):
+        for path in sorted((root / folder).rglob("*.py")):
+            for name in imported_names("x", path):
+                if any(part.startswith("test_") for part in name.split(".")):
+                    importers.append(f"{path.relative_to(root)} imports {name}")
+    assert importers == []

@@ -8,40 +8,20 @@ that every goal is judged and that the exit status follows the verdicts; an impo
 from __future__ import annotations
 
 import io
-import json
-import subprocess
-import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from benchmarks.goals import MISSED, OK, WITHIN_NOISE, Goal, judge
+from tests.helpers.benchmarks import run_benchmark
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _bench(script: str, *args: str) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / script), *args, "--json"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-        cwd=ROOT,
-    )
-    assert proc.returncode in (0, 1), proc.stderr[-2000:]
-    result: dict[str, Any] = json.loads(proc.stdout)
-    verdicts = [g["verdict"] for g in result["goals"]]
-    assert verdicts and set(verdicts) <= {OK, WITHIN_NOISE, MISSED}
-    assert proc.returncode == (1 if MISSED in verdicts else 0), proc.stderr[-2000:]
-    for goal in result["goals"]:  # each goal's line, with its figure, on stderr
-        assert f"[{goal['verdict']}] {goal['what']}: {goal['value']:g}" in proc.stderr
-    return proc, result
-
-
 def test_engine_speed_benchmark_judges_its_ratios() -> None:
-    _, result = _bench("engine_speed.py", "--size", "tiny", "--rounds", "1", "--tokens", "16")
+    _, result = run_benchmark(
+        "engine_speed.py", "--size", "tiny", "--rounds", "1", "--tokens", "16"
+    )
     assert result["rounds"] == 1
     assert result["reference_eval_tps_median"] > 0
     assert result["engine_eval_tps_median"] > 0
@@ -51,14 +31,14 @@ def test_engine_speed_benchmark_judges_its_ratios() -> None:
 
 
 def test_download_speed_benchmark_judges_its_ratio() -> None:
-    _, result = _bench("download_speed.py", "--size-mb", "8", "--rounds", "1")
+    _, result = run_benchmark("download_speed.py", "--size-mb", "8", "--rounds", "1")
     (goal,) = result["goals"]
     assert (goal["key"], goal["goal"]) == ("ratio", 0.9)
     assert goal["value"] == result["ratio_median"] > 0
 
 
 def test_convert_benchmark_fails_when_its_memory_goal_is_missed() -> None:
-    proc, result = _bench(
+    proc, result = run_benchmark(
         "convert_legacy.py", "--small", "--rounds", "1", "--goal", "peak_rss_mb=1"
     )
     assert proc.returncode == 1
@@ -69,7 +49,7 @@ def test_convert_benchmark_fails_when_its_memory_goal_is_missed() -> None:
 
 
 def test_ui_responsiveness_benchmark_fails_when_a_goal_is_missed() -> None:
-    proc, result = _bench(
+    proc, result = run_benchmark(
         "ui_responsiveness.py", "--rounds", "1", "--tokens", "200", "--goal", "stall_ms=-1"
     )
     assert proc.returncode == 1

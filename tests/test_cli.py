@@ -260,7 +260,7 @@ def test_chat_names_a_base_model_and_an_answer_that_ends_at_once(tmp_path: Path)
     """A base model is named as one (as the window does), and an answer with no text says
     why: the model ended it at once."""
     from mixdesk.core.chat.words import BASE_MODEL_WORDS, ENDED_AT_ONCE_WORDS
-    from tests.model_factory import ENDS_AT_ONCE, make_model
+    from tests.helpers.model_factory import ENDS_AT_ONCE, make_model
 
     model = make_model(tmp_path, ENDS_AT_ONCE, name="ends-at-once")
     proc = run("chat", str(model), "--prompt", "The capital of France is", "--temperature", "0")
@@ -277,7 +277,7 @@ def test_chat_answers_as_llama_cpp_does_on_a_base_model(tmp_path: Path) -> None:
     a template: llama.cpp's own greedy answer (its prompt has its BOS; before the rule the
     prompt had none and the answer differed)."""
     from mixdesk.core.engine import reference
-    from tests.model_factory import GEMMA_BASE, make_model
+    from tests.helpers.model_factory import GEMMA_BASE, make_model
 
     model = make_model(tmp_path, GEMMA_BASE, name="gemma-base")
     proc = run(

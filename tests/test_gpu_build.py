@@ -13,7 +13,7 @@ from pytestqt.qtbot import QtBot
 
 from mixdesk.core.machine import gpu_build
 from mixdesk.core.machine.hardware import GIB, GpuInfo, HardwareInfo
-from tests.ui.test_main_window import make_window
+from tests.helpers.window import make_window
 
 ROOT = Path(__file__).resolve().parent.parent
 BASH = shutil.which("bash") or "/bin/bash"

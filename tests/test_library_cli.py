@@ -13,8 +13,8 @@ from pathlib import Path
 import gguf
 import pytest
 
-from tests import model_factory as mf
-from tests.hub_server import HubFile, HubRepo, HubState
+from tests.helpers import model_factory as mf
+from tests.helpers.hub_server import HubFile, HubRepo, HubState
 
 MIXDESK = [sys.executable, "-m", "mixdesk"]
 REPO = "TheBloke/Mixtral-tiny-GGUF"

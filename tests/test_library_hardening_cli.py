@@ -15,7 +15,7 @@ import gguf
 import pytest
 
 from mixdesk.core.gguf.convert import convert_legacy
-from tests.hub_server import HubFile, HubRepo, HubState
+from tests.helpers.hub_server import HubFile, HubRepo, HubState
 
 MIXDESK = [sys.executable, "-m", "mixdesk"]
 REPO = "TheBloke/Mixtral-tiny-GGUF"

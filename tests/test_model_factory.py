@@ -7,7 +7,7 @@ from pathlib import Path
 import gguf
 import numpy as np
 
-from tests import model_factory as mf
+from tests.helpers import model_factory as mf
 
 
 def _reader(path: Path) -> gguf.GGUFReader:

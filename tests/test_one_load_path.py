@@ -21,8 +21,8 @@ from mixdesk.core.loading.choices import LoadChoices
 from mixdesk.core.loading.measure import measure_variants
 from mixdesk.core.machine.hardware import GIB, HardwareInfo, Overrides, apply_overrides
 from mixdesk.core.workspace.settings import Settings
-from tests.ui.test_main_window import make_window
-from tests.ui.test_offload_retry import GPU_8GIB
+from tests.helpers.machines import GPU_8GIB
+from tests.helpers.window import make_window
 
 ROOT = Path(__file__).resolve().parent.parent
 

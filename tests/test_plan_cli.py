@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests import model_factory as mf
+from tests.helpers import model_factory as mf
 
 MIXDESK = [sys.executable, "-m", "mixdesk"]
 

@@ -9,7 +9,7 @@ for being measured); the README's figures come from the mid-size model.
 
 from __future__ import annotations
 
-from tests.test_benchmarks import _bench
+from tests.helpers.benchmarks import run_benchmark
 
 
 def test_rpc_workers_benchmark_measures_bytes_per_worker_and_judges_its_goals() -> None:
@@ -20,7 +20,7 @@ def test_rpc_workers_benchmark_measures_bytes_per_worker_and_judges_its_goals() 
         "tls_eval_ratio=0",
         "tls_load_ratio=100",
     ]
-    proc, result = _bench(
+    proc, result = run_benchmark(
         "rpc_workers.py",
         "--size",
         "tiny",
@@ -41,7 +41,7 @@ def test_rpc_workers_benchmark_measures_bytes_per_worker_and_judges_its_goals() 
     assert tls["eval_tps_tls_vs_plain"] > 0 and tls["load_s_tls_vs_plain"] > 0
     assert "eval tok/s with TLS / plain" in proc.stderr
 
-    missed, _ = _bench(
+    missed, _ = run_benchmark(
         "rpc_workers.py",
         "--size",
         "tiny",

@@ -20,7 +20,7 @@ import pytest
 
 from mixdesk.core.chat.template import ChatMessage
 from mixdesk.core.engine import Engine, LoadConfig, SamplingParams
-from tests import model_factory as mf
+from tests.helpers import model_factory as mf
 
 #: Retitles the terminal, clears it, rings the bell; 8-bit CSI (``\x9b``) and DEL too.
 HOSTILE = "\x1b]0;pwned\x07\x1b[2J\x1b[31mEvil\x9b1m model\x7f\x00"

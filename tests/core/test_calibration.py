@@ -12,8 +12,8 @@ from mixdesk.core.loading.choices import LoadChoices
 from mixdesk.core.loading.service import LoadRequest, load_model, plan_load
 from mixdesk.core.machine.hardware import MIB
 from mixdesk.core.planning import calibration
-from tests.core.test_offload_truth import rpc_hardware
-from tests.mixdesk_workers import WorkerProcess
+from tests.helpers.devices import rpc_hardware
+from tests.helpers.mixdesk_workers import WorkerProcess
 
 
 def test_overhead_is_what_left_beyond_llama_cpps_buffers() -> None:

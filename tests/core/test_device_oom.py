@@ -9,56 +9,22 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from mixdesk.core.chat.template import ChatMessage
-from mixdesk.core.engine import Engine, LoadConfig, ModelInfo
+from mixdesk.core.engine import Engine
 from mixdesk.core.loading.choices import LoadChoices
 from mixdesk.core.loading.service import MAX_LOAD_TRIES, LoadRequest, load_model
-from mixdesk.core.machine.hardware import GIB, MIB, GpuInfo, HardwareInfo
+from mixdesk.core.machine.hardware import MIB
 from mixdesk.errors import DeviceOutOfMemoryError, HostOutOfMemoryError
 from tests.conftest import OOM_SHAPE
-from tests.limits import limit_address_space
-from tests.mixdesk_workers import WorkerProcess, start_worker
+from tests.helpers.devices import CountingEngine, Servers, device_hardware
+from tests.helpers.limits import limit_address_space
+from tests.helpers.mixdesk_workers import start_worker
 
 BUDGET = 48 * MIB
-
-Servers = Callable[..., WorkerProcess]
-
-
-def device_hardware(server: WorkerProcess) -> HardwareInfo:
-    """The RPC device as its server reports it: the host's free memory, not its limit."""
-    return HardwareInfo(
-        ram_total_bytes=16 * GIB,
-        ram_available_bytes=16 * GIB,
-        physical_cores=2,
-        logical_cores=2,
-        gpus=[GpuInfo("RPC test device", "rpc", 8 * GIB, 8 * GIB, endpoint=server.endpoint)],
-        gpu_offload=True,
-    )
-
-
-class CountingEngine(Engine):
-    """The real engine, keeping every configuration it is asked to load."""
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.configs: list[LoadConfig] = []
-
-    @property
-    def loads(self) -> list[int]:
-        """The GPU layer count of every load asked of it."""
-        return [c.n_gpu_layers for c in self.configs]
-
-    def load(
-        self, config: LoadConfig, *, on_progress: Callable[[float], None] | None = None
-    ) -> ModelInfo:
-        self.configs.append(config)
-        return super().load(config, on_progress=on_progress)
 
 
 def test_device_out_of_memory_is_typed(

@@ -25,7 +25,7 @@ from mixdesk.core.hub.library import Library, safe_target
 from mixdesk.core.hub.pull import pull
 from mixdesk.core.hub.remote_header import HubError, HubSizeMismatchError
 from mixdesk.errors import InvalidArgumentError, user_message
-from tests.hub_server import HubFile, HubRepo, HubState
+from tests.helpers.hub_server import HubFile, HubRepo, HubState
 
 REPO = "TheBloke/Mixtral-tiny-GGUF"
 

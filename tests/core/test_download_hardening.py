@@ -1,6 +1,6 @@
 """Downloads that nothing corrupts: two at once, a crash at any point, legacy files merged as they arrive.
 
-Against the real HTTP server speaking the Hub protocol (tests/hub_server.py), a real SQLite
+Against the real HTTP server speaking the Hub protocol (tests/helpers/hub_server.py), a real SQLite
 library and real generated models.
 """
 
@@ -31,7 +31,7 @@ from mixdesk.core.loading.choices import LoadChoices
 from mixdesk.core.loading.service import make_plan
 from mixdesk.errors import user_message
 from mixdesk.paths import UnsafeFileError, open_private
-from tests.hub_server import HubFile, HubRepo, HubState
+from tests.helpers.hub_server import HubFile, HubRepo, HubState
 
 REPO = "TheBloke/Mixtral-tiny-GGUF"
 MODERN = "mixtral-tiny.Q4_K_M.gguf"

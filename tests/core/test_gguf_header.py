@@ -21,7 +21,7 @@ from mixdesk.core.gguf.header import (
     tensor_nbytes,
 )
 from mixdesk.core.gguf.profile import profile_local, split_parts
-from tests import model_factory as mf
+from tests.helpers import model_factory as mf
 
 
 def test_reads_what_gguf_reads(models: dict[str, Path]) -> None:

@@ -18,7 +18,7 @@ from mixdesk.core.chat.template import MIXTRAL_TEMPLATE, ChatMessage
 from mixdesk.core.engine import Engine, LoadConfig, SamplingParams
 from mixdesk.core.gguf.header import GGUFHeaderError, read_local_header
 from mixdesk.errors import MixdeskError, NotAGgufError, user_message
-from tests import model_factory as mf
+from tests.helpers import model_factory as mf
 
 #: Mixtral's template, except that a message saying "loop" sends it round 10^10 empty turns.
 LOOPING_TEMPLATE = (

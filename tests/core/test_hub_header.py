@@ -14,8 +14,8 @@ from mixdesk.core.hub.remote_header import HubError, parse_model_ref, profile_re
 from mixdesk.core.machine.hardware import GIB, MIB, GpuInfo, HardwareInfo
 from mixdesk.core.planning.planner import plan_offload
 from mixdesk.errors import InvalidArgumentError
-from tests import model_factory as mf
-from tests.hub_server import HubFile, HubRepo, HubState
+from tests.helpers import model_factory as mf
+from tests.helpers.hub_server import HubFile, HubRepo, HubState
 
 REPO = "TheBloke/Mixtral-8x7B-Instruct-v0.1-GGUF"
 LEGACY = "mixtral-8x7b-instruct-v0.1.Q4_K_M.gguf"

@@ -14,7 +14,7 @@ from mixdesk.core.gguf.header import GGUFHeaderError
 from mixdesk.core.hub.library import Library
 from mixdesk.core.hub.pull import import_model, pull
 from mixdesk.errors import CorruptModelError, user_message
-from tests.hub_server import HubFile, HubRepo, HubState
+from tests.helpers.hub_server import HubFile, HubRepo, HubState
 
 FILE = "mixtral-tiny.Q4_K_M.gguf"
 

@@ -21,9 +21,10 @@ from mixdesk.core.gguf.profile import profile_local
 from mixdesk.core.gguf.synthetic import write_model
 from mixdesk.core.loading.choices import LoadChoices
 from mixdesk.core.loading.service import LoadSetup, plan_load
-from mixdesk.core.machine.hardware import GIB, MIB, GpuInfo, HardwareInfo
-from tests import model_factory as mf
-from tests.mixdesk_workers import WorkerProcess
+from mixdesk.core.machine.hardware import GIB, GpuInfo, HardwareInfo
+from tests.helpers import model_factory as mf
+from tests.helpers.devices import mismatches, rpc_hardware
+from tests.helpers.mixdesk_workers import WorkerProcess
 
 Servers = Callable[[], WorkerProcess]
 
@@ -31,21 +32,6 @@ Servers = Callable[[], WorkerProcess]
 WIDE = mf.with_changes(
     mf.TINY, n_embd=768, n_ff=1024, n_layers=5, n_head=6, n_head_kv=2, name="Mixtral wide test"
 )
-
-
-def rpc_hardware(*servers: WorkerProcess, free: int = 8 * GIB) -> HardwareInfo:
-    """This machine as the planner sees it with ``servers`` as its offload devices."""
-    return HardwareInfo(
-        ram_total_bytes=16 * GIB,
-        ram_available_bytes=16 * GIB,
-        physical_cores=2,
-        logical_cores=2,
-        gpus=[
-            GpuInfo(f"RPC test device {i}", "rpc", free, free, endpoint=s.endpoint)
-            for i, s in enumerate(servers)
-        ],
-        gpu_offload=True,
-    )
 
 
 @pytest.fixture(scope="session")
@@ -63,46 +49,6 @@ def truth_models(
         "legacy-converted-q4_k_m": converted,
         "split-f32": write_model(d / "split.gguf", mf.TINY, split_parts=2),
     }
-
-
-def _close(planned: int, logged: int, share: float) -> bool:
-    # llama.cpp logs MiB with two decimals: up to 5243 bytes of rounding.
-    return abs(planned - logged) <= max(share * logged, 6000)
-
-
-def mismatches(setup: LoadSetup, info: ModelInfo) -> list[str]:
-    """Where the plan and llama.cpp's logged buffers disagree (empty: they agree)."""
-    logged, plan, found = info.buffers, setup.plan, []
-    if info.n_gpu_layers != setup.config.n_gpu_layers:
-        found.append(
-            f"n_gpu_layers {info.n_gpu_layers} loaded, {setup.config.n_gpu_layers} planned"
-        )
-    planned_names = {d.buffer_name for d in plan.devices}
-    for key, size in logged.items():
-        device = key.rsplit(" ", 1)[0]
-        if device.startswith("RPC") and device not in planned_names and size > 0:
-            found.append(f"{key} = {size} on a device the plan leaves empty")
-    for d in plan.devices:
-        if d.kind == "cpu":  # without mmap: the CPU buffer plus what llama.cpp repacked
-            weights = logged.get("CPU model", 0) + logged.get("CPU_REPACK model", 0)
-            kv, compute = logged.get("CPU KV", 0), logged.get("CPU compute", 0)
-        else:
-            weights = logged.get(f"{d.buffer_name} model", 0)
-            kv, compute = (
-                logged.get(f"{d.buffer_name} KV", 0),
-                logged.get(f"{d.buffer_name} compute", 0),
-            )
-        for what, planned, real, share in (
-            ("weights", d.weights_bytes, weights, 0.01),
-            ("KV", d.kv_bytes, kv, 0.01),
-            ("compute", d.compute_bytes, compute, 0.03),
-        ):
-            if not _close(planned, real, share):
-                found.append(
-                    f"{d.buffer_name} {what}: planned {planned / MIB:.3f} MiB, "
-                    f"llama.cpp {real / MIB:.3f} MiB"
-                )
-    return found
 
 
 def load_and_compare(

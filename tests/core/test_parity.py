@@ -25,7 +25,7 @@ from mixdesk.core.chat.template import MIXTRAL_TEMPLATE, ChatMessage
 from mixdesk.core.engine import Engine, LoadConfig, SamplingParams, reference
 from mixdesk.core.engine.protocol import ChatDone
 from mixdesk.core.gguf.synthetic import TINY, ModelSpec, with_changes
-from tests.model_factory import (
+from tests.helpers.model_factory import (
     CHATML_TEMPLATE_FOR_TESTS,
     ENDS_AT_ONCE,
     GEMMA_BASE,

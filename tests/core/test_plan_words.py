@@ -14,8 +14,8 @@ from mixdesk.core.loading.service import make_plan
 from mixdesk.core.machine.hardware import GIB, HardwareInfo
 from mixdesk.core.planning.types import Fit
 from mixdesk.core.planning.words import FIT_WORDS, fit_badge, verdict
-from tests import model_factory as mf
-from tests.machines import V100
+from tests.helpers import model_factory as mf
+from tests.helpers.machines import V100
 
 
 @pytest.fixture(scope="module")

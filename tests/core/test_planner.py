@@ -9,7 +9,7 @@ from mixdesk.core.machine.hardware import GIB, MIB, GpuInfo, HardwareInfo
 from mixdesk.core.planning.memory import GPU_MARGIN
 from mixdesk.core.planning.planner import plan_offload
 from mixdesk.core.planning.types import OffloadPlan
-from tests import model_factory as mf
+from tests.helpers import model_factory as mf
 
 V100 = GpuInfo(
     name="Tesla V100-SXM2-16GB", backend="cuda", total_bytes=16160 * MIB, free_bytes=15860 * MIB

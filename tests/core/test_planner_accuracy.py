@@ -10,7 +10,7 @@ from mixdesk.core.engine import Engine, LoadConfig
 from mixdesk.core.gguf.profile import profile_local
 from mixdesk.core.machine.hardware import MIB, HardwareInfo
 from mixdesk.core.planning.planner import plan_offload
-from tests import model_factory as mf
+from tests.helpers import model_factory as mf
 
 CPU_ONLY = HardwareInfo(
     ram_total_bytes=64 << 30, ram_available_bytes=60 << 30, physical_cores=2, logical_cores=2

@@ -10,7 +10,7 @@ import pytest
 from mixdesk.core.gguf.profile import ModelProfile, profile_local
 from mixdesk.core.machine.hardware import MIB, GpuInfo, HardwareInfo
 from mixdesk.core.planning.planner import plan_offload
-from tests import model_factory as mf
+from tests.helpers import model_factory as mf
 
 
 @pytest.fixture(scope="module")

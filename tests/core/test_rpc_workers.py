@@ -34,8 +34,8 @@ from mixdesk.errors import (
     WorkerUnreachableError,
     WorkerVersionError,
 )
-from tests.mixdesk_workers import WorkerProcess
-from tests.net import free_port
+from tests.helpers.mixdesk_workers import WorkerProcess
+from tests.helpers.net import free_port
 
 
 def mixdesk(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:

@@ -14,9 +14,9 @@ from mixdesk.core.engine import Engine, diagnose
 from mixdesk.core.loading.choices import LoadChoices
 from mixdesk.core.loading.service import plan_load
 from mixdesk.core.serving.serve import ServeConfig, start_server
-from tests.core.test_offload_truth import rpc_hardware
-from tests.mixdesk_workers import WorkerProcess
-from tests.net import free_port
+from tests.helpers.devices import rpc_hardware
+from tests.helpers.mixdesk_workers import WorkerProcess
+from tests.helpers.net import free_port
 
 
 def test_serve_places_tensors_like_the_engine(

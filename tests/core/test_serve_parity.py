@@ -19,8 +19,8 @@ from mixdesk.core.chat.template import ChatMessage
 from mixdesk.core.engine import Engine, LoadConfig, SamplingParams, reference
 from mixdesk.core.gguf.synthetic import TINY
 from mixdesk.core.serving.serve import ServeConfig, start_server
-from tests.model_factory import GEMMA_BASE, make_model
-from tests.net import free_port
+from tests.helpers.model_factory import GEMMA_BASE, make_model
+from tests.helpers.net import free_port
 
 CONVERSATION = [
     ChatMessage("system", "You answer in one word."),

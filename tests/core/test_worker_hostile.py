@@ -37,7 +37,7 @@ from mixdesk.core.machine.rpc_frames import (
 )
 from mixdesk.core.machine.tunnel import Refused
 from mixdesk.errors import WorkerAuthError, WorkerBusyError, WorkerFingerprintError
-from tests.mixdesk_workers import WorkerProcess
+from tests.helpers.mixdesk_workers import WorkerProcess
 
 HELLO = bytes([CMD_HELLO]) + struct.pack("<Q", 24) + bytes(24)
 REFUSED = b'{"refused": "authentication required"}\n'
@@ -473,7 +473,7 @@ def test_worker_and_serve_ignore_sigpipe(
     import subprocess
     import sys
 
-    from tests.net import free_port
+    from tests.helpers.net import free_port
 
     assert sigpipe_ignored(workers().proc.pid)
     serve = subprocess.Popen(

@@ -17,8 +17,8 @@ from mixdesk.core.chat.template import (
 )
 from mixdesk.core.chat.words import BASE_MODEL_WORDS, ENDED_AT_ONCE_WORDS
 from mixdesk.core.gguf.synthetic import with_changes
-from tests.model_factory import ENDS_AT_ONCE, GEMMA_BASE, make_model
-from tests.ui.test_main_window import ask, load, make_window
+from tests.helpers.model_factory import ENDS_AT_ONCE, GEMMA_BASE, make_model
+from tests.helpers.window import ask, load, make_window
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ from pathlib import Path
 from pytestqt.qtbot import QtBot
 
 from mixdesk.ui.main_window import MainWindow
-from tests.ui.test_main_window import load, make_window
+from tests.helpers.window import load, make_window
 
 
 def _states(window: MainWindow) -> tuple[bool, bool, bool]:

@@ -28,7 +28,7 @@ from mixdesk.ui.conversations import ConversationController
 from mixdesk.ui.measure import MeasureController
 from mixdesk.ui.models import ModelController
 from mixdesk.ui.threads import EngineController
-from tests.ui.test_main_window import CPU
+from tests.helpers.window import CPU
 
 
 @pytest.fixture

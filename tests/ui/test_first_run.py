@@ -22,13 +22,10 @@ from mixdesk.core.planning.words import verdict
 from mixdesk.core.workspace.chat_store import ChatStore
 from mixdesk.ui.main_window import MainWindow
 from mixdesk.ui.welcome import OFFLINE_LINE
-from tests import model_factory as mf
-from tests.hub_server import HubFile, HubRepo, HubState
-from tests.machines import V100
-
-REPO = "TheBloke/Mixtral-8x7B-Instruct-v0.1-GGUF"
-BIG_REPO = "bartowski/Mixtral-8x22B-v0.1-GGUF"
-SPARSE_SHA = "ab" * 32  # the data is a hole; nobody verifies it when reading headers
+from tests.helpers import model_factory as mf
+from tests.helpers.first_run import BIG_REPO, catalog_of, serve_headers
+from tests.helpers.hub_server import HubFile, HubRepo, HubState
+from tests.helpers.machines import V100
 
 
 @pytest.fixture(scope="module")
@@ -51,39 +48,6 @@ def headers(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return out
 
 
-def _catalog(headers: dict[str, Path]) -> list[CatalogModel]:
-    small = CatalogModel(
-        id="8x7b",
-        title="Mixtral 8x7B Instruct v0.1",
-        repo_id=REPO,
-        layout="legacy",
-        instruct=True,
-        files=[
-            CatalogFile(q, headers[q].name, headers[q].stat().st_size) for q in ("Q2_K", "Q4_K_M")
-        ],
-    )
-    big = CatalogModel(
-        id="8x22b",
-        title="Mixtral 8x22B (instruct for this test)",
-        repo_id=BIG_REPO,
-        layout="merged",
-        instruct=True,
-        files=[CatalogFile("Q4_K_M", headers["8x22b"].name, 0, split=True)],
-    )
-    return [small, big]
-
-
-def _serve(state: HubState, headers: dict[str, Path]) -> None:
-    small = HubRepo()
-    for q in ("Q2_K", "Q4_K_M"):
-        small.files[headers[q].name] = HubFile(path=headers[q], sha256=SPARSE_SHA)
-    state.repos[REPO] = small
-    big = HubRepo()
-    for part in sorted(headers["8x22b"].parent.glob("Mixtral-8x22B-v0.1-Q4_K_M-*-of-*.gguf")):
-        big.files[part.name] = HubFile(path=part, sha256=SPARSE_SHA)
-    state.repos[BIG_REPO] = big
-
-
 def _window(
     qtbot: QtBot, tmp_path: Path, hardware: HardwareInfo, catalog: list[CatalogModel] | None
 ) -> MainWindow:
@@ -104,8 +68,8 @@ def test_empty_library_ranks_the_catalog_with_the_planners_verdicts(
     qtbot: QtBot, tmp_path: Path, hub: tuple[HubState, str], headers: dict[str, Path]
 ) -> None:
     state, _url = hub
-    _serve(state, headers)
-    catalog = _catalog(headers)
+    serve_headers(state, headers)
+    catalog = catalog_of(headers)
     # a runtime overhead measured on this machine: the page plans as `mixdesk plan` does
     # (through loading.make_plan, with the measured overheads), not with the defaults
     version = calibration.installed_llama_version()

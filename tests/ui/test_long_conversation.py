@@ -9,7 +9,7 @@ from pathlib import Path
 from pytestqt.qtbot import QtBot
 
 from mixdesk.ui.main_window import MainWindow
-from tests.ui.test_main_window import ask, make_window
+from tests.helpers.window import ask, make_window
 
 #: A question of a few dozen tokens for the tiny model.
 LONG = " ".join(["mixture expert router token layer the"] * 3)

@@ -7,20 +7,12 @@ from pathlib import Path
 from pytestqt.qtbot import QtBot
 
 from mixdesk.core.loading.service import MAX_LOAD_TRIES
-from mixdesk.core.machine.hardware import GIB, MIB, GpuInfo, HardwareInfo
+from mixdesk.core.machine.hardware import MIB
 from tests.conftest import OOM_SHAPE
-from tests.core.test_device_oom import CountingEngine, Servers, device_hardware
-from tests.mixdesk_workers import WorkerProcess
-from tests.ui.test_main_window import make_window
-
-GPU_8GIB = HardwareInfo(
-    ram_total_bytes=16 * GIB,
-    ram_available_bytes=12 * GIB,
-    physical_cores=2,
-    logical_cores=2,
-    gpus=[GpuInfo("Test GPU", "cuda", 8 * GIB, 8 * GIB)],
-    gpu_offload=True,
-)
+from tests.helpers.devices import CountingEngine, Servers, device_hardware
+from tests.helpers.machines import GPU_8GIB
+from tests.helpers.mixdesk_workers import WorkerProcess
+from tests.helpers.window import make_window
 
 
 def test_window_retries_a_device_out_of_memory_with_fewer_layers(

@@ -19,7 +19,7 @@ from mixdesk.core.workspace.chat_store import ChatStore
 from mixdesk.core.workspace.settings import Settings
 from mixdesk.ui.main_window import MainWindow
 from mixdesk.ui.offload_panel import OffloadPanel
-from tests import model_factory as mf
+from tests.helpers import model_factory as mf
 
 #: What a hostile chat template's raise_exception() or a model's name could say.
 HOSTILE = '<a href="file:///etc/passwd">Click to fix</a><b>bold</b><img src="http://evil/x">'

@@ -10,7 +10,7 @@ from PySide6.QtWidgets import QTableWidget
 from pytestqt.qtbot import QtBot
 
 from mixdesk.ui.main_window import MainWindow
-from tests.ui.test_main_window import GPU, make_window
+from tests.helpers.window import GPU, make_window
 
 
 def _cut_headers(window: MainWindow) -> list[str]:

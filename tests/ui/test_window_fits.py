@@ -8,7 +8,7 @@ from pathlib import Path
 from pytestqt.qtbot import QtBot
 
 from mixdesk.core.machine.hardware import GIB, GpuInfo, HardwareInfo
-from tests.ui.test_main_window import make_window
+from tests.helpers.window import make_window
 
 
 def test_window_fits_a_1280_pixel_screen(

@@ -11,9 +11,9 @@ from pytestqt.qtbot import QtBot
 
 from mixdesk.core.workspace.settings import Settings
 from mixdesk.ui.workers_panel import WorkersPanel
-from tests.mixdesk_workers import WorkerProcess
-from tests.net import free_port
-from tests.ui.test_main_window import ask, make_window
+from tests.helpers.mixdesk_workers import WorkerProcess
+from tests.helpers.net import free_port
+from tests.helpers.window import ask, make_window
 
 Workers = Callable[..., WorkerProcess]
 

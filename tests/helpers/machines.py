@@ -13,3 +13,13 @@ V100 = HardwareInfo(
     gpus=[GpuInfo("Tesla V100-SXM2-16GB", "cuda", 16160 * MIB, 15860 * MIB)],
     gpu_offload=True,
 )
+
+
+GPU_8GIB = HardwareInfo(
+    ram_total_bytes=16 * GIB,
+    ram_available_bytes=12 * GIB,
+    physical_cores=2,
+    logical_cores=2,
+    gpus=[GpuInfo("Test GPU", "cuda", 8 * GIB, 8 * GIB)],
+    gpu_offload=True,
+)

@@ -5,7 +5,7 @@ llama.cpp's own quantiser (Q4_K_M, Q2_K), TheBloke's legacy per-expert layout, a
 files: truncated, wrong magic, a duplicated vocabulary entry that makes llama.cpp abort,
 an unknown architecture, a model with no chat template.
 
-Benchmarks import this module too (``from tests.model_factory import ...``).
+Benchmarks import this module too (``from tests.helpers.model_factory import ...``).
 """
 
 from __future__ import annotations

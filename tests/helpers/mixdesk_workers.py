@@ -16,7 +16,7 @@ import pytest
 
 from mixdesk.core.machine import rpc_worker
 from mixdesk.errors import WorkerError
-from tests.net import free_port
+from tests.helpers.net import free_port
 
 
 @dataclass
