@@ -19,10 +19,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-#: Small buffers: a worker may run under a tight memory limit, and loopback is fast anyway.
-_CHUNK = 256 << 10
+#: Small buffers: a worker may run with little memory to spare beside llama.cpp's buffers
+#: (a session's buffers stay under a third of a MiB, reused from the heap rather than mapped
+#: anew), and loopback is fast anyway.
+_CHUNK = 64 << 10
 #: Stop reading a side while this much is waiting to be written to the other (backpressure).
-_HIGH_WATER = 1 << 20
+_HIGH_WATER = 256 << 10
 _WOULD_BLOCK = (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
 
 
