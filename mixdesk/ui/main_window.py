@@ -25,6 +25,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from mixdesk.core.chat.words import ENDED_AT_ONCE_WORDS
 from mixdesk.core.engine import ChatDone, Engine, GenerationStats
 from mixdesk.core.hub.catalog import CatalogModel
 from mixdesk.core.hub.library import Library
@@ -350,7 +351,8 @@ class MainWindow(QMainWindow):
         self.speedShown.emit(stats.eval_tps)
 
     def _answer_finished(self, done: ChatDone) -> None:
-        self.statusBar().showMessage(stats_line(done.stats), 10_000)
+        words = ENDED_AT_ONCE_WORDS if done.ended_at_once else stats_line(done.stats)
+        self.statusBar().showMessage(words, 10_000)
         self.answerFinished.emit(done)
 
     def _answer_failed(self, err: BaseException) -> None:

@@ -103,4 +103,5 @@ def test_an_answer_that_ends_at_once_says_why(qtbot: QtBot, tmp_path: Path) -> N
     shown = window.view.toPlainText()
     assert ENDED_AT_ONCE_WORDS in shown
     assert "0 tokens" not in shown and "0.0 tok/s" not in shown
+    assert window.statusBar().currentMessage() == ENDED_AT_ONCE_WORDS
     window.close()
