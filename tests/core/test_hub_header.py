@@ -11,22 +11,15 @@ import pytest
 
 from mixdesk.core.gguf.profile import profile_local
 from mixdesk.core.hub.remote_header import HubError, parse_model_ref, profile_ref
-from mixdesk.core.machine.hardware import GIB, MIB, GpuInfo, HardwareInfo
+from mixdesk.core.machine.hardware import MIB
 from mixdesk.core.planning.planner import plan_offload
 from mixdesk.errors import InvalidArgumentError
 from tests.helpers import model_factory as mf
 from tests.helpers.hub_server import HubFile, HubRepo, HubState
+from tests.helpers.machines import V100
 
 REPO = "TheBloke/Mixtral-8x7B-Instruct-v0.1-GGUF"
 LEGACY = "mixtral-8x7b-instruct-v0.1.Q4_K_M.gguf"
-V100 = HardwareInfo(
-    ram_total_bytes=64 * GIB,
-    ram_available_bytes=64 * GIB,
-    physical_cores=8,
-    logical_cores=8,
-    gpus=[GpuInfo("Tesla V100-SXM2-16GB", "cuda", 16160 * MIB, 15860 * MIB)],
-    gpu_offload=True,
-)
 
 
 @pytest.fixture(scope="module")
