@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tarfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -191,11 +192,11 @@ def measure(out_dir: Path, vram: int) -> int:
                     after = pynvml.nvmlDeviceGetMemoryInfo(handle).free
                 found = mismatches(setup, info)
                 problems += [f"{strategy} ngl={ngl}: {p}" for p in found]
-                device = sum(v for k, v in info.buffers.items() if k.startswith("CUDA0"))
+                device = info.buffers.on("CUDA0")
                 row.update(
                     ok=True,
                     placement=setup.plan.placement_words,
-                    buffers=info.buffers,
+                    buffers=[asdict(b) for b in info.buffers.items],
                     overhead=(before - after) - device,
                     after_load=before - loaded,
                     eval_tps=done.stats.eval_tps,

@@ -49,6 +49,7 @@ if str(ROOT) not in sys.path:
 from benchmarks.goals import Goal, add_goal_arguments, judge  # noqa: E402
 from mixdesk.core.chat.template import ChatMessage  # noqa: E402
 from mixdesk.core.engine import Engine, SamplingParams  # noqa: E402
+from mixdesk.core.engine.protocol import BufferKind  # noqa: E402
 from mixdesk.core.loading.choices import LoadChoices  # noqa: E402
 from mixdesk.core.loading.service import LoadOutcome, LoadRequest, load_model  # noqa: E402
 from mixdesk.core.machine import hardware, rpc_worker  # noqa: E402
@@ -182,8 +183,8 @@ def measure(
     for i, d in enumerate(plan.gpus):
         endpoint = devices[i].endpoint
         sent = after_load[endpoint] - before[endpoint]
-        model_buf = buffers.get(f"{d.buffer_name} model", 0)
-        kv_buf = buffers.get(f"{d.buffer_name} KV", 0)
+        model_buf = buffers.size(d.buffer_name, BufferKind.MODEL)
+        kv_buf = buffers.size(d.buffer_name, BufferKind.KV)
         rows.append(
             {
                 "worker": endpoint,

@@ -9,9 +9,10 @@ from typing import Any
 
 from mixdesk.commands.terminal import json_safe
 from mixdesk.core.engine.protocol import KV_CACHE_TYPES
-from mixdesk.core.loading.choices import STRATEGIES, LoadChoices
+from mixdesk.core.loading.choices import LoadChoices
 from mixdesk.core.machine import hardware
 from mixdesk.core.machine.hardware import HardwareInfo, Overrides, apply_overrides
+from mixdesk.core.planning.types import STRATEGIES
 from mixdesk.errors import InvalidArgumentError
 
 

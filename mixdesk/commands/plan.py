@@ -10,11 +10,11 @@ from typing import Any
 from mixdesk.commands.common import load_choices, machine, print_json
 from mixdesk.core.gguf.profile import ModelProfile
 from mixdesk.core.hub.remote_header import parse_model_ref, profile_ref
-from mixdesk.core.loading.choices import STRATEGIES, LoadChoices
+from mixdesk.core.loading.choices import LoadChoices
 from mixdesk.core.loading.service import make_plan
 from mixdesk.core.machine import hardware
 from mixdesk.core.machine.hardware import HardwareInfo, format_bytes
-from mixdesk.core.planning.types import OffloadPlan
+from mixdesk.core.planning.types import STRATEGIES, OffloadPlan
 from mixdesk.core.planning.words import FIT_WORDS, explain
 
 

@@ -24,7 +24,7 @@ from mixdesk.core.loading.choices import LoadChoices
 from mixdesk.core.loading.measure import measure_variants
 from mixdesk.core.loading.service import LoadRequest, make_plan
 from mixdesk.core.machine.hardware import HardwareInfo
-from mixdesk.core.planning.types import OffloadPlan
+from mixdesk.core.planning.types import STRATEGIES, OffloadPlan
 from mixdesk.core.planning.words import explain
 from mixdesk.ui.plain import plain
 from mixdesk.ui.widgets import DeviceBars
@@ -248,7 +248,7 @@ class OffloadPanel(QWidget):
             n_ctx=self.ctx.value() or None,
             kv_type=self.kv.currentText(),
             flash_attn=self.flash.isChecked(),
-            strategy=str(self.strategy.currentData()),
+            strategy=next((s for s in STRATEGIES if s == self.strategy.currentData()), "layers"),
         )
 
     def set_defaults(self, choices: LoadChoices) -> None:

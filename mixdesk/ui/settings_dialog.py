@@ -18,6 +18,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from mixdesk.core.chat.context_window import OVERFLOW_POLICIES
 from mixdesk.core.engine import SamplingParams
 from mixdesk.core.workspace.settings import Settings
 from mixdesk.ui.plain import plain
@@ -150,7 +151,9 @@ class SettingsDialog(QDialog):
             system_prompt=self.system_prompt.text(),
             threads=self.threads.value() or None,
             models_dir=self.models_dir.text().strip() or None,
-            context_overflow=str(self.overflow.currentData()),
+            context_overflow=next(
+                (p for p in OVERFLOW_POLICIES if p == self.overflow.currentData()), "drop_oldest"
+            ),
         )
 
 

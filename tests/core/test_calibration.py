@@ -7,7 +7,7 @@ from pathlib import Path
 
 from mixdesk.core.chat.template import ChatMessage
 from mixdesk.core.engine import Engine
-from mixdesk.core.engine.protocol import ModelInfo
+from mixdesk.core.engine.protocol import Buffer, BufferKind, Buffers, ModelInfo
 from mixdesk.core.loading.choices import LoadChoices
 from mixdesk.core.loading.service import LoadRequest, load_model, plan_load
 from mixdesk.core.machine.hardware import MIB
@@ -32,12 +32,14 @@ def test_overhead_is_what_left_beyond_llama_cpps_buffers() -> None:
         system_prompt_folded=False,
         load_s=0.1,
         n_threads=1,
-        buffers={
-            "CUDA0 model": 100 * MIB,
-            "CUDA0 KV": 10 * MIB,
-            "CUDA0 compute": 20 * MIB,
-            "CPU_Mapped model": 5 * MIB,
-        },
+        buffers=Buffers(
+            (
+                Buffer("CUDA0", BufferKind.MODEL, 100 * MIB),
+                Buffer("CUDA0", BufferKind.KV, 10 * MIB),
+                Buffer("CUDA0", BufferKind.COMPUTE, 20 * MIB),
+                Buffer("CPU_Mapped", BufferKind.MODEL, 5 * MIB),
+            )
+        ),
         device_free={"CUDA0": [1000 * MIB, 860 * MIB]},
     )
     # 1000 -> 500 MiB free after the first batch: 500 MiB left, 130 of them llama.cpp's.

@@ -15,7 +15,7 @@ import pytest
 
 from mixdesk.core.chat.template import ChatMessage
 from mixdesk.core.engine import Engine
-from mixdesk.core.engine.protocol import ModelInfo
+from mixdesk.core.engine.protocol import BufferKind, ModelInfo
 from mixdesk.core.gguf.convert import convert_legacy
 from mixdesk.core.gguf.profile import profile_local
 from mixdesk.core.gguf.synthetic import write_model
@@ -99,7 +99,7 @@ def test_n_gpu_layers_2_is_the_output_and_the_last_layer(
         == profile.layer_bytes[-1] + profile.output_bytes + profile.output_norm_bytes
     )
     assert not found, found
-    assert info.buffers[f"RPC0[{server.endpoint}] KV"] == setup.plan.gpus[0].kv_bytes
+    assert info.buffers.get(f"RPC0[{server.endpoint}]", BufferKind.KV) == setup.plan.gpus[0].kv_bytes
 
 
 @pytest.mark.slow

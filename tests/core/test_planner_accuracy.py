@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from mixdesk.core.engine import Engine, LoadConfig
+from mixdesk.core.engine.protocol import BufferKind
 from mixdesk.core.gguf.profile import profile_local
 from mixdesk.core.machine.hardware import MIB, HardwareInfo
 from mixdesk.core.planning.planner import plan_offload
@@ -45,14 +46,14 @@ def _check(engine: Engine, path: Path, n_ctx: int, kv: str, fa: bool) -> None:
         profile_local(path), CPU_ONLY, n_ctx=n_ctx, type_k=kv, type_v=kv, flash_attn=fa
     )
     cpu = plan.cpu
-    model = logged["CPU model"] + logged.get("CPU_REPACK model", 0)
+    model = logged.size("CPU", BufferKind.MODEL) + logged.size("CPU_REPACK", BufferKind.MODEL)
+    kv_bytes = logged.size("CPU", BufferKind.KV)
+    compute = logged.size("CPU", BufferKind.COMPUTE)
     what = f"{path.name} ctx={n_ctx} kv={kv} fa={fa}"
     assert _close(cpu.weights_bytes, model), f"model {what}: {cpu.weights_bytes} vs {model}"
-    assert _close(cpu.kv_bytes, logged["CPU KV"]), (
-        f"KV {what}: {cpu.kv_bytes} vs {logged['CPU KV']}"
-    )
-    assert _close(cpu.compute_bytes, logged["CPU compute"]), (
-        f"compute {what}: {cpu.compute_bytes / MIB:.2f} vs {logged['CPU compute'] / MIB:.2f} MiB"
+    assert _close(cpu.kv_bytes, kv_bytes), f"KV {what}: {cpu.kv_bytes} vs {kv_bytes}"
+    assert _close(cpu.compute_bytes, compute), (
+        f"compute {what}: {cpu.compute_bytes / MIB:.2f} vs {compute / MIB:.2f} MiB"
     )
 
 

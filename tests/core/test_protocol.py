@@ -104,3 +104,53 @@ def test_every_message_names_its_kind_once_and_decodes_generically() -> None:
     line = encode(done)
     assert b'"type":"done"' in line
     assert decode(line) == done
+
+
+def test_buffers_cross_the_pipe_typed() -> None:
+    """llama.cpp's buffers are keyed by device and a typed kind, on both sides of the pipe;
+    a kind the app does not know makes the line unreadable, never a wrong lookup."""
+    from mixdesk.core.engine.protocol import (
+        Buffer,
+        BufferKind,
+        BufferReport,
+        Buffers,
+        decode,
+        encode,
+    )
+
+    report = BufferReport(
+        Buffers(
+            (
+                Buffer("RPC0[127.0.0.1:50052]", BufferKind.KV, 7),
+                Buffer("CPU", BufferKind.COMPUTE, 11),
+                Buffer("CPU", BufferKind.COMPUTE, 2),
+            )
+        )
+    )
+    back = decode(encode(report))
+    assert back == report
+    assert back.buffers.items[0].kind is BufferKind.KV
+    assert back.buffers.get("CPU", BufferKind.COMPUTE) == 13
+    assert back.buffers.get("CPU", BufferKind.MODEL) is None
+    assert back.buffers.on("CPU") == 13
+    bad = encode(report).replace(b'"KV"', b'"VRAM"')
+    with pytest.raises(ValueError):
+        decode(bad)
+
+
+def test_buffer_sizes_from_the_log() -> None:
+    from mixdesk.core.engine.diagnose import buffer_sizes
+    from mixdesk.core.engine.protocol import BufferKind
+
+    log = (
+        "llama_model_load: loading\n"
+        "load_tensors:   CPU_Mapped model buffer size =    10.00 MiB\n"
+        "load_tensors:   CPU_Mapped model buffer size =     5.00 MiB\n"
+        "llama_kv_cache:        CUDA0 KV buffer size =     2.50 MiB\n"
+        "sched_reserve:      CUDA0 compute buffer size =     1.00 MiB\n"
+    )
+    found = buffer_sizes(log)
+    assert found.get("CPU_Mapped", BufferKind.MODEL) == 15 << 20
+    assert found.get("CUDA0", BufferKind.KV) == int(2.5 * 2**20)
+    assert found.get("CUDA0", BufferKind.COMPUTE) == 1 << 20
+    assert found.devices() == ["CPU_Mapped", "CUDA0"]

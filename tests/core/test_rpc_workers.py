@@ -24,6 +24,7 @@ import pytest
 from mixdesk import __version__
 from mixdesk.core.engine import Engine, LoadConfig
 from mixdesk.core.engine.diagnose import buffer_sizes
+from mixdesk.core.engine.protocol import BufferKind
 from mixdesk.core.loading.choices import LoadChoices
 from mixdesk.core.loading.service import LoadRequest, load_model
 from mixdesk.core.machine import rpc_worker
@@ -120,8 +121,8 @@ def test_chat_with_two_workers_answers_with_layers_on_both_as_planned(
     for endpoint in (a.endpoint, b.endpoint):
         device = planned[f"RPC0[{endpoint}]"]
         assert device["layers"] or device["output"]
-        for what, key in (("model", "weights_bytes"), ("KV", "kv_bytes")):
-            real = logged[f"RPC0[{endpoint}] {what}"]
+        for what, key in ((BufferKind.MODEL, "weights_bytes"), (BufferKind.KV, "kv_bytes")):
+            real = logged.size(f"RPC0[{endpoint}]", what)
             assert real > 0
             assert abs(device[key] - real) <= max(0.01 * real, 6000), (endpoint, what)
         assert device["send_bytes"] == device["weights_bytes"]

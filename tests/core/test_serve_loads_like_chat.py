@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from mixdesk.core.engine import Engine, diagnose
+from mixdesk.core.engine.protocol import BufferKind
 from mixdesk.core.loading.choices import LoadChoices
 from mixdesk.core.loading.service import plan_load
 from mixdesk.core.serving.serve import ServeConfig, start_server
@@ -36,10 +37,12 @@ def test_serve_places_tensors_like_the_engine(
         engine_buffers = engine.load(setup.config).buffers
 
     device = f"RPC0[{server.endpoint}]"
-    for kind in ("model", "KV"):
-        assert served_buffers[f"{device} {kind}"] == engine_buffers[f"{device} {kind}"]
-    cpu = served_buffers.get("CPU model", 0) + served_buffers.get("CPU_REPACK model", 0)
+    for kind in (BufferKind.MODEL, BufferKind.KV):
+        assert served_buffers.get(device, kind) == engine_buffers.get(device, kind) is not None
+    cpu = served_buffers.size("CPU", BufferKind.MODEL) + served_buffers.size(
+        "CPU_REPACK", BufferKind.MODEL
+    )
     assert abs(cpu - setup.plan.cpu.weights_bytes) <= 0.01 * setup.plan.cpu.weights_bytes
-    assert abs(served_buffers[f"{device} model"] - setup.plan.gpus[0].weights_bytes) <= max(
+    assert abs(served_buffers.size(device, BufferKind.MODEL) - setup.plan.gpus[0].weights_bytes) <= max(
         0.01 * setup.plan.gpus[0].weights_bytes, 6000
     )

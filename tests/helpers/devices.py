@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from mixdesk.core.engine import Engine, LoadConfig, ModelInfo
+from mixdesk.core.engine.protocol import BufferKind
 from mixdesk.core.loading.service import LoadSetup
 from mixdesk.core.machine.hardware import GIB, MIB, GpuInfo, HardwareInfo
 from tests.helpers.mixdesk_workers import WorkerProcess
@@ -69,20 +70,16 @@ def mismatches(setup: LoadSetup, info: ModelInfo) -> list[str]:
             f"n_gpu_layers {info.n_gpu_layers} loaded, {setup.config.n_gpu_layers} planned"
         )
     planned_names = {d.buffer_name for d in plan.devices}
-    for key, size in logged.items():
-        device = key.rsplit(" ", 1)[0]
-        if device.startswith("RPC") and device not in planned_names and size > 0:
-            found.append(f"{key} = {size} on a device the plan leaves empty")
+    for b in logged.items:
+        if b.device.startswith("RPC") and b.device not in planned_names and b.bytes > 0:
+            found.append(f"{b.device} {b.kind} = {b.bytes} on a device the plan leaves empty")
     for d in plan.devices:
-        if d.kind == "cpu":  # without mmap: the CPU buffer plus what llama.cpp repacked
-            weights = logged.get("CPU model", 0) + logged.get("CPU_REPACK model", 0)
-            kv, compute = logged.get("CPU KV", 0), logged.get("CPU compute", 0)
-        else:
-            weights = logged.get(f"{d.buffer_name} model", 0)
-            kv, compute = (
-                logged.get(f"{d.buffer_name} KV", 0),
-                logged.get(f"{d.buffer_name} compute", 0),
-            )
+        # without mmap, the CPU's weights are its buffer plus what llama.cpp repacked
+        weights = logged.size(d.buffer_name, BufferKind.MODEL) + (
+            logged.size("CPU_REPACK", BufferKind.MODEL) if d.kind == "cpu" else 0
+        )
+        kv = logged.size(d.buffer_name, BufferKind.KV)
+        compute = logged.size(d.buffer_name, BufferKind.COMPUTE)
         for what, planned, real, share in (
             ("weights", d.weights_bytes, weights, 0.01),
             ("KV", d.kv_bytes, kv, 0.01),

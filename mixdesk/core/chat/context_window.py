@@ -15,11 +15,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 from mixdesk.core.chat.template import ChatMessage
 from mixdesk.errors import ContextOverflowError
 
-OVERFLOW_POLICIES = ("drop_oldest", "stop")
+#: What to do when a conversation outgrows the context: leave out its oldest turns, or stop.
+OverflowPolicy = Literal["drop_oldest", "stop"]
+OVERFLOW_POLICIES: tuple[OverflowPolicy, ...] = ("drop_oldest", "stop")
 #: Room kept for the answer when its length is not limited (tokens).
 DEFAULT_ANSWER_ROOM = 512
 

@@ -10,6 +10,8 @@ import codecs
 import time
 from dataclasses import dataclass, field
 
+from mixdesk.core.engine.protocol import FinishReason
+
 
 def stop_position(text: str, sent: int, stops: tuple[str, ...]) -> tuple[int, int]:
     """Find a stop string in the unsent text.
@@ -50,7 +52,7 @@ class Answer:
     n_generated: int = 0
     ttft: float = 0.0
     last_send: float = 0.0
-    finish: str = "length"
+    finish: FinishReason = "length"
     #: Every token sampled, when the command asked for them.
     token_ids: list[int] | None = None
     decoder: codecs.IncrementalDecoder = field(

@@ -35,6 +35,7 @@ from mixdesk.core.chat.template import ChatMessage
 from mixdesk.core.engine import diagnose
 from mixdesk.core.engine.protocol import (
     BufferReport,
+    Buffers,
     CancelCommand,
     ChatCommand,
     ChatDone,
@@ -303,7 +304,7 @@ class Engine:
             elif isinstance(event, EngineFailure):
                 raise _failure_to_error(event)
 
-    def dry_run(self, config: LoadConfig) -> dict[str, int]:
+    def dry_run(self, config: LoadConfig) -> Buffers:
         """What llama.cpp would allocate for ``config``, without allocating it: the buffers it
         logs in ``no_alloc`` mode (compute buffers exact per backend; model and KV 0).
 

@@ -12,6 +12,7 @@ import signal
 from collections.abc import Sequence
 from pathlib import Path
 
+from mixdesk.core.engine.protocol import Buffer, BufferKind, Buffers
 from mixdesk.errors import (
     CorruptModelError,
     DeviceOutOfMemoryCrashError,
@@ -244,19 +245,19 @@ def _last_load(log_text: str) -> str:
     return log_text[max(start, 0) :]
 
 
-def buffer_sizes(log_text: str) -> dict[str, int]:
-    """The buffers llama.cpp reports while loading, in bytes, summed per device and kind:
-    ``{"CPU_Mapped model": ..., "RPC0[127.0.0.1:50052] KV": ..., "CUDA0 compute": ...}``.
+def buffer_sizes(log_text: str) -> Buffers:
+    """The buffers llama.cpp reports while loading, in bytes, summed per device and kind
+    (``CPU_Mapped`` model, ``RPC0[127.0.0.1:50052]`` KV, ``CUDA0`` compute...).
 
     These log lines are llama.cpp's own accounting (ground truth for the planner). A split
     model logs one ``CPU_Mapped`` buffer per file, hence the sums; two RPC servers are both
     called ``RPC0``, so their names keep the endpoint. Only the last load in ``log_text`` is read.
     """
-    found: dict[str, int] = {}
+    found: dict[tuple[str, BufferKind], int] = {}
     for device, kind, mib in _BUFFER.findall(_last_load(with_worker_names(log_text))):
-        key = f"{device} {kind}"
+        key = (device, BufferKind(kind))
         found[key] = found.get(key, 0) + round(float(mib) * 2**20)
-    return found
+    return Buffers(tuple(Buffer(device, kind, size) for (device, kind), size in found.items()))
 
 
 def offloaded_layers(log_text: str) -> int:

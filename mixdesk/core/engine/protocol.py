@@ -15,11 +15,17 @@ import time
 import types
 import typing
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
-from typing import Any, TypeVar
+from enum import Enum
+from typing import Any, Literal, TypeVar
 
+from mixdesk.core.chat.context_window import OverflowPolicy
 from mixdesk.core.chat.template import ChatMessage
 from mixdesk.core.chat.words import ended_at_once
 from mixdesk.errors import MixdeskError, wire_code
+
+#: Why an answer ended: end-of-text or a stop string, its token limit, the user's Stop, or a
+#: failure that cut it short.
+FinishReason = Literal["stop", "length", "cancelled", "error"]
 
 #: KV cache types a user can pick, as llama.cpp names them.
 KV_CACHE_TYPES = ("f16", "q8_0", "q4_0")
@@ -69,7 +75,56 @@ class SamplingParams:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     #: What to do when the conversation outgrows the context (``context_window.OVERFLOW_POLICIES``).
-    overflow: str = "drop_oldest"
+    overflow: OverflowPolicy = "drop_oldest"
+
+
+class BufferKind(str, Enum):
+    """What one of llama.cpp's buffers holds (a ``str``: it serialises as its value, the word
+    llama.cpp's log uses)."""
+
+    MODEL = "model"  # weights
+    KV = "KV"  # the KV cache
+    COMPUTE = "compute"  # the graph allocator's working memory
+    OUTPUT = "output"  # logits and embeddings
+    RS = "RS"  # recurrent state (not in Mixtral-class models)
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True)
+class Buffer:
+    """One buffer llama.cpp allocated, as its log reports it (a split model's per-file
+    buffers summed)."""
+
+    #: llama.cpp's name for the device: "CUDA0", "RPC0[host:port]", "CPU", "CPU_Mapped"...
+    device: str
+    kind: BufferKind
+    bytes: int
+
+
+@dataclass(frozen=True)
+class Buffers:
+    """The buffers of one load, looked up by device and kind."""
+
+    items: tuple[Buffer, ...] = ()
+
+    def get(self, device: str, kind: BufferKind) -> int | None:
+        """The bytes of ``device``'s buffer of ``kind`` (None: llama.cpp logged none)."""
+        found = [b.bytes for b in self.items if b.device == device and b.kind == kind]
+        return sum(found) if found else None
+
+    def size(self, device: str, kind: BufferKind) -> int:
+        """The bytes of ``device``'s buffer of ``kind``, 0 when there is none."""
+        return self.get(device, kind) or 0
+
+    def on(self, device: str) -> int:
+        """Every buffer of ``device``, in bytes."""
+        return sum(b.bytes for b in self.items if b.device == device)
+
+    def devices(self) -> list[str]:
+        """The devices with a buffer, in the order llama.cpp logged them."""
+        return list(dict.fromkeys(b.device for b in self.items))
 
 
 @dataclass(frozen=True)
@@ -103,8 +158,8 @@ class ModelInfo:
     flash_attn: bool = False
     type_k: str = "f16"
     type_v: str = "f16"
-    #: Buffer sizes llama.cpp logged while loading, e.g. {"CPU KV": bytes, "CUDA0 model": bytes}.
-    buffers: dict[str, int] = field(default_factory=dict)
+    #: The buffers llama.cpp logged while loading.
+    buffers: Buffers = field(default_factory=Buffers)
     #: Why a built-in chat template stands in for the model's own (empty when it does not).
     chat_template_note: str = ""
     #: Free memory of each offload device (by buffer name) before loading and after.
@@ -164,11 +219,11 @@ class TextDelta:
 
 @dataclass(frozen=True)
 class ChatDone:
-    """The end of an answer: ``finish_reason`` is "stop", "length" or "cancelled"."""
+    """The end of an answer, and why it ended."""
 
     request_id: int
     text: str
-    finish_reason: str
+    finish_reason: FinishReason
     stats: GenerationStats
     #: Older messages left out of the prompt so the conversation fit the context.
     dropped_messages: int = 0
@@ -249,7 +304,7 @@ class DeviceMemory:
 class BufferReport:
     """Buffer sizes llama.cpp logged, summed per device and kind (see ``diagnose.buffer_sizes``)."""
 
-    buffers: dict[str, int] = field(default_factory=dict)
+    buffers: Buffers = field(default_factory=Buffers)
 
 
 #: Everything the app can tell the engine.
@@ -293,6 +348,8 @@ def _value(hint: Any, value: Any) -> Any:
         return _value(options[0], value) if value is not None and len(options) == 1 else value
     if isinstance(hint, type) and is_dataclass(hint) and isinstance(value, dict):
         return from_dict(hint, value)
+    if isinstance(hint, type) and issubclass(hint, Enum):
+        return hint(value)  # an unknown value is a ValueError: not a message
     if origin is tuple and isinstance(value, list):
         args = typing.get_args(hint)
         item = args[0] if len(args) == 2 and args[1] is Ellipsis else Any

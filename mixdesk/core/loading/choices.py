@@ -6,13 +6,12 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from mixdesk.core.engine.protocol import KV_CACHE_TYPES
+from mixdesk.core.planning.types import STRATEGIES, Strategy
 from mixdesk.errors import InvalidArgumentError
 
 if TYPE_CHECKING:
     from mixdesk.core.workspace.settings import Settings
 
-#: How layers can be placed: whole layers, or every layer with some experts in RAM.
-STRATEGIES = ("layers", "experts")
 
 
 @dataclass(frozen=True)
@@ -41,7 +40,7 @@ class LoadChoices:
     n_batch: int = 512
     use_mmap: bool = True
     op_offload: bool | None = None
-    strategy: str = "layers"
+    strategy: Strategy = "layers"
     experts_in_ram: int | None = None
 
     @classmethod

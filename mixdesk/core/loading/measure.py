@@ -7,7 +7,7 @@ from dataclasses import dataclass, replace
 from mixdesk.core.gguf.profile import ModelProfile
 from mixdesk.core.loading.choices import LoadChoices
 from mixdesk.core.machine.hardware import HardwareInfo
-from mixdesk.core.planning.types import OffloadPlan
+from mixdesk.core.planning.types import OffloadPlan, Strategy
 
 
 @dataclass(frozen=True)
@@ -30,7 +30,7 @@ def measure_variants(
     base = replace(choices, n_gpu_layers=plan.n_gpu_layers if plan.strategy == "layers" else None)
     found = [MeasureVariant("as planned", base)]
     if plan.gpus and profile.is_moe:
-        other = "layers" if plan.strategy == "experts" else "experts"
+        other: Strategy = "layers" if plan.strategy == "experts" else "experts"
         words = "whole layers" if other == "layers" else "experts in RAM"
         found.append(MeasureVariant(words, replace(base, strategy=other, n_gpu_layers=None)))
     if plan.gpus and plan.n_gpu_layers > 0:

@@ -15,12 +15,12 @@ Rules kept here, once:
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mixdesk.core.engine.protocol import LoadConfig, ModelInfo
+from mixdesk.core.engine.protocol import BufferKind, Buffers, LoadConfig, ModelInfo
 from mixdesk.core.gguf.header import open_model_file
 from mixdesk.core.gguf.profile import ModelProfile, profile_local, split_parts
 from mixdesk.core.loading.choices import LoadChoices
@@ -94,7 +94,7 @@ def make_plan(
     hardware: HardwareInfo,
     choices: LoadChoices,
     *,
-    measured: Mapping[str, int] | None = None,
+    measured: Buffers | None = None,
 ) -> OffloadPlan:
     """The offload plan for ``choices`` (also for a model not downloaded yet: ``mixdesk plan``).
 
@@ -335,8 +335,8 @@ def fewer_gpu_layers(
     if device is None:
         return current - 1
     buffer = getattr(err, "buffer", "")
-    already = 0 if buffer in ("", "model") else device.weights_bytes
-    if buffer == "compute":
+    already = 0 if buffer in ("", BufferKind.MODEL) else device.weights_bytes
+    if buffer == BufferKind.COMPUTE:
         already += device.kv_bytes
     room = device.free_bytes
     if err.requested_bytes:

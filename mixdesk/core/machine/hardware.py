@@ -24,7 +24,7 @@ import subprocess
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, Literal
 
 import psutil
 
@@ -36,12 +36,16 @@ MIB = 1 << 20
 GIB = 1 << 30
 
 
+#: A llama.cpp offload backend: a local GPU API, or "rpc" (a llama.cpp RPC server).
+Backend = Literal["cuda", "rocm", "metal", "vulkan", "rpc"]
+
+
 @dataclass(frozen=True)
 class GpuInfo:
     """One GPU and its memory in bytes."""
 
     name: str
-    backend: str  # "cuda", "rocm", "metal", "vulkan", or "rpc" (a llama.cpp RPC server)
+    backend: Backend
     total_bytes: int
     free_bytes: int
     index: int = 0

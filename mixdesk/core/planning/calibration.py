@@ -75,7 +75,7 @@ def overheads_seen(info: ModelInfo, after_batch: Mapping[str, int]) -> dict[str,
     for device, (before, _after_load) in info.device_free.items():
         if device not in after_batch:
             continue
-        buffers = sum(v for k, v in info.buffers.items() if k.rsplit(" ", 1)[0] == device)
+        buffers = info.buffers.on(device)
         found[device] = max(0, before - after_batch[device] - buffers)
     return found
 

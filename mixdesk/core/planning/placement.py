@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from mixdesk.core.engine.protocol import BufferKind, Buffers
 from mixdesk.core.gguf.profile import ModelProfile
 from mixdesk.core.machine.hardware import MIB, GpuInfo, HardwareInfo
 from mixdesk.core.planning.memory import (
@@ -42,8 +43,8 @@ class Costs:
 
     kv_layer: int
     compute: int
-    #: Compute buffers llama.cpp reported in a dry run, by buffer name (exact where present).
-    measured: Mapping[str, int] = field(default_factory=dict)
+    #: The buffers llama.cpp reported in a dry run (its compute buffers are exact).
+    measured: Buffers = field(default_factory=Buffers)
     #: More compute buffer on a GPU: op offload copies RAM-resident expert tensors there.
     gpu_extra: int = 0
     #: Runtime overheads measured on this machine, by device buffer name.
@@ -51,7 +52,8 @@ class Costs:
 
     def compute_on(self, name: str) -> int:
         """The compute buffer of device ``name``: measured if known, else the formula's."""
-        return self.measured.get(f"{name} compute", self.compute + self.gpu_extra)
+        found = self.measured.get(name, BufferKind.COMPUTE)
+        return self.compute + self.gpu_extra if found is None else found
 
 
 def slot_bytes(profile: ModelProfile, n_gpu: int, experts_in_ram: int = 0) -> list[tuple[int, int]]:
@@ -186,8 +188,8 @@ def place(
             weights_bytes=cpu_weights(profile, n_gpu, k),
             kv_bytes=on_cpu * costs.kv_layer,
             # With everything offloaded the CPU keeps only the graph's inputs and logits.
-            compute_bytes=costs.measured.get(
-                "CPU compute",
+            compute_bytes=_or(
+                costs.measured.get("CPU", BufferKind.COMPUTE),
                 profile.vocab_size * 4 + 4 * profile.n_embd * min(UBATCH, ctx) * 4
                 if full_offload
                 else costs.compute,
@@ -199,6 +201,10 @@ def place(
         )
     )
     return devices
+
+
+def _or(measured: int | None, formula: int) -> int:
+    return formula if measured is None else measured
 
 
 def fit_of(*, shortfall: int, n_gpu: int, n_layers: int, k: int) -> Fit:

@@ -29,6 +29,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 
+from mixdesk.core.engine.protocol import Buffers
 from mixdesk.core.gguf.profile import ModelProfile
 from mixdesk.core.machine.hardware import GpuInfo, HardwareInfo, format_bytes
 from mixdesk.core.planning.memory import (
@@ -61,7 +62,7 @@ def plan_offload(
     flash_attn: bool = False,
     n_gpu_layers: int | None = None,
     gpu_offload_supported: bool | None = None,
-    measured_compute: Mapping[str, int] | None = None,
+    measured_compute: Buffers | None = None,
     strategy: str = "layers",
     experts_in_ram: int | None = None,
     overheads: Mapping[str, int] | None = None,
@@ -113,7 +114,7 @@ def plan_offload(
             compute=compute_buffer_bytes(
                 profile, ctx, flash_attn=flash_attn, type_k=type_k, type_v=type_v
             ),
-            measured=measured_compute or {},
+            measured=measured_compute or Buffers(),
             gpu_extra=largest_expert_tensor(profile, k) if k else 0,
             overheads=overheads or {},
         )

@@ -4,6 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Literal
+
+#: What a device is to the plan: an offload device (a GPU or an RPC worker) or the CPU's RAM.
+DeviceKind = Literal["gpu", "cpu"]
+#: How layers are placed: whole layers on the GPU, or every layer on the GPU with the experts
+#: of the first K layers in RAM (llama.cpp's ``--n-cpu-moe K``).
+Strategy = Literal["layers", "experts"]
+STRATEGIES: tuple[Strategy, ...] = ("layers", "experts")
 
 
 @dataclass(frozen=True)
@@ -11,7 +19,7 @@ class DevicePlan:
     """What one device will hold."""
 
     name: str
-    kind: str  # "gpu" or "cpu"
+    kind: DeviceKind
     total_bytes: int
     free_bytes: int
     weights_bytes: int = 0
@@ -78,8 +86,7 @@ class OffloadPlan:
     tensor_split: tuple[int, ...] = ()
     #: Whether the compute buffers come from a dry run of llama.cpp (else from the formula).
     compute_measured: bool = False
-    #: "layers" or "experts" (all layers on the GPU, experts of the first K layers in RAM).
-    strategy: str = "layers"
+    strategy: Strategy = "layers"
     #: K: layers whose expert tensors stay in RAM (the "experts" strategy).
     experts_in_ram: int = 0
     explanation: list[str] = field(default_factory=list)

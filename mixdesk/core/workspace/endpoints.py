@@ -28,6 +28,7 @@ from urllib.parse import urlsplit
 from mixdesk.core.chat.template import ChatMessage
 from mixdesk.core.engine.protocol import (
     ChatDone,
+    FinishReason,
     GenerationStats,
     ModelInfo,
     SamplingParams,
@@ -202,7 +203,7 @@ class RemoteChatStream(AnswerStream):
         self._last = self._start
         self._n = 0
         self._usage: Any = None
-        self._finish: str | None = None
+        self._finish: FinishReason | None = None
 
     def _stats(self) -> GenerationStats:
         usage = self._usage
@@ -251,7 +252,7 @@ class RemoteChatStream(AnswerStream):
                     self._text.append(piece)
                     return TextDelta(0, piece, self._stats(), time.monotonic_ns())
 
-    def _end(self, reason: str) -> None:
+    def _end(self, reason: FinishReason) -> None:
         self.result = ChatDone(0, self.text, reason, self._stats())
         self._close()
         raise StopIteration

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from mixdesk import paths
+from mixdesk.core.chat.context_window import OverflowPolicy
 from mixdesk.core.engine.protocol import KV_CACHE_TYPES, SamplingParams
 from mixdesk.core.workspace.endpoints import Endpoint
 
@@ -77,7 +78,7 @@ class Settings:
         default=0.0,
         metadata={"doc": "Download speed the last download measured (bytes/s; 0 = none yet)."},
     )
-    context_overflow: str = field(
+    context_overflow: OverflowPolicy = field(
         default="drop_oldest",
         metadata={
             "doc": "When a conversation outgrows the context: drop_oldest (keep the system "
@@ -175,6 +176,8 @@ def _fits(value: object, kind: Any) -> bool:
     if kind in (str, bool):
         return isinstance(value, kind)
     origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin is typing.Literal:
+        return value in args
     if origin in (types.UnionType, typing.Union):
         return any(value is None if a is type(None) else _fits(value, a) for a in args)
     if origin is list:
