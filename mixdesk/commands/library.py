@@ -13,7 +13,7 @@ from pathlib import Path
 from mixdesk.commands.common import machine, print_json
 from mixdesk.commands.terminal import write_control
 from mixdesk.core.gguf.profile import ModelProfile
-from mixdesk.core.hub.download import DownloadCancelled, DownloadProgress
+from mixdesk.core.hub.download_http import DownloadCancelled, DownloadProgress
 from mixdesk.core.hub.library import Library
 from mixdesk.core.machine.hardware import HardwareInfo, format_bytes
 from mixdesk.core.planning.types import OffloadPlan

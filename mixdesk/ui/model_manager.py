@@ -24,7 +24,7 @@ from PySide6.QtWidgets import (
 
 from mixdesk.core.hub.api import HubModel, list_models
 from mixdesk.core.hub.catalog import load_catalog
-from mixdesk.core.hub.download import DownloadCancelled, DownloadProgress
+from mixdesk.core.hub.download_http import DownloadCancelled, DownloadProgress
 from mixdesk.core.hub.library import Library
 from mixdesk.core.hub.pull import PullResult, import_model, pull, remote_profile
 from mixdesk.core.loading.choices import LoadChoices

@@ -26,7 +26,7 @@ from PySide6.QtWidgets import (
 )
 
 from mixdesk.core.hub.catalog import CatalogModel
-from mixdesk.core.hub.download import DownloadProgress
+from mixdesk.core.hub.download_http import DownloadProgress
 from mixdesk.core.hub.library import Library
 from mixdesk.core.hub.pull import PullResult, pull
 from mixdesk.core.machine.hardware import HardwareInfo, format_bytes

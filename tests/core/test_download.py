@@ -14,13 +14,8 @@ import huggingface_hub.constants as hf_constants
 import pytest
 
 from mixdesk.core.hub.api import HubFileInfo, list_models, pick_model
-from mixdesk.core.hub.download import (
-    ChecksumMismatchError,
-    DiskFullError,
-    DownloadCancelled,
-    Downloader,
-    DownloadProgress,
-)
+from mixdesk.core.hub.download import ChecksumMismatchError, DiskFullError, Downloader
+from mixdesk.core.hub.download_http import DownloadCancelled, DownloadProgress
 from mixdesk.core.hub.library import Library, safe_target
 from mixdesk.core.hub.pull import pull
 from mixdesk.core.hub.remote_header import HubError, HubSizeMismatchError

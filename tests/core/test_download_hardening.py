@@ -18,13 +18,8 @@ import pytest
 
 from mixdesk.core.gguf.convert import convert_legacy
 from mixdesk.core.hub.api import HubFileInfo, list_models
-from mixdesk.core.hub.download import (
-    ChecksumMismatchError,
-    DownloadCancelled,
-    Downloader,
-    DownloadInProgressError,
-    DownloadProgress,
-)
+from mixdesk.core.hub.download import ChecksumMismatchError, Downloader, DownloadInProgressError
+from mixdesk.core.hub.download_http import DownloadCancelled, DownloadProgress
 from mixdesk.core.hub.library import Library
 from mixdesk.core.hub.pull import pull
 from mixdesk.core.loading.choices import LoadChoices

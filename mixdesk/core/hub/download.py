@@ -5,10 +5,11 @@ call writes its own temporary file, which a cancel deletes and a killed process 
 (hub-protocol.md). MixDesk keeps its own partial file per Hub file
 (``<models>/.partial/OWNER--REPO/FILE.part``) and continues it with a ``Range`` request
 through the library's own resumable ``http_get``, URL helper, HTTP client and token
-handling. So a download survives a cancel, a pause, an app restart or ``kill -9``, and a
-dropped connection is retried with backoff. The sha256 from the Hub's LFS metadata is
-checked before a file is accepted; the partial's hash is computed as bytes arrive, on a
-separate thread (hashlib releases the GIL), so verification costs no extra pass.
+handling (:mod:`mixdesk.core.hub.download_http`). So a download survives a cancel, a pause,
+an app restart or ``kill -9``, and a dropped connection is retried with backoff. The sha256
+from the Hub's LFS metadata is checked before a file is accepted; the partial's hash is
+computed as bytes arrive, on a separate thread (hashlib releases the GIL), so verification
+costs no extra pass.
 
 One download per file at a time, across processes: a lock file next to the ``.part``
 (:mod:`mixdesk.core.hub.file_lock`). A TheBloke legacy Mixtral file is written in the merged
@@ -20,6 +21,7 @@ never costs a second download.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -27,11 +29,9 @@ import logging
 import os
 import shutil
 import threading
-import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from mixdesk import paths
 from mixdesk.core.gguf import merge_stream
@@ -39,21 +39,16 @@ from mixdesk.core.gguf.convert import ConversionError, merged_layout, needs_conv
 from mixdesk.core.gguf.header import MAX_HEADER_BYTES, GGUFHeaderError
 from mixdesk.core.gguf.merge_stream import MergingStore, parse_header_prefix
 from mixdesk.core.hub.api import HubFileInfo
+from mixdesk.core.hub.download_http import ProgressCallback, ProgressMeter, fetch
 from mixdesk.core.hub.download_store import Hasher, PlainStore, Sink, Store
 from mixdesk.core.hub.file_lock import FileLock
 from mixdesk.core.hub.library import safe_target
-from mixdesk.core.hub.remote_header import HubError, hub_error
 from mixdesk.core.machine.hardware import format_bytes
 from mixdesk.errors import MixdeskError
 
 log = logging.getLogger(__name__)
 
 DISK_RESERVE = 256 << 20
-CHUNK_SIZE = 1 << 20
-
-
-class DownloadCancelled(MixdeskError):  # noqa: N818 - a stop the user asked for, not an error
-    """The user stopped the download; the bytes so far are kept for a resume."""
 
 
 class DiskFullError(MixdeskError):
@@ -75,22 +70,6 @@ class DownloadedFile:
     path: Path
     sha256: str | None  # of the bytes the Hub served
     converted: bool  # written in the merged expert layout while downloading
-
-
-@dataclass(frozen=True)
-class DownloadProgress:
-    """Where a download stands."""
-
-    filename: str
-    done_bytes: int
-    total_bytes: int
-    speed_bps: float
-    eta_s: float | None
-    phase: str  # "waiting" (for another download of it), "downloading", "verifying", "done"
-    resumed_from: int = 0
-
-
-ProgressCallback = Callable[[DownloadProgress], None]
 
 
 class Downloader:
@@ -282,9 +261,19 @@ class Downloader:
             size=f.size,
             name=f.filename,
         )
-        meter = _Meter(f.filename, f.size, have, on_progress, cancel)
+        meter = ProgressMeter(f.filename, f.size, start=have, callback=on_progress, cancel=cancel)
         try:
-            self._transfer(f, url=url, headers=headers, sink=sink, meter=meter, cancel=cancel)
+            with _disk_full_as_error(f.filename):
+                fetch(
+                    f,
+                    sink,
+                    url=url,
+                    headers=headers,
+                    meter=meter,
+                    cancel=cancel,
+                    retries=self.retries,
+                    backoff_s=self.backoff_s,
+                )
             store = sink.settle()
         except BaseException:
             hasher.hexdigest()
@@ -312,47 +301,6 @@ class Downloader:
             ", merged expert layout" if converted else "",
         )
         return DownloadedFile(target, f.sha256, converted)
-
-    def _transfer(
-        self,
-        f: HubFileInfo,
-        *,
-        url: str,
-        headers: dict[str, str],
-        sink: Sink,
-        meter: _Meter,
-        cancel: threading.Event | None,
-    ) -> None:
-        attempt = 0
-        while True:
-            try:
-                _http_get(url, sink, headers=headers, expected_size=f.size, meter=meter)
-                return
-            except (DownloadCancelled, HubError):
-                raise
-            except OSError as err:
-                if err.errno == errno.ENOSPC:
-                    raise DiskFullError(
-                        f"The disk filled up while downloading {f.filename}; free some space and run the "
-                        "download again to continue where it stopped."
-                    ) from err
-                raise
-            except Exception as err:  # network errors come as httpx or huggingface_hub exceptions
-                if not _is_transient(err) or attempt >= self.retries:
-                    raise hub_error(err, f.repo_id, f.filename) from err
-                attempt += 1
-                wait = self.backoff_s * 2 ** (attempt - 1)
-                log.warning(
-                    "download of %s interrupted (%s); retry %d in %.1f s",
-                    f.filename,
-                    err,
-                    attempt,
-                    wait,
-                )
-                if _wait_or_cancel(wait, cancel):
-                    raise DownloadCancelled(
-                        f"Stopped downloading {f.filename}; run it again to continue."
-                    ) from None
 
     def _open_store(self, f: HubFileInfo) -> Store | None:
         """What an earlier run left for ``f``: a merging download, a ``.part``, or nothing."""
@@ -401,116 +349,18 @@ class Downloader:
         return self._base(f).with_name(self._base(f).name + ".done")
 
 
-class _Meter:
-    """Turns bytes into progress events and checks for a cancel (called by http_get's tqdm)."""
-
-    def __init__(
-        self,
-        filename: str,
-        total: int,
-        start: int,
-        callback: ProgressCallback | None,
-        cancel: threading.Event | None,
-    ) -> None:
-        self.filename = filename
-        self.total = total
-        self.done = start
-        self.start = start
-        self.callback = callback
-        self.cancel = cancel
-        self.t0 = time.monotonic()
-        self.last = 0.0
-        self.samples: list[tuple[float, int]] = [(self.t0, start)]
-
-    def add(self, n: int) -> None:
-        if self.cancel is not None and self.cancel.is_set():
-            raise DownloadCancelled(
-                f"Stopped downloading {self.filename}; run it again to continue."
-            )
-        self.done += n
-        now = time.monotonic()
-        if self.callback is not None and (now - self.last >= 0.1 or self.done >= self.total):
-            self.last = now
-            self.samples = [s for s in self.samples if now - s[0] <= 5.0] + [(now, self.done)]
-            t_first, b_first = self.samples[0]
-            speed = (self.done - b_first) / (now - t_first) if now > t_first else 0.0
-            eta = (self.total - self.done) / speed if speed > 0 else None
-            self.callback(
-                DownloadProgress(
-                    self.filename, self.done, self.total, speed, eta, "downloading", self.start
-                )
-            )
-
-    def phase(self, name: str) -> None:
-        if self.callback is not None:
-            elapsed = time.monotonic() - self.t0
-            speed = (self.done - self.start) / elapsed if elapsed > 0 else 0.0
-            self.callback(
-                DownloadProgress(self.filename, self.done, self.total, speed, 0.0, name, self.start)
-            )
-
-
-def _http_get(
-    url: str,
-    sink: Sink,
-    *,
-    headers: dict[str, str],
-    expected_size: int,
-    meter: _Meter,
-) -> None:
-    """huggingface_hub's resumable GET, with progress and cancel through its tqdm hook."""
-    from tqdm.auto import tqdm  # type: ignore[import-untyped]
-
-    from mixdesk.core.hub.adapter import stream_get
-
-    class _Progress(tqdm):  # type: ignore[misc]
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            kwargs["disable"] = True
-            super().__init__(*args, **kwargs)
-
-        def update(self, n: float | None = 1) -> bool | None:
-            meter.add(int(n or 0))
-            return None
-
-    resume_size = sink.tell()
-    if resume_size >= expected_size:
-        return
-    # Chunks of CHUNK_SIZE (1 MiB): smooth progress, a quick cancel, and at most 1 MiB lost
-    # if the process is killed.
-    stream_get(
-        url,
-        sink,  # type: ignore[arg-type]  # a file-like object is all http_get needs
-        resume_size=resume_size,
-        headers=headers,
-        expected_size=expected_size,
-        tqdm_class=_Progress,
-        chunk_size=CHUNK_SIZE,
-    )
-
-
-def _is_transient(err: BaseException) -> bool:
-    name = type(err).__name__
-    if name in (
-        "ConnectError",
-        "ReadTimeout",
-        "ConnectTimeout",
-        "RemoteProtocolError",
-        "ReadError",
-        "WriteError",
-        "PoolTimeout",
-        "TimeoutException",
-        "NetworkError",
-    ):
-        return True
-    status = getattr(getattr(err, "response", None), "status_code", None)
-    return status in (408, 429, 500, 502, 503, 504)
-
-
-def _wait_or_cancel(seconds: float, cancel: threading.Event | None) -> bool:
-    if cancel is None:
-        time.sleep(seconds)
-        return False
-    return cancel.wait(seconds)
+@contextlib.contextmanager
+def _disk_full_as_error(filename: str) -> Iterator[None]:
+    """A disk that fills up while the bytes arrive (ENOSPC) raises DiskFullError."""
+    try:
+        yield
+    except OSError as err:
+        if err.errno == errno.ENOSPC:
+            raise DiskFullError(
+                f"The disk filled up while downloading {filename}; free some space and run the "
+                "download again to continue where it stopped."
+            ) from err
+        raise
 
 
 def _chunks(path: Path) -> Iterator[bytes]:
@@ -537,10 +387,7 @@ def _read_json(path: Path) -> dict[str, object] | None:
 __all__ = [
     "ChecksumMismatchError",
     "DiskFullError",
-    "DownloadCancelled",
     "DownloadInProgressError",
-    "DownloadProgress",
     "DownloadedFile",
     "Downloader",
-    "HubError",
 ]

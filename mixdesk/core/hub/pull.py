@@ -24,12 +24,8 @@ from mixdesk.core.gguf.convert import convert_legacy, needs_conversion
 from mixdesk.core.gguf.header import ArrayInfo, GGUFHeader, read_local_header
 from mixdesk.core.gguf.profile import ModelProfile, profile_from_headers
 from mixdesk.core.hub.api import HubModel, list_models, pick_model
-from mixdesk.core.hub.download import (
-    DownloadCancelled,
-    Downloader,
-    DownloadInProgressError,
-    DownloadProgress,
-)
+from mixdesk.core.hub.download import Downloader, DownloadInProgressError
+from mixdesk.core.hub.download_http import DownloadCancelled, DownloadProgress
 from mixdesk.core.hub.file_lock import FileLock
 from mixdesk.core.hub.library import Library, LibraryEntry, model_name
 from mixdesk.core.hub.remote_header import read_remote_header
