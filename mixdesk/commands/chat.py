@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import sys
 from collections.abc import Iterator
+from dataclasses import asdict
 from pathlib import Path
 
 from mixdesk.commands.common import load_choices, machine, print_json
@@ -199,7 +200,7 @@ def _placement(outcome: LoadOutcome) -> dict[str, object]:
             }
             for d in outcome.setup.plan.devices
         ],
-        "buffers": outcome.info.buffers,
+        "buffers": [asdict(b) for b in outcome.info.buffers.items],
     }
 
 

@@ -12,6 +12,7 @@ from mixdesk.core.loading.choices import LoadChoices
 from mixdesk.core.loading.service import LoadRequest, load_model, plan_load
 from mixdesk.core.machine.hardware import MIB
 from mixdesk.core.planning import calibration
+from mixdesk.core.planning.words import describe
 from tests.helpers.devices import rpc_hardware
 from tests.helpers.mixdesk_workers import WorkerProcess
 
@@ -56,7 +57,7 @@ def test_a_load_measures_the_overhead_and_the_next_plan_uses_it(
     choices = LoadChoices(n_gpu_layers=-1, n_ctx=512)
     before = plan_load(models["q4_k_m"], hardware, choices).plan
     assert not before.gpus[0].overhead_measured
-    assert any("a default until a load measures it" in line for line in before.explanation)
+    assert any("a default until a load measures it" in line for line in describe(before))
 
     with Engine(log_dir=tmp_path) as engine:
         outcome = load_model(engine, LoadRequest(str(models["q4_k_m"]), hardware, choices))
@@ -70,4 +71,4 @@ def test_a_load_measures_the_overhead_and_the_next_plan_uses_it(
     after = plan_load(models["q4_k_m"], hardware, choices).plan
     assert after.gpus[0].overhead_measured
     assert after.gpus[0].overhead_bytes == engine.overheads[device]
-    assert any("measured on this machine" in line for line in after.explanation)
+    assert any("measured on this machine" in line for line in describe(after))

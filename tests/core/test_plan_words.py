@@ -13,7 +13,7 @@ from mixdesk.core.loading.choices import LoadChoices
 from mixdesk.core.loading.service import make_plan
 from mixdesk.core.machine.hardware import GIB, HardwareInfo
 from mixdesk.core.planning.types import Fit
-from mixdesk.core.planning.words import FIT_WORDS, fit_badge, verdict
+from mixdesk.core.planning.words import FIT_WORDS, describe, fit_badge, verdict
 from tests.helpers import model_factory as mf
 from tests.helpers.machines import V100
 
@@ -62,6 +62,21 @@ def test_the_plan_keeps_reasons_and_the_words_add_the_speed(q4: Path) -> None:
     from mixdesk.core.planning.words import explain, speed_words
 
     plan = make_plan(profile_local(q4), V100, LoadChoices())
-    assert not any("Expected speed" in line for line in plan.explanation)
-    assert explain(plan) == [*plan.explanation, speed_words(plan)]
+    assert not any("Expected speed" in line for line in describe(plan))
+    assert explain(plan) == [*describe(plan), speed_words(plan)]
     assert f"{plan.expected_tps:g} tokens/s" in speed_words(plan)
+
+
+def test_the_plan_is_numbers_and_its_words_come_from_them(q4: Path) -> None:
+    """The plan carries facts, not sentences; ``describe`` says them, and never "the other 0
+    layers" for a setting that puts every layer on a GPU too small for it."""
+    profile = profile_local(q4)
+    plan = make_plan(profile, V100, LoadChoices(n_gpu_layers=-1))
+    assert plan.fit == Fit.NONE and plan.facts.layers_fixed
+    assert not hasattr(plan, "explanation")
+    said = " ".join(describe(plan))
+    assert "other 0 layers" not in said and "no layer stays in CPU RAM" in said
+    assert "will not fit" in said
+    auto = make_plan(profile, V100, LoadChoices())
+    assert auto.fit == Fit.PARTIAL and auto.facts.one_more_layer_short_bytes > 0
+    assert "One more layer would need" in " ".join(describe(auto))

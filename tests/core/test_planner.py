@@ -9,6 +9,7 @@ from mixdesk.core.machine.hardware import GIB, MIB, GpuInfo, HardwareInfo
 from mixdesk.core.planning.memory import GPU_MARGIN
 from mixdesk.core.planning.planner import plan_offload
 from mixdesk.core.planning.types import OffloadPlan
+from mixdesk.core.planning.words import describe
 from tests.helpers import model_factory as mf
 
 V100 = GpuInfo(
@@ -122,7 +123,7 @@ def test_8x22b_split_on_h100_and_cpu(mixtral: dict[str, ModelProfile]) -> None:
     small = plan_offload(profile, machine(ram=32 * GIB))
     assert small.fit == "none"
     assert small.shortfall_bytes > 40 * GIB
-    assert "will not fit" in " ".join(small.explanation)
+    assert "will not fit" in " ".join(describe(small))
 
 
 def test_unset_context_shrinks_to_fit_more_layers(mixtral: dict[str, ModelProfile]) -> None:
@@ -134,7 +135,7 @@ def test_unset_context_shrinks_to_fit_more_layers(mixtral: dict[str, ModelProfil
     # on this card a 2048-token context puts one more layer on the GPU, and the plan says so
     assert auto.n_gpu_layers == fixed.n_gpu_layers + 1
     assert (auto.n_ctx, auto.ctx_reduced_from) == (2048, 4096)
-    assert "reduced from 4096" in " ".join(auto.explanation)
+    assert "reduced from 4096" in " ".join(describe(auto))
 
 
 def test_everything_fits_on_a_big_gpu(mixtral: dict[str, ModelProfile]) -> None:
@@ -149,7 +150,7 @@ def test_everything_fits_on_a_big_gpu(mixtral: dict[str, ModelProfile]) -> None:
 def test_cpu_only_build_ignores_the_gpu(mixtral: dict[str, ModelProfile]) -> None:
     plan = plan_offload(mixtral["merged-Q2_K"], machine(V100), gpu_offload_supported=False)
     assert plan.n_gpu_layers == 0
-    assert "CPU-only" in plan.explanation[0]
+    assert "CPU-only" in describe(plan)[0]
 
 
 def test_quantised_kv_cache_and_flash_attention_shrink_the_plan(

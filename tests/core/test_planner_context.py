@@ -10,6 +10,7 @@ import pytest
 from mixdesk.core.gguf.profile import ModelProfile, profile_local
 from mixdesk.core.machine.hardware import MIB, GpuInfo, HardwareInfo
 from mixdesk.core.planning.planner import plan_offload
+from mixdesk.core.planning.words import describe
 from tests.helpers import model_factory as mf
 
 
@@ -47,7 +48,7 @@ def test_flash_attention_and_q8_0_keep_4096_over_one_more_layer(mixtral: ModelPr
     fixed = plan_offload(mixtral, hw, n_ctx=4096, flash_attn=True, type_k="q8_0", type_v="q8_0")
     assert plan.n_ctx == 4096 and plan.ctx_reduced_from is None
     assert plan.n_gpu_layers == fixed.n_gpu_layers
-    said = " ".join(plan.explanation)
+    said = " ".join(describe(plan))
     assert "Context 4096 tokens kept rather than one more layer at 2048" in said
 
 
@@ -59,6 +60,6 @@ def test_an_f16_cache_still_trades_context_for_layers(mixtral: ModelProfile) -> 
         if small.n_gpu_layers > large.n_gpu_layers:
             plan = plan_offload(mixtral, hw)
             assert plan.n_ctx == 2048 and plan.ctx_reduced_from == 4096
-            assert "kept rather than one more layer" not in " ".join(plan.explanation)
+            assert "kept rather than one more layer" not in " ".join(describe(plan))
             return
     raise AssertionError("no such free memory")

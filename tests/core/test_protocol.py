@@ -134,7 +134,7 @@ def test_buffers_cross_the_pipe_typed() -> None:
     assert back.buffers.get("CPU", BufferKind.MODEL) is None
     assert back.buffers.on("CPU") == 13
     bad = encode(report).replace(b'"KV"', b'"VRAM"')
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="VRAM"):
         decode(bad)
 
 

@@ -29,6 +29,7 @@ from mixdesk.core.planning import calibration
 from mixdesk.core.planning.placement import offload_devices
 from mixdesk.core.planning.planner import plan_offload
 from mixdesk.core.planning.types import OffloadPlan
+from mixdesk.core.planning.words import describe
 from mixdesk.errors import (
     DeviceOutOfMemoryCrashError,
     DeviceOutOfMemoryError,
@@ -56,7 +57,7 @@ class LoadSetup:
     @property
     def summary(self) -> str:
         """One line: the layers and context chosen, and why (without the speed estimate)."""
-        why = " ".join(self.plan.explanation)
+        why = " ".join(describe(self.plan))
         return f"--ngl {self.config.n_gpu_layers}, context {self.config.n_ctx}: {why}".rstrip(": ")
 
 

@@ -31,7 +31,7 @@ from dataclasses import replace
 
 from mixdesk.core.engine.protocol import Buffers
 from mixdesk.core.gguf.profile import ModelProfile
-from mixdesk.core.machine.hardware import GpuInfo, HardwareInfo, format_bytes
+from mixdesk.core.machine.hardware import HardwareInfo
 from mixdesk.core.planning.memory import (
     DEFAULT_CTX,
     MIN_AUTO_CTX,
@@ -49,7 +49,7 @@ from mixdesk.core.planning.placement import (
     split_slots,
 )
 from mixdesk.core.planning.speed import expected_tokens_per_second
-from mixdesk.core.planning.types import OffloadPlan
+from mixdesk.core.planning.types import DevicePlan, Fit, OffloadPlan, PlanFacts
 
 
 def plan_offload(
@@ -179,18 +179,23 @@ def plan_offload(
         strategy="experts" if experts else "layers",
         experts_in_ram=k,
     )
-    plan = _explain(
-        plan, profile, hardware, fastest, gpu_offload_supported, user_ngl=n_gpu_layers is not None
+    per_layer = profile.layer_bytes[-1] if profile.layer_bytes else 0
+    room = plan.gpu.free_bytes - plan.gpu.used_bytes if plan.gpu is not None else 0
+    local = [g for g in hardware.gpus if g.backend != "rpc"]  # workers need no GPU build here
+    facts = PlanFacts(
+        model_bytes=profile.weights_bytes,
+        layer_bytes=per_layer,
+        experts_ram_bytes=sum(profile.layer_expert_bytes[:k]),
+        unused_gpu=local[0].name if local and not gpu_offload_supported else "",
+        best_device=fastest.name if fastest is not None else "",
+        best_device_free_bytes=fastest.free_bytes if fastest is not None else 0,
+        layers_fixed=n_gpu_layers is not None,
+        one_more_layer_short_bytes=max(0, per_layer - room)
+        if fit is Fit.PARTIAL and n_gpu_layers is None
+        else 0,
+        kept_ctx_over=contexts[-1] if kept_ctx_over_layer else 0,
     )
-    if not kept_ctx_over_layer:
-        return plan
-    lines = list(plan.explanation)
-    lines.append(
-        f"Context {ctx} tokens kept rather than one more layer at {contexts[-1]}: with "
-        f"flash attention and a {type_k} KV cache it costs little, and long conversations "
-        "need the room.",
-    )
-    return replace(plan, explanation=lines)
+    return replace(plan, devices=_with_links(plan.devices, hardware), facts=facts)
 
 
 def _best_context(
@@ -218,117 +223,25 @@ def _best_context(
     return best, kept
 
 
-def _explain(
-    plan: OffloadPlan,
-    profile: ModelProfile,
-    hardware: HardwareInfo,
-    gpu: GpuInfo | None,
-    offload_ok: bool,
-    *,
-    user_ngl: bool,
-) -> OffloadPlan:
-    lines: list[str] = []
-    n = plan.n_layers
-    size = format_bytes(profile.weights_bytes)
-    local = [g for g in hardware.gpus if g.backend != "rpc"]  # workers need no GPU build here
-    if local and not offload_ok:
-        lines.append(
-            f"{local[0].name} is not used: this llama.cpp build is CPU-only (see `mixdesk doctor`)."
-        )
-    where = gpu.name if gpu is not None and len(plan.gpus) <= 1 else f"{len(plan.gpus)} devices"
-    if gpu is None:
-        lines.append(f"No usable GPU: all {n} layers ({size}) run from CPU RAM.")
-    elif plan.fit == "full":
-        used = sum(d.used_bytes for d in plan.gpus)
-        free = sum(d.free_bytes for d in plan.gpus)
-        lines.append(
-            f"All {n} layers and the output layer fit on {where}: {format_bytes(used)} "
-            f"of {format_bytes(free)} free VRAM, margin included."
-        )
-    elif plan.experts_in_ram:
-        k = plan.experts_in_ram
-        in_ram = format_bytes(sum(profile.layer_expert_bytes[:k]))
-        lines.append(
-            f"All {n} layers and the output layer go on {where}, except the expert tensors of "
-            f"the first {k} layers ({in_ram}), which stay in CPU RAM (llama.cpp's --n-cpu-moe {k})."
-        )
-    elif plan.n_gpu_layers > 0:
-        layers = plan.repeating_layers_on_gpu
-        per_layer = profile.layer_bytes[-1] if profile.layer_bytes else 0
-        lines.append(
-            f"n_gpu_layers {plan.n_gpu_layers}: the output layer and {layers} of {n} layers "
-            f"({format_bytes(per_layer)} each) go on {where}; the other {n - layers} layers "
-            "stay in CPU RAM."
-        )
-        if not user_ngl and plan.gpu is not None:
-            room = plan.gpu.free_bytes - plan.gpu.used_bytes
-            lines.append(
-                f"One more layer would need {format_bytes(per_layer - room)} more VRAM than is free."
-            )
-    elif not user_ngl:
-        lines.append(
-            f"Not even one layer fits in the {format_bytes(gpu.free_bytes)} free on {gpu.name}: CPU only."
-        )
-    for d in plan.gpus:
-        if d.layers or d.output:
-            how = (
-                "measured on this machine"
-                if d.overhead_measured
-                else "a default until a load measures it"
-            )
-            lines.append(f"Runtime overhead on {d.name}: {format_bytes(d.overhead_bytes)} ({how}).")
-    if len(plan.gpus) > 1:
-        shares = "; ".join(
-            f"{d.name}: {d.layers} layers{' + output' if d.output else ''}, {format_bytes(d.used_bytes)}"
-            for d in plan.gpus
-        )
-        lines.append(f"Split over {len(plan.gpus)} devices in llama.cpp's order ({shares}).")
-    if plan.ctx_reduced_from:
-        lines.append(
-            f"The context was reduced from {plan.ctx_reduced_from} to {plan.n_ctx} tokens to fit more "
-            "layers; set a context length to keep it."
-        )
-    if plan.fit == "none":
-        lines.append(
-            f"This will not fit: {format_bytes(plan.shortfall_bytes)} more memory is needed than is available."
-        )
-    plan, network = _network(plan, hardware)
-    lines += network
-    return replace(plan, explanation=lines)
-
-
-def _network(plan: OffloadPlan, hardware: HardwareInfo) -> tuple[OffloadPlan, list[str]]:
-    """What loading sends to each worker (RPC device), and how long that takes at the link
-    speed measured when the worker was added; the plan's devices carry the figures."""
+def _with_links(devices: list[DevicePlan], hardware: HardwareInfo) -> list[DevicePlan]:
+    """Each worker's (RPC device's) share with what loading sends it, and how long that takes
+    at the link speed measured when the worker was added."""
     links = {buffer_name(g): g for g in hardware.gpus if g.backend == "rpc"}
-    devices, lines = [], []
-    for d in plan.devices:
+    found = []
+    for d in devices:
         link = links.get(d.buffer_name)
         if link is None or d.kind != "gpu":
-            devices.append(d)
+            found.append(d)
             continue
         rate = link.link_bytes_per_s
-        seconds = d.weights_bytes / rate if rate > 0 else None
-        devices.append(replace(d, send_bytes=d.weights_bytes, send_seconds=seconds))
-        estimate = (
-            f"about {seconds:.1f} s at the {rate / 1e6:,.0f} MB/s measured"
-            if seconds is not None
-            else "link speed not measured"
+        found.append(
+            replace(
+                d,
+                send_bytes=d.weights_bytes,
+                send_seconds=d.weights_bytes / rate if rate > 0 else None,
+                endpoint=link.endpoint,
+                link_bytes_per_s=rate,
+                cache_bytes=link.cache_bytes,
+            )
         )
-        cache = (
-            f"; it keeps tensors over 10 MiB in its cache (up to {format_bytes(link.cache_bytes)}), "
-            "so loading this model again sends only their hashes"
-            if link.cache_bytes
-            else "; it keeps no cache, so every load sends all of it"
-        )
-        lines.append(
-            f"Loading sends {format_bytes(d.weights_bytes)} of weights to the worker at "
-            f"{link.endpoint} ({estimate}){cache}."
-        )
-    if lines:
-        lines.append(
-            "While answering, only activations and llama.cpp's commands cross the network "
-            "(kilobytes per token), so a worker's link speed matters for loading, hardly for "
-            "answering; its latency adds a little to every token."
-        )
-    return replace(plan, devices=devices), lines
+    return found

@@ -39,6 +39,11 @@ class DevicePlan:
     #: measured link speed (None: not measured).
     send_bytes: int = 0
     send_seconds: float | None = None
+    #: For a worker: its "host:port", the link speed measured when it was added (bytes/s, 0:
+    #: not measured) and the most its cache of large tensors keeps (0: no cache).
+    endpoint: str = ""
+    link_bytes_per_s: float = 0.0
+    cache_bytes: int = 0
 
     @property
     def used_bytes(self) -> int:
@@ -66,6 +71,27 @@ class Fit(str, Enum):
 
 
 @dataclass(frozen=True)
+class PlanFacts:
+    """Why the plan is what it is, as numbers: what ``words.describe`` says in sentences."""
+
+    #: The model's weights, one repeating layer's bytes, and the experts kept in RAM.
+    model_bytes: int = 0
+    layer_bytes: int = 0
+    experts_ram_bytes: int = 0
+    #: A local GPU left unused because this llama.cpp build cannot offload ("" when none).
+    unused_gpu: str = ""
+    #: The offload device with the most free memory ("" when none) and that free memory.
+    best_device: str = ""
+    best_device_free_bytes: int = 0
+    #: Whether the user fixed the layer count (else MixDesk chose it).
+    layers_fixed: bool = False
+    #: VRAM one more layer would need beyond what is free (0: not asked, or it would fit).
+    one_more_layer_short_bytes: int = 0
+    #: A smaller context that would have gained one layer, not taken (0: none).
+    kept_ctx_over: int = 0
+
+
+@dataclass(frozen=True)
 class OffloadPlan:
     """The planner's answer."""
 
@@ -89,7 +115,8 @@ class OffloadPlan:
     strategy: Strategy = "layers"
     #: K: layers whose expert tensors stay in RAM (the "experts" strategy).
     experts_in_ram: int = 0
-    explanation: list[str] = field(default_factory=list)
+    #: What the words about the plan need beyond the placement (see ``words.describe``).
+    facts: PlanFacts = field(default_factory=PlanFacts)
 
     @property
     def gpu(self) -> DevicePlan | None:

@@ -3,7 +3,8 @@ and ``mixdesk plan`` (the plan itself is data: :class:`~mixdesk.core.planning.pl
 
 from __future__ import annotations
 
-from mixdesk.core.planning.types import Fit, OffloadPlan
+from mixdesk.core.machine.hardware import format_bytes
+from mixdesk.core.planning.types import DevicePlan, Fit, OffloadPlan
 
 #: What each verdict means, in a few words.
 FIT_WORDS: dict[Fit, str] = {
@@ -51,4 +52,117 @@ def speed_words(plan: OffloadPlan) -> str:
 
 def explain(plan: OffloadPlan) -> list[str]:
     """Why the plan is what it is, line by line, ending with its expected speed."""
-    return [*plan.explanation, speed_words(plan)]
+    return [*describe(plan), speed_words(plan)]
+
+
+def describe(plan: OffloadPlan) -> list[str]:
+    """Why the plan is what it is, line by line (without the speed): the one place the
+    plan's numbers become sentences, for the CLI, the offload panel and the load summary."""
+    facts, n = plan.facts, plan.n_layers
+    lines: list[str] = []
+    if facts.unused_gpu:
+        lines.append(
+            f"{facts.unused_gpu} is not used: this llama.cpp build is CPU-only (see `mixdesk doctor`)."
+        )
+    where = facts.best_device if len(plan.gpus) <= 1 else f"{len(plan.gpus)} devices"
+    if not facts.best_device:
+        lines.append(
+            f"No usable GPU: all {n} layers ({format_bytes(facts.model_bytes)}) run from CPU RAM."
+        )
+    elif plan.fit is Fit.FULL:
+        used = sum(d.used_bytes for d in plan.gpus)
+        free = sum(d.free_bytes for d in plan.gpus)
+        lines.append(
+            f"All {n} layers and the output layer fit on {where}: {format_bytes(used)} "
+            f"of {format_bytes(free)} free VRAM, margin included."
+        )
+    elif plan.experts_in_ram:
+        k = plan.experts_in_ram
+        lines.append(
+            f"All {n} layers and the output layer go on {where}, except the expert tensors of "
+            f"the first {k} layers ({format_bytes(facts.experts_ram_bytes)}), which stay in CPU "
+            f"RAM (llama.cpp's --n-cpu-moe {k})."
+        )
+    elif plan.n_gpu_layers > 0:
+        layers = plan.repeating_layers_on_gpu
+        rest = (
+            f"the other {n - layers} layers stay in CPU RAM"
+            if layers < n
+            else "no layer stays in CPU RAM"
+        )
+        lines.append(
+            f"n_gpu_layers {plan.n_gpu_layers}: the output layer and {layers} of {n} layers "
+            f"({format_bytes(facts.layer_bytes)} each) go on {where}; {rest}."
+        )
+        if facts.one_more_layer_short_bytes:
+            lines.append(
+                f"One more layer would need {format_bytes(facts.one_more_layer_short_bytes)} "
+                "more VRAM than is free."
+            )
+    elif not facts.layers_fixed:
+        lines.append(
+            f"Not even one layer fits in the {format_bytes(facts.best_device_free_bytes)} free "
+            f"on {facts.best_device}: CPU only."
+        )
+    lines += [_overhead_words(d) for d in plan.gpus if d.layers or d.output]
+    if len(plan.gpus) > 1:
+        shares = "; ".join(
+            f"{d.name}: {d.layers} layers{' + output' if d.output else ''}, {format_bytes(d.used_bytes)}"
+            for d in plan.gpus
+        )
+        lines.append(f"Split over {len(plan.gpus)} devices in llama.cpp's order ({shares}).")
+    if plan.ctx_reduced_from:
+        lines.append(
+            f"The context was reduced from {plan.ctx_reduced_from} to {plan.n_ctx} tokens to fit "
+            "more layers; set a context length to keep it."
+        )
+    if plan.fit is Fit.NONE:
+        lines.append(
+            f"This will not fit: {format_bytes(plan.shortfall_bytes)} more memory is needed "
+            "than is available."
+        )
+    lines += _network_words(plan)
+    if facts.kept_ctx_over:
+        lines.append(
+            f"Context {plan.n_ctx} tokens kept rather than one more layer at "
+            f"{facts.kept_ctx_over}: with flash attention and a {plan.type_k} KV cache it costs "
+            "little, and long conversations need the room."
+        )
+    return lines
+
+
+def _overhead_words(d: DevicePlan) -> str:
+    how = (
+        "measured on this machine" if d.overhead_measured else "a default until a load measures it"
+    )
+    return f"Runtime overhead on {d.name}: {format_bytes(d.overhead_bytes)} ({how})."
+
+
+def _network_words(plan: OffloadPlan) -> list[str]:
+    """What loading sends to each worker, and what answering costs on the network."""
+    lines = []
+    for d in plan.gpus:
+        if not d.endpoint:
+            continue
+        estimate = (
+            f"about {d.send_seconds:.1f} s at the {d.link_bytes_per_s / 1e6:,.0f} MB/s measured"
+            if d.send_seconds is not None
+            else "link speed not measured"
+        )
+        cache = (
+            f"; it keeps tensors over 10 MiB in its cache (up to {format_bytes(d.cache_bytes)}), "
+            "so loading this model again sends only their hashes"
+            if d.cache_bytes
+            else "; it keeps no cache, so every load sends all of it"
+        )
+        lines.append(
+            f"Loading sends {format_bytes(d.send_bytes)} of weights to the worker at "
+            f"{d.endpoint} ({estimate}){cache}."
+        )
+    if lines:
+        lines.append(
+            "While answering, only activations and llama.cpp's commands cross the network "
+            "(kilobytes per token), so a worker's link speed matters for loading, hardly for "
+            "answering; its latency adds a little to every token."
+        )
+    return lines
