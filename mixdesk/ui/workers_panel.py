@@ -27,7 +27,8 @@ from PySide6.QtWidgets import (
 
 from mixdesk.core.machine import worker_security as security
 from mixdesk.core.machine.hardware import GpuInfo
-from mixdesk.core.machine.rpc_worker import DEFAULT_PORT, WorkerInfo, parse_endpoint, probe_in_child
+from mixdesk.core.machine.rpc_worker import WorkerInfo, probe_in_child
+from mixdesk.core.machine.worker_channel import DEFAULT_PORT, parse_endpoint
 from mixdesk.core.workspace.settings import Settings
 from mixdesk.errors import InvalidArgumentError, user_message
 from mixdesk.ui.threads import BackgroundTask

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from mixdesk.core.machine import rpc_worker
+from mixdesk.core.machine import rpc_worker, worker_channel
 from mixdesk.core.machine import worker_security as security
 from mixdesk.core.machine.rpc_frames import (
     CMD_ALLOC_BUFFER,
@@ -49,7 +49,7 @@ def frame(cmd: int, body: bytes = b"", *, size: int | None = None) -> bytes:
 
 
 def connect(endpoint: str, timeout: float = 10.0) -> socket.socket:
-    host, port = rpc_worker.parse_endpoint(endpoint)
+    host, port = worker_channel.parse_endpoint(endpoint)
     return socket.create_connection((host, port), timeout=timeout)
 
 
@@ -95,9 +95,9 @@ def recv_exactly(sock: socket.socket, n: int) -> bytes:
 @contextlib.contextmanager
 def relay_session(endpoint: str) -> Iterator[socket.socket]:
     """A proven connection that carries a llama.cpp session."""
-    link = rpc_worker.open_channel(endpoint, "RELAY", timeout=10)
+    link = worker_channel.open_channel(endpoint, "RELAY", timeout=10)
     try:
-        assert rpc_worker.read_answer(link, endpoint) == {"relay": True}
+        assert worker_channel.read_answer(link, endpoint) == {"relay": True}
         yield link
     finally:
         link.close()
@@ -314,12 +314,12 @@ def test_resets_at_every_stage_leave_the_worker_running(
         reset(sock)
         # A proven session that asks llama.cpp for something and leaves before the answer:
         # llama.cpp's send() then meets a closed socket (SIGPIPE without MSG_NOSIGNAL).
-        link = rpc_worker.open_channel(worker.endpoint, "RELAY", timeout=10)
-        rpc_worker.read_answer(link, worker.endpoint)
+        link = worker_channel.open_channel(worker.endpoint, "RELAY", timeout=10)
+        worker_channel.read_answer(link, worker.endpoint)
         link.sendall(HELLO + frame(11, struct.pack("<I", 0)) * 64)
         reset(link)
-        link = rpc_worker.open_channel(worker.endpoint, "RELAY", timeout=10)
-        rpc_worker.read_answer(link, worker.endpoint)
+        link = worker_channel.open_channel(worker.endpoint, "RELAY", timeout=10)
+        worker_channel.read_answer(link, worker.endpoint)
         link.sendall(HELLO + frame(CMD_SET_TENSOR, bytes(100), size=1000))
         reset(link)
         time.sleep(0.2)
@@ -515,7 +515,7 @@ def test_the_engines_relay_serves_only_its_own_process(
     worker = workers()
     local = rpc_relay.relay_for(worker.endpoint)
     assert rpc_relay.worker_of(local) == worker.endpoint
-    host, port = rpc_worker.parse_endpoint(local)
+    host, port = worker_channel.parse_endpoint(local)
     assert host == "127.0.0.1" and local != worker.endpoint
     with socket.create_connection((host, port), timeout=10) as mine:  # this process: carried
         mine.sendall(HELLO)
@@ -638,7 +638,7 @@ def test_one_host_opening_connections_fast_cannot_push_out_another(
     """The room for unproven connections is made at the expense of the address holding the
     most of them: a flood from 127.0.0.2 drops its own, not 127.0.0.1's handshake."""
     worker = workers()
-    host, port = rpc_worker.parse_endpoint(worker.endpoint)
+    host, port = worker_channel.parse_endpoint(worker.endpoint)
     patient = connect(worker.endpoint)  # from 127.0.0.1, slow to prove itself
     flood = []
     try:

@@ -3,7 +3,7 @@
 llama.cpp's RPC client knows neither MixDesk's secret nor TLS. So before it connects, the engine
 starts one relay per worker on a loopback port of its own and gives llama.cpp that address;
 each connection llama.cpp opens is carried to the worker over an authenticated (and, off
-loopback, TLS) channel (:func:`mixdesk.core.machine.rpc_worker.open_channel` with ``RELAY``).
+loopback, TLS) channel (:func:`mixdesk.core.machine.worker_channel.open_channel` with ``RELAY``).
 
 The relay accepts only connections from this very process (on Linux it checks that the
 connecting socket is one of this process's file descriptors), so another program on this
@@ -21,7 +21,7 @@ import socket
 import sys
 import threading
 
-from mixdesk.core.machine import rpc_worker
+from mixdesk.core.machine import worker_channel
 from mixdesk.core.machine.tunnel import relay
 from mixdesk.errors import WorkerError
 
@@ -83,8 +83,8 @@ def _accept_forever(listener: socket.socket, endpoint: str, timeout: float) -> N
 def _carry(conn: socket.socket, endpoint: str, timeout: float) -> None:
     conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     try:
-        link = rpc_worker.open_channel(endpoint, "RELAY", timeout=timeout)
-        answer = rpc_worker.read_answer(link, endpoint)
+        link = worker_channel.open_channel(endpoint, "RELAY", timeout=timeout)
+        answer = worker_channel.read_answer(link, endpoint)
         if answer.get("relay") is not True:
             raise WorkerError(
                 f"The worker at {endpoint} did not open a session.", endpoint=endpoint
