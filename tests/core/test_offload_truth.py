@@ -99,7 +99,9 @@ def test_n_gpu_layers_2_is_the_output_and_the_last_layer(
         == profile.layer_bytes[-1] + profile.output_bytes + profile.output_norm_bytes
     )
     assert not found, found
-    assert info.buffers.get(f"RPC0[{server.endpoint}]", BufferKind.KV) == setup.plan.gpus[0].kv_bytes
+    assert (
+        info.buffers.get(f"RPC0[{server.endpoint}]", BufferKind.KV) == setup.plan.gpus[0].kv_bytes
+    )
 
 
 @pytest.mark.slow

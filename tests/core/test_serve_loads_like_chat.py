@@ -43,6 +43,6 @@ def test_serve_places_tensors_like_the_engine(
         "CPU_REPACK", BufferKind.MODEL
     )
     assert abs(cpu - setup.plan.cpu.weights_bytes) <= 0.01 * setup.plan.cpu.weights_bytes
-    assert abs(served_buffers.size(device, BufferKind.MODEL) - setup.plan.gpus[0].weights_bytes) <= max(
-        0.01 * setup.plan.gpus[0].weights_bytes, 6000
-    )
+    assert abs(
+        served_buffers.size(device, BufferKind.MODEL) - setup.plan.gpus[0].weights_bytes
+    ) <= max(0.01 * setup.plan.gpus[0].weights_bytes, 6000)

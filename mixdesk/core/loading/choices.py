@@ -13,7 +13,6 @@ if TYPE_CHECKING:
     from mixdesk.core.workspace.settings import Settings
 
 
-
 @dataclass(frozen=True)
 class LoadChoices:
     """What the user decided about a load; ``None`` leaves the choice to MixDesk.
