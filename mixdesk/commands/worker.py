@@ -93,7 +93,8 @@ def _more_file_descriptors() -> None:
 def run_worker(args: argparse.Namespace) -> int:
     """Serve until Ctrl-C; returns the exit status."""
     from mixdesk.core.engine import llama_adapter
-    from mixdesk.core.engine.rpc_front import FrontLimits, WorkerFront, start_llama_rpc_server
+    from mixdesk.core.engine.rpc_backend import start_llama_rpc_server
+    from mixdesk.core.engine.rpc_front import FrontLimits, WorkerFront
     from mixdesk.core.machine.rpc_frames import TensorCache
 
     # A client that goes away makes llama.cpp's send() raise SIGPIPE (it passes no

@@ -611,7 +611,7 @@ def test_the_front_trusts_only_its_own_llama_cpp_listener() -> None:
     import subprocess
     import sys
 
-    from mixdesk.core.engine.rpc_front import _listening
+    from mixdesk.core.engine.rpc_backend import _listening
 
     with socket.socket() as mine:
         mine.bind(("127.0.0.1", 0))

@@ -15,6 +15,9 @@ in the middle of a message, is cut off after ``client_timeout``; a relayed sessi
 ``max_pending`` connections still proving themselves (the oldest makes room for a new one);
 running out of file descriptors drops the oldest of those instead of the worker. Every refused
 client is logged with the reason.
+
+The handshake a client must pass is :mod:`mixdesk.core.engine.rpc_front_handshake`; llama.cpp's
+RPC server behind the front is started by :mod:`mixdesk.core.engine.rpc_backend`.
 """
 
 from __future__ import annotations
@@ -25,22 +28,20 @@ import errno
 import json
 import logging
 import socket
-import ssl
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from mixdesk.core.engine.rpc_backend import loopback_clients
+from mixdesk.core.engine.rpc_front_handshake import Refusal, error_reason, peer_address, prove
 from mixdesk.core.machine import worker_security as security
-from mixdesk.core.machine.net import is_loopback
 from mixdesk.core.machine.rpc_frames import MAX_BUFFER_BYTES, FrameGuard, TensorCache
 from mixdesk.core.machine.tunnel import Ender, Ending, relay
 
 log = logging.getLogger(__name__)
 
 _CHUNK = 1 << 20
-_LINE_LIMIT = 512
-_TLS_RECORD = 0x16  # the first byte of a TLS ClientHello
 #: The most a link-speed probe may send.
 MAX_SPEED_BYTES = 64 << 20
 _FD_ERRORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
@@ -66,13 +67,6 @@ class _Counters:
     received_bytes: int = 0
     sent_bytes: int = 0
     active: int = 0
-
-
-class _Refusal(Exception):  # noqa: N818 - a verdict with the client's answer and the log's reason
-    def __init__(self, answer: str, reason: str) -> None:
-        super().__init__(reason)
-        self.answer = answer
-        self.reason = reason
 
 
 #: The stack of a client's thread (Python code moving bytes; the default is 8 MiB).
@@ -136,7 +130,9 @@ class WorkerFront:
                     # Out of file descriptors: close the oldest unproven client, not the worker.
                     now = time.monotonic()
                     if now - last_said > 1.0:
-                        self._refused("a new client", f"no file descriptors left ({_why(err)})")
+                        self._refused(
+                            "a new client", f"no file descriptors left ({error_reason(err)})"
+                        )
                         last_said = now
                     self._drop_oldest_pending()
                     time.sleep(0.05)
@@ -149,7 +145,7 @@ class WorkerFront:
                     continue
                 now = time.monotonic()
                 if now - last_said > 1.0:
-                    self._refused("a new client", f"its connection failed ({_why(err)})")
+                    self._refused("a new client", f"its connection failed ({error_reason(err)})")
                     last_said = now
                 time.sleep(0.01)
                 continue
@@ -183,7 +179,7 @@ class WorkerFront:
             busiest = hosts.most_common(1)[0][0]
             key = next(k for k, c in self._pending.items() if _peer_host(c) == busiest)
             oldest = self._pending.pop(key)
-        self._refused(_peer(oldest), "still unproven when newer connections came")
+        self._refused(peer_address(oldest), "still unproven when newer connections came")
         with contextlib.suppress(OSError):
             oldest.shutdown(socket.SHUT_RDWR)  # its thread wakes up and closes it
 
@@ -205,25 +201,31 @@ class WorkerFront:
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             conn.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
             deadline = time.monotonic() + self._limits.client_timeout
-            stream, command = self._prove(conn, who, deadline)
+            stream, command = prove(
+                conn,
+                secret=self._secret,
+                tls=self._tls,
+                certificate=self._certificate,
+                deadline=deadline,
+            )
             if not self._done_pending(conn):
                 return  # dropped to make room, meanwhile
             with self._lock:
                 if self._proven >= self._limits.max_proven:
-                    raise _Refusal("busy", "too many proven connections at once")
+                    raise Refusal("busy", "too many proven connections at once")
                 self._proven += 1
             proven = True
             self._answer(stream, command, who)
-        except _Refusal as refusal:
+        except Refusal as refusal:
             self._refused(who, refusal.reason)
             with contextlib.suppress(OSError):
                 stream.settimeout(1.0)
                 stream.sendall(json.dumps({"refused": refusal.answer}).encode() + b"\n")
         except (OSError, ValueError) as err:
             if self._done_pending(conn):
-                self._refused(who, f"connection ended while proving itself ({_why(err)})")
+                self._refused(who, f"connection ended while proving itself ({error_reason(err)})")
             else:
-                log.info("connection from %s ended: %s", who, _why(err))
+                log.info("connection from %s ended: %s", who, error_reason(err))
         finally:
             self._done_pending(conn)
             if proven:
@@ -232,53 +234,6 @@ class WorkerFront:
             for s in (stream, conn):
                 with contextlib.suppress(OSError):
                     s.close()
-
-    def _prove(
-        self, conn: socket.socket, who: str, deadline: float
-    ) -> tuple[socket.socket, list[str]]:
-        """TLS (or plain from loopback) and the secret's proofs; returns the stream and the
-        question the client asked."""
-        conn.settimeout(_left(deadline))
-        first = conn.recv(1, socket.MSG_PEEK)
-        if not first:
-            raise ConnectionResetError(errno.ECONNRESET, "closed before a byte")
-        stream = conn
-        bound = security.PLAIN_BINDING
-        if first[0] == _TLS_RECORD and self._tls is not None:
-            try:
-                stream = self._tls.wrap_socket(conn, server_side=True)
-            except ssl.SSLError as err:
-                raise _Refusal("authentication required", f"TLS failed ({_why(err)})") from None
-            assert self._certificate is not None
-            bound = security.binding(self._certificate.fingerprint)
-        elif first != b"M":
-            raise _Refusal(
-                "authentication required",
-                "not authenticated (it spoke llama.cpp's RPC or something else first)",
-            )
-        elif not is_loopback(_peer(conn).rsplit(":", 1)[0]):
-            raise _Refusal("authentication required", "plain connection from another machine")
-        words = _read_words(stream, deadline)
-        if words[:2] != [security.PROTOCOL, "AUTH"] or len(words) != 3:
-            raise _Refusal("authentication required", "not authenticated")
-        try:
-            theirs = bytes.fromhex(words[2])
-        except ValueError:
-            raise _Refusal("authentication required", "not authenticated") from None
-        if len(theirs) != security.NONCE_BYTES:
-            raise _Refusal("authentication required", "not authenticated")
-        mine = security.new_nonce()
-        mine_proof = security.proof(self._secret, "worker", theirs, mine, bound)
-        stream.sendall(f"{security.PROTOCOL} CHALLENGE {mine.hex()} {mine_proof.hex()}\n".encode())
-        words = _read_words(stream, deadline)
-        expected = security.proof(self._secret, "client", theirs, mine, bound)
-        if (
-            words[:2] != [security.PROTOCOL, "PROOF"]
-            or len(words) < 4
-            or not security.proofs_match(expected, words[2])
-        ):
-            raise _Refusal("authentication failed", "wrong secret")
-        return stream, words[3:]
 
     # -- proven clients -------------------------------------------------------------------
 
@@ -293,7 +248,7 @@ class WorkerFront:
         elif command == "SPEED" and len(words) > 1 and words[1].isdigit():
             wanted = int(words[1])
             if wanted > MAX_SPEED_BYTES:
-                raise _Refusal(f"at most {MAX_SPEED_BYTES} bytes", f"speed probe of {wanted} bytes")
+                raise Refusal(f"at most {MAX_SPEED_BYTES} bytes", f"speed probe of {wanted} bytes")
             got, start = 0, time.perf_counter()
             while got < wanted:
                 chunk = stream.recv(min(_CHUNK, wanted - got))
@@ -322,11 +277,11 @@ class WorkerFront:
     def _relay(self, stream: socket.socket, client: str) -> None:
         # A few seconds' grace: llama.cpp reconnects as soon as its last session closed.
         if not self._session.acquire(timeout=5.0):
-            raise _Refusal("busy", "busy with another session")
+            raise Refusal("busy", "busy with another session")
         try:
             foreign = self._foreign_clients()
             if foreign:
-                raise _Refusal(
+                raise Refusal(
                     "busy", f"llama.cpp's internal port is in use by 127.0.0.1:{min(foreign)}"
                 )
             backend = socket.create_connection(("127.0.0.1", self._backend_port), timeout=10)
@@ -398,108 +353,9 @@ class WorkerFront:
         return foreign
 
 
-def loopback_clients(port: int) -> set[int]:
-    """The ports of established IPv4 loopback connections to ``port`` (Linux; elsewhere
-    none are seen)."""
-    found = set()
-    try:
-        with open("/proc/net/tcp", encoding="ascii") as fh:
-            next(fh, None)
-            for line in fh:
-                fields = line.split()
-                local, remote, state = fields[1], fields[2], fields[3]
-                if state == "01" and int(local.rsplit(":", 1)[1], 16) == port:
-                    found.add(int(remote.rsplit(":", 1)[1], 16))
-    except (OSError, ValueError, IndexError):
-        return set()
-    return found
-
-
-def _read_words(stream: socket.socket, deadline: float) -> list[str]:
-    """One line (at most :data:`_LINE_LIMIT` bytes) before ``deadline``, split in words."""
-    line = b""
-    while not line.endswith(b"\n"):
-        if len(line) >= _LINE_LIMIT:
-            raise _Refusal("authentication required", "a line too long")
-        stream.settimeout(_left(deadline))
-        byte = stream.recv(1)
-        if not byte:
-            raise ConnectionResetError(errno.ECONNRESET, "closed mid-line")
-        line += byte
-    return line.decode("ascii", errors="replace").split()
-
-
-def _left(deadline: float) -> float:
-    left = deadline - time.monotonic()
-    if left <= 0:
-        raise TimeoutError(errno.ETIMEDOUT, "too slow to prove itself")
-    return left
-
-
-def _peer(conn: socket.socket) -> str:
-    try:
-        host, port = conn.getpeername()[:2]
-    except OSError:
-        return "?"
-    return f"{host}:{port}"
-
-
-def _why(err: BaseException) -> str:
-    if isinstance(err, OSError) and err.strerror:
-        return err.strerror
-    return str(err) or type(err).__name__
-
-
-def start_llama_rpc_server(
-    *, device: str | None, threads: int, cache_dir: str | None, timeout: float = 30.0
-) -> int:
-    """Start llama.cpp's RPC server on a free loopback port in a thread; return the port.
-
-    Raises:
-        AdapterError: no RPC backend or no such device.
-        OSError: it did not start listening in time.
-    """
-    from mixdesk.core.engine import llama_adapter
-
-    llama_adapter.rpc_device(device)  # an unknown device is said here, not in the thread
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
-    thread = threading.Thread(
-        target=llama_adapter.serve_rpc,
-        args=(f"127.0.0.1:{port}",),
-        kwargs={"threads": threads, "cache_dir": cache_dir, "device": device},
-        daemon=True,  # it never returns; the process ends it
-        name="llama.cpp RPC server",
-    )
-    thread.start()
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and thread.is_alive():
-        # Wait for the port to listen without connecting (llama.cpp would serve a connection).
-        if _listening(port):
-            return port
-        time.sleep(0.05)
-    raise OSError(f"llama.cpp's RPC server did not start on 127.0.0.1:{port}")
-
-
 def _peer_host(conn: socket.socket) -> str:
     """The address a connection comes from ("" once it is closed)."""
     try:
         return str(conn.getpeername()[0])
     except OSError:
         return ""
-
-
-def _listening(port: int) -> bool:
-    """Whether this very process listens on 127.0.0.1:``port``: llama.cpp's server, not
-    another program that took the port between its choice and llama.cpp's bind (asked of the
-    system, without connecting: llama.cpp would serve a connection)."""
-    import psutil
-
-    try:
-        connections = psutil.Process().net_connections(kind="tcp")
-    except (psutil.Error, OSError):
-        return False
-    return any(
-        c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port for c in connections
-    )
