@@ -47,8 +47,8 @@ def test_plan_json_for_a_v100(mixtral_q4: Path) -> None:
     plan = json.loads(proc.stdout)
     assert plan["n_gpu_layers"] >= 19
     assert plan["fit"] == "partial"
-    assert plan["expected_tps_is_estimate"] is True
-    assert plan["expected_tps"] > 0
+    assert plan["speed_source"] == "estimate"
+    assert plan["expected_tps"] > 0 and plan["expected_prompt_tps"] > 0
     gpu, cpu = plan["devices"]
     assert gpu["kind"] == "gpu" and cpu["kind"] == "cpu"
     assert gpu["used_bytes"] <= gpu["free_bytes"]

@@ -108,11 +108,14 @@ def add_load_arguments(parser: argparse.ArgumentParser, *, runs: bool = True) ->
         metavar="HOST:PORT",
         help="also use the GPU (or CPU) that `mixdesk worker` offers at HOST:PORT; repeatable",
     )
+    load.add_argument(
+        "--threads",
+        type=positive_int,
+        metavar="N",
+        help="CPU threads (default: physical cores); the speed depends on it",
+    )
     if not runs:
         return
-    load.add_argument(
-        "--threads", type=positive_int, metavar="N", help="CPU threads (default: physical cores)"
-    )
     load.add_argument(
         "--batch",
         type=positive_int,

@@ -15,7 +15,7 @@ from mixdesk.core.loading.service import make_plan
 from mixdesk.core.machine import hardware
 from mixdesk.core.machine.hardware import HardwareInfo, format_bytes
 from mixdesk.core.planning.types import STRATEGIES, OffloadPlan
-from mixdesk.core.planning.words import FIT_WORDS, explain
+from mixdesk.core.planning.words import FIT_WORDS, explain, speed_short
 
 
 def plan_to_json(plan: OffloadPlan, *, model: str) -> dict[str, Any]:
@@ -28,8 +28,10 @@ def plan_to_json(plan: OffloadPlan, *, model: str) -> dict[str, Any]:
         "ctx_reduced_from": plan.ctx_reduced_from,
         "fit": plan.fit,
         "shortfall_bytes": plan.shortfall_bytes,
-        "expected_tps": plan.expected_tps,
-        "expected_tps_is_estimate": True,
+        "expected_tps": plan.speed.eval_tps if plan.speed else None,
+        "expected_prompt_tps": plan.speed.prompt_tps if plan.speed else None,
+        "speed_source": plan.speed.source.name.lower() if plan.speed else None,
+        "speed_error": plan.speed.error if plan.speed else None,
         "flash_attn": plan.flash_attn,
         "type_k": plan.type_k,
         "type_v": plan.type_v,
@@ -70,8 +72,7 @@ def strategies_text(profile: ModelProfile, hw: HardwareInfo, choices: LoadChoice
         gpu = sum(d.used_bytes for d in plan.gpus)
         rows.append(
             f"  {strategy:<8} {plan.placement_words}: {format_bytes(gpu)} on GPU, "
-            f"{format_bytes(plan.cpu.used_bytes)} in RAM, about {plan.expected_tps:g} tok/s"
-            f"{'' if plan.fit != 'none' else ' (does not fit)'}"
+            f"{format_bytes(plan.cpu.used_bytes)} in RAM, {speed_short(plan.speed)}"
         )
     rows.append(
         "  Mixtral reads about as many expert bytes per token either way: expect little "

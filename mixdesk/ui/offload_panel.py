@@ -25,7 +25,7 @@ from mixdesk.core.loading.measure import measure_variants
 from mixdesk.core.loading.service import LoadRequest, make_plan
 from mixdesk.core.machine.hardware import HardwareInfo
 from mixdesk.core.planning.types import STRATEGIES, OffloadPlan
-from mixdesk.core.planning.words import explain
+from mixdesk.core.planning.words import explain, speed_short
 from mixdesk.ui.plain import plain
 from mixdesk.ui.widgets import DeviceBars
 
@@ -218,7 +218,7 @@ class OffloadPanel(QWidget):
         plan = self.plan
         self.slider_label.setText(
             f"n_gpu_layers {plan.n_gpu_layers}: {plan.placement_words} "
-            f"(context {plan.n_ctx}, about {plan.expected_tps:g} tok/s estimated)"
+            f"(context {plan.n_ctx}, {speed_short(plan.speed)})"
         )
         self.bars.set_devices(plan.devices)
         gpu = plan.gpu

@@ -144,7 +144,7 @@ def test_everything_fits_on_a_big_gpu(mixtral: dict[str, ModelProfile]) -> None:
     assert plan.n_gpu_layers == 33  # 32 layers and the output layer
     assert plan.op_offload
     assert plan.gpu is not None and plan.gpu.weights_bytes > plan.cpu.weights_bytes
-    assert plan.expected_tps > 10
+    assert plan.speed is not None and plan.speed.eval_tps > 10
 
 
 def test_cpu_only_build_ignores_the_gpu(mixtral: dict[str, ModelProfile]) -> None:

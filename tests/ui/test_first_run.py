@@ -107,7 +107,7 @@ def test_empty_library_ranks_the_catalog_with_the_planners_verdicts(
     fitting = [
         (path.stat().st_size, key)
         for key, path in (("Q2_K", headers["Q2_K"]), ("Q4_K_M", headers["Q4_K_M"]))
-        if plans[key].fit != "none" and plans[key].expected_tps >= MIN_RECOMMENDED_TPS
+        if (speed := plans[key].speed) is not None and speed.eval_tps >= MIN_RECOMMENDED_TPS
     ]
     best = max(fitting)[1]
     recommended = [c for c in page.candidates if c.recommended]

@@ -122,6 +122,7 @@ def make_plan(
         strategy=choices.strategy,
         experts_in_ram=choices.experts_in_ram,
         overheads=calibration.measured_overheads(calibration.installed_llama_version()),
+        threads=choices.n_threads,
     )
 
 

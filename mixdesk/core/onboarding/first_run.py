@@ -91,7 +91,13 @@ def recommend(candidates: Sequence[Candidate]) -> Candidate | None:
     """The largest chat model that fits RAM and VRAM (the planner's margins included) at an
     expected :data:`MIN_RECOMMENDED_TPS` or more; failing that, the smallest that fits."""
     fitting = [c for c in candidates if c.fits and c.instruct]
-    fast = [c for c in fitting if c.plan is not None and c.plan.expected_tps >= MIN_RECOMMENDED_TPS]
+    fast = [
+        c
+        for c in fitting
+        if c.plan is not None
+        and c.plan.speed is not None
+        and c.plan.speed.eval_tps >= MIN_RECOMMENDED_TPS
+    ]
     if fast:
         return max(fast, key=lambda c: c.size)
     return min(fitting, key=lambda c: c.size) if fitting else None

@@ -31,7 +31,7 @@ from dataclasses import replace
 
 from mixdesk.core.engine.protocol import Buffers
 from mixdesk.core.gguf.profile import ModelProfile
-from mixdesk.core.machine.hardware import HardwareInfo
+from mixdesk.core.machine.hardware import GpuInfo, HardwareInfo
 from mixdesk.core.planning.memory import (
     DEFAULT_CTX,
     MIN_AUTO_CTX,
@@ -48,7 +48,7 @@ from mixdesk.core.planning.placement import (
     slot_bytes,
     split_slots,
 )
-from mixdesk.core.planning.speed import expected_tokens_per_second
+from mixdesk.core.planning.speed import Speed, SpeedModel, default_speed_model, predict
 from mixdesk.core.planning.types import DevicePlan, Fit, OffloadPlan, PlanFacts
 
 
@@ -66,6 +66,8 @@ def plan_offload(
     strategy: str = "layers",
     experts_in_ram: int | None = None,
     overheads: Mapping[str, int] | None = None,
+    speed_model: SpeedModel | None = None,
+    threads: int | None = None,
 ) -> OffloadPlan:
     """Plan how to load ``profile`` on ``hardware``.
 
@@ -87,6 +89,8 @@ def plan_offload(
         experts_in_ram: K for the "experts" strategy when the user fixed it.
         overheads: the runtime overhead measured per device on this machine
             (:mod:`mixdesk.core.planning.calibration`), by buffer name; else the defaults.
+        speed_model: the speed model's coefficients measured on this machine; else defaults.
+        threads: the CPU threads the load will use (default: the physical cores).
     """
     if gpu_offload_supported is None:
         gpu_offload_supported = hardware.gpu_offload is not False
@@ -173,12 +177,17 @@ def plan_offload(
         # Partial layer offload turns op offload off (it would copy the CPU layers' weights
         # to the GPU for every prompt); with experts in RAM it is what makes prompts fast.
         op_offload=fit in ("full", "experts") or (fit == "none" and experts),
-        expected_tps=expected_tokens_per_second(profile, n_gpu, fastest, experts_in_ram=k),
+        speed=None,
         tensor_split=tuple(c for c in counts) if len(gpus) > 1 and n_gpu > 0 else (),
         compute_measured=bool(measured_compute),
         strategy="experts" if experts else "layers",
         experts_in_ram=k,
     )
+    if fit is not Fit.NONE:  # a setting that cannot load has no speed
+        threads = threads or hardware.physical_cores
+        names = [(buffer_name(g), g) for g in gpus]
+        model = speed_model or default_speed_model(names, threads)
+        plan = replace(plan, speed=_speed(model, profile, plan, names, threads))
     per_layer = profile.layer_bytes[-1] if profile.layer_bytes else 0
     room = plan.gpu.free_bytes - plan.gpu.used_bytes if plan.gpu is not None else 0
     local = [g for g in hardware.gpus if g.backend != "rpc"]  # workers need no GPU build here
@@ -221,6 +230,40 @@ def _best_context(
             break
     assert best is not None
     return best, kept
+
+
+def _speed(
+    model: SpeedModel,
+    profile: ModelProfile,
+    plan: OffloadPlan,
+    names: list[tuple[str, GpuInfo]],
+    threads: int,
+) -> Speed:
+    """The speed model's prediction for the plan's placement."""
+    n = profile.n_layers
+    layer_device: dict[int, str] = {}
+    first = n - plan.repeating_layers_on_gpu
+    by_name = {d.buffer_name: d for d in plan.gpus}
+    layer = first
+    output_device = "CPU"
+    for name, _gpu in names:
+        device = by_name.get(name)
+        if device is None:
+            continue
+        for i in range(layer, layer + device.layers):
+            layer_device[i] = name
+        layer += device.layers
+        if device.output:
+            output_device = name
+    return predict(
+        model,
+        profile,
+        layer_device=layer_device,
+        output_device=output_device,
+        experts_in_ram=plan.experts_in_ram,
+        threads=threads,
+        op_offload=plan.op_offload,
+    )
 
 
 def _with_links(devices: list[DevicePlan], hardware: HardwareInfo) -> list[DevicePlan]:

@@ -1,14 +1,162 @@
-"""How fast a placement should generate: bytes read per token over each device's memory
-bandwidth (an estimate; issue 20 replaces it with a calibrated model)."""
+"""How fast a placement generates and reads prompts: a speed model with structure.
+
+Per generated token (llama.cpp's "eval" time, the decode alone), every device reads the
+weights it holds that the token uses (all dense weights, ``n_expert_used / n_expert`` of the
+expert weights, the output matrix; one row of the token embeddings, nothing), at that
+device's throughput *for that ggml type*: a device is bandwidth-bound for some types and
+dequantisation-bound for others (Q2_K on a few cores is compute, not memory). Beside the
+bytes, every token pays a fixed cost, one per layer (graph nodes and thread barriers) and
+one per hop between devices (a partial offload crosses from the CPU to the GPU and back;
+each layer whose experts stay in RAM crosses twice; an RPC worker adds its network round
+trip)::
+
+    t_token = token_s + n_layers * layer_s + sum over devices, types (bytes / rate) + hops * hop_s
+
+A prompt of N tokens is compute: each device does ``N x 2 x active weights`` of its types
+at its measured rate, plus a fixed cost per prompt token and layer; with op offload, the CPU's
+weights are copied to the GPU once per 512-token batch and computed there.
+
+The coefficients are measured on this machine by ``mixdesk calibrate``
+(:mod:`mixdesk.core.loading.calibrate`) and refined by every answer; until then they are
+defaults (per-thread CPU rates per type for a desktop x86 core, the GPU's memory bandwidth),
+and every speed says which it is.
+"""
 
 from __future__ import annotations
 
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from enum import Enum
+
 from mixdesk.core.gguf.profile import ModelProfile
 from mixdesk.core.machine.hardware import GpuInfo
-from mixdesk.core.planning.memory import output_layer_bytes
-from mixdesk.core.planning.types import repeating_layers
 
-#: Rough effective memory bandwidth by GPU name (GB/s), for the speed estimate only.
+#: Tokens of the prompt the plan quotes a prompt speed for.
+PROMPT_TOKENS = 512
+
+
+class SpeedSource(str, Enum):
+    """Where a speed comes from."""
+
+    MEASURED = "measured on this machine"
+    ESTIMATE = "estimate"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True)
+class DeviceRates:
+    """One device's throughput by ggml type name ("Q4_K", "F16"...)."""
+
+    #: Bytes of weights of each type read per second while generating.
+    eval_bytes_per_s: Mapping[str, float]
+    #: Weights of each type (elements) computed per second for prompt tokens
+    #: (a weight per token is 2 flops).
+    prompt_weights_per_s: Mapping[str, float]
+    #: What a token pays to cross to this device and back (0 for the CPU).
+    hop_s: float = 0.0
+
+    def eval_rate(self, type_name: str) -> float:
+        """Bytes/s for ``type_name``; a type not measured takes its nearest measured one."""
+        return _lookup(self.eval_bytes_per_s, type_name)
+
+    def prompt_rate(self, type_name: str) -> float:
+        """Weights/s for prompt tokens of ``type_name``."""
+        return _lookup(self.prompt_weights_per_s, type_name)
+
+
+#: Bits per weight of the ggml types, to find a type's nearest measured neighbour.
+_BITS = {
+    "Q2_K": 2.625,
+    "IQ2_XXS": 2.06,
+    "IQ2_XS": 2.31,
+    "IQ3_XXS": 3.06,
+    "Q3_K": 3.4375,
+    "IQ4_XS": 4.25,
+    "Q4_0": 4.5,
+    "IQ4_NL": 4.5,
+    "Q4_1": 5.0,
+    "Q4_K": 4.5,
+    "Q5_0": 5.5,
+    "Q5_1": 6.0,
+    "Q5_K": 5.5,
+    "Q6_K": 6.5625,
+    "Q8_0": 8.5,
+    "BF16": 16.0,
+    "F16": 16.0,
+    "F32": 32.0,
+}
+
+
+def _lookup(rates: Mapping[str, float], type_name: str) -> float:
+    if type_name in rates:
+        return rates[type_name]
+    bits = _BITS.get(type_name, 4.5)
+    nearest = min(rates, key=lambda t: abs(_BITS.get(t, 4.5) - bits))
+    return rates[nearest]
+
+
+@dataclass(frozen=True)
+class SpeedModel:
+    """The coefficients of the speed model for one machine."""
+
+    cpu: DeviceRates
+    #: The CPU thread count the CPU's rates are for.
+    cpu_threads: int
+    #: Offload devices' rates, by llama.cpp's device name ("CUDA0", "RPC0[host:port]").
+    devices: Mapping[str, DeviceRates] = field(default_factory=dict)
+    token_s: float = 0.0
+    layer_s: float = 0.0
+    #: Fixed cost per prompt token and layer (the attention and the small ops).
+    prompt_layer_s: float = 0.0
+    #: Measured on this machine (else defaults).
+    source: SpeedSource = SpeedSource.ESTIMATE
+    #: The expected relative error of a prediction (0.15: within 15%).
+    error: float = 0.5
+
+
+@dataclass(frozen=True)
+class Speed:
+    """What a plan should run at."""
+
+    eval_tps: float
+    #: Prompt tokens per second for a prompt of :data:`PROMPT_TOKENS` tokens.
+    prompt_tps: float
+    source: SpeedSource
+    error: float
+
+    def ttft_s(self, prompt_tokens: int) -> float:
+        """Seconds to the first token of an answer to a prompt of ``prompt_tokens`` tokens."""
+        return prompt_tokens / self.prompt_tps if self.prompt_tps > 0 else math.inf
+
+
+# --- defaults --------------------------------------------------------------------------
+
+#: Bytes per second per CPU thread while generating, by type (a desktop x86 core with
+#: AVX2: llama.cpp's K-quant dot products; Q2_K and Q3_K are dequantisation-bound, the
+#: others nearer the memory bus). Checked against the published V100 + 8-thread Mixtral
+#: runs (benchmarks/speed_truth.py).
+_CPU_EVAL_PER_THREAD = {
+    "Q2_K": 1.05e9,
+    "Q3_K": 1.5e9,
+    "Q4_0": 3.2e9,
+    "Q4_K": 2.9e9,
+    "Q5_K": 2.6e9,
+    "Q6_K": 2.7e9,
+    "Q8_0": 3.4e9,
+    "F16": 2.6e9,
+    "BF16": 2.2e9,
+    "F32": 3.0e9,
+}
+#: The memory bus caps what threads add (a dual-channel desktop).
+_CPU_BANDWIDTH = 25e9
+#: Weights per second per CPU thread for prompt tokens (flops / 2).
+_CPU_PROMPT_PER_THREAD = 6e9
+
+#: Memory bandwidth by GPU name (GB/s); what generation on a GPU reads at.
 _GPU_BANDWIDTH = {
     "H200": 4800,
     "H100": 3350,
@@ -31,12 +179,20 @@ _GPU_BANDWIDTH = {
     "6900": 512,
     "Apple": 400,
 }
-
-
-_CPU_BANDWIDTH = 25e9  # a dual-channel desktop, as measured by generation speeds
-
-
-_EFFICIENCY = 0.6
+#: The share of the bus llama.cpp's kernels reach while generating.
+_GPU_EFFICIENCY = 0.6
+#: Half-precision weights per second a GPU computes prompts at, per GB/s of bandwidth.
+_GPU_PROMPT_PER_BANDWIDTH = 30.0
+#: PCIe: op offload copies the CPU's weights to the GPU at this rate for big batches.
+_PCIE_BYTES_PER_S = 12e9
+#: A token's round trip to a local GPU and back (launches, synchronisation, the copy).
+_GPU_HOP_S = 0.25e-3
+#: To an RPC worker: the network round trip and llama.cpp's RPC commands.
+_RPC_HOP_S = 1.5e-3
+#: Fixed per token and per layer (graph building, scheduling, barriers).
+_TOKEN_S = 0.4e-3
+_LAYER_S = 0.02e-3
+_PROMPT_LAYER_S = 0.01e-3
 
 
 def _gpu_bandwidth(gpu: GpuInfo) -> float:
@@ -46,31 +202,151 @@ def _gpu_bandwidth(gpu: GpuInfo) -> float:
     return 400e9
 
 
-def _active_bytes(profile: ModelProfile, layers: range) -> float:
-    """Bytes read per generated token for ``layers``: all dense weights, a share of experts."""
+def default_speed_model(gpus: list[tuple[str, GpuInfo]], threads: int) -> SpeedModel:
+    """The defaults for a machine with these offload devices (llama.cpp name, device) and
+    ``threads`` CPU threads (an estimate until ``mixdesk calibrate`` measures this machine)."""
+    cpu = DeviceRates(
+        {t: min(_CPU_BANDWIDTH, threads * r) for t, r in _CPU_EVAL_PER_THREAD.items()},
+        {t: threads * _CPU_PROMPT_PER_THREAD for t in _CPU_EVAL_PER_THREAD},
+    )
+    devices = {}
+    for name, gpu in gpus:
+        if gpu.backend == "rpc":  # a worker's device is unknown until measured: like this CPU
+            devices[name] = replace(cpu, hop_s=_RPC_HOP_S)
+            continue
+        bandwidth = _gpu_bandwidth(gpu) * _GPU_EFFICIENCY
+        devices[name] = DeviceRates(
+            {t: bandwidth for t in _CPU_EVAL_PER_THREAD},
+            {
+                t: _gpu_bandwidth(gpu) / 1e9 * _GPU_PROMPT_PER_BANDWIDTH * 1e9
+                for t in _CPU_EVAL_PER_THREAD
+            },
+            hop_s=_GPU_HOP_S,
+        )
+    return SpeedModel(
+        cpu=cpu,
+        cpu_threads=threads,
+        devices=devices,
+        token_s=_TOKEN_S,
+        layer_s=_LAYER_S,
+        prompt_layer_s=_PROMPT_LAYER_S,
+    )
+
+
+# --- what each device does per token -----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Work:
+    """What one device does per generated token, by ggml type."""
+
+    #: Bytes of weights read per generated token.
+    eval_bytes: dict[str, float] = field(default_factory=dict)
+    #: Weights (elements) computed per prompt token.
+    prompt_weights: dict[str, float] = field(default_factory=dict)
+    #: All the weight bytes it holds (what op offload copies per batch from the CPU).
+    held_bytes: int = 0
+
+    def add(self, type_name: str, nbytes: float, weights: float, held: int) -> Work:
+        """This work plus one tensor's."""
+        eval_bytes = dict(self.eval_bytes)
+        prompt = dict(self.prompt_weights)
+        eval_bytes[type_name] = eval_bytes.get(type_name, 0.0) + nbytes
+        prompt[type_name] = prompt.get(type_name, 0.0) + weights
+        return Work(eval_bytes, prompt, self.held_bytes + held)
+
+
+_EXPERT = re.compile(r"\.ffn_(gate|up|down)(_exps|\.\d+)\.weight$")
+
+
+def device_work(
+    profile: ModelProfile, layer_device: Mapping[int, str], output_device: str, experts_in_ram: int
+) -> dict[str, Work]:
+    """Per device ("CPU" or an offload device's name): what a token costs it.
+
+    Args:
+        profile: the model (its tensor table).
+        layer_device: the device of each repeating layer (missing: the CPU).
+        output_device: where the output layer is.
+        experts_in_ram: the expert tensors of the first K layers stay in RAM.
+    """
     share = profile.n_expert_used / profile.n_expert if profile.n_expert else 1.0
-    return sum(profile.layer_bytes[i] - profile.layer_expert_bytes[i] * (1 - share) for i in layers)
+    work: dict[str, Work] = {}
+    for t in profile.tensors:
+        n = math.prod(t.shape)
+        if t.name == "token_embd.weight":
+            continue  # one row per token: nothing to speak of
+        if t.name.startswith("blk."):
+            layer = int(t.name.split(".")[1])
+            expert = bool(_EXPERT.search(t.name))
+            device = layer_device.get(layer, "CPU")
+            if expert and layer < experts_in_ram:
+                device = "CPU"
+            used = share if expert else 1.0
+        else:
+            device, used = output_device, 1.0
+        work[device] = work.get(device, Work()).add(
+            t.type_name, t.nbytes * used, n * used, t.nbytes
+        )
+    return work
 
 
-def expected_tokens_per_second(
-    profile: ModelProfile, n_gpu: int, gpu: GpuInfo | None, *, experts_in_ram: int = 0
-) -> float:
-    """A memory-bandwidth estimate of generation speed (an estimate, not a measurement)."""
+def hops(
+    layer_device: Mapping[int, str], output_device: str, n_layers: int, experts_in_ram: int
+) -> dict[str, int]:
+    """Crossings per token to each offload device and back: the graph's splits."""
+    found: dict[str, int] = {}
+    previous = "CPU"
+    for i in range(n_layers):
+        device = layer_device.get(i, "CPU")
+        if device != "CPU" and i < experts_in_ram:
+            found[device] = found.get(device, 0) + 1  # its experts run on the CPU
+        if device not in (previous, "CPU"):
+            found[device] = found.get(device, 0) + 1
+        previous = device
+    if output_device not in (previous, "CPU"):
+        found[output_device] = found.get(output_device, 0) + 1
+    return found
+
+
+def predict(
+    model: SpeedModel,
+    profile: ModelProfile,
+    *,
+    layer_device: Mapping[int, str],
+    output_device: str,
+    experts_in_ram: int = 0,
+    threads: int,
+    op_offload: bool = False,
+) -> Speed:
+    """The speed of one placement with ``threads`` CPU threads."""
+    cpu_scale = min(1.0, threads / model.cpu_threads) if model.cpu_threads else 1.0
+    work = device_work(profile, layer_device, output_device, experts_in_ram)
     n = profile.n_layers
-    gpu_layers = repeating_layers(n_gpu, n) if gpu else 0
-    cpu_bytes = _active_bytes(profile, range(0, n - gpu_layers))
-    gpu_bytes = _active_bytes(profile, range(n - gpu_layers, n))
-    if gpu and experts_in_ram:  # the experts read per token of those layers come from RAM
-        share = profile.n_expert_used / profile.n_expert if profile.n_expert else 1.0
-        moved = sum(profile.layer_expert_bytes[:experts_in_ram]) * share
-        cpu_bytes += moved
-        gpu_bytes -= moved
-    out = output_layer_bytes(profile)
-    if gpu and n_gpu > 0:
-        gpu_bytes += out
-    else:
-        cpu_bytes += out
-    seconds = cpu_bytes / _CPU_BANDWIDTH
-    if gpu and gpu_bytes:
-        seconds += gpu_bytes / _gpu_bandwidth(gpu)
-    return round(_EFFICIENCY / seconds, 1) if seconds > 0 else 0.0
+    eval_s = model.token_s + n * model.layer_s
+    prompt_s = n * model.prompt_layer_s
+    crossings = hops(layer_device, output_device, n, experts_in_ram)
+    fastest = None
+    for device, w in work.items():
+        rates = model.cpu if device == "CPU" else model.devices.get(device, model.cpu)
+        scale = cpu_scale if device == "CPU" or device not in model.devices else 1.0
+        eval_s += sum(b / (rates.eval_rate(t) * scale) for t, b in w.eval_bytes.items())
+        if device != "CPU":
+            eval_s += crossings.get(device, 0) * rates.hop_s
+            if fastest is None or rates.prompt_rate("F16") > fastest[1].prompt_rate("F16"):
+                fastest = (device, rates)
+    for device, w in work.items():
+        if device == "CPU" and op_offload and fastest is not None:
+            # big batches: the CPU's weights go to the GPU once per batch and are computed there
+            prompt_s += w.held_bytes / _PCIE_BYTES_PER_S / PROMPT_TOKENS
+            prompt_s += sum(v / fastest[1].prompt_rate(t) for t, v in w.prompt_weights.items())
+            continue
+        rates = model.cpu if device == "CPU" else model.devices.get(device, model.cpu)
+        scale = cpu_scale if device == "CPU" or device not in model.devices else 1.0
+        prompt_s += sum(v / (rates.prompt_rate(t) * scale) for t, v in w.prompt_weights.items())
+    return Speed(
+        eval_tps=round(1.0 / eval_s, 2),
+        prompt_tps=round(1.0 / prompt_s, 1) if prompt_s > 0 else 0.0,
+        source=model.source,
+        error=model.error,
+    )

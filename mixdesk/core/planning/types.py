@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Literal
 
+from mixdesk.core.planning.speed import Speed
+
 #: What a device is to the plan: an offload device (a GPU or an RPC worker) or the CPU's RAM.
 DeviceKind = Literal["gpu", "cpu"]
 #: How layers are placed: whole layers on the GPU, or every layer on the GPU with the experts
@@ -106,7 +108,8 @@ class OffloadPlan:
     type_k: str
     type_v: str
     op_offload: bool
-    expected_tps: float
+    #: What it should run at (None: a setting that does not fit has no speed).
+    speed: Speed | None
     #: Slots (layers, the output layer counting as one) per offload device, in llama.cpp's
     #: device order: its ``tensor_split``. Empty with one device.
     tensor_split: tuple[int, ...] = ()

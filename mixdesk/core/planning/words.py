@@ -4,6 +4,7 @@ and ``mixdesk plan`` (the plan itself is data: :class:`~mixdesk.core.planning.pl
 from __future__ import annotations
 
 from mixdesk.core.machine.hardware import format_bytes
+from mixdesk.core.planning.speed import PROMPT_TOKENS, Speed, SpeedSource
 from mixdesk.core.planning.types import DevicePlan, Fit, OffloadPlan
 
 #: What each verdict means, in a few words.
@@ -33,7 +34,7 @@ def verdict(plan: OffloadPlan | None, problem: str = "") -> str:
     """The planner's verdict in its own words, with the expected speed (the first-run page)."""
     if plan is None:
         return f"unknown ({problem})" if problem else "unknown"
-    speed = f"about {plan.expected_tps:g} tok/s"
+    speed = speed_short(plan.speed)
     match plan.fit:
         case Fit.NONE:
             return FIT_WORDS[Fit.NONE]
@@ -43,10 +44,33 @@ def verdict(plan: OffloadPlan | None, problem: str = "") -> str:
             return f"{plan.placement_words}, {speed}"
 
 
+def _tps(value: float) -> str:
+    return f"{value:.3g}" if value < 100 else f"{value:,.0f}"
+
+
+def speed_short(speed: Speed | None) -> str:
+    """The generation speed in a few words that say what it is ("about 7.3 tok/s, estimate")."""
+    if speed is None:
+        return "no speed: it does not fit"
+    if speed.source is SpeedSource.MEASURED:
+        return f"{_tps(speed.eval_tps)} tok/s, measured on this machine"
+    return f"about {_tps(speed.eval_tps)} tok/s, estimate"
+
+
 def speed_words(plan: OffloadPlan) -> str:
-    """The expected speed, said as what it is."""
+    """The expected speeds, said as what they are: measured or estimated, and how close."""
+    speed = plan.speed
+    if speed is None:
+        return "No speed is given for a setting that does not fit."
+    what = (
+        "measured on this machine"
+        if speed.source is SpeedSource.MEASURED
+        else "an estimate until `mixdesk calibrate` measures this machine"
+    )
     return (
-        f"Expected speed about {plan.expected_tps:g} tokens/s (an estimate from memory bandwidth)."
+        f"Expected speed {_tps(speed.eval_tps)} tokens/s generating, {_tps(speed.prompt_tps)} "
+        f"tokens/s reading a {PROMPT_TOKENS}-token prompt ({what}; within about "
+        f"{speed.error:.0%})."
     )
 
 

@@ -1,0 +1,75 @@
+"""The speed model: per device and ggml type, with fixed costs per token, layer and hop.
+
+Default coefficients must predict the one published measurement we have (the seed article's
+Colab V100, 16 GB, 8 threads: TheBloke's Mixtral 8x7B Q2_K with 28 layers on the GPU at
+13.03 tok/s, Q4_K_M with 19 layers at 6.92 tok/s) within 30%; one CPU bandwidth and an
+efficiency factor missed them by +44% and -32%.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mixdesk.core.gguf.profile import profile_local
+from mixdesk.core.loading.choices import LoadChoices
+from mixdesk.core.loading.service import make_plan
+from mixdesk.core.machine.hardware import GIB, GpuInfo, HardwareInfo
+from mixdesk.core.planning.speed import SpeedSource
+from mixdesk.core.planning.types import Fit
+from mixdesk.core.planning.words import speed_short, speed_words
+from tests.helpers import model_factory as mf
+from tests.helpers.machines import V100
+
+#: What ``mixdesk plan --vram 16GiB --threads 8`` plans for: a GPU of unknown make with 16 GiB.
+GPU_16GIB = HardwareInfo(
+    ram_total_bytes=64 * GIB,
+    ram_available_bytes=56 * GIB,
+    physical_cores=2,
+    logical_cores=2,
+    gpus=[GpuInfo("GPU (16.00 GiB, as given)", "cuda", 16 * GIB, 16 * GIB)],
+    gpu_offload=True,
+)
+
+SEED_ROWS = [("Q2_K", 29, 13.03), ("Q4_K_M", 20, 6.92)]
+
+
+@pytest.mark.parametrize(("quant", "ngl", "measured"), SEED_ROWS)
+def test_the_seed_measurements_are_predicted_within_30_percent(
+    tmp_path: Path, quant: str, ngl: int, measured: float
+) -> None:
+    profile = profile_local(mf.mixtral_header_file(tmp_path, quant, legacy=True))
+    plan = make_plan(profile, GPU_16GIB, LoadChoices(n_gpu_layers=ngl, n_threads=8))
+    assert plan.fit is Fit.PARTIAL
+    assert plan.speed is not None and plan.speed.source is SpeedSource.ESTIMATE
+    assert abs(plan.speed.eval_tps / measured - 1) <= 0.30, (quant, plan.speed.eval_tps)
+    # the seed's own card, named: its bandwidth is known
+    v100 = make_plan(profile, V100, LoadChoices(n_gpu_layers=ngl - 1, n_ctx=2048, n_threads=8))
+    assert v100.speed is not None
+    assert abs(v100.speed.eval_tps / measured - 1) <= 0.30, (quant, v100.speed.eval_tps)
+
+
+def test_a_small_model_is_capped_by_the_fixed_costs(models: dict[str, Path]) -> None:
+    """The tiny test model was promised 97691.9 tok/s; it runs at hundreds at most."""
+    plan = make_plan(profile_local(models["q4_k_m"]), V100, LoadChoices(n_gpu_layers=0))
+    assert plan.speed is not None
+    assert plan.speed.eval_tps < 3000
+
+
+def test_a_setting_that_does_not_fit_promises_no_speed(tmp_path: Path) -> None:
+    profile = profile_local(mf.mixtral_header_file(tmp_path, "Q4_K_M", legacy=True))
+    plan = make_plan(profile, V100, LoadChoices(n_gpu_layers=-1))
+    assert plan.fit is Fit.NONE and plan.speed is None
+    assert "tok/s" not in speed_short(plan.speed)
+    assert "does not fit" in speed_words(plan)
+
+
+def test_more_layers_on_the_gpu_is_faster_and_prompts_are_quoted(tmp_path: Path) -> None:
+    profile = profile_local(mf.mixtral_header_file(tmp_path, "Q4_K_M", legacy=True))
+    speeds = []
+    for ngl in (0, 10, 20):
+        plan = make_plan(profile, GPU_16GIB, LoadChoices(n_gpu_layers=ngl, n_ctx=2048))
+        assert plan.speed is not None and plan.speed.prompt_tps > 0
+        speeds.append(plan.speed.eval_tps)
+    assert speeds == sorted(speeds) and speeds[0] < speeds[-1]
