@@ -2,7 +2,9 @@
 
 Started by :class:`mixdesk.core.engine.client.Engine` as a child process. If llama.cpp
 aborts (a bad model file, a GPU out of memory) only this process dies; the app reads the
-exit status and the log and carries on.
+exit status and the log and carries on. This module is the process's plumbing (its file
+descriptors, its log, its reader thread and its command loop); what it does with llama.cpp
+is :class:`~mixdesk.core.engine.engine_worker.EngineWorker`.
 
 Commands arrive as JSON lines on stdin (see :mod:`.protocol`); events go out on a private
 duplicate of stdout, and file descriptor 1 is pointed at stderr so that nothing llama.cpp
@@ -13,58 +15,28 @@ an answer is being generated, and the process exits as soon as the app goes away
 from __future__ import annotations
 
 import collections
-import ctypes
 import logging
 import os
 import queue
 import sys
 import threading
 import time
-from collections.abc import Sequence
-from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
-from mixdesk.core.chat.context_window import answer_room, fit_messages
-from mixdesk.core.chat.template import (
-    ChatMessage,
-    ChatTemplate,
-    looks_like_base_model,
-    render_prompt,
-    select_template,
-)
-from mixdesk.core.engine import diagnose, llama_adapter, prompt_tokens, session
-from mixdesk.core.engine.answer import Answer
+from mixdesk.core.engine.engine_worker import EngineWorker
 from mixdesk.core.engine.protocol import (
-    BufferReport,
     CancelCommand,
     ChatCommand,
-    ChatDone,
-    DeviceMemory,
     DryRunCommand,
     EngineCommand,
     EngineFailure,
-    EngineInfo,
-    GenerationStats,
     LoadCommand,
-    LoadConfig,
-    LoadProgress,
-    ModelInfo,
-    PerfCounters,
-    SamplingParams,
     ShutdownCommand,
     decode_command,
     encode,
-    encode_delta,
     failure,
 )
-from mixdesk.errors import (
-    ContextOverflowError,
-    MixdeskError,
-    ModelNotFoundError,
-    NoModelLoadedError,
-    NotAGgufError,
-    TemplateCancelledError,
-)
+from mixdesk.errors import MixdeskError
 
 log = logging.getLogger(__name__)
 
@@ -104,334 +76,6 @@ class _Channel:
                 view = view[written:]
 
 
-class EngineWorker:
-    """Runs load and chat commands against llama.cpp and reports events."""
-
-    def __init__(self, channel: _Channel, tee: _LogTee) -> None:
-        import llama_cpp
-
-        llama_adapter.check_compatible()
-        self._lc = llama_cpp
-        self._channel = channel
-        self._tee = tee
-        #: Ids of answers the app asked to stop (added by the stdin reader thread).
-        self.cancelled: set[int] = set()
-        self.current_request = 0
-        self._llm: Any = None
-        self._config: LoadConfig | None = None
-        self._template: ChatTemplate | None = None
-        self._special: prompt_tokens.SpecialTokens | None = None
-        self._pieces: dict[int, bytes] = {}
-        self._opened: session.OpenedModel | None = None
-        self._calibrate = False  # report device memory after the first prompt batch
-        # ctypes callbacks must stay referenced while llama.cpp may call them.
-        self._abort_cb = llama_cpp.ggml_abort_callback(self._should_abort)
-
-    # -- commands ---------------------------------------------------------------------
-
-    def info(self) -> EngineInfo:
-        """Describe this engine and the llama.cpp build it runs."""
-        lc = self._lc
-        return EngineInfo(
-            pid=os.getpid(),
-            llama_cpp_version=str(getattr(lc, "__version__", "unknown")),
-            # With RPC compiled in, llama_supports_gpu_offload() is always true: ask for GPUs.
-            supports_gpu_offload=bool(llama_adapter.local_gpus()),
-            system_info=lc.llama_print_system_info().decode("utf-8", errors="replace").strip(),
-        )
-
-    def load(self, config: LoadConfig) -> None:
-        """Load a model, reporting progress; send ``loaded`` or a failure."""
-        path = Path(config.model_path)
-        _check_model_file(path)
-        lc = self._lc
-        last = [-1.0]
-
-        def on_progress(fraction: float, _data: Any) -> bool:
-            if fraction - last[0] >= 0.01 or fraction >= 1.0:
-                last[0] = fraction
-                self._channel.send(encode(LoadProgress(round(fraction, 4))))
-            return True
-
-        progress_cb = lc.llama_progress_callback(on_progress)
-        kwargs = session.llama_kwargs(config)
-        n_threads, flash_attn = kwargs["n_threads"], kwargs["flash_attn"]
-        session.register_devices(config)
-        free_before = llama_adapter.offload_free_memory() if config.n_gpu_layers else {}
-        start = time.perf_counter()
-        try:
-            self._opened = session.open_llama(config, progress=progress_cb)
-            self._llm = self._opened.llm
-        except ValueError:
-            sys.stderr.flush()
-            raise diagnose.load_failure(str(path), self._tee.text()) from None
-        load_s = time.perf_counter() - start
-        llm = self._llm
-        self._config = config
-        self._pieces = {}
-        metadata = dict(llm.metadata)
-        self._template = select_template(metadata)
-        model = llama_adapter.model_handle(llm)
-        self._special = prompt_tokens.special_tokens(model.vocab)
-        arch = metadata.get("general.architecture", "unknown")
-        n_layers = int(metadata.get(f"{arch}.block_count", "0") or 0)
-        log_text = self._tee.text()
-        free_after = llama_adapter.offload_free_memory() if free_before else {}
-        self._calibrate = bool(free_before)  # once more after the first prompt batch
-        info = ModelInfo(
-            path=str(path),
-            name=metadata.get("general.name", path.stem),
-            architecture=arch,
-            n_layers=n_layers,
-            n_gpu_layers=diagnose.offloaded_layers(log_text),
-            n_ctx=llm.n_ctx(),
-            n_ctx_train=model.n_ctx_train(),
-            n_vocab=model.n_vocab(),
-            n_params=model.n_params(),
-            size_bytes=model.size(),
-            chat_template_source=self._template.source,
-            chat_template_note=self._template.note,
-            base_model=looks_like_base_model(metadata),
-            system_prompt_folded=not self._template.has_system_role,
-            load_s=round(load_s, 4),
-            n_threads=n_threads,
-            flash_attn=flash_attn,
-            type_k=config.type_k,
-            type_v=config.type_v,
-            buffers=diagnose.buffer_sizes(log_text),
-            device_free={k: [v, free_after.get(k, v)] for k, v in free_before.items()},
-        )
-        self._channel.send(encode(info))
-
-    def dry_run(self, config: LoadConfig) -> None:
-        """Ask llama.cpp what a load would allocate, without allocating (``no_alloc``): the
-        compute buffer of every backend comes out exact, on whatever devices are present;
-        model and KV buffers log 0. Sends a :class:`BufferReport`."""
-        _check_model_file(Path(config.model_path))
-        session.register_devices(config)
-        try:
-            llm = session.open_llama(config, no_alloc=True).llm
-        except ValueError:
-            sys.stderr.flush()
-            raise diagnose.load_failure(config.model_path, self._tee.text()) from None
-        report = BufferReport(diagnose.buffer_sizes(self._tee.text()))
-        llm.close()
-        self._channel.send(encode(report))
-
-    def chat(
-        self,
-        request_id: int,
-        messages: Sequence[ChatMessage],
-        sampling: SamplingParams,
-        *,
-        stream_interval_s: float = 0.0,
-        report_tokens: bool = False,
-    ) -> None:
-        """Generate an answer, streaming deltas with live speed; end with ``done``
-        (with the prompt's and the answer's token ids when ``report_tokens``).
-
-        Deltas go out at most every ``stream_interval_s`` (text arriving faster is merged into
-        the next one): nobody reads more than 60 updates a second, and every message the app
-        wakes up for takes CPU time from llama.cpp on a small machine.
-        """
-        llm = self._llm
-        if llm is None or self._template is None:
-            raise NoModelLoadedError("No model is loaded; load a model before chatting.")
-        n_ctx = llm.n_ctx()
-        counted: dict[int, list[int]] = {}
-
-        def count(some: list[ChatMessage]) -> int:
-            counted[len(some)] = self._prompt_tokens(request_id, some)
-            return len(counted[len(some)])
-
-        try:
-            # the overflow policy: older turns left out (or a refusal) before the context fills
-            fitted = fit_messages(
-                messages,
-                count,
-                n_ctx=n_ctx,
-                reserve=answer_room(n_ctx, sampling.max_tokens),
-                policy=sampling.overflow,
-            )
-            tokens = counted[len(fitted.messages)]
-        except TemplateCancelledError:
-            self.cancelled.discard(request_id)
-            done = ChatDone(request_id, "", "cancelled", GenerationStats())
-            self._channel.send(encode(done))
-            return
-        if len(tokens) >= n_ctx:
-            raise ContextOverflowError(
-                f"The conversation ({len(tokens)} tokens) no longer fits the context of {n_ctx} "
-                "tokens; start a new conversation or load the model with a larger context."
-            )
-        room = n_ctx - len(tokens)
-        max_tokens = room if sampling.max_tokens <= 0 else min(sampling.max_tokens, room)
-
-        self.current_request = request_id
-        ctx = llama_adapter.context_pointer(llm)
-        self._lc.llama_perf_context_reset(ctx)
-        answer = Answer(
-            request_id, len(tokens), tuple(s for s in sampling.stop if s), stream_interval_s
-        )
-        if report_tokens:
-            answer.token_ids = []
-        llm.set_seed(
-            sampling.seed if sampling.seed is not None else int.from_bytes(os.urandom(4), "little")
-        )
-        self._generate(answer, tokens, sampling, max_tokens)
-        rest = answer.rest()
-        if rest:
-            self._channel.send(encode_delta(request_id, rest, self._answer_stats(answer)))
-        stats = self._answer_stats(answer)
-        self.cancelled.discard(request_id)
-        self.current_request = 0
-        # llama.cpp's own timings go to the log before "done", so the log is complete when the
-        # app hears the answer ended.
-        self._lc.llama_perf_context_print(ctx)
-        done = ChatDone(
-            request_id,
-            answer.text,
-            answer.finish,
-            stats,
-            fitted.dropped,
-            prompt_token_ids=tuple(tokens) if report_tokens else (),
-            token_ids=tuple(answer.token_ids or ()),
-        )
-        self._channel.send(encode(done))
-
-    def _prompt_tokens(self, request_id: int, messages: Sequence[ChatMessage]) -> list[int]:
-        """Render the conversation with the model's template and tokenize it.
-
-        Raises:
-            TemplateCancelledError: the app stopped the answer while the template rendered.
-            ChatTemplateError: the template broke its time or size budget.
-        """
-        assert self._template is not None
-        assert self._special is not None
-        special = self._special
-        # The template comes from the model file: it renders within a time and size
-        # budget (a ChatTemplateError past it), and a Stop ends the render at once.
-        prompt = render_prompt(
-            self._template,
-            list(messages),
-            bos_token=special.bos,
-            eos_token=special.eos,
-            cancelled=lambda: request_id in self.cancelled,
-        )
-        # llama.cpp's rule: one BOS whether the template writes it or not (prompt_tokens).
-        vocab = llama_adapter.model_handle(self._llm).vocab
-        return prompt_tokens.tokenize(vocab, prompt_tokens.for_tokenizer(prompt, special))
-
-    def _generate(
-        self, answer: Answer, tokens: list[int], sampling: SamplingParams, max_tokens: int
-    ) -> None:
-        """Run llama.cpp's sampling loop into ``answer``, sending deltas as they are due."""
-        lc = self._lc
-        llm = self._llm
-        ctx = llama_adapter.context_pointer(llm)
-        vocab = llama_adapter.model_handle(llm).vocab
-        cancelled = self.cancelled
-        generator = llm.generate(
-            tokens,
-            top_k=sampling.top_k,
-            top_p=sampling.top_p,
-            min_p=sampling.min_p,
-            temp=sampling.temperature,
-            repeat_penalty=sampling.repeat_penalty,
-        )
-        # While the prompt is evaluated, llama.cpp polls this callback between graph nodes, so
-        # a cancel interrupts even a long prompt; it is removed for generation, where the
-        # check between tokens is enough and a Python call per node would cost speed.
-        lc.llama_set_abort_callback(ctx, self._abort_cb, None)
-        try:
-            for token in generator:
-                if answer.token_ids is not None:
-                    answer.token_ids.append(token)
-                if answer.n_generated == 0:
-                    answer.ttft = time.perf_counter() - answer.start
-                    lc.llama_set_abort_callback(ctx, lc.ggml_abort_callback(0), None)
-                    if self._calibrate:  # the runtime's lazy allocations happen by now
-                        self._calibrate = False
-                        free = llama_adapter.offload_free_memory()
-                        self._channel.send(encode(DeviceMemory(free)))
-                if answer.request_id in cancelled:
-                    answer.finish = "cancelled"
-                    break
-                if lc.llama_vocab_is_eog(vocab, token):
-                    answer.finish = "stop"
-                    break
-                if answer.add(self._piece(token)):
-                    break
-                chunk = answer.due()
-                if chunk:
-                    stats = self._answer_stats(answer)
-                    self._channel.send(encode_delta(answer.request_id, chunk, stats))
-                if answer.n_generated >= max_tokens:
-                    break
-        except RuntimeError:
-            # llama_decode returned "aborted": our abort callback stopped the prompt eval.
-            if answer.request_id not in cancelled:
-                raise
-            answer.finish = "cancelled"
-        finally:
-            generator.close()
-            lc.llama_set_abort_callback(ctx, lc.ggml_abort_callback(0), None)
-
-    def _answer_stats(self, answer: Answer) -> GenerationStats:
-        return self._stats(answer.n_prompt, answer.n_generated, answer.start, answer.ttft)
-
-    # -- helpers ----------------------------------------------------------------------
-
-    def _should_abort(self, _data: Any) -> bool:
-        return self.current_request in self.cancelled
-
-    def _piece(self, token: int) -> bytes:
-        piece = self._pieces.get(token)
-        if piece is None:
-            buf = ctypes.create_string_buffer(256)
-            n = self._lc.llama_token_to_piece(
-                llama_adapter.model_handle(self._llm).vocab, token, buf, 256, 0, False
-            )
-            piece = buf.raw[: max(n, 0)]
-            self._pieces[token] = piece
-        return piece
-
-    def _stats(self, n_prompt: int, n_generated: int, start: float, ttft: float) -> GenerationStats:
-        perf = self._lc.llama_perf_context(llama_adapter.context_pointer(self._llm))
-        counters = PerfCounters(
-            t_p_eval_ms=perf.t_p_eval_ms,
-            n_p_eval=perf.n_p_eval,
-            t_eval_ms=perf.t_eval_ms,
-            n_eval=perf.n_eval,
-        )
-        return GenerationStats(
-            prompt_tokens=n_prompt,
-            prompt_eval_tokens=perf.n_p_eval,
-            prompt_tps=_rate(perf.n_p_eval, perf.t_p_eval_ms),
-            eval_tokens=n_generated,
-            eval_tps=_rate(perf.n_eval, perf.t_eval_ms),
-            ttft_s=round(ttft, 6),
-            elapsed_s=round(time.perf_counter() - start, 6),
-            context_used=int(self._llm.n_tokens),
-            context_size=int(self._llm.n_ctx()),
-            perf=counters,
-        )
-
-
-def _check_model_file(path: Path) -> None:
-    """Refuse a missing file or one that is not a GGUF before llama.cpp sees it."""
-    if not path.is_file():
-        raise ModelNotFoundError(str(path))
-    with path.open("rb") as fh:
-        if fh.read(4) != b"GGUF":
-            raise NotAGgufError(str(path))
-
-
-def _rate(count: int, ms: float) -> float:
-    """Tokens per second as llama_perf_context_print computes it."""
-    return round(1e3 * count / ms, 3) if ms > 0 else 0.0
-
-
 def _reader(worker: EngineWorker, commands: queue.Queue[EngineCommand]) -> None:
     """Read commands from stdin; cancels act at once, the rest queue for the main thread."""
     for raw in sys.stdin.buffer:
@@ -461,7 +105,7 @@ def main() -> int:
     sys.stderr = tee
     channel = _Channel(proto_fd)
     try:
-        worker = EngineWorker(channel, tee)
+        worker = EngineWorker(channel.send, tee.text)
         channel.send(encode(worker.info()))
     except Exception as err:  # noqa: BLE001 - report any import failure to the app, then exit
         channel.send(encode(EngineFailure("engine", f"The engine could not start: {err}.")))
