@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from pathlib import Path
 
-from mixdesk.commands.common import load_choices, machine, print_json
+from mixdesk.commands.common import calibration_store, load_choices, machine, print_json
 from mixdesk.commands.keys import endpoint_key_from
 from mixdesk.commands.terminal import write_control
 from mixdesk.core.chat.template import ChatMessage
@@ -18,7 +18,13 @@ from mixdesk.core.engine import ChatDone, Engine, GenerationStats, SamplingParam
 from mixdesk.core.engine.protocol import ModelInfo
 from mixdesk.core.engine.stream import AnswerStream
 from mixdesk.core.engine.validate import validate_sampling
-from mixdesk.core.loading.service import LoadOutcome, LoadRequest, load_model
+from mixdesk.core.loading.service import (
+    LoadOutcome,
+    LoadRequest,
+    load_model,
+    record_answer_speed,
+)
+from mixdesk.core.planning.calibration import CalibrationStore
 from mixdesk.core.planning.types import placement_words
 from mixdesk.core.workspace.endpoints import (
     Endpoint,
@@ -57,10 +63,13 @@ def _sampling(args: argparse.Namespace) -> SamplingParams:
         max_tokens=args.max_tokens,
         seed=args.seed,
         stop=tuple(args.stop),
+        ignore_eos=getattr(args, "ignore_eos", False),
     )
 
 
-def _load(engine: Engine, request: LoadRequest, *, show_progress: bool) -> LoadOutcome:
+def _load(
+    engine: Engine, request: LoadRequest, store: CalibrationStore, *, show_progress: bool
+) -> LoadOutcome:
     """Plan (with a dry run in the engine) and load, with a progress line on a terminal."""
     name = Path(request.model).name
 
@@ -69,7 +78,9 @@ def _load(engine: Engine, request: LoadRequest, *, show_progress: bool) -> LoadO
         sys.stderr.write(f"Loading {name}: {fraction * 100:5.1f}%")
         sys.stderr.flush()
 
-    outcome = load_model(engine, request, on_progress=progress if show_progress else None)
+    outcome = load_model(
+        engine, request, on_progress=progress if show_progress else None, store=store
+    )
     if show_progress:
         write_control(sys.stderr, "\r\x1b[K")
     return outcome
@@ -137,7 +148,12 @@ def load_request(args: argparse.Namespace) -> LoadRequest:
     Raises:
         InvalidArgumentError: a load option is out of range.
     """
-    request = LoadRequest(args.model, machine(args), load_choices(args))
+    request = LoadRequest(
+        args.model,
+        machine(args),
+        load_choices(args),
+        calibration=calibration_store().read(),
+    )
     request.choices.validate()
     return request
 
@@ -157,9 +173,10 @@ def run_chat(args: argparse.Namespace) -> int:
             "Name a MODEL (a .gguf file or a library name) or an --endpoint URL."
         )
     request = load_request(args)
+    store = calibration_store()
     show_progress = sys.stderr.isatty() and not args.json
     with Engine() as engine:
-        outcome = _load(engine, request, show_progress=show_progress)
+        outcome = _load(engine, request, store, show_progress=show_progress)
         info = outcome.info
         if not args.json:
             sys.stderr.write(f"mixdesk: {outcome.setup.summary}\n")
@@ -175,6 +192,7 @@ def run_chat(args: argparse.Namespace) -> int:
         if args.prompt is not None:
             history.append(ChatMessage("user", args.prompt))
             done = _stream(engine.chat(history, sampling), echo=not args.json)
+            record_answer_speed(store, outcome, done.stats)
             if args.json:
                 print_json({**_json_result(done, info), **_placement(outcome)})
             else:
@@ -182,7 +200,13 @@ def run_chat(args: argparse.Namespace) -> int:
                 _say_if_ended_at_once(done)
                 sys.stderr.write(speed_line(done.stats, load_s=info.load_s) + "\n")
             return 0
-        return _interactive(engine, info, history, sampling)
+        return _interactive(
+            engine,
+            info,
+            history,
+            sampling,
+            on_done=lambda done: record_answer_speed(store, outcome, done.stats),
+        )
 
 
 def _placement(outcome: LoadOutcome) -> dict[str, object]:
@@ -254,6 +278,7 @@ def _interactive(
     info: ModelInfo,
     history: list[ChatMessage],
     sampling: SamplingParams,
+    on_done: Callable[[ChatDone], object] = lambda _done: None,
 ) -> int:
     system = list(history)
     if sys.stdin.isatty():
@@ -276,6 +301,7 @@ def _interactive(
             continue
         history.append(ChatMessage("user", text))
         done = _stream(engine.chat(history, sampling), echo=True)
+        on_done(done)
         sys.stdout.write("\n")
         _say_if_ended_at_once(done)
         history.append(ChatMessage("assistant", done.text))

@@ -12,6 +12,7 @@ from mixdesk.core.engine.protocol import KV_CACHE_TYPES
 from mixdesk.core.loading.choices import LoadChoices
 from mixdesk.core.machine import hardware
 from mixdesk.core.machine.hardware import HardwareInfo, Overrides, apply_overrides
+from mixdesk.core.planning.calibration import CalibrationStore
 from mixdesk.core.planning.types import STRATEGIES
 from mixdesk.errors import InvalidArgumentError
 
@@ -126,6 +127,11 @@ def add_load_arguments(parser: argparse.ArgumentParser, *, runs: bool = True) ->
     load.add_argument(
         "--no-mmap", action="store_true", help="read the whole file into RAM instead of mapping it"
     )
+
+
+def calibration_store() -> CalibrationStore:
+    """This machine's measurements (the terminal's composition root makes it here, once)."""
+    return CalibrationStore.default()
 
 
 def load_choices(args: argparse.Namespace) -> LoadChoices:

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
-from mixdesk.commands.common import machine, print_json
+from mixdesk.commands.common import calibration_store, machine, print_json
 from mixdesk.commands.terminal import write_control
 from mixdesk.core.gguf.profile import ModelProfile
 from mixdesk.core.hub.download_http import DownloadCancelled, DownloadProgress
@@ -93,7 +93,8 @@ def _planner(hardware: HardwareInfo) -> Callable[[ModelProfile], OffloadPlan]:
     from mixdesk.core.loading.choices import LoadChoices
     from mixdesk.core.loading.service import make_plan
 
-    return lambda profile: make_plan(profile, hardware, LoadChoices())
+    calibration = calibration_store().read()
+    return lambda profile: make_plan(profile, hardware, LoadChoices(), calibration=calibration)
 
 
 def run_pull(args: argparse.Namespace) -> int:

@@ -56,6 +56,11 @@ def _add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="tokens to generate at most (0: until the context is full; default 512)",
     )
+    sampling.add_argument(
+        "--ignore-eos",
+        action="store_true",
+        help="keep generating past end-of-text (for speed measurements, as llama-bench does)",
+    )
     sampling.add_argument("--temperature", "--temp", type=float, default=0.7, metavar="T")
     sampling.add_argument("--top-p", type=float, default=0.95, metavar="P")
     sampling.add_argument("--top-k", type=non_negative_int, default=40, metavar="K")

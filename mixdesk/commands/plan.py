@@ -7,13 +7,14 @@ import sys
 from dataclasses import asdict, replace
 from typing import Any
 
-from mixdesk.commands.common import load_choices, machine, print_json
+from mixdesk.commands.common import calibration_store, load_choices, machine, print_json
 from mixdesk.core.gguf.profile import ModelProfile
 from mixdesk.core.hub.remote_header import parse_model_ref, profile_ref
 from mixdesk.core.loading.choices import LoadChoices
 from mixdesk.core.loading.service import make_plan
 from mixdesk.core.machine import hardware
 from mixdesk.core.machine.hardware import HardwareInfo, format_bytes
+from mixdesk.core.planning.calibration import Calibration
 from mixdesk.core.planning.types import STRATEGIES, OffloadPlan
 from mixdesk.core.planning.words import FIT_WORDS, explain, speed_short
 
@@ -64,11 +65,18 @@ def plan_table(plan: OffloadPlan) -> str:
     return "\n".join(rows)
 
 
-def strategies_text(profile: ModelProfile, hw: HardwareInfo, choices: LoadChoices) -> str:
+def strategies_text(
+    profile: ModelProfile, hw: HardwareInfo, choices: LoadChoices, calibration: Calibration
+) -> str:
     """Both ways to place a mixture-of-experts model, side by side, with their bytes."""
     rows = ["Strategies (--strategy):"]
     for strategy in STRATEGIES:
-        plan = make_plan(profile, hw, replace(choices, strategy=strategy, n_gpu_layers=None))
+        plan = make_plan(
+            profile,
+            hw,
+            replace(choices, strategy=strategy, n_gpu_layers=None),
+            calibration=calibration,
+        )
         gpu = sum(d.used_bytes for d in plan.gpus)
         rows.append(
             f"  {strategy:<8} {plan.placement_words}: {format_bytes(gpu)} on GPU, "
@@ -86,7 +94,8 @@ def run_plan(args: argparse.Namespace) -> int:
     ref = parse_model_ref(args.model)
     profile = profile_ref(ref)
     hw = machine(args)
-    plan = make_plan(profile, hw, load_choices(args))
+    calibration = calibration_store().read()
+    plan = make_plan(profile, hw, load_choices(args), calibration=calibration)
     if args.json:
         data = plan_to_json(plan, model=str(ref))
         data["profile"] = {
@@ -126,7 +135,7 @@ def run_plan(args: argparse.Namespace) -> int:
             "`mixdesk import FILE` or `mixdesk convert IN OUT`.\n"
         )
     if profile.is_moe:
-        out.write("\n" + strategies_text(profile, hw, load_choices(args)) + "\n")
+        out.write("\n" + strategies_text(profile, hw, load_choices(args), calibration) + "\n")
     return 0
 
 

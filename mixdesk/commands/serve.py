@@ -7,7 +7,7 @@ import signal
 import sys
 import time
 
-from mixdesk.commands.common import load_choices, machine
+from mixdesk.commands.common import calibration_store, load_choices, machine
 from mixdesk.commands.keys import api_key_from
 from mixdesk.core.hub.library import model_name
 from mixdesk.core.loading.service import LoadSetup, plan_load
@@ -20,7 +20,9 @@ def serve_config(args: argparse.Namespace) -> tuple[ServeConfig, LoadSetup]:
     """What ``mixdesk serve`` will run: the server settings and the planned load."""
     api_key = api_key_from(args)
     cors_origins = check_origins(args.cors)
-    setup = plan_load(args.model, machine(args), load_choices(args))
+    setup = plan_load(
+        args.model, machine(args), load_choices(args), calibration=calibration_store().read()
+    )
     config = ServeConfig(
         load=setup.config,
         host=args.host,

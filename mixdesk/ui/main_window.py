@@ -35,6 +35,7 @@ from mixdesk.core.loading.service import LoadOutcome
 from mixdesk.core.machine import hardware as hw_mod
 from mixdesk.core.machine.hardware import HardwareInfo
 from mixdesk.core.machine.rpc_worker import with_devices
+from mixdesk.core.planning.calibration import Calibration, CalibrationStore
 from mixdesk.core.workspace.chat_store import ChatStore, Conversation
 from mixdesk.core.workspace.settings import Settings
 from mixdesk.errors import EngineCrashedError, user_message
@@ -79,6 +80,7 @@ class MainWindow(QMainWindow):
         hardware: HardwareInfo | None = None,
         catalog: Sequence[CatalogModel] | None = None,
         quiet: bool = False,
+        calibration_store: CalibrationStore | None = None,
     ) -> None:
         super().__init__()
         self.setWindowTitle("MixDesk")
@@ -89,13 +91,18 @@ class MainWindow(QMainWindow):
         self.hardware = hardware or HardwareInfo(
             ram_total_bytes=0, ram_available_bytes=0, physical_cores=1, logical_cores=1
         )
+        #: Where this machine's measurements are kept, and what they are now.
+        self.calibration_store = calibration_store or CalibrationStore.default()
+        self.calibration = self.calibration_store.read()
         self.controller = EngineController(engine, self)
+        self.controller.runner.store = self.calibration_store
         self.conversations = ConversationController(store or ChatStore(), self.settings, self)
         self.answers = AnswerController(self.controller, self.conversations, self)
         self.models = ModelController(self.controller, library or Library(), self.settings, self)
         self.measuring = MeasureController(self.controller, self)
         self._build(catalog)
         self._connect()
+        self.set_calibration(self.calibration)
         self.conversations.open_first()
         self.refresh_models()
         self.models.find_last()
@@ -203,6 +210,7 @@ class MainWindow(QMainWindow):
         self.manager.downloadFinished.connect(lambda _n: self.refresh_models())
         self.manager.modelChosen.connect(self.select_model_path)
         self.workers_panel.workersChanged.connect(lambda _w: self.set_hardware(self.hardware))
+        self.controller.runner.calibrated.connect(self.set_calibration)
         self.workers_panel.message.connect(self.notify)
         self.userMessage.connect(lambda text: self.statusBar().showMessage(text, 10_000))
 
@@ -222,6 +230,13 @@ class MainWindow(QMainWindow):
         self.notify(user_message(err))
 
     # -- hardware -----------------------------------------------------------------------
+
+    def set_calibration(self, calibration: Calibration) -> None:
+        """Plan everywhere with what this machine has measured (read off the GUI thread)."""
+        self.calibration = calibration
+        self.manager.calibration = calibration
+        self.first_run.calibration = calibration
+        self.offload.set_calibration(calibration)
 
     def set_hardware(self, hw: HardwareInfo) -> None:
         """Show the machine, and the GPU-build banner when a GPU sits unused."""

@@ -30,6 +30,7 @@ from mixdesk.core.hub.pull import PullResult, import_model, pull, remote_profile
 from mixdesk.core.loading.choices import LoadChoices
 from mixdesk.core.loading.service import make_plan
 from mixdesk.core.machine.hardware import HardwareInfo, format_bytes
+from mixdesk.core.planning.calibration import Calibration
 from mixdesk.core.planning.words import fit_badge
 from mixdesk.errors import user_message
 from mixdesk.ui.plain import plain
@@ -42,14 +43,20 @@ def _list_task(repo: str, *, report: Any, cancel: threading.Event) -> list[HubMo
 
 
 def _badges_task(
-    models: list[HubModel], hardware: HardwareInfo, *, report: Any, cancel: threading.Event
+    models: list[HubModel],
+    hardware: HardwareInfo,
+    calibration: Calibration,
+    *,
+    report: Any,
+    cancel: threading.Event,
 ) -> int:
     done = 0
     for m in models:
         if cancel.is_set():
             break
         try:
-            report((m.name, fit_badge(make_plan(remote_profile(m), hardware, LoadChoices()))))
+            plan = make_plan(remote_profile(m), hardware, LoadChoices(), calibration=calibration)
+            report((m.name, fit_badge(plan)))
         except Exception as err:  # noqa: BLE001 - a badge that cannot be computed says so
             report((m.name, f"unknown ({type(err).__name__})"))
         done += 1
@@ -157,6 +164,8 @@ class ModelManager(QWidget):
     ) -> None:
         super().__init__(parent)
         self.hardware = hardware
+        #: What this machine measured (the window keeps it current).
+        self.calibration = Calibration()
         self.library = library or Library()
         self.models: list[HubModel] = []
         self.rows: list[DownloadRow] = []
@@ -254,7 +263,7 @@ class ModelManager(QWidget):
             ):
                 self.files.setItem(i, col, QTableWidgetItem(text))
         self.status.setText(f"{len(models)} models in {repo}")
-        task = BackgroundTask(_badges_task, models, self.hardware)
+        task = BackgroundTask(_badges_task, models, self.hardware, self.calibration)
         task.progress.connect(self._badge)
         task.failed.connect(self._failed)
         self._run(task)

@@ -24,6 +24,7 @@ from mixdesk.core.loading.choices import LoadChoices
 from mixdesk.core.loading.measure import measure_variants
 from mixdesk.core.loading.service import LoadRequest, make_plan
 from mixdesk.core.machine.hardware import HardwareInfo
+from mixdesk.core.planning.calibration import Calibration
 from mixdesk.core.planning.types import STRATEGIES, OffloadPlan
 from mixdesk.core.planning.words import explain, speed_short
 from mixdesk.ui.plain import plain
@@ -77,6 +78,8 @@ class OffloadPanel(QWidget):
         super().__init__(parent)
         self.profile: ModelProfile | None = None
         self.hardware: HardwareInfo | None = None
+        #: What this machine measured (:meth:`set_calibration`).
+        self.calibration = Calibration()
         self.model_path = ""
         self.plan: OffloadPlan | None = None
         self.auto_plan: OffloadPlan | None = None
@@ -205,7 +208,7 @@ class OffloadPanel(QWidget):
         profile, hardware = self.profile, self.hardware
 
         def plan_for(layers: int | None) -> OffloadPlan:
-            return make_plan(profile, hardware, self._choices(layers))
+            return make_plan(profile, hardware, self._choices(layers), calibration=self.calibration)
 
         self.auto_plan = plan_for(None)
         if self.auto.isChecked():
@@ -238,8 +241,17 @@ class OffloadPanel(QWidget):
         (the panel's own by default). Only once a model is set (:attr:`plan` is not None)."""
         assert self.hardware is not None
         return LoadRequest(
-            self.model_path, self.hardware, choices or self.choices(), profile=self.profile
+            self.model_path,
+            self.hardware,
+            choices or self.choices(),
+            profile=self.profile,
+            calibration=self.calibration,
         )
+
+    def set_calibration(self, calibration: Calibration) -> None:
+        """Plan with what this machine has measured (the speeds say "measured" once they are)."""
+        self.calibration = calibration
+        self._replan()
 
     def _choices(self, n_gpu_layers: int | None) -> LoadChoices:
         return replace(

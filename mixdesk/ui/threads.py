@@ -24,7 +24,13 @@ from mixdesk.core.chat.template import ChatMessage
 from mixdesk.core.engine import ChatDone, Engine, ModelInfo, SamplingParams
 from mixdesk.core.engine.stream import AnswerStream
 from mixdesk.core.loading.measure import MeasureVariant
-from mixdesk.core.loading.service import LoadOutcome, LoadRequest, load_model
+from mixdesk.core.loading.service import (
+    LoadOutcome,
+    LoadRequest,
+    load_model,
+    record_answer_speed,
+)
+from mixdesk.core.planning.calibration import CalibrationStore
 from mixdesk.core.workspace.endpoints import Endpoint
 from mixdesk.errors import EngineCrashedError
 
@@ -46,6 +52,9 @@ class EngineRunner(QObject):
         done(int, object): request id, :class:`ChatDone`.
         chatFailed(int, object): request id, the exception that ended the answer
             (an :class:`~mixdesk.errors.EngineCrashedError` when the engine died).
+        calibrated(object): what this machine has measured, after a load or an answer
+            added to it (a :class:`~mixdesk.core.planning.calibration.Calibration`, read here,
+            off the GUI thread).
     """
 
     loadProgress = Signal(float)
@@ -56,21 +65,29 @@ class EngineRunner(QObject):
     delta = Signal(int, str, object)
     done = Signal(int, object)
     chatFailed = Signal(int, object)
+    calibrated = Signal(object)
 
     def __init__(self, engine: Engine | None = None) -> None:
         super().__init__()
         self.engine = engine or Engine()
         self._stream: AnswerStream | None = None
         self._lock = threading.Lock()
+        #: Where loads and answers keep what they measure (None: nowhere; the window sets it).
+        self.store: CalibrationStore | None = None
+        self._outcome: LoadOutcome | None = None
 
     @Slot(object)
     def load(self, request: LoadRequest) -> None:
         """Plan and load a model (retrying a GPU out-of-memory with fewer layers, bounded)."""
+        self._outcome = None
         try:
-            outcome = load_model(self.engine, request, on_progress=self.loadProgress.emit)
+            outcome = load_model(
+                self.engine, request, on_progress=self.loadProgress.emit, store=self.store
+            )
         except Exception as err:  # noqa: BLE001 - every failure reaches the user as a sentence
             self.loadFailed.emit(err)
             return
+        self._outcome = outcome
         self.loaded.emit(outcome)
 
     @Slot(object, list)
@@ -103,10 +120,18 @@ class EngineRunner(QObject):
         sampling: SamplingParams,
         interval: float,
     ) -> None:
-        """Stream an answer, emitting deltas and the end."""
+        """Stream an answer, emitting deltas and the end; its speed is kept for its setting."""
         self._relay(
-            request_id, lambda: self.engine.chat(messages, sampling, stream_interval_s=interval)
+            request_id,
+            lambda: self.engine.chat(messages, sampling, stream_interval_s=interval),
+            on_done=self._keep_speed,
         )
+
+    def _keep_speed(self, done: ChatDone) -> None:
+        if self.store is None or self._outcome is None:
+            return
+        if record_answer_speed(self.store, self._outcome, done.stats):
+            self.calibrated.emit(self.store.read())
 
     @Slot(int, object, object, object)
     def chat_remote(
@@ -130,7 +155,12 @@ class EngineRunner(QObject):
 
         self._relay(request_id, start)
 
-    def _relay(self, request_id: int, start: Callable[[], AnswerStream]) -> None:
+    def _relay(
+        self,
+        request_id: int,
+        start: Callable[[], AnswerStream],
+        on_done: Callable[[ChatDone], None] | None = None,
+    ) -> None:
         """Start an answer and pass its deltas, its end or its failure on as signals."""
         try:
             stream = start()
@@ -140,6 +170,8 @@ class EngineRunner(QObject):
                 self.delta.emit(request_id, d.text, d.stats)
             assert stream.result is not None
             self.done.emit(request_id, stream.result)
+            if on_done is not None:
+                on_done(stream.result)
         except Exception as err:  # noqa: BLE001 - every failure reaches the user as a sentence
             self.chatFailed.emit(request_id, err)
         finally:

@@ -36,6 +36,7 @@ from mixdesk.core.onboarding.first_run import (
     download_words,
     rank_catalog,
 )
+from mixdesk.core.planning.calibration import Calibration
 from mixdesk.core.planning.words import verdict
 from mixdesk.core.workspace.settings import Settings
 from mixdesk.ui.plain import plain
@@ -61,12 +62,15 @@ def machine_words(hw: HardwareInfo) -> str:
 
 def _rank_task(
     hardware: HardwareInfo,
+    calibration: Calibration,
     catalog: Sequence[CatalogModel] | None,
     *,
     report: Any,
     cancel: threading.Event,
 ) -> FirstRunReport:
-    return rank_catalog(hardware, catalog=catalog, report=report, cancel=cancel)
+    return rank_catalog(
+        hardware, calibration=calibration, catalog=catalog, report=report, cancel=cancel
+    )
 
 
 def _pull_task(
@@ -265,6 +269,8 @@ class FirstRun(QObject):
         self._run = run
         self._library = library
         self._last: DownloadProgress | None = None
+        #: What this machine measured (the window keeps it current).
+        self.calibration = Calibration()
         page.downloadRequested.connect(self.download)
 
     def start(self, hardware: HardwareInfo) -> None:
@@ -272,7 +278,9 @@ class FirstRun(QObject):
         self.page.speed_bps = self.settings.download_speed_bps
         self.page.show_machine(hardware)
         self.page.show_checking()
-        self._run(BackgroundTask(_rank_task, hardware, self.catalog), self._ranked)
+        self._run(
+            BackgroundTask(_rank_task, hardware, self.calibration, self.catalog), self._ranked
+        )
 
     def _ranked(self, report: FirstRunReport) -> None:
         self.page.show_report(report)

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
+
+import pytest
 
 from mixdesk.core.chat.template import ChatMessage
 from mixdesk.core.engine import Engine
@@ -12,6 +15,7 @@ from mixdesk.core.loading.choices import LoadChoices
 from mixdesk.core.loading.service import LoadRequest, load_model, plan_load
 from mixdesk.core.machine.hardware import MIB
 from mixdesk.core.planning import calibration
+from mixdesk.core.planning.calibration import Calibration, CalibrationStore
 from mixdesk.core.planning.words import describe
 from tests.helpers.devices import rpc_hardware
 from tests.helpers.mixdesk_workers import WorkerProcess
@@ -55,20 +59,71 @@ def test_a_load_measures_the_overhead_and_the_next_plan_uses_it(
     hardware = rpc_hardware(server)
     device = f"RPC0[{server.endpoint}]"
     choices = LoadChoices(n_gpu_layers=-1, n_ctx=512)
-    before = plan_load(models["q4_k_m"], hardware, choices).plan
+    before = plan_load(models["q4_k_m"], hardware, choices, calibration=Calibration()).plan
     assert not before.gpus[0].overhead_measured
     assert any("a default until a load measures it" in line for line in describe(before))
 
+    store = CalibrationStore(tmp_path / "calibration.json", "0.3.36")
     with Engine(log_dir=tmp_path) as engine:
-        outcome = load_model(engine, LoadRequest(str(models["q4_k_m"]), hardware, choices))
+        request = LoadRequest(str(models["q4_k_m"]), hardware, choices)
+        outcome = load_model(engine, request, store=store)
         assert device in outcome.info.device_free  # read before and after loading
         engine.chat([ChatMessage("user", "Hello")]).wait()
         assert device in engine.overheads
-    version = calibration.installed_llama_version()
-    assert calibration.measured_overheads(version) == {device: engine.overheads[device]}
-    assert calibration.measured_overheads("0.0.1") == {}  # another build measures again
+    assert store.read().overheads == {device: engine.overheads[device]}
+    other_build = CalibrationStore(store.path, "0.0.1")
+    assert other_build.read().overheads == {}  # another build measures again
 
-    after = plan_load(models["q4_k_m"], hardware, choices).plan
+    after = plan_load(models["q4_k_m"], hardware, choices, calibration=store.read()).plan
     assert after.gpus[0].overhead_measured
     assert after.gpus[0].overhead_bytes == engine.overheads[device]
     assert any("measured on this machine" in line for line in describe(after))
+
+
+def test_the_store_keeps_what_is_measured_and_survives_damage(tmp_path: Path) -> None:
+    from mixdesk.core.planning.speed import SpeedSource, default_speed_model
+
+    store = CalibrationStore(tmp_path / "calibration.json", "0.3.36")
+    assert store.read() == Calibration()  # nothing yet
+    store.path.write_text("{not json")
+    assert store.read() == Calibration()  # a damaged file is nothing measured, never a crash
+    store.path.write_text('{"0.3.36 CUDA0": 123, "0.3.36 bad": -1}')  # format 1
+    assert store.read().overheads == {"CUDA0": 123}
+    model = default_speed_model([], 2)
+    store.record_speed_model(model)
+    back = store.read().speed
+    assert back is not None and back.source is SpeedSource.MEASURED
+    assert back.cpu == model.cpu and back.token_s == model.token_s
+    assert store.read().overheads == {"CUDA0": 123}  # kept beside it
+    store.record_answer("key", 12.5, 0.0)
+    assert store.read().seen["key"].eval_tps == 12.5
+    assert CalibrationStore(store.path, "9.9.9").read().speed is None  # per version
+
+
+def test_an_answer_makes_its_setting_measured(models: dict[str, Path], tmp_path: Path) -> None:
+    """After a real answer the plan of the same setting quotes what this machine did."""
+    from mixdesk.core.engine import SamplingParams
+    from mixdesk.core.loading.service import record_answer_speed
+    from mixdesk.core.machine.hardware import GIB, HardwareInfo
+    from mixdesk.core.planning.speed import SpeedSource
+
+    cpu = HardwareInfo(4 * GIB, 4 * GIB, physical_cores=2, logical_cores=2)
+    store = CalibrationStore(tmp_path / "calibration.json", "0.3.36")
+    choices = LoadChoices(n_ctx=512, n_threads=2)
+    before = plan_load(models["q4_k_m"], cpu, choices, calibration=store.read()).plan
+    assert before.speed is not None and before.speed.source is SpeedSource.ESTIMATE
+    with Engine(log_dir=tmp_path) as engine:
+        request = LoadRequest(str(models["q4_k_m"]), cpu, choices, calibration=store.read())
+        outcome = load_model(engine, request, store=store)
+        done = engine.chat([ChatMessage("user", "Hello")], SamplingParams(max_tokens=4)).wait()
+        assert not record_answer_speed(store, outcome, done.stats)  # too short to say
+        sampling = SamplingParams(max_tokens=24, ignore_eos=True, seed=1)
+        done = engine.chat([ChatMessage("user", "Hello")], sampling).wait()
+        assert record_answer_speed(store, outcome, done.stats)
+    after = plan_load(models["q4_k_m"], cpu, choices, calibration=store.read()).plan
+    assert after.speed is not None and after.speed.source is SpeedSource.MEASURED
+    assert after.speed.eval_tps == pytest.approx(done.stats.eval_tps, rel=0.01)
+    other = plan_load(
+        models["q4_k_m"], cpu, replace(choices, n_threads=1), calibration=store.read()
+    )
+    assert other.plan.speed is not None and other.plan.speed.source is SpeedSource.ESTIMATE

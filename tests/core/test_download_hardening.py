@@ -24,6 +24,7 @@ from mixdesk.core.hub.library import Library
 from mixdesk.core.hub.pull import pull
 from mixdesk.core.loading.choices import LoadChoices
 from mixdesk.core.loading.service import make_plan
+from mixdesk.core.planning.calibration import Calibration
 from mixdesk.errors import user_message
 from mixdesk.paths import UnsafeFileError, open_private
 from tests.helpers.hub_server import HubFile, HubRepo, HubState
@@ -293,7 +294,7 @@ def test_the_disk_check_for_a_legacy_file_asks_for_one_files_size(
     cpu = HardwareInfo(
         ram_total_bytes=8 << 30, ram_available_bytes=8 << 30, physical_cores=2, logical_cores=2
     )
-    planner = lambda profile: make_plan(profile, cpu, LoadChoices())  # noqa: E731
+    planner = lambda profile: make_plan(profile, cpu, LoadChoices(), calibration=Calibration())  # noqa: E731
     result = pull(REPO, filename=LEGACY, library=library, plan=planner)  # knows it is legacy
     assert result.converted
     assert result.plan is not None

@@ -22,6 +22,7 @@ from mixdesk.core.gguf.synthetic import write_model
 from mixdesk.core.loading.choices import LoadChoices
 from mixdesk.core.loading.service import LoadSetup, plan_load
 from mixdesk.core.machine.hardware import GIB, GpuInfo, HardwareInfo
+from mixdesk.core.planning.calibration import Calibration
 from tests.helpers import model_factory as mf
 from tests.helpers.devices import mismatches, rpc_hardware
 from tests.helpers.mixdesk_workers import WorkerProcess
@@ -55,7 +56,7 @@ def load_and_compare(
     engine: Engine, model: Path, hardware: HardwareInfo, n_gpu_layers: int, *, n_ctx: int = 1024
 ) -> tuple[LoadSetup, ModelInfo, list[str]]:
     choices = LoadChoices(n_gpu_layers=n_gpu_layers, n_ctx=n_ctx, use_mmap=False)
-    setup = plan_load(model, hardware, choices, engine=engine)
+    setup = plan_load(model, hardware, choices, engine=engine, calibration=Calibration())
     info = engine.load(setup.config)
     return setup, info, mismatches(setup, info)
 
@@ -141,7 +142,13 @@ def test_experts_in_ram_land_where_planned(
         n_ctx=1024, use_mmap=False, strategy="experts", experts_in_ram=experts_in_ram
     )
     with Engine(log_dir=tmp_path / "logs") as engine:
-        setup = plan_load(models["q4_k_m"], rpc_hardware(server), choices, engine=engine)
+        setup = plan_load(
+            models["q4_k_m"],
+            rpc_hardware(server),
+            choices,
+            engine=engine,
+            calibration=Calibration(),
+        )
         info = engine.load(setup.config)
         assert engine.chat([ChatMessage("user", "Hi")]).wait().stats.eval_tokens > 0
     profile = setup.profile

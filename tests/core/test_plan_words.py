@@ -12,6 +12,7 @@ from mixdesk.core.gguf.profile import profile_local
 from mixdesk.core.loading.choices import LoadChoices
 from mixdesk.core.loading.service import make_plan
 from mixdesk.core.machine.hardware import GIB, HardwareInfo
+from mixdesk.core.planning.calibration import Calibration
 from mixdesk.core.planning.types import Fit
 from mixdesk.core.planning.words import FIT_WORDS, describe, fit_badge, verdict
 from tests.helpers import model_factory as mf
@@ -31,7 +32,7 @@ def test_every_verdict_has_its_words() -> None:
 
 def test_a_plan_with_experts_in_ram_is_not_too_big(q4: Path) -> None:
     profile = profile_local(q4)
-    plan = make_plan(profile, V100, LoadChoices(strategy="experts"))
+    plan = make_plan(profile, V100, LoadChoices(strategy="experts"), calibration=Calibration())
     assert plan.fit == Fit.EXPERTS
     badge = fit_badge(plan)
     assert "too big" not in badge and "experts" in badge
@@ -48,7 +49,7 @@ def test_a_plan_with_experts_in_ram_is_not_too_big(q4: Path) -> None:
     ],
 )
 def test_badges_and_verdicts_follow_the_fit(q4: Path, hardware: HardwareInfo, fit: Fit) -> None:
-    plan = make_plan(profile_local(q4), hardware, LoadChoices())
+    plan = make_plan(profile_local(q4), hardware, LoadChoices(), calibration=Calibration())
     assert plan.fit == fit
     if fit == Fit.NONE:
         assert fit_badge(plan) == verdict(plan) == FIT_WORDS[Fit.NONE]
@@ -61,7 +62,7 @@ def test_the_plan_keeps_reasons_and_the_words_add_the_speed(q4: Path) -> None:
     add it for those who show the whole explanation."""
     from mixdesk.core.planning.words import explain, speed_words
 
-    plan = make_plan(profile_local(q4), V100, LoadChoices())
+    plan = make_plan(profile_local(q4), V100, LoadChoices(), calibration=Calibration())
     assert not any("Expected speed" in line for line in describe(plan))
     assert explain(plan) == [*describe(plan), speed_words(plan)]
     assert plan.speed is not None
@@ -73,12 +74,12 @@ def test_the_plan_is_numbers_and_its_words_come_from_them(q4: Path) -> None:
     """The plan carries facts, not sentences; ``describe`` says them, and never "the other 0
     layers" for a setting that puts every layer on a GPU too small for it."""
     profile = profile_local(q4)
-    plan = make_plan(profile, V100, LoadChoices(n_gpu_layers=-1))
+    plan = make_plan(profile, V100, LoadChoices(n_gpu_layers=-1), calibration=Calibration())
     assert plan.fit == Fit.NONE and plan.facts.layers_fixed
     assert not hasattr(plan, "explanation")
     said = " ".join(describe(plan))
     assert "other 0 layers" not in said and "no layer stays in CPU RAM" in said
     assert "will not fit" in said
-    auto = make_plan(profile, V100, LoadChoices())
+    auto = make_plan(profile, V100, LoadChoices(), calibration=Calibration())
     assert auto.fit == Fit.PARTIAL and auto.facts.one_more_layer_short_bytes > 0
     assert "One more layer would need" in " ".join(describe(auto))

@@ -16,6 +16,7 @@ from mixdesk.core.gguf.profile import profile_local
 from mixdesk.core.loading.choices import LoadChoices
 from mixdesk.core.loading.service import make_plan
 from mixdesk.core.machine.hardware import GIB, GpuInfo, HardwareInfo
+from mixdesk.core.planning.calibration import Calibration
 from mixdesk.core.planning.speed import SpeedSource
 from mixdesk.core.planning.types import Fit
 from mixdesk.core.planning.words import speed_short, speed_words
@@ -40,26 +41,38 @@ def test_the_seed_measurements_are_predicted_within_30_percent(
     tmp_path: Path, quant: str, ngl: int, measured: float
 ) -> None:
     profile = profile_local(mf.mixtral_header_file(tmp_path, quant, legacy=True))
-    plan = make_plan(profile, GPU_16GIB, LoadChoices(n_gpu_layers=ngl, n_threads=8))
+    plan = make_plan(
+        profile, GPU_16GIB, LoadChoices(n_gpu_layers=ngl, n_threads=8), calibration=Calibration()
+    )
     assert plan.fit is Fit.PARTIAL
     assert plan.speed is not None and plan.speed.source is SpeedSource.ESTIMATE
     assert abs(plan.speed.eval_tps / measured - 1) <= 0.30, (quant, plan.speed.eval_tps)
     # the seed's own card, named: its bandwidth is known
-    v100 = make_plan(profile, V100, LoadChoices(n_gpu_layers=ngl - 1, n_ctx=2048, n_threads=8))
+    v100 = make_plan(
+        profile,
+        V100,
+        LoadChoices(n_gpu_layers=ngl - 1, n_ctx=2048, n_threads=8),
+        calibration=Calibration(),
+    )
     assert v100.speed is not None
     assert abs(v100.speed.eval_tps / measured - 1) <= 0.30, (quant, v100.speed.eval_tps)
 
 
 def test_a_small_model_is_capped_by_the_fixed_costs(models: dict[str, Path]) -> None:
     """The tiny test model was promised 97691.9 tok/s; it runs at hundreds at most."""
-    plan = make_plan(profile_local(models["q4_k_m"]), V100, LoadChoices(n_gpu_layers=0))
+    plan = make_plan(
+        profile_local(models["q4_k_m"]),
+        V100,
+        LoadChoices(n_gpu_layers=0),
+        calibration=Calibration(),
+    )
     assert plan.speed is not None
     assert plan.speed.eval_tps < 3000
 
 
 def test_a_setting_that_does_not_fit_promises_no_speed(tmp_path: Path) -> None:
     profile = profile_local(mf.mixtral_header_file(tmp_path, "Q4_K_M", legacy=True))
-    plan = make_plan(profile, V100, LoadChoices(n_gpu_layers=-1))
+    plan = make_plan(profile, V100, LoadChoices(n_gpu_layers=-1), calibration=Calibration())
     assert plan.fit is Fit.NONE and plan.speed is None
     assert "tok/s" not in speed_short(plan.speed)
     assert "does not fit" in speed_words(plan)
@@ -69,7 +82,9 @@ def test_more_layers_on_the_gpu_is_faster_and_prompts_are_quoted(tmp_path: Path)
     profile = profile_local(mf.mixtral_header_file(tmp_path, "Q4_K_M", legacy=True))
     speeds = []
     for ngl in (0, 10, 20):
-        plan = make_plan(profile, GPU_16GIB, LoadChoices(n_gpu_layers=ngl, n_ctx=2048))
+        plan = make_plan(
+            profile, GPU_16GIB, LoadChoices(n_gpu_layers=ngl, n_ctx=2048), calibration=Calibration()
+        )
         assert plan.speed is not None and plan.speed.prompt_tps > 0
         speeds.append(plan.speed.eval_tps)
     assert speeds == sorted(speeds) and speeds[0] < speeds[-1]

@@ -16,7 +16,7 @@ from mixdesk.core.loading.choices import LoadChoices
 from mixdesk.core.loading.service import make_plan
 from mixdesk.core.machine.hardware import GIB, HardwareInfo
 from mixdesk.core.onboarding.first_run import MIN_RECOMMENDED_TPS
-from mixdesk.core.planning import calibration
+from mixdesk.core.planning.calibration import CalibrationStore
 from mixdesk.core.planning.planner import plan_offload
 from mixdesk.core.planning.words import verdict
 from mixdesk.core.workspace.chat_store import ChatStore
@@ -72,10 +72,12 @@ def test_empty_library_ranks_the_catalog_with_the_planners_verdicts(
     catalog = catalog_of(headers)
     # a runtime overhead measured on this machine: the page plans as `mixdesk plan` does
     # (through loading.make_plan, with the measured overheads), not with the defaults
-    version = calibration.installed_llama_version()
-    calibration.store_path().parent.mkdir(parents=True, exist_ok=True)
-    calibration.store_path().write_text(json.dumps({f"{version} CUDA0": 2 * GIB}))
-    calibration._cache.clear()
+    store = CalibrationStore.default()
+    store.path.parent.mkdir(parents=True, exist_ok=True)
+    overheads = {f"{store.version} CUDA0": 2 * GIB}
+    store.path.write_text(json.dumps({"format": 2, "overheads": overheads}))
+    measured = store.read()
+    assert measured.overheads == {"CUDA0": 2 * GIB}
     window = _window(qtbot, tmp_path, V100, catalog)
     # the ranking is delivered through the GUI thread's event loop, which runs only from here
     with qtbot.waitSignal(window.first_run.ranked, timeout=60_000):
@@ -84,7 +86,7 @@ def test_empty_library_ranks_the_catalog_with_the_planners_verdicts(
     assert window.chat_stack.currentWidget() is page
     assert "Tesla V100-SXM2-16GB" in page.machine.text()
     plans = {
-        name: make_plan(profile_local(path), V100, LoadChoices())
+        name: make_plan(profile_local(path), V100, LoadChoices(), calibration=measured)
         for name, path in (
             ("Q2_K", headers["Q2_K"]),
             ("Q4_K_M", headers["Q4_K_M"]),

@@ -155,12 +155,10 @@ class Engine:
         self._devices: tuple[str, ...] = ()  # RPC servers a dry run registered
         #: Runtime overhead measured per device after the last load's first prompt batch.
         self.overheads: dict[str, int] = {}
-        #: Called with the loaded model, each device's free memory after the first prompt batch
-        #: and llama-cpp-python's version; returns the overheads it kept. The load service sets
+        #: Called with the loaded model and each device's free memory after the first prompt
+        #: batch; returns the overheads it kept. The load service sets
         #: it (the engine reports device memory; planning keeps what it means).
-        self.on_device_memory: Callable[[ModelInfo, dict[str, int], str], dict[str, int]] | None = (
-            None
-        )
+        self.on_device_memory: Callable[[ModelInfo, dict[str, int]], dict[str, int]] | None = None
         self.info: EngineInfo | None = None
         self.model: ModelInfo | None = None
         self.log_path: Path | None = None
@@ -329,12 +327,10 @@ class Engine:
     def _calibrated(self, memory: DeviceMemory) -> None:
         """Keep what the runtime used on each device beyond llama.cpp's buffers (the planner's
         overhead next time); a failure to write it never stops an answer."""
-        if self.model is None or self.info is None or self.on_device_memory is None:
+        if self.model is None or self.on_device_memory is None:
             return
         try:
-            self.overheads = self.on_device_memory(
-                self.model, memory.free, self.info.llama_cpp_version
-            )
+            self.overheads = self.on_device_memory(self.model, memory.free)
         except OSError:
             log.warning("could not keep the measured overhead", exc_info=True)
 

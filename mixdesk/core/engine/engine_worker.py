@@ -313,7 +313,7 @@ class EngineWorker:
                 if answer.request_id in cancelled:
                     answer.finish = "cancelled"
                     break
-                if lc.llama_vocab_is_eog(vocab, token):
+                if lc.llama_vocab_is_eog(vocab, token) and not sampling.ignore_eos:
                     answer.finish = "stop"
                     break
                 if answer.add(self._piece(token)):

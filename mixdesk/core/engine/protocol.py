@@ -76,6 +76,9 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     #: What to do when the conversation outgrows the context (``context_window.OVERFLOW_POLICIES``).
     overflow: OverflowPolicy = "drop_oldest"
+    #: Keep generating past end-of-text (llama.cpp's ``--ignore-eos``): speed measurements
+    #: generate a fixed number of tokens, as llama-bench does.
+    ignore_eos: bool = False
 
 
 class BufferKind(str, Enum):

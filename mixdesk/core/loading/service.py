@@ -20,14 +20,21 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mixdesk.core.engine.protocol import BufferKind, Buffers, LoadConfig, ModelInfo
+from mixdesk.core.engine.protocol import (
+    BufferKind,
+    Buffers,
+    GenerationStats,
+    LoadConfig,
+    ModelInfo,
+)
 from mixdesk.core.gguf.header import open_model_file
 from mixdesk.core.gguf.profile import ModelProfile, profile_local, split_parts
 from mixdesk.core.loading.choices import LoadChoices
 from mixdesk.core.machine.hardware import HardwareInfo
-from mixdesk.core.planning import calibration
+from mixdesk.core.planning.calibration import Calibration, CalibrationStore, setting_key
 from mixdesk.core.planning.placement import offload_devices
 from mixdesk.core.planning.planner import plan_offload
+from mixdesk.core.planning.speed import Speed, SpeedSource
 from mixdesk.core.planning.types import OffloadPlan
 from mixdesk.core.planning.words import describe
 from mixdesk.errors import (
@@ -53,6 +60,8 @@ class LoadSetup:
     config: LoadConfig
     #: The user's choices the plan was made from (a retry changes the layer count only).
     choices: LoadChoices = field(default_factory=LoadChoices)
+    #: What this machine measured, that the plan was made with (a retry plans with it too).
+    calibration: Calibration = field(default_factory=Calibration)
 
     @property
     def summary(self) -> str:
@@ -95,12 +104,16 @@ def make_plan(
     hardware: HardwareInfo,
     choices: LoadChoices,
     *,
+    calibration: Calibration,
     measured: Buffers | None = None,
 ) -> OffloadPlan:
-    """The offload plan for ``choices`` (also for a model not downloaded yet: ``mixdesk plan``).
+    """The offload plan for ``choices`` (also for a model not downloaded yet: ``mixdesk plan``):
+    the one way to plan, for every front end.
 
     Args:
         profile, hardware, choices: the model, the machine, the user's choices.
+        calibration: what this machine measured (runtime overheads, speed coefficients, the
+            speeds answers ran at); ``Calibration()`` when nothing is.
         measured: buffer sizes from a dry run (exact compute buffers per device).
 
     Raises:
@@ -110,7 +123,8 @@ def make_plan(
     n_ctx = choices.n_ctx
     if n_ctx == 0:
         n_ctx = profile.context_length or None
-    return plan_offload(
+    threads = choices.n_threads or hardware.physical_cores
+    plan = plan_offload(
         profile,
         hardware,
         n_ctx=n_ctx,
@@ -121,8 +135,29 @@ def make_plan(
         measured_compute=measured,
         strategy=choices.strategy,
         experts_in_ram=choices.experts_in_ram,
-        overheads=calibration.measured_overheads(calibration.installed_llama_version()),
-        threads=choices.n_threads,
+        overheads=calibration.overheads,
+        speed_model=calibration.speed,
+        threads=threads,
+    )
+    seen = calibration.seen.get(speed_key(profile, plan, threads))
+    if seen is None or plan.speed is None:
+        return plan
+    measured_speed = Speed(
+        seen.eval_tps, seen.prompt_tps or plan.speed.prompt_tps, SpeedSource.MEASURED, 0.05
+    )
+    return replace(plan, speed=measured_speed)
+
+
+def speed_key(profile: ModelProfile, plan: OffloadPlan, threads: int) -> str:
+    """The key of a plan's setting among the speeds seen (:func:`calibration.setting_key`)."""
+    return setting_key(
+        Path(profile.files[0]).name if profile.files else profile.name,
+        profile.file_bytes,
+        n_gpu_layers=plan.n_gpu_layers,
+        experts_in_ram=plan.experts_in_ram,
+        threads=threads,
+        n_ctx=plan.n_ctx,
+        devices=tuple(d.buffer_name for d in plan.gpus),
     )
 
 
@@ -135,6 +170,7 @@ def plan_load(
     hardware: HardwareInfo,
     choices: LoadChoices | None = None,
     *,
+    calibration: Calibration,
     profile: ModelProfile | None = None,
     library: Library | None = None,
     engine: Engine | None = None,
@@ -145,6 +181,7 @@ def plan_load(
         model: a model file, a library name, or a part of a split model.
         hardware: the machine (with any overrides already applied).
         choices: the user's choices (defaults: everything chosen by MixDesk).
+        calibration: what this machine measured (see :func:`make_plan`).
         profile: the model's profile when the caller has read it already.
         library: where library names are looked up (the default library otherwise).
         engine: an engine to dry-run the plan in (llama.cpp's ``no_alloc`` mode): the compute
@@ -159,13 +196,23 @@ def plan_load(
     path = resolve_model(model, library=library)
     if profile is None:
         profile = profile_local(path)
-    plan = make_plan(profile, hardware, choices)
+    plan = make_plan(profile, hardware, choices, calibration=calibration)
     if engine is not None and plan.n_gpu_layers > 0:
         plan = _dry_run_checked(
-            engine, path, profile=profile, hardware=hardware, choices=choices, plan=plan
+            engine,
+            path,
+            profile=profile,
+            hardware=hardware,
+            choices=choices,
+            plan=plan,
+            calibration=calibration,
         )
     return LoadSetup(
-        profile=profile, plan=plan, config=_config(path, plan, choices, hardware), choices=choices
+        profile=profile,
+        plan=plan,
+        config=_config(path, plan, choices, hardware),
+        choices=choices,
+        calibration=calibration,
     )
 
 
@@ -177,6 +224,7 @@ def _dry_run_checked(
     hardware: HardwareInfo,
     choices: LoadChoices,
     plan: OffloadPlan,
+    calibration: Calibration,
 ) -> OffloadPlan:
     """``plan`` with llama.cpp's own compute buffers from a dry run; when they do not fit
     (and the user did not fix the layers), planned again with them, at most
@@ -190,11 +238,11 @@ def _dry_run_checked(
             n_gpu_layers=plan.n_gpu_layers,
             experts_in_ram=plan.experts_in_ram if plan.strategy == "experts" else None,
         )
-        exact = make_plan(profile, hardware, same, measured=measured)
+        exact = make_plan(profile, hardware, same, calibration=calibration, measured=measured)
         if user_fixed or all(d.used_bytes <= d.free_bytes for d in exact.gpus):
             return replace(exact, ctx_reduced_from=plan.ctx_reduced_from)
         # The real compute buffers are bigger than the formula said: plan again with them.
-        plan = make_plan(profile, hardware, pinned_ctx, measured=measured)
+        plan = make_plan(profile, hardware, pinned_ctx, calibration=calibration, measured=measured)
         if plan.n_gpu_layers == 0:
             break
     return plan
@@ -230,7 +278,12 @@ def with_gpu_layers(
     choice of the user's (op offload, threads, KV type, batch...) and the context stay."""
     choices = _retry_choices(setup, n_gpu_layers)
     return plan_load(
-        setup.config.model_path, hardware, choices, profile=setup.profile, engine=engine
+        setup.config.model_path,
+        hardware,
+        choices,
+        calibration=setup.calibration,
+        profile=setup.profile,
+        engine=engine,
     )
 
 
@@ -247,11 +300,18 @@ class LoadRequest:
     choices: LoadChoices = field(default_factory=LoadChoices)
     #: The model's profile when the front end has read it already.
     profile: ModelProfile | None = None
+    #: What this machine measured (see :func:`make_plan`).
+    calibration: Calibration = field(default_factory=Calibration)
 
     def setup(self, *, engine: Engine | None = None) -> LoadSetup:
         """Plan this request (see :func:`plan_load`), dry-run in ``engine`` if given."""
         return plan_load(
-            self.model, self.hardware, self.choices, profile=self.profile, engine=engine
+            self.model,
+            self.hardware,
+            self.choices,
+            calibration=self.calibration,
+            profile=self.profile,
+            engine=engine,
         )
 
 
@@ -275,6 +335,7 @@ def load_model(
     *,
     on_progress: Callable[[float], None] | None = None,
     retry: bool = True,
+    store: CalibrationStore | None = None,
 ) -> LoadOutcome:
     """Plan ``request`` and load it in ``engine``.
 
@@ -286,7 +347,8 @@ def load_model(
     Raises:
         MixdeskError: the load failed (the last failure after retries).
     """
-    engine.on_device_memory = calibration.record  # what a load shows, the next plan uses
+    if store is not None:  # what a load shows, the next plan uses
+        engine.on_device_memory = store.record_overheads
     setup = request.setup(engine=engine)
     wanted = setup.config.n_gpu_layers
     for attempt in range(1, MAX_LOAD_TRIES + 1):
@@ -344,7 +406,9 @@ def fewer_gpu_layers(
     if err.requested_bytes:
         room = min(room, already + err.requested_bytes)
     for n in range(current - 1, 0, -1):
-        smaller = make_plan(setup.profile, hardware, _retry_choices(setup, n))
+        smaller = make_plan(
+            setup.profile, hardware, _retry_choices(setup, n), calibration=setup.calibration
+        )
         share = next((d for d in smaller.gpus if d.buffer_name == device.buffer_name), None)
         if share is None:
             return n
@@ -363,3 +427,28 @@ def _retry_choices(setup: LoadSetup, n_gpu_layers: int) -> LoadChoices:
         strategy="layers",
         experts_in_ram=None,
     )
+
+
+#: Answers shorter than this say too little about the generation speed to keep it.
+MIN_SPEED_TOKENS = 16
+#: A prompt speed is kept only from prompts at least this long (short ones read slower per token).
+MIN_PROMPT_TOKENS = 256
+
+
+def record_answer_speed(
+    store: CalibrationStore, outcome: LoadOutcome, stats: GenerationStats
+) -> bool:
+    """Keep the speed an answer ran at for its setting, so the next plan of the same setting
+    quotes it as measured on this machine (llama.cpp's own counters). Returns whether it
+    was kept; a failure to write is logged, never raised (an answer never fails for it)."""
+    if stats.eval_tokens < MIN_SPEED_TOKENS or stats.eval_tps <= 0:
+        return False
+    setup = outcome.setup
+    prompt_tps = stats.prompt_tps if stats.prompt_eval_tokens >= MIN_PROMPT_TOKENS else 0.0
+    key = speed_key(setup.profile, setup.plan, outcome.info.n_threads)
+    try:
+        store.record_answer(key, stats.eval_tps, prompt_tps)
+    except OSError:
+        log.warning("could not keep the answer's speed", exc_info=True)
+        return False
+    return True

@@ -264,7 +264,10 @@ def _cpu_load_config(model: Path) -> LoadConfig:
         logical_cores=1,
     )
     choices = LoadChoices(n_ctx=PARITY_CTX, n_threads=min(2, os.cpu_count() or 1))
-    return plan_load(model, cpu_only, choices).config
+    from mixdesk.core.planning.calibration import Calibration
+
+    # the check is the answers', not the speed: nothing measured is needed
+    return plan_load(model, cpu_only, choices, calibration=Calibration()).config
 
 
 #: The doctor's parity model: a Gemma base model without a chat template (llama.cpp's built-in

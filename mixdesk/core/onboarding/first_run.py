@@ -19,6 +19,7 @@ from mixdesk.core.hub.remote_header import HubUnreachableError
 from mixdesk.core.loading.choices import LoadChoices
 from mixdesk.core.loading.service import make_plan
 from mixdesk.core.machine.hardware import HardwareInfo, format_bytes
+from mixdesk.core.planning.calibration import Calibration
 from mixdesk.core.planning.types import OffloadPlan
 
 log = logging.getLogger(__name__)
@@ -110,6 +111,7 @@ def _rank_key(c: Candidate) -> tuple[bool, bool, int]:
 def rank_catalog(
     hardware: HardwareInfo,
     *,
+    calibration: Calibration,
     catalog: Sequence[CatalogModel] | None = None,
     profile_of: Callable[[HubModel], ModelProfile] | None = None,
     report: Callable[[Candidate], None] | None = None,
@@ -119,6 +121,7 @@ def rank_catalog(
 
     Args:
         hardware: the machine (or an override).
+        calibration: what this machine measured (the speeds are then measured ones).
         catalog: the models to consider (default: the shipped catalog).
         profile_of: reads a model's profile from its remote header (default:
             :func:`mixdesk.core.hub.pull.remote_profile`).
@@ -152,7 +155,9 @@ def rank_catalog(
                 continue
             plan, problem = None, ""
             try:
-                plan = make_plan(profile_of(model), hardware, LoadChoices())
+                plan = make_plan(
+                    profile_of(model), hardware, LoadChoices(), calibration=calibration
+                )
             except Exception as err:  # noqa: BLE001 - shown in the row as a reason
                 problem = type(err).__name__
             candidate = Candidate(
