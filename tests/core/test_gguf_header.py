@@ -12,14 +12,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mixdesk.core.gguf.header import (
-    KEEP_TOTAL_ITEMS,
-    ArrayInfo,
-    GGUFHeaderError,
-    read_header,
-    read_local_header,
-    tensor_nbytes,
-)
+from mixdesk.core.gguf.header import read_header, read_local_header, tensor_nbytes
+from mixdesk.core.gguf.header_values import KEEP_TOTAL_ITEMS, ArrayInfo, GGUFHeaderError
 from mixdesk.core.gguf.profile import profile_local, split_parts
 from tests.helpers import model_factory as mf
 

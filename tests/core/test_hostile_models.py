@@ -16,7 +16,8 @@ import pytest
 from mixdesk.core.chat.sandbox import TIME_BUDGET_S
 from mixdesk.core.chat.template import MIXTRAL_TEMPLATE, ChatMessage
 from mixdesk.core.engine import Engine, LoadConfig, SamplingParams
-from mixdesk.core.gguf.header import GGUFHeaderError, read_local_header
+from mixdesk.core.gguf.header import read_local_header
+from mixdesk.core.gguf.header_values import GGUFHeaderError
 from mixdesk.errors import MixdeskError, NotAGgufError, user_message
 from tests.helpers import model_factory as mf
 

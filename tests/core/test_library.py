@@ -10,7 +10,7 @@ import gguf
 import numpy as np
 import pytest
 
-from mixdesk.core.gguf.header import GGUFHeaderError
+from mixdesk.core.gguf.header_values import GGUFHeaderError
 from mixdesk.core.hub.library import Library
 from mixdesk.core.hub.pull import import_model, pull
 from mixdesk.errors import CorruptModelError, user_message

@@ -28,7 +28,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from mixdesk.core.gguf.header import GGUFHeader, GGUFHeaderError, TensorInfo, read_local_header
+from mixdesk.core.gguf.header import GGUFHeader, TensorInfo, read_local_header
+from mixdesk.core.gguf.header_values import GGUFHeaderError
 from mixdesk.errors import MixdeskError
 
 log = logging.getLogger(__name__)

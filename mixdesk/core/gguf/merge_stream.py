@@ -32,7 +32,8 @@ from typing import BinaryIO, cast
 
 from mixdesk import paths
 from mixdesk.core.gguf.convert import ConversionError, MergedLayout, check_merged, merged_layout
-from mixdesk.core.gguf.header import MAX_HEADER_BYTES, GGUFHeader, GGUFHeaderError, read_header
+from mixdesk.core.gguf.header import MAX_HEADER_BYTES, GGUFHeader, read_header
+from mixdesk.core.gguf.header_values import GGUFHeaderError
 
 log = logging.getLogger(__name__)
 

@@ -12,14 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mixdesk.core.gguf.header import (
-    ArrayInfo,
-    GGUFHeader,
-    GGUFHeaderError,
-    MetaValue,
-    TensorInfo,
-    read_local_header,
-)
+from mixdesk.core.gguf.header import GGUFHeader, TensorInfo, read_local_header
+from mixdesk.core.gguf.header_values import ArrayInfo, GGUFHeaderError, MetaValue
 
 SPLIT_RE = re.compile(r"^(?P<stem>.*)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$")
 _LAYER_RE = re.compile(r"^blk\.(\d+)\.")

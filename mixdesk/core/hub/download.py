@@ -36,7 +36,8 @@ from pathlib import Path
 from mixdesk import paths
 from mixdesk.core.gguf import merge_stream
 from mixdesk.core.gguf.convert import ConversionError, merged_layout, needs_conversion
-from mixdesk.core.gguf.header import MAX_HEADER_BYTES, GGUFHeaderError
+from mixdesk.core.gguf.header import MAX_HEADER_BYTES
+from mixdesk.core.gguf.header_values import GGUFHeaderError
 from mixdesk.core.gguf.merge_stream import MergingStore, parse_header_prefix
 from mixdesk.core.hub.api import HubFileInfo
 from mixdesk.core.hub.download_http import ProgressCallback, ProgressMeter, fetch

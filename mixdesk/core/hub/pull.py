@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mixdesk.core.gguf.convert import convert_legacy, needs_conversion
-from mixdesk.core.gguf.header import ArrayInfo, GGUFHeader, read_local_header
+from mixdesk.core.gguf.header import GGUFHeader, read_local_header
+from mixdesk.core.gguf.header_values import ArrayInfo
 from mixdesk.core.gguf.profile import ModelProfile, profile_from_headers
 from mixdesk.core.hub.api import HubModel, list_models, pick_model
 from mixdesk.core.hub.download import Downloader, DownloadInProgressError

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mixdesk.core.gguf.header import GGUFHeader, GGUFHeaderError, read_header
+from mixdesk.core.gguf.header import GGUFHeader, read_header
+from mixdesk.core.gguf.header_values import GGUFHeaderError
 from mixdesk.core.gguf.profile import SPLIT_RE, ModelProfile, profile_from_headers, profile_local
 from mixdesk.errors import InvalidArgumentError, MixdeskError
 
