@@ -7,7 +7,8 @@ build on :func:`write_model` for quantised, legacy-layout and broken variants.
 
 Random weights produce gibberish text; what matters is that tokens, timings and errors are
 real. The output layer is shaped so that sampling favours the word-piece tokens (readable
-gibberish) and almost never ends the answer early.
+gibberish, from the words of :mod:`mixdesk.core.gguf.synthetic_words`) and almost never ends
+the answer early.
 """
 
 from __future__ import annotations
@@ -17,116 +18,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+from mixdesk.core.gguf.synthetic_words import WORDS, Vocabulary
 from mixdesk.core.gguf.templates import MIXTRAL_TEMPLATE
 
 if TYPE_CHECKING:
     import numpy as np
     import numpy.typing as npt
-
-_WORDS = [
-    "the",
-    "of",
-    "and",
-    "to",
-    "in",
-    "is",
-    "it",
-    "you",
-    "that",
-    "he",
-    "was",
-    "for",
-    "on",
-    "are",
-    "with",
-    "as",
-    "his",
-    "they",
-    "be",
-    "at",
-    "one",
-    "have",
-    "this",
-    "from",
-    "or",
-    "had",
-    "by",
-    "word",
-    "but",
-    "what",
-    "some",
-    "we",
-    "can",
-    "out",
-    "other",
-    "were",
-    "all",
-    "there",
-    "when",
-    "up",
-    "use",
-    "your",
-    "how",
-    "said",
-    "an",
-    "each",
-    "she",
-    "which",
-    "do",
-    "their",
-    "time",
-    "if",
-    "will",
-    "way",
-    "about",
-    "many",
-    "then",
-    "them",
-    "write",
-    "would",
-    "like",
-    "so",
-    "these",
-    "her",
-    "long",
-    "make",
-    "thing",
-    "see",
-    "him",
-    "two",
-    "has",
-    "look",
-    "more",
-    "day",
-    "could",
-    "go",
-    "come",
-    "did",
-    "number",
-    "sound",
-    "no",
-    "most",
-    "people",
-    "my",
-    "over",
-    "know",
-    "water",
-    "than",
-    "call",
-    "first",
-    "who",
-    "may",
-    "down",
-    "side",
-    "been",
-    "now",
-    "find",
-    "mixture",
-    "expert",
-    "router",
-    "token",
-    "layer",
-]
 
 
 @dataclass(frozen=True)
@@ -192,17 +89,13 @@ MID = ModelSpec(
 )
 
 
-#: A tokenizer vocabulary: token strings, scores and token types, index for index.
-Vocabulary = tuple[list[str], list[float], list[int]]
-
-
 def vocabulary(spec: ModelSpec) -> Vocabulary:
     """Return tokens, scores and token types of a llama (SentencePiece) vocabulary."""
     tokens = ["<unk>", spec.bos_text, spec.eos_text]
     types = [2, 3, 3]  # UNKNOWN, CONTROL, CONTROL
     tokens += [f"<0x{b:02X}>" for b in range(256)]
     types += [6] * 256  # BYTE
-    pieces = ["\u2581", *"abcdefghijklmnopqrstuvwxyz", *(f"\u2581{w}" for w in _WORDS)]
+    pieces = ["\u2581", *"abcdefghijklmnopqrstuvwxyz", *(f"\u2581{w}" for w in WORDS)]
     pieces += [f"\u2581w{i}" for i in range(spec.extra_tokens)]
     tokens += pieces
     types += [1] * len(pieces)  # NORMAL
