@@ -26,13 +26,8 @@ from pydantic import BaseModel
 
 from mixdesk.core.engine import LoadConfig
 from mixdesk.core.machine.net import is_loopback
-from mixdesk.core.serving.security import (
-    check_origins,
-    is_local_network_name,
-    is_loopback_name,
-    secure_app,
-    url_host,
-)
+from mixdesk.core.serving.middleware import is_local_network_name, is_loopback_name
+from mixdesk.core.serving.security import check_origins, secure_app, url_host
 from mixdesk.core.serving.serve import ServeConfig, ServerProcess, start_server
 from mixdesk.errors import InvalidArgumentError
 
