@@ -49,8 +49,8 @@ def test_local_gpu_is_not_llama_supports_gpu_offload(engine: Engine) -> None:
     """With RPC compiled in, llama_supports_gpu_offload() is true on a machine with no GPU;
     MixDesk asks for local GPU devices instead (no RPC server is running here)."""
     out = run_python(
-        "import llama_cpp; from mixdesk.core.engine import llama_adapter as a; "
-        "print(llama_cpp.llama_supports_gpu_offload(), len(a.local_gpus()), "
+        "import llama_cpp; from mixdesk.core.engine import devices, llama_adapter as a; "
+        "print(llama_cpp.llama_supports_gpu_offload(), len(devices.local_gpus()), "
         "[d.kind for d in a.backend_devices()])"
     )
     supports, local, kinds = out.split(" ", 2)

@@ -27,7 +27,7 @@ from mixdesk.core.chat.template import (
     render_prompt,
     select_template,
 )
-from mixdesk.core.engine import diagnose, llama_adapter, prompt_tokens, session
+from mixdesk.core.engine import devices, diagnose, llama_adapter, prompt_tokens, session
 from mixdesk.core.engine.answer import Answer
 from mixdesk.core.engine.protocol import (
     BufferReport,
@@ -92,7 +92,7 @@ class EngineWorker:
             pid=os.getpid(),
             llama_cpp_version=str(getattr(lc, "__version__", "unknown")),
             # With RPC compiled in, llama_supports_gpu_offload() is always true: ask for GPUs.
-            supports_gpu_offload=bool(llama_adapter.local_gpus()),
+            supports_gpu_offload=bool(devices.local_gpus()),
             system_info=lc.llama_print_system_info().decode("utf-8", errors="replace").strip(),
         )
 
@@ -113,7 +113,7 @@ class EngineWorker:
         kwargs = session.llama_kwargs(config)
         n_threads, flash_attn = kwargs["n_threads"], kwargs["flash_attn"]
         session.register_devices(config)
-        free_before = llama_adapter.offload_free_memory() if config.n_gpu_layers else {}
+        free_before = devices.offload_free_memory() if config.n_gpu_layers else {}
         start = time.perf_counter()
         try:
             self._opened = session.open_llama(config, progress=progress_cb)
@@ -132,7 +132,7 @@ class EngineWorker:
         arch = metadata.get("general.architecture", "unknown")
         n_layers = int(metadata.get(f"{arch}.block_count", "0") or 0)
         log_text = self._log_text()
-        free_after = llama_adapter.offload_free_memory() if free_before else {}
+        free_after = devices.offload_free_memory() if free_before else {}
         self._calibrate = bool(free_before)  # once more after the first prompt batch
         info = ModelInfo(
             path=str(path),
@@ -308,7 +308,7 @@ class EngineWorker:
                     lc.llama_set_abort_callback(ctx, lc.ggml_abort_callback(0), None)
                     if self._calibrate:  # the runtime's lazy allocations happen by now
                         self._calibrate = False
-                        free = llama_adapter.offload_free_memory()
+                        free = devices.offload_free_memory()
                         self._send(encode(DeviceMemory(free)))
                 if answer.request_id in cancelled:
                     answer.finish = "cancelled"

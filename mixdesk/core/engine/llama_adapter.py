@@ -9,6 +9,8 @@ to the pinned version: :func:`check_compatible` (run by the test suite, and by t
 it starts) fails loudly, naming what changed, when the installed llama-cpp-python differs.
 
 Only the engine process and the RPC server process import this module (it loads llama.cpp).
+What the engine makes of the device list (free memory per buffer name, local GPUs, workers
+registered as RPC devices) is :mod:`mixdesk.core.engine.devices`.
 """
 
 from __future__ import annotations
@@ -24,14 +26,15 @@ from typing import Any
 import llama_cpp
 import llama_cpp.llama_cpp as low
 
-from mixdesk.core.engine import rpc_relay
-
 #: The llama-cpp-python version this adapter (and the planner's accounting) was checked against.
 PINNED_VERSION = "0.3.36"
 
 #: ggml_backend_dev_type values.
 DEVICE_CPU, DEVICE_GPU, DEVICE_IGPU, DEVICE_ACCEL = 0, 1, 2, 3
 _DEVICE_KINDS = {DEVICE_CPU: "cpu", DEVICE_GPU: "gpu", DEVICE_IGPU: "igpu", DEVICE_ACCEL: "accel"}
+
+
+NO_RPC_BACKEND = "this llama-cpp-python build has no RPC backend (build it with -DGGML_RPC=ON)"
 
 
 class AdapterError(RuntimeError):
@@ -312,55 +315,20 @@ def backend_devices() -> list[BackendDevice]:
     return found
 
 
-def offload_free_memory() -> dict[str, int]:
-    """Free memory of every offload device, keyed by the name llama.cpp gives its buffers
-    (``CUDA0``, ``RPC0[host:port]``), as the planner's ``DevicePlan.buffer_name``."""
-    found = {}
-    for d in backend_devices():
-        if d.kind == "cpu":
-            continue
-        found[f"RPC0[{rpc_relay.worker_of(d.description)}]" if d.is_rpc else d.name] = d.free_bytes
-    return found
-
-
-def local_gpus() -> list[BackendDevice]:
-    """The GPUs of this machine llama.cpp can use (RPC devices excluded).
-
-    With RPC compiled in, ``llama_supports_gpu_offload()`` is true on every machine, so
-    whether this build can use a local GPU is read from the device list instead.
-    """
-    return [d for d in backend_devices() if d.kind in ("gpu", "igpu") and not d.is_rpc]
-
-
-def add_rpc_servers(endpoints: Sequence[str]) -> None:
-    """Register llama.cpp RPC servers (``host:port``) as devices, before a model loads.
-
-    A registered device cannot be removed again: a load without them needs a new process.
+def register_rpc_server(address: str, *, endpoint: str) -> None:
+    """Register the llama.cpp RPC server at ``address`` as a device (``endpoint``: the worker
+    it reaches, named in the error).
 
     Raises:
-        AdapterError: this llama.cpp build has no RPC backend.
-        WorkerError: a worker is unreachable, busy or runs other versions (before llama.cpp
-            connects, which would abort the process).
+        AdapterError: this llama.cpp build has no RPC backend, or llama.cpp refused the server.
     """
     g = ggml()
-    if endpoints and g.rpc is None:
-        raise AdapterError(
-            "this llama-cpp-python build has no RPC backend (build it with -DGGML_RPC=ON)"
-        )
-    assert g.rpc is not None or not endpoints
-    from mixdesk.core.machine.rpc_worker import check_before_connecting
-
-    for endpoint in endpoints:
-        assert g.rpc is not None
-        # llama.cpp aborts this process on a refused connection or a version mismatch, and
-        # hangs on a server busy with another client: MixDesk's handshake asks first.
-        check_before_connecting(endpoint)
-        # llama.cpp's client speaks plain TCP without the worker secret: it talks to a relay
-        # in this process, which carries it to the worker authenticated (and over TLS).
-        reg = g.rpc.ggml_backend_rpc_add_server(rpc_relay.relay_for(endpoint).encode())
-        if not reg:
-            raise AdapterError(f"llama.cpp refused the RPC server {endpoint}")
-        g.register(reg)
+    if g.rpc is None:
+        raise AdapterError(NO_RPC_BACKEND)
+    reg = g.rpc.ggml_backend_rpc_add_server(address.encode())
+    if not reg:
+        raise AdapterError(f"llama.cpp refused the RPC server {endpoint}")
+    g.register(reg)
 
 
 def rpc_device(name: str | None = None) -> BackendDevice:
@@ -392,9 +360,7 @@ def serve_rpc(
     """
     g = ggml()
     if g.rpc is None:
-        raise AdapterError(
-            "this llama-cpp-python build has no RPC backend (build it with -DGGML_RPC=ON)"
-        )
+        raise AdapterError(NO_RPC_BACKEND)
     wanted = rpc_device(device).name
     chosen = None
     for i in range(g.dev_count()):

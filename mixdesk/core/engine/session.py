@@ -15,14 +15,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from mixdesk.core.engine import llama_adapter
+from mixdesk.core.engine import devices, llama_adapter
 from mixdesk.core.engine.protocol import KV_TYPE_IDS, LoadConfig
 from mixdesk.core.machine.hardware import physical_cores
 
 
 def register_devices(config: LoadConfig) -> None:
     """Make ``config``'s RPC workers llama.cpp devices (before loading; once per process)."""
-    llama_adapter.add_rpc_servers(config.rpc_servers)
+    devices.add_rpc_servers(config.rpc_servers)
 
 
 def llama_kwargs(config: LoadConfig) -> dict[str, Any]:
