@@ -131,6 +131,10 @@ def _run(args: argparse.Namespace, args_list: list[str]) -> int:
             from mixdesk.commands.worker import run_worker
 
             return run_worker(args)
+        if args.command == "calibrate":
+            from mixdesk.commands.calibrate import run_calibrate
+
+            return run_calibrate(args)
         if args.command == "doctor":
             from mixdesk.commands.doctor import run_doctor
 

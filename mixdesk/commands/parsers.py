@@ -169,6 +169,29 @@ def add_install_desktop(commands: Commands) -> None:
     desktop.add_argument("--uninstall", action="store_true", help="remove it again")
 
 
+def add_calibrate(commands: Commands) -> None:
+    """``mixdesk calibrate``: measure this machine's speed per quantisation type and device."""
+    calibrate = commands.add_parser(
+        "calibrate",
+        help="measure this machine (about 30 s) so that the speeds MixDesk shows are measured",
+    )
+    calibrate.add_argument("--json", action="store_true", help="print the coefficients as JSON")
+    calibrate.add_argument(
+        "--threads", type=positive_int, metavar="N", help="CPU threads (default: physical cores)"
+    )
+    calibrate.add_argument(
+        "--worker",
+        action="append",
+        default=[],
+        metavar="HOST:PORT",
+        help="also measure the device `mixdesk worker` offers at HOST:PORT; repeatable",
+    )
+    calibrate.add_argument("--gpu", metavar="none", help="'none': measure the CPU only")
+    calibrate.add_argument(
+        "--reset", action="store_true", help="forget everything measured on this machine"
+    )
+
+
 def add_doctor(commands: Commands) -> None:
     """``mixdesk doctor``: the health checks."""
     doctor = commands.add_parser("doctor", help="check that MixDesk can run here, and how")
@@ -247,6 +270,7 @@ BUILDERS: tuple[Callable[[Commands], None], ...] = (
     add_catalog_and_list,
     add_library,
     add_install_desktop,
+    add_calibrate,
     add_doctor,
     add_worker,
 )

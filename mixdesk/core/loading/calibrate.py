@@ -1,0 +1,340 @@
+"""``mixdesk calibrate``: measure this machine and fit the speed model's coefficients.
+
+What is measured (llama.cpp's own counters, in the engine process, at the user's thread count):
+
+- two thin models (64-wide, 2 and 24 layers, almost no weights): the fixed cost per token and
+  per layer, for generation and for prompts;
+- one Mixtral-shaped model per quantisation type that matters (Q2_K, Q3_K_M, Q4_K_M, Q5_K_M,
+  Q6_K, Q8_0, F16): a 512-token prompt, then 64 generated tokens with end-of-text ignored (as
+  llama-bench does). Each type's throughput is what is left of the time per token after the
+  fixed costs and the other types' bytes, divided by its own bytes;
+- each offload device (RPC workers included) with the Q4_K_M model all on it and half on it:
+  its throughput relative to the CPU's, and the cost of a hop to it;
+- a validation model of another shape, predicted before it is measured: the expected error.
+
+The models are generated on this machine once (F32 weights, quantised by llama.cpp) and kept in
+the cache folder; the measuring takes about 20 s on two cores.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from mixdesk.core.chat.template import ChatMessage
+from mixdesk.core.engine.client import Engine
+from mixdesk.core.engine.protocol import SamplingParams
+from mixdesk.core.engine.quantize import FILE_TYPES, quantize
+from mixdesk.core.gguf.profile import ModelProfile, profile_local
+from mixdesk.core.gguf.synthetic import ModelSpec, write_model
+from mixdesk.core.loading.choices import LoadChoices
+from mixdesk.core.loading.service import plan_load
+from mixdesk.core.machine.hardware import GpuInfo, HardwareInfo
+from mixdesk.core.planning.calibration import Calibration
+from mixdesk.core.planning.placement import buffer_name, offload_devices
+from mixdesk.core.planning.speed import (
+    DeviceRates,
+    SpeedModel,
+    SpeedSource,
+    default_speed_model,
+    device_work,
+    predict,
+)
+
+log = logging.getLogger(__name__)
+
+#: Tokens generated per measurement (end-of-text ignored), and rounds per model.
+EVAL_TOKENS = 48
+ROUNDS = 2
+#: Words in the measuring prompt: about 512 tokens with the template's (3 tokens a word).
+PROMPT_WORDS = 150
+_WORDS = ("the", "of", "and", "to", "in", "is")
+
+#: The Mixtral-shaped model every type is measured on (8 experts, 2 used).
+SHAPE = ModelSpec(
+    n_embd=512,
+    n_ff=1536,
+    n_layers=6,
+    n_head=8,
+    n_head_kv=2,
+    n_expert=8,
+    n_expert_used=2,
+    name="MixDesk calibration",
+    chat_template=None,
+)
+#: F32 models with few weights: the fixed costs per token and per layer (two thin ones of 2
+#: and 24 layers, and a wider one that separates the F32 weights' own cost).
+THIN = replace(SHAPE, n_embd=64, n_ff=128, n_head=2, n_head_kv=1, name="MixDesk calibration thin")
+THIN_SHAPES = {
+    "thin-2": replace(THIN, n_layers=2),
+    "thin-24": replace(THIN, n_layers=24),
+    "thin-wide": replace(THIN, n_embd=256, n_ff=512, n_head=4, n_layers=6),
+}
+#: Another shape, predicted before it is measured (the expected error).
+VALIDATION = replace(SHAPE, n_embd=768, n_ff=2048, n_layers=4, name="MixDesk calibration check")
+
+
+@dataclass(frozen=True)
+class Run:
+    """One measured model: what a token costs each type, and the time it took."""
+
+    label: str
+    n_layers: int
+    #: Per type on the CPU: bytes read per generated token and weights per prompt token.
+    eval_bytes: Mapping[str, float]
+    prompt_weights: Mapping[str, float]
+    #: Seconds per generated token and per prompt token (llama.cpp's counters).
+    eval_s: float
+    prompt_s: float
+
+
+@dataclass(frozen=True)
+class CalibrationResult:
+    """What ``mixdesk calibrate`` found."""
+
+    model: SpeedModel
+    runs: list[Run] = field(default_factory=list)
+    #: The validation model: predicted and measured eval tok/s.
+    check_predicted_tps: float = 0.0
+    check_measured_tps: float = 0.0
+    seconds: float = 0.0
+
+
+Progress = Callable[[str, float], None]
+
+
+def calibration_models(
+    directory: Path, *, threads: int, on_progress: Progress | None = None
+) -> dict[str, Path]:
+    """The measuring models, generated into ``directory`` the first time (kept for the next)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    wanted: list[tuple[str, ModelSpec, str]] = [
+        (label, spec, "F32") for label, spec in THIN_SHAPES.items()
+    ]
+    wanted += [(file_type, SHAPE, file_type) for file_type in FILE_TYPES]
+    wanted.append(("check", VALIDATION, "Q4_K_M"))
+    found = {}
+    for i, (label, spec, file_type) in enumerate(wanted):
+        path = directory / f"calibration-{label}.gguf"
+        if not path.exists():
+            if on_progress is not None:
+                on_progress(f"making the {label} model", i / len(wanted))
+            if file_type in ("F32", "F16"):
+                write_model(path.with_suffix(".tmp"), replace(spec, dtype=file_type.lower()))
+            else:
+                source = write_model(directory / f"calibration-{label}.source.gguf", spec)
+                try:
+                    quantize(source, path.with_suffix(".tmp"), file_type, threads=threads)
+                finally:
+                    source.unlink(missing_ok=True)
+            path.with_suffix(".tmp").replace(path)
+        found[label] = path
+    return found
+
+
+def _cpu(hardware: HardwareInfo) -> HardwareInfo:
+    return replace(hardware, gpus=[])
+
+
+def measuring_prompt(round_no: int = 0) -> str:
+    """The prompt speeds are measured with: about 512 tokens of the generated vocabulary."""
+    return " ".join(_WORDS[(i + round_no) % len(_WORDS)] for i in range(PROMPT_WORDS))
+
+
+def _measure(
+    engine: Engine, path: Path, hardware: HardwareInfo, choices: LoadChoices
+) -> tuple[float, float]:
+    """(seconds per generated token, seconds per prompt token) of one load: the faster of
+    :data:`ROUNDS` rounds (another program can only make a round slower), each with a prompt of
+    its own (a repeated prompt would be read from the cache, not evaluated)."""
+    setup = plan_load(path, hardware, choices, calibration=Calibration())
+    engine.load(setup.config)
+    sampling = SamplingParams(
+        max_tokens=EVAL_TOKENS, ignore_eos=True, seed=1, temperature=0.0, top_k=1
+    )
+    eval_s = prompt_s = math.inf
+    for round_no in range(ROUNDS):
+        prompt = measuring_prompt(round_no)
+        stats = engine.chat([ChatMessage("user", prompt)], sampling).wait().stats
+        if stats.eval_tps <= 0 or stats.prompt_tps <= 0:
+            raise RuntimeError(f"no speed measured for {path.name}")
+        eval_s = min(eval_s, 1.0 / stats.eval_tps)
+        prompt_s = min(prompt_s, 1.0 / stats.prompt_tps)
+    return eval_s, prompt_s
+
+
+def _run(label: str, profile: ModelProfile, eval_s: float, prompt_s: float) -> Run:
+    work = device_work(profile, {}, "CPU", 0)["CPU"]
+    return Run(label, profile.n_layers, work.eval_bytes, work.prompt_weights, eval_s, prompt_s)
+
+
+def fit(runs: list[Run], threads: int) -> SpeedModel:
+    """The CPU's coefficients from measured runs (pure: unit-tested on made-up runs).
+
+    The thin F32 runs give the fixed costs and the F32 throughput (least squares over
+    ``t = token_s + layers x layer_s + bytes / rate``); each quantisation run then gives its
+    dominant type's throughput from what is left of its time, the other types at their
+    current estimates (three passes, so they settle).
+    """
+    defaults = default_speed_model([], threads)
+    thin = [r for r in runs if r.label.startswith("thin")]
+    quants = [r for r in runs if not r.label.startswith("thin")]
+    eval_rates = dict(defaults.cpu.eval_bytes_per_s)
+    prompt_rates = dict(defaults.cpu.prompt_weights_per_s)
+    token_s, layer_s, prompt_layer_s = defaults.token_s, defaults.layer_s, defaults.prompt_layer_s
+    if len(thin) >= 3:
+        token_s, layer_s, eval_rates["F32"], prompt_layer_s, prompt_rates["F32"] = _fixed_costs(
+            thin, defaults
+        )
+    for _ in range(3):
+        for r in quants:
+            kind = max(r.eval_bytes, key=lambda t: r.eval_bytes[t])
+            others = {t: v for t, v in r.eval_bytes.items() if t != kind}
+            left = r.eval_s - token_s - r.n_layers * layer_s - _cost(others, eval_rates)
+            if left > 0:
+                eval_rates[kind] = r.eval_bytes[kind] / left
+            others = {t: v for t, v in r.prompt_weights.items() if t != kind}
+            left = r.prompt_s - r.n_layers * prompt_layer_s - _cost(others, prompt_rates)
+            if left > 0:
+                prompt_rates[kind] = r.prompt_weights[kind] / left
+    return SpeedModel(
+        cpu=DeviceRates(eval_rates, prompt_rates),
+        cpu_threads=threads,
+        token_s=token_s,
+        layer_s=layer_s,
+        prompt_layer_s=prompt_layer_s,
+        source=SpeedSource.MEASURED,
+        error=0.15,
+    )
+
+
+def _fixed_costs(thin: list[Run], defaults: SpeedModel) -> tuple[float, float, float, float, float]:
+    """(token_s, layer_s, F32 bytes/s, prompt layer_s, F32 weights/s) from the thin runs."""
+    import numpy as np
+
+    f32 = [r.eval_bytes.get("F32", 0.0) for r in thin]
+    a = np.array([[1.0, r.n_layers, b] for r, b in zip(thin, f32, strict=True)])
+    (token_s, layer_s, per_byte), *_ = np.linalg.lstsq(
+        a, np.array([r.eval_s for r in thin]), rcond=None
+    )
+    w = [r.prompt_weights.get("F32", 0.0) for r in thin]
+    p = np.array([[r.n_layers, x] for r, x in zip(thin, w, strict=True)])
+    (prompt_layer_s, per_weight), *_ = np.linalg.lstsq(
+        p, np.array([r.prompt_s for r in thin]), rcond=None
+    )
+    cpu = defaults.cpu
+    return (
+        max(0.0, float(token_s)),
+        max(0.0, float(layer_s)),
+        1.0 / float(per_byte) if per_byte > 0 else cpu.eval_rate("F32"),
+        max(0.0, float(prompt_layer_s)),
+        1.0 / float(per_weight) if per_weight > 0 else cpu.prompt_rate("F32"),
+    )
+
+
+def _cost(amounts: Mapping[str, float], rates: Mapping[str, float]) -> float:
+    return sum(v / rates.get(t, min(rates.values())) for t, v in amounts.items())
+
+
+def _device_rates(
+    model: SpeedModel,
+    profile: ModelProfile,
+    gpu: GpuInfo,
+    name: str,
+    *,
+    full_s: float,
+    half_s: float,
+    half_layers: int,
+) -> DeviceRates:
+    """An offload device's rates from the Q4_K_M model all on it (``full_s`` per token) and
+    its last ``half_layers`` layers on it (``half_s``): relative to the CPU's rates for an RPC
+    worker (what is behind it is unknown), flat over types for a local GPU (memory-bound)."""
+    n = profile.n_layers
+    fixed = model.token_s + n * model.layer_s
+    everything = device_work(profile, {i: "CPU" for i in range(n)}, "CPU", 0)["CPU"]
+    all_cpu_s = _cost(everything.eval_bytes, model.cpu.eval_bytes_per_s)
+    half_map = {i: name for i in range(n - half_layers, n)}
+    split = device_work(profile, half_map, name, 0)
+    cpu_part_s = (
+        _cost(split["CPU"].eval_bytes, model.cpu.eval_bytes_per_s) if "CPU" in split else 0.0
+    )
+    dev_part_s = _cost(split[name].eval_bytes, model.cpu.eval_bytes_per_s)
+    # full: fixed + all_cpu_s / s + hop; half: fixed + cpu_part_s + dev_part_s / s + hop
+    gain = (all_cpu_s - dev_part_s) / max(full_s - half_s + cpu_part_s, 1e-9)
+    scale = gain if gain > 0 and math.isfinite(gain) else 1.0
+    hop = max(0.0, full_s - fixed - all_cpu_s / scale)
+    if gpu.backend == "rpc":
+        return DeviceRates(
+            {t: r * scale for t, r in model.cpu.eval_bytes_per_s.items()},
+            {t: r * scale for t, r in model.cpu.prompt_weights_per_s.items()},
+            hop_s=hop,
+        )
+    flat = sum(everything.eval_bytes.values()) / max(full_s - fixed - hop, 1e-9)
+    return DeviceRates(
+        {t: flat for t in model.cpu.eval_bytes_per_s},
+        {t: r * scale for t, r in model.cpu.prompt_weights_per_s.items()},
+        hop_s=hop,
+    )
+
+
+def calibrate(
+    engine: Engine,
+    hardware: HardwareInfo,
+    models_dir: Path,
+    *,
+    threads: int | None = None,
+    on_progress: Progress | None = None,
+) -> CalibrationResult:
+    """Measure this machine (its CPU at ``threads`` and every offload device in
+    ``hardware``) and fit the speed model; the caller keeps it
+    (:meth:`~mixdesk.core.planning.calibration.CalibrationStore.record_speed_model`).
+
+    Raises:
+        MixdeskError: a measuring load failed (the engine's typed errors).
+        QuantizeError: a measuring model could not be made.
+    """
+    started = time.perf_counter()
+    threads = threads or hardware.physical_cores
+    paths = calibration_models(models_dir, threads=threads, on_progress=on_progress)
+    choices = LoadChoices(n_gpu_layers=0, n_ctx=1024, n_threads=threads)
+    labels = [*THIN_SHAPES, *FILE_TYPES]
+    runs = []
+    for i, label in enumerate(labels):
+        if on_progress is not None:
+            on_progress(f"measuring {label}", i / (len(labels) + 2))
+        eval_s, prompt_s = _measure(engine, paths[label], _cpu(hardware), choices)
+        runs.append(_run(label, profile_local(paths[label]), eval_s, prompt_s))
+    model = fit(runs, threads)
+    devices = {}
+    shape = profile_local(paths["Q4_K_M"])
+    for gpu in offload_devices(hardware):
+        name = buffer_name(gpu)
+        only = replace(hardware, gpus=[gpu])
+        if on_progress is not None:
+            on_progress(f"measuring {gpu.name}", len(labels) / (len(labels) + 2))
+        full_s, _ = _measure(engine, paths["Q4_K_M"], only, replace(choices, n_gpu_layers=-1))
+        half = shape.n_layers // 2
+        half_s, _ = _measure(engine, paths["Q4_K_M"], only, replace(choices, n_gpu_layers=half + 1))
+        devices[name] = _device_rates(
+            model, shape, gpu, name, full_s=full_s, half_s=half_s, half_layers=half
+        )
+    model = replace(model, devices=devices)
+    if on_progress is not None:
+        on_progress("checking the fit", (len(labels) + 1) / (len(labels) + 2))
+    check = profile_local(paths["check"])
+    predicted = predict(model, check, layer_device={}, output_device="CPU", threads=threads)
+    eval_s, _ = _measure(engine, paths["check"], _cpu(hardware), choices)
+    measured_tps = 1.0 / eval_s
+    miss = abs(predicted.eval_tps / measured_tps - 1)
+    model = replace(model, error=round(max(0.05, 2 * miss), 3))
+    return CalibrationResult(
+        model=model,
+        runs=runs,
+        check_predicted_tps=predicted.eval_tps,
+        check_measured_tps=round(measured_tps, 2),
+        seconds=round(time.perf_counter() - started, 1),
+    )
