@@ -33,7 +33,7 @@ def test_spec_names_files_that_exist() -> None:
 def test_frozen_entry_points_are_dispatched(tmp_path: Path) -> None:
     """The frozen executable starts its own engine and server with hidden arguments."""
     from mixdesk.core.engine import LoadConfig
-    from mixdesk.core.engine.client import engine_command
+    from mixdesk.core.engine.child import engine_command
     from mixdesk.core.onboarding.doctor import self_command
     from mixdesk.core.serving.serve import ServeConfig, server_command
 

@@ -1,9 +1,11 @@
 """The app's side of the engine: start the engine process, load, chat, cancel, survive its death.
 
-Nothing here imports llama_cpp. Every model runs in a child process (see :mod:`.worker`),
+Nothing here imports llama_cpp. Every model runs in a child process (see :mod:`.process`),
 so whatever llama.cpp does to that process (abort on a bad file, GPU out of memory, a
 SIGKILL from the kernel) becomes an :class:`~mixdesk.errors.EngineCrashedError` here, with
-the cause read from the exit status and llama.cpp's log, and a new engine can start.
+the cause read from the exit status and llama.cpp's log, and a new engine can start. Starting
+that process, writing to it, reading its events and noticing its death is
+:class:`~mixdesk.core.engine.child.EngineProcess`, which :class:`Engine` builds on.
 
 Typical use::
 
@@ -17,22 +19,12 @@ Typical use::
 
 from __future__ import annotations
 
-import contextlib
-import itertools
 import logging
-import os
-import queue
-import subprocess
-import sys
-import threading
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import IO
 
-from mixdesk import errors, paths
 from mixdesk.core.chat.template import ChatMessage
-from mixdesk.core.engine import diagnose
+from mixdesk.core.engine.child import EngineProcess, failure_to_error
 from mixdesk.core.engine.protocol import (
     BufferReport,
     Buffers,
@@ -41,7 +33,6 @@ from mixdesk.core.engine.protocol import (
     ChatDone,
     DeviceMemory,
     DryRunCommand,
-    EngineCommand,
     EngineFailure,
     EngineInfo,
     LoadCommand,
@@ -49,44 +40,20 @@ from mixdesk.core.engine.protocol import (
     LoadProgress,
     ModelInfo,
     SamplingParams,
-    ShutdownCommand,
     TextDelta,
-    decode,
-    encode_command,
 )
 from mixdesk.core.engine.stream import AnswerStream
 from mixdesk.core.engine.validate import validate_load_config, validate_sampling
 from mixdesk.errors import (
     EngineBusyError,
     EngineCrashedError,
-    MixdeskError,
     NoModelLoadedError,
 )
 
 log = logging.getLogger(__name__)
 
-_KEEP_ENGINE_LOGS = 10
 #: 60 updates a second: smooth to read, and cheap for the app to receive.
 DEFAULT_STREAM_INTERVAL_S = 1 / 60
-
-
-class _Died:
-    """Queue sentinel: the engine process ended."""
-
-    def __init__(self, returncode: int | None) -> None:
-        self.returncode = returncode
-
-
-def engine_command() -> list[str]:
-    """Return the command line that starts an engine process (also inside a frozen bundle)."""
-    if getattr(sys, "frozen", False):
-        return [sys.executable, "--engine-process"]
-    return [sys.executable, "-m", "mixdesk.core.engine.process"]
-
-
-def _failure_to_error(failure: EngineFailure) -> MixdeskError:
-    """Rebuild the engine's error as the same MixdeskError class, with the engine's sentence."""
-    return errors.from_wire(failure.code, failure.message, failure.details)
 
 
 class ChatStream(AnswerStream):
@@ -113,7 +80,7 @@ class ChatStream(AnswerStream):
                 self._engine._calibrated(event)
             if isinstance(event, EngineFailure):
                 self._engine._active = None
-                raise _failure_to_error(event)
+                raise failure_to_error(event)
 
     def cancel(self) -> None:
         """Ask the engine to stop this answer."""
@@ -126,7 +93,7 @@ class ChatStream(AnswerStream):
             super().close()
 
 
-class Engine:
+class Engine(EngineProcess):
     """One engine process at a time; loading a model starts a fresh one.
 
     Args:
@@ -142,26 +109,15 @@ class Engine:
         command: Sequence[str] | None = None,
         start_timeout: float = 120.0,
     ) -> None:
-        self._log_dir = log_dir
-        self._command = list(command) if command else engine_command()
-        self._start_timeout = start_timeout
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._events: queue.Queue[object] = queue.Queue()
-        self._send_lock = threading.Lock()
-        self._ids = itertools.count(1)
-        self._dead: EngineCrashedError | None = None
+        super().__init__(log_dir=log_dir, command=command, start_timeout=start_timeout)
         self._active: ChatStream | None = None
         self._fresh = False  # started and never asked to load: a load can reuse it
-        self._devices: tuple[str, ...] = ()  # RPC servers a dry run registered
         #: Runtime overhead measured per device after the last load's first prompt batch.
         self.overheads: dict[str, int] = {}
         #: Called with the loaded model and each device's free memory after the first prompt
         #: batch; returns the overheads it kept. The load service sets
         #: it (the engine reports device memory; planning keeps what it means).
         self.on_device_memory: Callable[[ModelInfo, dict[str, int]], dict[str, int]] | None = None
-        self.info: EngineInfo | None = None
-        self.model: ModelInfo | None = None
-        self.log_path: Path | None = None
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -171,96 +127,16 @@ class Engine:
     def __exit__(self, *_exc: object) -> None:
         self.close()
 
-    @property
-    def alive(self) -> bool:
-        """Whether an engine process is running."""
-        return self._proc is not None and self._proc.poll() is None and self._dead is None
-
-    @property
-    def pid(self) -> int | None:
-        """The engine process's id, if one runs."""
-        return self._proc.pid if self._proc is not None else None
-
     def start(self) -> EngineInfo:
         """Start a new engine process (ending any running one) and wait until it is ready."""
-        self.close()
-        log_dir = paths.ensure_dir(self._log_dir or paths.log_dir())
-        _prune_logs(log_dir)
-        self.log_path = (
-            log_dir / f"engine-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{next(self._ids)}.log"
-        )
-        env = dict(os.environ)
-        env.update(
-            # ggml's abort handler would otherwise attach gdb to print a backtrace.
-            GGML_NO_BACKTRACE="1",
-            # CUDA numbers GPUs fastest-first by default; NVML (the planner's source) by PCI
-            # bus. The same order on both sides makes the plan's split the one that loads.
-            CUDA_DEVICE_ORDER="PCI_BUS_ID",
-            PYTHONUNBUFFERED="1",
-            PYTHONIOENCODING="utf-8",
-        )
-        with self.log_path.open("ab") as log_file:
-            self._proc = subprocess.Popen(
-                self._command,
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=log_file,
-                env=env,
-                # Out of the terminal's process group: Ctrl-C in the terminal cancels an
-                # answer (the app decides) instead of killing the engine.
-                start_new_session=os.name == "posix",
-            )
-        self._events = queue.Queue()
-        self._dead = None
-        self.model = None
-        assert self._proc.stdout is not None
-        threading.Thread(
-            target=self._read_events,
-            args=(self._proc, self._proc.stdout, self._events),
-            daemon=True,
-        ).start()
-        event = self._next_event(during="starting", timeout=self._start_timeout)
-        if isinstance(event, EngineFailure):
-            self.close()
-            raise _failure_to_error(event)
-        if not isinstance(event, EngineInfo):
-            self.close()
-            raise errors.EngineError(f"The engine sent an unexpected first message ({event!r}).")
-        self.info = event
+        info = super().start()
         self._fresh = True
-        log.info(
-            "engine %s started (llama-cpp-python %s, GPU offload %s), log %s",
-            event.pid,
-            event.llama_cpp_version,
-            event.supports_gpu_offload,
-            self.log_path,
-        )
-        return event
+        return info
 
     def close(self) -> None:
         """End the engine process and free all its memory (RAM and VRAM)."""
-        proc, self._proc = self._proc, None
-        self.model = None
         self._active = None
-        if proc is None:
-            return
-        if proc.poll() is None:
-            try:
-                self._write(proc, ShutdownCommand())
-                assert proc.stdin is not None
-                proc.stdin.close()
-            except OSError:
-                pass
-            try:
-                proc.wait(timeout=3)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        for stream in (proc.stdin, proc.stdout):
-            if stream is not None:
-                with contextlib.suppress(OSError):
-                    stream.close()
-        log.info("engine %s ended (exit status %s)", proc.pid, proc.returncode)
+        super().close()
 
     unload = close
 
@@ -300,7 +176,7 @@ class Engine:
                 log.info("loaded %s: %s", config.model_path, event)
                 return event
             elif isinstance(event, EngineFailure):
-                raise _failure_to_error(event)
+                raise failure_to_error(event)
 
     def dry_run(self, config: LoadConfig) -> Buffers:
         """What llama.cpp would allocate for ``config``, without allocating it: the buffers it
@@ -322,7 +198,7 @@ class Engine:
                 self._devices = config.rpc_servers
                 return event.buffers
             if isinstance(event, EngineFailure):
-                raise _failure_to_error(event)
+                raise failure_to_error(event)
 
     def _calibrated(self, memory: DeviceMemory) -> None:
         """Keep what the runtime used on each device beyond llama.cpp's buffers (the planner's
@@ -382,67 +258,6 @@ class Engine:
         if active is not None:
             active.cancel()
 
-    # -- plumbing ---------------------------------------------------------------------
-
-    def _send(self, message: EngineCommand) -> None:
-        if self._dead is not None:
-            raise self._dead
-        if self._proc is None:
-            raise NoModelLoadedError("The engine is not running; load a model first.")
-        try:
-            self._write(self._proc, message)
-        except OSError:
-            # The process is gone; the reader thread will report how it ended.
-            self._next_event(during="receiving a command", timeout=10)
-
-    def _write(self, proc: subprocess.Popen[bytes], message: EngineCommand) -> None:
-        data = encode_command(message)
-        with self._send_lock:
-            assert proc.stdin is not None
-            proc.stdin.write(data)
-            proc.stdin.flush()
-
-    def _next_event(
-        self, *, during: str, timeout: float | None = None, model_path: str | None = None
-    ) -> object:
-        if self._dead is not None:
-            raise self._dead
-        try:
-            event = self._events.get(timeout=timeout)
-        except queue.Empty:
-            raise errors.EngineError(
-                f"The engine did not answer within {timeout:.0f} s while {during}; try again."
-            ) from None
-        if isinstance(event, _Died):
-            tail = diagnose.read_tail(self.log_path) if self.log_path else ""
-            model = model_path or (self.model.path if self.model else None)
-            self._dead = diagnose.engine_death(
-                event.returncode, tail, during=during, model_path=model, workers=self._devices
-            )
-            self.model = None
-            log.error(
-                "%s\nlast lines of the engine log %s:\n%s",
-                self._dead,
-                self.log_path,
-                "\n".join(tail.splitlines()[-25:]),
-            )
-            raise self._dead
-        return event
-
-    @staticmethod
-    def _read_events(
-        proc: subprocess.Popen[bytes], stdout: IO[bytes], events: queue.Queue[object]
-    ) -> None:
-        try:
-            for line in stdout:
-                try:
-                    events.put(decode(line))
-                except (ValueError, KeyError, TypeError):
-                    log.warning("unreadable engine message: %r", line[:200])
-        except (OSError, ValueError):
-            pass  # stdout closed by close()
-        events.put(_Died(proc.wait()))
-
 
 def _first_split_part(config: LoadConfig) -> LoadConfig:
     """llama.cpp loads a split model from its first part (and finds the others itself)."""
@@ -452,13 +267,6 @@ def _first_split_part(config: LoadConfig) -> LoadConfig:
 
     first = split_parts(Path(config.model_path))[0]
     return config if str(first) == config.model_path else replace(config, model_path=str(first))
-
-
-def _prune_logs(log_dir: Path) -> None:
-    logs = sorted(log_dir.glob("engine-*.log"), key=lambda p: p.stat().st_mtime)
-    for old in logs[:-_KEEP_ENGINE_LOGS]:
-        with contextlib.suppress(OSError):
-            old.unlink()
 
 
 __all__ = [
