@@ -131,7 +131,8 @@ def ipc_cpu_cost_us(n: int = 20_000) -> float:
     import queue
     import threading
 
-    from mixdesk.core.engine.protocol import GenerationStats, TextDelta, encode_delta, from_dict
+    from mixdesk.core.engine.protocol import GenerationStats, TextDelta
+    from mixdesk.core.engine.wire import encode_delta, from_dict
 
     read_fd, write_fd = os.pipe()
     events: queue.Queue[TextDelta] = queue.Queue()

@@ -29,7 +29,8 @@ def test_every_engine_error_crosses_the_pipe_as_itself() -> None:
     """Errors cross the engine's pipe by an explicit code (never a class name looked up with
     getattr), and come back as the same class with the same sentence and fields."""
     import mixdesk.errors as e
-    from mixdesk.core.engine.protocol import ChatDone, EngineFailure, failure, from_dict
+    from mixdesk.core.engine.protocol import ChatDone, EngineFailure
+    from mixdesk.core.engine.wire import failure, from_dict
 
     samples: list[e.MixdeskError] = [
         e.ModelNotFoundError("/models/x.gguf"),

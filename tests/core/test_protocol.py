@@ -17,11 +17,8 @@ from mixdesk.core.engine.protocol import (
     LoadCommand,
     PerfCounters,
     ShutdownCommand,
-    decode_command,
-    encode_command,
-    encode_delta,
-    from_dict,
 )
+from mixdesk.core.engine.wire import decode_command, encode_command, encode_delta, from_dict
 
 
 def _distinct(cls: type[Any], start: int) -> Any:
@@ -90,7 +87,8 @@ def test_every_message_names_its_kind_once_and_decodes_generically() -> None:
     """One registry: each dataclass is sent as its kind, and a nested message (a chat's
     messages, an answer's stats and their counters) comes back equal, with no hand-written
     decoder per kind."""
-    from mixdesk.core.engine.protocol import MESSAGES, ChatDone, GenerationStats, decode, encode
+    from mixdesk.core.engine.protocol import ChatDone, GenerationStats
+    from mixdesk.core.engine.wire import MESSAGES, decode, encode
 
     assert len(set(MESSAGES.values())) == len(MESSAGES)
     done = ChatDone(
@@ -109,14 +107,8 @@ def test_every_message_names_its_kind_once_and_decodes_generically() -> None:
 def test_buffers_cross_the_pipe_typed() -> None:
     """llama.cpp's buffers are keyed by device and a typed kind, on both sides of the pipe;
     a kind the app does not know makes the line unreadable, never a wrong lookup."""
-    from mixdesk.core.engine.protocol import (
-        Buffer,
-        BufferKind,
-        BufferReport,
-        Buffers,
-        decode,
-        encode,
-    )
+    from mixdesk.core.engine.protocol import Buffer, BufferKind, BufferReport, Buffers
+    from mixdesk.core.engine.wire import decode, encode
 
     report = BufferReport(
         Buffers(

@@ -32,9 +32,8 @@ from mixdesk.core.engine.protocol import (
     EngineInfo,
     ModelInfo,
     ShutdownCommand,
-    decode,
-    encode_command,
 )
+from mixdesk.core.engine.wire import decode, encode_command
 from mixdesk.errors import EngineCrashedError, MixdeskError, NoModelLoadedError
 
 log = logging.getLogger(__name__)

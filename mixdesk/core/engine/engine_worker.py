@@ -40,9 +40,8 @@ from mixdesk.core.engine.protocol import (
     ModelInfo,
     PerfCounters,
     SamplingParams,
-    encode,
-    encode_delta,
 )
+from mixdesk.core.engine.wire import encode, encode_delta
 from mixdesk.errors import (
     ContextOverflowError,
     ModelNotFoundError,

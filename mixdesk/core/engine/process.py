@@ -32,10 +32,8 @@ from mixdesk.core.engine.protocol import (
     EngineFailure,
     LoadCommand,
     ShutdownCommand,
-    decode_command,
-    encode,
-    failure,
 )
+from mixdesk.core.engine.wire import decode_command, encode, failure
 from mixdesk.errors import MixdeskError
 
 log = logging.getLogger(__name__)

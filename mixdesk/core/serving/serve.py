@@ -27,7 +27,8 @@ from typing import Any
 
 from mixdesk import paths
 from mixdesk.core.engine import diagnose
-from mixdesk.core.engine.protocol import LoadConfig, from_dict
+from mixdesk.core.engine.protocol import LoadConfig
+from mixdesk.core.engine.wire import from_dict
 from mixdesk.core.hub.library import model_name
 from mixdesk.core.serving.security import (
     drop_setting_variables,

@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from mixdesk import paths
-from mixdesk.core.engine.protocol import GenerationStats, SamplingParams, from_dict
+from mixdesk.core.engine.protocol import GenerationStats, SamplingParams
+from mixdesk.core.engine.wire import from_dict
 
 _SIDE_FILES = ("-wal", "-shm", "-journal")
 
