@@ -197,13 +197,25 @@ def test_the_engine_never_imports_planning() -> None:
     ]
 
 
+#: The most lines a core module may have.
+MAX_CORE_MODULE_LINES = 400
+#: Modules over the limit for now, each with the most lines it may have until it is split.
+LONG_FOR_NOW = {
+    # grown past 400 when calibration became an argument (356b28f), while the others were split
+    "mixdesk.core.loading.service": 454,
+}
+
+
 def test_core_modules_stay_readable() -> None:
-    """A newcomer reads a module in one sitting: none in the core over 600 lines (the planner
-    of 818 lines is five modules now: types, memory, placement, speed, planner)."""
+    """A newcomer reads a module in one sitting: none in the core over 400 lines. The nine
+    that were over it are split along their seams (download and its HTTP half, the worker's
+    questions and its handshake, the engine's process handle and its requests...)."""
     long = {
         name: n
         for name, path in module_files().items()
-        if name.startswith("mixdesk.core.") and (n := len(path.read_text().splitlines())) > 600
+        if name.startswith("mixdesk.core.")
+        and (n := len(path.read_text().splitlines()))
+        > LONG_FOR_NOW.get(name, MAX_CORE_MODULE_LINES)
     }
     assert long == {}
 
