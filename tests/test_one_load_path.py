@@ -150,6 +150,6 @@ def test_measure_never_has_two_engines_alive(
         while window.measuring.running:
             seen.append(engines_alive())
             qtbot.wait(20)
-    assert len(window.measuring.results) >= 3
+    assert len(window.measuring.report.results) >= 3
     assert max(seen) == 1
     window.close()

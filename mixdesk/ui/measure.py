@@ -1,13 +1,13 @@
-"""Measuring: generation speed with a few settings that really vary between machines (experts
-in RAM or whole layers, op offload, flash attention, threads), one load after another in the
-one engine (each load ends the previous engine process first, so two copies of the model are
-never in memory)."""
+"""Measuring: generation speed with a few settings that really vary between machines (layer
+counts around the plan, experts in RAM or whole layers, op offload, flash attention, threads),
+each in interleaved rounds in the one engine (each load ends the previous engine process first,
+so two copies of the model are never in memory); see :mod:`mixdesk.core.loading.measure`."""
 
 from __future__ import annotations
 
 from PySide6.QtCore import QObject, Signal
 
-from mixdesk.core.loading.measure import MeasureVariant
+from mixdesk.core.loading.measure import MeasureReport, MeasureVariant
 from mixdesk.core.loading.service import LoadRequest
 from mixdesk.ui.threads import EngineController
 
@@ -20,7 +20,7 @@ class MeasureController(QObject):
 
     Signals:
         started(): measuring began (the loaded model is being replaced).
-        measured(object): (setting, eval tok/s) pairs measured so far, in order.
+        measured(object): the :class:`MeasureReport` so far.
         finished(): measuring ended, finished or failed (the failure comes as a load failure).
     """
 
@@ -32,7 +32,7 @@ class MeasureController(QObject):
         super().__init__(parent)
         self.engine = engine
         self.running = False
-        self.results: list[tuple[str, float]] = []
+        self.report = MeasureReport()
         self.variants: list[MeasureVariant] = []
         engine.runner.measured.connect(self._measured)
         engine.runner.measureDone.connect(self._done)
@@ -46,22 +46,21 @@ class MeasureController(QObject):
         if self.running:
             return False
         self.running = True
-        self.results = []
+        self.report = MeasureReport()
         self.variants = list(variants)
         self.started.emit()
         self.engine.measure(request, self.variants)
         return True
 
     def fastest(self) -> MeasureVariant | None:
-        """The variant measured fastest so far, if any."""
-        if not self.results:
-            return None
-        best = max(range(len(self.results)), key=lambda i: self.results[i][1])
-        return self.variants[best]
+        """The variant that beat the current setting beyond the noise (None: no difference
+        beyond noise, or not finished)."""
+        best = self.report.winner()
+        return best.variant if best is not None else None
 
-    def _measured(self, results: list[tuple[str, float]]) -> None:
-        self.results = list(results)
-        self.measured.emit(self.results)
+    def _measured(self, report: MeasureReport) -> None:
+        self.report = report
+        self.measured.emit(report)
 
     def _done(self) -> None:
         self.running = False

@@ -21,7 +21,7 @@ from PySide6.QtWidgets import (
 
 from mixdesk.core.gguf.profile import ModelProfile
 from mixdesk.core.loading.choices import LoadChoices
-from mixdesk.core.loading.measure import measure_variants
+from mixdesk.core.loading.measure import MeasureReport, measure_variants
 from mixdesk.core.loading.service import LoadRequest, make_plan
 from mixdesk.core.machine.hardware import HardwareInfo
 from mixdesk.core.planning.calibration import Calibration
@@ -32,16 +32,21 @@ from mixdesk.ui.widgets import DeviceBars
 
 
 class MeasureChart(QWidget):
-    """Measured tokens/s per setting, as small horizontal bars."""
+    """Measured tokens/s per setting (the median of its rounds, and their spread), as small
+    horizontal bars; the winner, if one beat the current setting beyond the noise, in blue."""
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        self.results: list[tuple[str, float]] = []
+        self.results: list[tuple[str, float, float]] = []
+        self.winner = ""
         self.setMinimumHeight(0)
 
-    def set_results(self, results: list[tuple[str, float]]) -> None:
-        self.results = results
-        self.setMinimumHeight(18 * len(results) + 4)
+    def set_report(self, report: MeasureReport) -> None:
+        """Show ``report``: (label, median, spread) per variant that ran."""
+        self.results = [(r.variant.label, r.median, r.spread) for r in report.results if r.rounds]
+        best = report.winner()
+        self.winner = best.variant.label if best is not None else ""
+        self.setMinimumHeight(18 * len(self.results) + 4)
         self.update()
 
     def paintEvent(self, _event: object) -> None:  # noqa: N802
@@ -50,14 +55,15 @@ class MeasureChart(QWidget):
         if not self.results:
             return
         p = QPainter(self)
-        top = max(v for _, v in self.results) or 1.0
-        for i, (label, value) in enumerate(self.results):
+        top = max(v for _, v, _ in self.results) or 1.0
+        for i, (label, value, spread) in enumerate(self.results):
             y = 2 + i * 18
             p.setPen(QColor("#333"))
             p.drawText(4, y + 12, label)
-            w = (self.width() - 150) * value / top
-            p.fillRect(90, y + 2, int(w), 12, QColor("#2b7de9" if value == top else "#9ab"))
-            p.drawText(94 + int(w), y + 12, f"{value:.1f} tok/s")
+            w = (self.width() - 230) * value / top
+            color = "#2b7de9" if label == self.winner else "#9ab"
+            p.fillRect(130, y + 2, int(w), 12, QColor(color))
+            p.drawText(134 + int(w), y + 12, f"{value:.1f} ± {spread / 2:.1f} tok/s")
         p.end()
 
 
@@ -100,6 +106,7 @@ class OffloadPanel(QWidget):
         self.kv = QComboBox()
         self.kv.addItems(["f16", "q8_0", "q4_0"])
         self.flash = QCheckBox("Flash attention")
+        self.threads, self.op_offload, self.verdict = _tuning_controls()
         self.strategy = QComboBox()
         self.strategy.addItem("Whole layers on the GPU", "layers")
         self.strategy.addItem("All layers on the GPU, some experts in RAM", "experts")
@@ -122,7 +129,7 @@ class OffloadPanel(QWidget):
         self.progress.setRange(0, 100)
         self.progress.hide()
         self.chart = MeasureChart()
-        self._measured: list[tuple[str, float]] = []
+        self.report = MeasureReport()
         self._lay_out()
         self._connect()
         self._set_enabled(False)
@@ -133,6 +140,8 @@ class OffloadPanel(QWidget):
         form.addRow("KV cache", self.kv)
         form.addRow("Placement", self.strategy)
         form.addRow("", self.flash)
+        form.addRow("CPU threads", self.threads)
+        form.addRow("Op offload", self.op_offload)
         buttons = QHBoxLayout()
         buttons.addWidget(self.apply)
         buttons.addWidget(self.measure)
@@ -147,6 +156,7 @@ class OffloadPanel(QWidget):
         layout.addLayout(buttons)
         layout.addWidget(self.progress)
         layout.addWidget(self.chart)
+        layout.addWidget(self.verdict)
         layout.addStretch(1)
 
     def _connect(self) -> None:
@@ -156,6 +166,8 @@ class OffloadPanel(QWidget):
         self.kv.currentTextChanged.connect(self._replan)
         self.flash.toggled.connect(self._replan)
         self.strategy.currentIndexChanged.connect(self._replan)
+        self.threads.valueChanged.connect(self._replan)
+        self.op_offload.currentIndexChanged.connect(self._replan)
         self.apply.clicked.connect(self._apply)
         self.measure.clicked.connect(self._measure)
         self.keep_fastest.clicked.connect(self._keep_fastest)
@@ -168,6 +180,8 @@ class OffloadPanel(QWidget):
             self.kv,
             self.flash,
             self.strategy,
+            self.threads,
+            self.op_offload,
             self.apply,
             self.measure,
         ):
@@ -261,19 +275,41 @@ class OffloadPanel(QWidget):
             kv_type=self.kv.currentText(),
             flash_attn=self.flash.isChecked(),
             strategy=next((s for s in STRATEGIES if s == self.strategy.currentData()), "layers"),
+            n_threads=self.threads.value() or None,
+            op_offload=_tri_state(self.op_offload.currentData()),
         )
 
     def set_defaults(self, choices: LoadChoices) -> None:
         """Start from these choices (the saved settings): context, KV type, flash attention, threads."""
         self._defaults = choices
-        for w in (self.ctx, self.kv, self.flash):
+        self._show_choices(choices)
+        self._replan()
+
+    def _show_choices(self, choices: LoadChoices) -> None:
+        """Put ``choices`` into the controls (without re-planning at each one)."""
+        controls = (
+            self.ctx,
+            self.kv,
+            self.flash,
+            self.threads,
+            self.op_offload,
+            self.strategy,
+            self.auto,
+            self.slider,
+        )
+        for w in controls:
             w.blockSignals(True)
         self.ctx.setValue(choices.n_ctx or 0)
         self.kv.setCurrentText(choices.kv_type)
         self.flash.setChecked(choices.flash_attn)
-        for w in (self.ctx, self.kv, self.flash):
+        self.threads.setValue(choices.n_threads or 0)
+        self.op_offload.setCurrentIndex(max(0, self.op_offload.findData(choices.op_offload)))
+        self.strategy.setCurrentIndex(max(0, self.strategy.findData(choices.strategy)))
+        if choices.n_gpu_layers is not None and choices.strategy == "layers":
+            self.auto.setChecked(False)
+            self.slider.setValue(choices.n_gpu_layers)
+        for w in controls:
             w.blockSignals(False)
-        self._replan()
 
     def _apply(self) -> None:
         if self.plan is not None:
@@ -286,20 +322,32 @@ class OffloadPanel(QWidget):
             measure_variants(self.choices(), self.plan, self.profile, self.hardware)
         )
 
-    def show_measurements(self, results: list[tuple[str, float]]) -> None:
-        """Draw measured tok/s per setting."""
-        self._measured = results
-        self.chart.set_results(results)
-        self.keep_fastest.setEnabled(bool(results))
+    def show_measurements(self, report: MeasureReport) -> None:
+        """Draw measured tok/s per setting, and say which won (or that none did)."""
+        self.report = report
+        self.chart.set_report(report)
+        best = report.winner()
+        self.keep_fastest.setEnabled(best is not None)
+        if not report.finished:
+            self.verdict.setText(f"Measuring: round {report.rounds_done + 1} of {report.rounds}…")
+        elif best is None:
+            self.verdict.setText(
+                "No difference beyond noise: the current setting is as fast as any measured."
+            )
+        else:
+            gain = best.median / max(report.results[0].median, 1e-9)
+            self.verdict.setText(
+                f"Fastest: {best.variant.label}, {best.median:.1f} tok/s "
+                f"({gain:.2f}x the current setting, beyond the noise of {report.rounds} rounds)."
+            )
 
     def keep(self, choices: LoadChoices) -> None:
-        """Take ``choices`` (the fastest measured) into the panel and load with them."""
-        self.set_defaults(
-            replace(self._defaults, n_threads=choices.n_threads, op_offload=choices.op_offload)
-        )
-        self.flash.setChecked(choices.flash_attn)
-        self.strategy.setCurrentIndex(max(0, self.strategy.findData(choices.strategy)))
-        self.applyRequested.emit(choices)
+        """Take ``choices`` (the fastest measured) into the panel, every one of them visible,
+        and load with what the panel then holds: the panel and the engine cannot disagree."""
+        self._defaults = replace(self._defaults, n_batch=choices.n_batch, use_mmap=choices.use_mmap)
+        self._show_choices(choices)
+        self._replan()
+        self.applyRequested.emit(self.choices())
 
     def _keep_fastest(self) -> None:
         self.keepFastestRequested.emit()
@@ -311,3 +359,27 @@ class OffloadPanel(QWidget):
             return
         self.progress.show()
         self.progress.setValue(int(fraction * 100))
+
+
+def _tri_state(data: object) -> bool | None:
+    """A combo box's Auto / On / Off data as a choice."""
+    return data if isinstance(data, bool) else None
+
+
+def _tuning_controls() -> tuple[QSpinBox, QComboBox, QLabel]:
+    """The thread count, op offload (Auto / On / Off) and Measure's verdict: every setting
+    Keep fastest can change has a control the user sees."""
+    threads = QSpinBox()
+    threads.setRange(0, 256)
+    threads.setSpecialValueText("auto (physical cores)")
+    op_offload = QComboBox()
+    op_offload.addItem("Auto (the planner's choice)", None)
+    op_offload.addItem("On", True)
+    op_offload.addItem("Off", False)
+    op_offload.setToolTip(
+        "llama.cpp's op offload: copy the weights kept in RAM to the GPU for long prompts "
+        "(faster prompts with experts in RAM; with partial layer offload it costs VRAM)."
+    )
+    verdict = plain(QLabel(""))
+    verdict.setWordWrap(True)
+    return threads, op_offload, verdict

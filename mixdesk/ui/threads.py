@@ -23,7 +23,7 @@ from PySide6.QtCore import QObject, QThread, Signal, Slot
 from mixdesk.core.chat.template import ChatMessage
 from mixdesk.core.engine import ChatDone, Engine, ModelInfo, SamplingParams
 from mixdesk.core.engine.stream import AnswerStream
-from mixdesk.core.loading.measure import MeasureVariant
+from mixdesk.core.loading.measure import MeasureVariant, run_measure
 from mixdesk.core.loading.service import (
     LoadOutcome,
     LoadRequest,
@@ -45,8 +45,8 @@ class EngineRunner(QObject):
         loadProgress(float): 0..1 while a model loads.
         loaded(object): the :class:`LoadOutcome` (model info, plan, note).
         loadFailed(object): the exception that ended the load (or the measuring).
-        measured(object): list of (setting, eval tok/s) measured so far; ``measureDone``
-            follows the last one.
+        measured(object): the :class:`MeasureReport` so far (every variant's rounds);
+            ``measureDone`` follows the last one.
         measureDone(): measuring ended (finished or failed).
         delta(int, str, object): request id, text, :class:`GenerationStats`.
         done(int, object): request id, :class:`ChatDone`.
@@ -92,21 +92,16 @@ class EngineRunner(QObject):
 
     @Slot(object, list)
     def measure(self, request: LoadRequest, variants: list[MeasureVariant]) -> None:
-        """Measure generation speed with each variant, in this one engine (each load ends
-        the previous engine process first, so two copies are never in memory)."""
-        results: list[tuple[str, float]] = []
+        """Measure generation speed with each variant in interleaved rounds, in this one
+        engine (each load ends the previous engine process first, so two copies are never in
+        memory); the last load stays."""
         try:
-            for variant in variants:
-                outcome = load_model(
-                    self.engine, replace(request, choices=variant.choices), retry=False
-                )
-                done = self.engine.chat(
-                    [ChatMessage("user", "Write a few sentences about the sea.")],
-                    SamplingParams(max_tokens=48, seed=1),
-                ).wait()
-                results.append((variant.label, done.stats.eval_tps))
-                self.measured.emit(list(results))
-            self.loaded.emit(outcome)
+            _report, outcome = run_measure(
+                self.engine, request, variants, on_report=self.measured.emit
+            )
+            self._outcome = outcome
+            if outcome is not None:
+                self.loaded.emit(outcome)
         except Exception as err:  # noqa: BLE001 - every failure reaches the user as a sentence
             self.loadFailed.emit(err)
         finally:

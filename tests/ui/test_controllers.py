@@ -17,7 +17,7 @@ from mixdesk.core.engine import ChatDone, Engine, GenerationStats, SamplingParam
 from mixdesk.core.hub.library import Library
 from mixdesk.core.hub.pull import import_model
 from mixdesk.core.loading.choices import LoadChoices
-from mixdesk.core.loading.measure import MeasureVariant
+from mixdesk.core.loading.measure import MeasureReport, MeasureVariant
 from mixdesk.core.loading.service import LoadOutcome, LoadRequest
 from mixdesk.core.workspace.chat_store import ChatStore
 from mixdesk.core.workspace.endpoints import Endpoint
@@ -232,13 +232,15 @@ def test_a_missing_last_model_is_not_selected(
 def test_measuring_alone(qtbot: QtBot, engine: EngineController, models: dict[str, Path]) -> None:
     measuring = MeasureController(engine, engine)
     request = LoadRequest(str(models["q2_k"]), CPU, LoadChoices(n_ctx=256))
-    seen: list[list[tuple[str, float]]] = []
+    seen: list[MeasureReport] = []
     measuring.measured.connect(seen.append)
     variants = [MeasureVariant("as planned", request.choices)]
     with qtbot.waitSignal(measuring.finished, timeout=60_000):
         assert measuring.start(request, variants)
         assert not measuring.start(request, variants)  # one measuring at a time
     assert not measuring.running
-    assert len(seen) == 1 and seen[0][0][0] == "as planned" and seen[0][0][1] > 0
-    assert measuring.fastest() == variants[0]
+    final = seen[-1]
+    assert final.finished and final.results[0].variant.label == "as planned"
+    assert len(final.results[0].rounds) == final.rounds and final.results[0].median > 0
+    assert measuring.fastest() is None  # nothing to beat the current setting
     assert engine.model is not None  # the last measured load stays
