@@ -51,7 +51,8 @@ from mixdesk.core.chat.template import ChatMessage  # noqa: E402
 from mixdesk.core.engine import Engine, SamplingParams  # noqa: E402
 from mixdesk.core.engine.protocol import BufferKind  # noqa: E402
 from mixdesk.core.loading.choices import LoadChoices  # noqa: E402
-from mixdesk.core.loading.service import LoadOutcome, LoadRequest, load_model  # noqa: E402
+from mixdesk.core.loading.load import LoadOutcome, load_model  # noqa: E402
+from mixdesk.core.loading.service import LoadRequest  # noqa: E402
 from mixdesk.core.machine import hardware, rpc_worker  # noqa: E402
 from mixdesk.core.machine import worker_security as security  # noqa: E402
 from tests.helpers import model_factory as mf  # noqa: E402

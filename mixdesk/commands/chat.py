@@ -18,12 +18,8 @@ from mixdesk.core.engine import ChatDone, Engine, GenerationStats, SamplingParam
 from mixdesk.core.engine.protocol import ModelInfo
 from mixdesk.core.engine.stream import AnswerStream
 from mixdesk.core.engine.validate import validate_sampling
-from mixdesk.core.loading.service import (
-    LoadOutcome,
-    LoadRequest,
-    load_model,
-    record_answer_speed,
-)
+from mixdesk.core.loading.load import LoadOutcome, load_model, record_answer_speed
+from mixdesk.core.loading.service import LoadRequest
 from mixdesk.core.planning.calibration import CalibrationStore
 from mixdesk.core.planning.types import placement_words
 from mixdesk.core.workspace.endpoints import (

@@ -30,8 +30,8 @@ from mixdesk.core.engine import ChatDone, Engine, GenerationStats
 from mixdesk.core.hub.catalog import CatalogModel
 from mixdesk.core.hub.library import Library
 from mixdesk.core.loading.choices import LoadChoices
+from mixdesk.core.loading.load import LoadOutcome
 from mixdesk.core.loading.measure import MeasureVariant
-from mixdesk.core.loading.service import LoadOutcome
 from mixdesk.core.machine import hardware as hw_mod
 from mixdesk.core.machine.hardware import HardwareInfo
 from mixdesk.core.machine.rpc_worker import with_devices

@@ -27,7 +27,8 @@ from mixdesk.core.chat.words import BASE_MODEL_WORDS
 from mixdesk.core.engine import ModelInfo
 from mixdesk.core.gguf.profile import profile_local
 from mixdesk.core.hub.library import Library, models_dir
-from mixdesk.core.loading.service import LoadOutcome, LoadRequest
+from mixdesk.core.loading.load import LoadOutcome
+from mixdesk.core.loading.service import LoadRequest
 from mixdesk.core.machine.hardware import format_bytes
 from mixdesk.core.workspace.endpoints import Endpoint, normalize_url, remote_model_info
 from mixdesk.core.workspace.settings import Settings, save_endpoint_key

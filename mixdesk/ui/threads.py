@@ -23,13 +23,9 @@ from PySide6.QtCore import QObject, QThread, Signal, Slot
 from mixdesk.core.chat.template import ChatMessage
 from mixdesk.core.engine import ChatDone, Engine, ModelInfo, SamplingParams
 from mixdesk.core.engine.stream import AnswerStream
+from mixdesk.core.loading.load import LoadOutcome, load_model, record_answer_speed
 from mixdesk.core.loading.measure import MeasureVariant, run_measure
-from mixdesk.core.loading.service import (
-    LoadOutcome,
-    LoadRequest,
-    load_model,
-    record_answer_speed,
-)
+from mixdesk.core.loading.service import LoadRequest
 from mixdesk.core.planning.calibration import CalibrationStore
 from mixdesk.core.workspace.endpoints import Endpoint
 from mixdesk.errors import EngineCrashedError

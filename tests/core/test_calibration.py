@@ -12,7 +12,8 @@ from mixdesk.core.chat.template import ChatMessage
 from mixdesk.core.engine import Engine
 from mixdesk.core.engine.protocol import Buffer, BufferKind, Buffers, ModelInfo
 from mixdesk.core.loading.choices import LoadChoices
-from mixdesk.core.loading.service import LoadRequest, load_model, plan_load
+from mixdesk.core.loading.load import load_model
+from mixdesk.core.loading.service import LoadRequest, plan_load
 from mixdesk.core.machine.hardware import MIB
 from mixdesk.core.planning import calibration
 from mixdesk.core.planning.calibration import Calibration, CalibrationStore
@@ -103,7 +104,7 @@ def test_the_store_keeps_what_is_measured_and_survives_damage(tmp_path: Path) ->
 def test_an_answer_makes_its_setting_measured(models: dict[str, Path], tmp_path: Path) -> None:
     """After a real answer the plan of the same setting quotes what this machine did."""
     from mixdesk.core.engine import SamplingParams
-    from mixdesk.core.loading.service import record_answer_speed
+    from mixdesk.core.loading.load import record_answer_speed
     from mixdesk.core.machine.hardware import GIB, HardwareInfo
     from mixdesk.core.planning.speed import SpeedSource
 

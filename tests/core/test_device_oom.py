@@ -16,7 +16,8 @@ import pytest
 from mixdesk.core.chat.template import ChatMessage
 from mixdesk.core.engine import Engine
 from mixdesk.core.loading.choices import LoadChoices
-from mixdesk.core.loading.service import MAX_LOAD_TRIES, LoadRequest, load_model
+from mixdesk.core.loading.load import MAX_LOAD_TRIES, load_model
+from mixdesk.core.loading.service import LoadRequest
 from mixdesk.core.machine.hardware import MIB
 from mixdesk.errors import DeviceOutOfMemoryError, HostOutOfMemoryError
 from tests.conftest import OOM_SHAPE

@@ -26,7 +26,8 @@ from mixdesk.core.engine import Engine, LoadConfig
 from mixdesk.core.engine.diagnose import buffer_sizes
 from mixdesk.core.engine.protocol import BufferKind
 from mixdesk.core.loading.choices import LoadChoices
-from mixdesk.core.loading.service import LoadRequest, load_model
+from mixdesk.core.loading.load import load_model
+from mixdesk.core.loading.service import LoadRequest
 from mixdesk.core.machine import rpc_worker
 from mixdesk.core.machine.hardware import GIB, GpuInfo, HardwareInfo
 from mixdesk.errors import (

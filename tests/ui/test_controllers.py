@@ -17,8 +17,9 @@ from mixdesk.core.engine import ChatDone, Engine, GenerationStats, SamplingParam
 from mixdesk.core.hub.library import Library
 from mixdesk.core.hub.pull import import_model
 from mixdesk.core.loading.choices import LoadChoices
+from mixdesk.core.loading.load import LoadOutcome
 from mixdesk.core.loading.measure import MeasureReport, MeasureVariant
-from mixdesk.core.loading.service import LoadOutcome, LoadRequest
+from mixdesk.core.loading.service import LoadRequest
 from mixdesk.core.workspace.chat_store import ChatStore
 from mixdesk.core.workspace.endpoints import Endpoint
 from mixdesk.core.workspace.settings import Settings, load_endpoint_keys

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from pytestqt.qtbot import QtBot
 
-from mixdesk.core.loading.service import MAX_LOAD_TRIES
+from mixdesk.core.loading.load import MAX_LOAD_TRIES
 from mixdesk.core.machine.hardware import MIB
 from tests.conftest import OOM_SHAPE
 from tests.helpers.devices import CountingEngine, Servers, device_hardware

@@ -19,7 +19,8 @@ from mixdesk.core.engine.client import Engine
 from mixdesk.core.engine.protocol import SamplingParams
 from mixdesk.core.gguf.profile import ModelProfile
 from mixdesk.core.loading.choices import LoadChoices
-from mixdesk.core.loading.service import LoadOutcome, LoadRequest, load_model
+from mixdesk.core.loading.load import LoadOutcome, load_model
+from mixdesk.core.loading.service import LoadRequest
 from mixdesk.core.machine.hardware import HardwareInfo
 from mixdesk.core.planning.types import OffloadPlan, Strategy
 from mixdesk.errors import DeviceOutOfMemoryCrashError, DeviceOutOfMemoryError
