@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import html
 
-from PySide6.QtCore import Qt
-from PySide6.QtWidgets import QLabel, QVBoxLayout, QWidget
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtWidgets import QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
 
 from mixdesk.core.machine.hardware import HardwareInfo, format_bytes
+from mixdesk.core.planning.calibration import Calibration
 from mixdesk.core.workspace.settings import Settings
 from mixdesk.ui.workers_panel import WorkersPanel
 
@@ -52,14 +53,53 @@ class HardwarePanel(QLabel):
         )
 
 
+def calibration_words(calibration: Calibration) -> str:
+    """What the speeds MixDesk shows are: measured here, or estimates until measured."""
+    speed = calibration.speed
+    if speed is None:
+        return (
+            "Speeds are estimates until MixDesk measures this machine (about 30 s, each "
+            "quantisation type on the CPU and on every worker)."
+        )
+    devices = f" and {len(speed.devices)} worker(s)" if speed.devices else ""
+    return (
+        f"Speeds are measured on this machine ({speed.cpu_threads} CPU threads{devices}), "
+        f"within about {speed.error:.0%}. Measure again after changing hardware or drivers."
+    )
+
+
 class HardwareTab(QWidget):
-    """The Hardware tab: this machine (:class:`HardwarePanel`) and the workers of other
-    machines (:class:`~mixdesk.ui.workers_panel.WorkersPanel`)."""
+    """The Hardware tab: this machine (:class:`HardwarePanel`), its speed calibration, and the
+    workers of other machines (:class:`~mixdesk.ui.workers_panel.WorkersPanel`).
+
+    Signals:
+        calibrateRequested(): measure this machine's speed.
+    """
+
+    calibrateRequested = Signal()
 
     def __init__(self, settings: Settings, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.machine = HardwarePanel()
         self.workers = WorkersPanel(settings)
+        self.calibration = QLabel(calibration_words(Calibration()))
+        self.calibration.setWordWrap(True)
+        self.calibrate = QPushButton("Measure this machine's speed")
+        self.calibrate.clicked.connect(self.calibrateRequested)
+        row = QHBoxLayout()
+        row.addWidget(self.calibration, 1)
+        row.addWidget(self.calibrate)
         layout = QVBoxLayout(self)
         layout.addWidget(self.machine)
+        layout.addLayout(row)
         layout.addWidget(self.workers, 1)
+
+    def show_calibration(self, calibration: Calibration) -> None:
+        """Say what the speeds are."""
+        self.calibration.setText(calibration_words(calibration))
+        self.calibrate.setEnabled(True)
+
+    def show_calibrating(self, what: str, fraction: float) -> None:
+        """Progress of a measuring (the button waits until it ends)."""
+        self.calibrate.setEnabled(False)
+        self.calibration.setText(f"Measuring this machine: {what} ({fraction * 100:.0f}%)…")

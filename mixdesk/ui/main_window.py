@@ -10,6 +10,7 @@ the widgets out, connects the signals, and is the one channel for messages to th
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Sequence
 from dataclasses import fields, replace
 from pathlib import Path
@@ -211,6 +212,7 @@ class MainWindow(QMainWindow):
         self.manager.modelChosen.connect(self.select_model_path)
         self.workers_panel.workersChanged.connect(lambda _w: self.set_hardware(self.hardware))
         self.controller.runner.calibrated.connect(self.set_calibration)
+        self.hardware_tab.calibrateRequested.connect(self.calibrate)
         self.workers_panel.message.connect(self.notify)
         self.userMessage.connect(lambda text: self.statusBar().showMessage(text, 10_000))
 
@@ -237,6 +239,16 @@ class MainWindow(QMainWindow):
         self.manager.calibration = calibration
         self.first_run.calibration = calibration
         self.offload.set_calibration(calibration)
+        self.hardware_tab.show_calibration(calibration)
+
+    def calibrate(self) -> None:
+        """Measure this machine's speed (``mixdesk calibrate``) in a worker thread, with its
+        own small engine process; every plan then quotes measured speeds."""
+        self.hardware_tab.show_calibrating("starting", 0.0)
+        task = BackgroundTask(_calibrate_task, self.hardware, self.calibration_store)
+        task.progress.connect(lambda p: self.hardware_tab.show_calibrating(*p))
+        task.failed.connect(lambda _err: self.hardware_tab.show_calibration(self.calibration))
+        self.models.run(task, self.set_calibration)
 
     def set_hardware(self, hw: HardwareInfo) -> None:
         """Show the machine, and the GPU-build banner when a GPU sits unused."""
@@ -404,3 +416,23 @@ class MainWindow(QMainWindow):
         BackgroundTask.stop_all()  # the first-run page's, the model manager's, any other
         self.store.close()
         super().closeEvent(event)
+
+
+def _calibrate_task(
+    hardware: HardwareInfo, store: CalibrationStore, *, report: Any, cancel: threading.Event
+) -> Calibration:
+    """Measure this machine (in a worker thread, with an engine process of its own) and keep
+    the coefficients; returns what is now known."""
+    from mixdesk import paths
+    from mixdesk.core.engine import Engine
+    from mixdesk.core.loading.calibrate import calibrate
+
+    with Engine() as engine:
+        result = calibrate(
+            engine,
+            hardware,
+            paths.cache_dir() / "calibration-models",
+            on_progress=lambda what, fraction: report((what, fraction)),
+        )
+    store.record_speed_model(result.model)
+    return store.read()

@@ -31,7 +31,7 @@ from mixdesk.core.loading.choices import LoadChoices
 from mixdesk.core.loading.service import make_plan
 from mixdesk.core.machine.hardware import HardwareInfo, format_bytes
 from mixdesk.core.planning.calibration import Calibration
-from mixdesk.core.planning.words import fit_badge
+from mixdesk.core.planning.words import fit_badge, speed_short
 from mixdesk.errors import user_message
 from mixdesk.ui.plain import plain
 from mixdesk.ui.threads import BackgroundTask
@@ -56,9 +56,9 @@ def _badges_task(
             break
         try:
             plan = make_plan(remote_profile(m), hardware, LoadChoices(), calibration=calibration)
-            report((m.name, fit_badge(plan)))
+            report((m.name, fit_badge(plan), speed_short(plan.speed)))
         except Exception as err:  # noqa: BLE001 - a badge that cannot be computed says so
-            report((m.name, f"unknown ({type(err).__name__})"))
+            report((m.name, f"unknown ({type(err).__name__})", ""))
         done += 1
     return done
 
@@ -181,8 +181,10 @@ class ModelManager(QWidget):
             "any Hub repository, e.g. TheBloke/Mixtral-8x7B-Instruct-v0.1-GGUF"
         )
         self.list_button = QPushButton("List files")
-        self.files = QTableWidget(0, 4)
-        self.files.setHorizontalHeaderLabels(["File", "Quant", "Size", "Fit on this machine"])
+        self.files = QTableWidget(0, 5)
+        self.files.setHorizontalHeaderLabels(
+            ["File", "Quant", "Size", "Fit on this machine", "Expected speed"]
+        )
         readable_headers(self.files)
         self.files.setSelectionBehavior(QTableWidget.SelectionBehavior.SelectRows)
         self.download_button = QPushButton("Download")
@@ -268,11 +270,17 @@ class ModelManager(QWidget):
         task.failed.connect(self._failed)
         self._run(task)
 
-    def _badge(self, item: tuple[str, str]) -> None:
-        name, badge = item
+    def _badge(self, item: tuple[str, str, str]) -> None:
+        name, badge, speed = item
         for i, m in enumerate(self.models):
             if m.name == name:
                 self.files.setItem(i, 3, QTableWidgetItem(badge))
+                self.files.setItem(i, 4, QTableWidgetItem(speed))
+
+    def speed_texts(self) -> list[str]:
+        """The speed column: measured on this machine, or an estimate (tests and screenshots)."""
+        items = (self.files.item(i, 4) for i in range(self.files.rowCount()))
+        return [item.text() if item is not None else "" for item in items]
 
     def badge_texts(self) -> list[str]:
         """The fit column (tests and screenshots)."""

@@ -7,11 +7,13 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from mixdesk.core.loading.calibrate import Run, fit
+from mixdesk.core.engine.quantize import FILE_TYPES
+from mixdesk.core.loading.calibrate import SHAPE, THIN, Run, Shapes, calibrate, fit
 from mixdesk.core.planning.speed import SpeedSource
 
 TOKEN_S, LAYER_S, PROMPT_LAYER_S = 0.5e-3, 40e-6, 20e-6
@@ -45,30 +47,61 @@ def test_the_fit_recovers_the_coefficients() -> None:
         assert model.cpu.prompt_rate(kind) == pytest.approx(PROMPT[kind], rel=0.10), kind
 
 
-@pytest.mark.slow
-def test_calibrate_measures_and_the_plan_says_measured(models: dict[str, Path]) -> None:
-    """The whole command, on real llama.cpp runs: the coefficients are kept, and `mixdesk
-    plan` then says its speed is measured on this machine, with an expected error."""
-    env = dict(os.environ)
+THREADS = ("--threads", "2", "--json")
 
-    def mixdesk(*args: str) -> dict[str, object]:
+#: Small measuring models: the same code path, seconds instead of a minute to make.
+SMALL = Shapes(
+    main=replace(SHAPE, n_embd=128, n_ff=256, n_layers=2, n_head=4),
+    thin={
+        "thin-2": replace(THIN, n_layers=2),
+        "thin-12": replace(THIN, n_layers=12),
+        "thin-wide": replace(THIN, n_embd=128, n_ff=256, n_head=4, n_layers=3),
+    },
+    check=replace(SHAPE, n_embd=192, n_ff=384, n_layers=2, n_head=4),
+)
+
+
+@pytest.mark.slow
+def test_calibrate_measures_and_the_plan_says_measured(
+    models: dict[str, Path], tmp_path: Path
+) -> None:
+    """Calibration on real llama.cpp runs (small models): the coefficients are kept, `mixdesk
+    plan` then says its speed is measured on this machine with an expected error, and the
+    window's Hardware tab says so too."""
+    from mixdesk.core.engine import Engine
+    from mixdesk.core.machine.hardware import GIB, HardwareInfo
+    from mixdesk.core.planning.calibration import CalibrationStore
+
+    def plan() -> dict[str, object]:
         done = subprocess.run(
-            [sys.executable, "-m", "mixdesk", *args, "--json"],
+            [
+                sys.executable,
+                "-m",
+                "mixdesk",
+                "plan",
+                str(models["q4_k_m"]),
+                "--ngl",
+                "0",
+                *THREADS,
+            ],
             capture_output=True,
             text=True,
-            env=env,
+            env=dict(os.environ),
             check=False,
-            timeout=600,
+            timeout=120,
         )
         assert done.returncode == 0, done.stderr
         result: dict[str, object] = json.loads(done.stdout)
         return result
 
-    before = mixdesk("plan", str(models["q4_k_m"]), "--ngl", "0")
-    assert before["speed_source"] == "estimate"
-    result = mixdesk("calibrate", "--threads", "2")
-    assert isinstance(result["seconds"], float)
-    assert float(str(result["check_measured_tps"])) > 0
-    after = mixdesk("plan", str(models["q4_k_m"]), "--ngl", "0", "--threads", "2")
+    assert plan()["speed_source"] == "estimate"
+    cpu = HardwareInfo(4 * GIB, 4 * GIB, physical_cores=2, logical_cores=2)
+    with Engine(log_dir=tmp_path) as engine:
+        result = calibrate(engine, cpu, tmp_path / "models", threads=2, shapes=SMALL)
+    assert {r.label for r in result.runs} == {*SMALL.thin, *FILE_TYPES}
+    assert all(r.eval_s > 0 and r.prompt_s > 0 for r in result.runs)
+    assert result.check_measured_tps > 0 and 0 < result.model.error < 10
+    CalibrationStore.default().record_speed_model(result.model)
+    after = plan()
     assert after["speed_source"] == "measured"
-    assert 0 < float(str(after["speed_error"])) < 1
+    assert float(str(after["speed_error"])) == result.model.error

@@ -88,3 +88,29 @@ def test_more_layers_on_the_gpu_is_faster_and_prompts_are_quoted(tmp_path: Path)
         assert plan.speed is not None and plan.speed.prompt_tps > 0
         speeds.append(plan.speed.eval_tps)
     assert speeds == sorted(speeds) and speeds[0] < speeds[-1]
+
+
+def test_a_device_not_measured_keeps_the_speed_an_estimate(tmp_path: Path) -> None:
+    """Measured CPU coefficients do not make a plan on an unmeasured GPU 'measured'."""
+    from dataclasses import replace
+
+    from mixdesk.core.planning.calibration import Calibration
+    from mixdesk.core.planning.speed import default_speed_model
+
+    profile = profile_local(mf.mixtral_header_file(tmp_path, "Q4_K_M", legacy=True))
+    measured = replace(default_speed_model([], 8), source=SpeedSource.MEASURED, error=0.1)
+    cpu_only = make_plan(
+        profile,
+        GPU_16GIB,
+        LoadChoices(n_gpu_layers=0, n_threads=8),
+        calibration=Calibration(speed=measured),
+    )
+    assert cpu_only.speed is not None and cpu_only.speed.source is SpeedSource.MEASURED
+    on_gpu = make_plan(
+        profile,
+        GPU_16GIB,
+        LoadChoices(n_gpu_layers=20, n_threads=8),
+        calibration=Calibration(speed=measured),
+    )
+    assert on_gpu.speed is not None and on_gpu.speed.source is SpeedSource.ESTIMATE
+    assert on_gpu.speed.eval_tps > cpu_only.speed.eval_tps  # the GPU's defaults, not the CPU's

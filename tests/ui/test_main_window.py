@@ -201,6 +201,8 @@ def test_model_manager_lists_and_downloads(
     manager.list_repo("TheBloke/Mixtral-tiny-GGUF")
     qtbot.waitUntil(lambda: manager.files.rowCount() == 2, timeout=10_000)
     qtbot.waitUntil(lambda: all(b == "CPU only" for b in manager.badge_texts()), timeout=10_000)
+    # every speed says what it is: an estimate here (nothing measured in this test's folder)
+    assert all(s.endswith("tok/s, estimate") for s in manager.speed_texts())
     seen: list[int] = []
     with qtbot.waitSignal(manager.downloadFinished, timeout=30_000) as blocker:
         row = manager.download("TheBloke/Mixtral-tiny-GGUF", manager.models[1])
@@ -413,3 +415,24 @@ def test_load_follows_the_context_kv_and_flash_settings(
     assert (info.n_ctx, info.type_k, info.type_v, info.flash_attn) == (768, "q8_0", "q8_0", True)
     assert info.n_threads == 1
     window.close()
+
+
+def test_speeds_say_when_they_are_measured(
+    qtbot: QtBot, window: MainWindow, models: dict[str, Path]
+) -> None:
+    """Estimates say so until this machine is measured; then the panel, the Hardware tab and
+    the plan's words say "measured on this machine"."""
+    from dataclasses import replace
+
+    from mixdesk.core.planning.calibration import Calibration
+    from mixdesk.core.planning.speed import SpeedSource, default_speed_model
+
+    window.select_model_path(str(models["q4_k_m"]))
+    qtbot.waitUntil(lambda: window.offload.plan is not None, timeout=10_000)
+    assert "estimate" in window.offload.slider_label.text()
+    assert "estimates until" in window.hardware_tab.calibration.text()
+    measured = replace(default_speed_model([], 2), source=SpeedSource.MEASURED, error=0.12)
+    window.set_calibration(Calibration(speed=measured))
+    assert "measured on this machine" in window.offload.slider_label.text()
+    assert "measured on this machine" in window.offload.explanation.text()
+    assert "within about 12%" in window.hardware_tab.calibration.text()

@@ -79,6 +79,19 @@ VALIDATION = replace(SHAPE, n_embd=768, n_ff=2048, n_layers=4, name="MixDesk cal
 
 
 @dataclass(frozen=True)
+class Shapes:
+    """The measuring models' shapes: one per quantisation type, the thin F32 ones, the check."""
+
+    main: ModelSpec = SHAPE
+    thin: Mapping[str, ModelSpec] = field(default_factory=lambda: dict(THIN_SHAPES))
+    check: ModelSpec = VALIDATION
+
+    def key(self) -> str:
+        """Names the models of these shapes apart from others' in one folder."""
+        return "" if self == Shapes() else f"{self.main.n_embd}x{self.main.n_layers}-"
+
+
+@dataclass(frozen=True)
 class Run:
     """One measured model: what a token costs each type, and the time it took."""
 
@@ -108,18 +121,23 @@ Progress = Callable[[str, float], None]
 
 
 def calibration_models(
-    directory: Path, *, threads: int, on_progress: Progress | None = None
+    directory: Path,
+    *,
+    threads: int,
+    shapes: Shapes | None = None,
+    on_progress: Progress | None = None,
 ) -> dict[str, Path]:
     """The measuring models, generated into ``directory`` the first time (kept for the next)."""
+    shapes = shapes or Shapes()
     directory.mkdir(parents=True, exist_ok=True)
     wanted: list[tuple[str, ModelSpec, str]] = [
-        (label, spec, "F32") for label, spec in THIN_SHAPES.items()
+        (label, spec, "F32") for label, spec in shapes.thin.items()
     ]
-    wanted += [(file_type, SHAPE, file_type) for file_type in FILE_TYPES]
-    wanted.append(("check", VALIDATION, "Q4_K_M"))
+    wanted += [(file_type, shapes.main, file_type) for file_type in FILE_TYPES]
+    wanted.append(("check", shapes.check, "Q4_K_M"))
     found = {}
     for i, (label, spec, file_type) in enumerate(wanted):
-        path = directory / f"calibration-{label}.gguf"
+        path = directory / f"calibration-{shapes.key()}{label}.gguf"
         if not path.exists():
             if on_progress is not None:
                 on_progress(f"making the {label} model", i / len(wanted))
@@ -287,6 +305,7 @@ def calibrate(
     models_dir: Path,
     *,
     threads: int | None = None,
+    shapes: Shapes | None = None,
     on_progress: Progress | None = None,
 ) -> CalibrationResult:
     """Measure this machine (its CPU at ``threads`` and every offload device in
@@ -299,9 +318,10 @@ def calibrate(
     """
     started = time.perf_counter()
     threads = threads or hardware.physical_cores
-    paths = calibration_models(models_dir, threads=threads, on_progress=on_progress)
+    shapes = shapes or Shapes()
+    paths = calibration_models(models_dir, threads=threads, shapes=shapes, on_progress=on_progress)
     choices = LoadChoices(n_gpu_layers=0, n_ctx=1024, n_threads=threads)
-    labels = [*THIN_SHAPES, *FILE_TYPES]
+    labels = [*shapes.thin, *FILE_TYPES]
     runs = []
     for i, label in enumerate(labels):
         if on_progress is not None:

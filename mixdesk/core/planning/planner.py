@@ -48,7 +48,13 @@ from mixdesk.core.planning.placement import (
     slot_bytes,
     split_slots,
 )
-from mixdesk.core.planning.speed import Speed, SpeedModel, default_speed_model, predict
+from mixdesk.core.planning.speed import (
+    Speed,
+    SpeedModel,
+    SpeedSource,
+    default_speed_model,
+    predict,
+)
 from mixdesk.core.planning.types import DevicePlan, Fit, OffloadPlan, PlanFacts
 
 
@@ -186,7 +192,7 @@ def plan_offload(
     if fit is not Fit.NONE:  # a setting that cannot load has no speed
         threads = threads or hardware.physical_cores
         names = [(buffer_name(g), g) for g in gpus]
-        model = speed_model or default_speed_model(names, threads)
+        model = _with_defaults(speed_model, names, threads, {d.buffer_name for d in plan.gpus})
         plan = replace(plan, speed=_speed(model, profile, plan, names, threads))
     per_layer = profile.layer_bytes[-1] if profile.layer_bytes else 0
     room = plan.gpu.free_bytes - plan.gpu.used_bytes if plan.gpu is not None else 0
@@ -230,6 +236,29 @@ def _best_context(
             break
     assert best is not None
     return best, kept
+
+
+def _with_defaults(
+    measured: SpeedModel | None,
+    names: list[tuple[str, GpuInfo]],
+    threads: int,
+    used: set[str],
+) -> SpeedModel:
+    """The measured coefficients, with defaults for any offload device not measured; the
+    speed is then an estimate if the plan uses such a device."""
+    defaults = default_speed_model(names, threads)
+    if measured is None:
+        return defaults
+    missing = used - set(measured.devices)
+    if not missing:
+        return measured
+    devices = {**defaults.devices, **measured.devices}
+    return replace(
+        measured,
+        devices=devices,
+        source=SpeedSource.ESTIMATE,
+        error=max(measured.error, defaults.error),
+    )
 
 
 def _speed(
