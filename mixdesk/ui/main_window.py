@@ -44,7 +44,7 @@ from mixdesk.ui.answer import AnswerController
 from mixdesk.ui.chat_area import ChatArea
 from mixdesk.ui.conversations import ConversationController, ConversationPanel
 from mixdesk.ui.gpu_support import GpuSupportBar
-from mixdesk.ui.hardware_panel import HardwareTab
+from mixdesk.ui.hardware_panel import HardwareTab, calibration_words
 from mixdesk.ui.measure import MeasureController
 from mixdesk.ui.model_manager import ModelManager
 from mixdesk.ui.models import ModelController, model_info_line
@@ -213,6 +213,7 @@ class MainWindow(QMainWindow):
         self.workers_panel.workersChanged.connect(lambda _w: self.set_hardware(self.hardware))
         self.controller.runner.calibrated.connect(self.set_calibration)
         self.hardware_tab.calibrateRequested.connect(self.calibrate)
+        self.welcome.calibrateRequested.connect(self.calibrate)
         self.workers_panel.message.connect(self.notify)
         self.userMessage.connect(lambda text: self.statusBar().showMessage(text, 10_000))
 
@@ -240,6 +241,11 @@ class MainWindow(QMainWindow):
         self.first_run.calibration = calibration
         self.offload.set_calibration(calibration)
         self.hardware_tab.show_calibration(calibration)
+        self.welcome.show_calibration(
+            calibration_words(calibration), measured=calibration.speed is not None
+        )
+        if self.center.welcoming and self.welcome.candidates:
+            self.first_run.start(self.hardware)  # the verdicts' speeds, measured now
 
     def calibrate(self) -> None:
         """Measure this machine's speed (``mixdesk calibrate``) in a worker thread, with its
@@ -247,6 +253,9 @@ class MainWindow(QMainWindow):
         self.hardware_tab.show_calibrating("starting", 0.0)
         task = BackgroundTask(_calibrate_task, self.hardware, self.calibration_store)
         task.progress.connect(lambda p: self.hardware_tab.show_calibrating(*p))
+        task.progress.connect(
+            lambda p: self.welcome.show_calibrating(self.hardware_tab.calibration.text())
+        )
         task.failed.connect(lambda _err: self.hardware_tab.show_calibration(self.calibration))
         self.models.run(task, self.set_calibration)
 

@@ -92,11 +92,13 @@ class WelcomePage(QWidget):
         downloadRequested(object): the user wants this :class:`Candidate`.
         openFileRequested(): "Open a .gguf file".
         connectRequested(): "Connect to a server".
+        calibrateRequested(): "Measure this machine" (the speeds shown are estimates until then).
     """
 
     downloadRequested = Signal(object)
     openFileRequested = Signal()
     connectRequested = Signal()
+    calibrateRequested = Signal()
 
     COLUMNS = ("Model", "Download", "On this machine")
 
@@ -127,11 +129,18 @@ class WelcomePage(QWidget):
         self.progress.hide()
         self.open_button = QPushButton("Open a .gguf file…")
         self.connect_button = QPushButton("Connect to a server…")
+        self.speeds = plain(QLabel(""))
+        self.speeds.setWordWrap(True)
+        self.calibrate_button = QPushButton("Measure this machine (about 30 s)")
 
         layout = QVBoxLayout(self)
         for w in (title, self.machine, self.status):
             layout.addWidget(w)
         layout.addWidget(self.table, 1)
+        speeds = QHBoxLayout()
+        speeds.addWidget(self.speeds, 1)
+        speeds.addWidget(self.calibrate_button)
+        layout.addLayout(speeds)
         row = QHBoxLayout()
         row.addWidget(self.download_button)
         row.addWidget(self.progress, 1)
@@ -142,10 +151,25 @@ class WelcomePage(QWidget):
         local.addWidget(self.connect_button)
         local.addStretch(1)
         layout.addLayout(local)
+        self._connect()
+
+    def _connect(self) -> None:
         self.download_button.clicked.connect(self._download_clicked)
         self.open_button.clicked.connect(lambda _c=False: self.openFileRequested.emit())
         self.connect_button.clicked.connect(lambda _c=False: self.connectRequested.emit())
+        self.calibrate_button.clicked.connect(lambda _c=False: self.calibrateRequested.emit())
         self.table.itemSelectionChanged.connect(self._selection_changed)
+
+    def show_calibration(self, words: str, measured: bool) -> None:
+        """Say whether the speeds in the table are measured; offer to measure them if not."""
+        self.speeds.setText(words)
+        self.calibrate_button.setVisible(not measured)
+        self.calibrate_button.setEnabled(True)
+
+    def show_calibrating(self, text: str) -> None:
+        """A measuring is running (the page's verdicts are planned again when it ends)."""
+        self.speeds.setText(text)
+        self.calibrate_button.setEnabled(False)
 
     def show_machine(self, hw: HardwareInfo) -> None:
         """Describe the machine the verdicts are for."""

@@ -84,6 +84,9 @@ def test_empty_library_ranks_the_catalog_with_the_planners_verdicts(
         pass
     page = window.welcome
     assert window.chat_stack.currentWidget() is page
+    # nothing measured yet: the page says its speeds are estimates and offers to measure
+    assert "estimates until" in page.speeds.text()
+    assert page.calibrate_button.isVisibleTo(page)
     assert "Tesla V100-SXM2-16GB" in page.machine.text()
     plans = {
         name: make_plan(profile_local(path), V100, LoadChoices(), calibration=measured)
