@@ -209,6 +209,14 @@ class TemplateCancelledError(ChatTemplateError):
     """The answer was stopped while its prompt was still being rendered."""
 
 
+class CalibrationError(MixdeskError):
+    """Measuring this machine's speed failed or could not be trusted."""
+
+
+class CalibrationNoisyError(CalibrationError):
+    """The machine was too busy while it was measured: the fit missed its own check."""
+
+
 # -- across the engine's process boundary ------------------------------------------------
 
 #: Errors the engine process raises, by the code they cross the pipe with. An error crosses

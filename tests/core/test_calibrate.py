@@ -105,3 +105,16 @@ def test_calibrate_measures_and_the_plan_says_measured(
     after = plan()
     assert after["speed_source"] == "measured"
     assert float(str(after["speed_error"])) == result.model.error
+
+
+def test_a_busy_machine_is_not_kept() -> None:
+    """A fit that misses its own check by more than half is refused with one sentence (the
+    speeds stay estimates rather than wrong figures); a close one sets the expected error."""
+    from mixdesk.core.loading.calibrate import expected_error
+    from mixdesk.errors import CalibrationNoisyError, user_message
+
+    assert expected_error(100.0, 98.0) == 0.05
+    assert expected_error(100.0, 80.0) == 0.5
+    with pytest.raises(CalibrationNoisyError) as caught:
+        expected_error(12.29, 464.44)  # a fit made while other programs ran
+    assert "measure again" in user_message(caught.value)

@@ -14,12 +14,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+from mixdesk.errors import CalibrationError
+
 #: The llama.cpp file types calibration makes (``LLAMA_FTYPE_MOSTLY_<TYPE>``).
 FILE_TYPES = ("Q2_K", "Q3_K_M", "Q4_K_M", "Q5_K_M", "Q6_K", "Q8_0", "F16")
 
 
-class QuantizeError(RuntimeError):
-    """llama.cpp's quantiser failed."""
+class QuantizeError(CalibrationError):
+    """llama.cpp's quantiser failed (making a measuring model)."""
 
 
 def quantize(
@@ -40,10 +42,16 @@ def quantize(
             check=False,
         )
     except subprocess.TimeoutExpired:
-        raise QuantizeError(f"quantising {src.name} took over {timeout:.0f} s") from None
+        raise QuantizeError(
+            f"Making the measuring model {src.name} took over {timeout:.0f} s; try again when "
+            "the machine is less busy."
+        ) from None
     if done.returncode != 0 or not dst.exists():
         tail = done.stderr.decode("utf-8", "replace")[-500:]
-        raise QuantizeError(f"quantising {src.name} to {file_type} failed: {tail}")
+        raise QuantizeError(
+            f"llama.cpp could not make the measuring model {src.name} ({file_type}): "
+            f"{tail.strip().splitlines()[-1] if tail.strip() else 'no message'}."
+        )
     return dst
 
 

@@ -44,9 +44,14 @@ from mixdesk.core.planning.speed import (
     device_work,
     predict,
 )
+from mixdesk.errors import CalibrationNoisyError
 
 log = logging.getLogger(__name__)
 
+
+#: A check model further off than this from the fit's prediction: the measurements are
+#: not kept (a busy machine), rather than every later speed being wrong.
+MAX_CHECK_MISS = 0.5
 #: Tokens generated per measurement (end-of-text ignored), and rounds per model.
 EVAL_TOKENS = 48
 ROUNDS = 2
@@ -299,6 +304,24 @@ def _device_rates(
     )
 
 
+def expected_error(predicted_tps: float, measured_tps: float) -> float:
+    """The expected relative error of the fitted model, from how far it missed a model of
+    another shape (twice the miss, at least 5%).
+
+    Raises:
+        CalibrationNoisyError: it missed by more than :data:`MAX_CHECK_MISS`.
+    """
+    miss = abs(predicted_tps / measured_tps - 1) if measured_tps > 0 else math.inf
+    if miss > MAX_CHECK_MISS:
+        raise CalibrationNoisyError(
+            f"The measurements disagree with each other (a check model ran at "
+            f"{measured_tps:.1f} tok/s where they predicted {predicted_tps:.1f}): the machine "
+            "was probably busy. Close other programs and measure again; the speeds stay "
+            "estimates until then."
+        )
+    return round(max(0.05, 2 * miss), 3)
+
+
 def calibrate(
     engine: Engine,
     hardware: HardwareInfo,
@@ -349,8 +372,7 @@ def calibrate(
     predicted = predict(model, check, layer_device={}, output_device="CPU", threads=threads)
     eval_s, _ = _measure(engine, paths["check"], _cpu(hardware), choices)
     measured_tps = 1.0 / eval_s
-    miss = abs(predicted.eval_tps / measured_tps - 1)
-    model = replace(model, error=round(max(0.05, 2 * miss), 3))
+    model = replace(model, error=expected_error(predicted.eval_tps, measured_tps))
     return CalibrationResult(
         model=model,
         runs=runs,

@@ -154,7 +154,7 @@ _CPU_EVAL_PER_THREAD = {
 #: The memory bus caps what threads add (a dual-channel desktop).
 _CPU_BANDWIDTH = 25e9
 #: Weights per second per CPU thread for prompt tokens (flops / 2).
-_CPU_PROMPT_PER_THREAD = 6e9
+_CPU_PROMPT_PER_THREAD = 12e9
 
 #: Memory bandwidth by GPU name (GB/s); what generation on a GPU reads at.
 _GPU_BANDWIDTH = {

@@ -67,11 +67,19 @@ def speed_words(plan: OffloadPlan) -> str:
         if speed.source is SpeedSource.MEASURED
         else "an estimate until `mixdesk calibrate` measures this machine"
     )
+    long_prompt = min(plan.n_ctx // 2, 4096)
     return (
         f"Expected speed {_tps(speed.eval_tps)} tokens/s generating, {_tps(speed.prompt_tps)} "
         f"tokens/s reading a {PROMPT_TOKENS}-token prompt ({what}; within about "
-        f"{speed.error:.0%})."
+        f"{speed.error:.0%}); a {long_prompt:,}-token conversation waits about "
+        f"{_seconds(speed.ttft_s(long_prompt))} for its first word."
     )
+
+
+def _seconds(value: float) -> str:
+    if value < 60:
+        return f"{value:.2g} s" if value < 10 else f"{value:.0f} s"
+    return f"{value / 60:.1f} min"
 
 
 def explain(plan: OffloadPlan) -> list[str]:
