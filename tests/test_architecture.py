@@ -285,3 +285,20 @@ def test_no_test_module_imports_another() -> None:
                 if any(part.startswith("test_") for part in name.split(".")):
                     importers.append(f"{path.relative_to(root)} imports {name}")
     assert importers == []
+
+
+#: What reaching into llama-cpp-python's private parts looks like: a Llama's underscored
+#: attributes (``llm._ctx``, ``llm._model``) or its private modules (``llama_cpp._internals``).
+_PRIVATE_LLAMA = re.compile(r"\b(?:llm|llama|_llm)\._[a-z]\w*|\bllama_cpp\._\w+")
+
+
+def test_only_the_adapter_reaches_into_llama_cpp_python() -> None:
+    """Every use of llama-cpp-python's private API is in ``engine/llama_adapter.py``, where
+    tests/core/test_llama_adapter.py fails loudly when the pinned library changes."""
+    found = [
+        f"{name}: {m.group(0)}"
+        for name, path in module_files().items()
+        if name != "mixdesk.core.engine.llama_adapter"
+        for m in _PRIVATE_LLAMA.finditer(path.read_text())
+    ]
+    assert found == []
