@@ -89,6 +89,17 @@ _SEGMENTS = (
     ("overhead", "#b07aa1"),
     ("margin", "#bab0ac"),
 )
+#: The legend's last entry: what the outline around a bar is.
+OUTLINE_WORDS = "outline: free memory (red: does not fit)"
+
+
+def device_words(d: DevicePlan) -> str:
+    """A device's bar in words: "CUDA0: uses 14.2 GiB of 15.5 GiB free" (what the bar shows),
+    and by how much it is short when it does not fit."""
+    words = f"{d.name}: uses {format_bytes(d.used_bytes)} of {format_bytes(d.free_bytes)} free"
+    if d.used_bytes > d.free_bytes:
+        words += f" — {format_bytes(d.used_bytes - d.free_bytes)} short, does not fit"
+    return words
 
 
 class DeviceBars(QWidget):
@@ -101,6 +112,7 @@ class DeviceBars(QWidget):
 
     def set_devices(self, devices: list[DevicePlan]) -> None:
         self.devices = devices
+        self.setToolTip("\n".join(device_words(d) for d in devices))
         self._fit_height()
         self.update()
 
@@ -112,7 +124,8 @@ class DeviceBars(QWidget):
         y = 4.0 + 40 * len(self.devices)
         x = 4.0
         items: list[tuple[str, QColor, QRectF]] = []
-        for name, color in _SEGMENTS:
+        entries = [*_SEGMENTS, (OUTLINE_WORDS, "")]
+        for name, color in entries:
             w = 14 + metrics.horizontalAdvance(name)
             if x > 4 and x + w > self.width() - 4:
                 x, y = 4.0, y + line
@@ -144,11 +157,11 @@ class DeviceBars(QWidget):
         width = self.width() - 8
         for d in self.devices:
             scale = max(d.free_bytes, d.used_bytes, 1)
-            p.setPen(QColor("#333"))
             over = d.used_bytes > d.free_bytes
-            label = (
-                f"{d.name}: {format_bytes(d.used_bytes)} of {format_bytes(d.free_bytes)} free"
-                + ("  — does not fit" if over else "")
+            p.setPen(QColor("#c0392b" if over else "#333"))
+            # elided to the bar's width: never cut mid-word, the whole text in the tooltip
+            label = self.fontMetrics().elidedText(
+                device_words(d), Qt.TextElideMode.ElideMiddle, int(width)
             )
             p.drawText(4, y + 12, label)
             x = 4.0
@@ -163,7 +176,12 @@ class DeviceBars(QWidget):
         p.setPen(QColor("#333"))
         for name, swatch_color, rect in self.legend_items():
             swatch = rect.top() + (rect.height() - 10) / 2
-            p.fillRect(QRectF(rect.left(), swatch, 10, 10), swatch_color)
+            if name == OUTLINE_WORDS:
+                p.setPen(QPen(QColor("#c0392b"), 2))
+                p.drawRect(QRectF(rect.left() + 1, swatch + 1, 8, 8))
+                p.setPen(QColor("#333"))
+            else:
+                p.fillRect(QRectF(rect.left(), swatch, 10, 10), swatch_color)
             text = rect.adjusted(14, 0, 0, 0)
             p.drawText(text, int(Qt.AlignmentFlag.AlignVCenter | Qt.AlignmentFlag.AlignLeft), name)
         p.end()

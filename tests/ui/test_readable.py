@@ -46,3 +46,26 @@ def test_offload_legend_and_table_headers_are_whole(
     qtbot.waitExposed(window.manager)
     assert _cut_headers(window) == []
     window.close()
+
+
+def test_memory_bars_say_uses_x_of_y_free_and_explain_the_outline(
+    qtbot: QtBot, tmp_path: Path, models: dict[str, Path]
+) -> None:
+    """ "CPU RAM: 262.4 MiB of 64.00 GiB free" read as if only 262 MiB were free: the bars say
+    what is used of what is free, by how much a device is short, and what the outline is."""
+    from mixdesk.ui.widgets import OUTLINE_WORDS, device_words
+
+    window = make_window(qtbot, tmp_path, GPU)
+    window.select_model_path(str(models["q4_k_m"]))
+    qtbot.waitUntil(lambda: window.offload.plan is not None, timeout=10_000)
+    bars = window.offload.bars
+    ram = next(d for d in bars.devices if d.kind == "cpu")
+    assert device_words(ram).startswith("CPU RAM: uses ")
+    assert " of " in device_words(ram) and device_words(ram).endswith(" free")
+    assert OUTLINE_WORDS in [name for name, _c, _r in bars.legend_items()]
+    assert device_words(ram) in bars.toolTip()
+    from dataclasses import replace
+
+    short = replace(ram, free_bytes=ram.used_bytes - (1 << 30))
+    assert device_words(short).endswith("1.00 GiB short, does not fit")
+    window.close()
