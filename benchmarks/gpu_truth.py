@@ -486,6 +486,7 @@ def _load_once(
     from mixdesk.core.chat.template import ChatMessage
     from mixdesk.core.engine import Engine, SamplingParams
     from mixdesk.core.loading.choices import LoadChoices
+    from mixdesk.core.loading.model import resolve_file
     from mixdesk.core.loading.service import plan_load
     from mixdesk.core.planning.calibration import Calibration
     from tests.helpers.devices import mismatches
@@ -495,7 +496,9 @@ def _load_once(
     before = free() if free else 0
     try:
         with Engine(log_dir=logs) as engine:
-            setup = plan_load(model, hardware, choices, calibration=Calibration(), engine=engine)
+            setup = plan_load(
+                resolve_file(model), hardware, choices, calibration=Calibration(), engine=engine
+            )
             info = engine.load(setup.config)
             loaded = free() if free else 0
             prompt = [ChatMessage("user", "word " * 500)]

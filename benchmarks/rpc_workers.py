@@ -52,6 +52,7 @@ from mixdesk.core.engine import Engine, SamplingParams  # noqa: E402
 from mixdesk.core.engine.protocol import BufferKind  # noqa: E402
 from mixdesk.core.loading.choices import LoadChoices  # noqa: E402
 from mixdesk.core.loading.load import LoadOutcome, load_model  # noqa: E402
+from mixdesk.core.loading.model import resolve_file  # noqa: E402
 from mixdesk.core.loading.service import LoadRequest  # noqa: E402
 from mixdesk.core.machine import hardware, rpc_worker  # noqa: E402
 from mixdesk.core.machine import worker_security as security  # noqa: E402
@@ -146,14 +147,14 @@ def measure(
     choices = LoadChoices(n_ctx=2048, n_threads=threads, use_mmap=False)
     with Engine(log_dir=work / "logs") as engine:
         one = answer(
-            engine, LoadRequest(str(model), base, replace(choices, n_gpu_layers=0)), tokens
+            engine, LoadRequest(resolve_file(model), base, replace(choices, n_gpu_layers=0)), tokens
         )
     # Fresh cache folders: the first load finds nothing cached, the second everything large.
     workers = [start_worker(work, "--cache-dir", str(work / f"cache-{i}")) for i in range(2)]
     try:
         devices = [rpc_worker.probe(w.endpoint).as_gpu() for w in workers]
         pooled_hw = rpc_worker.with_devices(base, devices)
-        request = LoadRequest(str(model), pooled_hw, replace(choices, n_gpu_layers=-1))
+        request = LoadRequest(resolve_file(model), pooled_hw, replace(choices, n_gpu_layers=-1))
         before = traffic(workers)
         with Engine(log_dir=work / "logs") as engine:
             first = answer(engine, request, tokens)
@@ -173,7 +174,7 @@ def measure(
     finally:
         for w in workers:
             w.kill()
-    base_request = LoadRequest(str(model), base, replace(choices, n_gpu_layers=-1))
+    base_request = LoadRequest(resolve_file(model), base, replace(choices, n_gpu_layers=-1))
     tls_figures, tls_goals = tls_cost(base_request, tokens, rounds=rounds, work=work)
     plan = first.outcome.setup.plan
     buffers = first.outcome.info.buffers

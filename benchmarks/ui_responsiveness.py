@@ -116,6 +116,7 @@ def open_window(model: Path) -> MainWindow:
     from mixdesk.core.hub.library import Library
     from mixdesk.core.machine.hardware import GIB, HardwareInfo
     from mixdesk.core.workspace.chat_store import ChatStore
+    from mixdesk.core.workspace.settings import Settings
     from mixdesk.ui.main_window import MainWindow
 
     tmp = Path(tempfile.mkdtemp(prefix="mixdesk-ui-bench-"))
@@ -123,6 +124,7 @@ def open_window(model: Path) -> MainWindow:
         ram_total_bytes=16 * GIB, ram_available_bytes=12 * GIB, physical_cores=2, logical_cores=2
     )
     window = MainWindow(
+        settings=Settings.load(),
         store=ChatStore(tmp / "chats.sqlite"),
         library=Library(tmp / "models"),
         engine=Engine(log_dir=tmp / "logs"),

@@ -102,6 +102,7 @@ def _make() -> int:
     from mixdesk.core.engine import Engine
     from mixdesk.core.hub.library import Library
     from mixdesk.core.workspace.chat_store import ChatStore
+    from mixdesk.core.workspace.settings import Settings
     from mixdesk.ui.main_window import MainWindow
     from tests.helpers import model_factory as mf
     from tests.helpers.first_run import catalog_of, serve_headers
@@ -135,6 +136,7 @@ def _make() -> int:
         hub_constants.ENDPOINT = url
         hub_constants.HUGGINGFACE_CO_URL_TEMPLATE = url + "/{repo_id}/resolve/{revision}/{filename}"
         window = MainWindow(
+            settings=Settings.load(),
             store=ChatStore(tmp / "chats.sqlite"),
             library=Library(tmp / "models"),
             engine=Engine(log_dir=tmp / "logs"),
@@ -177,10 +179,11 @@ def _conversation(window: MainWindow, model: Path) -> None:
 def _offload_panel(window: MainWindow, mixtral: Path) -> None:
     """The offload panel on the article's machine: Mixtral 8x7B Q4_K_M on a 16 GB V100."""
     from mixdesk.core.gguf.profile import profile_local
+    from mixdesk.core.loading.model import resolve_file
 
     panel = window.offload
     window.tabs.setCurrentWidget(panel)
-    panel.set_model(str(mixtral), profile_local(mixtral), window.hardware)
+    panel.set_model(resolve_file(mixtral), profile_local(mixtral), window.hardware)
     panel.ctx.setValue(2048)
     _shot(window, "offload-panel", panel)
 

@@ -12,11 +12,14 @@ import logging
 import signal
 import sys
 from collections.abc import Sequence
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from mixdesk import __version__
 from mixdesk.commands.parsers import BUILDERS
 from mixdesk.errors import InvalidArgumentError, user_message
+
+if TYPE_CHECKING:
+    from mixdesk.core.hub.library import Library
 
 log = logging.getLogger(__name__)
 
@@ -92,34 +95,20 @@ def _run(args: argparse.Namespace, args_list: list[str]) -> int:
     configure_logging(verbose=args.verbose)
     log.info("mixdesk %s: %s", __version__, loggable_arguments(vars(args)))
     try:
-        if getattr(args, "model", None):
-            from mixdesk.core.hub.library import Library
+        if args.command in _LIBRARY_COMMANDS:
+            return _run_with_library(args, _library())
+        if args.command == "hw":
+            from mixdesk.commands.plan import run_hw
 
-            args.model = Library().resolve(args.model)  # a library name works wherever a path does
-        if args.command == "chat":
-            from mixdesk.commands.chat import run_chat
-
-            return run_chat(args)
-        if args.command in ("plan", "hw"):
-            from mixdesk.commands import plan as plan_cmd
-
-            return plan_cmd.run_plan(args) if args.command == "plan" else plan_cmd.run_hw(args)
-        if args.command in ("pull", "models", "rm", "import", "convert", "catalog", "list"):
+            return run_hw(args)
+        if args.command in ("catalog", "list", "convert"):
             from mixdesk.commands import library as lib_cmd
 
             return {
-                "pull": lib_cmd.run_pull,
-                "models": lib_cmd.run_models,
-                "rm": lib_cmd.run_rm,
-                "import": lib_cmd.run_import,
                 "convert": lib_cmd.run_convert,
                 "catalog": lib_cmd.run_catalog,
                 "list": lib_cmd.run_list,
             }[args.command](args)
-        if args.command == "serve":
-            from mixdesk.commands.serve import run_serve
-
-            return run_serve(args)
         if args.command == "install-desktop":
             from mixdesk.core.machine import desktop
 
@@ -150,6 +139,43 @@ def _run(args: argparse.Namespace, args_list: list[str]) -> int:
             log.debug("command failed", exc_info=err)
         sys.stderr.write(f"mixdesk: {user_message(err)}\n")
         return EXIT_ERROR
+
+
+#: The commands that use the model library (a library name works wherever a path does).
+_LIBRARY_COMMANDS = ("chat", "plan", "serve", "pull", "models", "rm", "import")
+
+
+def _library() -> Library:
+    """The model library, in the models folder the settings name: the terminal's composition
+    root (nothing below reads the settings or opens a library of its own)."""
+    from mixdesk.core.hub.library import Library, models_dir
+    from mixdesk.core.workspace.settings import Settings
+
+    return Library(models_dir(Settings.load()))
+
+
+def _run_with_library(args: argparse.Namespace, library: Library) -> int:
+    """Run a command of :data:`_LIBRARY_COMMANDS` with ``library``."""
+    if args.command == "chat":
+        from mixdesk.commands.chat import run_chat
+
+        return run_chat(args, library=library)
+    if args.command == "plan":
+        from mixdesk.commands.plan import run_plan
+
+        return run_plan(args, library=library)
+    if args.command == "serve":
+        from mixdesk.commands.serve import run_serve
+
+        return run_serve(args, library=library)
+    from mixdesk.commands import library as lib_cmd
+
+    return {
+        "pull": lib_cmd.run_pull,
+        "models": lib_cmd.run_models,
+        "rm": lib_cmd.run_rm,
+        "import": lib_cmd.run_import,
+    }[args.command](args, library=library)
 
 
 def ignore_sigpipe() -> None:

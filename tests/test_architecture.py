@@ -302,3 +302,27 @@ def test_only_the_adapter_reaches_into_llama_cpp_python() -> None:
         for m in _PRIVATE_LLAMA.finditer(path.read_text())
     ]
     assert found == []
+
+
+def test_the_core_reads_no_settings_and_opens_no_library_of_its_own() -> None:
+    """Compose once: the settings are read and the library opened where the app starts
+    (mixdesk/cli.py, mixdesk/ui/app.py) and passed in; nothing in the core calls
+    ``Settings.load()`` or ``Library(...)`` behind its caller's back."""
+    hidden = []
+    for name, path in module_files().items():
+        if not name.startswith("mixdesk.core."):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+            if not isinstance(node, ast.Call):
+                continue
+            func = node.func
+            if isinstance(func, ast.Name) and func.id == "Library":
+                hidden.append(f"{name}:{node.lineno} Library(...)")
+            if (
+                isinstance(func, ast.Attribute)
+                and func.attr == "load"
+                and isinstance(func.value, ast.Name)
+                and func.value.id == "Settings"
+            ):
+                hidden.append(f"{name}:{node.lineno} Settings.load()")
+    assert hidden == []

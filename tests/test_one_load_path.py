@@ -17,6 +17,7 @@ from pytestqt.qtbot import QtBot
 from mixdesk.cli import build_parser
 from mixdesk.commands.chat import load_request
 from mixdesk.commands.serve import serve_config
+from mixdesk.core.hub.library import Library
 from mixdesk.core.loading.choices import LoadChoices
 from mixdesk.core.loading.measure import measure_variants
 from mixdesk.core.machine.hardware import GIB, HardwareInfo, Overrides, apply_overrides
@@ -76,8 +77,10 @@ def test_chat_serve_and_window_load_the_same(
     model = str(models["q4_k_m"])
     monkeypatch.setenv("MIXDESK_HW", "vram=700MiB/1GiB,ram=12GiB")
     parser = build_parser()
-    chat = load_request(parser.parse_args(["chat", model, *options])).setup().config
-    served = serve_config(parser.parse_args(["serve", model, *options]))[0].load
+    library = Library(tmp_path / "models")
+    request = load_request(parser.parse_args(["chat", model, *options]), library=library)
+    chat = request.setup().config
+    served = serve_config(parser.parse_args(["serve", model, *options]), library=library)[0].load
     assert chat == served
 
     # The window, with the same machine and the same choices made in its panel and settings.
@@ -115,8 +118,10 @@ def test_chat_serve_and_window_load_the_same(
         n_batch=args.batch,
         use_mmap=not args.no_mmap,
     )
-    gui = panel.request(choices).setup().config
+    gui_request = panel.request(choices)
+    gui = gui_request.setup().config
     window.close()
+    assert gui_request.model == request.model  # the same model, resolved the same way
     assert gui == chat
 
 

@@ -7,7 +7,6 @@ import contextlib
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import asdict
-from pathlib import Path
 
 from mixdesk.commands.common import calibration_store, load_choices, machine, print_json
 from mixdesk.commands.keys import endpoint_key_from
@@ -18,7 +17,9 @@ from mixdesk.core.engine import ChatDone, Engine, GenerationStats, SamplingParam
 from mixdesk.core.engine.protocol import ModelInfo
 from mixdesk.core.engine.stream import AnswerStream
 from mixdesk.core.engine.validate import validate_sampling
+from mixdesk.core.hub.library import Library
 from mixdesk.core.loading.load import LoadOutcome, load_model, record_answer_speed
+from mixdesk.core.loading.model import resolve_model
 from mixdesk.core.loading.service import LoadRequest
 from mixdesk.core.planning.calibration import CalibrationStore
 from mixdesk.core.planning.types import placement_words
@@ -67,7 +68,7 @@ def _load(
     engine: Engine, request: LoadRequest, store: CalibrationStore, *, show_progress: bool
 ) -> LoadOutcome:
     """Plan (with a dry run in the engine) and load, with a progress line on a terminal."""
-    name = Path(request.model).name
+    name = request.model.path.name
 
     def progress(fraction: float) -> None:
         write_control(sys.stderr, "\r")
@@ -138,23 +139,28 @@ def _run_remote(args: argparse.Namespace, sampling: SamplingParams) -> int:
     return 0
 
 
-def load_request(args: argparse.Namespace) -> LoadRequest:
+def load_request(args: argparse.Namespace, *, library: Library) -> LoadRequest:
     """What ``mixdesk chat`` will load: the model, this machine and the load options.
+
+    Args:
+        args: the command line.
+        library: where a library name is looked up.
 
     Raises:
         InvalidArgumentError: a load option is out of range.
+        ModelNotFoundError, NotAGgufError, ModelNotInLibraryError: no usable model.
     """
-    request = LoadRequest(
-        args.model,
+    choices = load_choices(args)
+    choices.validate()
+    return LoadRequest(
+        resolve_model(args.model, library=library),
         machine(args),
-        load_choices(args),
+        choices,
         calibration=calibration_store().read(),
     )
-    request.choices.validate()
-    return request
 
 
-def run_chat(args: argparse.Namespace) -> int:
+def run_chat(args: argparse.Namespace, *, library: Library) -> int:
     """Run the chat command; returns the exit status."""
     if args.json and args.prompt is None:
         raise InvalidArgumentError(
@@ -168,7 +174,7 @@ def run_chat(args: argparse.Namespace) -> int:
         raise InvalidArgumentError(
             "Name a MODEL (a .gguf file or a library name) or an --endpoint URL."
         )
-    request = load_request(args)
+    request = load_request(args, library=library)
     store = calibration_store()
     show_progress = sys.stderr.isatty() and not args.json
     with Engine() as engine:

@@ -97,7 +97,7 @@ def _planner(hardware: HardwareInfo) -> Callable[[ModelProfile], OffloadPlan]:
     return lambda profile: make_plan(profile, hardware, LoadChoices(), calibration=calibration)
 
 
-def run_pull(args: argparse.Namespace) -> int:
+def run_pull(args: argparse.Namespace, *, library: Library) -> int:
     """Download a model into the library."""
     from mixdesk.core.hub.pull import pull
 
@@ -109,6 +109,7 @@ def run_pull(args: argparse.Namespace) -> int:
             filename=args.file,
             quant=args.quant,
             revision=args.revision,
+            library=library,
             plan=_planner(machine(args)),
             on_plan=None if args.json else _print_plan,
             on_progress=printer.download,
@@ -140,9 +141,9 @@ def run_pull(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_models(args: argparse.Namespace) -> int:
+def run_models(args: argparse.Namespace, *, library: Library) -> int:
     """List the library."""
-    entries = Library().entries()
+    entries = library.entries()
     if args.json:
         print_json([{**asdict(e), "exists": e.exists} for e in entries])
         return 0
@@ -158,19 +159,19 @@ def run_models(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_rm(args: argparse.Namespace) -> int:
+def run_rm(args: argparse.Namespace, *, library: Library) -> int:
     """Remove a model from the library (and its files from the models folder)."""
-    entry = Library().remove(args.name)
+    entry = library.remove(args.name)
     sys.stderr.write(f"Removed {entry.name}.\n")
     return 0
 
 
-def run_import(args: argparse.Namespace) -> int:
+def run_import(args: argparse.Namespace, *, library: Library) -> int:
     """Register a local GGUF (converting a legacy Mixtral file)."""
     from mixdesk.core.hub.pull import import_model
 
     printer = _ProgressPrinter(enabled=True)
-    entry = import_model(Path(args.path), on_convert=printer.convert)
+    entry = import_model(Path(args.path), library=library, on_convert=printer.convert)
     note = " (converted to the merged expert layout)" if entry.converted_from else ""
     sys.stderr.write(f"Imported {entry.name}{note}: {entry.path}\n")
     return 0

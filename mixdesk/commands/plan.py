@@ -8,15 +8,18 @@ from dataclasses import asdict, replace
 from typing import Any
 
 from mixdesk.commands.common import calibration_store, load_choices, machine, print_json
-from mixdesk.core.gguf.profile import ModelProfile
-from mixdesk.core.hub.remote_header import parse_model_ref, profile_ref
+from mixdesk.core.gguf.profile import ModelProfile, profile_local
+from mixdesk.core.hub.library import Library
+from mixdesk.core.hub.remote_header import parse_model_ref, profile_remote
 from mixdesk.core.loading.choices import LoadChoices
+from mixdesk.core.loading.model import resolve_model
 from mixdesk.core.loading.service import make_plan
 from mixdesk.core.machine import hardware
 from mixdesk.core.machine.hardware import HardwareInfo, format_bytes
 from mixdesk.core.planning.calibration import Calibration
 from mixdesk.core.planning.types import STRATEGIES, OffloadPlan
 from mixdesk.core.planning.words import FIT_WORDS, explain, speed_short
+from mixdesk.errors import ModelNotFoundError
 
 
 def plan_to_json(plan: OffloadPlan, *, model: str) -> dict[str, Any]:
@@ -89,15 +92,32 @@ def strategies_text(
     return "\n".join(rows)
 
 
-def run_plan(args: argparse.Namespace) -> int:
+def model_profile(text: str, *, library: Library) -> tuple[str, ModelProfile]:
+    """What ``mixdesk plan`` plans: a local file or library model (resolved and checked once),
+    else a file on the Hub (``OWNER/REPO/FILE.gguf``, read from its header alone).
+
+    Returns:
+        The model's name for the output (the path, or the Hub file) and its profile.
+
+    Raises:
+        InvalidArgumentError: neither a local model nor a Hub file name.
+    """
+    try:
+        model = resolve_model(text, library=library)
+    except ModelNotFoundError:
+        ref = parse_model_ref(text)  # a Hub file, or one sentence saying it is neither
+        return str(ref), profile_remote(ref)
+    return str(model.path), profile_local(model.path)
+
+
+def run_plan(args: argparse.Namespace, *, library: Library) -> int:
     """Run the plan command."""
-    ref = parse_model_ref(args.model)
-    profile = profile_ref(ref)
+    name, profile = model_profile(args.model, library=library)
     hw = machine(args)
     calibration = calibration_store().read()
     plan = make_plan(profile, hw, load_choices(args), calibration=calibration)
     if args.json:
-        data = plan_to_json(plan, model=str(ref))
+        data = plan_to_json(plan, model=name)
         data["profile"] = {
             "name": profile.name,
             "architecture": profile.architecture,

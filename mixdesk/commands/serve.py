@@ -9,34 +9,39 @@ import time
 
 from mixdesk.commands.common import calibration_store, load_choices, machine
 from mixdesk.commands.keys import api_key_from
-from mixdesk.core.hub.library import model_name
+from mixdesk.core.hub.library import Library
+from mixdesk.core.loading.model import resolve_model
 from mixdesk.core.loading.service import LoadSetup, plan_load
 from mixdesk.core.machine.net import is_loopback
 from mixdesk.core.serving.security import check_origins
 from mixdesk.core.serving.serve import ServeConfig, start_server
 
 
-def serve_config(args: argparse.Namespace) -> tuple[ServeConfig, LoadSetup]:
-    """What ``mixdesk serve`` will run: the server settings and the planned load."""
+def serve_config(args: argparse.Namespace, *, library: Library) -> tuple[ServeConfig, LoadSetup]:
+    """What ``mixdesk serve`` will run: the server settings and the planned load.
+
+    The API names the model as the user does: its library name, else its file name.
+    """
     api_key = api_key_from(args)
     cors_origins = check_origins(args.cors)
-    setup = plan_load(
-        args.model, machine(args), load_choices(args), calibration=calibration_store().read()
-    )
+    choices = load_choices(args)
+    choices.validate()  # a bad value is reported before any file is read
+    model = resolve_model(args.model, library=library)
+    setup = plan_load(model, machine(args), choices, calibration=calibration_store().read())
     config = ServeConfig(
         load=setup.config,
         host=args.host,
         port=args.port,
         api_key=api_key,
-        model_alias=model_name(setup.config.model_path),
+        model_alias=model.name,
         cors_origins=cors_origins,
     )
     return config, setup
 
 
-def run_serve(args: argparse.Namespace) -> int:
+def run_serve(args: argparse.Namespace, *, library: Library) -> int:
     """Serve until Ctrl-C (or the server ends); returns the exit status."""
-    config, setup = serve_config(args)
+    config, setup = serve_config(args, library=library)
     api_key, cors_origins = config.api_key, config.cors_origins
     _warn_about_exposure(args.host, api_key=api_key, cors_origins=cors_origins)
     signal.signal(signal.SIGTERM, _interrupt)

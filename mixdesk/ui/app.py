@@ -44,13 +44,19 @@ def run_app(argv: list[str] | None = None) -> int:
     from PySide6.QtWidgets import QApplication
 
     from mixdesk import APP_ID, APP_NAME
+    from mixdesk.core.hub.library import Library, models_dir
+    from mixdesk.core.workspace.chat_store import ChatStore
+    from mixdesk.core.workspace.settings import Settings
     from mixdesk.ui.main_window import MainWindow
 
     sys.excepthook = _crash_dialog
     app = QApplication.instance() or QApplication(argv or sys.argv[:1])
     app.setApplicationName(APP_NAME)
     QGuiApplication.setDesktopFileName(APP_ID)
-    window = MainWindow()
+    # The composition root: the settings are read, and the library and the conversations
+    # opened, once, here; the window and everything in it are handed these.
+    settings = Settings.load()
+    window = MainWindow(settings=settings, library=Library(models_dir(settings)), store=ChatStore())
     window.show()
     shown = time.perf_counter() - _START
     log.info("main window shown %.2f s after start", shown)

@@ -9,6 +9,7 @@ from PySide6.QtCore import Signal
 from PySide6.QtWidgets import QStackedWidget, QVBoxLayout, QWidget
 
 from mixdesk.core.hub.catalog import CatalogModel
+from mixdesk.core.loading.model import ResolvedModel
 from mixdesk.core.workspace.settings import Settings
 from mixdesk.ui.answer import AnswerController
 from mixdesk.ui.chat_pane import ChatPane
@@ -84,8 +85,8 @@ class ChatArea(QWidget):
         self._pending = (path, n_gpu_layers)  # loaded once its profile is read
         self.downloaded.emit(path)
 
-    def profile_ready(self, path: str, _profile: object) -> None:
+    def profile_ready(self, model: ResolvedModel, _profile: object) -> None:
         """A chosen file's profile is read (connected after the offload panel has planned it)."""
         pending, self._pending = self._pending, None
-        if pending is not None and pending[0] == path:
+        if pending is not None and pending[0] == str(model.path):
             self.loadWanted.emit(pending[1])

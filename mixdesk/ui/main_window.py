@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Sequence
-from dataclasses import fields, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -50,10 +50,14 @@ from mixdesk.ui.model_manager import ModelManager
 from mixdesk.ui.models import ModelController, model_info_line
 from mixdesk.ui.offload_panel import OffloadPanel
 from mixdesk.ui.plain import message_box
+from mixdesk.ui.settings_model import SettingsModel
 from mixdesk.ui.threads import BackgroundTask, EngineController
 from mixdesk.ui.widgets import SpeedMeter, stats_line
 
 log = logging.getLogger(__name__)
+
+#: The settings a load starts from (:meth:`LoadChoices.from_settings`).
+_LOAD_SETTINGS = frozenset({"n_ctx", "kv_type", "flash_attn", "threads"})
 
 
 class MainWindow(QMainWindow):
@@ -75,20 +79,35 @@ class MainWindow(QMainWindow):
     def __init__(
         self,
         *,
-        store: ChatStore | None = None,
-        library: Library | None = None,
+        settings: Settings,
+        library: Library,
+        store: ChatStore,
         engine: Engine | None = None,
         hardware: HardwareInfo | None = None,
         catalog: Sequence[CatalogModel] | None = None,
         quiet: bool = False,
         calibration_store: CalibrationStore | None = None,
     ) -> None:
+        """The window over what the app made at start-up (:func:`mixdesk.ui.app.run_app`).
+
+        Args:
+            settings: the settings, read once; every part of the window holds this object.
+            library: the model library (in the models folder ``settings`` names).
+            store: the conversations database.
+            engine: the engine (a new one by default).
+            hardware: the machine (detected off the GUI thread when None).
+            catalog: the first-run page's models (the built-in catalog by default).
+            quiet: no dialogs (tests): messages go to :attr:`userMessage` only.
+            calibration_store: where this machine's measurements are kept (the user's own
+                by default).
+        """
         super().__init__()
         self.setWindowTitle("MixDesk")
         self.resize(1280, 820)
         self.quiet = quiet
         self.last_error = ""
-        self.settings = Settings.load()
+        self.settings_model = SettingsModel(settings, self)
+        self.settings = settings
         self.hardware = hardware or HardwareInfo(
             ram_total_bytes=0, ram_available_bytes=0, physical_cores=1, logical_cores=1
         )
@@ -97,9 +116,9 @@ class MainWindow(QMainWindow):
         self.calibration = self.calibration_store.read()
         self.controller = EngineController(engine, self)
         self.controller.runner.store = self.calibration_store
-        self.conversations = ConversationController(store or ChatStore(), self.settings, self)
+        self.conversations = ConversationController(store, self.settings, self)
         self.answers = AnswerController(self.controller, self.conversations, self)
-        self.models = ModelController(self.controller, library or Library(), self.settings, self)
+        self.models = ModelController(self.controller, library, self.settings, self)
         self.measuring = MeasureController(self.controller, self)
         self._build(catalog)
         self._connect()
@@ -182,7 +201,7 @@ class MainWindow(QMainWindow):
 
         models.sourceChanged.connect(self._source_changed)
         models.profileReady.connect(
-            lambda path, profile: self.offload.set_model(path, profile, self.hardware)
+            lambda model, profile: self.offload.set_model(model, profile, self.hardware)
         )
         models.profileReady.connect(self.center.profile_ready)  # after the panel planned it
         self.center.downloaded.connect(self.select_model_path)
@@ -216,6 +235,8 @@ class MainWindow(QMainWindow):
         self.welcome.calibrateRequested.connect(self.calibrate)
         self.workers_panel.message.connect(self.notify)
         self.userMessage.connect(lambda text: self.statusBar().showMessage(text, 10_000))
+        self.settings_model.changed.connect(models.settings_changed)
+        self.settings_model.changed.connect(self._settings_changed)
 
     # -- messages to the user -----------------------------------------------------------
 
@@ -268,8 +289,8 @@ class MainWindow(QMainWindow):
         self.banner.show_for(hw)
         if self.center.welcoming:
             self.first_run.start(hw)
-        if self.offload.profile is not None:
-            self.offload.set_model(self.offload.model_path, self.offload.profile, hw)
+        if self.offload.model is not None and self.offload.profile is not None:
+            self.offload.set_model(self.offload.model, self.offload.profile, hw)
 
     # -- conversations ------------------------------------------------------------------
 
@@ -407,14 +428,12 @@ class MainWindow(QMainWindow):
             self.apply_settings(dialog.result_settings())
 
     def apply_settings(self, new: Settings) -> None:
-        """Save ``new`` settings and follow them: load defaults, and the models folder."""
-        moved = new.models_dir != self.settings.models_dir
-        for f in fields(Settings):  # in place: every controller holds this one object
-            setattr(self.settings, f.name, getattr(new, f.name))
-        self.settings.save()
-        self.offload.set_defaults(LoadChoices.from_settings(self.settings))
-        if moved:
-            self.models.follow_models_dir()
+        """Save ``new`` settings; what follows them hears :attr:`SettingsModel.changed`."""
+        self.settings_model.apply(new)
+
+    def _settings_changed(self, names: frozenset[str]) -> None:
+        if names & _LOAD_SETTINGS:
+            self.offload.set_defaults(LoadChoices.from_settings(self.settings))
 
     def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802
         self.answers.save_partial()

@@ -160,13 +160,13 @@ class ModelManager(QWidget):
     modelChosen = Signal(str)
 
     def __init__(
-        self, hardware: HardwareInfo, library: Library | None = None, parent: QWidget | None = None
+        self, hardware: HardwareInfo, library: Library, parent: QWidget | None = None
     ) -> None:
         super().__init__(parent)
         self.hardware = hardware
         #: What this machine measured (the window keeps it current).
         self.calibration = Calibration()
-        self.library = library or Library()
+        self.library = library
         self.models: list[HubModel] = []
         self.rows: list[DownloadRow] = []
         self._tasks: list[BackgroundTask] = []

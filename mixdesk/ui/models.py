@@ -25,9 +25,10 @@ from PySide6.QtWidgets import (
 
 from mixdesk.core.chat.words import BASE_MODEL_WORDS
 from mixdesk.core.engine import ModelInfo
-from mixdesk.core.gguf.profile import profile_local
+from mixdesk.core.gguf.profile import ModelProfile, profile_local
 from mixdesk.core.hub.library import Library, models_dir
 from mixdesk.core.loading.load import LoadOutcome
+from mixdesk.core.loading.model import ResolvedModel, resolve_model
 from mixdesk.core.loading.service import LoadRequest
 from mixdesk.core.machine.hardware import format_bytes
 from mixdesk.core.workspace.endpoints import Endpoint, normalize_url, remote_model_info
@@ -48,16 +49,19 @@ def model_info_line(outcome: LoadOutcome) -> str:
     return f"{line} · {BASE_MODEL_WORDS}" if info.base_model else line
 
 
-def _read_profile(path: str, *, report: Any, cancel: threading.Event) -> Any:
-    return profile_local(path)
+def _read_model(
+    path: str, library: Library, *, report: Any, cancel: threading.Event
+) -> tuple[ResolvedModel, ModelProfile]:
+    model = resolve_model(path, library=library)  # resolved and checked once, here
+    return model, profile_local(model.path)
 
 
 def _existing(path: str, *, report: Any, cancel: threading.Event) -> str:
     return path if path and Path(path).is_file() else ""
 
 
-def _open_library(*, report: Any, cancel: threading.Event) -> Library:
-    return Library(models_dir())
+def _open_library(root: Path, *, report: Any, cancel: threading.Event) -> Library:
+    return Library(root)
 
 
 class ModelController(QObject):
@@ -76,7 +80,8 @@ class ModelController(QObject):
         endpoint: the chosen endpoint, or None for the local engine.
 
     Signals:
-        profileReady(str, object): a chosen file's path and :class:`ModelProfile`.
+        profileReady(object, object): a chosen file as a :class:`ResolvedModel` (checked
+            once, here), and its :class:`ModelProfile`.
         loadStarted(str): a load (or a measuring) began, of this file.
         loadProgress(float): 0..1.
         loaded(object): the :class:`LoadOutcome`.
@@ -87,7 +92,7 @@ class ModelController(QObject):
         failed(object): other work failed (reading a header): the exception.
     """
 
-    profileReady = Signal(str, object)
+    profileReady = Signal(object, object)
     loadStarted = Signal(str)
     loadProgress = Signal(float)
     loaded = Signal(object)
@@ -136,8 +141,8 @@ class ModelController(QObject):
         self.info = self.engine.model  # the loaded model, if any, answers until a new load
         self.sourceChanged.emit()
         self.run(
-            BackgroundTask(_read_profile, path),
-            lambda profile: self.profileReady.emit(path, profile),
+            BackgroundTask(_read_model, path, self.library),
+            lambda found: self.profileReady.emit(*found),
         )
 
     def choose_endpoint(self, endpoint: Endpoint) -> None:
@@ -164,7 +169,7 @@ class ModelController(QObject):
     def load(self, request: LoadRequest) -> None:
         """Plan and load ``request`` in the engine (in its runner thread)."""
         self.forget()
-        self.loadStarted.emit(request.model)
+        self.loadStarted.emit(str(request.model.path))
         self.engine.load(request)
 
     def unload(self) -> None:
@@ -193,9 +198,14 @@ class ModelController(QObject):
             BackgroundTask(_existing, self.settings.last_model or ""), self.lastModelFound.emit
         )
 
+    def settings_changed(self, names: frozenset[str]) -> None:
+        """Follow the settings (:attr:`SettingsModel.changed`): the models folder moves the library."""
+        if "models_dir" in names:
+            self.follow_models_dir()
+
     def follow_models_dir(self) -> None:
         """Open the library in the models folder the settings name now (off the GUI thread)."""
-        self.run(BackgroundTask(_open_library), self._library_opened)
+        self.run(BackgroundTask(_open_library, models_dir(self.settings)), self._library_opened)
 
     def _library_opened(self, library: Library) -> None:
         self.library = library

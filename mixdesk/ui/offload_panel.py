@@ -22,6 +22,7 @@ from PySide6.QtWidgets import (
 from mixdesk.core.gguf.profile import ModelProfile
 from mixdesk.core.loading.choices import LoadChoices
 from mixdesk.core.loading.measure import MeasureReport, measure_variants
+from mixdesk.core.loading.model import ResolvedModel
 from mixdesk.core.loading.service import LoadRequest, make_plan
 from mixdesk.core.machine.hardware import HardwareInfo
 from mixdesk.core.planning.calibration import Calibration
@@ -86,7 +87,8 @@ class OffloadPanel(QWidget):
         self.hardware: HardwareInfo | None = None
         #: What this machine measured (:meth:`set_calibration`).
         self.calibration = Calibration()
-        self.model_path = ""
+        #: The model planned for (resolved and checked when it was chosen).
+        self.model: ResolvedModel | None = None
         self.plan: OffloadPlan | None = None
         self.auto_plan: OffloadPlan | None = None
         self._defaults = LoadChoices()
@@ -187,9 +189,16 @@ class OffloadPanel(QWidget):
         ):
             w.setEnabled(enabled)
 
-    def set_model(self, path: str, profile: ModelProfile, hardware: HardwareInfo) -> None:
+    @property
+    def model_path(self) -> str:
+        """The file of the model planned for ("" before one is chosen)."""
+        return str(self.model.path) if self.model is not None else ""
+
+    def set_model(
+        self, model: ResolvedModel, profile: ModelProfile, hardware: HardwareInfo
+    ) -> None:
         """Plan for a newly selected model."""
-        self.model_path = path
+        self.model = model
         self.profile = profile
         self.hardware = hardware
         self.title.setText(
@@ -254,8 +263,9 @@ class OffloadPanel(QWidget):
         """What to load: the panel's model (with the profile already read) and ``choices``
         (the panel's own by default). Only once a model is set (:attr:`plan` is not None)."""
         assert self.hardware is not None
+        assert self.model is not None
         return LoadRequest(
-            self.model_path,
+            self.model,
             self.hardware,
             choices or self.choices(),
             profile=self.profile,

@@ -13,6 +13,7 @@ from mixdesk.core.engine import Engine
 from mixdesk.core.engine.protocol import Buffer, BufferKind, Buffers, ModelInfo
 from mixdesk.core.loading.choices import LoadChoices
 from mixdesk.core.loading.load import load_model
+from mixdesk.core.loading.model import resolve_file
 from mixdesk.core.loading.service import LoadRequest, plan_load
 from mixdesk.core.machine.hardware import MIB
 from mixdesk.core.planning import calibration
@@ -60,13 +61,15 @@ def test_a_load_measures_the_overhead_and_the_next_plan_uses_it(
     hardware = rpc_hardware(server)
     device = f"RPC0[{server.endpoint}]"
     choices = LoadChoices(n_gpu_layers=-1, n_ctx=512)
-    before = plan_load(models["q4_k_m"], hardware, choices, calibration=Calibration()).plan
+    before = plan_load(
+        resolve_file(models["q4_k_m"]), hardware, choices, calibration=Calibration()
+    ).plan
     assert not before.gpus[0].overhead_measured
     assert any("a default until a load measures it" in line for line in describe(before))
 
     store = CalibrationStore(tmp_path / "calibration.json", "0.3.36")
     with Engine(log_dir=tmp_path) as engine:
-        request = LoadRequest(str(models["q4_k_m"]), hardware, choices)
+        request = LoadRequest(resolve_file(models["q4_k_m"]), hardware, choices)
         outcome = load_model(engine, request, store=store)
         assert device in outcome.info.device_free  # read before and after loading
         engine.chat([ChatMessage("user", "Hello")]).wait()
@@ -75,7 +78,9 @@ def test_a_load_measures_the_overhead_and_the_next_plan_uses_it(
     other_build = CalibrationStore(store.path, "0.0.1")
     assert other_build.read().overheads == {}  # another build measures again
 
-    after = plan_load(models["q4_k_m"], hardware, choices, calibration=store.read()).plan
+    after = plan_load(
+        resolve_file(models["q4_k_m"]), hardware, choices, calibration=store.read()
+    ).plan
     assert after.gpus[0].overhead_measured
     assert after.gpus[0].overhead_bytes == engine.overheads[device]
     assert any("measured on this machine" in line for line in describe(after))
@@ -111,20 +116,22 @@ def test_an_answer_makes_its_setting_measured(models: dict[str, Path], tmp_path:
     cpu = HardwareInfo(4 * GIB, 4 * GIB, physical_cores=2, logical_cores=2)
     store = CalibrationStore(tmp_path / "calibration.json", "0.3.36")
     choices = LoadChoices(n_ctx=512, n_threads=2)
-    before = plan_load(models["q4_k_m"], cpu, choices, calibration=store.read()).plan
+    before = plan_load(resolve_file(models["q4_k_m"]), cpu, choices, calibration=store.read()).plan
     assert before.speed is not None and before.speed.source is SpeedSource.ESTIMATE
     with Engine(log_dir=tmp_path) as engine:
-        request = LoadRequest(str(models["q4_k_m"]), cpu, choices, calibration=store.read())
+        request = LoadRequest(
+            resolve_file(models["q4_k_m"]), cpu, choices, calibration=store.read()
+        )
         outcome = load_model(engine, request, store=store)
         done = engine.chat([ChatMessage("user", "Hello")], SamplingParams(max_tokens=4)).wait()
         assert not record_answer_speed(store, outcome, done.stats)  # too short to say
         sampling = SamplingParams(max_tokens=24, ignore_eos=True, seed=1)
         done = engine.chat([ChatMessage("user", "Hello")], sampling).wait()
         assert record_answer_speed(store, outcome, done.stats)
-    after = plan_load(models["q4_k_m"], cpu, choices, calibration=store.read()).plan
+    after = plan_load(resolve_file(models["q4_k_m"]), cpu, choices, calibration=store.read()).plan
     assert after.speed is not None and after.speed.source is SpeedSource.MEASURED
     assert after.speed.eval_tps == pytest.approx(done.stats.eval_tps, rel=0.01)
     other = plan_load(
-        models["q4_k_m"], cpu, replace(choices, n_threads=1), calibration=store.read()
+        resolve_file(models["q4_k_m"]), cpu, replace(choices, n_threads=1), calibration=store.read()
     )
     assert other.plan.speed is not None and other.plan.speed.source is SpeedSource.ESTIMATE

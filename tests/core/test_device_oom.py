@@ -17,6 +17,7 @@ from mixdesk.core.chat.template import ChatMessage
 from mixdesk.core.engine import Engine
 from mixdesk.core.loading.choices import LoadChoices
 from mixdesk.core.loading.load import MAX_LOAD_TRIES, load_model
+from mixdesk.core.loading.model import resolve_file
 from mixdesk.core.loading.service import LoadRequest
 from mixdesk.core.machine.hardware import MIB
 from mixdesk.errors import DeviceOutOfMemoryError, HostOutOfMemoryError
@@ -33,7 +34,7 @@ def test_device_out_of_memory_is_typed(
 ) -> None:
     server = rpc_servers(BUDGET)
     request = LoadRequest(
-        str(oom_model), device_hardware(server), LoadChoices(n_gpu_layers=-1, n_ctx=512)
+        resolve_file(oom_model), device_hardware(server), LoadChoices(n_gpu_layers=-1, n_ctx=512)
     )
     with Engine(log_dir=tmp_path) as engine, pytest.raises(DeviceOutOfMemoryError) as caught:
         load_model(engine, request, retry=False)
@@ -49,7 +50,7 @@ def test_device_out_of_memory_retries_with_fewer_layers(
 ) -> None:
     server = rpc_servers(BUDGET)
     request = LoadRequest(
-        str(oom_model), device_hardware(server), LoadChoices(n_gpu_layers=-1, n_ctx=512)
+        resolve_file(oom_model), device_hardware(server), LoadChoices(n_gpu_layers=-1, n_ctx=512)
     )
     engine = CountingEngine(log_dir=tmp_path)
     with engine:
@@ -74,7 +75,7 @@ def test_a_retry_keeps_every_choice_but_the_layer_count(
     rebuild the choices from the config and drop the measured op offload)."""
     server = rpc_servers(BUDGET)
     kept = LoadChoices(n_gpu_layers=-1, n_ctx=512, op_offload=False, n_threads=2, n_batch=256)
-    request = LoadRequest(str(oom_model), device_hardware(server), kept)
+    request = LoadRequest(resolve_file(oom_model), device_hardware(server), kept)
     engine = CountingEngine(log_dir=tmp_path)
     with engine:
         outcome = load_model(engine, request)
@@ -101,7 +102,7 @@ def test_ram_failure_never_lowers_gpu_layers(
     ]
     engine = CountingEngine(log_dir=tmp_path, command=limited)
     request = LoadRequest(
-        str(oom_model), device_hardware(server), LoadChoices(n_gpu_layers=2, n_ctx=1 << 20)
+        resolve_file(oom_model), device_hardware(server), LoadChoices(n_gpu_layers=2, n_ctx=1 << 20)
     )
     with engine, pytest.raises(HostOutOfMemoryError, match="not enough RAM"):
         load_model(engine, request)

@@ -83,9 +83,11 @@ def test_pull_downloads_verifies_registers_and_chats(
     assert again.already_had
     from mixdesk.core.chat.template import ChatMessage
     from mixdesk.core.engine import Engine, LoadConfig, SamplingParams
+    from mixdesk.core.loading.model import resolve_model
 
     with Engine(log_dir=tmp_path / "logs") as engine:
-        engine.load(LoadConfig(library.resolve("mixtral-tiny.Q4_K_M"), n_ctx=256))
+        model = resolve_model("mixtral-tiny.Q4_K_M", library=library)
+        engine.load(LoadConfig(str(model.path), n_ctx=256))
         assert (
             engine.chat([ChatMessage("user", "hi")], SamplingParams(max_tokens=3))
             .wait()
@@ -279,6 +281,7 @@ def test_split_model_and_joined_pieces(hub: tuple[HubState, str], tmp_path: Path
     from mixdesk.core.chat.template import ChatMessage
     from mixdesk.core.engine import Engine, LoadConfig, SamplingParams
     from mixdesk.core.gguf.synthetic import TINY, write_model
+    from mixdesk.core.loading.model import resolve_model
 
     state, _ = hub
     (tmp_path / "src").mkdir()
@@ -301,7 +304,9 @@ def test_split_model_and_joined_pieces(hub: tuple[HubState, str], tmp_path: Path
     assert not list(Path(joined.path).parent.glob("*.part*of*"))
     with Engine(log_dir=tmp_path / "logs") as engine:
         for entry in (split, joined):
-            engine.load(LoadConfig(entry.parts[-1], n_ctx=256))  # any part: the first is loaded
+            model = resolve_model(entry.parts[-1], library=library)  # any part: the first
+            assert model.parts == tuple(Path(p) for p in entry.parts)
+            engine.load(LoadConfig(str(model.path), n_ctx=256))
             assert (
                 engine.chat([ChatMessage("user", "hi")], SamplingParams(max_tokens=3))
                 .wait()

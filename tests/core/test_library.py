@@ -13,6 +13,7 @@ import pytest
 from mixdesk.core.gguf.header_values import GGUFHeaderError
 from mixdesk.core.hub.library import Library
 from mixdesk.core.hub.pull import import_model, pull
+from mixdesk.core.loading.model import resolve_model
 from mixdesk.errors import CorruptModelError, user_message
 from tests.helpers.hub_server import HubFile, HubRepo, HubState
 
@@ -42,7 +43,8 @@ def test_the_same_file_name_from_two_repos_gets_two_names(two_repos: Library) ->
         "mixtral-tiny.Q4_K_M": "TheBloke/Mixtral-tiny-GGUF",
         "mixtral-tiny.Q4_K_M-2": "someone/Mixtral-tiny-GGUF",
     }
-    assert library.resolve("mixtral-tiny.Q4_K_M-2") == second.path
+    resolved = resolve_model("mixtral-tiny.Q4_K_M-2", library=library)
+    assert (str(resolved.path), resolved.library_name) == (second.path, "mixtral-tiny.Q4_K_M-2")
     # pulling one again keeps its name instead of taking a new one
     assert pull("someone/Mixtral-tiny-GGUF", filename=FILE, library=library).already_had
     library.remove(first.name)

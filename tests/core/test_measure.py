@@ -14,6 +14,7 @@ from mixdesk.core.loading.measure import (
     measure_variants,
     run_measure,
 )
+from mixdesk.core.loading.model import resolve_file
 from mixdesk.core.loading.service import LoadRequest, make_plan
 from mixdesk.core.planning.calibration import Calibration
 from tests.helpers.machines import GPU_8GIB
@@ -61,7 +62,7 @@ def test_rounds_are_interleaved_and_counted(models: dict[str, Path], tmp_path: P
     from mixdesk.core.machine.hardware import GIB, HardwareInfo
 
     cpu = HardwareInfo(4 * GIB, 4 * GIB, physical_cores=2, logical_cores=2)
-    request = LoadRequest(str(models["f32"]), cpu)
+    request = LoadRequest(resolve_file(models["f32"]), cpu)
     variants = [
         MeasureVariant("as planned", LoadChoices(n_ctx=256, n_threads=2)),
         MeasureVariant("1 threads", LoadChoices(n_ctx=256, n_threads=1)),

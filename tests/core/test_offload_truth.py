@@ -20,6 +20,7 @@ from mixdesk.core.gguf.convert import convert_legacy
 from mixdesk.core.gguf.profile import profile_local
 from mixdesk.core.gguf.synthetic import write_model
 from mixdesk.core.loading.choices import LoadChoices
+from mixdesk.core.loading.model import resolve_file
 from mixdesk.core.loading.service import LoadSetup, plan_load
 from mixdesk.core.machine.hardware import GIB, GpuInfo, HardwareInfo
 from mixdesk.core.planning.calibration import Calibration
@@ -56,7 +57,9 @@ def load_and_compare(
     engine: Engine, model: Path, hardware: HardwareInfo, n_gpu_layers: int, *, n_ctx: int = 1024
 ) -> tuple[LoadSetup, ModelInfo, list[str]]:
     choices = LoadChoices(n_gpu_layers=n_gpu_layers, n_ctx=n_ctx, use_mmap=False)
-    setup = plan_load(model, hardware, choices, engine=engine, calibration=Calibration())
+    setup = plan_load(
+        resolve_file(model), hardware, choices, engine=engine, calibration=Calibration()
+    )
     info = engine.load(setup.config)
     return setup, info, mismatches(setup, info)
 
@@ -143,7 +146,7 @@ def test_experts_in_ram_land_where_planned(
     )
     with Engine(log_dir=tmp_path / "logs") as engine:
         setup = plan_load(
-            models["q4_k_m"],
+            resolve_file(models["q4_k_m"]),
             rpc_hardware(server),
             choices,
             engine=engine,

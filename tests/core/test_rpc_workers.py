@@ -27,6 +27,7 @@ from mixdesk.core.engine.diagnose import buffer_sizes
 from mixdesk.core.engine.protocol import BufferKind
 from mixdesk.core.loading.choices import LoadChoices
 from mixdesk.core.loading.load import load_model
+from mixdesk.core.loading.model import resolve_file
 from mixdesk.core.loading.service import LoadRequest
 from mixdesk.core.machine import rpc_worker
 from mixdesk.core.machine.hardware import GIB, GpuInfo, HardwareInfo
@@ -166,7 +167,9 @@ def test_unreachable_worker_is_named_by_the_cli_and_the_engine(
     hw = local_machine()
     hw = replace(hw, gpus=[GpuInfo("gone", "rpc", GIB, GIB, endpoint=nobody)])
     with pytest.raises(WorkerUnreachableError, match=nobody):
-        load_model(engine, LoadRequest(str(models["q4_k_m"]), hw, LoadChoices(n_gpu_layers=-1)))
+        load_model(
+            engine, LoadRequest(resolve_file(models["q4_k_m"]), hw, LoadChoices(n_gpu_layers=-1))
+        )
     assert engine.alive
 
 
@@ -184,7 +187,9 @@ def test_worker_with_other_versions_is_refused_naming_both(
     )
     hw = replace(local_machine(), gpus=[GpuInfo("other", "rpc", GIB, GIB, endpoint=other.endpoint)])
     with pytest.raises(WorkerVersionError, match=r"MixDesk 0\.0\.9 with"):
-        load_model(engine, LoadRequest(str(models["q4_k_m"]), hw, LoadChoices(n_gpu_layers=-1)))
+        load_model(
+            engine, LoadRequest(resolve_file(models["q4_k_m"]), hw, LoadChoices(n_gpu_layers=-1))
+        )
     assert engine.alive
 
 
@@ -194,7 +199,7 @@ def test_a_worker_in_use_is_busy_for_a_second_engine(
     a = workers()
     hw = rpc_worker.probe_in_child(a.endpoint)
     machine = replace(local_machine(), gpus=[hw.as_gpu()])
-    request = LoadRequest(str(models["q4_k_m"]), machine, LoadChoices(n_gpu_layers=-1))
+    request = LoadRequest(resolve_file(models["q4_k_m"]), machine, LoadChoices(n_gpu_layers=-1))
     with Engine(log_dir=tmp_path / "one") as first, Engine(log_dir=tmp_path / "two") as second:
         load_model(first, request)
         assert rpc_worker.hello(a.endpoint).busy  # asked of the front, never of llama.cpp

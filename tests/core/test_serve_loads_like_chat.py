@@ -13,6 +13,7 @@ from pathlib import Path
 from mixdesk.core.engine import Engine, diagnose
 from mixdesk.core.engine.protocol import BufferKind
 from mixdesk.core.loading.choices import LoadChoices
+from mixdesk.core.loading.model import resolve_file
 from mixdesk.core.loading.service import plan_load
 from mixdesk.core.planning.calibration import Calibration
 from mixdesk.core.serving.serve import ServeConfig, start_server
@@ -26,7 +27,9 @@ def test_serve_places_tensors_like_the_engine(
 ) -> None:
     server = rpc_servers()
     choices = LoadChoices(n_ctx=1024, strategy="experts", experts_in_ram=2, use_mmap=False)
-    setup = plan_load(models["q4_k_m"], rpc_hardware(server), choices, calibration=Calibration())
+    setup = plan_load(
+        resolve_file(models["q4_k_m"]), rpc_hardware(server), choices, calibration=Calibration()
+    )
     assert setup.config.experts_in_ram == 2 and setup.config.rpc_servers == (server.endpoint,)
 
     served = start_server(ServeConfig(load=setup.config, port=free_port()))

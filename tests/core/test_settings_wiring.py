@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import ast
 import json
+import subprocess
+import sys
 from dataclasses import fields
 from pathlib import Path
 
 import pytest
 
 import mixdesk
+from mixdesk import paths
 from mixdesk.core.engine import SamplingParams
 from mixdesk.core.hub.library import Library, models_dir
 from mixdesk.core.hub.pull import import_model
@@ -46,22 +49,40 @@ def test_every_setting_is_read_somewhere() -> None:
     assert unread == []
 
 
-def test_the_models_folder_setting_moves_the_library(
-    tmp_path: Path, models: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+def test_the_models_folder_comes_from_the_settings_given_never_from_disk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The settings are read once, where the app starts; the core is handed them (it used to
+    read the settings file behind the caller's back)."""
     monkeypatch.delenv("MIXDESK_MODELS_DIR", raising=False)
-    default = Library()
+    default = paths.data_dir() / "models"
     chosen = tmp_path / "my models"
-    Settings(models_dir=str(chosen)).save()
-    assert models_dir() == chosen
-    library = Library()
-    assert library.root == chosen != default.root
-    entry = import_model(models["q2_k"])  # the default library: the one the settings name
-    assert [e.name for e in Library(chosen).entries()] == [entry.name]
-    assert default.entries() == []
+    Settings(models_dir=str(tmp_path / "on disk")).save()  # not the settings handed in
+    assert models_dir(Settings(models_dir=str(chosen))) == chosen
+    assert models_dir(Settings()) == default
     # the environment variable still wins over the setting
     monkeypatch.setenv("MIXDESK_MODELS_DIR", str(tmp_path / "from env"))
-    assert Library().root == tmp_path / "from env"
+    assert models_dir(Settings(models_dir=str(chosen))) == tmp_path / "from env"
+
+
+def test_the_models_folder_setting_moves_the_terminals_library(
+    tmp_path: Path, models: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`mixdesk` reads the settings once and opens the library in the folder they name."""
+    monkeypatch.delenv("MIXDESK_MODELS_DIR", raising=False)
+    chosen = tmp_path / "my models"
+    Settings(models_dir=str(chosen)).save()
+    entry = import_model(models["q2_k"], library=Library(chosen))
+    proc = subprocess.run(
+        [sys.executable, "-m", "mixdesk", "models", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert [m["name"] for m in json.loads(proc.stdout)] == [entry.name]
+    assert not (paths.data_dir() / "models").exists()  # no library opened anywhere else
 
 
 def test_endpoints_are_typed_and_saved_without_their_keys() -> None:

@@ -11,6 +11,7 @@ from mixdesk.core.engine import ChatDone, Engine
 from mixdesk.core.hub.library import Library
 from mixdesk.core.machine.hardware import GIB, GpuInfo, HardwareInfo
 from mixdesk.core.workspace.chat_store import ChatStore
+from mixdesk.core.workspace.settings import Settings
 from mixdesk.ui.main_window import MainWindow
 
 CPU = HardwareInfo(
@@ -38,6 +39,7 @@ def make_window(
 ) -> MainWindow:
     """The real window with its own chats, library and engine under ``tmp_path``."""
     window = MainWindow(
+        settings=Settings.load(),
         store=ChatStore(tmp_path / "chats.sqlite"),
         library=Library(tmp_path / "models"),
         engine=engine or Engine(log_dir=tmp_path / "logs"),

@@ -19,6 +19,7 @@ from mixdesk.core.hub.pull import import_model
 from mixdesk.core.loading.choices import LoadChoices
 from mixdesk.core.loading.load import LoadOutcome
 from mixdesk.core.loading.measure import MeasureReport, MeasureVariant
+from mixdesk.core.loading.model import resolve_file
 from mixdesk.core.loading.service import LoadRequest
 from mixdesk.core.workspace.chat_store import ChatStore
 from mixdesk.core.workspace.endpoints import Endpoint
@@ -57,7 +58,7 @@ class _Relay(QObject):
 
 
 def load(qtbot: QtBot, engine: EngineController, path: Path, **choices: object) -> LoadOutcome:
-    request = LoadRequest(str(path), CPU, LoadChoices(n_ctx=512, **choices))  # type: ignore[arg-type]
+    request = LoadRequest(resolve_file(path), CPU, LoadChoices(n_ctx=512, **choices))  # type: ignore[arg-type]
     relay = _Relay()
     engine.runner.loaded.connect(relay.loaded)
     with qtbot.waitSignal(relay.loaded, timeout=30_000) as blocker:
@@ -189,10 +190,12 @@ def test_models_alone(
     path = str(models["q2_k"])
     with qtbot.waitSignal(controller.profileReady, timeout=10_000) as ready:
         controller.choose_file(path)
-    assert ready.args[0] == path
+    assert ready.args[0] == resolve_file(path)  # resolved and checked once, off the GUI thread
     assert ready.args[1].n_layers > 0
     with qtbot.waitSignal(controller.loaded, timeout=30_000):
-        controller.load(LoadRequest(path, CPU, LoadChoices(n_ctx=256), profile=ready.args[1]))
+        controller.load(
+            LoadRequest(ready.args[0], CPU, LoadChoices(n_ctx=256), profile=ready.args[1])
+        )
     assert controller.info is not None and controller.info.n_ctx == 256
     assert Settings.load().last_model == path  # remembered for the next start
     with qtbot.waitSignal(controller.lastModelFound, timeout=10_000) as found:
@@ -232,7 +235,7 @@ def test_a_missing_last_model_is_not_selected(
 
 def test_measuring_alone(qtbot: QtBot, engine: EngineController, models: dict[str, Path]) -> None:
     measuring = MeasureController(engine, engine)
-    request = LoadRequest(str(models["q2_k"]), CPU, LoadChoices(n_ctx=256))
+    request = LoadRequest(resolve_file(models["q2_k"]), CPU, LoadChoices(n_ctx=256))
     seen: list[MeasureReport] = []
     measuring.measured.connect(seen.append)
     variants = [MeasureVariant("as planned", request.choices)]

@@ -20,6 +20,7 @@ from mixdesk.core.planning.calibration import CalibrationStore
 from mixdesk.core.planning.planner import plan_offload
 from mixdesk.core.planning.words import verdict
 from mixdesk.core.workspace.chat_store import ChatStore
+from mixdesk.core.workspace.settings import Settings
 from mixdesk.ui.main_window import MainWindow
 from mixdesk.ui.welcome import OFFLINE_LINE
 from tests.helpers import model_factory as mf
@@ -52,6 +53,7 @@ def _window(
     qtbot: QtBot, tmp_path: Path, hardware: HardwareInfo, catalog: list[CatalogModel] | None
 ) -> MainWindow:
     window = MainWindow(
+        settings=Settings.load(),
         store=ChatStore(tmp_path / "chats.sqlite"),
         library=Library(tmp_path / "models"),
         engine=Engine(log_dir=tmp_path / "logs"),

@@ -14,6 +14,7 @@ from pytestqt.qtbot import QtBot
 from mixdesk.core.engine import Engine
 from mixdesk.core.gguf.profile import profile_local
 from mixdesk.core.hub.library import Library
+from mixdesk.core.loading.model import resolve_file
 from mixdesk.core.machine.hardware import GIB, HardwareInfo
 from mixdesk.core.workspace.chat_store import ChatStore
 from mixdesk.core.workspace.settings import Settings
@@ -30,6 +31,7 @@ CPU = HardwareInfo(
 
 def _window(qtbot: QtBot, tmp_path: Path, *, quiet: bool) -> MainWindow:
     window = MainWindow(
+        settings=Settings.load(),
         store=ChatStore(tmp_path / "chats.sqlite"),
         library=Library(tmp_path / "models"),
         engine=Engine(log_dir=tmp_path / "logs"),
@@ -96,7 +98,7 @@ def test_a_model_name_shows_as_plain_text(qtbot: QtBot, tmp_path: Path) -> None:
     model = mf.make_model(tmp_path, mf.with_changes(mf.TINY, name=HOSTILE), name="hostile")
     panel = OffloadPanel()
     qtbot.addWidget(panel)
-    panel.set_model(str(model), profile_local(model), CPU)
+    panel.set_model(resolve_file(model), profile_local(model), CPU)
     assert panel.title.textFormat() == Qt.TextFormat.PlainText
     assert HOSTILE in panel.title.text()
     for label in (panel.warning, panel.explanation):

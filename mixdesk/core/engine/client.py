@@ -10,7 +10,7 @@ that process, writing to it, reading its events and noticing its death is
 Typical use::
 
     with Engine() as engine:
-        engine.load(plan_load("model.gguf", hardware.detect()).config)
+        engine.load(plan_load(resolve_file("model.gguf"), hardware.detect()).config)
         stream = engine.chat([ChatMessage("user", "Hello")])
         for delta in stream:
             print(delta.text, end="")
@@ -161,7 +161,6 @@ class Engine(EngineProcess):
             EngineCrashedError: llama.cpp killed the engine while loading.
         """
         validate_load_config(config)
-        config = _first_split_part(config)
         self._ensure_fresh(config)
         self._fresh = False
         self._devices = config.rpc_servers  # named if one goes away and takes the engine
@@ -189,7 +188,6 @@ class Engine(EngineProcess):
             EngineCrashedError: llama.cpp killed the engine.
         """
         validate_load_config(config)
-        config = _first_split_part(config)
         self._ensure_fresh(config)
         self._send(DryRunCommand(config))
         while True:
@@ -257,16 +255,6 @@ class Engine(EngineProcess):
         active = self._active
         if active is not None:
             active.cancel()
-
-
-def _first_split_part(config: LoadConfig) -> LoadConfig:
-    """llama.cpp loads a split model from its first part (and finds the others itself)."""
-    from dataclasses import replace
-
-    from mixdesk.core.gguf.profile import split_parts
-
-    first = split_parts(Path(config.model_path))[0]
-    return config if str(first) == config.model_path else replace(config, model_path=str(first))
 
 
 __all__ = [

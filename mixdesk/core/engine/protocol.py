@@ -32,8 +32,10 @@ KV_TYPE_IDS = {"f16": 1, "q8_0": 8, "q4_0": 2}
 class LoadConfig:
     """How to load a model, exactly as llama.cpp will be asked to.
 
-    Built only by :func:`mixdesk.core.loading.service.plan_load`. ``n_gpu_layers`` is llama.cpp's
-    number: the output layer plus ``n_gpu_layers - 1`` repeating layers, 0 to n_layers + 1.
+    Built only by :func:`mixdesk.core.loading.service.plan_load`, from a model resolved and
+    checked once (``model_path`` is the first part of a split model): the engine loads it as
+    given. ``n_gpu_layers`` is llama.cpp's number: the output layer plus
+    ``n_gpu_layers - 1`` repeating layers, 0 to n_layers + 1.
     """
 
     model_path: str

@@ -19,9 +19,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mixdesk import paths
 from mixdesk.errors import InvalidArgumentError, MixdeskError
+
+if TYPE_CHECKING:
+    from mixdesk.core.workspace.settings import Settings
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS models (
@@ -64,15 +68,13 @@ class LibraryEntry:
         return all(Path(p).exists() for p in (self.parts or [self.path]))
 
 
-def models_dir() -> Path:
-    """Where downloaded models go: ``MIXDESK_MODELS_DIR``, else the "Models folder" setting,
-    else ``<data dir>/models``."""
+def models_dir(settings: Settings) -> Path:
+    """Where downloaded models go: ``MIXDESK_MODELS_DIR``, else the "Models folder" of
+    ``settings`` (the caller's, never read from disk here), else ``<data dir>/models``."""
     override = os.environ.get("MIXDESK_MODELS_DIR")
     if override:
         return Path(override).expanduser()
-    from mixdesk.core.workspace.settings import Settings
-
-    chosen = Settings.load().models_dir
+    chosen = settings.models_dir
     return Path(chosen).expanduser() if chosen else paths.data_dir() / "models"
 
 
@@ -91,11 +93,11 @@ class Library:
     """The manifest of downloaded and imported models.
 
     Args:
-        root: the models directory (default: :func:`models_dir`).
+        root: the models directory (the app's is :func:`models_dir` of its settings).
     """
 
-    def __init__(self, root: Path | None = None) -> None:
-        self.root = paths.ensure_dir(root or models_dir())
+    def __init__(self, root: Path) -> None:
+        self.root = paths.ensure_dir(root)
         self.db_path = self.root / "library.sqlite"
         with self._db() as db:
             db.execute(_SCHEMA)
@@ -203,7 +205,7 @@ class Library:
         Raises:
             ModelNotInLibraryError: no such model.
         """
-        entry = self.get(name) or self._by_path(name)
+        entry = self.get(name) or self.entry_of(Path(name))
         if entry is None:
             raise ModelNotInLibraryError(
                 f"There is no model called {name} in the library; `mixdesk models` lists them."
@@ -218,33 +220,27 @@ class Library:
                     p.unlink(missing_ok=True)
         return entry
 
-    def _by_path(self, path: str) -> LibraryEntry | None:
-        """The model one of whose files is ``path``, if any."""
-        wanted = Path(path).expanduser().resolve()
+    def entry_of(self, path: Path) -> LibraryEntry | None:
+        """The library model one of whose files is ``path``, if any."""
+        wanted = path.expanduser().resolve()
         for e in self.entries():
             if any(Path(p).resolve() == wanted for p in e.parts or [e.path]):
                 return e
         return None
 
-    def resolve(self, name_or_path: str) -> str:
-        """A path for ``name_or_path``: the path itself if it exists, else the library model's file.
-
-        Anything else comes back unchanged, for the caller's own "no such file" message.
+    def lookup(self, name: str) -> LibraryEntry | None:
+        """The model called ``name`` (or a file name of it: ``NAME.gguf``), if any.
 
         Raises:
-            ModelNotInLibraryError: a library name whose file is gone.
+            ModelNotInLibraryError: the model is in the library but a file of it is gone.
         """
-        if Path(name_or_path).expanduser().exists():
-            return str(Path(name_or_path).expanduser())
-        entry = self.get(name_or_path) or self.get(model_name(name_or_path))
-        if entry is not None:
-            if not entry.exists:
-                raise ModelNotInLibraryError(
-                    f"{entry.name} is in the library but its file {entry.path} is gone; "
-                    f"`mixdesk rm {entry.name}` forgets it."
-                )
-            return entry.path
-        return name_or_path
+        entry = self.get(name) or self.get(model_name(name))
+        if entry is not None and not entry.exists:
+            raise ModelNotInLibraryError(
+                f"{entry.name} is in the library but its file {entry.path} is gone; "
+                f"`mixdesk rm {entry.name}` forgets it."
+            )
+        return entry
 
     @staticmethod
     def _entry(row: tuple[object, ...]) -> LibraryEntry:

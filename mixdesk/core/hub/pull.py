@@ -79,7 +79,7 @@ def pull(
     filename: str | None = None,
     quant: str | None = None,
     revision: str | None = None,
-    library: Library | None = None,
+    library: Library,
     plan: Callable[[ModelProfile], OffloadPlan] | None = None,
     on_plan: Callable[[ModelProfile, OffloadPlan], None] | None = None,
     on_progress: Callable[[DownloadProgress], None] | None = None,
@@ -90,6 +90,7 @@ def pull(
     """Download a model from a Hub repository into the library (resuming what is on disk).
 
     Args:
+        library: where the model goes (and is looked for: a model already there is kept).
         plan: plans the model for this machine from its remote header before any byte comes
             (the caller's planner: ``loading.make_plan`` with the machine and choices).
         wait: when another pull of the same model is running, wait for it (reporting the
@@ -99,7 +100,6 @@ def pull(
         HubError, DownloadInProgressError, DownloadCancelled, DiskFullError,
         ChecksumMismatchError, ConversionError.
     """
-    library = library or Library()
     model = pick_model(list_models(repo_id, revision=revision), filename=filename, quant=quant)
     downloader = Downloader(library.root)
     lock = FileLock(downloader.lock_path(model.files[0], what="pull"))
@@ -272,7 +272,7 @@ def check_importable(header: GGUFHeader) -> None:
 def import_model(
     path: Path,
     *,
-    library: Library | None = None,
+    library: Library,
     on_convert: Callable[[int, int], None] | None = None,
 ) -> LibraryEntry:
     """Add a local GGUF to the library; a legacy Mixtral file is converted into the models folder.
@@ -282,7 +282,6 @@ def import_model(
         CorruptModelError: a GGUF that describes no usable model.
         ConversionError: the conversion failed.
     """
-    library = library or Library()
     header = read_local_header(path)
     check_importable(header)
     source = path.resolve()

@@ -32,6 +32,7 @@ from mixdesk.core.engine.quantize import FILE_TYPES, quantize
 from mixdesk.core.gguf.profile import ModelProfile, profile_local
 from mixdesk.core.gguf.synthetic import ModelSpec, write_model
 from mixdesk.core.loading.choices import LoadChoices
+from mixdesk.core.loading.model import resolve_file
 from mixdesk.core.loading.service import plan_load
 from mixdesk.core.machine.hardware import GpuInfo, HardwareInfo
 from mixdesk.core.planning.calibration import Calibration
@@ -174,7 +175,7 @@ def _measure(
     """(seconds per generated token, seconds per prompt token) of one load: the faster of
     :data:`ROUNDS` rounds (another program can only make a round slower), each with a prompt of
     its own (a repeated prompt would be read from the cache, not evaluated)."""
-    setup = plan_load(path, hardware, choices, calibration=Calibration())
+    setup = plan_load(resolve_file(path), hardware, choices, calibration=Calibration())
     engine.load(setup.config)
     sampling = SamplingParams(
         max_tokens=EVAL_TOKENS, ignore_eos=True, seed=1, temperature=0.0, top_k=1

@@ -36,7 +36,7 @@ def with_gpu_layers(
     choice of the user's (op offload, threads, KV type, batch...) and the context stay."""
     choices = _retry_choices(setup, n_gpu_layers)
     return plan_load(
-        setup.config.model_path,
+        setup.model,
         hardware,
         choices,
         calibration=setup.calibration,

@@ -23,9 +23,9 @@ from mixdesk.core.engine.protocol import (
     Buffers,
     LoadConfig,
 )
-from mixdesk.core.gguf.header import open_model_file
-from mixdesk.core.gguf.profile import ModelProfile, profile_local, split_parts
+from mixdesk.core.gguf.profile import ModelProfile, profile_local
 from mixdesk.core.loading.choices import LoadChoices
+from mixdesk.core.loading.model import ResolvedModel
 from mixdesk.core.machine.hardware import HardwareInfo
 from mixdesk.core.planning.calibration import Calibration, setting_key
 from mixdesk.core.planning.placement import offload_devices
@@ -33,14 +33,9 @@ from mixdesk.core.planning.planner import plan_offload
 from mixdesk.core.planning.speed import Speed, SpeedSource
 from mixdesk.core.planning.types import OffloadPlan
 from mixdesk.core.planning.words import describe
-from mixdesk.errors import (
-    ModelNotFoundError,
-    NotAGgufError,
-)
 
 if TYPE_CHECKING:
     from mixdesk.core.engine.client import Engine
-    from mixdesk.core.hub.library import Library
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +44,7 @@ log = logging.getLogger(__name__)
 class LoadSetup:
     """A model ready to load: what it is, the plan, and the exact configuration."""
 
+    model: ResolvedModel
     profile: ModelProfile
     plan: OffloadPlan
     config: LoadConfig
@@ -62,35 +58,6 @@ class LoadSetup:
         """One line: the layers and context chosen, and why (without the speed estimate)."""
         why = " ".join(describe(self.plan))
         return f"--ngl {self.config.n_gpu_layers}, context {self.config.n_ctx}: {why}".rstrip(": ")
-
-
-def resolve_model(ref: str | Path, *, library: Library | None = None) -> Path:
-    """The model file for a path, a library name or any part of a split model.
-
-    Returns:
-        The file to load (the first part of a split model).
-
-    Raises:
-        ModelNotFoundError: neither a file nor a library name.
-        NotAGgufError: the file is not a GGUF model.
-    """
-    text = str(ref)
-    path = Path(text).expanduser()
-    if not path.exists():
-        if library is None:
-            from mixdesk.core.hub.library import Library
-
-            library = Library()
-        path = Path(library.resolve(text))
-    if not path.exists():
-        raise ModelNotFoundError(text)
-    if path.is_dir():
-        raise NotAGgufError(str(path))
-    path = split_parts(path)[0]
-    with open_model_file(path) as fh:  # a FIFO or a device is refused here, never read
-        if fh.read(4) != b"GGUF":
-            raise NotAGgufError(str(path))
-    return path
 
 
 def make_plan(
@@ -160,34 +127,32 @@ MAX_DRY_RUNS = 3
 
 
 def plan_load(
-    model: str | Path,
+    model: ResolvedModel,
     hardware: HardwareInfo,
     choices: LoadChoices | None = None,
     *,
     calibration: Calibration,
     profile: ModelProfile | None = None,
-    library: Library | None = None,
     engine: Engine | None = None,
 ) -> LoadSetup:
     """Plan a load and build its configuration: the only place a :class:`LoadConfig` is made.
 
     Args:
-        model: a model file, a library name, or a part of a split model.
+        model: the model, resolved and checked once (:func:`~.model.resolve_model`).
         hardware: the machine (with any overrides already applied).
         choices: the user's choices (defaults: everything chosen by MixDesk).
         calibration: what this machine measured (see :func:`make_plan`).
         profile: the model's profile when the caller has read it already.
-        library: where library names are looked up (the default library otherwise).
         engine: an engine to dry-run the plan in (llama.cpp's ``no_alloc`` mode): the compute
             buffers of every device are then llama.cpp's own figures for this very load, and a
             plan that turns out not to fit moves down before anything is allocated.
 
     Raises:
-        InvalidArgumentError, ModelNotFoundError, NotAGgufError, GGUFHeaderError: bad input.
+        InvalidArgumentError, GGUFHeaderError: bad input.
     """
     choices = choices or LoadChoices()
     choices.validate()  # a bad value is reported before any file is read
-    path = resolve_model(model, library=library)
+    path = model.path
     if profile is None:
         profile = profile_local(path)
     plan = make_plan(profile, hardware, choices, calibration=calibration)
@@ -202,6 +167,7 @@ def plan_load(
             calibration=calibration,
         )
     return LoadSetup(
+        model=model,
         profile=profile,
         plan=plan,
         config=_config(path, plan, choices, hardware),
@@ -269,11 +235,12 @@ def _config(
 class LoadRequest:
     """A model to load and how: what a front end hands to whoever runs the engine.
 
-    The request is planned where the engine runs (off the GUI thread), so a front end never
-    reads a file or builds a configuration itself.
+    The model is resolved and checked already (:func:`~.model.resolve_model`); the request is
+    planned where the engine runs (off the GUI thread), so a front end never builds a
+    configuration itself.
     """
 
-    model: str
+    model: ResolvedModel
     hardware: HardwareInfo
     choices: LoadChoices = field(default_factory=LoadChoices)
     #: The model's profile when the front end has read it already.

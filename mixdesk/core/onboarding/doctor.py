@@ -255,6 +255,7 @@ def _engine_check(work_dir: Path) -> tuple[Check, Check, bool | None]:
 def _cpu_load_config(model: Path) -> LoadConfig:
     """How the doctor loads a test model: on the CPU alone (the check is the engine's)."""
     from mixdesk.core.loading.choices import LoadChoices
+    from mixdesk.core.loading.model import resolve_file
     from mixdesk.core.loading.service import plan_load
 
     cpu_only = HardwareInfo(
@@ -267,7 +268,7 @@ def _cpu_load_config(model: Path) -> LoadConfig:
     from mixdesk.core.planning.calibration import Calibration
 
     # the check is the answers', not the speed: nothing measured is needed
-    return plan_load(model, cpu_only, choices, calibration=Calibration()).config
+    return plan_load(resolve_file(model), cpu_only, choices, calibration=Calibration()).config
 
 
 #: The doctor's parity model: a Gemma base model without a chat template (llama.cpp's built-in
