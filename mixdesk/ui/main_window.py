@@ -27,7 +27,8 @@ from PySide6.QtWidgets import (
 )
 
 from mixdesk.core.chat.words import ENDED_AT_ONCE_WORDS
-from mixdesk.core.engine import ChatDone, Engine, GenerationStats
+from mixdesk.core.engine import ChatDone, GenerationStats
+from mixdesk.core.engine.like import EngineLike
 from mixdesk.core.hub.catalog import CatalogModel
 from mixdesk.core.hub.library import Library
 from mixdesk.core.loading.choices import LoadChoices
@@ -82,7 +83,7 @@ class MainWindow(QMainWindow):
         settings: Settings,
         library: Library,
         store: ChatStore,
-        engine: Engine | None = None,
+        engine: EngineLike | None = None,
         hardware: HardwareInfo | None = None,
         catalog: Sequence[CatalogModel] | None = None,
         quiet: bool = False,

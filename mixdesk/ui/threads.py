@@ -22,6 +22,7 @@ from PySide6.QtCore import QObject, QThread, Signal, Slot
 
 from mixdesk.core.chat.template import ChatMessage
 from mixdesk.core.engine import ChatDone, Engine, ModelInfo, SamplingParams
+from mixdesk.core.engine.like import EngineLike
 from mixdesk.core.engine.stream import AnswerStream
 from mixdesk.core.loading.load import LoadOutcome, load_model, record_answer_speed
 from mixdesk.core.loading.measure import MeasureVariant, run_measure
@@ -34,8 +35,9 @@ log = logging.getLogger(__name__)
 
 
 class EngineRunner(QObject):
-    """Owns the :class:`Engine`; runs in its own thread. Plans and loads through
-    :mod:`mixdesk.core.loading.service`, so the window never builds a load configuration itself.
+    """Owns the engine (an :class:`EngineLike`: the real :class:`Engine` by default); runs in
+    its own thread. Plans and loads through :mod:`mixdesk.core.loading.service`, so the window
+    never builds a load configuration itself.
 
     Signals:
         loadProgress(float): 0..1 while a model loads.
@@ -63,9 +65,9 @@ class EngineRunner(QObject):
     chatFailed = Signal(int, object)
     calibrated = Signal(object)
 
-    def __init__(self, engine: Engine | None = None) -> None:
+    def __init__(self, engine: EngineLike | None = None) -> None:
         super().__init__()
-        self.engine = engine or Engine()
+        self.engine: EngineLike = engine or Engine()
         self._stream: AnswerStream | None = None
         self._lock = threading.Lock()
         #: Where loads and answers keep what they measure (None: nowhere; the window sets it).
@@ -199,7 +201,7 @@ class EngineController(QObject):
     requestUnload = Signal()
     requestRemoteChat = Signal(int, object, object, object)
 
-    def __init__(self, engine: Engine | None = None, parent: QObject | None = None) -> None:
+    def __init__(self, engine: EngineLike | None = None, parent: QObject | None = None) -> None:
         super().__init__(parent)
         self.runner_thread = QThread()
         self.runner_thread.setObjectName("engine")

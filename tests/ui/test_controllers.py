@@ -158,7 +158,9 @@ def test_an_engine_death_arrives_as_its_exception(
     assert engine.model is not None
     conversations.new()
     conversations.set_sampling(SamplingParams(max_tokens=0))  # until the context is full
-    pid = engine.runner.engine.pid
+    real = engine.runner.engine
+    assert isinstance(real, Engine)
+    pid = real.pid
     assert pid is not None
     killed: list[int] = []
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from pytestqt.qtbot import QtBot
 
-from mixdesk.core.engine import LoadConfig, SamplingParams
+from mixdesk.core.engine import Engine, LoadConfig, SamplingParams
 from mixdesk.core.hub.library import Library
 from mixdesk.core.machine.hardware import GIB, GpuInfo, HardwareInfo
 from mixdesk.ui.main_window import MainWindow
@@ -139,11 +139,13 @@ def test_slider_moves_the_bars_and_apply_reloads(
     assert panel.plan.n_gpu_layers == 2
     assert panel.bars.devices[0].weights_bytes < full
     assert panel.bars.devices[-1].kind == "cpu"
-    pid = window.controller.runner.engine.pid
+    engine = window.controller.runner.engine
+    assert isinstance(engine, Engine)
+    pid = engine.pid
     with qtbot.waitSignal(window.modelLoaded, timeout=30_000) as blocker:
         panel.apply.click()
     assert blocker.args[0].path == str(models["f32"])
-    assert window.controller.runner.engine.pid != pid
+    assert engine.pid != pid
     panel.auto.setChecked(True)
     assert panel.plan.n_gpu_layers == 5
     window.close()
@@ -154,7 +156,9 @@ def test_engine_killed_mid_answer(
 ) -> None:
     load(qtbot, window, models["f32"])
     window.set_sampling(max_tokens=0)
-    pid = window.controller.runner.engine.pid
+    engine = window.controller.runner.engine
+    assert isinstance(engine, Engine)
+    pid = engine.pid
     assert pid is not None
     killed: list[int] = []
 

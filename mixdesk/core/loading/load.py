@@ -24,13 +24,13 @@ from mixdesk.errors import (
 )
 
 if TYPE_CHECKING:
-    from mixdesk.core.engine.client import Engine
+    from mixdesk.core.engine.like import EngineLike
 
 log = logging.getLogger(__name__)
 
 
 def with_gpu_layers(
-    setup: LoadSetup, n_gpu_layers: int, hardware: HardwareInfo, *, engine: Engine | None = None
+    setup: LoadSetup, n_gpu_layers: int, hardware: HardwareInfo, *, engine: EngineLike | None = None
 ) -> LoadSetup:
     """The same load with another GPU layer count (the out-of-memory retry): every other
     choice of the user's (op offload, threads, KV type, batch...) and the context stay."""
@@ -60,7 +60,7 @@ MAX_LOAD_TRIES = 3
 
 
 def load_model(
-    engine: Engine,
+    engine: EngineLike,
     request: LoadRequest,
     *,
     on_progress: Callable[[float], None] | None = None,

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from mixdesk.core.chat.template import ChatMessage
-from mixdesk.core.engine.client import Engine
+from mixdesk.core.engine.like import EngineLike
 from mixdesk.core.engine.protocol import SamplingParams
 from mixdesk.core.gguf.profile import ModelProfile
 from mixdesk.core.loading.choices import LoadChoices
@@ -153,7 +153,7 @@ class _Progress:
 
 
 def run_measure(
-    engine: Engine,
+    engine: EngineLike,
     request: LoadRequest,
     variants: list[MeasureVariant],
     *,

@@ -35,7 +35,7 @@ from mixdesk.core.planning.types import OffloadPlan
 from mixdesk.core.planning.words import describe
 
 if TYPE_CHECKING:
-    from mixdesk.core.engine.client import Engine
+    from mixdesk.core.engine.like import EngineLike
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +133,7 @@ def plan_load(
     *,
     calibration: Calibration,
     profile: ModelProfile | None = None,
-    engine: Engine | None = None,
+    engine: EngineLike | None = None,
 ) -> LoadSetup:
     """Plan a load and build its configuration: the only place a :class:`LoadConfig` is made.
 
@@ -177,7 +177,7 @@ def plan_load(
 
 
 def _dry_run_checked(
-    engine: Engine,
+    engine: EngineLike,
     path: Path,
     *,
     profile: ModelProfile,
@@ -248,7 +248,7 @@ class LoadRequest:
     #: What this machine measured (see :func:`make_plan`).
     calibration: Calibration = field(default_factory=Calibration)
 
-    def setup(self, *, engine: Engine | None = None) -> LoadSetup:
+    def setup(self, *, engine: EngineLike | None = None) -> LoadSetup:
         """Plan this request (see :func:`plan_load`), dry-run in ``engine`` if given."""
         return plan_load(
             self.model,
