@@ -44,9 +44,7 @@ from mixdesk.core.engine.protocol import (
 from mixdesk.core.engine.wire import encode, encode_delta
 from mixdesk.errors import (
     ContextOverflowError,
-    ModelNotFoundError,
     NoModelLoadedError,
-    NotAGgufError,
     TemplateCancelledError,
 )
 
@@ -97,8 +95,7 @@ class EngineWorker:
 
     def load(self, config: LoadConfig) -> None:
         """Load a model, reporting progress; send ``loaded`` or a failure."""
-        path = Path(config.model_path)
-        _check_model_file(path)
+        path = Path(config.model_path)  # resolved and checked before it was sent (client)
         lc = self._lc
         last = [-1.0]
 
@@ -162,7 +159,6 @@ class EngineWorker:
         """Ask llama.cpp what a load would allocate, without allocating (``no_alloc``): the
         compute buffer of every backend comes out exact, on whatever devices are present;
         model and KV buffers log 0. Sends a :class:`BufferReport`."""
-        _check_model_file(Path(config.model_path))
         session.register_devices(config)
         try:
             llm = session.open_llama(config, no_alloc=True).llm
@@ -371,15 +367,6 @@ class EngineWorker:
             context_size=int(self._llm.n_ctx()),
             perf=counters,
         )
-
-
-def _check_model_file(path: Path) -> None:
-    """Refuse a missing file or one that is not a GGUF before llama.cpp sees it."""
-    if not path.is_file():
-        raise ModelNotFoundError(str(path))
-    with path.open("rb") as fh:
-        if fh.read(4) != b"GGUF":
-            raise NotAGgufError(str(path))
 
 
 def _rate(count: int, ms: float) -> float:
