@@ -16,7 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import Signal
+from PySide6.QtCore import QSize, Signal
 from PySide6.QtGui import QAction, QCloseEvent
 from PySide6.QtWidgets import (
     QMainWindow,
@@ -104,7 +104,7 @@ class MainWindow(QMainWindow):
         """
         super().__init__()
         self.setWindowTitle("MixDesk")
-        self.resize(1280, 820)
+        self.resize(first_size())
         self.quiet = quiet
         self.last_error = ""
         self.settings_model = SettingsModel(settings, self)
@@ -465,3 +465,15 @@ def _calibrate_task(
         )
     store.record_speed_model(result.model)
     return store.read()
+
+
+def first_size() -> QSize:
+    """1280x820, or less to fit the screen's available geometry (a 1280x800 screen has a
+    panel: the status bar must stay on screen)."""
+    from PySide6.QtGui import QGuiApplication
+
+    screen = QGuiApplication.primaryScreen()
+    if screen is None:
+        return QSize(1280, 820)
+    room = screen.availableGeometry()
+    return QSize(min(1280, room.width()), min(820, room.height()))

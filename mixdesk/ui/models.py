@@ -35,6 +35,7 @@ from mixdesk.core.workspace.endpoints import Endpoint, normalize_url, remote_mod
 from mixdesk.core.workspace.settings import Settings, save_endpoint_key
 from mixdesk.ui.plain import plain
 from mixdesk.ui.threads import BackgroundTask, EngineController
+from mixdesk.ui.widgets import compact
 
 log = logging.getLogger(__name__)
 
@@ -227,13 +228,9 @@ class ModelBar(QWidget):
     def __init__(self, models: ModelController, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.models = models
-        self.picker = QComboBox()
-        # Long file names must not widen the window past a 1280-pixel screen: the picker
-        # shows 24 characters at least and elides, whatever its items are.
-        self.picker.setSizeAdjustPolicy(
-            QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon
-        )
-        self.picker.setMinimumContentsLength(24)
+        # Long file names must not widen the window: the picker shows 16 characters at least
+        # and elides, whatever its items are (its popup shows them whole).
+        self.picker = compact(QComboBox(), 16)
         self.open_button = QPushButton("Open .gguf…")
         self.endpoint_button = QPushButton("Endpoint…")
         self.load_button = QPushButton("Load")

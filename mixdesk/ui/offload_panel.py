@@ -29,7 +29,7 @@ from mixdesk.core.planning.calibration import Calibration
 from mixdesk.core.planning.types import STRATEGIES, OffloadPlan
 from mixdesk.core.planning.words import explain, speed_short
 from mixdesk.ui.plain import plain
-from mixdesk.ui.widgets import DeviceBars
+from mixdesk.ui.widgets import DeviceBars, compact
 
 
 class MeasureChart(QWidget):
@@ -109,7 +109,7 @@ class OffloadPanel(QWidget):
         self.kv.addItems(["f16", "q8_0", "q4_0"])
         self.flash = QCheckBox("Flash attention")
         self.threads, self.op_offload, self.verdict = _tuning_controls()
-        self.strategy = QComboBox()
+        self.strategy = compact(QComboBox())
         self.strategy.addItem("Whole layers on the GPU", "layers")
         self.strategy.addItem("All layers on the GPU, some experts in RAM", "experts")
         self.strategy.setToolTip(
@@ -382,7 +382,7 @@ def _tuning_controls() -> tuple[QSpinBox, QComboBox, QLabel]:
     threads = QSpinBox()
     threads.setRange(0, 256)
     threads.setSpecialValueText("auto (physical cores)")
-    op_offload = QComboBox()
+    op_offload = compact(QComboBox())
     op_offload.addItem("Auto (the planner's choice)", None)
     op_offload.addItem("On", True)
     op_offload.addItem("Off", False)

@@ -12,7 +12,7 @@ from PySide6.QtGui import (
     QPen,
     QResizeEvent,
 )
-from PySide6.QtWidgets import QHeaderView, QLabel, QTableWidget, QWidget
+from PySide6.QtWidgets import QComboBox, QHeaderView, QLabel, QTableWidget, QWidget
 
 from mixdesk.core.engine import GenerationStats
 from mixdesk.core.machine.hardware import format_bytes
@@ -185,6 +185,14 @@ class DeviceBars(QWidget):
             text = rect.adjusted(14, 0, 0, 0)
             p.drawText(text, int(Qt.AlignmentFlag.AlignVCenter | Qt.AlignmentFlag.AlignLeft), name)
         p.end()
+
+
+def compact(combo: QComboBox, chars: int = 14) -> QComboBox:
+    """A combo box whose longest item does not set the window's minimum width: it shrinks to
+    ``chars`` characters (its items elide), its popup still shows them whole."""
+    combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+    combo.setMinimumContentsLength(chars)
+    return combo
 
 
 def readable_headers(table: QTableWidget, *, stretch: int = 0) -> None:

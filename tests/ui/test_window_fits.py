@@ -40,3 +40,35 @@ def test_window_fits_a_1280_pixel_screen(
     assert window.minimumSizeHint().width() <= 1280  # placement words, speed figures
     assert window.minimumSizeHint().height() <= 800
     window.close()
+
+
+def test_long_messages_never_widen_the_window(
+    qtbot: QtBot, tmp_path: Path, models: dict[str, Path]
+) -> None:
+    """A Hub error in the Models tab widened the window from 1280 to 1688 px, a long load
+    message in the status bar grew a 1024 px window to 1168 px: long texts elide or wrap, and
+    the first size fits the screen's available geometry."""
+    from PySide6.QtGui import QGuiApplication
+
+    from mixdesk.ui.main_window import first_size
+
+    window = make_window(qtbot, tmp_path, CPU_ONLY)
+    screen = QGuiApplication.primaryScreen().availableGeometry()
+    wanted = first_size()
+    assert wanted.width() <= screen.width() and wanted.height() <= screen.height()
+    assert window.minimumSizeHint().width() <= 1024  # so a 1024x700 screen holds it
+    long = "The Hugging Face Hub could not be reached (" + "x" * 400 + "); check the network."
+    window.manager.status.setText(long)
+    window.notify(long)
+    window.statusBar().showMessage(long)
+    window.model_bar.setToolTip(long)
+    for tab in (window.manager, window.offload):
+        window.tabs.setCurrentWidget(tab)
+        qtbot.waitExposed(tab)
+    assert window.minimumSizeHint().width() <= 1024, window.minimumSizeHint()
+    window.close()
+
+
+CPU_ONLY = HardwareInfo(
+    ram_total_bytes=16 * GIB, ram_available_bytes=12 * GIB, physical_cores=2, logical_cores=2
+)
