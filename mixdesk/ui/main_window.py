@@ -472,8 +472,5 @@ def first_size() -> QSize:
     panel: the status bar must stay on screen)."""
     from PySide6.QtGui import QGuiApplication
 
-    screen = QGuiApplication.primaryScreen()
-    if screen is None:
-        return QSize(1280, 820)
-    room = screen.availableGeometry()
+    room = QGuiApplication.primaryScreen().availableGeometry()
     return QSize(min(1280, room.width()), min(820, room.height()))
