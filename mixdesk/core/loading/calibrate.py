@@ -305,15 +305,17 @@ def _device_rates(
     )
 
 
-def expected_error(predicted_tps: float, measured_tps: float) -> float:
+def expected_error(
+    predicted_tps: float, measured_tps: float, max_miss: float = MAX_CHECK_MISS
+) -> float:
     """The expected relative error of the fitted model, from how far it missed a model of
     another shape (twice the miss, at least 5%).
 
     Raises:
-        CalibrationNoisyError: it missed by more than :data:`MAX_CHECK_MISS`.
+        CalibrationNoisyError: it missed by more than ``max_miss``.
     """
     miss = abs(predicted_tps / measured_tps - 1) if measured_tps > 0 else math.inf
-    if miss > MAX_CHECK_MISS:
+    if miss > max_miss:
         raise CalibrationNoisyError(
             f"The measurements disagree with each other (a check model ran at "
             f"{measured_tps:.1f} tok/s where they predicted {predicted_tps:.1f}): the machine "
@@ -331,6 +333,7 @@ def calibrate(
     threads: int | None = None,
     shapes: Shapes | None = None,
     on_progress: Progress | None = None,
+    max_miss: float = MAX_CHECK_MISS,
 ) -> CalibrationResult:
     """Measure this machine (its CPU at ``threads`` and every offload device in
     ``hardware``) and fit the speed model; the caller keeps it
@@ -373,7 +376,7 @@ def calibrate(
     predicted = predict(model, check, layer_device={}, output_device="CPU", threads=threads)
     eval_s, _ = _measure(engine, paths["check"], _cpu(hardware), choices)
     measured_tps = 1.0 / eval_s
-    model = replace(model, error=expected_error(predicted.eval_tps, measured_tps))
+    model = replace(model, error=expected_error(predicted.eval_tps, measured_tps, max_miss))
     return CalibrationResult(
         model=model,
         runs=runs,
