@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 
 from PySide6.QtCore import Qt, Signal
@@ -11,6 +12,7 @@ from PySide6.QtWidgets import (
     QFormLayout,
     QHBoxLayout,
     QLabel,
+    QMessageBox,
     QProgressBar,
     QPushButton,
     QSlider,
@@ -24,9 +26,9 @@ from mixdesk.core.loading.choices import LoadChoices
 from mixdesk.core.loading.measure import MeasureReport, measure_variants
 from mixdesk.core.loading.model import ResolvedModel
 from mixdesk.core.loading.service import LoadRequest, make_plan
-from mixdesk.core.machine.hardware import HardwareInfo
+from mixdesk.core.machine.hardware import HardwareInfo, format_bytes
 from mixdesk.core.planning.calibration import Calibration
-from mixdesk.core.planning.types import STRATEGIES, OffloadPlan
+from mixdesk.core.planning.types import STRATEGIES, Fit, OffloadPlan
 from mixdesk.core.planning.words import explain, speed_short
 from mixdesk.ui.plain import plain
 from mixdesk.ui.widgets import DeviceBars, compact
@@ -87,6 +89,8 @@ class OffloadPanel(QWidget):
         self.hardware: HardwareInfo | None = None
         #: What this machine measured (:meth:`set_calibration`).
         self.calibration = Calibration()
+        #: Asks the user a yes/no question (a setting that cannot fit, before Apply).
+        self.confirm: Callable[[str], bool] = self._ask
         #: The model planned for (resolved and checked when it was chosen).
         self.model: ResolvedModel | None = None
         self.plan: OffloadPlan | None = None
@@ -242,16 +246,13 @@ class OffloadPanel(QWidget):
         else:
             self.plan = plan_for(self.slider.value())
         plan = self.plan
+        # what people read first: the layers on the GPU; llama.cpp's own number below it
         self.slider_label.setText(
-            f"n_gpu_layers {plan.n_gpu_layers}: {plan.placement_words} "
-            f"(context {plan.n_ctx}, {speed_short(plan.speed)})"
+            f"{plan.placement_words}, context {plan.n_ctx}, {speed_short(plan.speed)}\n"
+            f"llama.cpp: n_gpu_layers {plan.n_gpu_layers}"
         )
         self.bars.set_devices(plan.devices)
-        gpu = plan.gpu
-        if plan.fit == "none" or (gpu is not None and gpu.used_bytes > gpu.free_bytes):
-            self.warning.setText("This setting will not fit in memory: loading it may fail.")
-        else:
-            self.warning.setText("")
+        self.warning.setText(not_fitting_words(plan))
         self.explanation.setText("\n".join(explain(plan)))
 
     def choices(self) -> LoadChoices:
@@ -322,8 +323,22 @@ class OffloadPanel(QWidget):
             w.blockSignals(False)
 
     def _apply(self) -> None:
-        if self.plan is not None:
-            self.applyRequested.emit(self.choices())
+        if self.plan is None:
+            return
+        warning = not_fitting_words(self.plan)
+        if warning and not self.confirm(f"{warning} Load it anyway?"):
+            return
+        self.applyRequested.emit(self.choices())
+
+    def _ask(self, question: str) -> bool:
+        answer = QMessageBox.question(
+            self,
+            "This setting does not fit",
+            question,
+            QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
+            QMessageBox.StandardButton.No,
+        )
+        return answer == QMessageBox.StandardButton.Yes
 
     def _measure(self) -> None:
         if self.plan is None or self.profile is None or self.hardware is None:
@@ -393,3 +408,13 @@ def _tuning_controls() -> tuple[QSpinBox, QComboBox, QLabel]:
     verdict = plain(QLabel(""))
     verdict.setWordWrap(True)
     return threads, op_offload, verdict
+
+
+def not_fitting_words(plan: OffloadPlan) -> str:
+    """What a setting that cannot fit will do, in one sentence ("" when it fits)."""
+    if plan.fit is not Fit.NONE:
+        return ""
+    return (
+        f"This setting does not fit: {format_bytes(plan.shortfall_bytes)} more memory is "
+        "needed than is free, so loading it will fail."
+    )

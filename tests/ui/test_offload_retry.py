@@ -42,18 +42,57 @@ def test_window_retries_a_device_out_of_memory_with_fewer_layers(
 def test_slider_says_where_the_output_layer_goes(
     qtbot: QtBot, tmp_path: Path, models: dict[str, Path]
 ) -> None:
-    """The slider speaks llama.cpp's n_gpu_layers: the output layer comes first."""
+    """The slider leads with the layers on the GPU, and speaks llama.cpp's n_gpu_layers on a
+    second line (the output layer comes first)."""
     window = make_window(qtbot, tmp_path, GPU_8GIB)
     window.select_model_path(str(models["q4_k_m"]))
     qtbot.waitUntil(lambda: window.offload.plan is not None, timeout=10_000)
     panel = window.offload
     assert panel.slider.maximum() == 5  # 4 layers + the output layer
     for value, words in (
-        (0, "n_gpu_layers 0: all 4 layers in RAM"),
-        (1, "n_gpu_layers 1: 0 of 4 layers + output on GPU"),
-        (2, "n_gpu_layers 2: 1 of 4 layers + output on GPU"),
-        (5, "n_gpu_layers 5: all 4 layers + output on GPU"),
+        (0, "all 4 layers in RAM"),
+        (1, "0 of 4 layers + output on GPU"),
+        (2, "1 of 4 layers + output on GPU"),
+        (5, "all 4 layers + output on GPU"),
     ):
         panel.slider.setValue(value)
-        assert panel.slider_label.text().startswith(words)
+        first, second = panel.slider_label.text().split("\n")
+        assert first.startswith(words)
+        assert second == f"llama.cpp: n_gpu_layers {value}"
+    window.close()
+
+
+def test_a_setting_that_cannot_fit_asks_before_apply(
+    qtbot: QtBot, tmp_path: Path, models: dict[str, Path]
+) -> None:
+    """ "loading it may fail" when 12 GiB are missing (it will fail), while Apply stayed
+    enabled: the panel says it will fail and by how much, and Apply asks first."""
+    from mixdesk.core.machine.hardware import GIB, GpuInfo, HardwareInfo
+
+    tiny_gpu = HardwareInfo(
+        ram_total_bytes=GIB // 4,
+        ram_available_bytes=GIB // 8,
+        physical_cores=2,
+        logical_cores=2,
+        gpus=[GpuInfo("Small GPU", "cuda", GIB // 8, GIB // 8)],
+        gpu_offload=True,
+    )
+    window = make_window(qtbot, tmp_path, tiny_gpu)
+    window.select_model_path(str(models["q4_k_m"]))
+    qtbot.waitUntil(lambda: window.offload.plan is not None, timeout=10_000)
+    panel = window.offload
+    panel.auto.setChecked(False)
+    panel.slider.setValue(5)
+    assert panel.plan is not None and panel.plan.fit == "none"
+    assert "will fail" in panel.warning.text() and "more memory is needed" in panel.warning.text()
+    asked: list[str] = []
+    panel.confirm = lambda question: asked.append(question) or False
+    applied: list[object] = []
+    panel.applyRequested.connect(applied.append)
+    panel.apply.click()
+    assert asked and "Load it anyway?" in asked[0]
+    assert applied == []  # the user said no
+    panel.confirm = lambda _question: True
+    panel.apply.click()
+    assert len(applied) == 1
     window.close()
