@@ -86,7 +86,12 @@ def test_a_setting_that_cannot_fit_asks_before_apply(
     assert panel.plan is not None and panel.plan.fit == "none"
     assert "will fail" in panel.warning.text() and "more memory is needed" in panel.warning.text()
     asked: list[str] = []
-    panel.confirm = lambda question: asked.append(question) or False
+
+    def refuse(question: str) -> bool:
+        asked.append(question)
+        return False
+
+    panel.confirm = refuse
     applied: list[object] = []
     panel.applyRequested.connect(applied.append)
     panel.apply.click()
