@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from PySide6.QtCore import QObject, Signal
+from PySide6.QtCore import QObject, QTimer, Signal
 from PySide6.QtWidgets import (
     QFileDialog,
     QGridLayout,
@@ -42,6 +42,10 @@ class ConversationController(QObject):
 
     listChanged = Signal()
     opened = Signal(object)
+    deleted = Signal(object)
+
+    #: How long a deleted conversation can be brought back (milliseconds).
+    UNDO_MS = 8000
 
     def __init__(self, store: ChatStore, settings: Settings, parent: QObject | None = None) -> None:
         super().__init__(parent)
@@ -49,10 +53,18 @@ class ConversationController(QObject):
         self.settings = settings
         self.current: Conversation | None = None
         self.search = ""
+        #: A deleted conversation that Undo can still bring back (deleted for good when its
+        #: timer ends, another is deleted, or the window closes).
+        self.pending: Conversation | None = None
+        self._undo_timer = QTimer(self)
+        self._undo_timer.setSingleShot(True)
+        self._undo_timer.timeout.connect(self.finish_delete)
 
     def listing(self) -> list[Conversation]:
-        """The conversations matching the search, most recent first."""
-        return self.store.conversations(self.search)
+        """The conversations matching the search, most recent first (without one deleted
+        a moment ago, which Undo can still bring back)."""
+        hidden = self.pending.id if self.pending is not None else None
+        return [c for c in self.store.conversations(self.search) if c.id != hidden]
 
     def set_search(self, text: str) -> None:
         """Filter the list by title and message text."""
@@ -103,13 +115,33 @@ class ConversationController(QObject):
         self.listChanged.emit()
 
     def delete(self) -> None:
-        """Delete the open conversation and open the next one."""
+        """Delete the open conversation and open the next one; for :data:`UNDO_MS` it can be
+        brought back (:meth:`undo`), then it is deleted for good. ``deleted`` says which."""
         if self.current is None:
             return
-        self.store.delete(self.current.id)
+        self.finish_delete()  # only the last one deleted waits for an undo
+        self.pending = self.current
         self.current = None
+        self._undo_timer.start(self.UNDO_MS)
         self.listChanged.emit()
+        self.deleted.emit(self.pending)
         self.open_first()
+
+    def undo(self) -> None:
+        """Bring back the conversation deleted a moment ago, and open it."""
+        if self.pending is None:
+            return
+        conv, self.pending = self.pending, None
+        self._undo_timer.stop()
+        self.listChanged.emit()
+        self.open(conv.id)
+
+    def finish_delete(self) -> None:
+        """Delete for good what is waiting for an undo (also when the window closes)."""
+        self._undo_timer.stop()
+        if self.pending is not None:
+            conv, self.pending = self.pending, None
+            self.store.delete(conv.id)
 
     def export(self, path: Path, *, as_json: bool) -> None:
         """Write the open conversation to ``path`` as Markdown or JSON."""
@@ -181,9 +213,12 @@ class ConversationPanel(QWidget):
         self.rename_button = QPushButton("Rename")
         self.delete_button = QPushButton("Delete")
         self.export_button = QPushButton("Export")
+        self.undo_button = QPushButton("Undo delete")
+        self.undo_button.hide()
         layout = QVBoxLayout(self)
         layout.addWidget(self.search)
         layout.addWidget(self.list, 1)
+        layout.addWidget(self.undo_button)
         grid = QGridLayout()  # two by two: the list stays narrow next to the chat
         for i, b in enumerate(
             (self.new_button, self.rename_button, self.delete_button, self.export_button)
@@ -197,12 +232,22 @@ class ConversationPanel(QWidget):
         self.rename_button.clicked.connect(self._rename)
         self.delete_button.clicked.connect(conversations.delete)
         self.export_button.clicked.connect(self._export)
+        self.undo_button.clicked.connect(conversations.undo)
+        conversations.deleted.connect(self._offer_undo)
         conversations.listChanged.connect(self.refresh)
         conversations.opened.connect(lambda _c: self.refresh())
+
+    def _offer_undo(self, conv: Conversation) -> None:
+        self.undo_button.setText(f"Undo: bring back “{conv.title[:24]}”")
+        self.undo_button.setToolTip(
+            f"Deleted “{conv.title}”; it is gone for good in a few seconds."
+        )
+        self.undo_button.show()
 
     def refresh(self) -> None:
         """Refill the list (filtered by the search), with the open conversation selected."""
         conversations = self.conversations
+        self.undo_button.setVisible(conversations.pending is not None)
         if self.search.text().strip() != conversations.search:
             self.search.blockSignals(True)
             self.search.setText(conversations.search)

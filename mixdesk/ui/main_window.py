@@ -438,6 +438,7 @@ class MainWindow(QMainWindow):
 
     def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802
         self.answers.save_partial()
+        self.conversations.finish_delete()
         self.models.shutdown()
         self.manager.shutdown()
         self.workers_panel.shutdown()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from PySide6.QtWidgets import (
     QLineEdit,
     QListWidget,
     QListWidgetItem,
+    QMessageBox,
     QProgressBar,
     QPushButton,
     QTableWidget,
@@ -166,16 +168,14 @@ class ModelManager(QWidget):
         self.hardware = hardware
         #: What this machine measured (the window keeps it current).
         self.calibration = Calibration()
+        #: Asks the user a yes/no question (before deleting a model's files).
+        self.confirm: Callable[[str], bool] = self._ask
         self.library = library
         self.models: list[HubModel] = []
         self.rows: list[DownloadRow] = []
         self._tasks: list[BackgroundTask] = []
 
-        self.catalog = QListWidget()
-        for entry in load_catalog():
-            item = QListWidgetItem(f"{entry.title}\n{entry.repo_id}")
-            item.setData(256, entry.repo_id)
-            self.catalog.addItem(item)
+        self.catalog = _catalog_list()
         self.repo = QLineEdit()
         self.repo.setPlaceholderText(
             "any Hub repository, e.g. TheBloke/Mixtral-8x7B-Instruct-v0.1-GGUF"
@@ -330,10 +330,32 @@ class ModelManager(QWidget):
         return str(item.data(256)) if item is not None else None
 
     def _delete_selected(self) -> None:
+        """Delete the selected model's files, once the user has confirmed, saying how much
+        disk it frees (a 26 GB download must not go at one click)."""
         name = self._selected_entry_name()
-        if name:
-            self.library.remove(name)
-            self.refresh_library()
+        entry = self.library.get(name) if name else None
+        if entry is None:
+            return
+        size = format_bytes(entry.size) if entry.size else "its files"
+        question = (
+            f"Delete {entry.name}? This removes it from the library and deletes its files, "
+            f"freeing {size}; downloading it again takes as long as the first time."
+        )
+        if not self.confirm(question):
+            return
+        self.library.remove(entry.name)
+        self.status.setText(f"Deleted {entry.name}; {size} freed.")
+        self.refresh_library()
+
+    def _ask(self, question: str) -> bool:
+        answer = QMessageBox.question(
+            self,
+            "Delete the model?",
+            question,
+            QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
+            QMessageBox.StandardButton.No,
+        )
+        return answer == QMessageBox.StandardButton.Yes
 
     def _load_selected(self) -> None:
         name = self._selected_entry_name()
@@ -352,3 +374,13 @@ class ModelManager(QWidget):
             task.finished.connect(lambda _e: self.refresh_library())
             task.failed.connect(self._failed)
             self._run(task)
+
+
+def _catalog_list() -> QListWidget:
+    """The built-in catalog: title and repository of each entry."""
+    catalog = QListWidget()
+    for entry in load_catalog():
+        item = QListWidgetItem(f"{entry.title}\n{entry.repo_id}")
+        item.setData(256, entry.repo_id)
+        catalog.addItem(item)
+    return catalog

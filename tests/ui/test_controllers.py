@@ -102,8 +102,17 @@ def test_conversations_alone(qtbot: QtBot, conversations: ConversationController
     with qtbot.waitSignal(c.opened) as opened:
         c.delete()
     assert opened.args[0].id == second.id
-    c.delete()
+    assert first.id not in [x.id for x in c.listing()]  # gone from the list at once...
+    assert c.store.get(first.id) is not None  # ...but Undo can still bring it back
+    with qtbot.waitSignal(c.opened) as opened:
+        c.undo()
+    assert opened.args[0].id == first.id and first.id in [x.id for x in c.listing()]
+    c.delete()  # first again
+    c.delete()  # second: the first is now deleted for good
+    assert c.store.get(first.id) is None
     assert c.current is not None and c.current.id not in (first.id, second.id)  # a fresh one
+    c.finish_delete()  # the window closes: nothing waits for an undo
+    assert c.store.get(second.id) is None
 
 
 # -- the answer stream -----------------------------------------------------------------

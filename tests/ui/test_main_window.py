@@ -440,3 +440,36 @@ def test_speeds_say_when_they_are_measured(
     assert "measured on this machine" in window.offload.slider_label.text()
     assert "measured on this machine" in window.offload.explanation.text()
     assert "within about 12%" in window.hardware_tab.calibration.text()
+
+
+def test_deleting_a_model_asks_and_says_what_it_frees(
+    qtbot: QtBot, window: MainWindow, models: dict[str, Path]
+) -> None:
+    """Library -> Delete removed a 26 GB download at one click: it asks first, saying how
+    much it frees, and a No keeps the file."""
+    import shutil
+
+    from mixdesk.core.hub.pull import import_model
+
+    manager = window.manager
+    copy = manager.library.root / "to-delete.gguf"
+    shutil.copy(models["q2_k"], copy)
+    import_model(copy, library=manager.library)
+    manager.refresh_library()
+    manager.library_list.setCurrentRow(0)
+    asked: list[str] = []
+
+    def answer(no: bool) -> None:
+        def ask(question: str) -> bool:
+            asked.append(question)
+            return not no
+
+        manager.confirm = ask
+
+    answer(no=True)
+    manager.delete_button.click()
+    assert asked and "freeing" in asked[0] and copy.exists()
+    answer(no=False)
+    manager.delete_button.click()
+    assert not copy.exists()
+    assert "freed" in manager.status.text()
