@@ -18,11 +18,14 @@ from typing import Any
 
 from PySide6.QtCore import QEasingCurve, QEvent, QPoint, QPropertyAnimation, QUrl, Signal
 from PySide6.QtGui import (
+    QColor,
     QGuiApplication,
     QHelpEvent,
     QTextBlockFormat,
     QTextCharFormat,
     QTextCursor,
+    QTextTable,
+    QTextTableCell,
 )
 from PySide6.QtWidgets import QTextBrowser, QToolTip, QWidget
 
@@ -38,6 +41,8 @@ _ROLE_STYLE = {
     "note": ("#bab0ac", "#fafafa", "#666666"),
 }
 SCROLL_MS = 120
+#: The streaming answer's speed line changes at most this often (seconds).
+FOOTER_EVERY_S = 0.25
 #: Moves of up to this many pixels (a few lines of new text) are steps, not glides.
 GLIDE_FROM_PX = 80
 
@@ -96,6 +101,9 @@ class ChatView(QTextBrowser):
         self._prefix_codes = 0
         self.streaming_text = ""
         self._stream_start = 0
+        self._body_end = QTextCursor(self.document())
+        self._footer_cell: QTextTableCell | None = None
+        self._footer_shown = 0.0
         self._plain = QTextCharFormat()
         self.following = True
         bar = self.verticalScrollBar()
@@ -140,6 +148,7 @@ class ChatView(QTextBrowser):
             parts.append(f'<p style="color:#777;font-style:italic">{html.escape(note)}</p>')
         self._prefix_codes = len(self._codes)
         self.streaming_text = ""
+        self._footer_cell = None
         self.scroll_animation.stop()
         self.setHtml("".join(parts))
         if self.following:
@@ -148,38 +157,80 @@ class ChatView(QTextBrowser):
     # -- the streaming answer -----------------------------------------------------------
 
     def start_streaming(self) -> None:
-        """Open a new answer at the end of the conversation (the view follows it)."""
+        """Open a new answer at the end of the conversation (the view follows it): its text
+        and its live speed line grow inside the answer's own block."""
         self.streaming_text = ""
         self.following = True
         cursor = self._end_cursor()
         # a fresh block with plain formats, so nothing carries over from the user's message
         cursor.insertBlock(QTextBlockFormat(), QTextCharFormat())
         cursor.insertHtml(turn_html("assistant", "", "", created=time.time()))
-        cursor = self._end_cursor()
-        cursor.insertBlock(QTextBlockFormat(), QTextCharFormat())
+        cell = self._last_turn_body()
         self._plain = QTextCharFormat()
-        self._stream_start = cursor.position()
+        body = cell.lastCursorPosition()
+        body.insertBlock(QTextBlockFormat(), self._plain)
+        self._stream_start = body.position()
+        footer = cell.lastCursorPosition()
+        footer.insertBlock(QTextBlockFormat(), self._footer_format())
+        #: Where new text goes: the end of the answer's body, before its speed line (a
+        #: QTextCursor follows the edits made before it).
+        self._body_end = QTextCursor(body)
+        self._footer_cell = cell
         self._jump_to_bottom()
+
+    def _last_turn_body(self) -> QTextTableCell:
+        """The text cell of the turn added last (the stripe is the first cell)."""
+        table = self.document().rootFrame().childFrames()[-1]
+        assert isinstance(table, QTextTable)
+        return table.cellAt(0, 1)
+
+    @staticmethod
+    def _footer_format() -> QTextCharFormat:
+        fmt = QTextCharFormat()
+        fmt.setForeground(QColor("#777"))
+        fmt.setFontPointSize(max(QGuiApplication.font().pointSizeF() * 0.85, 6.0))
+        return fmt
 
     def append_streaming(self, delta: str) -> None:
         """Add text to the streaming answer: only the new characters are laid out."""
         if not delta:
             return
         self.streaming_text += delta
-        self._end_cursor().insertText(delta, self._plain)
+        self._body_end.insertText(delta, self._plain)
         self._follow()
 
     def render_streaming(self) -> None:
         """Re-render the streaming answer as Markdown (done a few times a second, not per token)."""
-        cursor = self._end_cursor()
-        cursor.setPosition(self._stream_start, QTextCursor.MoveMode.KeepAnchor)
+        cursor = QTextCursor(self.document())
+        cursor.setPosition(self._stream_start)
+        cursor.setPosition(self._body_end.position(), QTextCursor.MoveMode.KeepAnchor)
         cursor.removeSelectedText()
         body, codes = render_markdown(
             self.streaming_text, code_link_prefix=f"copy:{self._prefix_codes}:"
         )
         self._codes = self._codes[: self._prefix_codes] + codes
         cursor.insertHtml(body)
+        self._body_end = cursor
         self._follow()
+
+    def show_streaming_stats(self, stats: GenerationStats) -> None:
+        """The streaming answer's speed line, updated live under its text (at most a few
+        times a second: each update lays out the answer's block again)."""
+        now = time.monotonic()
+        if self._footer_cell is None or now - self._footer_shown < FOOTER_EVERY_S:
+            return
+        self._footer_shown = now
+        cursor = self._footer_cell.lastCursorPosition()
+        cursor.movePosition(QTextCursor.MoveOperation.StartOfBlock, QTextCursor.MoveMode.KeepAnchor)
+        cursor.insertText(
+            stats_line(stats) if stats.eval_tokens else "reading the prompt…", self._footer_format()
+        )
+
+    def streaming_footer(self) -> str:
+        """The live speed line's text (tests)."""
+        if self._footer_cell is None:
+            return ""
+        return self._footer_cell.lastCursorPosition().block().text()
 
     # -- scrolling ----------------------------------------------------------------------
 

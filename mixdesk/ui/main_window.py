@@ -195,6 +195,8 @@ class MainWindow(QMainWindow):
         )
         answers.started.connect(lambda _messages: self.speed.reset())
         answers.speed.connect(self._show_speed)
+        # another conversation's figures never stay on screen after a switch
+        self.conversations.opened.connect(lambda _c: self.speed.clear())
         answers.finished.connect(self._answer_finished)
         answers.failed.connect(self._answer_failed)
         self.chat.problem.connect(self.report)
@@ -406,6 +408,8 @@ class MainWindow(QMainWindow):
 
     def _show_speed(self, stats: GenerationStats, final: bool) -> None:
         self.speed.show(stats, final=final)
+        if not final:
+            self.view.show_streaming_stats(stats)  # where the eyes are: under the answer
         self.speedShown.emit(stats.eval_tps)
 
     def _answer_finished(self, done: ChatDone) -> None:

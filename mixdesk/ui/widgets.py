@@ -39,6 +39,12 @@ class SpeedMeter:
         self._history = []
         self.sparkline.set_values([])
 
+    def clear(self) -> None:
+        """No answer on screen (another conversation opened): no figures of an old one."""
+        self.reset()
+        self.tps_label.setText("eval — tok/s")
+        self.detail_label.setText("")
+
     def show(self, stats: GenerationStats, *, final: bool = False) -> None:
         """Show the figures of the streaming answer (``final``: of the finished one)."""
         if stats.eval_tps:

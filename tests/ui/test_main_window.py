@@ -43,7 +43,8 @@ def test_answer_streams_with_live_speed(
         shown.append(len(squash(window.view.toPlainText())))
 
     window.speedShown.connect(update)
-    done = ask(qtbot, window, "Tell me a story")
+    # a bounded wait, not a speed test: 2000 tokens take 10 s here, minutes on a busy machine
+    done = ask(qtbot, window, "Tell me a story", timeout=180_000)
     assert done.stats.eval_tokens == 2000
     assert len(seen) >= 3  # the label moved while the answer streamed
     assert len(set(shown[:-1])) >= 2  # the text grew in the view while the answer streamed
@@ -473,3 +474,34 @@ def test_deleting_a_model_asks_and_says_what_it_frees(
     manager.delete_button.click()
     assert not copy.exists()
     assert "freed" in manager.status.text()
+
+
+def test_the_streaming_answer_stays_in_its_block_with_a_live_speed_line(
+    qtbot: QtBot, window: MainWindow, models: dict[str, Path]
+) -> None:
+    """The streaming text sat at the left edge outside its coloured block and the live speed
+    was small text at the far bottom right that stayed after a switch: the text and its live
+    speed line grow inside the answer's own block, and a switch clears the figures."""
+    from PySide6.QtGui import QTextTable
+
+    load(qtbot, window, models["f32"])
+    window.set_sampling(max_tokens=200)
+    view = window.view
+    lines: list[str] = []
+    inside: list[bool] = []
+
+    def update(_tps: float) -> None:
+        lines.append(view.streaming_footer())
+        cursor = view._body_end  # where the streaming text goes
+        inside.append(isinstance(cursor.currentTable(), QTextTable))
+
+    window.speedShown.connect(update)
+    done = ask(qtbot, window, "Tell me a story")
+    assert done.stats.eval_tokens == 200
+    assert inside and all(inside)  # the text grew inside the answer's table
+    live = [line for line in lines if "tok/s" in line]
+    assert len(live) >= 2 and len(set(live)) >= 2  # the footer moved while it streamed
+    assert window.tps_label.text() != "eval — tok/s"
+    window.new_conversation()
+    assert window.tps_label.text() == "eval — tok/s"  # no old figures after a switch
+    assert window.speed.detail_label.text() == ""
