@@ -3,6 +3,8 @@ buttons, the system prompt preset and the conversation's sampling."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QKeyEvent
 from PySide6.QtWidgets import (
@@ -56,6 +58,11 @@ class ChatPane(QWidget):
         super().__init__(parent)
         self.answers = answers
         self.conversations = answers.conversations
+        #: Loads the chosen model and sends ``message`` once it is loaded; False when no model
+        #: is chosen (the window sets it).
+        self.load_first: Callable[[str], bool] = lambda _message: False
+        #: Whether a model is chosen that sending would load (the window sets it).
+        self.model_chosen: Callable[[], bool] = lambda: False
         self.preset = QComboBox()
         self.preset.addItem("No system prompt", "")
         for name, text in settings.system_presets.items():
@@ -111,7 +118,12 @@ class ChatPane(QWidget):
         self.view.editRequested.connect(self.edit_message)
 
     def send(self, text: str | None = None) -> None:
-        """Send the input box's text (or ``text``) and start the answer."""
+        """Send the input box's text (or ``text``) and start the answer; with a model chosen
+        but not loaded, :attr:`load_first` loads it and the message goes once it is."""
+        message = (self.input.toPlainText() if text is None else text).strip()
+        if message and self.answers.source is None and self.load_first(message):
+            self.input.clear()
+            return
         try:
             sent = self.answers.send(self.input.toPlainText() if text is None else text)
         except MixdeskError as err:
@@ -145,14 +157,18 @@ class ChatPane(QWidget):
         """Send, Regenerate and Stop enabled only when they can do something; a disabled
         button says why in its tooltip."""
         answers = self.answers
-        busy, ready = answers.busy, answers.source is not None
+        busy, ready = answers.busy, answers.source is not None or self.model_chosen()
         self.stop_button.setEnabled(busy)
         self.stop_button.setToolTip("Stop the answer (what arrived is kept)." if busy else "")
         self.send_button.setEnabled(ready and not busy)
         if not ready:
-            why = "Load a model (pick one above and press Load) or choose an endpoint first."
+            why = "Choose a model above (sending loads it) or an endpoint first."
+        elif busy:
+            why = "An answer is being written: wait, or press Stop."
+        elif answers.source is None:
+            why = "Sending loads the chosen model first (with its planned layers)."
         else:
-            why = "An answer is being written: wait, or press Stop." if busy else ""
+            why = ""
         self.send_button.setToolTip(why)
         regen = answers.can_regenerate()
         self.regen_button.setEnabled(regen)

@@ -16,7 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import QSize, Signal
+from PySide6.QtCore import QSize, QTimer, Signal
 from PySide6.QtGui import QAction, QCloseEvent
 from PySide6.QtWidgets import (
     QMainWindow,
@@ -121,8 +121,14 @@ class MainWindow(QMainWindow):
         self.answers = AnswerController(self.controller, self.conversations, self)
         self.models = ModelController(self.controller, library, self.settings, self)
         self.measuring = MeasureController(self.controller, self)
+        #: A message sent while its model was still loading (sent when the load ends).
+        self.pending_send: str | None = None
         self._build(catalog)
         self._connect()
+        self.chat.load_first = self._load_then_send
+        self.chat.model_chosen = lambda: (
+            self.models.endpoint is None and self.offload.plan is not None
+        )
         self.set_calibration(self.calibration)
         self.conversations.open_first()
         self.refresh_models()
@@ -207,6 +213,7 @@ class MainWindow(QMainWindow):
             lambda model, profile: self.offload.set_model(model, profile, self.hardware)
         )
         models.profileReady.connect(self.center.profile_ready)  # after the panel planned it
+        models.profileReady.connect(lambda *_a: self.chat.update_buttons())  # Send can load it
         self.center.downloaded.connect(self.select_model_path)
         self.center.loadWanted.connect(
             lambda n: self.load(replace(self.offload.choices(), n_gpu_layers=n))
@@ -218,6 +225,7 @@ class MainWindow(QMainWindow):
         models.loadProgress.connect(self.offload.show_progress)
         models.loaded.connect(self._loaded)
         models.loadFailed.connect(lambda _err: self.offload.show_progress(None))
+        models.loadFailed.connect(self._pending_failed)
         models.loadFailed.connect(self.report)
         models.failed.connect(self.report)
         models.libraryChanged.connect(self._library_changed)
@@ -386,6 +394,31 @@ class MainWindow(QMainWindow):
         if self.conversation is not None:
             self.store.update(self.conversation.id, model=info.path)
         self.modelLoaded.emit(info)
+        if self.pending_send is not None:  # a message sent with the model chosen, not loaded
+            # after the model controller has made it the source (its next signal)
+            QTimer.singleShot(0, self._send_pending)
+
+    def _send_pending(self) -> None:
+        if self.pending_send is not None and self.answers.source is not None:
+            text, self.pending_send = self.pending_send, None
+            self.send(text)
+
+    def _load_then_send(self, text: str) -> bool:
+        """Sending with a model chosen but not loaded: load it (the planned layers, progress
+        shown) and send ``text`` once it is; False when no model is chosen."""
+        if self.models.endpoint is not None or self.offload.plan is None:
+            return False
+        self.pending_send = text
+        self.statusBar().showMessage("Loading the model, then answering…")
+        self.load_selected()
+        return True
+
+    def _pending_failed(self, _err: BaseException) -> None:
+        """The load for a pending message failed: the message goes back in the input box
+        (nothing the user typed is lost)."""
+        if self.pending_send is not None:
+            self.input.setPlainText(self.pending_send)
+            self.pending_send = None
 
     def _library_changed(self, library: Library) -> None:
         self.manager.library = library

@@ -26,7 +26,7 @@ def test_send_regenerate_stop_follow_load_answer_stop_unload(
     window = make_window(qtbot, tmp_path)
     chat = window.chat
     assert _states(window) == (False, False, False)  # nothing to answer with
-    assert "Load a model" in chat.send_button.toolTip()
+    assert "Choose a model" in chat.send_button.toolTip()
 
     load(qtbot, window, models["f32"])
     assert _states(window) == (True, False, False)  # a model, but no answer to regenerate
@@ -49,7 +49,8 @@ def test_send_regenerate_stop_follow_load_answer_stop_unload(
     assert _states(window) == (True, True, False)  # an answer: it can be regenerated
 
     window.model_bar.unload_button.click()
-    assert _states(window) == (False, False, False)
-    assert "Load a model" in chat.send_button.toolTip()
+    # the model stays chosen: Send loads it again (issue 21: choosing a model is enough)
+    assert _states(window) == (True, False, False)
+    assert "loads the chosen model" in chat.send_button.toolTip()
     assert "Nothing to regenerate" in chat.regen_button.toolTip()
     window.close()

@@ -505,3 +505,25 @@ def test_the_streaming_answer_stays_in_its_block_with_a_live_speed_line(
     window.new_conversation()
     assert window.tps_label.text() == "eval — tok/s"  # no old figures after a switch
     assert window.speed.detail_label.text() == ""
+
+
+def test_choosing_a_model_is_enough_to_send(
+    qtbot: QtBot, window: MainWindow, models: dict[str, Path]
+) -> None:
+    """After opening a .gguf, typing and pressing Enter gave a modal "Load a model first":
+    sending with a model chosen loads it with the planned layers, then answers."""
+    window.select_model_path(str(models["q4_k_m"]))
+    qtbot.waitUntil(lambda: window.offload.plan is not None, timeout=10_000)
+    loaded_before = window.controller.model
+    assert loaded_before is None  # chosen, not loaded
+    qtbot.waitUntil(window.send_button.isEnabled, timeout=5_000)
+    window.set_sampling(max_tokens=4)
+    with qtbot.waitSignal(window.answerFinished, timeout=60_000) as finished:
+        window.input.setPlainText("Hello")
+        window.send_button.click()
+    assert finished.args[0].stats.eval_tokens >= 1
+    assert window.last_error == ""  # no "Load a model first"
+    assert window.models.info is not None  # it loaded
+    assert window.conversation is not None
+    roles = [m.role for m in window.store.messages(window.conversation.id)]
+    assert roles == ["user", "assistant"]
