@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from PySide6.QtCore import QSize, QTimer, Signal
-from PySide6.QtGui import QAction, QCloseEvent
+from PySide6.QtGui import QCloseEvent
 from PySide6.QtWidgets import (
     QMainWindow,
     QSplitter,
@@ -47,6 +47,7 @@ from mixdesk.ui.conversations import ConversationController, ConversationPanel
 from mixdesk.ui.gpu_support import GpuSupportBar
 from mixdesk.ui.hardware_panel import HardwareTab, calibration_words
 from mixdesk.ui.measure import MeasureController
+from mixdesk.ui.menus import build_menus
 from mixdesk.ui.model_manager import ModelManager
 from mixdesk.ui.models import ModelController, model_info_line
 from mixdesk.ui.offload_panel import OffloadPanel
@@ -187,9 +188,7 @@ class MainWindow(QMainWindow):
         for w in self.speed.widgets():
             self.statusBar().addPermanentWidget(w)
 
-        settings_action = QAction("Settings…", self)
-        settings_action.triggered.connect(self.open_settings)
-        self.menuBar().addMenu("&MixDesk").addAction(settings_action)
+        self.menus = build_menus(self)
 
     def _connect(self) -> None:
         answers, models = self.answers, self.models

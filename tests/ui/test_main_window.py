@@ -527,3 +527,34 @@ def test_choosing_a_model_is_enough_to_send(
     assert window.conversation is not None
     roles = [m.role for m in window.store.messages(window.conversation.id)]
     assert roles == ["user", "assistant"]
+
+
+def test_menus_and_shortcuts_a_desktop_app_has(
+    qtbot: QtBot, window: MainWindow, models: dict[str, Path]
+) -> None:
+    from PySide6.QtGui import QGuiApplication, QKeySequence
+
+    from mixdesk.ui.menus import about_text
+
+    menus = window.menus
+    titles = [a.text() for a in window.menuBar().actions()]
+    assert titles == ["&File", "&Edit", "&Model", "&Help"]
+    shortcuts = {
+        menus.new_conversation: "Ctrl+N",
+        menus.open_model: "Ctrl+O",
+        menus.quit: "Ctrl+Q",
+        menus.find: "Ctrl+F",
+    }
+    for action, keys in shortcuts.items():
+        assert action.shortcut() == QKeySequence(keys)
+    first = window.conversation
+    menus.new_conversation.trigger()
+    assert window.conversation is not None and window.conversation != first
+    load(qtbot, window, models["f32"])
+    window.set_sampling(max_tokens=4)
+    done = ask(qtbot, window, "hi")
+    menus.copy_answer.trigger()
+    assert QGuiApplication.clipboard().text() == done.text
+    menus.find.trigger()
+    assert window.search.hasFocus() or not window.isActiveWindow()
+    assert "llama-cpp-python 0.3.36" in about_text()
