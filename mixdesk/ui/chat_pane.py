@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from PySide6.QtCore import Qt, Signal
+from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtGui import QKeyEvent
 from PySide6.QtWidgets import (
     QComboBox,
     QHBoxLayout,
+    QInputDialog,
     QLabel,
     QPlainTextEdit,
     QPushButton,
@@ -63,10 +64,19 @@ class ChatPane(QWidget):
         self.load_first: Callable[[str], bool] = lambda _message: False
         #: Whether a model is chosen that sending would load (the window sets it).
         self.model_chosen: Callable[[], bool] = lambda: False
+        self.settings = settings
         self.preset = QComboBox()
         self.preset.addItem("No system prompt", "")
         for name, text in settings.system_presets.items():
             self.preset.addItem(name, text)
+        # the conversation's own system prompt: a preset fills it, any text can be typed
+        self.system_text = QPlainTextEdit()
+        self.system_text.setPlaceholderText("This conversation's system prompt (none)")
+        self.system_text.setMaximumHeight(self.fontMetrics().lineSpacing() * 3 + 12)
+        self.save_preset = QPushButton("Save as preset…")
+        self._system_timer = QTimer(self)
+        self._system_timer.setSingleShot(True)
+        self._system_timer.setInterval(400)  # saved a moment after typing stops
         self.sampling_button = QPushButton("Sampling…")
         self.view = ChatView()
         self.input = MessageInput()
@@ -81,8 +91,10 @@ class ChatPane(QWidget):
         sys_row = QHBoxLayout()
         sys_row.addWidget(QLabel("System prompt"))
         sys_row.addWidget(self.preset, 1)
+        sys_row.addWidget(self.save_preset)
         sys_row.addWidget(self.sampling_button)
         layout.addLayout(sys_row)
+        layout.addWidget(self.system_text)
         layout.addWidget(self.view, 1)
         layout.addWidget(self.input)
         buttons = QHBoxLayout()
@@ -96,9 +108,10 @@ class ChatPane(QWidget):
     def _connect(self) -> None:
         answers, conversations = self.answers, self.conversations
         conversations.opened.connect(self.show_conversation)
-        self.preset.currentIndexChanged.connect(
-            lambda _i: conversations.set_system_prompt(self.preset.currentData() or "")
-        )
+        self.preset.currentIndexChanged.connect(self._preset_chosen)
+        self.system_text.textChanged.connect(self._system_timer.start)
+        self._system_timer.timeout.connect(self.save_system_prompt)
+        self.save_preset.clicked.connect(self._save_preset)
         self.sampling_button.clicked.connect(self._edit_sampling)
         answers.started.connect(self._started)
         answers.textArrived.connect(self.view.append_streaming)
@@ -141,9 +154,48 @@ class ChatPane(QWidget):
 
     def show_conversation(self, conversation: Conversation) -> None:
         """Show ``conversation``'s messages and system prompt."""
+        self._system_timer.stop()
         self._show_messages()
         self.preset.blockSignals(True)
         self.preset.setCurrentIndex(max(0, self.preset.findData(conversation.system_prompt)))
+        self.preset.blockSignals(False)
+        self.system_text.blockSignals(True)
+        self.system_text.setPlainText(conversation.system_prompt)
+        self.system_text.blockSignals(False)
+
+    def _preset_chosen(self, _index: int) -> None:
+        text = str(self.preset.currentData() or "")
+        self.system_text.setPlainText(text)
+        self.save_system_prompt()
+
+    def save_system_prompt(self) -> None:
+        """Keep the typed system prompt as the open conversation's (the next answer uses it)."""
+        self._system_timer.stop()
+        text = self.system_text.toPlainText().strip()
+        current = self.conversations.current
+        if current is not None and text != current.system_prompt:
+            self.conversations.set_system_prompt(text)
+
+    def _save_preset(self) -> None:
+        text = self.system_text.toPlainText().strip()
+        if not text:
+            return
+        name, ok = QInputDialog.getText(self, "Save as preset", "Name of the preset")
+        if ok and name.strip():
+            self.add_preset(name.strip(), text)
+
+    def add_preset(self, name: str, text: str) -> None:
+        """Keep ``text`` as a preset of the user's own (in the settings), and choose it."""
+        self.settings.system_presets = {**self.settings.system_presets, name: text}
+        self.settings.save()
+        index = self.preset.findText(name)
+        if index < 0:
+            self.preset.addItem(name, text)
+            index = self.preset.count() - 1
+        else:
+            self.preset.setItemData(index, text)
+        self.preset.blockSignals(True)
+        self.preset.setCurrentIndex(index)
         self.preset.blockSignals(False)
 
     def _show_messages(self) -> None:

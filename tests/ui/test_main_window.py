@@ -558,3 +558,30 @@ def test_menus_and_shortcuts_a_desktop_app_has(
     menus.find.trigger()
     assert window.search.hasFocus() or not window.isActiveWindow()
     assert "llama-cpp-python 0.3.36" in about_text()
+
+
+def test_your_own_system_prompt_per_conversation(qtbot: QtBot, window: MainWindow) -> None:
+    """Not only four fixed presets: any text, kept per conversation, and saved presets of
+    your own."""
+    chat = window.chat
+    first = window.conversation
+    assert first is not None
+
+    def prompt_of(conversation_id: int) -> str:
+        conv = window.store.get(conversation_id)
+        assert conv is not None
+        return conv.system_prompt
+
+    chat.system_text.setPlainText("You answer like a pirate.")
+    qtbot.waitUntil(lambda: prompt_of(first.id) == "You answer like a pirate.", timeout=5_000)
+    window.new_conversation()
+    assert chat.system_text.toPlainText() == window.settings.system_prompt
+    window.conversations.open(first.id)
+    assert chat.system_text.toPlainText() == "You answer like a pirate."
+    chat.add_preset("Pirate", "You answer like a pirate.")
+    assert window.settings.system_presets["Pirate"] == "You answer like a pirate."
+    assert chat.preset.currentText() == "Pirate"
+    window.new_conversation()
+    chat.preset.setCurrentIndex(chat.preset.findText("Pirate"))
+    assert window.conversation is not None
+    assert prompt_of(window.conversation.id) == "You answer like a pirate."
