@@ -173,5 +173,7 @@ def test_catalog_and_list(env: dict[str, str]) -> None:
     }
     assert any(m["repo_id"] == "TheBloke/Mixtral-8x7B-v0.1-GGUF" for m in catalog)
     assert any(f.get("split") for m in catalog for f in m["files"])
+    text = run("catalog", env=env).stdout
+    assert " GiB  " in text and " GB  " not in text  # one unit system (GiB) everywhere
     listed = json.loads(run("list", REPO, "--json", env=env).stdout)
     assert {m["quant"] for m in listed} == {"Q4_K_M", "Q2_K"}

@@ -202,7 +202,7 @@ def run_catalog(args: argparse.Namespace) -> int:
         sys.stdout.write(f"{m.title}\n  {m.repo_id}{note}\n")
         for f in m.files:
             star = "  <- recommended" if f.recommended else ""
-            sys.stdout.write(f"    {f.quant:<8} {f.size / 1e9:7.2f} GB  {f.filename}{star}\n")
+            sys.stdout.write(f"    {f.quant:<8} {format_bytes(f.size):>10}  {f.filename}{star}\n")
         if not m.files:
             sys.stdout.write("    (files listed live: `mixdesk list " + m.repo_id + "`)\n")
     sys.stdout.write(

@@ -37,6 +37,10 @@ class GpuSupportBar(QWidget):
         self.banner = Banner()
         self.install = QPushButton("Install GPU support")
         self.show_log = QPushButton("Build log")
+        self.dismiss = QPushButton("Dismiss")
+        self.dismiss.setToolTip("Hide this until MixDesk starts again.")
+        #: The user dismissed the banner: it stays hidden for this session.
+        self.dismissed = False
         self.busy = QProgressBar()
         self.busy.setRange(0, 0)  # a build says nothing about how far it is
         self.busy.setMaximumWidth(160)
@@ -45,6 +49,7 @@ class GpuSupportBar(QWidget):
         row.addWidget(self.busy)
         row.addWidget(self.show_log)
         row.addStretch(1)
+        row.addWidget(self.dismiss)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.banner)
@@ -52,6 +57,7 @@ class GpuSupportBar(QWidget):
         self.task: BackgroundTask | None = None
         self.install.clicked.connect(self.start)
         self.show_log.clicked.connect(self._open_log)
+        self.dismiss.clicked.connect(self._dismiss)
         self._set_state(building=False, log=False)
         self.hide()
 
@@ -62,7 +68,11 @@ class GpuSupportBar(QWidget):
             text = f"{text}\n{gpu_build.CUDA_BUNDLE_HINT}"
         self.banner.show_text(text)
         self.install.setVisible(bool(text) and gpu_build.bootstrap_script() is not None)
-        self.setVisible(bool(text))
+        self.setVisible(bool(text) and not self.dismissed)
+
+    def _dismiss(self) -> None:
+        self.dismissed = True
+        self.hide()
 
     def start(self) -> None:
         """Rebuild llama-cpp-python for this GPU, off the GUI thread."""

@@ -136,7 +136,7 @@ class MainWindow(QMainWindow):
         self.models.find_last()
         if hardware is None:
             self.models.run(
-                BackgroundTask(lambda report, cancel: hw_mod.detect()), self.set_hardware
+                BackgroundTask(lambda report, cancel: detected_hardware()), self.set_hardware
             )
         elif self.center.welcoming:
             self.first_run.start(hardware)
@@ -511,3 +511,9 @@ def first_size() -> QSize:
 
     room = QGuiApplication.primaryScreen().availableGeometry()
     return QSize(min(1280, room.width()), min(820, room.height()))
+
+
+def detected_hardware() -> HardwareInfo:
+    """This machine as the terminal commands see it: detected, with ``MIXDESK_HW``'s
+    overrides ("vram=16GiB,ram=64GiB,gpu=none") applied."""
+    return hw_mod.apply_overrides(hw_mod.detect(), hw_mod.Overrides.from_env())

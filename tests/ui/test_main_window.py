@@ -263,8 +263,22 @@ def test_gpu_banner_and_hardware_panel(window: MainWindow) -> None:
     assert 'CMAKE_ARGS="-DGGML_CUDA=on"' in window.banner.banner.text()
     assert window.banner.install.isVisible()  # a source setup can rebuild from the app
     assert "Tesla V100-SXM2-16GB" in window.hardware_label.text()
+    window.banner.dismiss.click()  # the user has read it: it stays away this session
+    assert not window.banner.isVisible()
+    window.set_hardware(idle_gpu)
+    assert not window.banner.isVisible()
     window.set_hardware(CPU)
     assert "CPU only" in window.hardware_label.text()
+
+
+def test_the_window_honours_mixdesk_hw(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The terminal commands read MIXDESK_HW; the window ignored it."""
+    from mixdesk.ui.main_window import detected_hardware
+
+    monkeypatch.setenv("MIXDESK_HW", "vram=16GiB,ram=64GiB")
+    hw = detected_hardware()
+    assert hw.gpus and hw.gpus[0].free_bytes == 16 * GIB
+    assert hw.ram_available_bytes == 64 * GIB
 
 
 def test_measure_charts_speed_per_setting(
