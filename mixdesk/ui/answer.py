@@ -131,14 +131,14 @@ class AnswerController(QObject):
         return True
 
     def regenerate(self) -> None:
-        """Answer the last user message again (the answers after it are deleted)."""
+        """Answer the last user message again: a new version beside the old answer (kept)."""
         conv = self.conversations.current
         if self.busy or conv is None or self.source is None:
             return
         messages = self.conversations.messages()
         last_user = next((m for m in reversed(messages) if m.role == "user"), None)
         if last_user is not None:
-            self.conversations.store.truncate_after(conv.id, last_user.id, keep=True)
+            self.conversations.store.show_after(conv.id, last_user.id)
             self._start()
 
     def edit(self, message_id: int) -> str | None:

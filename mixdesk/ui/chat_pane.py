@@ -79,6 +79,13 @@ class ChatPane(QWidget):
         self._system_timer.setInterval(400)  # saved a moment after typing stops
         self.sampling_button = QPushButton("Sampling…")
         self.view = ChatView()
+        self.editing_note = QLabel(
+            "Editing your message: sending keeps the old version and its answers beside the "
+            "new one (< 1/2 > moves between them)."
+        )
+        self.editing_note.setWordWrap(True)
+        self.editing_note.setStyleSheet("color:#1f5fbf")
+        self.cancel_edit = QPushButton("Cancel edit")
         self.input = MessageInput()
         self.input.setPlaceholderText("Message (Enter sends, Shift+Enter for a new line)")
         self.input.setMaximumHeight(110)
@@ -96,6 +103,10 @@ class ChatPane(QWidget):
         layout.addLayout(sys_row)
         layout.addWidget(self.system_text)
         layout.addWidget(self.view, 1)
+        editing = QHBoxLayout()
+        editing.addWidget(self.editing_note, 1)
+        editing.addWidget(self.cancel_edit)
+        layout.addLayout(editing)
         layout.addWidget(self.input)
         buttons = QHBoxLayout()
         buttons.addStretch(1)
@@ -103,6 +114,7 @@ class ChatPane(QWidget):
             buttons.addWidget(b)
         layout.addLayout(buttons)
         self._connect()
+        self._show_editing(False)
         self.update_buttons()
 
     def _connect(self) -> None:
@@ -129,6 +141,8 @@ class ChatPane(QWidget):
         self.stop_button.clicked.connect(answers.stop)
         self.regen_button.clicked.connect(answers.regenerate)
         self.view.editRequested.connect(self.edit_message)
+        self.view.versionRequested.connect(conversations.select_version)
+        self.cancel_edit.clicked.connect(self.stop_editing)
 
     def send(self, text: str | None = None) -> None:
         """Send the input box's text (or ``text``) and start the answer; with a model chosen
@@ -144,13 +158,27 @@ class ChatPane(QWidget):
             return
         if sent:
             self.input.clear()
+            self._show_editing(False)
 
     def edit_message(self, message_id: int) -> None:
-        """Put a message back in the input box; sending replaces it and everything after."""
+        """Put a message back in the input box to edit; sending adds the new version beside
+        it (nothing is deleted), Cancel leaves everything as it was."""
         text = self.answers.edit(message_id)
         if text is not None:
             self.input.setPlainText(text)
             self.input.setFocus()
+            self._show_editing(True)
+
+    def stop_editing(self) -> None:
+        """Cancel an edit: the message stays as it was and the input box is emptied."""
+        self.answers.editing = None
+        self.input.clear()
+        self._show_editing(False)
+
+    def _show_editing(self, editing: bool) -> None:
+        self.editing_note.setVisible(editing)
+        self.cancel_edit.setVisible(editing)
+        self.send_button.setText("Save and send" if editing else "Send")
 
     def show_conversation(self, conversation: Conversation) -> None:
         """Show ``conversation``'s messages and system prompt."""

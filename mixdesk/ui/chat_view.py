@@ -64,6 +64,15 @@ def written_at(created: float) -> str:
     return time.strftime("Written %H:%M:%S, %d %b %Y", time.localtime(created))
 
 
+def version_links(m: StoredMessage) -> str:
+    """ "< 2/3 >" for a message with several versions (edited, regenerated); "" otherwise."""
+    if m.versions <= 1:
+        return ""
+    back = f'<a href="version:{m.id}:-1">&lsaquo;</a>' if m.version > 1 else "&lsaquo;"
+    on = f'<a href="version:{m.id}:1">&rsaquo;</a>' if m.version < m.versions else "&rsaquo;"
+    return f' <span style="font-size:small">{back} {m.version}/{m.versions} {on}</span>'
+
+
 def turn_html(role: str, header: str, body: str, *, created: float = 0.0) -> str:
     """One turn: a stripe and a tint by role, the role's name (with its time as a tooltip)."""
     stripe, tint, colour = _ROLE_STYLE.get(role, _ROLE_STYLE["note"])
@@ -86,11 +95,14 @@ class ChatView(QTextBrowser):
 
     Signals:
         editRequested(int): the user clicked "edit" on a message (its id).
+        versionRequested(int, int): the user asked for another version of a message (its id,
+            -1 for the one before or +1 for the one after).
         copied(str): a code block was copied to the clipboard.
     """
 
     editRequested = Signal(int)
     copied = Signal(str)
+    versionRequested = Signal(int, int)
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -120,20 +132,21 @@ class ChatView(QTextBrowser):
 
     def _message_html(self, m: StoredMessage) -> tuple[str, list[str]]:
         """A message as HTML, and the code blocks its copy links point to."""
+        versions = version_links(m)
         if m.role == "user":
-            edit = f' <a href="edit:{m.id}" style="font-size:small">edit</a>'
+            edit = f' <a href="edit:{m.id}" style="font-size:small">edit</a>{versions}'
             text = html.escape(m.content).replace("\n", "<br>")
             return turn_html("user", edit, f"<p>{text}</p>", created=m.created), []
         if m.stats and ended_at_once(m.finish_reason, m.stats.eval_tokens, m.content):
             note = html.escape(ENDED_AT_ONCE_WORDS)
             body = f'<p style="color:#777;font-style:italic">{note}</p>'
-            return turn_html("assistant", "", body, created=m.created), []
+            return turn_html("assistant", versions, body, created=m.created), []
         body, codes = render_markdown(m.content, code_link_prefix=f"copy:{len(self._codes)}:")
         footer = ""
         if m.stats:
             note = " · stopped" if m.finish_reason == "cancelled" else ""
             footer = f'<p style="color:#777;font-size:small">{stats_line(m.stats)}{note}</p>'
-        return turn_html("assistant", "", body + footer, created=m.created), codes
+        return turn_html("assistant", versions, body + footer, created=m.created), codes
 
     def set_messages(self, messages: list[StoredMessage], *, note: str = "") -> None:
         """Show a whole conversation (``note``: a line under it, e.g. turns left out)."""
@@ -296,6 +309,9 @@ class ChatView(QTextBrowser):
         text = url.toString()
         if text.startswith("edit:"):
             self.editRequested.emit(int(text.split(":")[1]))
+        elif text.startswith("version:"):
+            _, message_id, step = text.split(":")
+            self.versionRequested.emit(int(message_id), int(step))
         elif text.startswith("copy:"):
             _, base, index = text.split(":")
             code_index = int(base) + int(index)

@@ -20,6 +20,7 @@ from PySide6.QtWidgets import (
 
 from mixdesk.core.chat.template import ChatMessage
 from mixdesk.core.engine import SamplingParams
+from mixdesk.core.workspace.chat_export import export_json, export_markdown
 from mixdesk.core.workspace.chat_store import ChatStore, Conversation, StoredMessage
 from mixdesk.core.workspace.settings import Settings
 
@@ -146,8 +147,8 @@ class ConversationController(QObject):
     def export(self, path: Path, *, as_json: bool) -> None:
         """Write the open conversation to ``path`` as Markdown or JSON."""
         assert self.current is not None
-        export = self.store.export_json if as_json else self.store.export_markdown
-        path.write_text(export(self.current.id), encoding="utf-8")
+        export = export_json if as_json else export_markdown
+        path.write_text(export(self.store, self.current.id), encoding="utf-8")
 
     def set_system_prompt(self, text: str) -> None:
         """Change the open conversation's system prompt."""
@@ -182,14 +183,24 @@ class ConversationController(QObject):
         return messages
 
     def add_user_message(self, text: str, *, replacing: int | None = None) -> None:
-        """Add the user's message (instead of message ``replacing`` and all after it); the
+        """Add the user's message; with ``replacing``, as a new version beside that message
+        (the old one and everything after it are kept: "< 1/2 >" goes back to them). The
         first message of a conversation becomes its title."""
         conv = self.ensure()
-        if replacing is not None:
-            self.store.truncate_after(conv.id, replacing, keep=False)
         if not self.store.messages(conv.id):
             self.rename(text[:TITLE_CHARS])
+        if replacing is not None:
+            old = next((m for m in self.store.messages(conv.id) if m.id == replacing), None)
+            if old is not None:
+                self.store.add_message(conv.id, "user", text, parent=old.parent_id)
+                return
         self.store.add_message(conv.id, "user", text)
+
+    def select_version(self, message_id: int, step: int) -> None:
+        """Show another version of a message (-1: the one before, +1: the one after)."""
+        if self.current is not None:
+            self.store.select_version(self.current.id, message_id, step)
+            self.opened.emit(self.current)
 
 
 class ConversationPanel(QWidget):

@@ -47,7 +47,7 @@ from mixdesk.ui.conversations import ConversationController, ConversationPanel
 from mixdesk.ui.gpu_support import GpuSupportBar
 from mixdesk.ui.hardware_panel import HardwareTab, calibration_words
 from mixdesk.ui.measure import MeasureController
-from mixdesk.ui.menus import build_menus
+from mixdesk.ui.menus import MenuSlots, build_menus, copy_text, show_about
 from mixdesk.ui.model_manager import ModelManager
 from mixdesk.ui.models import ModelController, model_info_line
 from mixdesk.ui.offload_panel import OffloadPanel
@@ -188,7 +188,21 @@ class MainWindow(QMainWindow):
         for w in self.speed.widgets():
             self.statusBar().addPermanentWidget(w)
 
-        self.menus = build_menus(self)
+        self.menus = build_menus(
+            self,
+            MenuSlots(
+                new_conversation=self.new_conversation,
+                open_model=self.model_bar.open_button.click,
+                export=self.conversation_panel.export_button.click,
+                copy_answer=self.copy_last_answer,
+                find=self.search.setFocus,
+                load=self.load_selected,
+                unload=self.model_bar.unload_button.click,
+                measure=self.offload.measure.click,
+                settings=self.open_settings,
+                about=lambda: None if self.quiet else show_about(self),
+            ),
+        )
 
     def _connect(self) -> None:
         answers, models = self.answers, self.models
@@ -313,6 +327,14 @@ class MainWindow(QMainWindow):
     def conversation(self) -> Conversation | None:
         """The open conversation."""
         return self.conversations.current
+
+    def copy_last_answer(self) -> str:
+        """Put the open conversation's last answer on the clipboard; returns it ("" if none)."""
+        messages = self.conversations.messages() if self.conversation is not None else []
+        answer = next((m.content for m in reversed(messages) if m.role == "assistant"), "")
+        if copy_text(answer):
+            self.statusBar().showMessage("Last answer copied", 2000)
+        return answer
 
     def new_conversation(self) -> Conversation:
         """Start a conversation with the default system prompt and sampling."""

@@ -5,15 +5,28 @@ Every action calls what the window's buttons call; the menus add no behaviour of
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from PySide6.QtCore import QUrl
 from PySide6.QtGui import QAction, QDesktopServices, QGuiApplication, QKeySequence
-from PySide6.QtWidgets import QMessageBox
+from PySide6.QtWidgets import QMainWindow, QMessageBox
 
-if TYPE_CHECKING:
-    from mixdesk.ui.main_window import MainWindow
+
+@dataclass(frozen=True)
+class MenuSlots:
+    """What the window does for each menu entry (the same calls its buttons make)."""
+
+    new_conversation: Callable[[], object]
+    open_model: Callable[[], object]
+    export: Callable[[], object]
+    copy_answer: Callable[[], object]
+    find: Callable[[], object]
+    load: Callable[[], object]
+    unload: Callable[[], object]
+    measure: Callable[[], object]
+    settings: Callable[[], object]
+    about: Callable[[], object]
 
 
 @dataclass(frozen=True)
@@ -34,7 +47,7 @@ class Menus:
     log_folder: QAction
 
 
-def _action(window: MainWindow, text: str, slot: object, shortcut: str = "") -> QAction:
+def _action(window: QMainWindow, text: str, slot: object, shortcut: str = "") -> QAction:
     action = QAction(text, window)
     if shortcut:
         action.setShortcut(QKeySequence(shortcut))
@@ -42,24 +55,20 @@ def _action(window: MainWindow, text: str, slot: object, shortcut: str = "") -> 
     return action
 
 
-def build_menus(window: MainWindow) -> Menus:
+def build_menus(window: QMainWindow, slots: MenuSlots) -> Menus:
     """Add the menu bar to ``window``."""
     menus = Menus(
-        new_conversation=_action(window, "&New conversation", window.new_conversation, "Ctrl+N"),
-        open_model=_action(window, "&Open model…", window.model_bar.open_button.click, "Ctrl+O"),
-        export=_action(
-            window, "&Export conversation…", window.conversation_panel.export_button.click
-        ),
+        new_conversation=_action(window, "&New conversation", slots.new_conversation, "Ctrl+N"),
+        open_model=_action(window, "&Open model…", slots.open_model, "Ctrl+O"),
+        export=_action(window, "&Export conversation…", slots.export),
         quit=_action(window, "&Quit", window.close, "Ctrl+Q"),
-        copy_answer=_action(
-            window, "&Copy last answer", lambda: copy_last_answer(window), "Ctrl+Shift+C"
-        ),
-        find=_action(window, "&Find in conversations", window.search.setFocus, "Ctrl+F"),
-        load=_action(window, "&Load", window.load_selected, "Ctrl+L"),
-        unload=_action(window, "&Unload", window.model_bar.unload_button.click),
-        measure=_action(window, "&Measure speeds", window.offload.measure.click),
-        settings=_action(window, "&Settings…", window.open_settings, "Ctrl+,"),
-        about=_action(window, "&About MixDesk", lambda: show_about(window)),
+        copy_answer=_action(window, "&Copy last answer", slots.copy_answer, "Ctrl+Shift+C"),
+        find=_action(window, "&Find in conversations", slots.find, "Ctrl+F"),
+        load=_action(window, "&Load", slots.load, "Ctrl+L"),
+        unload=_action(window, "&Unload", slots.unload),
+        measure=_action(window, "&Measure speeds", slots.measure),
+        settings=_action(window, "&Settings…", slots.settings, "Ctrl+,"),
+        about=_action(window, "&About MixDesk", slots.about),
         log_folder=_action(window, "Open the &log folder", open_log_folder),
     )
     bar = window.menuBar()
@@ -82,14 +91,11 @@ def build_menus(window: MainWindow) -> Menus:
     return menus
 
 
-def copy_last_answer(window: MainWindow) -> str:
-    """Put the open conversation's last answer on the clipboard; returns it ("" if none)."""
-    messages = window.conversations.messages() if window.conversation is not None else []
-    answer = next((m.content for m in reversed(messages) if m.role == "assistant"), "")
-    if answer:
-        QGuiApplication.clipboard().setText(answer)
-        window.statusBar().showMessage("Last answer copied", 2000)
-    return answer
+def copy_text(text: str) -> str:
+    """Put ``text`` on the clipboard (when there is any); returns it."""
+    if text:
+        QGuiApplication.clipboard().setText(text)
+    return text
 
 
 def about_text() -> str:
@@ -112,10 +118,9 @@ def about_text() -> str:
     )
 
 
-def show_about(window: MainWindow) -> None:
-    """The About box (not during tests: they read :func:`about_text`)."""
-    if not window.quiet:
-        QMessageBox.about(window, "About MixDesk", about_text())
+def show_about(window: QMainWindow) -> None:
+    """The About box."""
+    QMessageBox.about(window, "About MixDesk", about_text())
 
 
 def open_log_folder() -> None:

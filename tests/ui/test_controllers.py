@@ -154,6 +154,7 @@ def test_answers_alone(
         answers.send("Edited")
     assert conversations.messages()[0].content == "Edited"
     assert len(conversations.messages()) == 2
+    assert conversations.messages()[0].versions == 2  # the original is kept beside it
 
 
 def test_an_engine_death_arrives_as_its_exception(

@@ -84,12 +84,29 @@ def test_regenerate_and_edit(qtbot: QtBot, window: MainWindow, models: dict[str,
     after = window.store.messages(window.conversation.id)
     assert [m.role for m in after] == ["user", "assistant"]
     assert after[1].id != before[1].id
+    # nothing is deleted: the old answer is version 1 of 2, a click away
+    assert (after[1].version, after[1].versions) == (2, 2)
+    assert "2/2" in window.view.toPlainText()
+    window.conversations.select_version(after[1].id, -1)
+    shown = window.store.messages(window.conversation.id)
+    assert shown[1].id == before[1].id and before[1].content in window.view.toPlainText()
+    window.conversations.select_version(before[1].id, 1)
+    # edit: a note says what will happen, Cancel leaves everything as it was
     window.chat.edit_message(after[0].id)
     assert window.input.toPlainText() == "First question"
+    assert window.chat.editing_note.isVisibleTo(window.chat)
+    assert window.send_button.text() == "Save and send"
+    window.chat.cancel_edit.click()
+    assert window.input.toPlainText() == "" and window.answers.editing is None
+    assert window.send_button.text() == "Send"
+    window.chat.edit_message(after[0].id)
     ask(qtbot, window, "Second, edited")
     final = window.store.messages(window.conversation.id)
     assert (final[0].role, final[0].content) == ("user", "Second, edited")
-    assert len(final) == 2
+    assert len(final) == 2 and (final[0].version, final[0].versions) == (2, 2)
+    window.conversations.select_version(final[0].id, -1)  # the first version and its answers
+    old = window.store.messages(window.conversation.id)
+    assert [m.content for m in old] == ["First question", after[1].content]
 
 
 def test_conversation_survives_closing(
@@ -499,7 +516,7 @@ def test_the_streaming_answer_stays_in_its_block_with_a_live_speed_line(
     from PySide6.QtGui import QTextTable
 
     load(qtbot, window, models["f32"])
-    window.set_sampling(max_tokens=200)
+    window.set_sampling(max_tokens=3000)  # long enough for a few updates of the line
     view = window.view
     lines: list[str] = []
     inside: list[bool] = []
@@ -510,8 +527,8 @@ def test_the_streaming_answer_stays_in_its_block_with_a_live_speed_line(
         inside.append(isinstance(cursor.currentTable(), QTextTable))
 
     window.speedShown.connect(update)
-    done = ask(qtbot, window, "Tell me a story")
-    assert done.stats.eval_tokens == 200
+    done = ask(qtbot, window, "Tell me a story", timeout=180_000)
+    assert done.stats.eval_tokens == 3000
     assert inside and all(inside)  # the text grew inside the answer's table
     live = [line for line in lines if "tok/s" in line]
     assert len(live) >= 2 and len(set(live)) >= 2  # the footer moved while it streamed

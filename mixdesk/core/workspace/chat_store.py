@@ -1,5 +1,10 @@
 """Conversations in a SQLite file: saved as tokens arrive, searchable, exportable.
 
+A conversation is a tree: every message has a parent (the one before it), and editing a
+message or regenerating an answer adds a *version* beside it (a sibling) instead of deleting
+anything. The conversation shows one branch, from its head (its last message) back to the
+first; :meth:`ChatStore.select_version` moves between versions.
+
 Each answer is written while it streams (the app saves every fraction of a second), so an
 app or engine crash loses nothing that was already on screen. One connection stays open, with
 WAL journaling; writes are small and quick. Sampling and speed figures are stored as JSON of
@@ -46,6 +51,21 @@ _SCHEMA = [
     "CREATE INDEX IF NOT EXISTS messages_by_conversation ON messages(conversation_id, id)",
 ]
 
+#: Columns added after the first release, with what fills them in an older file.
+_MIGRATIONS = (
+    (
+        "messages",
+        "parent_id",
+        # an older file's conversations are linear: each message follows the one before it
+        "UPDATE messages SET parent_id = (SELECT MAX(m2.id) FROM messages m2 WHERE "
+        "m2.conversation_id = messages.conversation_id AND m2.id < messages.id)",
+    ),
+    ("conversations", "head_id", ""),
+)
+
+#: ``add_message(parent=HEAD)``: after the message the conversation shows last.
+HEAD = -1
+
 
 @dataclass(frozen=True)
 class StoredMessage:
@@ -57,6 +77,11 @@ class StoredMessage:
     stats: GenerationStats | None = None
     finish_reason: str | None = None
     created: float = 0.0
+    #: The message before it (None: the first), and which of its versions it is (1-based,
+    #: of ``versions``: an edited message or a regenerated answer has several).
+    parent_id: int | None = None
+    version: int = 1
+    versions: int = 1
 
 
 @dataclass(frozen=True)
@@ -94,6 +119,12 @@ class ChatStore:
             db.execute("PRAGMA journal_mode=WAL")
             for statement in _SCHEMA:
                 db.execute(statement)
+            for table, column, fill in _MIGRATIONS:
+                columns = {r[1] for r in db.execute(f"PRAGMA table_info({table})")}
+                if column not in columns:
+                    db.execute(f"ALTER TABLE {table} ADD COLUMN {column} INTEGER")
+                    if fill:
+                        db.execute(fill)
 
     @contextmanager
     def _db(self) -> Iterator[sqlite3.Connection]:
@@ -186,12 +217,16 @@ class ChatStore:
         *,
         stats: GenerationStats | None = None,
         finish_reason: str | None = None,
+        parent: int | None = HEAD,
     ) -> StoredMessage:
-        """Append a message."""
+        """Add a message after ``parent`` (by default the last one shown; another message: a
+        new version beside its other children; None: a new first message) and show it."""
         now = time.time()
         with self._db() as db:
+            after = self._head(db, conversation_id) if parent == HEAD else parent
             cur = db.execute(
-                "INSERT INTO messages (conversation_id, role, content, stats, finish_reason, created) VALUES (?,?,?,?,?,?)",
+                "INSERT INTO messages (conversation_id, role, content, stats, finish_reason, "
+                "created, parent_id) VALUES (?,?,?,?,?,?,?)",
                 (
                     conversation_id,
                     role,
@@ -199,11 +234,15 @@ class ChatStore:
                     _stats_json(stats),
                     finish_reason,
                     now,
+                    after,
                 ),
             )
-            db.execute("UPDATE conversations SET updated = ? WHERE id = ?", (now, conversation_id))
             mid = int(cur.lastrowid or 0)
-        return StoredMessage(mid, role, content, stats, finish_reason, now)
+            db.execute(
+                "UPDATE conversations SET updated = ?, head_id = ? WHERE id = ?",
+                (now, mid, conversation_id),
+            )
+        return StoredMessage(mid, role, content, stats, finish_reason, now, after)
 
     def update_message(
         self,
@@ -224,55 +263,93 @@ class ChatStore:
                 )
 
     def messages(self, conversation_id: int) -> list[StoredMessage]:
-        """A conversation's messages in order."""
+        """The messages the conversation shows, in order: its branch from the first message
+        to its head, each saying which of its versions it is."""
         with self._db() as db:
             rows = db.execute(
-                "SELECT id, role, content, stats, finish_reason, created FROM messages WHERE conversation_id = ? ORDER BY id",
+                "SELECT id, role, content, stats, finish_reason, created, parent_id FROM messages "
+                "WHERE conversation_id = ? ORDER BY id",
                 (conversation_id,),
             ).fetchall()
-        return [StoredMessage(r[0], r[1], r[2], _stats_from_json(r[3]), r[4], r[5]) for r in rows]
+            head = self._head(db, conversation_id)
+        by_id = {r[0]: r for r in rows}
+        children: dict[int | None, list[int]] = {}
+        for r in rows:
+            children.setdefault(r[6], []).append(r[0])
+        path: list[Any] = []
+        node = head
+        while node is not None and node in by_id and len(path) <= len(rows):
+            path.append(by_id[node])
+            node = by_id[node][6]
+        shown = []
+        for r in reversed(path):
+            siblings = children.get(r[6], [r[0]])
+            shown.append(
+                StoredMessage(
+                    r[0],
+                    r[1],
+                    r[2],
+                    _stats_from_json(r[3]),
+                    r[4],
+                    r[5],
+                    r[6],
+                    siblings.index(r[0]) + 1,
+                    len(siblings),
+                )
+            )
+        return shown
 
-    def truncate_after(self, conversation_id: int, message_id: int, *, keep: bool) -> None:
-        """Delete the messages after ``message_id`` (and it too unless ``keep``): regenerate, edit."""
-        op = ">" if keep else ">="
+    def show_after(self, conversation_id: int, message_id: int | None) -> None:
+        """Make ``message_id`` the conversation's last shown message (None: none), so that
+        the next message goes after it (regenerate: a new answer beside the old)."""
         with self._db() as db:
             db.execute(
-                f"DELETE FROM messages WHERE conversation_id = ? AND id {op} ?",  # noqa: S608 - op is one of two constants
-                (conversation_id, message_id),
+                "UPDATE conversations SET head_id = ? WHERE id = ?",
+                (message_id if message_id is not None else 0, conversation_id),
             )
 
-    # -- export ---------------------------------------------------------------------------
+    def select_version(self, conversation_id: int, message_id: int, step: int) -> None:
+        """Show the version ``step`` away (-1: the one before, +1: the one after) of
+        ``message_id``, with the latest messages that followed it."""
+        with self._db() as db:
+            row = db.execute(
+                "SELECT parent_id FROM messages WHERE id = ? AND conversation_id = ?",
+                (message_id, conversation_id),
+            ).fetchone()
+            if row is None:
+                return
+            siblings = [
+                r[0]
+                for r in db.execute(
+                    "SELECT id FROM messages WHERE conversation_id = ? AND parent_id IS ? ORDER BY id",
+                    (conversation_id, row[0]),
+                )
+            ]
+            index = siblings.index(message_id) + step
+            if not 0 <= index < len(siblings):
+                return
+            node = siblings[index]
+            while True:  # down to the latest message that followed it
+                child = db.execute(
+                    "SELECT MAX(id) FROM messages WHERE parent_id = ?", (node,)
+                ).fetchone()[0]
+                if child is None:
+                    break
+                node = child
+            db.execute("UPDATE conversations SET head_id = ? WHERE id = ?", (node, conversation_id))
 
-    def export_markdown(self, conversation_id: int) -> str:
-        """The conversation as Markdown."""
-        conv = self.get(conversation_id)
-        if conv is None:
-            raise KeyError(conversation_id)
-        out = [f"# {conv.title}", ""]
-        if conv.model:
-            out += [f"Model: `{conv.model}`", ""]
-        if conv.system_prompt:
-            out += [f"**System:** {conv.system_prompt}", ""]
-        for m in self.messages(conversation_id):
-            who = {"user": "You", "assistant": "Assistant", "system": "System"}.get(m.role, m.role)
-            out += [f"## {who}", "", m.content, ""]
-            if m.stats and m.role == "assistant":
-                out += [
-                    f"*{m.stats.eval_tokens} tokens, {m.stats.eval_tps:.1f} tokens/s*",
-                    "",
-                ]
-        return "\n".join(out)
-
-    def export_json(self, conversation_id: int) -> str:
-        """The conversation as JSON."""
-        conv = self.get(conversation_id)
-        if conv is None:
-            raise KeyError(conversation_id)
-        return json.dumps(
-            {**asdict(conv), "messages": [asdict(m) for m in self.messages(conversation_id)]},
-            indent=2,
-            ensure_ascii=False,
-        )
+    @staticmethod
+    def _head(db: sqlite3.Connection, conversation_id: int) -> int | None:
+        """The last shown message (an older file's conversation: its latest message)."""
+        row = db.execute(
+            "SELECT head_id FROM conversations WHERE id = ?", (conversation_id,)
+        ).fetchone()
+        if row is not None and row[0] is not None:
+            return int(row[0]) if row[0] else None  # 0: shows no message
+        latest = db.execute(
+            "SELECT MAX(id) FROM messages WHERE conversation_id = ?", (conversation_id,)
+        ).fetchone()[0]
+        return int(latest) if latest is not None else None
 
     @staticmethod
     def _conversation(row: tuple[Any, ...]) -> Conversation:
