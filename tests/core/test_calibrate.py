@@ -17,6 +17,8 @@ from mixdesk.core.loading.calibrate import SHAPE, THIN, Run, Shapes, calibrate, 
 from mixdesk.core.planning.speed import SpeedSource
 
 TOKEN_S, LAYER_S, PROMPT_LAYER_S = 0.5e-3, 40e-6, 20e-6
+#: What memory adds per byte for a model larger than the caches (1 / 40 GB/s).
+MEMORY_S_PER_BYTE = 1 / 40e9
 EVAL = {"Q2_K": 3e9, "Q4_K": 9e9, "Q6_K": 11e9, "Q8_0": 14e9, "F32": 12e9}
 PROMPT = {"Q2_K": 20e9, "Q4_K": 30e9, "Q6_K": 25e9, "Q8_0": 40e9, "F32": 15e9}
 
@@ -38,7 +40,19 @@ def test_the_fit_recovers_the_coefficients() -> None:
         _run("Q6_K", 6, {"Q6_K": 26e6, "Q8_0": 0.8e6, "F32": 0.1e6}),
         _run("Q8_0", 6, {"Q8_0": 34e6, "F32": 0.1e6}),
     ]
+    memory = _run("memory", 8, {"Q8_0": 150e6, "F32": 0.5e6})
+    runs.append(
+        Run(
+            memory.label,
+            memory.n_layers,
+            memory.eval_bytes,
+            memory.prompt_weights,
+            memory.eval_s + 150.5e6 * MEMORY_S_PER_BYTE,
+            memory.prompt_s,
+        )
+    )
     model = fit(runs, threads=2)
+    assert model.cpu.memory_s_per_byte == pytest.approx(MEMORY_S_PER_BYTE, rel=0.05)
     assert model.source is SpeedSource.MEASURED and model.cpu_threads == 2
     assert model.token_s == pytest.approx(TOKEN_S, rel=0.05)
     assert model.layer_s == pytest.approx(LAYER_S, rel=0.05)
@@ -58,6 +72,7 @@ SMALL = Shapes(
         "thin-wide": replace(THIN, n_embd=128, n_ff=256, n_head=4, n_layers=3),
     },
     check=replace(SHAPE, n_embd=192, n_ff=384, n_layers=2, n_head=4),
+    memory=replace(SHAPE, n_embd=256, n_ff=512, n_layers=2, n_head=4),
 )
 
 
@@ -101,7 +116,7 @@ def test_calibrate_measures_and_the_plan_says_measured(
         result = calibrate(
             engine, cpu, tmp_path / "models", threads=2, shapes=SMALL, max_miss=float("inf")
         )
-    assert {r.label for r in result.runs} == {*SMALL.thin, *FILE_TYPES}
+    assert {r.label for r in result.runs} == {*SMALL.thin, *FILE_TYPES, "memory"}
     assert all(r.eval_s > 0 and r.prompt_s > 0 for r in result.runs)
     assert result.check_measured_tps > 0 and result.model.error >= 0.05
     CalibrationStore.default().record_speed_model(result.model)

@@ -80,6 +80,9 @@ THIN_SHAPES = {
     "thin-24": replace(THIN, n_layers=24),
     "thin-wide": replace(THIN, n_embd=256, n_ff=512, n_head=4, n_layers=6),
 }
+#: A model larger than the caches (about 600 MB as Q8_0): what memory adds per byte when the
+#: weights come from RAM, beyond the small models' dequantisation (which stay in the caches).
+MEMORY = replace(SHAPE, n_embd=1024, n_ff=2816, n_layers=8, name="MixDesk calibration memory")
 #: Another shape, predicted before it is measured (the expected error).
 VALIDATION = replace(SHAPE, n_embd=768, n_ff=2048, n_layers=4, name="MixDesk calibration check")
 
@@ -91,6 +94,7 @@ class Shapes:
     main: ModelSpec = SHAPE
     thin: Mapping[str, ModelSpec] = field(default_factory=lambda: dict(THIN_SHAPES))
     check: ModelSpec = VALIDATION
+    memory: ModelSpec = MEMORY
 
     def key(self) -> str:
         """Names the models of these shapes apart from others' in one folder."""
@@ -141,6 +145,7 @@ def calibration_models(
     ]
     wanted += [(file_type, shapes.main, file_type) for file_type in FILE_TYPES]
     wanted.append(("check", shapes.check, "Q4_K_M"))
+    wanted.append(("memory", shapes.memory, "Q8_0"))
     found = {}
     for i, (label, spec, file_type) in enumerate(wanted):
         path = directory / f"calibration-{shapes.key()}{label}.gguf"
@@ -206,7 +211,8 @@ def fit(runs: list[Run], threads: int) -> SpeedModel:
     """
     defaults = default_speed_model([], threads)
     thin = [r for r in runs if r.label.startswith("thin")]
-    quants = [r for r in runs if not r.label.startswith("thin")]
+    quants = [r for r in runs if not r.label.startswith("thin") and r.label != "memory"]
+    memory = next((r for r in runs if r.label == "memory"), None)
     eval_rates = dict(defaults.cpu.eval_bytes_per_s)
     prompt_rates = dict(defaults.cpu.prompt_weights_per_s)
     token_s, layer_s, prompt_layer_s = defaults.token_s, defaults.layer_s, defaults.prompt_layer_s
@@ -225,8 +231,13 @@ def fit(runs: list[Run], threads: int) -> SpeedModel:
             left = r.prompt_s - r.n_layers * prompt_layer_s - _cost(others, prompt_rates)
             if left > 0:
                 prompt_rates[kind] = r.prompt_weights[kind] / left
+    memory_s_per_byte = 0.0
+    if memory is not None:  # what is left of the large model's time is memory's
+        left = memory.eval_s - token_s - memory.n_layers * layer_s
+        left -= _cost(memory.eval_bytes, eval_rates)
+        memory_s_per_byte = max(0.0, left / max(sum(memory.eval_bytes.values()), 1.0))
     return SpeedModel(
-        cpu=DeviceRates(eval_rates, prompt_rates),
+        cpu=DeviceRates(eval_rates, prompt_rates, memory_s_per_byte=memory_s_per_byte),
         cpu_threads=threads,
         token_s=token_s,
         layer_s=layer_s,
@@ -260,6 +271,12 @@ def _fixed_costs(thin: list[Run], defaults: SpeedModel) -> tuple[float, float, f
     )
 
 
+def _cpu_cost(model: SpeedModel, eval_bytes: Mapping[str, float]) -> float:
+    """Seconds a token's ``eval_bytes`` take at the CPU's rates, memory included."""
+    memory = sum(eval_bytes.values()) * model.cpu.memory_s_per_byte
+    return _cost(eval_bytes, model.cpu.eval_bytes_per_s) + memory
+
+
 def _cost(amounts: Mapping[str, float], rates: Mapping[str, float]) -> float:
     return sum(v / rates.get(t, min(rates.values())) for t, v in amounts.items())
 
@@ -274,19 +291,17 @@ def _device_rates(
     half_s: float,
     half_layers: int,
 ) -> DeviceRates:
-    """An offload device's rates from the Q4_K_M model all on it (``full_s`` per token) and
+    """An offload device's rates from the large model all on it (``full_s`` per token) and
     its last ``half_layers`` layers on it (``half_s``): relative to the CPU's rates for an RPC
     worker (what is behind it is unknown), flat over types for a local GPU (memory-bound)."""
     n = profile.n_layers
     fixed = model.token_s + n * model.layer_s
     everything = device_work(profile, {i: "CPU" for i in range(n)}, "CPU", 0)["CPU"]
-    all_cpu_s = _cost(everything.eval_bytes, model.cpu.eval_bytes_per_s)
+    all_cpu_s = _cpu_cost(model, everything.eval_bytes)
     half_map = {i: name for i in range(n - half_layers, n)}
     split = device_work(profile, half_map, name, 0)
-    cpu_part_s = (
-        _cost(split["CPU"].eval_bytes, model.cpu.eval_bytes_per_s) if "CPU" in split else 0.0
-    )
-    dev_part_s = _cost(split[name].eval_bytes, model.cpu.eval_bytes_per_s)
+    cpu_part_s = _cpu_cost(model, split["CPU"].eval_bytes) if "CPU" in split else 0.0
+    dev_part_s = _cpu_cost(model, split[name].eval_bytes)
     # full: fixed + all_cpu_s / s + hop; half: fixed + cpu_part_s + dev_part_s / s + hop
     gain = (all_cpu_s - dev_part_s) / max(full_s - half_s + cpu_part_s, 1e-9)
     scale = gain if gain > 0 and math.isfinite(gain) else 1.0
@@ -296,6 +311,7 @@ def _device_rates(
             {t: r * scale for t, r in model.cpu.eval_bytes_per_s.items()},
             {t: r * scale for t, r in model.cpu.prompt_weights_per_s.items()},
             hop_s=hop,
+            memory_s_per_byte=model.cpu.memory_s_per_byte / scale,
         )
     flat = sum(everything.eval_bytes.values()) / max(full_s - fixed - hop, 1e-9)
     return DeviceRates(
@@ -348,7 +364,7 @@ def calibrate(
     shapes = shapes or Shapes()
     paths = calibration_models(models_dir, threads=threads, shapes=shapes, on_progress=on_progress)
     choices = LoadChoices(n_gpu_layers=0, n_ctx=1024, n_threads=threads)
-    labels = [*shapes.thin, *FILE_TYPES]
+    labels = [*shapes.thin, *FILE_TYPES, "memory"]
     runs = []
     for i, label in enumerate(labels):
         if on_progress is not None:
@@ -357,15 +373,15 @@ def calibrate(
         runs.append(_run(label, profile_local(paths[label]), eval_s, prompt_s))
     model = fit(runs, threads)
     devices = {}
-    shape = profile_local(paths["Q4_K_M"])
+    shape = profile_local(paths["memory"])
     for gpu in offload_devices(hardware):
         name = buffer_name(gpu)
         only = replace(hardware, gpus=[gpu])
         if on_progress is not None:
             on_progress(f"measuring {gpu.name}", len(labels) / (len(labels) + 2))
-        full_s, _ = _measure(engine, paths["Q4_K_M"], only, replace(choices, n_gpu_layers=-1))
+        full_s, _ = _measure(engine, paths["memory"], only, replace(choices, n_gpu_layers=-1))
         half = shape.n_layers // 2
-        half_s, _ = _measure(engine, paths["Q4_K_M"], only, replace(choices, n_gpu_layers=half + 1))
+        half_s, _ = _measure(engine, paths["memory"], only, replace(choices, n_gpu_layers=half + 1))
         devices[name] = _device_rates(
             model, shape, gpu, name, full_s=full_s, half_s=half_s, half_layers=half
         )

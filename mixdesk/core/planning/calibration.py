@@ -201,9 +201,11 @@ def _rates(value: object) -> DeviceRates | None:
         k: float(v) for k, v in _dict(data.get("prompt_weights_per_s")).items() if _positive(v)
     }
     hop = data.get("hop_s", 0.0)
-    if not eval_rates or not prompt_rates or not isinstance(hop, float | int) or hop < 0:
+    memory = data.get("memory_s_per_byte", 0.0)
+    numbers_ok = all(isinstance(n, float | int) and n >= 0 for n in (hop, memory))
+    if not eval_rates or not prompt_rates or not numbers_ok:
         return None
-    return DeviceRates(eval_rates, prompt_rates, float(hop))
+    return DeviceRates(eval_rates, prompt_rates, float(hop), float(memory))
 
 
 def _positive(value: object) -> bool:

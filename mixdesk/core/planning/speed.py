@@ -58,6 +58,9 @@ class DeviceRates:
     prompt_weights_per_s: Mapping[str, float]
     #: What a token pays to cross to this device and back (0 for the CPU).
     hop_s: float = 0.0
+    #: Seconds per byte that memory adds beyond the dequantisation when the weights do not
+    #: stay in the caches (measured with a model larger than them; 0: none known).
+    memory_s_per_byte: float = 0.0
 
     def eval_rate(self, type_name: str) -> float:
         """Bytes/s for ``type_name``; a type not measured takes its nearest measured one."""
@@ -331,6 +334,7 @@ def predict(
         rates = model.cpu if device == "CPU" else model.devices.get(device, model.cpu)
         scale = cpu_scale if device == "CPU" or device not in model.devices else 1.0
         eval_s += sum(b / (rates.eval_rate(t) * scale) for t, b in w.eval_bytes.items())
+        eval_s += sum(w.eval_bytes.values()) * rates.memory_s_per_byte / scale
         if device != "CPU":
             eval_s += crossings.get(device, 0) * rates.hop_s
             if fastest is None or rates.prompt_rate("F16") > fastest[1].prompt_rate("F16"):
