@@ -191,7 +191,7 @@ def _measure(
 
 
 def _run(label: str, profile: ModelProfile, eval_s: float, prompt_s: float) -> Run:
-    work = device_work(profile, {}, "CPU", 0)["CPU"]
+    work = device_work(profile, {}, "CPU")["CPU"]
     return Run(label, profile.n_layers, work.eval_bytes, work.prompt_weights, eval_s, prompt_s)
 
 
@@ -278,10 +278,10 @@ def _device_rates(
     worker (what is behind it is unknown), flat over types for a local GPU (memory-bound)."""
     n = profile.n_layers
     fixed = model.token_s + n * model.layer_s
-    everything = device_work(profile, {i: "CPU" for i in range(n)}, "CPU", 0)["CPU"]
+    everything = device_work(profile, {i: "CPU" for i in range(n)}, "CPU")["CPU"]
     all_cpu_s = _cost(everything.eval_bytes, model.cpu.eval_bytes_per_s)
     half_map = {i: name for i in range(n - half_layers, n)}
-    split = device_work(profile, half_map, name, 0)
+    split = device_work(profile, half_map, name)
     cpu_part_s = (
         _cost(split["CPU"].eval_bytes, model.cpu.eval_bytes_per_s) if "CPU" in split else 0.0
     )
