@@ -20,7 +20,8 @@ installs the wheels offline (``--no-index --find-links``), and builds llama-cpp-
 the bootstrap's own flags (``packaging/bootstrap.sh llama-flags``: CUDA for this machine's GPU
 and RPC, AMX kernels off on a CPU with AMX). Then it measures in that environment: it
 generates a Mixtral-shaped model, fills the card so that only ``--vram`` stays free
-(cudaMalloc of the rest), and for every ``n_gpu_layers`` and both strategies records planned
+(cudaMalloc of the rest), and for every ``n_gpu_layers``, and for experts in RAM (filled to
+the margin tensor by tensor, from the first and from the last layers), records planned
 vs CUDA buffers per device, the CUDA context overhead observed by NVML (free memory before
 loading, after loading, after the first 512-token batch), whether the load failed, and
 tok/s. It writes ``docs/gpu-truth-DATE-CARD.md`` (or into ``--report-dir``) and exits 1 when
@@ -59,7 +60,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from mixdesk.core.machine.hardware import HardwareInfo
-    from mixdesk.core.planning.types import Strategy
+    from mixdesk.core.planning.types import ExpertsOrder, Strategy
 
 ROOT = Path(__file__).resolve().parent.parent
 LLAMA_VERSION = "0.3.36"
@@ -434,16 +435,19 @@ def measure(out_dir: Path, *, cpu: bool, vram: int, size: str, report_dir: Path 
             prefix, hardware = "CUDA0", detect()
         rows: list[dict[str, object]] = []
         problems: list[str] = []
-        for strategy in ("layers", "experts"):
-            counts = range(spec.n_layers + 2) if strategy == "layers" else [None]
-            for ngl in counts:
-                row = _load_once(
-                    model, hardware, strategy, ngl, logs=logs, prefix=prefix, free=free_memory
-                )
-                print(json.dumps(row, default=str), flush=True)
-                rows.append(row)
-                found: list[str] = row.get("mismatches", [])  # type: ignore[assignment]
-                problems += [f"{strategy} ngl={ngl}: {p}" for p in found]
+        # every layer count, then experts in RAM filled to the margin from either end
+        runs: list[tuple[Strategy, int | None, ExpertsOrder | None]] = [
+            ("layers", ngl, None) for ngl in range(spec.n_layers + 2)
+        ]
+        runs += [("experts", None, "first"), ("experts", None, "last")]
+        for strategy, ngl, order in runs:
+            row = _load_once(
+                model, hardware, (strategy, ngl, order), logs=logs, prefix=prefix, free=free_memory
+            )
+            print(json.dumps(row, default=str), flush=True)
+            rows.append(row)
+            found: list[str] = row.get("mismatches", [])  # type: ignore[assignment]
+            problems += [f"{strategy} ngl={ngl} from={order}: {p}" for p in found]
     failed = sum(1 for r in rows if not r["ok"])
     stamp = time.strftime("%Y-%m-%d")
     if cpu:
@@ -475,8 +479,7 @@ def measure(out_dir: Path, *, cpu: bool, vram: int, size: str, report_dir: Path 
 def _load_once(
     model: Path,
     hardware: HardwareInfo,
-    strategy: Strategy,
-    ngl: int | None,
+    setting: tuple[Strategy, int | None, ExpertsOrder | None],
     *,
     logs: Path,
     prefix: str,
@@ -491,8 +494,11 @@ def _load_once(
     from mixdesk.core.planning.calibration import Calibration
     from tests.helpers.devices import mismatches
 
-    choices = LoadChoices(n_gpu_layers=ngl, n_ctx=4096, use_mmap=False, strategy=strategy)
-    row: dict[str, object] = {"strategy": strategy, "n_gpu_layers": ngl}
+    strategy, ngl, order = setting
+    choices = LoadChoices(
+        n_gpu_layers=ngl, n_ctx=4096, use_mmap=False, strategy=strategy, experts_from=order
+    )
+    row: dict[str, object] = {"strategy": strategy, "n_gpu_layers": ngl, "experts_from": order}
     before = free() if free else 0
     try:
         with Engine(log_dir=logs) as engine:
@@ -511,6 +517,7 @@ def _load_once(
     row.update(
         ok=True,
         placement=setup.plan.placement_words,
+        cpu_tensors=len(setup.plan.cpu_tensors),
         buffers={f"{b.device} {b.kind}": b.bytes for b in info.buffers.items},
         device_bytes=device,
         eval_tps=done.stats.eval_tps,

@@ -155,7 +155,11 @@ def test_plan_shows_both_strategies_for_a_mixture_of_experts(mixtral_q4: Path) -
     )
     assert proc.returncode == 0, proc.stderr
     assert "layers   18 of 32 layers + output on GPU" in proc.stdout
-    assert "experts  all 32 layers + output on GPU, experts of 15 layers in RAM" in proc.stdout
+    # tensor by tensor, the last layers' experts first (faster prompts on a GPU)
+    assert (
+        "experts  all 32 layers + output on GPU, experts of layers 18-31 and 1 of 3 expert "
+        "tensors of layer 17 in RAM"
+    ) in proc.stdout
     experts = run(
         "plan",
         str(mixtral_q4),
@@ -169,3 +173,37 @@ def test_plan_shows_both_strategies_for_a_mixture_of_experts(mixtral_q4: Path) -
     )
     plan = json.loads(experts.stdout)
     assert plan["n_gpu_layers"] == 33 and plan["fit"] == "experts"
+
+
+def test_experts_from_the_first_or_the_last_layers(mixtral_q4: Path) -> None:
+    """``--experts-from`` picks whose expert tensors stay in RAM; ``--experts-in-ram K`` still
+    means K whole layers; the JSON names every tensor kept in RAM."""
+    common = ["plan", str(mixtral_q4), "--vram", "15860MiB/16160MiB", "--ctx", "2048"]
+    plans = {
+        order: json.loads(
+            run(*common, "--strategy", "experts", "--experts-from", order, "--json").stdout
+        )
+        for order in ("first", "last")
+    }
+    first, last = plans["first"], plans["last"]
+    assert first["experts_order"] == "first" and last["experts_order"] == "last"
+    assert first["cpu_tensors"][0] == "blk.0.ffn_down_exps.weight"
+    assert last["cpu_tensors"][0] == "blk.31.ffn_down_exps.weight"
+    assert first["partial_layer"] == {"layer": 14, "in_ram": 1, "of": 3}
+    assert first["experts_in_ram"] == 14 and len(first["cpu_tensors"]) == 43
+    whole = json.loads(
+        run(
+            *common,
+            "--strategy",
+            "experts",
+            "--experts-in-ram",
+            "3",
+            "--experts-from",
+            "last",
+            "--json",
+        ).stdout
+    )
+    assert whole["experts_in_ram"] == 3 and whole["partial_layer"] is None
+    assert whole["placement"].endswith("experts of layers 29-31 in RAM")
+    bad = run(*common, "--strategy", "experts", "--experts-from", "middle")
+    assert bad.returncode == 2 and "invalid choice: 'middle'" in bad.stderr

@@ -13,7 +13,7 @@ from mixdesk.core.loading.choices import LoadChoices
 from mixdesk.core.machine import hardware
 from mixdesk.core.machine.hardware import HardwareInfo, Overrides, apply_overrides
 from mixdesk.core.planning.calibration import CalibrationStore
-from mixdesk.core.planning.types import STRATEGIES
+from mixdesk.core.planning.types import EXPERTS_ORDERS, STRATEGIES
 from mixdesk.errors import InvalidArgumentError
 
 
@@ -93,14 +93,20 @@ def add_load_arguments(parser: argparse.ArgumentParser, *, runs: bool = True) ->
         choices=STRATEGIES,
         default="layers",
         help="layers: whole layers on the GPU, the rest in RAM (default); experts: every layer "
-        "on the GPU with the expert tensors of the first K layers in RAM (--n-cpu-moe)",
+        "on the GPU with as few expert tensors in RAM as fit (--n-cpu-moe, tensor by tensor)",
     )
     load.add_argument(
         "--experts-in-ram",
         type=non_negative_int,
         metavar="K",
-        help="with --strategy experts: keep the experts of the first K layers in RAM "
-        "(default: as few as fit)",
+        help="with --strategy experts: keep the experts of K whole layers in RAM "
+        "(default: as few expert tensors as fit)",
+    )
+    load.add_argument(
+        "--experts-from",
+        choices=EXPERTS_ORDERS,
+        help="with --strategy experts: the first or the last layers' experts go to RAM "
+        "(default: the faster, by the speed model)",
     )
     load.add_argument(
         "--worker",
@@ -146,6 +152,7 @@ def load_choices(args: argparse.Namespace) -> LoadChoices:
         use_mmap=not getattr(args, "no_mmap", False),
         strategy=args.strategy,
         experts_in_ram=args.experts_in_ram,
+        experts_from=args.experts_from,
     )
 
 

@@ -42,6 +42,9 @@ def plan_to_json(plan: OffloadPlan, *, model: str) -> dict[str, Any]:
         "op_offload": plan.op_offload,
         "strategy": plan.strategy,
         "experts_in_ram": plan.experts_in_ram,
+        "experts_order": plan.experts_order,
+        "cpu_tensors": list(plan.cpu_tensors),
+        "partial_layer": asdict(plan.partial_layer) if plan.partial_layer else None,
         "placement": plan.placement_words,
         "tensor_split": list(plan.tensor_split),
         "compute_measured": plan.compute_measured,
@@ -87,7 +90,8 @@ def strategies_text(
         )
     rows.append(
         "  Mixtral reads about as many expert bytes per token either way: expect little "
-        "generation gain from experts in RAM, more for long prompts (op offload)."
+        "generation gain from experts in RAM, more for long prompts (op offload; "
+        "--experts-from first|last picks whose experts stay in RAM)."
     )
     return "\n".join(rows)
 

@@ -28,7 +28,7 @@ from mixdesk.core.loading.model import ResolvedModel
 from mixdesk.core.loading.service import LoadRequest, make_plan
 from mixdesk.core.machine.hardware import HardwareInfo, format_bytes
 from mixdesk.core.planning.calibration import Calibration
-from mixdesk.core.planning.types import STRATEGIES, Fit, OffloadPlan
+from mixdesk.core.planning.types import EXPERTS_ORDERS, STRATEGIES, Fit, OffloadPlan
 from mixdesk.core.planning.words import explain, speed_short
 from mixdesk.ui.plain import plain
 from mixdesk.ui.widgets import DeviceBars, compact
@@ -117,10 +117,11 @@ class OffloadPanel(QWidget):
         self.strategy.addItem("Whole layers on the GPU", "layers")
         self.strategy.addItem("All layers on the GPU, some experts in RAM", "experts")
         self.strategy.setToolTip(
-            "Experts in RAM keeps attention, router, KV cache and output on the GPU and the "
-            "expert tensors of the first layers in RAM (llama.cpp's --n-cpu-moe): faster "
-            "prompts, about the same generation speed for Mixtral."
+            "Experts in RAM keeps attention, router, KV cache and output on the GPU and as "
+            "few expert tensors in RAM as fit (llama.cpp's --n-cpu-moe, tensor by tensor): "
+            "faster prompts, about the same generation speed for Mixtral."
         )
+        self.experts_from = _experts_from_control()
         self.bars = DeviceBars()
         self.warning = plain(QLabel(""))
         self.warning.setStyleSheet("color:#c0392b")
@@ -145,6 +146,7 @@ class OffloadPanel(QWidget):
         form.addRow("Context", self.ctx)
         form.addRow("KV cache", self.kv)
         form.addRow("Placement", self.strategy)
+        form.addRow("Experts in RAM", self.experts_from)
         form.addRow("", self.flash)
         form.addRow("CPU threads", self.threads)
         form.addRow("Op offload", self.op_offload)
@@ -172,6 +174,7 @@ class OffloadPanel(QWidget):
         self.kv.currentTextChanged.connect(self._replan)
         self.flash.toggled.connect(self._replan)
         self.strategy.currentIndexChanged.connect(self._replan)
+        self.experts_from.currentIndexChanged.connect(self._replan)
         self.threads.valueChanged.connect(self._replan)
         self.op_offload.currentIndexChanged.connect(self._replan)
         self.apply.clicked.connect(self._apply)
@@ -186,6 +189,7 @@ class OffloadPanel(QWidget):
             self.kv,
             self.flash,
             self.strategy,
+            self.experts_from,
             self.threads,
             self.op_offload,
             self.apply,
@@ -214,6 +218,7 @@ class OffloadPanel(QWidget):
         self.slider.blockSignals(False)
         self._set_enabled(True)
         self.strategy.setEnabled(profile.is_moe)
+        self.experts_from.setEnabled(profile.is_moe)
         if not profile.is_moe:
             self.strategy.setCurrentIndex(0)
         self._replan()
@@ -286,6 +291,9 @@ class OffloadPanel(QWidget):
             kv_type=self.kv.currentText(),
             flash_attn=self.flash.isChecked(),
             strategy=next((s for s in STRATEGIES if s == self.strategy.currentData()), "layers"),
+            experts_from=next(
+                (o for o in EXPERTS_ORDERS if o == self.experts_from.currentData()), None
+            ),
             n_threads=self.threads.value() or None,
             op_offload=_tri_state(self.op_offload.currentData()),
         )
@@ -305,6 +313,7 @@ class OffloadPanel(QWidget):
             self.threads,
             self.op_offload,
             self.strategy,
+            self.experts_from,
             self.auto,
             self.slider,
         )
@@ -316,6 +325,7 @@ class OffloadPanel(QWidget):
         self.threads.setValue(choices.n_threads or 0)
         self.op_offload.setCurrentIndex(max(0, self.op_offload.findData(choices.op_offload)))
         self.strategy.setCurrentIndex(max(0, self.strategy.findData(choices.strategy)))
+        self.experts_from.setCurrentIndex(max(0, self.experts_from.findData(choices.experts_from)))
         if choices.n_gpu_layers is not None and choices.strategy == "layers":
             self.auto.setChecked(False)
             self.slider.setValue(choices.n_gpu_layers)
@@ -418,3 +428,17 @@ def not_fitting_words(plan: OffloadPlan) -> str:
         f"This setting does not fit: {format_bytes(plan.shortfall_bytes)} more memory is "
         "needed than is free, so loading it will fail."
     )
+
+
+def _experts_from_control() -> QComboBox:
+    """Whose experts stay in RAM with the experts strategy: the speed model's choice, the
+    first layers' or the last layers' (a choice Measure compares and Keep fastest keeps)."""
+    box = QComboBox()
+    box.addItem("Auto (the faster, by the speed model)", None)
+    box.addItem("First layers' experts", "first")
+    box.addItem("Last layers' experts", "last")
+    box.setToolTip(
+        "Which layers' expert tensors go to RAM with 'some experts in RAM': the last layers' "
+        "read long prompts faster on a GPU (op offload copies fewer of them per batch)."
+    )
+    return box

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from mixdesk.core.engine.quantize import FILE_TYPES
-from mixdesk.core.loading.calibrate import SHAPE, THIN, Run, Shapes, calibrate, fit
+from mixdesk.core.loading.calibrate import Run, calibrate, fit
+from mixdesk.core.loading.calibrate_models import SHAPE, THIN, Shapes
 from mixdesk.core.planning.speed import SpeedSource
 
 TOKEN_S, LAYER_S, PROMPT_LAYER_S = 0.5e-3, 40e-6, 20e-6

@@ -118,7 +118,9 @@ def test_no_retry_without_gpu_layers_or_with_experts_in_ram(
         calibration=NOTHING_MEASURED,
     )
     assert fewer_gpu_layers(on_cpu, _oom(1 << 20), GPU) is None
-    experts = replace(setup, config=replace(setup.config, experts_in_ram=2))
+    experts = replace(
+        setup, config=replace(setup.config, cpu_tensors=("blk.0.ffn_up_exps.weight",))
+    )
     assert fewer_gpu_layers(experts, _oom(1 << 20), GPU) is None
 
 

@@ -17,7 +17,9 @@ from mixdesk.core.loading.measure import (
 from mixdesk.core.loading.model import resolve_file
 from mixdesk.core.loading.service import LoadRequest, make_plan
 from mixdesk.core.planning.calibration import Calibration
-from tests.helpers.machines import GPU_8GIB
+from mixdesk.core.planning.experts import expert_tensors
+from tests.helpers import model_factory as mf
+from tests.helpers.machines import GPU_8GIB, V100
 
 A, B, C = (MeasureVariant(x, LoadChoices(n_threads=i + 1)) for i, x in enumerate("abc"))
 
@@ -82,3 +84,25 @@ def test_rounds_are_interleaved_and_counted(models: dict[str, Path], tmp_path: P
     assert report.finished and all(len(r.rounds) == 3 for r in report.results)
     assert all(tps > 0 for r in report.results for tps in r.rounds)
     assert last is not None and last.info.n_threads == 1  # the last load stays
+
+
+def test_with_experts_in_ram_the_other_end_is_measured_too(tmp_path: Path) -> None:
+    """The speed model chose whose experts stay in RAM; Measure checks it: the plan exactly
+    as planned, and the other end's experts filled to the same margin."""
+    profile = profile_local(mf.mixtral_header_file(tmp_path, "Q4_K_M", legacy=True))
+    choices = LoadChoices(strategy="experts", n_ctx=2048)
+    plan = make_plan(profile, V100, choices, calibration=Calibration())
+    assert plan.cpu_tensors and plan.partial_layer is not None and plan.experts_order == "last"
+    variants = {v.label: v.choices for v in measure_variants(choices, plan, profile, V100)}
+    planned = variants["as planned"]
+    assert (planned.expert_tensors_in_ram, planned.experts_from) == (len(plan.cpu_tensors), "last")
+    assert make_plan(profile, V100, planned, calibration=Calibration()).cpu_tensors == (
+        plan.cpu_tensors
+    )
+    other = variants["experts of the first layers in RAM"]
+    assert (other.experts_from, other.expert_tensors_in_ram) == ("first", None)
+    first = make_plan(profile, V100, other, calibration=Calibration())
+    assert first.experts_order == "first" and first.gpu is not None and plan.gpu is not None
+    assert first.gpu.used_bytes <= first.gpu.free_bytes
+    biggest = max(t.nbytes for t in expert_tensors(profile))
+    assert abs(first.gpu.used_bytes - plan.gpu.used_bytes) <= biggest

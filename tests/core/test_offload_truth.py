@@ -9,6 +9,7 @@ tests compare the planner's per-device figures with those logs for every ``n_gpu
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,8 @@ from mixdesk.core.loading.model import resolve_file
 from mixdesk.core.loading.service import LoadSetup, plan_load
 from mixdesk.core.machine.hardware import GIB, GpuInfo, HardwareInfo
 from mixdesk.core.planning.calibration import Calibration
+from mixdesk.core.planning.experts import expert_tensors, in_ram
+from mixdesk.core.planning.types import ExpertsOrder, PartialLayer
 from tests.helpers import model_factory as mf
 from tests.helpers.devices import mismatches, rpc_hardware
 from tests.helpers.mixdesk_workers import WorkerProcess
@@ -156,7 +159,9 @@ def test_experts_in_ram_land_where_planned(
         assert engine.chat([ChatMessage("user", "Hi")]).wait().stats.eval_tokens > 0
     profile = setup.profile
     assert setup.config.n_gpu_layers == profile.n_layers + 1
-    assert setup.config.experts_in_ram == experts_in_ram
+    assert {int(name.split(".")[1]) for name in setup.config.cpu_tensors} == set(
+        range(experts_in_ram)
+    )
     cpu, device = setup.plan.cpu, setup.plan.gpus[0]
     assert cpu.weights_bytes == profile.token_embd_bytes + sum(
         profile.layer_expert_bytes[:experts_in_ram]
@@ -164,4 +169,80 @@ def test_experts_in_ram_land_where_planned(
     assert device.weights_bytes == profile.weights_bytes - cpu.weights_bytes
     found = mismatches(setup, info)
     assert not found, "\n".join(found)
-    assert setup.plan.placement_words.endswith(f"experts of {experts_in_ram} layers in RAM")
+    assert setup.plan.experts_in_ram == experts_in_ram and setup.plan.partial_layer is None
+    assert setup.plan.placement_words.endswith(
+        "experts of layer 0 in RAM" if experts_in_ram == 1 else "experts of layers 0-2 in RAM"
+    )
+
+
+@pytest.mark.parametrize("order", ["first", "last"])
+def test_a_partial_layer_of_experts_lands_where_planned(
+    order: ExpertsOrder, oom_model: Path, rpc_servers: Servers, tmp_path: Path
+) -> None:
+    """Tensor by tensor: five expert tensors in RAM are one layer's three and the down and
+    gate experts of the next (its attention and up experts stay on the device), from either
+    end of the model; llama.cpp allocates on every device what the plan says."""
+    server = rpc_servers()
+    choices = LoadChoices(
+        n_ctx=1024,
+        use_mmap=False,
+        strategy="experts",
+        expert_tensors_in_ram=5,
+        experts_from=order,
+    )
+    with Engine(log_dir=tmp_path / "logs") as engine:
+        setup = plan_load(
+            resolve_file(oom_model),
+            rpc_hardware(server),
+            choices,
+            engine=engine,
+            calibration=Calibration(),
+        )
+        info = engine.load(setup.config)
+        assert engine.chat([ChatMessage("user", "Hi")]).wait().stats.eval_tokens > 0
+    plan, n = setup.plan, setup.profile.n_layers
+    whole, boundary = (0, 1) if order == "first" else (n - 1, n - 2)
+    assert plan.experts_in_ram == 1 and plan.partial_layer == PartialLayer(boundary, 2, 3)
+    assert set(setup.config.cpu_tensors) == {
+        *(f"blk.{whole}.ffn_{kind}_exps.weight" for kind in ("down", "gate", "up")),
+        f"blk.{boundary}.ffn_down_exps.weight",
+        f"blk.{boundary}.ffn_gate_exps.weight",
+    }
+    in_ram = sum(t.nbytes for t in expert_tensors(setup.profile) if t.name in plan.cpu_tensors)
+    assert plan.cpu.weights_bytes == setup.profile.token_embd_bytes + in_ram
+    found = mismatches(setup, info)
+    assert not found, "\n".join(found)
+
+
+@pytest.mark.parametrize("order", ["first", "last"])
+def test_experts_fill_the_device_to_its_margin(
+    order: ExpertsOrder, oom_model: Path, rpc_servers: Servers, tmp_path: Path
+) -> None:
+    """A device with room for all but four and a half expert tensors (by llama.cpp's own
+    compute buffers) gets all but five: the boundary layer keeps one on the device, and what
+    llama.cpp allocates is what the plan says."""
+    server = rpc_servers()
+    pinned = LoadChoices(
+        n_ctx=1024, use_mmap=False, strategy="experts", expert_tensors_in_ram=5, experts_from=order
+    )
+    with Engine(log_dir=tmp_path / "logs") as engine:
+        probe = plan_load(
+            resolve_file(oom_model),
+            rpc_hardware(server),
+            pinned,
+            engine=engine,
+            calibration=Calibration(),
+        )
+        sixth = in_ram(probe.profile, order, 6).tensors[-1].nbytes
+        device = probe.plan.gpus[0]
+        hardware = rpc_hardware(server, free=device.used_bytes + sixth // 2)
+        auto = replace(pinned, expert_tensors_in_ram=None)
+        setup = plan_load(
+            resolve_file(oom_model), hardware, auto, engine=engine, calibration=Calibration()
+        )
+        info = engine.load(setup.config)
+    plan = setup.plan
+    assert plan.cpu_tensors == probe.plan.cpu_tensors and plan.partial_layer is not None
+    assert plan.gpus[0].used_bytes <= plan.gpus[0].free_bytes < device.used_bytes + sixth
+    found = mismatches(setup, info)
+    assert not found, "\n".join(found)

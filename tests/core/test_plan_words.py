@@ -11,9 +11,9 @@ import pytest
 from mixdesk.core.gguf.profile import profile_local
 from mixdesk.core.loading.choices import LoadChoices
 from mixdesk.core.loading.service import make_plan
-from mixdesk.core.machine.hardware import GIB, HardwareInfo
+from mixdesk.core.machine.hardware import GIB, GpuInfo, HardwareInfo
 from mixdesk.core.planning.calibration import Calibration
-from mixdesk.core.planning.types import Fit
+from mixdesk.core.planning.types import Fit, OffloadPlan
 from mixdesk.core.planning.words import FIT_WORDS, describe, fit_badge, verdict
 from tests.helpers import model_factory as mf
 from tests.helpers.machines import V100
@@ -83,3 +83,27 @@ def test_the_plan_is_numbers_and_its_words_come_from_them(q4: Path) -> None:
     auto = make_plan(profile, V100, LoadChoices(), calibration=Calibration())
     assert auto.fit == Fit.PARTIAL and auto.facts.one_more_layer_short_bytes > 0
     assert "One more layer would need" in " ".join(describe(auto))
+
+
+def test_experts_in_ram_tensor_by_tensor_are_said_in_one_vocabulary(q4: Path) -> None:
+    """Every front end names the same tensors: the CLI's explanation, the placement words of
+    the panel and the Models tab's badge."""
+    profile = profile_local(q4)
+    big = HardwareInfo(
+        64 * GIB, 56 * GIB, 8, 16, gpus=[GpuInfo("Big GPU", "cuda", 48 * GIB, 48 * GIB)]
+    )
+
+    def plan_with(count: int) -> OffloadPlan:
+        choices = LoadChoices(strategy="experts", expert_tensors_in_ram=count, experts_from="first")
+        return make_plan(profile, big, choices, calibration=Calibration())
+
+    plan = plan_with(17)
+    phrase = "experts of layers 0-4 and 2 of 3 expert tensors of layer 5"
+    said = " ".join(describe(plan))
+    assert f"{phrase} (" in said and "stay in CPU RAM" in said
+    assert "Layer 5 keeps its attention and 1 of its 3 expert tensors on Big GPU" in said
+    assert plan.placement_words.endswith(f", {phrase} in RAM")
+    assert fit_badge(plan) == f"all layers on GPU, {phrase} in RAM"
+    whole = " ".join(describe(plan_with(15)))
+    assert "experts of layers 0-4 (" in whole and "(llama.cpp's --n-cpu-moe 5)" in whole
+    assert "keeps its attention" not in whole

@@ -30,7 +30,8 @@ def test_serve_places_tensors_like_the_engine(
     setup = plan_load(
         resolve_file(models["q4_k_m"]), rpc_hardware(server), choices, calibration=Calibration()
     )
-    assert setup.config.experts_in_ram == 2 and setup.config.rpc_servers == (server.endpoint,)
+    assert setup.config.rpc_servers == (server.endpoint,)
+    assert {int(name.split(".")[1]) for name in setup.config.cpu_tensors} == {0, 1}
 
     served = start_server(ServeConfig(load=setup.config, port=free_port()))
     try:

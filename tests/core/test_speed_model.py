@@ -12,14 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from mixdesk.core.gguf.profile import profile_local
+from mixdesk.core.gguf.profile import ModelProfile, profile_local
 from mixdesk.core.loading.choices import LoadChoices
 from mixdesk.core.loading.service import make_plan
 from mixdesk.core.machine.hardware import GIB, GpuInfo, HardwareInfo
 from mixdesk.core.planning.calibration import Calibration
-from mixdesk.core.planning.speed import SpeedSource
-from mixdesk.core.planning.types import Fit
-from mixdesk.core.planning.words import speed_short, speed_words
+from mixdesk.core.planning.experts import expert_tensors
+from mixdesk.core.planning.speed import SpeedSource, batch_share, device_work
+from mixdesk.core.planning.types import Fit, OffloadPlan
+from mixdesk.core.planning.words import describe, speed_short, speed_words
 from tests.helpers import model_factory as mf
 from tests.helpers.machines import V100
 
@@ -114,3 +115,62 @@ def test_a_device_not_measured_keeps_the_speed_an_estimate(tmp_path: Path) -> No
     )
     assert on_gpu.speed is not None and on_gpu.speed.source is SpeedSource.ESTIMATE
     assert on_gpu.speed.eval_tps > cpu_only.speed.eval_tps  # the GPU's defaults, not the CPU's
+
+
+RPC_16GIB = HardwareInfo(
+    ram_total_bytes=64 * GIB,
+    ram_available_bytes=56 * GIB,
+    physical_cores=8,
+    logical_cores=8,
+    gpus=[GpuInfo("RPC device", "rpc", 16 * GIB, 16 * GIB, endpoint="127.0.0.1:50052")],
+    gpu_offload=True,
+)
+
+
+def _experts(profile: ModelProfile, hardware: HardwareInfo, order: str | None) -> OffloadPlan:
+    choices = LoadChoices(strategy="experts", experts_from=order, n_ctx=2048, n_threads=8)  # type: ignore[arg-type]
+    return make_plan(profile, hardware, choices, calibration=Calibration())
+
+
+def test_expert_tensors_named_in_ram_are_read_there(tmp_path: Path) -> None:
+    profile = profile_local(mf.mixtral_header_file(tmp_path, "Q4_K_M", legacy=True))
+    names = ("blk.3.ffn_down_exps.weight", "blk.3.ffn_gate_exps.weight")
+    work = device_work(profile, dict.fromkeys(range(profile.n_layers), "CUDA0"), "CUDA0", names)
+    in_ram = sum(t.nbytes for t in expert_tensors(profile) if t.name in names)
+    assert work["CPU"].held_bytes == in_ram
+    assert work["CUDA0"].held_bytes == profile.weights_bytes - profile.token_embd_bytes - in_ram
+
+
+def test_later_layers_use_fewer_of_their_experts_per_prompt_batch(tmp_path: Path) -> None:
+    profile = profile_local(mf.mixtral_header_file(tmp_path, "Q4_K_M", legacy=True))
+    shares = [batch_share(profile, i) for i in range(profile.n_layers)]
+    assert shares == sorted(shares, reverse=True)
+    assert shares[0] > 0.999 and 0.5 < shares[-1] < 0.95
+
+
+def test_the_last_layers_experts_in_ram_read_prompts_faster_on_a_gpu(tmp_path: Path) -> None:
+    """At equal VRAM, generation reads the same bytes either way; op offload copies only the
+    experts a prompt batch uses, fewer in later layers: the speed model picks the last."""
+    profile = profile_local(mf.mixtral_header_file(tmp_path, "Q4_K_M", legacy=True))
+    first, last = _experts(profile, V100, "first"), _experts(profile, V100, "last")
+    assert first.speed is not None and last.speed is not None and first.op_offload
+    assert last.speed.eval_tps == pytest.approx(first.speed.eval_tps, rel=0.005)
+    assert last.speed.prompt_tps > first.speed.prompt_tps * 1.02
+    chosen = _experts(profile, V100, None)
+    assert chosen.experts_order == "last" and chosen.cpu_tensors == last.cpu_tensors
+    assert chosen.facts.other_order_speed == first.speed
+    assert "The last layers' experts go to RAM rather than the first layers'" in " ".join(
+        describe(chosen)
+    )
+
+
+def test_an_rpc_device_has_no_op_offload_so_the_orders_tie(tmp_path: Path) -> None:
+    """llama.cpp's RPC backend cannot run the CPU's weights for big batches: both orders read
+    prompts alike there, and the first layers' experts (llama.cpp's --n-cpu-moe) stay."""
+    profile = profile_local(mf.mixtral_header_file(tmp_path, "Q4_K_M", legacy=True))
+    first, last = _experts(profile, RPC_16GIB, "first"), _experts(profile, RPC_16GIB, "last")
+    assert first.speed is not None and last.speed is not None
+    assert last.speed.prompt_tps == pytest.approx(first.speed.prompt_tps, rel=0.005)
+    chosen = _experts(profile, RPC_16GIB, None)
+    assert chosen.experts_order == "first"
+    assert "the speed model expects no difference here" in " ".join(describe(chosen))

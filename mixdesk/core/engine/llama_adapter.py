@@ -195,12 +195,19 @@ class TensorOverrides:
         return ctypes.addressof(self.array)
 
 
-def experts_in_ram_patterns(layers: Sequence[int]) -> list[str]:
-    """The pattern llama.cpp's ``--n-cpu-moe`` uses, for the expert tensors of ``layers``."""
-    if not layers:
-        return []
-    which = "|".join(str(i) for i in layers)
-    return [rf"blk\.({which})\.ffn_(up|down|gate|gate_up)_(ch|)exps"]
+def exact_name_patterns(names: Sequence[str]) -> list[str]:
+    """Patterns that match exactly the tensors ``names`` and no other, one per layer (llama.cpp
+    builds a ``std::regex`` of every pattern for every tensor it places: few patterns load
+    faster than one per tensor)."""
+    by_layer: dict[str, list[str]] = {}
+    for name in names:
+        by_layer.setdefault(".".join(name.split(".")[:2]), []).append(name)
+    return ["^(" + "|".join(_regex_literal(n) for n in group) + ")$" for group in by_layer.values()]
+
+
+def _regex_literal(text: str) -> str:
+    """``text`` as an ECMAScript regular expression (std::regex's default) matching only it."""
+    return "".join("\\" + c if c in r"\^$.|?*+()[]{}" else c for c in text)
 
 
 @contextmanager

@@ -33,6 +33,7 @@ from mixdesk.core.engine.protocol import (
     LoadCommand,
     ShutdownCommand,
 )
+from mixdesk.core.engine.rpc_relay import RELAY_LINE
 from mixdesk.core.engine.wire import decode_command, encode, failure
 from mixdesk.errors import MixdeskError
 
@@ -42,13 +43,19 @@ _EXIT_GRACE_S = 2.0
 
 
 class _LogTee:
-    """sys.stderr replacement: passes llama.cpp's log through and keeps its last lines."""
+    """sys.stderr replacement: passes llama.cpp's log through and keeps its last lines, and
+    for good the lines saying which relay is which worker: written once per process, they
+    name the worker in the buffer lines of every later load (after many dry runs the last
+    lines no longer reach back to them)."""
 
     def __init__(self, target: IO[str], keep: int = 4000) -> None:
         self._target = target
         self.lines: collections.deque[str] = collections.deque(maxlen=keep)
+        self.pinned: list[str] = []
 
     def write(self, text: str) -> int:
+        if text.startswith(RELAY_LINE):
+            self.pinned.append(text)
         self.lines.append(text)
         return self._target.write(text)
 
@@ -56,7 +63,7 @@ class _LogTee:
         self._target.flush()
 
     def text(self) -> str:
-        return "".join(self.lines)
+        return "".join(self.pinned) + "".join(self.lines)
 
 
 class _Channel:

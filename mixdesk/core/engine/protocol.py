@@ -54,8 +54,9 @@ class LoadConfig:
     #: Layers per offload device, in llama.cpp's device order (empty: one device, or
     #: llama.cpp's own split by free memory). llama.cpp counts the output layer as a layer.
     tensor_split: tuple[float, ...] = ()
-    #: Keep the expert tensors of the first K layers in RAM (llama.cpp's --n-cpu-moe K).
-    experts_in_ram: int = 0
+    #: Tensors kept in CPU RAM, by exact name ("blk.3.ffn_down_exps.weight"): the expert
+    #: tensors the plan keeps there (tensor buffer overrides). The engine applies them as given.
+    cpu_tensors: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,8 @@ from mixdesk.errors import WorkerError
 
 log = logging.getLogger(__name__)
 
+#: How the log line that names a relay's worker begins.
+RELAY_LINE = "mixdesk: llama.cpp reaches the worker"
 #: endpoint -> the relay address llama.cpp was given, for this process.
 _relays: dict[str, str] = {}
 _lock = threading.Lock()
@@ -50,7 +52,7 @@ def relay_for(endpoint: str, *, timeout: float = 10.0) -> str:
         ).start()
         _relays[endpoint] = local
     # In the engine's log (llama.cpp's log goes there too): which relay is which worker.
-    sys.stderr.write(f"mixdesk: llama.cpp reaches the worker {endpoint} through {local}\n")
+    sys.stderr.write(f"{RELAY_LINE} {endpoint} through {local}\n")
     sys.stderr.flush()
     return local
 

@@ -47,12 +47,10 @@ def llama_kwargs(config: LoadConfig) -> dict[str, Any]:
 
 
 def tensor_overrides(config: LoadConfig) -> llama_adapter.TensorOverrides | None:
-    """The tensor buffer overrides of ``config`` (experts of the first K layers in RAM)."""
-    if not config.experts_in_ram:
+    """The tensor buffer overrides of ``config``: its tensors kept in RAM, by exact name."""
+    if not config.cpu_tensors:
         return None
-    return llama_adapter.TensorOverrides(
-        llama_adapter.experts_in_ram_patterns(range(config.experts_in_ram))
-    )
+    return llama_adapter.TensorOverrides(llama_adapter.exact_name_patterns(config.cpu_tensors))
 
 
 class OpenedModel:

@@ -21,16 +21,16 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from mixdesk.core.chat.template import ChatMessage
 from mixdesk.core.engine.client import Engine
 from mixdesk.core.engine.protocol import SamplingParams
-from mixdesk.core.engine.quantize import FILE_TYPES, quantize
+from mixdesk.core.engine.quantize import FILE_TYPES
 from mixdesk.core.gguf.profile import ModelProfile, profile_local
-from mixdesk.core.gguf.synthetic import ModelSpec, write_model
+from mixdesk.core.loading.calibrate_models import Progress, Shapes, calibration_models
 from mixdesk.core.loading.choices import LoadChoices
 from mixdesk.core.loading.model import resolve_file
 from mixdesk.core.loading.service import plan_load
@@ -60,46 +60,6 @@ ROUNDS = 2
 PROMPT_WORDS = 150
 _WORDS = ("the", "of", "and", "to", "in", "is")
 
-#: The Mixtral-shaped model every type is measured on (8 experts, 2 used).
-SHAPE = ModelSpec(
-    n_embd=512,
-    n_ff=1536,
-    n_layers=6,
-    n_head=8,
-    n_head_kv=2,
-    n_expert=8,
-    n_expert_used=2,
-    name="MixDesk calibration",
-    chat_template=None,
-)
-#: F32 models with few weights: the fixed costs per token and per layer (two thin ones of 2
-#: and 24 layers, and a wider one that separates the F32 weights' own cost).
-THIN = replace(SHAPE, n_embd=64, n_ff=128, n_head=2, n_head_kv=1, name="MixDesk calibration thin")
-THIN_SHAPES = {
-    "thin-2": replace(THIN, n_layers=2),
-    "thin-24": replace(THIN, n_layers=24),
-    "thin-wide": replace(THIN, n_embd=256, n_ff=512, n_head=4, n_layers=6),
-}
-#: A model larger than the caches (about 600 MB as Q8_0): what memory adds per byte when the
-#: weights come from RAM, beyond the small models' dequantisation (which stay in the caches).
-MEMORY = replace(SHAPE, n_embd=1024, n_ff=2816, n_layers=8, name="MixDesk calibration memory")
-#: Another shape, predicted before it is measured (the expected error).
-VALIDATION = replace(SHAPE, n_embd=768, n_ff=2048, n_layers=4, name="MixDesk calibration check")
-
-
-@dataclass(frozen=True)
-class Shapes:
-    """The measuring models' shapes: one per quantisation type, the thin F32 ones, the check."""
-
-    main: ModelSpec = SHAPE
-    thin: Mapping[str, ModelSpec] = field(default_factory=lambda: dict(THIN_SHAPES))
-    check: ModelSpec = VALIDATION
-    memory: ModelSpec = MEMORY
-
-    def key(self) -> str:
-        """Names the models of these shapes apart from others' in one folder."""
-        return "" if self == Shapes() else f"{self.main.n_embd}x{self.main.n_layers}-"
-
 
 @dataclass(frozen=True)
 class Run:
@@ -125,44 +85,6 @@ class CalibrationResult:
     check_predicted_tps: float = 0.0
     check_measured_tps: float = 0.0
     seconds: float = 0.0
-
-
-Progress = Callable[[str, float], None]
-
-
-def calibration_models(
-    directory: Path,
-    *,
-    threads: int,
-    shapes: Shapes | None = None,
-    on_progress: Progress | None = None,
-) -> dict[str, Path]:
-    """The measuring models, generated into ``directory`` the first time (kept for the next)."""
-    shapes = shapes or Shapes()
-    directory.mkdir(parents=True, exist_ok=True)
-    wanted: list[tuple[str, ModelSpec, str]] = [
-        (label, spec, "F32") for label, spec in shapes.thin.items()
-    ]
-    wanted += [(file_type, shapes.main, file_type) for file_type in FILE_TYPES]
-    wanted.append(("check", shapes.check, "Q4_K_M"))
-    wanted.append(("memory", shapes.memory, "Q8_0"))
-    found = {}
-    for i, (label, spec, file_type) in enumerate(wanted):
-        path = directory / f"calibration-{shapes.key()}{label}.gguf"
-        if not path.exists():
-            if on_progress is not None:
-                on_progress(f"making the {label} model", i / len(wanted))
-            if file_type in ("F32", "F16"):
-                write_model(path.with_suffix(".tmp"), replace(spec, dtype=file_type.lower()))
-            else:
-                source = write_model(directory / f"calibration-{label}.source.gguf", spec)
-                try:
-                    quantize(source, path.with_suffix(".tmp"), file_type, threads=threads)
-                finally:
-                    source.unlink(missing_ok=True)
-            path.with_suffix(".tmp").replace(path)
-        found[label] = path
-    return found
 
 
 def _cpu(hardware: HardwareInfo) -> HardwareInfo:
@@ -197,7 +119,7 @@ def _measure(
 
 
 def _run(label: str, profile: ModelProfile, eval_s: float, prompt_s: float) -> Run:
-    work = device_work(profile, {}, "CPU", 0)["CPU"]
+    work = device_work(profile, {}, "CPU")["CPU"]
     return Run(label, profile.n_layers, work.eval_bytes, work.prompt_weights, eval_s, prompt_s)
 
 
@@ -296,10 +218,10 @@ def _device_rates(
     worker (what is behind it is unknown), flat over types for a local GPU (memory-bound)."""
     n = profile.n_layers
     fixed = model.token_s + n * model.layer_s
-    everything = device_work(profile, {i: "CPU" for i in range(n)}, "CPU", 0)["CPU"]
+    everything = device_work(profile, {i: "CPU" for i in range(n)}, "CPU")["CPU"]
     all_cpu_s = _cpu_cost(model, everything.eval_bytes)
     half_map = {i: name for i in range(n - half_layers, n)}
-    split = device_work(profile, half_map, name, 0)
+    split = device_work(profile, half_map, name)
     cpu_part_s = _cpu_cost(model, split["CPU"].eval_bytes) if "CPU" in split else 0.0
     dev_part_s = _cpu_cost(model, split[name].eval_bytes)
     # full: fixed + all_cpu_s / s + hop; half: fixed + cpu_part_s + dev_part_s / s + hop

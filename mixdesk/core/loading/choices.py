@@ -6,7 +6,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from mixdesk.core.engine.protocol import KV_CACHE_TYPES
-from mixdesk.core.planning.types import STRATEGIES, Strategy
+from mixdesk.core.planning.types import EXPERTS_ORDERS, STRATEGIES, ExpertsOrder, Strategy
 from mixdesk.errors import InvalidArgumentError
 
 if TYPE_CHECKING:
@@ -27,8 +27,13 @@ class LoadChoices:
         use_mmap: map the model file instead of reading it.
         op_offload: llama.cpp's op offload; None: as the planner decides.
         strategy: "layers" (whole layers on the GPU) or "experts" (all layers on the GPU,
-            experts of the first K layers in RAM).
-        experts_in_ram: K for the "experts" strategy; None: the planner's choice.
+            expert tensors in RAM until the rest fits).
+        experts_in_ram: K for the "experts" strategy: the expert tensors of K whole layers
+            in RAM; None: the planner's choice (as few tensors as fit).
+        expert_tensors_in_ram: exactly this many expert tensors in RAM (a plan pinned by its
+            dry run or by Measure); it wins over ``experts_in_ram``.
+        experts_from: whose experts go to RAM first, the "first" or the "last" layers';
+            None: the faster by the speed model.
     """
 
     n_gpu_layers: int | None = None
@@ -41,6 +46,8 @@ class LoadChoices:
     op_offload: bool | None = None
     strategy: Strategy = "layers"
     experts_in_ram: int | None = None
+    expert_tensors_in_ram: int | None = None
+    experts_from: ExpertsOrder | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: object) -> LoadChoices:
@@ -82,4 +89,12 @@ class LoadChoices:
         if self.experts_in_ram is not None and self.experts_in_ram < 0:
             raise InvalidArgumentError(
                 f"Experts in RAM {self.experts_in_ram} must be 0 or more layers."
+            )
+        if self.expert_tensors_in_ram is not None and self.expert_tensors_in_ram < 0:
+            raise InvalidArgumentError(
+                f"Expert tensors in RAM {self.expert_tensors_in_ram} must be 0 or more."
+            )
+        if self.experts_from is not None and self.experts_from not in EXPERTS_ORDERS:
+            raise InvalidArgumentError(
+                f"Experts from {self.experts_from!r} is unknown; use {' or '.join(EXPERTS_ORDERS)}."
             )

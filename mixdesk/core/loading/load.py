@@ -119,7 +119,7 @@ def fewer_gpu_layers(
     (weights, KV cache, compute) stays below that bound, at least one layer fewer.
     """
     current = setup.config.n_gpu_layers
-    if current <= 0 or setup.config.experts_in_ram:
+    if current <= 0 or setup.config.cpu_tensors:
         return None  # (with experts in RAM, MixDesk does not guess a larger K: the user picks)
     plan = setup.plan
     device = next(
@@ -156,6 +156,8 @@ def _retry_choices(setup: LoadSetup, n_gpu_layers: int) -> LoadChoices:
         n_ctx=setup.config.n_ctx,
         strategy="layers",
         experts_in_ram=None,
+        expert_tensors_in_ram=None,
+        experts_from=None,
     )
 
 

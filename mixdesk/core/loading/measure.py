@@ -20,9 +20,9 @@ from mixdesk.core.engine.protocol import SamplingParams
 from mixdesk.core.gguf.profile import ModelProfile
 from mixdesk.core.loading.choices import LoadChoices
 from mixdesk.core.loading.load import LoadOutcome, load_model
-from mixdesk.core.loading.service import LoadRequest
+from mixdesk.core.loading.service import LoadRequest, pin_experts
 from mixdesk.core.machine.hardware import HardwareInfo
-from mixdesk.core.planning.types import OffloadPlan, Strategy
+from mixdesk.core.planning.types import ExpertsOrder, OffloadPlan, Strategy
 from mixdesk.errors import DeviceOutOfMemoryCrashError, DeviceOutOfMemoryError
 
 #: Rounds per variant, and tokens generated per round (end-of-text ignored).
@@ -97,14 +97,14 @@ def measure_variants(
     Every variant is complete choices (layers, strategy, op offload, flash attention, threads
     all fixed), so what wins is exactly what Keep fastest puts in the panel and loads:
     one layer fewer and one more than planned (the plan's margins are a judgement), experts
-    in RAM instead of whole layers (a mixture of experts), op offload and flash attention the
-    other way, and half the threads.
+    in RAM instead of whole layers (a mixture of experts), with experts in RAM those of the
+    other end of the model (the speed model chose one; filled to the same margin), op offload
+    and flash attention the other way, and half the threads.
     """
     threads = choices.n_threads or hardware.physical_cores
     base = replace(
-        choices,
+        pin_experts(choices, plan),
         n_gpu_layers=plan.n_gpu_layers,
-        experts_in_ram=plan.experts_in_ram if plan.strategy == "experts" else None,
         strategy=plan.strategy,
         op_offload=plan.op_offload,
         flash_attn=plan.flash_attn,
@@ -122,10 +122,14 @@ def measure_variants(
     if plan.gpus and profile.is_moe:
         other: Strategy = "layers" if plan.strategy == "experts" else "experts"
         words = "whole layers" if other == "layers" else "experts in RAM"
+        loose = replace(base, experts_in_ram=None, expert_tensors_in_ram=None, experts_from=None)
+        found.append(MeasureVariant(words, replace(loose, strategy=other, n_gpu_layers=None)))
+    if plan.gpus and plan.cpu_tensors:
+        ends: ExpertsOrder = "last" if plan.experts_order == "first" else "first"
         found.append(
             MeasureVariant(
-                words,
-                replace(base, strategy=other, n_gpu_layers=None, experts_in_ram=None),
+                f"experts of the {ends} layers in RAM",
+                replace(base, experts_in_ram=None, expert_tensors_in_ram=None, experts_from=ends),
             )
         )
     if plan.gpus and plan.n_gpu_layers > 0:

@@ -96,6 +96,8 @@ def make_plan(
         measured_compute=measured,
         strategy=choices.strategy,
         experts_in_ram=choices.experts_in_ram,
+        expert_tensors_in_ram=choices.expert_tensors_in_ram,
+        experts_from=choices.experts_from,
         overheads=calibration.overheads,
         speed_model=calibration.speed,
         threads=threads,
@@ -115,7 +117,7 @@ def speed_key(profile: ModelProfile, plan: OffloadPlan, threads: int) -> str:
         Path(profile.files[0]).name if profile.files else profile.name,
         profile.file_bytes,
         n_gpu_layers=plan.n_gpu_layers,
-        experts_in_ram=plan.experts_in_ram,
+        experts=f"{len(plan.cpu_tensors)}{plan.experts_order}" if plan.cpu_tensors else "0",
         threads=threads,
         n_ctx=plan.n_ctx,
         devices=tuple(d.buffer_name for d in plan.gpus),
@@ -188,24 +190,48 @@ def _dry_run_checked(
 ) -> OffloadPlan:
     """``plan`` with llama.cpp's own compute buffers from a dry run; when they do not fit
     (and the user did not fix the layers), planned again with them, at most
-    :data:`MAX_DRY_RUNS` dry runs in all. The context stays the one first chosen."""
+    :data:`MAX_DRY_RUNS` dry runs in all. With experts in RAM, a plan that fits but leaves
+    room for an expert tensor more on the GPU is planned again too, so the device is filled
+    to its margin by llama.cpp's figures. The context stays the one first chosen."""
     pinned_ctx = replace(choices, n_ctx=plan.n_ctx)
-    user_fixed = choices.n_gpu_layers is not None or choices.experts_in_ram is not None
+    if plan.strategy == "experts":  # the speed model's choice of order stays
+        pinned_ctx = replace(pinned_ctx, experts_from=plan.experts_order)
+    user_fixed = (
+        choices.n_gpu_layers is not None
+        or choices.experts_in_ram is not None
+        or choices.expert_tensors_in_ram is not None
+    )
+    first, fitting = plan, None
     for _ in range(MAX_DRY_RUNS):
         measured = engine.dry_run(_config(path, plan, choices, hardware))
-        same = replace(
-            pinned_ctx,
-            n_gpu_layers=plan.n_gpu_layers,
-            experts_in_ram=plan.experts_in_ram if plan.strategy == "experts" else None,
+        same = pin_experts(replace(pinned_ctx, n_gpu_layers=plan.n_gpu_layers), plan)
+        exact = _as_chosen(
+            make_plan(profile, hardware, same, calibration=calibration, measured=measured), first
         )
-        exact = make_plan(profile, hardware, same, calibration=calibration, measured=measured)
-        if user_fixed or all(d.used_bytes <= d.free_bytes for d in exact.gpus):
-            return replace(exact, ctx_reduced_from=plan.ctx_reduced_from)
-        # The real compute buffers are bigger than the formula said: plan again with them.
-        plan = make_plan(profile, hardware, pinned_ctx, calibration=calibration, measured=measured)
+        fits = all(d.used_bytes <= d.free_bytes for d in exact.gpus)
+        if user_fixed:
+            return exact
+        # Planned again with the real compute buffers: fewer layers if they are bigger than
+        # the formula said, or expert tensors back on the GPU if they are smaller.
+        again = make_plan(profile, hardware, pinned_ctx, calibration=calibration, measured=measured)
+        if fits and len(again.cpu_tensors) >= len(exact.cpu_tensors):
+            return exact
+        fitting = exact if fits else fitting
+        plan = _as_chosen(again, first)
         if plan.n_gpu_layers == 0:
             break
-    return plan
+    return fitting or plan
+
+
+def _as_chosen(plan: OffloadPlan, first: OffloadPlan) -> OffloadPlan:
+    """``plan`` (planned again with measured buffers) saying what ``first`` said of its
+    choices: the context it reduced, and whether the speed model chose the order of experts."""
+    facts = replace(
+        plan.facts,
+        experts_order_fixed=first.facts.experts_order_fixed,
+        other_order_speed=first.facts.other_order_speed,
+    )
+    return replace(plan, ctx_reduced_from=first.ctx_reduced_from, facts=facts)
 
 
 def _config(
@@ -227,7 +253,20 @@ def _config(
         if plan.n_gpu_layers > 0
         else (),
         tensor_split=tuple(float(c) for c in plan.tensor_split),
-        experts_in_ram=plan.experts_in_ram,
+        cpu_tensors=plan.cpu_tensors,
+    )
+
+
+def pin_experts(choices: LoadChoices, plan: OffloadPlan) -> LoadChoices:
+    """``choices`` that keep exactly ``plan``'s expert tensors in RAM (unchanged for the
+    "layers" strategy)."""
+    if plan.strategy != "experts":
+        return choices
+    return replace(
+        choices,
+        experts_in_ram=None,
+        expert_tensors_in_ram=len(plan.cpu_tensors),
+        experts_from=plan.experts_order,
     )
 
 

@@ -75,15 +75,16 @@ def setting_key(
     model_bytes: int,
     *,
     n_gpu_layers: int,
-    experts_in_ram: int,
+    experts: str,
     threads: int,
     n_ctx: int,
     devices: tuple[str, ...] = (),
 ) -> str:
-    """What makes a speed the same: the model file, the placement, the threads, the context."""
+    """What makes a speed the same: the model file, the placement (``experts``: the expert
+    tensors in RAM, as a count and an order, "6last"; "0" for none), the threads, the context."""
     where = ",".join(devices)
     return (
-        f"{model_name}:{model_bytes} ngl={n_gpu_layers} k={experts_in_ram} "
+        f"{model_name}:{model_bytes} ngl={n_gpu_layers} k={experts} "
         f"t={threads} ctx={n_ctx} on={where}"
     )
 

@@ -7,7 +7,7 @@ formulas and their accuracy are described in :mod:`.planner`.
 
 from __future__ import annotations
 
-import re
+from collections.abc import Mapping
 
 from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
 
@@ -112,31 +112,15 @@ def _gpu_share(profile: ModelProfile, n_gpu: int) -> tuple[int, int]:
     return weights, layers
 
 
-def cpu_weights(profile: ModelProfile, n_gpu: int, experts_in_ram: int = 0) -> int:
+def cpu_weights(
+    profile: ModelProfile, n_gpu: int, experts_ram: Mapping[int, int] | None = None
+) -> int:
     """Weights left in RAM: the CPU layers, the token embeddings, the output unless offloaded,
-    and the experts kept in RAM."""
+    and the expert tensors kept in RAM (``experts_ram``: their bytes by layer)."""
     layers = repeating_layers(n_gpu, profile.n_layers)
-    weights = sum(profile.layer_bytes[: profile.n_layers - layers]) + profile.token_embd_bytes
     first_gpu_layer = profile.n_layers - layers
-    weights += sum(
-        profile.layer_expert_bytes[first_gpu_layer : max(experts_in_ram, first_gpu_layer)]
-    )
+    weights = sum(profile.layer_bytes[:first_gpu_layer]) + profile.token_embd_bytes
+    weights += sum(b for i, b in (experts_ram or {}).items() if i >= first_gpu_layer)
     if n_gpu <= 0:
         weights += profile.output_bytes + profile.output_norm_bytes
     return weights
-
-
-def largest_expert_tensor(profile: ModelProfile, experts_in_ram: int) -> int:
-    """The biggest expert tensor (all experts of one kind in one layer) kept in RAM: op
-    offload copies it to the GPU for a batch of 32+ tokens, so the GPU's compute buffer must
-    hold it."""
-    sizes: dict[tuple[int, str], int] = {}
-    for t in profile.tensors:
-        m = _EXPERT_TENSOR.match(t.name)
-        if m and int(m.group(1)) < experts_in_ram:
-            key = (int(m.group(1)), m.group(2))
-            sizes[key] = sizes.get(key, 0) + t.nbytes
-    return max(sizes.values(), default=0)
-
-
-_EXPERT_TENSOR = re.compile(r"^blk\.(\d+)\.ffn_(gate|up|down|gate_up)(?:_exps|\.\d+)\.weight$")

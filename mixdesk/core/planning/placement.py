@@ -4,7 +4,7 @@ the slots over the devices that fits each one's free memory."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from mixdesk.core.engine.protocol import BufferKind, Buffers
 from mixdesk.core.gguf.profile import ModelProfile
@@ -56,16 +56,16 @@ class Costs:
         return self.compute + self.gpu_extra if found is None else found
 
 
-def slot_bytes(profile: ModelProfile, n_gpu: int, experts_in_ram: int = 0) -> list[tuple[int, int]]:
+def slot_bytes(
+    profile: ModelProfile, n_gpu: int, experts_ram: Mapping[int, int] | None = None
+) -> list[tuple[int, int]]:
     """(weights, repeating layers) of each GPU slot, in llama.cpp's order: the last
-    ``n_gpu - 1`` repeating layers (less the experts of the first ``experts_in_ram`` layers,
-    which stay in RAM), then the output layer."""
+    ``n_gpu - 1`` repeating layers (less their expert tensors kept in RAM: ``experts_ram``,
+    bytes by layer), then the output layer."""
     n = profile.n_layers
     layers = repeating_layers(n_gpu, n)
-    slots = [
-        (profile.layer_bytes[i] - (profile.layer_expert_bytes[i] if i < experts_in_ram else 0), 1)
-        for i in range(n - layers, n)
-    ]
+    ram = experts_ram or {}
+    slots = [(profile.layer_bytes[i] - ram.get(i, 0), 1) for i in range(n - layers, n)]
     if n_gpu > 0:
         slots.append((output_layer_bytes(profile), 0))
     return slots
@@ -164,12 +164,13 @@ def place(
     costs: Costs,
     *,
     n_gpu: int,
-    k: int,
+    experts_ram: Mapping[int, int],
     ctx: int,
 ) -> list[DevicePlan]:
-    """Every device's share: each offload device's block of slots, then the CPU's."""
+    """Every device's share: each offload device's block of slots, then the CPU's
+    (``experts_ram``: bytes of expert tensors kept in RAM, by layer)."""
     n = profile.n_layers
-    slots = slot_bytes(profile, n_gpu, k)
+    slots = slot_bytes(profile, n_gpu, experts_ram)
     devices: list[DevicePlan] = []
     start = 0
     for gpu, count in zip(gpus, counts, strict=True):
@@ -177,7 +178,7 @@ def place(
         start += count
         if block:
             devices.append(_device_plan(gpu, block, costs, output=start == len(slots)))
-    full_offload = n_gpu > n and k == 0
+    full_offload = n_gpu > n and not experts_ram
     on_cpu = n - repeating_layers(n_gpu, n)
     devices.append(
         DevicePlan(
@@ -185,7 +186,7 @@ def place(
             kind="cpu",
             total_bytes=hardware.ram_total_bytes,
             free_bytes=hardware.ram_available_bytes,
-            weights_bytes=cpu_weights(profile, n_gpu, k),
+            weights_bytes=cpu_weights(profile, n_gpu, experts_ram),
             kv_bytes=on_cpu * costs.kv_layer,
             # With everything offloaded the CPU keeps only the graph's inputs and logits.
             compute_bytes=_or(
@@ -207,12 +208,36 @@ def _or(measured: int | None, formula: int) -> int:
     return formula if measured is None else measured
 
 
-def fit_of(*, shortfall: int, n_gpu: int, n_layers: int, k: int) -> Fit:
-    """The plan's verdict."""
+def fit_of(*, shortfall: int, n_gpu: int, n_layers: int, experts: bool) -> Fit:
+    """The plan's verdict (``experts``: some expert tensors stay in RAM)."""
     if shortfall:
         return Fit.NONE
-    if n_gpu > n_layers and k == 0:
+    if n_gpu > n_layers and not experts:
         return Fit.FULL
-    if n_gpu > 0 and k:
+    if n_gpu > 0 and experts:
         return Fit.EXPERTS
     return Fit.PARTIAL if n_gpu > 0 else Fit.CPU
+
+
+def with_links(devices: list[DevicePlan], hardware: HardwareInfo) -> list[DevicePlan]:
+    """Each worker's (RPC device's) share with what loading sends it, and how long that takes
+    at the link speed measured when the worker was added."""
+    links = {buffer_name(g): g for g in hardware.gpus if g.backend == "rpc"}
+    found = []
+    for d in devices:
+        link = links.get(d.buffer_name)
+        if link is None or d.kind != "gpu":
+            found.append(d)
+            continue
+        rate = link.link_bytes_per_s
+        found.append(
+            replace(
+                d,
+                send_bytes=d.weights_bytes,
+                send_seconds=d.weights_bytes / rate if rate > 0 else None,
+                endpoint=link.endpoint,
+                link_bytes_per_s=rate,
+                cache_bytes=link.cache_bytes,
+            )
+        )
+    return found

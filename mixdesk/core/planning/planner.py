@@ -22,22 +22,32 @@ downloaded. It counts what llama.cpp will allocate, the way llama.cpp allocates 
 With partial offload MixDesk turns llama.cpp's "op offload" off: it would copy the CPU
 layers' weights (for Mixtral, hundreds of MiB per expert tensor) into VRAM for every prompt,
 costing layers that make generation faster.
+
+The "experts" strategy puts every layer on the GPU and keeps expert tensors in RAM one tensor
+at a time until the rest fits (:mod:`.experts`, as llama.cpp's fit does); whether the first or
+the last layers' experts go is the speed model's choice unless the user made it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from mixdesk.core.engine.protocol import Buffers
 from mixdesk.core.gguf.profile import ModelProfile
 from mixdesk.core.machine.hardware import GpuInfo, HardwareInfo
+from mixdesk.core.planning.experts import (
+    ExpertsInRam,
+    count_for_layers,
+    expert_tensors,
+    fewest_that_fit,
+    in_ram,
+)
 from mixdesk.core.planning.memory import (
     DEFAULT_CTX,
     MIN_AUTO_CTX,
     compute_buffer_bytes,
     kv_bytes_per_layer,
-    largest_expert_tensor,
 )
 from mixdesk.core.planning.placement import (
     Costs,
@@ -47,15 +57,17 @@ from mixdesk.core.planning.placement import (
     place,
     slot_bytes,
     split_slots,
+    with_links,
 )
-from mixdesk.core.planning.speed import (
-    Speed,
-    SpeedModel,
-    SpeedSource,
-    default_speed_model,
-    predict,
+from mixdesk.core.planning.plan_speed import faster, plan_speed, with_defaults
+from mixdesk.core.planning.speed import SpeedModel
+from mixdesk.core.planning.types import (
+    EXPERTS_ORDERS,
+    ExpertsOrder,
+    Fit,
+    OffloadPlan,
+    PlanFacts,
 )
-from mixdesk.core.planning.types import DevicePlan, Fit, OffloadPlan, PlanFacts
 
 
 def plan_offload(
@@ -71,6 +83,8 @@ def plan_offload(
     measured_compute: Buffers | None = None,
     strategy: str = "layers",
     experts_in_ram: int | None = None,
+    expert_tensors_in_ram: int | None = None,
+    experts_from: ExpertsOrder | None = None,
     overheads: Mapping[str, int] | None = None,
     speed_model: SpeedModel | None = None,
     threads: int | None = None,
@@ -90,14 +104,42 @@ def plan_offload(
         measured_compute: buffer sizes from a dry run of this load (``Engine.dry_run``):
             each device's compute buffer is then llama.cpp's own figure, not the formula's.
         strategy: "layers" (whole layers on the GPU, the rest in RAM) or "experts" (every
-            layer on the GPU, the expert tensors of the first K layers in RAM: what llama.cpp's
-            ``--n-cpu-moe K`` does). With "experts" ``n_gpu_layers`` is always all of them.
-        experts_in_ram: K for the "experts" strategy when the user fixed it.
+            layer on the GPU, expert tensors in RAM one at a time until the rest fits, as
+            llama.cpp's fit does). With "experts" ``n_gpu_layers`` is always all of them.
+        experts_in_ram: K whole layers' expert tensors in RAM, when the user fixed it.
+        expert_tensors_in_ram: exactly this many expert tensors in RAM (a plan pinned by its
+            dry run, or by Measure); it wins over ``experts_in_ram``.
+        experts_from: whose experts go to RAM, the first or the last layers'; None: the
+            faster by the speed model (both filled to the same margin).
         overheads: the runtime overhead measured per device on this machine
             (:mod:`mixdesk.core.planning.calibration`), by buffer name; else the defaults.
         speed_model: the speed model's coefficients measured on this machine; else defaults.
         threads: the CPU threads the load will use (default: the physical cores).
     """
+    if strategy == "experts" and profile.is_moe and experts_from is None:
+        each = [
+            plan_offload(
+                profile,
+                hardware,
+                n_ctx=n_ctx,
+                type_k=type_k,
+                type_v=type_v,
+                flash_attn=flash_attn,
+                n_gpu_layers=n_gpu_layers,
+                gpu_offload_supported=gpu_offload_supported,
+                measured_compute=measured_compute,
+                strategy=strategy,
+                experts_in_ram=experts_in_ram,
+                expert_tensors_in_ram=expert_tensors_in_ram,
+                experts_from=order,
+                overheads=overheads,
+                speed_model=speed_model,
+                threads=threads,
+            )
+            for order in EXPERTS_ORDERS
+        ]
+        best = faster(each)
+        return replace(best, facts=replace(best.facts, experts_order_fixed=False))
     if gpu_offload_supported is None:
         gpu_offload_supported = hardware.gpu_offload is not False
     if type_v != "f16":
@@ -115,59 +157,60 @@ def plan_offload(
         if n_ctx is not None
         else sorted({min(DEFAULT_CTX, train), min(MIN_AUTO_CTX, train)}, reverse=True)
     )
-
+    order: ExpertsOrder = experts_from or "first"
     experts = strategy == "experts" and profile.is_moe
+    pinned = expert_tensors_in_ram
+    if experts and pinned is None and experts_in_ram is not None:
+        pinned = count_for_layers(profile, order, max(0, min(experts_in_ram, n)))
 
-    def costs_at(ctx: int, k: int = 0) -> Costs:
+    def costs_at(ctx: int, ram: ExpertsInRam) -> Costs:
         return Costs(
             kv_layer=kv_bytes_per_layer(profile, ctx, type_k, type_v),
             compute=compute_buffer_bytes(
                 profile, ctx, flash_attn=flash_attn, type_k=type_k, type_v=type_v
             ),
             measured=measured_compute or Buffers(),
-            gpu_extra=largest_expert_tensor(profile, k) if k else 0,
+            gpu_extra=ram.largest,
             overheads=overheads or {},
         )
 
-    def choose(ctx: int) -> tuple[int, int, int, list[int]]:
-        """(score, n_gpu_layers, experts in RAM, slots per device) at context ``ctx``."""
+    def choose(ctx: int) -> _Choice:
+        """The placement at context ``ctx``, with its score (layers all on the GPU)."""
         if not gpus:
-            return 0, 0, 0, []
+            return _Choice(0, 0, ExpertsInRam(), [])
         if experts:
-            if experts_in_ram is not None:
-                k = max(0, min(experts_in_ram, n))
-                counts, _ = split_slots(gpus, slot_bytes(profile, n + 1, k), costs_at(ctx, k), True)
-                return n + 1 - k, n + 1, k, counts
-            for k in range(n + 1):
-                counts, fits = split_slots(
-                    gpus, slot_bytes(profile, n + 1, k), costs_at(ctx, k), False
-                )
-                if fits:
-                    return n + 1 - k, n + 1, k, counts
-            counts, _ = split_slots(gpus, slot_bytes(profile, n + 1, n), costs_at(ctx, n), True)
-            return 0, n + 1, n, counts
-        costs = costs_at(ctx)
+            return _choose_experts(profile, gpus, lambda ram: costs_at(ctx, ram), order, pinned)
+        costs = costs_at(ctx, ExpertsInRam())
         if n_gpu_layers is not None:
             wanted = n + 1 if n_gpu_layers < 0 else min(n_gpu_layers, n + 1)
             counts, _ = split_slots(gpus, slot_bytes(profile, wanted), costs, fixed=True)
-            return wanted, wanted, 0, counts
+            return _Choice(wanted, wanted, ExpertsInRam(), counts)
         for candidate in range(n + 1, 0, -1):
             counts, fits = split_slots(gpus, slot_bytes(profile, candidate), costs, fixed=False)
             if fits:
-                return candidate, candidate, 0, counts
-        return 0, 0, 0, [0] * len(gpus)
+                return _Choice(candidate, candidate, ExpertsInRam(), counts)
+        return _Choice(0, 0, ExpertsInRam(), [0] * len(gpus))
 
-    fixed_by_user = n_gpu_layers is not None or (experts and experts_in_ram is not None)
+    fixed_by_user = n_gpu_layers is not None or (experts and pinned is not None)
     # With flash attention and a quantised KV cache (q8_0) a 4096-token context costs little:
     # a long conversation keeps it rather than trade it for a single layer (issue 13).
     cheap_ctx = flash_attn and type_k != "f16" and type_v != "f16"
-    (_score, ctx, n_gpu, k, counts), kept_ctx_over_layer = _best_context(
+    (chosen, ctx), kept_ctx_over_layer = _best_context(
         contexts, choose, n_layers=n, stop_at_first=fixed_by_user, cheap_ctx=cheap_ctx
     )
-    costs = costs_at(ctx, k)
-    devices = place(profile, hardware, gpus, counts, costs, n_gpu=n_gpu, k=k, ctx=ctx)
+    n_gpu, ram = chosen.n_gpu, chosen.ram
+    devices = place(
+        profile,
+        hardware,
+        gpus,
+        chosen.counts,
+        costs_at(ctx, ram),
+        n_gpu=n_gpu,
+        experts_ram=ram.bytes_by_layer(),
+        ctx=ctx,
+    )
     shortfall = sum(max(0, d.used_bytes - d.free_bytes) for d in devices)
-    fit = fit_of(shortfall=shortfall, n_gpu=n_gpu, n_layers=n, k=k)
+    fit = fit_of(shortfall=shortfall, n_gpu=n_gpu, n_layers=n, experts=bool(ram.tensors))
     fastest = max(gpus, key=lambda g: g.free_bytes) if gpus else None
     plan = OffloadPlan(
         n_gpu_layers=n_gpu,
@@ -184,23 +227,27 @@ def plan_offload(
         # to the GPU for every prompt); with experts in RAM it is what makes prompts fast.
         op_offload=fit in ("full", "experts") or (fit == "none" and experts),
         speed=None,
-        tensor_split=tuple(c for c in counts) if len(gpus) > 1 and n_gpu > 0 else (),
+        tensor_split=tuple(chosen.counts) if len(gpus) > 1 and n_gpu > 0 else (),
         compute_measured=bool(measured_compute),
         strategy="experts" if experts else "layers",
-        experts_in_ram=k,
+        experts_in_ram=ram.whole_layers,
+        cpu_tensors=ram.names,
+        experts_order=order,
+        partial_layer=ram.partial,
     )
     if fit is not Fit.NONE:  # a setting that cannot load has no speed
         threads = threads or hardware.physical_cores
         names = [(buffer_name(g), g) for g in gpus]
-        model = _with_defaults(speed_model, names, threads, {d.buffer_name for d in plan.gpus})
-        plan = replace(plan, speed=_speed(model, profile, plan, names, threads))
+        model = with_defaults(speed_model, names, threads, {d.buffer_name for d in plan.gpus})
+        plan = replace(plan, speed=plan_speed(model, profile, plan, names, threads))
     per_layer = profile.layer_bytes[-1] if profile.layer_bytes else 0
     room = plan.gpu.free_bytes - plan.gpu.used_bytes if plan.gpu is not None else 0
     local = [g for g in hardware.gpus if g.backend != "rpc"]  # workers need no GPU build here
     facts = PlanFacts(
         model_bytes=profile.weights_bytes,
         layer_bytes=per_layer,
-        experts_ram_bytes=sum(profile.layer_expert_bytes[:k]),
+        experts_ram_bytes=ram.nbytes,
+        experts_order_fixed=experts_from is not None,
         unused_gpu=local[0].name if local and not gpu_offload_supported else "",
         best_device=fastest.name if fastest is not None else "",
         best_device_free_bytes=fastest.free_bytes if fastest is not None else 0,
@@ -210,110 +257,66 @@ def plan_offload(
         else 0,
         kept_ctx_over=contexts[-1] if kept_ctx_over_layer else 0,
     )
-    return replace(plan, devices=_with_links(plan.devices, hardware), facts=facts)
+    return replace(plan, devices=with_links(plan.devices, hardware), facts=facts)
+
+
+@dataclass(frozen=True)
+class _Choice:
+    """A placement at one context: its score (layers wholly on the GPU, the output layer
+    counting as one), ``n_gpu_layers``, the expert tensors in RAM and slots per device."""
+
+    score: int
+    n_gpu: int
+    ram: ExpertsInRam
+    counts: list[int]
+
+
+def _choose_experts(
+    profile: ModelProfile,
+    gpus: list[GpuInfo],
+    costs_of: Callable[[ExpertsInRam], Costs],
+    order: ExpertsOrder,
+    pinned: int | None,
+) -> _Choice:
+    """Every layer on the GPU, and the fewest expert tensors in RAM (in ``order``) with which
+    the rest fits each device to its margin; exactly ``pinned`` of them when given."""
+    n = profile.n_layers
+
+    def split(count: int, fixed: bool) -> tuple[ExpertsInRam, list[int], bool]:
+        ram = in_ram(profile, order, count)
+        counts, fits = split_slots(
+            gpus, slot_bytes(profile, n + 1, ram.bytes_by_layer()), costs_of(ram), fixed
+        )
+        return ram, counts, fits
+
+    if pinned is not None:
+        ram, counts, _ = split(pinned, True)
+        return _Choice(n + 1 - len(ram.bytes_by_layer()), n + 1, ram, counts)
+    count, fits = fewest_that_fit(len(expert_tensors(profile)), lambda c: split(c, False)[2])
+    ram, counts, _ = split(count, not fits)
+    return _Choice(n + 1 - len(ram.bytes_by_layer()) if fits else 0, n + 1, ram, counts)
 
 
 def _best_context(
     contexts: list[int],
-    choose: Callable[[int], tuple[int, int, int, list[int]]],
+    choose: Callable[[int], _Choice],
     *,
     n_layers: int,
     stop_at_first: bool,
     cheap_ctx: bool,
-) -> tuple[tuple[int, int, int, int, list[int]], bool]:
-    """The context (largest first) whose placement scores best: (score, ctx, n_gpu, k,
-    counts), and whether a larger context was kept over a gain of one layer (``cheap_ctx``:
-    a smaller context must then gain two layers or more)."""
-    best: tuple[int, int, int, int, list[int]] | None = None
+) -> tuple[tuple[_Choice, int], bool]:
+    """The context (largest first) whose placement scores best, with its placement, and
+    whether a larger context was kept over a gain of one layer (``cheap_ctx``: a smaller
+    context must then gain two layers or more)."""
+    best: tuple[_Choice, int] | None = None
     kept = False
     for ctx in contexts:
-        score, n_gpu, k, counts = choose(ctx)
-        if best is not None and cheap_ctx and score == best[0] + 1:
+        chosen = choose(ctx)
+        if best is not None and cheap_ctx and chosen.score == best[0].score + 1:
             kept = True
-        elif best is None or score > best[0]:
-            best = (score, ctx, n_gpu, k, counts)
-        if score > n_layers or stop_at_first:
+        elif best is None or chosen.score > best[0].score:
+            best = (chosen, ctx)
+        if chosen.score > n_layers or stop_at_first:
             break
     assert best is not None
     return best, kept
-
-
-def _with_defaults(
-    measured: SpeedModel | None,
-    names: list[tuple[str, GpuInfo]],
-    threads: int,
-    used: set[str],
-) -> SpeedModel:
-    """The measured coefficients, with defaults for any offload device not measured; the
-    speed is then an estimate if the plan uses such a device."""
-    defaults = default_speed_model(names, threads)
-    if measured is None:
-        return defaults
-    missing = used - set(measured.devices)
-    if not missing:
-        return measured
-    devices = {**defaults.devices, **measured.devices}
-    return replace(
-        measured,
-        devices=devices,
-        source=SpeedSource.ESTIMATE,
-        error=max(measured.error, defaults.error),
-    )
-
-
-def _speed(
-    model: SpeedModel,
-    profile: ModelProfile,
-    plan: OffloadPlan,
-    names: list[tuple[str, GpuInfo]],
-    threads: int,
-) -> Speed:
-    """The speed model's prediction for the plan's placement."""
-    n = profile.n_layers
-    layer_device: dict[int, str] = {}
-    first = n - plan.repeating_layers_on_gpu
-    by_name = {d.buffer_name: d for d in plan.gpus}
-    layer = first
-    output_device = "CPU"
-    for name, _gpu in names:
-        device = by_name.get(name)
-        if device is None:
-            continue
-        for i in range(layer, layer + device.layers):
-            layer_device[i] = name
-        layer += device.layers
-        if device.output:
-            output_device = name
-    return predict(
-        model,
-        profile,
-        layer_device=layer_device,
-        output_device=output_device,
-        experts_in_ram=plan.experts_in_ram,
-        threads=threads,
-        op_offload=plan.op_offload,
-    )
-
-
-def _with_links(devices: list[DevicePlan], hardware: HardwareInfo) -> list[DevicePlan]:
-    """Each worker's (RPC device's) share with what loading sends it, and how long that takes
-    at the link speed measured when the worker was added."""
-    links = {buffer_name(g): g for g in hardware.gpus if g.backend == "rpc"}
-    found = []
-    for d in devices:
-        link = links.get(d.buffer_name)
-        if link is None or d.kind != "gpu":
-            found.append(d)
-            continue
-        rate = link.link_bytes_per_s
-        found.append(
-            replace(
-                d,
-                send_bytes=d.weights_bytes,
-                send_seconds=d.weights_bytes / rate if rate > 0 else None,
-                endpoint=link.endpoint,
-                link_bytes_per_s=rate,
-                cache_bytes=link.cache_bytes,
-            )
-        )
-    return found

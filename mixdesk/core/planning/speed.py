@@ -14,7 +14,11 @@ trip)::
 
 A prompt of N tokens is compute: each device does ``N x 2 x active weights`` of its types
 at its measured rate, plus a fixed cost per prompt token and layer; with op offload, the CPU's
-weights are copied to the GPU once per 512-token batch and computed there.
+weights are copied to the GPU once per 512-token batch and computed there. Of an expert
+tensor llama.cpp copies only the experts the batch uses, and tokens of one prompt pick alike,
+the more so in later layers (:func:`batch_share`): why experts of the *last* layers in RAM
+read prompts faster than the first layers' at equal VRAM. llama.cpp's RPC backend has no op
+offload: there the CPU computes its own weights.
 
 The coefficients are measured on this machine by ``mixdesk calibrate``
 (:mod:`mixdesk.core.loading.calibrate`) and refined by every answer; until then they are
@@ -25,13 +29,13 @@ and every speed says which it is.
 from __future__ import annotations
 
 import math
-import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, replace
 from enum import Enum
 
 from mixdesk.core.gguf.profile import ModelProfile
 from mixdesk.core.machine.hardware import GpuInfo
+from mixdesk.core.planning.expert_names import layers_of, loaded_name
 
 #: Tokens of the prompt the plan quotes a prompt speed for.
 PROMPT_TOKENS = 512
@@ -192,6 +196,12 @@ _PCIE_BYTES_PER_S = 12e9
 _GPU_HOP_S = 0.25e-3
 #: To an RPC worker: the network round trip and llama.cpp's RPC commands.
 _RPC_HOP_S = 1.5e-3
+#: How alike a prompt's tokens pick experts in the last layer: it routes a batch as if only
+#: one token in 1 + this many chose freely (the first layer: every token). Fitted to the one
+#: published measurement (ik_llama.cpp PR 2262: experts of the last K layers in RAM read
+#: prompts at 2234 tok/s, of the first K at 1811, a 35B MoE with 256 experts on an RTX 3090,
+#: traced there to later layers activating fewer experts per batch); Measure checks it here.
+_ROUTING_CONCENTRATION = 80.0
 #: Fixed per token and per layer (graph building, scheduling, barriers).
 _TOKEN_S = 0.4e-3
 _LAYER_S = 0.02e-3
@@ -247,23 +257,41 @@ class Work:
     eval_bytes: dict[str, float] = field(default_factory=dict)
     #: Weights (elements) computed per prompt token.
     prompt_weights: dict[str, float] = field(default_factory=dict)
-    #: All the weight bytes it holds (what op offload copies per batch from the CPU).
+    #: All the weight bytes it holds.
     held_bytes: int = 0
+    #: What op offload copies of them to the GPU per prompt batch (the experts it uses).
+    batch_bytes: float = 0.0
 
-    def add(self, type_name: str, nbytes: float, weights: float, held: int) -> Work:
+    def add(self, type_name: str, nbytes: float, weights: float, held: int, batch: float) -> Work:
         """This work plus one tensor's."""
         eval_bytes = dict(self.eval_bytes)
         prompt = dict(self.prompt_weights)
         eval_bytes[type_name] = eval_bytes.get(type_name, 0.0) + nbytes
         prompt[type_name] = prompt.get(type_name, 0.0) + weights
-        return Work(eval_bytes, prompt, self.held_bytes + held)
+        return Work(eval_bytes, prompt, self.held_bytes + held, self.batch_bytes + batch)
 
 
-_EXPERT = re.compile(r"\.ffn_(gate|up|down)(_exps|\.\d+)\.weight$")
+def batch_share(profile: ModelProfile, layer: int, tokens: int = PROMPT_TOKENS) -> float:
+    """The share of layer ``layer``'s experts that a batch of ``tokens`` prompt tokens uses:
+    what op offload copies of its expert tensors (llama.cpp copies only the experts used).
+
+    At depth ``d`` (0: the first layer, 1: the last) the batch routes as if only
+    ``tokens / (1 + C d)`` tokens chose freely (:data:`_ROUTING_CONCENTRATION`), each picking
+    ``n_expert_used`` of ``n_expert``; an expert none of them picks is not copied.
+    """
+    if not profile.n_expert:
+        return 1.0
+    depth = layer / max(profile.n_layers - 1, 1)
+    draws = tokens / (1 + _ROUTING_CONCENTRATION * depth)
+    unpicked = 1 - min(profile.n_expert_used, profile.n_expert) / profile.n_expert
+    return 1 - math.pow(unpicked, draws)
 
 
 def device_work(
-    profile: ModelProfile, layer_device: Mapping[int, str], output_device: str, experts_in_ram: int
+    profile: ModelProfile,
+    layer_device: Mapping[int, str],
+    output_device: str,
+    cpu_tensors: Collection[str] = (),
 ) -> dict[str, Work]:
     """Per device ("CPU" or an offload device's name): what a token costs it.
 
@@ -271,7 +299,7 @@ def device_work(
         profile: the model (its tensor table).
         layer_device: the device of each repeating layer (missing: the CPU).
         output_device: where the output layer is.
-        experts_in_ram: the expert tensors of the first K layers stay in RAM.
+        cpu_tensors: expert tensors kept in RAM, by the name llama.cpp loads them under.
     """
     share = profile.n_expert_used / profile.n_expert if profile.n_expert else 1.0
     work: dict[str, Work] = {}
@@ -279,30 +307,34 @@ def device_work(
         n = math.prod(t.shape)
         if t.name == "token_embd.weight":
             continue  # one row per token: nothing to speak of
+        batch = 1.0
         if t.name.startswith("blk."):
             layer = int(t.name.split(".")[1])
-            expert = bool(_EXPERT.search(t.name))
-            device = layer_device.get(layer, "CPU")
-            if expert and layer < experts_in_ram:
-                device = "CPU"
+            expert = loaded_name(t.name)
+            device = "CPU" if expert in cpu_tensors else layer_device.get(layer, "CPU")
             used = share if expert else 1.0
+            batch = batch_share(profile, layer) if expert else 1.0
         else:
             device, used = output_device, 1.0
         work[device] = work.get(device, Work()).add(
-            t.type_name, t.nbytes * used, n * used, t.nbytes
+            t.type_name, t.nbytes * used, n * used, t.nbytes, t.nbytes * batch
         )
     return work
 
 
 def hops(
-    layer_device: Mapping[int, str], output_device: str, n_layers: int, experts_in_ram: int
+    layer_device: Mapping[int, str],
+    output_device: str,
+    n_layers: int,
+    ram_layers: Collection[int] = (),
 ) -> dict[str, int]:
-    """Crossings per token to each offload device and back: the graph's splits."""
+    """Crossings per token to each offload device and back: the graph's splits
+    (``ram_layers``: layers with expert tensors in RAM)."""
     found: dict[str, int] = {}
     previous = "CPU"
     for i in range(n_layers):
         device = layer_device.get(i, "CPU")
-        if device != "CPU" and i < experts_in_ram:
+        if device != "CPU" and i in ram_layers:
             found[device] = found.get(device, 0) + 1  # its experts run on the CPU
         if device not in (previous, "CPU"):
             found[device] = found.get(device, 0) + 1
@@ -312,23 +344,30 @@ def hops(
     return found
 
 
+def offloads_ops(device: str) -> bool:
+    """Whether llama.cpp runs big batches' ops on the CPU's weights on ``device`` (op
+    offload): a GPU does, an RPC device does not (its backend has no ``offload_op``)."""
+    return device != "CPU" and not device.startswith("RPC")
+
+
 def predict(
     model: SpeedModel,
     profile: ModelProfile,
     *,
     layer_device: Mapping[int, str],
     output_device: str,
-    experts_in_ram: int = 0,
+    cpu_tensors: Collection[str] = (),
     threads: int,
     op_offload: bool = False,
 ) -> Speed:
-    """The speed of one placement with ``threads`` CPU threads."""
+    """The speed of one placement with ``threads`` CPU threads (``cpu_tensors``: the expert
+    tensors kept in RAM, by name)."""
     cpu_scale = min(1.0, threads / model.cpu_threads) if model.cpu_threads else 1.0
-    work = device_work(profile, layer_device, output_device, experts_in_ram)
+    work = device_work(profile, layer_device, output_device, cpu_tensors)
     n = profile.n_layers
     eval_s = model.token_s + n * model.layer_s
     prompt_s = n * model.prompt_layer_s
-    crossings = hops(layer_device, output_device, n, experts_in_ram)
+    crossings = hops(layer_device, output_device, n, layers_of(cpu_tensors))
     fastest = None
     for device, w in work.items():
         rates = model.cpu if device == "CPU" else model.devices.get(device, model.cpu)
@@ -337,12 +376,13 @@ def predict(
         eval_s += sum(w.eval_bytes.values()) * rates.memory_s_per_byte / scale
         if device != "CPU":
             eval_s += crossings.get(device, 0) * rates.hop_s
-            if fastest is None or rates.prompt_rate("F16") > fastest[1].prompt_rate("F16"):
+            faster = fastest is None or rates.prompt_rate("F16") > fastest[1].prompt_rate("F16")
+            if offloads_ops(device) and faster:
                 fastest = (device, rates)
     for device, w in work.items():
         if device == "CPU" and op_offload and fastest is not None:
             # big batches: the CPU's weights go to the GPU once per batch and are computed there
-            prompt_s += w.held_bytes / _PCIE_BYTES_PER_S / PROMPT_TOKENS
+            prompt_s += w.batch_bytes / _PCIE_BYTES_PER_S / PROMPT_TOKENS
             prompt_s += sum(v / fastest[1].prompt_rate(t) for t, v in w.prompt_weights.items())
             continue
         rates = model.cpu if device == "CPU" else model.devices.get(device, model.cpu)

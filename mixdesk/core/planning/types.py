@@ -10,10 +10,14 @@ from mixdesk.core.planning.speed import Speed
 
 #: What a device is to the plan: an offload device (a GPU or an RPC worker) or the CPU's RAM.
 DeviceKind = Literal["gpu", "cpu"]
-#: How layers are placed: whole layers on the GPU, or every layer on the GPU with the experts
-#: of the first K layers in RAM (llama.cpp's ``--n-cpu-moe K``).
+#: How layers are placed: whole layers on the GPU, or every layer on the GPU with some of the
+#: expert tensors in RAM (as llama.cpp's ``--n-cpu-moe`` and its fit do).
 Strategy = Literal["layers", "experts"]
 STRATEGIES: tuple[Strategy, ...] = ("layers", "experts")
+#: Which layers' expert tensors go to RAM first: the first layers' (llama.cpp's
+#: ``--n-cpu-moe``) or the last layers'.
+ExpertsOrder = Literal["first", "last"]
+EXPERTS_ORDERS: tuple[ExpertsOrder, ...] = ("first", "last")
 
 
 @dataclass(frozen=True)
@@ -64,7 +68,7 @@ class Fit(str, Enum):
 
     FULL = "full"  # every layer and the output on the GPU
     PARTIAL = "partial"  # some layers on the GPU, the rest in RAM
-    EXPERTS = "experts"  # every layer on the GPU, experts of the first K layers in RAM
+    EXPERTS = "experts"  # every layer on the GPU, some expert tensors in RAM
     CPU = "cpu"  # nothing on a GPU
     NONE = "none"  # does not fit this machine
 
@@ -80,6 +84,10 @@ class PlanFacts:
     model_bytes: int = 0
     layer_bytes: int = 0
     experts_ram_bytes: int = 0
+    #: Whether the user fixed which layers' experts go to RAM first (else the speed model
+    #: chose), and the speed of the order not chosen (None: not compared, or no speed).
+    experts_order_fixed: bool = False
+    other_order_speed: Speed | None = None
     #: A local GPU left unused because this llama.cpp build cannot offload ("" when none).
     unused_gpu: str = ""
     #: The offload device with the most free memory ("" when none) and that free memory.
@@ -91,6 +99,16 @@ class PlanFacts:
     one_more_layer_short_bytes: int = 0
     #: A smaller context that would have gained one layer, not taken (0: none).
     kept_ctx_over: int = 0
+
+
+@dataclass(frozen=True)
+class PartialLayer:
+    """The one layer some (not all) of whose expert tensors stay in RAM."""
+
+    layer: int
+    #: Its expert tensors in RAM, of how many it has.
+    in_ram: int
+    of: int
 
 
 @dataclass(frozen=True)
@@ -116,8 +134,15 @@ class OffloadPlan:
     #: Whether the compute buffers come from a dry run of llama.cpp (else from the formula).
     compute_measured: bool = False
     strategy: Strategy = "layers"
-    #: K: layers whose expert tensors stay in RAM (the "experts" strategy).
+    #: K: layers whose expert tensors ALL stay in RAM (the "experts" strategy).
     experts_in_ram: int = 0
+    #: Every expert tensor kept in RAM, by the name llama.cpp loads it under
+    #: ("blk.3.ffn_down_exps.weight"): the K layers' and some of the boundary layer's.
+    cpu_tensors: tuple[str, ...] = ()
+    #: Whose experts go to RAM: the first layers' or the last layers'.
+    experts_order: ExpertsOrder = "first"
+    #: The boundary layer that keeps some of its expert tensors on the GPU (None: none).
+    partial_layer: PartialLayer | None = None
     #: What the words about the plan need beyond the placement (see ``words.describe``).
     facts: PlanFacts = field(default_factory=PlanFacts)
 
@@ -150,9 +175,17 @@ class OffloadPlan:
     def placement_words(self) -> str:
         """Where the layers go, in the words every front end uses ("18 of 32 layers + output on GPU")."""
         words = placement_words(self.n_gpu_layers, self.n_layers)
-        if self.experts_in_ram:
-            words += f", experts of {self.experts_in_ram} layers in RAM"
+        if self.cpu_tensors:
+            words += f", {experts_phrase(self)} in RAM"
         return words
+
+    @property
+    def experts_layers(self) -> range:
+        """The layers whose expert tensors all stay in RAM."""
+        k = self.experts_in_ram
+        return (
+            range(k) if self.experts_order == "first" else range(self.n_layers - k, self.n_layers)
+        )
 
 
 def repeating_layers(n_gpu_layers: int, n_layers: int) -> int:
@@ -167,3 +200,18 @@ def placement_words(n_gpu_layers: int, n_layers: int) -> str:
     if n_gpu_layers > n_layers:
         return f"all {n_layers} layers + output on GPU"
     return f"{repeating_layers(n_gpu_layers, n_layers)} of {n_layers} layers + output on GPU"
+
+
+def experts_phrase(plan: OffloadPlan) -> str:
+    """Which expert tensors stay in RAM, in the words every front end uses ("experts of
+    layers 0-4 and 2 of 3 expert tensors of layer 5"); empty when none does."""
+    layers = plan.experts_layers
+    parts = []
+    if len(layers) == 1:
+        parts.append(f"experts of layer {layers[0]}")
+    elif layers:
+        parts.append(f"experts of layers {layers[0]}-{layers[-1]}")
+    partial = plan.partial_layer
+    if partial is not None:
+        parts.append(f"{partial.in_ram} of {partial.of} expert tensors of layer {partial.layer}")
+    return " and ".join(parts)

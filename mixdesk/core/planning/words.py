@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from mixdesk.core.machine.hardware import format_bytes
 from mixdesk.core.planning.speed import PROMPT_TOKENS, Speed, SpeedSource
-from mixdesk.core.planning.types import DevicePlan, Fit, OffloadPlan
+from mixdesk.core.planning.types import DevicePlan, Fit, OffloadPlan, experts_phrase
 
 #: What each verdict means, in a few words.
 FIT_WORDS: dict[Fit, str] = {
@@ -25,7 +25,7 @@ def fit_badge(plan: OffloadPlan) -> str:
         case Fit.PARTIAL:
             return f"{plan.repeating_layers_on_gpu}/{plan.n_layers} layers on GPU"
         case Fit.EXPERTS:
-            return f"all layers on GPU, experts of {plan.experts_in_ram} in RAM"
+            return f"all layers on GPU, {experts_phrase(plan)} in RAM"
         case Fit.CPU | Fit.NONE:
             return FIT_WORDS[plan.fit]
 
@@ -108,13 +108,8 @@ def describe(plan: OffloadPlan) -> list[str]:
             f"All {n} layers and the output layer fit on {where}: {format_bytes(used)} "
             f"of {format_bytes(free)} free VRAM, margin included."
         )
-    elif plan.experts_in_ram:
-        k = plan.experts_in_ram
-        lines.append(
-            f"All {n} layers and the output layer go on {where}, except the expert tensors of "
-            f"the first {k} layers ({format_bytes(facts.experts_ram_bytes)}), which stay in CPU "
-            f"RAM (llama.cpp's --n-cpu-moe {k})."
-        )
+    elif plan.cpu_tensors:
+        lines += _experts_words(plan, where)
     elif plan.n_gpu_layers > 0:
         layers = plan.repeating_layers_on_gpu
         rest = (
@@ -161,6 +156,46 @@ def describe(plan: OffloadPlan) -> list[str]:
             "little, and long conversations need the room."
         )
     return lines
+
+
+def _experts_words(plan: OffloadPlan, where: str) -> list[str]:
+    """Which expert tensors stay in RAM, and why those."""
+    k, partial = plan.experts_in_ram, plan.partial_layer
+    same_as = (
+        f" (llama.cpp's --n-cpu-moe {k})" if plan.experts_order == "first" and not partial else ""
+    )
+    lines = [
+        f"All {plan.n_layers} layers and the output layer go on {where}; "
+        f"{experts_phrase(plan)} ({format_bytes(plan.facts.experts_ram_bytes)}) stay in CPU "
+        f"RAM{same_as}."
+    ]
+    if partial is not None:
+        lines.append(
+            f"Layer {partial.layer} keeps its attention and {partial.of - partial.in_ram} of its "
+            f"{partial.of} expert tensors on {where}, so the GPU is filled to its margin, as "
+            "llama.cpp's fit does."
+        )
+    if plan.facts.experts_order_fixed:
+        return lines
+    other = "first" if plan.experts_order == "last" else "last"
+    lines.append(
+        f"The {plan.experts_order} layers' experts go to RAM rather than the {other} layers': "
+        f"{_order_gain_words(plan.speed, plan.facts.other_order_speed)} (Measure compares "
+        "both; --experts-from sets it)."
+    )
+    return lines
+
+
+def _order_gain_words(chosen: Speed | None, other: Speed | None) -> str:
+    """What the speed model expects of the chosen order of experts in RAM over the other."""
+    if chosen is None or other is None or other.prompt_tps <= 0 or other.eval_tps <= 0:
+        return "the speed model could not compare them"
+    prompt = chosen.prompt_tps / other.prompt_tps - 1
+    generation = chosen.eval_tps / other.eval_tps - 1
+    if max(abs(prompt), abs(generation)) < 0.005:
+        return "the speed model expects no difference here"
+    said = "about the same" if abs(generation) < 0.005 else f"{generation:+.0%}"
+    return f"the speed model expects prompts read {prompt:.0%} faster that way, generation {said}"
 
 
 def _overhead_words(d: DevicePlan) -> str:
