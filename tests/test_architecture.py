@@ -326,3 +326,17 @@ def test_the_core_reads_no_settings_and_opens_no_library_of_its_own() -> None:
             ):
                 hidden.append(f"{name}:{node.lineno} Settings.load()")
     assert hidden == []
+
+
+def test_worker_means_an_rpc_machine_only() -> None:
+    """ "Worker" names a machine that lends its GPU over llama.cpp's RPC backend, nothing else:
+    the engine's child process and the window's threads have names of their own."""
+    found = []
+    for name, path in module_files().items():
+        about_workers = "worker" in name or "rpc" in name or name == "mixdesk.errors"
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ClassDef) and "Worker" in node.name and not about_workers:
+                found.append(f"{name}.{node.name}")
+        if "worker" in name.rsplit(".", 1)[-1] and ".engine." in name:
+            found.append(name)
+    assert found == []

@@ -4,7 +4,7 @@ Started by :class:`mixdesk.core.engine.client.Engine` as a child process. If lla
 aborts (a bad model file, a GPU out of memory) only this process dies; the app reads the
 exit status and the log and carries on. This module is the process's plumbing (its file
 descriptors, its log, its reader thread and its command loop); what it does with llama.cpp
-is :class:`~mixdesk.core.engine.engine_worker.EngineWorker`.
+is :class:`~mixdesk.core.engine.host.ModelHost`.
 
 Commands arrive as JSON lines on stdin (see :mod:`.protocol`); events go out on a private
 duplicate of stdout, and file descriptor 1 is pointed at stderr so that nothing llama.cpp
@@ -23,7 +23,7 @@ import threading
 import time
 from typing import IO
 
-from mixdesk.core.engine.engine_worker import EngineWorker
+from mixdesk.core.engine.host import ModelHost
 from mixdesk.core.engine.protocol import (
     CancelCommand,
     ChatCommand,
@@ -81,7 +81,7 @@ class _Channel:
                 view = view[written:]
 
 
-def _reader(worker: EngineWorker, commands: queue.Queue[EngineCommand]) -> None:
+def _reader(host: ModelHost, commands: queue.Queue[EngineCommand]) -> None:
     """Read commands from stdin; cancels act at once, the rest queue for the main thread."""
     for raw in sys.stdin.buffer:
         try:
@@ -90,12 +90,12 @@ def _reader(worker: EngineWorker, commands: queue.Queue[EngineCommand]) -> None:
             log.warning("unreadable command: %r", raw[:200])
             continue
         if isinstance(command, CancelCommand):
-            worker.cancelled.add(command.request_id)
+            host.cancelled.add(command.request_id)
             continue
         commands.put(command)
     # The app has gone (closed our stdin or died). Stop any answer and let the main thread
     # finish cleanly; if it is stuck in llama.cpp (a long load), end the process anyway.
-    worker.cancelled.add(worker.current_request)
+    host.cancelled.add(host.current_request)
     commands.put(ShutdownCommand())
     time.sleep(_EXIT_GRACE_S)
     os._exit(0)
@@ -110,23 +110,23 @@ def main() -> int:
     sys.stderr = tee
     channel = _Channel(proto_fd)
     try:
-        worker = EngineWorker(channel.send, tee.text)
-        channel.send(encode(worker.info()))
+        host = ModelHost(channel.send, tee.text)
+        channel.send(encode(host.info()))
     except Exception as err:  # noqa: BLE001 - report any import failure to the app, then exit
         channel.send(encode(EngineFailure("engine", f"The engine could not start: {err}.")))
         return 1
     commands: queue.Queue[EngineCommand] = queue.Queue()
-    threading.Thread(target=_reader, args=(worker, commands), daemon=True).start()
+    threading.Thread(target=_reader, args=(host, commands), daemon=True).start()
     while True:
         command = commands.get()
         request_id = command.request_id if isinstance(command, ChatCommand) else 0
         try:
             if isinstance(command, LoadCommand):
-                worker.load(command.config)
+                host.load(command.config)
             elif isinstance(command, DryRunCommand):
-                worker.dry_run(command.config)
+                host.dry_run(command.config)
             elif isinstance(command, ChatCommand):
-                worker.chat(
+                host.chat(
                     request_id,
                     command.messages,
                     command.sampling,

@@ -1,9 +1,9 @@
 """What the engine process does with llama.cpp: load a model, dry-run a load, answer a chat.
 
-:class:`EngineWorker` owns the ``llama_cpp.Llama`` and runs each command the engine process
+:class:`ModelHost` owns the ``llama_cpp.Llama`` and runs each command the engine process
 (:mod:`mixdesk.core.engine.process`) reads from the app; it reports through the protocol's
 events (:mod:`.protocol`): load progress, the loaded model's figures, deltas with live speed,
-the end of an answer. A cancel added to :attr:`EngineWorker.cancelled` (by the process's
+the end of an answer. A cancel added to :attr:`ModelHost.cancelled` (by the process's
 reader thread) stops an answer between tokens, or a long prompt through llama.cpp's abort
 callback.
 """
@@ -51,7 +51,7 @@ from mixdesk.errors import (
 log = logging.getLogger(__name__)
 
 
-class EngineWorker:
+class ModelHost:
     """Runs load and chat commands against llama.cpp and reports events.
 
     Args:
