@@ -22,7 +22,7 @@ from mixdesk.core.workspace.chat_store import Conversation, StoredMessage
 from mixdesk.core.workspace.settings import Settings
 from mixdesk.errors import MixdeskError
 from mixdesk.ui.answer import AnswerController
-from mixdesk.ui.widgets import ChatView
+from mixdesk.ui.widgets import ChatView, compact
 
 
 class MessageInput(QPlainTextEdit):
@@ -65,7 +65,7 @@ class ChatPane(QWidget):
         #: Whether a model is chosen that sending would load (the window sets it).
         self.model_chosen: Callable[[], bool] = lambda: False
         self.settings = settings
-        self.preset = QComboBox()
+        self.preset = compact(QComboBox(), 12)
         self.preset.addItem("No system prompt", "")
         for name, text in settings.system_presets.items():
             self.preset.addItem(name, text)
@@ -73,7 +73,8 @@ class ChatPane(QWidget):
         self.system_text = QPlainTextEdit()
         self.system_text.setPlaceholderText("This conversation's system prompt (none)")
         self.system_text.setMaximumHeight(self.fontMetrics().lineSpacing() * 3 + 12)
-        self.save_preset = QPushButton("Save as preset…")
+        self.save_preset = QPushButton("Save preset…")
+        self.save_preset.setToolTip("Keep this system prompt as a preset of your own.")
         self._system_timer = QTimer(self)
         self._system_timer.setSingleShot(True)
         self._system_timer.setInterval(400)  # saved a moment after typing stops

@@ -84,7 +84,10 @@ class HardwareTab(QWidget):
         self.workers = WorkersPanel(settings)
         self.calibration = QLabel(calibration_words(Calibration()))
         self.calibration.setWordWrap(True)
-        self.calibrate = QPushButton("Measure this machine's speed")
+        self.calibrate = QPushButton("Measure speed")
+        self.calibrate.setToolTip(
+            "Measure this machine (about 30 s) so that the speeds shown are measured ones."
+        )
         self.calibrate.clicked.connect(self.calibrateRequested)
         row = QHBoxLayout()
         row.addWidget(self.calibration, 1)

@@ -433,7 +433,7 @@ def not_fitting_words(plan: OffloadPlan) -> str:
 def _experts_from_control() -> QComboBox:
     """Whose experts stay in RAM with the experts strategy: the speed model's choice, the
     first layers' or the last layers' (a choice Measure compares and Keep fastest keeps)."""
-    box = QComboBox()
+    box = compact(QComboBox())
     box.addItem("Auto (the faster, by the speed model)", None)
     box.addItem("First layers' experts", "first")
     box.addItem("Last layers' experts", "last")
