@@ -65,16 +65,7 @@ class ChatPane(QWidget):
         #: Whether a model is chosen that sending would load (the window sets it).
         self.model_chosen: Callable[[], bool] = lambda: False
         self.settings = settings
-        self.preset = compact(QComboBox(), 12)
-        self.preset.addItem("No system prompt", "")
-        for name, text in settings.system_presets.items():
-            self.preset.addItem(name, text)
-        # the conversation's own system prompt: a preset fills it, any text can be typed
-        self.system_text = QPlainTextEdit()
-        self.system_text.setPlaceholderText("This conversation's system prompt (none)")
-        self.system_text.setMaximumHeight(self.fontMetrics().lineSpacing() * 3 + 12)
-        self.save_preset = QPushButton("Save preset…")
-        self.save_preset.setToolTip("Keep this system prompt as a preset of your own.")
+        self.preset, self.system_text, self.save_preset = _system_prompt_controls(settings)
         self._system_timer = QTimer(self)
         self._system_timer.setSingleShot(True)
         self._system_timer.setInterval(400)  # saved a moment after typing stops
@@ -263,3 +254,18 @@ class ChatPane(QWidget):
         dialog = SamplingDialog(self.conversations.sampling(), self)
         if dialog.exec():
             self.conversations.set_sampling(dialog.values())
+
+
+def _system_prompt_controls(settings: Settings) -> tuple[QComboBox, QPlainTextEdit, QPushButton]:
+    """The presets, the conversation's own system prompt (a preset fills it, any text can be
+    typed) and Save preset."""
+    preset = compact(QComboBox(), 12)
+    preset.addItem("No system prompt", "")
+    for name, text in settings.system_presets.items():
+        preset.addItem(name, text)
+    system_text = QPlainTextEdit()
+    system_text.setPlaceholderText("This conversation's system prompt (none)")
+    system_text.setMaximumHeight(system_text.fontMetrics().lineSpacing() * 3 + 12)
+    save = QPushButton("Save preset…")
+    save.setToolTip("Keep this system prompt as a preset of your own.")
+    return preset, system_text, save
