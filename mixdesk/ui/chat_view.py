@@ -113,7 +113,7 @@ class ChatView(QTextBrowser):
         self._prefix_codes = 0
         self.streaming_text = ""
         self._stream_start = 0
-        self._body_end = QTextCursor(self.document())
+        self._body_end = QTextCursor()  # a null cursor until an answer streams
         self._footer_cell: QTextTableCell | None = None
         self._footer_shown = 0.0
         self._plain = QTextCharFormat()
@@ -162,6 +162,7 @@ class ChatView(QTextBrowser):
         self._prefix_codes = len(self._codes)
         self.streaming_text = ""
         self._footer_cell = None
+        self._body_end = QTextCursor()  # nothing streams: hold no cursor into the document
         self.scroll_animation.stop()
         self.setHtml("".join(parts))
         if self.following:

@@ -15,7 +15,6 @@ from PySide6.QtWidgets import (
     QLineEdit,
     QListWidget,
     QListWidgetItem,
-    QMessageBox,
     QProgressBar,
     QPushButton,
     QTableWidget,
@@ -35,7 +34,7 @@ from mixdesk.core.machine.hardware import HardwareInfo, format_bytes
 from mixdesk.core.planning.calibration import Calibration
 from mixdesk.core.planning.words import fit_badge, speed_short
 from mixdesk.errors import user_message
-from mixdesk.ui.plain import plain
+from mixdesk.ui.plain import ask_yes_no, plain
 from mixdesk.ui.threads import BackgroundTask
 from mixdesk.ui.widgets import readable_headers
 
@@ -348,14 +347,7 @@ class ModelManager(QWidget):
         self.refresh_library()
 
     def _ask(self, question: str) -> bool:
-        answer = QMessageBox.question(
-            self,
-            "Delete the model?",
-            question,
-            QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
-            QMessageBox.StandardButton.No,
-        )
-        return answer == QMessageBox.StandardButton.Yes
+        return ask_yes_no(self, "Delete the model?", question)
 
     def _load_selected(self) -> None:
         name = self._selected_entry_name()

@@ -12,7 +12,6 @@ from PySide6.QtWidgets import (
     QFormLayout,
     QHBoxLayout,
     QLabel,
-    QMessageBox,
     QProgressBar,
     QPushButton,
     QSlider,
@@ -30,7 +29,7 @@ from mixdesk.core.machine.hardware import HardwareInfo, format_bytes
 from mixdesk.core.planning.calibration import Calibration
 from mixdesk.core.planning.types import EXPERTS_ORDERS, STRATEGIES, Fit, OffloadPlan
 from mixdesk.core.planning.words import explain, speed_short
-from mixdesk.ui.plain import plain
+from mixdesk.ui.plain import ask_yes_no, plain
 from mixdesk.ui.widgets import DeviceBars, compact
 
 
@@ -341,14 +340,7 @@ class OffloadPanel(QWidget):
         self.applyRequested.emit(self.choices())
 
     def _ask(self, question: str) -> bool:
-        answer = QMessageBox.question(
-            self,
-            "This setting does not fit",
-            question,
-            QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
-            QMessageBox.StandardButton.No,
-        )
-        return answer == QMessageBox.StandardButton.Yes
+        return ask_yes_no(self, "This setting does not fit", question)
 
     def _measure(self) -> None:
         if self.plan is None or self.profile is None or self.hardware is None:

@@ -22,17 +22,7 @@ from mixdesk.core.planning.speed import SpeedSource, batch_share, device_work
 from mixdesk.core.planning.types import Fit, OffloadPlan
 from mixdesk.core.planning.words import describe, speed_short, speed_words
 from tests.helpers import model_factory as mf
-from tests.helpers.machines import V100
-
-#: What ``mixdesk plan --vram 16GiB --threads 8`` plans for: a GPU of unknown make with 16 GiB.
-GPU_16GIB = HardwareInfo(
-    ram_total_bytes=64 * GIB,
-    ram_available_bytes=56 * GIB,
-    physical_cores=2,
-    logical_cores=2,
-    gpus=[GpuInfo("GPU (16.00 GiB, as given)", "cuda", 16 * GIB, 16 * GIB)],
-    gpu_offload=True,
-)
+from tests.helpers.machines import GPU_16GIB, V100
 
 SEED_ROWS = [("Q2_K", 29, 13.03), ("Q4_K_M", 20, 6.92)]
 

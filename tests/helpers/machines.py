@@ -23,3 +23,15 @@ GPU_8GIB = HardwareInfo(
     gpus=[GpuInfo("Test GPU", "cuda", 8 * GIB, 8 * GIB)],
     gpu_offload=True,
 )
+
+
+#: What ``mixdesk plan --vram 16GiB --threads 8`` plans for: a GPU of unknown make with 16 GiB
+#: (the seed article's V100 as the terminal is told about it).
+GPU_16GIB = HardwareInfo(
+    ram_total_bytes=64 * GIB,
+    ram_available_bytes=56 * GIB,
+    physical_cores=2,
+    logical_cores=2,
+    gpus=[GpuInfo("GPU (16.00 GiB, as given)", "cuda", 16 * GIB, 16 * GIB)],
+    gpu_offload=True,
+)

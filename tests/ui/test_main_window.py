@@ -513,8 +513,6 @@ def test_the_streaming_answer_stays_in_its_block_with_a_live_speed_line(
     """The streaming text sat at the left edge outside its coloured block and the live speed
     was small text at the far bottom right that stayed after a switch: the text and its live
     speed line grow inside the answer's own block, and a switch clears the figures."""
-    from PySide6.QtGui import QTextTable
-
     load(qtbot, window, models["f32"])
     window.set_sampling(max_tokens=3000)  # long enough for a few updates of the line
     view = window.view
@@ -523,8 +521,11 @@ def test_the_streaming_answer_stays_in_its_block_with_a_live_speed_line(
 
     def update(_tps: float) -> None:
         lines.append(view.streaming_footer())
-        cursor = view._body_end  # where the streaming text goes
-        inside.append(isinstance(cursor.currentTable(), QTextTable))
+        cell = view._footer_cell  # the answer's own block (its table cell)
+        if cell is not None:  # where the streaming text goes is inside it
+            where = view._body_end.position()
+            first, last = cell.firstCursorPosition(), cell.lastCursorPosition()
+            inside.append(first.position() <= where <= last.position())
 
     window.speedShown.connect(update)
     done = ask(qtbot, window, "Tell me a story", timeout=180_000)
