@@ -29,6 +29,7 @@ from mixdesk.core.chat.template import (
 )
 from mixdesk.core.engine import devices, diagnose, llama_adapter, prompt_tokens, session
 from mixdesk.core.engine.answer import Answer
+from mixdesk.core.engine.decoding import DecodeError, KvDecoder, SamplerChain
 from mixdesk.core.engine.protocol import (
     BufferReport,
     ChatDone,
@@ -76,6 +77,7 @@ class ModelHost:
         self._special: prompt_tokens.SpecialTokens | None = None
         self._pieces: dict[int, bytes] = {}
         self._opened: session.OpenedModel | None = None
+        self._decoder: KvDecoder | None = None
         self._calibrate = False  # report device memory after the first prompt batch
         # ctypes callbacks must stay referenced while llama.cpp may call them.
         self._abort_cb = llama_cpp.ggml_abort_callback(self._should_abort)
@@ -121,6 +123,7 @@ class ModelHost:
         llm = self._llm
         self._config = config
         self._pieces = {}
+        self._decoder = KvDecoder(llama_adapter.context_pointer(llm), n_batch=llm.n_batch)
         metadata = dict(llm.metadata)
         self._template = select_template(metadata)
         model = llama_adapter.model_handle(llm)
@@ -226,10 +229,10 @@ class ModelHost:
         )
         if report_tokens:
             answer.token_ids = []
-        llm.set_seed(
+        seed = (
             sampling.seed if sampling.seed is not None else int.from_bytes(os.urandom(4), "little")
         )
-        self._generate(answer, tokens, sampling, max_tokens)
+        self._generate(answer, tokens, sampling, max_tokens, seed)
         rest = answer.rest()
         if rest:
             self._send(encode_delta(request_id, rest, self._answer_stats(answer)))
@@ -274,59 +277,67 @@ class ModelHost:
         return prompt_tokens.tokenize(vocab, prompt_tokens.for_tokenizer(prompt, special))
 
     def _generate(
-        self, answer: Answer, tokens: list[int], sampling: SamplingParams, max_tokens: int
+        self,
+        answer: Answer,
+        tokens: list[int],
+        sampling: SamplingParams,
+        max_tokens: int,
+        seed: int,
     ) -> None:
-        """Run llama.cpp's sampling loop into ``answer``, sending deltas as they are due."""
+        """Run llama.cpp's decode loop into ``answer``, sending deltas as they are due.
+
+        The loop is llama.cpp's C API (:mod:`.decoding`): per token one sample and one decode,
+        and between them only what the answer needs.
+        """
         lc = self._lc
-        llm = self._llm
-        ctx = llama_adapter.context_pointer(llm)
-        vocab = llama_adapter.model_handle(llm).vocab
+        ctx = llama_adapter.context_pointer(self._llm)
+        vocab = llama_adapter.model_handle(self._llm).vocab
+        decoder = self._decoder
+        assert decoder is not None
         cancelled = self.cancelled
-        generator = llm.generate(
-            tokens,
-            top_k=sampling.top_k,
-            top_p=sampling.top_p,
-            min_p=sampling.min_p,
-            temp=sampling.temperature,
-            repeat_penalty=sampling.repeat_penalty,
-        )
+        request_id = answer.request_id
         # While the prompt is evaluated, llama.cpp polls this callback between graph nodes, so
         # a cancel interrupts even a long prompt; it is removed for generation, where the
         # check between tokens is enough and a Python call per node would cost speed.
         lc.llama_set_abort_callback(ctx, self._abort_cb, None)
         try:
-            for token in generator:
-                if answer.token_ids is not None:
-                    answer.token_ids.append(token)
+            decoder.feed_prompt(tokens)
+        except DecodeError as err:
+            if not (err.aborted and request_id in cancelled):
+                raise
+            answer.finish = "cancelled"
+            return
+        finally:
+            lc.llama_set_abort_callback(ctx, lc.ggml_abort_callback(0), None)
+        token_ids = answer.token_ids
+        stop_at_eog = not sampling.ignore_eos
+        is_eog = lc.llama_vocab_is_eog
+        n_vocab = llama_adapter.model_handle(self._llm).n_vocab()
+        with SamplerChain(sampling, n_vocab=n_vocab, seed=seed) as chain:
+            sample, feed = chain.sample, decoder.feed
+            while True:
+                token = sample(ctx)
+                if token_ids is not None:
+                    token_ids.append(token)
                 if answer.n_generated == 0:
                     answer.ttft = time.perf_counter() - answer.start
-                    lc.llama_set_abort_callback(ctx, lc.ggml_abort_callback(0), None)
                     if self._calibrate:  # the runtime's lazy allocations happen by now
                         self._calibrate = False
-                        free = devices.offload_free_memory()
-                        self._send(encode(DeviceMemory(free)))
-                if answer.request_id in cancelled:
+                        self._send(encode(DeviceMemory(devices.offload_free_memory())))
+                if request_id in cancelled:
                     answer.finish = "cancelled"
                     break
-                if lc.llama_vocab_is_eog(vocab, token) and not sampling.ignore_eos:
+                if stop_at_eog and is_eog(vocab, token):
                     answer.finish = "stop"
                     break
                 if answer.add(self._piece(token)):
                     break
                 chunk = answer.due()
                 if chunk:
-                    stats = self._answer_stats(answer)
-                    self._send(encode_delta(answer.request_id, chunk, stats))
+                    self._send(encode_delta(request_id, chunk, self._answer_stats(answer)))
                 if answer.n_generated >= max_tokens:
                     break
-        except RuntimeError:
-            # llama_decode returned "aborted": our abort callback stopped the prompt eval.
-            if answer.request_id not in cancelled:
-                raise
-            answer.finish = "cancelled"
-        finally:
-            generator.close()
-            lc.llama_set_abort_callback(ctx, lc.ggml_abort_callback(0), None)
+                feed(token)
 
     def _answer_stats(self, answer: Answer) -> GenerationStats:
         return self._stats(answer.n_prompt, answer.n_generated, answer.start, answer.ttft)
@@ -363,7 +374,7 @@ class ModelHost:
             eval_tps=_rate(perf.n_eval, perf.t_eval_ms),
             ttft_s=round(ttft, 6),
             elapsed_s=round(time.perf_counter() - start, 6),
-            context_used=int(self._llm.n_tokens),
+            context_used=len(self._decoder.tokens) if self._decoder else 0,
             context_size=int(self._llm.n_ctx()),
             perf=counters,
         )
