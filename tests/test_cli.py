@@ -272,6 +272,20 @@ def test_chat_names_a_base_model_and_an_answer_that_ends_at_once(tmp_path: Path)
     assert json.loads(proc.stdout)["ended_at_once"] is True
 
 
+def test_chat_says_why_an_answer_of_blank_lines_shows_nothing(tmp_path: Path) -> None:
+    """Tokens that are only line breaks print nothing to read: the chat says so."""
+    from tests.helpers.model_factory import BLANK_LINES, make_model
+
+    model = make_model(tmp_path, BLANK_LINES, name="blank-lines")
+    proc = run("chat", str(model), "--prompt", "Hi", "--max-tokens", "5", "--temperature", "0")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == ""
+    assert (
+        "mixdesk: The model's 5 tokens were only spaces, line breaks or control tokens: "
+        "nothing to show." in proc.stderr
+    )
+
+
 def test_chat_answers_as_llama_cpp_does_on_a_base_model(tmp_path: Path) -> None:
     """``mixdesk chat MODEL --prompt ... --temperature 0 --json`` on a Gemma base model without
     a template: llama.cpp's own greedy answer (its prompt has its BOS; before the rule the

@@ -12,7 +12,7 @@ from mixdesk.commands.common import calibration_store, load_choices, machine, pr
 from mixdesk.commands.keys import endpoint_key_from
 from mixdesk.commands.terminal import write_control
 from mixdesk.core.chat.template import ChatMessage
-from mixdesk.core.chat.words import BASE_MODEL_WORDS, ENDED_AT_ONCE_WORDS
+from mixdesk.core.chat.words import BASE_MODEL_WORDS, no_text_words
 from mixdesk.core.engine import ChatDone, Engine, GenerationStats, SamplingParams
 from mixdesk.core.engine.protocol import ModelInfo
 from mixdesk.core.engine.stream import AnswerStream
@@ -199,7 +199,7 @@ def run_chat(args: argparse.Namespace, *, library: Library) -> int:
                 print_json({**_json_result(done, info), **_placement(outcome)})
             else:
                 sys.stdout.write("\n")
-                _say_if_ended_at_once(done)
+                _say_if_no_text(done)
                 sys.stderr.write(speed_line(done.stats, load_s=info.load_s) + "\n")
             return 0
         return _interactive(
@@ -230,10 +230,11 @@ def _placement(outcome: LoadOutcome) -> dict[str, object]:
     }
 
 
-def _say_if_ended_at_once(done: ChatDone) -> None:
-    """An answer with no text says why instead of printing nothing."""
-    if done.ended_at_once:
-        sys.stderr.write(f"mixdesk: {ENDED_AT_ONCE_WORDS}\n")
+def _say_if_no_text(done: ChatDone) -> None:
+    """An answer with no text says why instead of printing nothing (or only blank lines)."""
+    why = no_text_words(done.finish_reason, done.stats.eval_tokens, done.text)
+    if why:
+        sys.stderr.write(f"mixdesk: {why}\n")
 
 
 def _json_result(done: ChatDone, info: ModelInfo) -> dict[str, object]:
@@ -305,7 +306,7 @@ def _interactive(
         done = _stream(engine.chat(history, sampling), echo=True)
         on_done(done)
         sys.stdout.write("\n")
-        _say_if_ended_at_once(done)
+        _say_if_no_text(done)
         history.append(ChatMessage("assistant", done.text))
         note = " (stopped)" if done.finish_reason == "cancelled" else ""
         sys.stderr.write(

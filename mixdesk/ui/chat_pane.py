@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from PySide6.QtCore import Qt, QTimer, Signal
-from PySide6.QtGui import QKeyEvent
+from PySide6.QtGui import QColor, QKeyEvent, QTextCharFormat, QTextCursor
 from PySide6.QtWidgets import (
     QComboBox,
     QHBoxLayout,
@@ -14,6 +14,7 @@ from PySide6.QtWidgets import (
     QLabel,
     QPlainTextEdit,
     QPushButton,
+    QTextEdit,
     QVBoxLayout,
     QWidget,
 )
@@ -112,6 +113,7 @@ class ChatPane(QWidget):
     def _connect(self) -> None:
         answers, conversations = self.answers, self.conversations
         conversations.opened.connect(self.show_conversation)
+        conversations.listChanged.connect(self._highlight_search)
         self.preset.currentIndexChanged.connect(self._preset_chosen)
         self.system_text.textChanged.connect(self._system_timer.start)
         self._system_timer.timeout.connect(self.save_system_prompt)
@@ -220,6 +222,14 @@ class ChatPane(QWidget):
 
     def _show_messages(self) -> None:
         self.view.set_messages(self.conversations.messages(), note=self.answers.dropped_note())
+        first = highlight_hits(self.view, self.conversations.search)
+        if first is not None and not self.answers.busy:
+            self.view.setTextCursor(first)  # opened from a search: show where it matched
+            self.view.ensureCursorVisible()
+
+    def _highlight_search(self) -> None:
+        if not self.answers.busy:
+            highlight_hits(self.view, self.conversations.search)
 
     def _started(self, messages: list[StoredMessage]) -> None:
         self.view.set_messages(messages)
@@ -254,6 +264,29 @@ class ChatPane(QWidget):
         dialog = SamplingDialog(self.conversations.sampling(), self)
         if dialog.exec():
             self.conversations.set_sampling(dialog.values())
+
+
+#: The background of a search hit in the open conversation.
+HIT_COLOUR = "#ffe066"
+
+
+def highlight_hits(view: QTextEdit, term: str) -> QTextCursor | None:
+    """Mark every place ``term`` occurs in ``view`` (any case), or none when ``term`` is
+    empty; returns the first (None when there is none)."""
+    selections: list[QTextEdit.ExtraSelection] = []
+    if term:
+        hit = QTextCharFormat()
+        hit.setBackground(QColor(HIT_COLOUR))
+        document = view.document()
+        cursor = document.find(term, 0)
+        while not cursor.isNull():
+            selection = QTextEdit.ExtraSelection()
+            selection.cursor = cursor
+            selection.format = hit
+            selections.append(selection)
+            cursor = document.find(term, cursor)
+    view.setExtraSelections(selections)
+    return QTextCursor(selections[0].cursor) if selections else None
 
 
 def _system_prompt_controls(settings: Settings) -> tuple[QComboBox, QPlainTextEdit, QPushButton]:

@@ -3,13 +3,15 @@ panel (search, New, Rename, Delete, Export) that shows them."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
-from PySide6.QtCore import QObject, QTimer, Signal
+from PySide6.QtCore import QObject, QStandardPaths, QTimer, Signal
 from PySide6.QtWidgets import (
     QFileDialog,
     QGridLayout,
     QInputDialog,
+    QLabel,
     QLineEdit,
     QListWidget,
     QListWidgetItem,
@@ -219,6 +221,10 @@ class ConversationPanel(QWidget):
         self.conversations = conversations
         self.search = QLineEdit()
         self.search.setPlaceholderText("Search conversations")
+        self.no_matches = QLabel()
+        self.no_matches.setWordWrap(True)
+        self.no_matches.setStyleSheet("color:#777")
+        self.no_matches.hide()
         self.list = QListWidget()
         self.new_button = QPushButton("New")
         self.rename_button = QPushButton("Rename")
@@ -228,6 +234,7 @@ class ConversationPanel(QWidget):
         self.undo_button.hide()
         layout = QVBoxLayout(self)
         layout.addWidget(self.search)
+        layout.addWidget(self.no_matches)
         layout.addWidget(self.list, 1)
         layout.addWidget(self.undo_button)
         grid = QGridLayout()  # two by two: the list stays narrow next to the chat
@@ -266,7 +273,14 @@ class ConversationPanel(QWidget):
         current = conversations.current.id if conversations.current else None
         self.list.blockSignals(True)
         self.list.clear()
-        for c in conversations.listing():
+        listing = conversations.listing()
+        term = conversations.search
+        self.no_matches.setVisible(bool(term) and not listing)
+        if term and not listing:  # a search that finds nothing says so
+            shown = term if len(term) <= 30 else term[:29] + "…"
+            self.no_matches.setText(f"No matches for “{shown}” in titles or messages.")
+            self.no_matches.setToolTip(term)
+        for c in listing:
             item = QListWidgetItem(c.title)
             item.setData(256, c.id)
             self.list.addItem(item)
@@ -291,7 +305,10 @@ class ConversationPanel(QWidget):
         if conv is None:
             return
         path, chosen = QFileDialog.getSaveFileName(
-            self, "Export conversation", f"{conv.title}.md", "Markdown (*.md);;JSON (*.json)"
+            self,
+            "Export conversation",
+            str(export_folder() / f"{file_name(conv.title)}.md"),
+            "Markdown (*.md);;JSON (*.json)",
         )
         if path:
             as_json = "json" in chosen.lower() or path.endswith(".json")
@@ -299,4 +316,19 @@ class ConversationPanel(QWidget):
             self.exported.emit(path)
 
 
-__all__ = ["ConversationController", "ConversationPanel"]
+def export_folder() -> Path:
+    """Where an export is offered first: the user's Documents folder (home without one), not
+    the folder MixDesk happened to start in."""
+    documents = QStandardPaths.writableLocation(QStandardPaths.StandardLocation.DocumentsLocation)
+    folder = Path(documents) if documents else Path.home()
+    return folder if folder.is_dir() else Path.home()
+
+
+def file_name(title: str) -> str:
+    """A conversation's title as a file name (no folder separators or characters that file
+    systems refuse; "conversation" when nothing is left)."""
+    name = re.sub(r'[\\/:*?"<>|\x00-\x1f]+', " ", title).strip(" .")
+    return " ".join(name.split())[:80] or "conversation"
+
+
+__all__ = ["ConversationController", "ConversationPanel", "export_folder", "file_name"]

@@ -26,7 +26,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from mixdesk.core.chat.words import ENDED_AT_ONCE_WORDS
+from mixdesk.core.chat.words import no_text_words
 from mixdesk.core.engine import ChatDone, GenerationStats
 from mixdesk.core.engine.like import EngineLike
 from mixdesk.core.hub.catalog import CatalogModel
@@ -467,7 +467,9 @@ class MainWindow(QMainWindow):
         self.speedShown.emit(stats.eval_tps)
 
     def _answer_finished(self, done: ChatDone) -> None:
-        words = ENDED_AT_ONCE_WORDS if done.ended_at_once else stats_line(done.stats)
+        # an answer with no text says why (not "0 tokens · 0.0 tok/s", not a blank block)
+        why = no_text_words(done.finish_reason, done.stats.eval_tokens, done.text)
+        words = why or stats_line(done.stats)
         self.statusBar().showMessage(words, 10_000)
         self.answerFinished.emit(done)
 

@@ -14,6 +14,7 @@ from PySide6.QtGui import (
 )
 from PySide6.QtWidgets import QComboBox, QHeaderView, QLabel, QTableWidget, QWidget
 
+from mixdesk.core.chat.words import prompt_speed_words
 from mixdesk.core.engine import GenerationStats
 from mixdesk.core.machine.hardware import format_bytes
 from mixdesk.core.planning.types import DevicePlan
@@ -53,7 +54,8 @@ class SpeedMeter:
                 self.sparkline.set_values(self._history)
         self.tps_label.setText(f"eval {stats.eval_tps:.1f} tok/s")
         self.detail_label.setText(
-            f"prompt {stats.prompt_tps:.0f} tok/s · first token {stats.ttft_s:.2f} s · "
+            f"{prompt_speed_words(stats.prompt_eval_tokens, tps=stats.prompt_tps)} · "
+            f"first token {stats.ttft_s:.2f} s · "
             f"{stats.eval_tokens} tokens · context {stats.context_used}/{stats.context_size}"
         )
 

@@ -31,6 +31,7 @@ from mixdesk.core.gguf.synthetic import (
 QUANTS = ("F32", "F16", "Q4_K_M", "Q2_K", "Q8_0", "Q4_0")
 
 __all__ = [
+    "BLANK_LINES",
     "CHATML_TEMPLATE_FOR_TESTS",
     "ENDS_AT_ONCE",
     "GEMMA_BASE",
@@ -375,3 +376,6 @@ WITH_EOS = with_changes(TINY, add_eos=True, name="Mixtral tiny add-eos")
 ENDS_AT_ONCE = with_changes(
     TINY, n_expert=0, chat_template=None, eos_first=True, name="Llama tiny base ends at once"
 )
+#: A Mixtral whose every answer token is a line break (the byte token ``<0x0A>``): answers
+#: with tokens but no text.
+BLANK_LINES = with_changes(TINY, only_token=3 + 0x0A, name="Mixtral tiny blank lines")

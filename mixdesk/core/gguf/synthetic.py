@@ -67,6 +67,9 @@ class ModelSpec:
     #: Make end-of-text the most likely token everywhere: the model ends its answers at once
     #: (needs an output matrix of its own: not with ``family="gemma"``).
     eos_first: bool = False
+    #: Make this token id the most likely everywhere instead (e.g. 13, the line-break byte
+    #: ``<0x0A>``: every answer is blank lines until its token limit).
+    only_token: int | None = None
 
     @property
     def head_dim(self) -> int:
@@ -127,10 +130,11 @@ def _weights(spec: ModelSpec, n_vocab: int) -> list[tuple[str, npt.NDArray[np.fl
     out[:259] = 0  # specials and bytes: logit 0, far below the word pieces
     out[n_vocab - len(spec.control_tokens) :] = 0  # a chat format's control tokens too
     embd = (mat(n_vocab, e) * float(np.sqrt(e))).astype(dtype)
-    if spec.eos_first:  # one direction dominates every hidden state, and only EOS reads it
+    first = 2 if spec.eos_first else spec.only_token
+    if first is not None:  # one direction dominates every hidden state, and only it reads it
         embd[:, 0] = 100.0
-        out[2] = 0.0
-        out[2, 0] = 50.0
+        out[first] = 0.0
+        out[first, 0] = 50.0
     tensors: list[tuple[str, npt.NDArray[np.floating]]] = [
         ("token_embd.weight", embd),
         ("output_norm.weight", ones(e)),
