@@ -50,6 +50,7 @@ def test_pull_prints_the_plan_then_progress_then_chats(env: dict[str, str]) -> N
     err = proc.stderr
     assert err.index("On this machine: --ngl 5 (full)") < err.index("mixtral-tiny.Q4_K_M.gguf: [")
     assert "100.0%" in err
+    assert " MiB/s" in err and " MB/s" not in err  # one unit system: sizes and speeds in MiB
     assert "Ready: mixtral-tiny.Q4_K_M" in err
     listed = json.loads(run("models", "--json", env=env).stdout)
     assert [m["name"] for m in listed] == ["mixtral-tiny.Q4_K_M"]

@@ -175,6 +175,17 @@ def test_plan_shows_both_strategies_for_a_mixture_of_experts(mixtral_q4: Path) -
     assert plan["n_gpu_layers"] == 33 and plan["fit"] == "experts"
 
 
+def test_plan_prints_no_strategies_that_offer_no_choice(tmp_path: Path) -> None:
+    """With no GPU, or room for the whole model on it, both strategies place it alike: no
+    "Strategies" heading over two identical rows."""
+    model = mf.make_model(tmp_path, mf.TINY, "F32", name="tiny")
+    for machine in (["--gpu", "none"], ["--vram", "16GiB"]):
+        proc = run("plan", str(model), *machine, "--ram", "64GiB")
+        assert proc.returncode == 0, proc.stderr
+        assert "Plan: --ngl" in proc.stdout
+        assert "Strategies" not in proc.stdout
+
+
 def test_experts_from_the_first_or_the_last_layers(mixtral_q4: Path) -> None:
     """``--experts-from`` picks whose expert tensors stay in RAM; ``--experts-in-ram K`` still
     means K whole layers; the JSON names every tensor kept in RAM."""

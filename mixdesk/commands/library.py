@@ -15,7 +15,7 @@ from mixdesk.commands.terminal import write_control
 from mixdesk.core.gguf.profile import ModelProfile
 from mixdesk.core.hub.download_http import DownloadCancelled, DownloadProgress
 from mixdesk.core.hub.library import Library
-from mixdesk.core.machine.hardware import HardwareInfo, format_bytes
+from mixdesk.core.machine.hardware import HardwareInfo, format_bytes, format_rate
 from mixdesk.core.planning.types import OffloadPlan
 from mixdesk.core.planning.words import explain
 
@@ -49,7 +49,7 @@ class _ProgressPrinter:
         resumed = f" (resumed at {format_bytes(p.resumed_from)})" if p.resumed_from else ""
         line = (
             f"{p.filename}: [{bar:<30}] {frac * 100:5.1f}% {format_bytes(p.done_bytes)}/"
-            f"{format_bytes(p.total_bytes)} {p.speed_bps / 1e6:6.1f} MB/s {eta}{resumed}"
+            f"{format_bytes(p.total_bytes)} {format_rate(p.speed_bps):>11} {eta}{resumed}"
         )
         if final:
             line += f" - {p.phase}"

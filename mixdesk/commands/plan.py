@@ -74,15 +74,22 @@ def plan_table(plan: OffloadPlan) -> str:
 def strategies_text(
     profile: ModelProfile, hw: HardwareInfo, choices: LoadChoices, calibration: Calibration
 ) -> str:
-    """Both ways to place a mixture-of-experts model, side by side, with their bytes."""
-    rows = ["Strategies (--strategy):"]
-    for strategy in STRATEGIES:
-        plan = make_plan(
+    """Both ways to place a mixture-of-experts model, side by side, with their bytes; "" when
+    they place it alike (it all fits on the GPU, or there is no GPU): no heading over rows
+    that offer no choice."""
+    plans = {
+        strategy: make_plan(
             profile,
             hw,
             replace(choices, strategy=strategy, n_gpu_layers=None),
             calibration=calibration,
         )
+        for strategy in STRATEGIES
+    }
+    if len({plan.placement_words for plan in plans.values()}) < 2:
+        return ""
+    rows = ["Strategies (--strategy):"]
+    for strategy, plan in plans.items():
         gpu = sum(d.used_bytes for d in plan.gpus)
         rows.append(
             f"  {strategy:<8} {plan.placement_words}: {format_bytes(gpu)} on GPU, "
@@ -158,8 +165,10 @@ def run_plan(args: argparse.Namespace, *, library: Library) -> int:
             "loads: `mixdesk pull` converts it while downloading; for a file you already have, "
             "`mixdesk import FILE` or `mixdesk convert IN OUT`.\n"
         )
-    if profile.is_moe:
-        out.write("\n" + strategies_text(profile, hw, load_choices(args), calibration) + "\n")
+    choices = load_choices(args)
+    strategies = strategies_text(profile, hw, choices, calibration) if profile.is_moe else ""
+    if strategies:
+        out.write("\n" + strategies + "\n")
     return 0
 
 

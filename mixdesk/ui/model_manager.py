@@ -30,7 +30,7 @@ from mixdesk.core.hub.library import Library
 from mixdesk.core.hub.pull import PullResult, import_model, pull, remote_profile
 from mixdesk.core.loading.choices import LoadChoices
 from mixdesk.core.loading.service import make_plan
-from mixdesk.core.machine.hardware import HardwareInfo, format_bytes
+from mixdesk.core.machine.hardware import HardwareInfo, format_bytes, format_rate
 from mixdesk.core.planning.calibration import Calibration
 from mixdesk.core.planning.words import fit_badge, speed_short
 from mixdesk.errors import user_message
@@ -108,7 +108,7 @@ class DownloadRow(QWidget):
         self.bar.setValue(int(1000 * p.done_bytes / max(p.total_bytes, 1)))
         eta = f", {int(p.eta_s // 60)}m{int(p.eta_s % 60):02d}s left" if p.eta_s else ""
         self.detail.setText(
-            f"{p.phase}: {format_bytes(p.done_bytes)} at {p.speed_bps / 1e6:.1f} MB/s{eta}"
+            f"{p.phase}: {format_bytes(p.done_bytes)} at {format_rate(p.speed_bps)}{eta}"
         )
 
     def _finished(self, result: PullResult) -> None:

@@ -226,11 +226,15 @@ def test_model_manager_lists_and_downloads(
     # every speed says what it is: an estimate here (nothing measured in this test's folder)
     assert all(s.endswith("tok/s, estimate") for s in manager.speed_texts())
     seen: list[int] = []
+    details: list[str] = []
     with qtbot.waitSignal(manager.downloadFinished, timeout=30_000) as blocker:
         row = manager.download("TheBloke/Mixtral-tiny-GGUF", manager.models[1])
         row.bar.valueChanged.connect(seen.append)
+        row.bar.valueChanged.connect(lambda _v: details.append(row.detail.text()))
     assert blocker.args[0] == "mixtral-tiny.Q4_K_M"
     assert len(seen) >= 2 and seen[-1] == 1000
+    # one unit system: the speed in MiB/s beside sizes in MiB
+    assert any(" MiB at " in d and " MiB/s" in d for d in details), details
     assert (
         window.model_picker.findText(
             "mixtral-tiny.Q4_K_M",

@@ -373,3 +373,8 @@ def format_bytes(n: float) -> str:
     if abs(n) >= GIB:
         return f"{n / GIB:.2f} GiB"
     return f"{n / MIB:.1f} MiB"
+
+
+def format_rate(bytes_per_s: float) -> str:
+    """A download speed in the units of the sizes beside it ("42.0 MiB/s"): one unit system."""
+    return f"{bytes_per_s / MIB:.1f} MiB/s"
