@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from PySide6.QtCore import QObject, QStandardPaths, QTimer, Signal
+from PySide6.QtCore import QObject, QStandardPaths, Qt, QTimer, Signal
 from PySide6.QtWidgets import (
     QFileDialog,
     QGridLayout,
@@ -226,6 +226,9 @@ class ConversationPanel(QWidget):
         self.no_matches.setStyleSheet("color:#777")
         self.no_matches.hide()
         self.list = QListWidget()
+        # long titles end in "…" (the tooltip has them whole): no sideways scrolling
+        self.list.setTextElideMode(Qt.TextElideMode.ElideRight)
+        self.list.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         self.new_button = QPushButton("New")
         self.rename_button = QPushButton("Rename")
         self.delete_button = QPushButton("Delete")
@@ -256,9 +259,11 @@ class ConversationPanel(QWidget):
         conversations.opened.connect(lambda _c: self.refresh())
 
     def _offer_undo(self, conv: Conversation) -> None:
-        self.undo_button.setText(f"Undo: bring back “{conv.title[:24]}”")
+        # a short text: a long title would widen the list and with it the window (the title
+        # is in the tooltip)
+        self.undo_button.setText("Undo delete")
         self.undo_button.setToolTip(
-            f"Deleted “{conv.title}”; it is gone for good in a few seconds."
+            f"Bring back “{conv.title}”; it is deleted for good in a few seconds."
         )
         self.undo_button.show()
 
@@ -277,11 +282,12 @@ class ConversationPanel(QWidget):
         term = conversations.search
         self.no_matches.setVisible(bool(term) and not listing)
         if term and not listing:  # a search that finds nothing says so
-            shown = term if len(term) <= 30 else term[:29] + "…"
+            shown = term if len(term) <= 20 else term[:19] + "…"  # never wider than the list
             self.no_matches.setText(f"No matches for “{shown}” in titles or messages.")
             self.no_matches.setToolTip(term)
         for c in listing:
             item = QListWidgetItem(c.title)
+            item.setToolTip(c.title)
             item.setData(256, c.id)
             self.list.addItem(item)
             if c.id == current:

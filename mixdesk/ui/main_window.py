@@ -49,12 +49,12 @@ from mixdesk.ui.hardware_panel import HardwareTab, calibration_words
 from mixdesk.ui.measure import MeasureController
 from mixdesk.ui.menus import MenuSlots, build_menus, copy_text, show_about
 from mixdesk.ui.model_manager import ModelManager
-from mixdesk.ui.models import ModelController, model_info_line
+from mixdesk.ui.models import ModelController
 from mixdesk.ui.offload_panel import OffloadPanel
 from mixdesk.ui.plain import message_box
 from mixdesk.ui.settings_model import SettingsModel
 from mixdesk.ui.threads import BackgroundTask, EngineController
-from mixdesk.ui.widgets import SpeedMeter, stats_line
+from mixdesk.ui.widgets import SpeedMeter
 
 log = logging.getLogger(__name__)
 
@@ -409,7 +409,9 @@ class MainWindow(QMainWindow):
     def _loaded(self, outcome: LoadOutcome) -> None:
         info = outcome.info
         self.offload.show_progress(None)
-        self.statusBar().showMessage(model_info_line(outcome), 10_000)
+        # the model row says what is loaded; the status bar only loses its "Loading…" (the
+        # same line there ran into the live figures at 1024 px)
+        self.statusBar().clearMessage()
         if outcome.note:
             self.notify(outcome.note, error=False)
         if self.conversation is not None:
@@ -467,10 +469,12 @@ class MainWindow(QMainWindow):
         self.speedShown.emit(stats.eval_tps)
 
     def _answer_finished(self, done: ChatDone) -> None:
-        # an answer with no text says why (not "0 tokens · 0.0 tok/s", not a blank block)
+        # An answer with no text says why (not "0 tokens · 0.0 tok/s", not a blank block).
+        # Its figures are under the answer and at the status bar's right: not a third time
+        # at its left (where they stayed after a switch, and ran into the right's at 1024 px).
         why = no_text_words(done.finish_reason, done.stats.eval_tokens, done.text)
-        words = why or stats_line(done.stats)
-        self.statusBar().showMessage(words, 10_000)
+        if why:
+            self.statusBar().showMessage(why, 10_000)
         self.answerFinished.emit(done)
 
     def _answer_failed(self, err: BaseException) -> None:

@@ -65,6 +65,7 @@ def test_export_escapes_html_names_no_folder_and_starts_in_documents(
 
 
 def test_search_says_no_matches_and_highlights_hits(qtbot: QtBot, window: MainWindow) -> None:
+    from PySide6.QtCore import Qt
     from PySide6.QtGui import QColor
 
     from mixdesk.ui.chat_pane import HIT_COLOUR
@@ -87,6 +88,9 @@ def test_search_says_no_matches_and_highlights_hits(qtbot: QtBot, window: MainWi
     hits = window.view.extraSelections()
     assert [s.cursor.selectedText().lower() for s in hits] == ["llama"] * 3
     assert all(s.format.background().color() == QColor(HIT_COLOUR) for s in hits)
+    policy = panel.list.horizontalScrollBarPolicy()  # long titles elide, whole in tooltips
+    assert policy == Qt.ScrollBarPolicy.ScrollBarAlwaysOff
+    assert panel.list.item(0).toolTip() == "Camelids"
     window.search.setText("")  # no search: no marks left behind
     assert window.view.extraSelections() == []
 
@@ -111,6 +115,10 @@ def test_a_regenerated_answer_says_its_prompt_was_cached(
     """With the whole prompt in the KV cache llama.cpp reads only its last token again (and
     times no prompt speed): that is "prompt cached", not "prompt 0 tok/s"."""
     load(qtbot, window, models["q4_k_m"])
+    # the model row says what is loaded; the status bar does not say it again (at 1024 px the
+    # two lines ran into each other)
+    assert window.model_bar.info.text().startswith("Mixtral tiny test")
+    assert window.statusBar().currentMessage() == ""
     window.set_sampling(max_tokens=6)
     first = ask(qtbot, window, "First question")
     assert first.stats.prompt_eval_tokens > 0
@@ -123,3 +131,20 @@ def test_a_regenerated_answer_says_its_prompt_was_cached(
     assert again.stats.prompt_eval_tokens <= 1  # the rest came from the cache
     detail = window.speed.detail_label.text()
     assert detail.startswith("prompt cached · ") and "0 tok/s" not in detail
+    # the figures show under the answer and at the status bar's right, not a third time
+    assert "tok/s" not in window.statusBar().currentMessage()
+
+
+def test_deleting_a_long_titled_conversation_never_widens_the_window(
+    qtbot: QtBot, window: MainWindow
+) -> None:
+    """The Undo button named the deleted conversation and widened the list, and the window
+    with it (1117 px on a 1024 px screen in docs/walkthrough.py)."""
+    window.rename_conversation("W" * 60)
+    width = window.minimumSizeHint().width()
+    window.conversation_panel.delete_button.click()
+    qtbot.wait(50)  # the layouts take the new button's size
+    panel = window.conversation_panel
+    assert panel.undo_button.isVisibleTo(panel)
+    assert "W" * 60 in panel.undo_button.toolTip()  # what comes back is still said
+    assert window.minimumSizeHint().width() <= width
