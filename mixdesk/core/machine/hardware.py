@@ -376,5 +376,8 @@ def format_bytes(n: float) -> str:
 
 
 def format_rate(bytes_per_s: float) -> str:
-    """A download speed in the units of the sizes beside it ("42.0 MiB/s"): one unit system."""
+    """A download or link speed in the units of the sizes beside it ("42.0 MiB/s",
+    "1.10 GiB/s"): one unit system."""
+    if abs(bytes_per_s) >= GIB:
+        return f"{bytes_per_s / GIB:.2f} GiB/s"
     return f"{bytes_per_s / MIB:.1f} MiB/s"

@@ -40,7 +40,7 @@ from dataclasses import asdict, dataclass, replace
 from importlib import metadata
 
 from mixdesk import __version__
-from mixdesk.core.machine.hardware import GpuInfo, HardwareInfo, format_bytes
+from mixdesk.core.machine.hardware import GpuInfo, HardwareInfo, format_bytes, format_rate
 from mixdesk.core.machine.worker_channel import open_channel, parse_endpoint, read_answer
 from mixdesk.errors import (
     InvalidArgumentError,
@@ -110,13 +110,6 @@ class WorkerStats:
     received_bytes: int
     sent_bytes: int
     active: bool
-
-
-def format_rate(bytes_per_s: float) -> str:
-    """A link speed the way network speeds are read (MB/s, GB/s; decimal)."""
-    if bytes_per_s >= 1e9:
-        return f"{bytes_per_s / 1e9:.2f} GB/s"
-    return f"{bytes_per_s / 1e6:.1f} MB/s"
 
 
 def local_versions() -> tuple[str, str]:

@@ -3,7 +3,7 @@ and ``mixdesk plan`` (the plan itself is data: :class:`~mixdesk.core.planning.pl
 
 from __future__ import annotations
 
-from mixdesk.core.machine.hardware import format_bytes
+from mixdesk.core.machine.hardware import format_bytes, format_rate
 from mixdesk.core.planning.speed import PROMPT_TOKENS, Speed, SpeedSource
 from mixdesk.core.planning.types import DevicePlan, Fit, OffloadPlan, experts_phrase
 
@@ -212,7 +212,7 @@ def _network_words(plan: OffloadPlan) -> list[str]:
         if not d.endpoint:
             continue
         estimate = (
-            f"about {d.send_seconds:.1f} s at the {d.link_bytes_per_s / 1e6:,.0f} MB/s measured"
+            f"about {d.send_seconds:.1f} s at the {format_rate(d.link_bytes_per_s)} measured"
             if d.send_seconds is not None
             else "link speed not measured"
         )
