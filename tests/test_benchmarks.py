@@ -19,8 +19,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_engine_speed_benchmark_judges_its_ratios() -> None:
-    _, result = run_benchmark(
-        "engine_speed.py", "--size", "tiny", "--rounds", "1", "--tokens", "16"
+    proc, result = run_benchmark(
+        "engine_speed.py",
+        *["--size", "tiny", "--rounds", "1", "--tokens", "16", "--llama-bench", "off"],
     )
     assert result["rounds"] == 1
     assert result["reference_eval_tps_median"] > 0
@@ -28,6 +29,11 @@ def test_engine_speed_benchmark_judges_its_ratios() -> None:
     assert result["ipc_cpu_us_per_message"] > 0
     assert {g["key"] for g in result["goals"]} == {"eval_ratio", "delivered_ratio"}
     assert result["goals"][0]["value"] == result["eval_ratio_median"] > 0
+    # without llama-bench its goal is skipped, in one sentence (tests/test_llama_bench.py)
+    assert result["llama_bench_skipped"] in proc.stderr
+    assert result["llama_bench_skipped"] == (
+        "The comparison with llama-bench is off (--llama-bench off)."
+    )
 
 
 def test_download_speed_benchmark_judges_its_ratio() -> None:
