@@ -75,3 +75,22 @@ def serve_headers(state: HubState, headers: dict[str, Path]) -> None:
     for part in sorted(headers["8x22b"].parent.glob("Mixtral-8x22B-v0.1-Q4_K_M-*-of-*.gguf")):
         big.files[part.name] = HubFile(path=part, sha256=SPARSE_SHA)
     state.repos[BIG_REPO] = big
+
+
+def first_run_headers(d: Path) -> dict[str, Path]:
+    """Mixtral 8x7B Q2_K and Q4_K_M (TheBloke's layout) and 8x22B Q4_K_M (split, today's
+    quantiser's types): real headers, sparse data."""
+    types = mf.modern_quant_types(d / "probe", "Q4_K_M", n_layers=56)
+    out = {
+        q: mf.mixtral_header_file(d, q, legacy=True, name=f"mixtral-8x7b-instruct-v0.1.{q}")
+        for q in ("Q2_K", "Q4_K_M")
+    }
+    out["8x22b"] = mf.mixtral_header_file(
+        d,
+        "Q4_K_M",
+        cfg=mf.MIXTRAL_8X22B,
+        types=types,
+        split_count=2,
+        name="Mixtral-8x22B-v0.1-Q4_K_M",
+    )
+    return out
