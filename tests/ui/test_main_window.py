@@ -227,7 +227,8 @@ def test_model_manager_lists_and_downloads(
     assert all(s.endswith("tok/s, estimate") for s in manager.speed_texts())
     seen: list[int] = []
     with qtbot.waitSignal(manager.downloadFinished, timeout=30_000) as blocker:
-        row = manager.download("TheBloke/Mixtral-tiny-GGUF", manager.models[1])
+        q4 = next(m for m in manager.models if m.quant == "Q4_K_M")  # rows rank by speed
+        row = manager.download("TheBloke/Mixtral-tiny-GGUF", q4)
         row.bar.valueChanged.connect(seen.append)
     assert blocker.args[0] == "mixtral-tiny.Q4_K_M"
     assert len(seen) >= 2 and seen[-1] == 1000
