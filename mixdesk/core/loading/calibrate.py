@@ -8,8 +8,11 @@ What is measured (llama.cpp's own counters, in the engine process, at the user's
   Q6_K, Q8_0, F16): a 512-token prompt, then 64 generated tokens with end-of-text ignored (as
   llama-bench does). Each type's throughput is what is left of the time per token after the
   fixed costs and the other types' bytes, divided by its own bytes;
-- each offload device (RPC workers included) with the Q4_K_M model all on it and half on it:
-  its throughput relative to the CPU's, and the cost of a hop to it;
+- each offload device with the large model all on it and half on it: its throughput
+  relative to the CPU's and the cost of a hop to it; an RPC worker (a CPU somewhere else,
+  with threads of its own) is then measured like this CPU, every type's model all on it,
+  because its rates relative to this CPU's differ by type (one worker thread halves Q4_K's
+  dequantisation but not Q8_0's memory-bound reads);
 - a validation model of another shape, predicted before it is measured: the expected error.
 
 The models are generated on this machine once (F32 weights, quantised by llama.cpp) and kept in
@@ -82,6 +85,8 @@ class CalibrationResult:
     model: SpeedModel
     runs: list[Run] = field(default_factory=list)
     #: The validation model: predicted and measured eval tok/s.
+    #: Each RPC worker's runs (its type models and the large model all on it), by device.
+    device_runs: dict[str, list[Run]] = field(default_factory=dict)
     check_predicted_tps: float = 0.0
     check_measured_tps: float = 0.0
     seconds: float = 0.0
@@ -243,6 +248,20 @@ def _device_rates(
     )
 
 
+def fit_worker(
+    cpu_runs: list[Run], on_worker: list[Run], hop_s: float, threads: int
+) -> DeviceRates:
+    """An RPC worker's rates from the type models and the large model measured all on it
+    (``on_worker``; pure: unit-tested on made-up runs): fitted as this CPU's are
+    (:func:`fit`), with this machine's fixed costs (its thin runs in ``cpu_runs``) and each
+    token's hop to the worker and back (``hop_s``, from the large model all and half on it)
+    taken off first."""
+    thin = [r for r in cpu_runs if r.label.startswith("thin")]
+    less_hop = [replace(r, eval_s=max(r.eval_s - hop_s, 1e-9)) for r in on_worker]
+    fitted = fit(thin + less_hop, threads).cpu
+    return replace(fitted, hop_s=hop_s)
+
+
 def expected_error(
     predicted_tps: float, measured_tps: float, max_miss: float = MAX_CHECK_MISS
 ) -> float:
@@ -295,18 +314,33 @@ def calibrate(
         runs.append(_run(label, profile_local(paths[label]), eval_s, prompt_s))
     model = fit(runs, threads)
     devices = {}
+    device_runs: dict[str, list[Run]] = {}
     shape = profile_local(paths["memory"])
     for gpu in offload_devices(hardware):
         name = buffer_name(gpu)
         only = replace(hardware, gpus=[gpu])
         if on_progress is not None:
             on_progress(f"measuring {gpu.name}", len(labels) / (len(labels) + 2))
-        full_s, _ = _measure(engine, paths["memory"], only, replace(choices, n_gpu_layers=-1))
+        all_on = replace(choices, n_gpu_layers=-1)
+        full_s, full_prompt_s = _measure(engine, paths["memory"], only, all_on)
         half = shape.n_layers // 2
         half_s, _ = _measure(engine, paths["memory"], only, replace(choices, n_gpu_layers=half + 1))
-        devices[name] = _device_rates(
+        rates = _device_rates(
             model, shape, gpu, name, full_s=full_s, half_s=half_s, half_layers=half
         )
+        if gpu.backend == "rpc":
+            on_worker = [
+                _run(
+                    label,
+                    profile_local(paths[label]),
+                    *_measure(engine, paths[label], only, all_on),
+                )
+                for label in FILE_TYPES
+            ]
+            on_worker.append(_run("memory", shape, full_s, full_prompt_s))
+            rates = fit_worker(runs, on_worker, rates.hop_s, threads)
+            device_runs[name] = on_worker
+        devices[name] = rates
     model = replace(model, devices=devices)
     if on_progress is not None:
         on_progress("checking the fit", (len(labels) + 1) / (len(labels) + 2))
@@ -318,6 +352,7 @@ def calibrate(
     return CalibrationResult(
         model=model,
         runs=runs,
+        device_runs=device_runs,
         check_predicted_tps=predicted.eval_tps,
         check_measured_tps=round(measured_tps, 2),
         seconds=round(time.perf_counter() - started, 1),
