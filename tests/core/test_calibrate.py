@@ -15,12 +15,16 @@ import pytest
 
 from mixdesk.core.engine.quantize import FILE_TYPES
 from mixdesk.core.loading.calibrate import Run, calibrate, fit, fit_worker
-from mixdesk.core.loading.calibrate_models import SHAPE, THIN, Shapes
+from mixdesk.core.loading.calibrate_models import MEMORY_TYPES, SHAPE, THIN, Shapes
 from mixdesk.core.planning.speed import SpeedSource
 
 TOKEN_S, LAYER_S, PROMPT_LAYER_S = 0.5e-3, 40e-6, 20e-6
 #: What memory adds per byte for a model larger than the caches (1 / 40 GB/s).
 MEMORY_S_PER_BYTE = 1 / 40e9
+#: A dequantisation-bound type waits on memory more per byte than a bandwidth-bound one.
+MEMORY_BY_TYPE = {"Q2_K": 1 / 12e9, "Q4_K": 1 / 25e9, "Q8_0": MEMORY_S_PER_BYTE}
+#: The large models: label, type, bytes per token.
+LARGE = (("memory-Q2_K", "Q2_K", 50e6), ("memory-Q4_K_M", "Q4_K", 85e6), ("memory", "Q8_0", 150e6))
 EVAL = {"Q2_K": 3e9, "Q4_K": 9e9, "Q6_K": 11e9, "Q8_0": 14e9, "F32": 12e9}
 PROMPT = {"Q2_K": 20e9, "Q4_K": 30e9, "Q6_K": 25e9, "Q8_0": 40e9, "F32": 15e9}
 
@@ -42,19 +46,20 @@ def test_the_fit_recovers_the_coefficients() -> None:
         _run("Q6_K", 6, {"Q6_K": 26e6, "Q8_0": 0.8e6, "F32": 0.1e6}),
         _run("Q8_0", 6, {"Q8_0": 34e6, "F32": 0.1e6}),
     ]
-    memory = _run("memory", 8, {"Q8_0": 150e6, "F32": 0.5e6})
-    runs.append(
-        Run(
-            memory.label,
-            memory.n_layers,
-            memory.eval_bytes,
-            memory.prompt_weights,
-            memory.eval_s + 150.5e6 * MEMORY_S_PER_BYTE,
-            memory.prompt_s,
-        )
-    )
+    for label, kind, nbytes in LARGE:
+        large = _run(label, 8, {kind: nbytes, "F32": 0.5e6})
+        memory_s = (nbytes + 0.5e6) * MEMORY_BY_TYPE[kind]
+        runs.append(replace(large, eval_s=large.eval_s + memory_s))
     model = fit(runs, threads=2)
     assert model.cpu.memory_s_per_byte == pytest.approx(MEMORY_S_PER_BYTE, rel=0.05)
+    for kind, memory_s in MEMORY_BY_TYPE.items():  # each large model's own type
+        assert model.cpu.memory_cost(kind) == pytest.approx(memory_s, rel=0.05), kind
+    # Q3_K (3.44 bits) lies between Q2_K (2.63) and Q4_K (4.5); F16 beyond Q8_0 takes Q8_0's
+    between = MEMORY_BY_TYPE["Q2_K"] + (MEMORY_BY_TYPE["Q4_K"] - MEMORY_BY_TYPE["Q2_K"]) * (
+        (3.4375 - 2.625) / (4.5 - 2.625)
+    )
+    assert model.cpu.memory_cost("Q3_K") == pytest.approx(between, rel=0.05)
+    assert model.cpu.memory_cost("F16") == pytest.approx(MEMORY_S_PER_BYTE, rel=0.05)
     assert model.source is SpeedSource.MEASURED and model.cpu_threads == 2
     assert model.token_s == pytest.approx(TOKEN_S, rel=0.05)
     assert model.layer_s == pytest.approx(LAYER_S, rel=0.05)
@@ -163,7 +168,7 @@ def test_calibrate_measures_and_the_plan_says_measured(
         result = calibrate(
             engine, cpu, tmp_path / "models", threads=2, shapes=SMALL, max_miss=float("inf")
         )
-    assert {r.label for r in result.runs} == {*SMALL.thin, *FILE_TYPES, "memory"}
+    assert {r.label for r in result.runs} == {*SMALL.thin, *FILE_TYPES, *MEMORY_TYPES}
     assert all(r.eval_s > 0 and r.prompt_s > 0 for r in result.runs)
     assert result.check_measured_tps > 0 and result.model.error >= 0.05
     CalibrationStore.default().record_speed_model(result.model)

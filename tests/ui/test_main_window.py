@@ -462,7 +462,8 @@ def test_speeds_say_when_they_are_measured(
     from dataclasses import replace
 
     from mixdesk.core.planning.calibration import Calibration
-    from mixdesk.core.planning.speed import SpeedSource, default_speed_model
+    from mixdesk.core.planning.speed import SpeedSource
+    from mixdesk.core.planning.speed_defaults import default_speed_model
 
     window.select_model_path(str(models["q4_k_m"]))
     qtbot.waitUntil(lambda: window.offload.plan is not None, timeout=10_000)

@@ -16,7 +16,8 @@ from mixdesk.core.loading.choices import LoadChoices
 from mixdesk.core.loading.service import make_plan
 from mixdesk.core.machine.hardware import GIB, HardwareInfo
 from mixdesk.core.planning.calibration import Calibration
-from mixdesk.core.planning.speed import SpeedModel, SpeedSource, default_speed_model
+from mixdesk.core.planning.speed import SpeedModel, SpeedSource
+from mixdesk.core.planning.speed_defaults import default_speed_model
 from mixdesk.core.workspace.chat_store import ChatStore
 from mixdesk.core.workspace.settings import Settings
 from mixdesk.ui.main_window import MainWindow

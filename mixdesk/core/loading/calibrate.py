@@ -8,6 +8,9 @@ What is measured (llama.cpp's own counters, in the engine process, at the user's
   Q6_K, Q8_0, F16): a 512-token prompt, then 64 generated tokens with end-of-text ignored (as
   llama-bench does). Each type's throughput is what is left of the time per token after the
   fixed costs and the other types' bytes, divided by its own bytes;
+- three models larger than the caches (Q2_K, Q4_K_M, Q8_0, of a shape of their own): what
+  memory adds per byte beyond those rates, by type (Q2_K's dequantisation waits on memory
+  more per byte than Q8_0's reads; the types between take a value between by bits);
 - each offload device with the large model all on it and half on it: its throughput
   relative to the CPU's and the cost of a hop to it; an RPC worker (a CPU somewhere else,
   with threads of its own) is then measured like this CPU, every type's model all on it,
@@ -16,7 +19,7 @@ What is measured (llama.cpp's own counters, in the engine process, at the user's
 - a validation model of another shape, predicted before it is measured: the expected error.
 
 The models are generated on this machine once (F32 weights, quantised by llama.cpp) and kept in
-the cache folder; the measuring takes about 20 s on two cores.
+the cache folder; the measuring takes about 45 s on two cores.
 """
 
 from __future__ import annotations
@@ -33,7 +36,12 @@ from mixdesk.core.engine.client import Engine
 from mixdesk.core.engine.protocol import SamplingParams
 from mixdesk.core.engine.quantize import FILE_TYPES
 from mixdesk.core.gguf.profile import ModelProfile, profile_local
-from mixdesk.core.loading.calibrate_models import Progress, Shapes, calibration_models
+from mixdesk.core.loading.calibrate_models import (
+    MEMORY_TYPES,
+    Progress,
+    Shapes,
+    calibration_models,
+)
 from mixdesk.core.loading.choices import LoadChoices
 from mixdesk.core.loading.model import resolve_file
 from mixdesk.core.loading.service import plan_load
@@ -44,10 +52,10 @@ from mixdesk.core.planning.speed import (
     DeviceRates,
     SpeedModel,
     SpeedSource,
-    default_speed_model,
     device_work,
     predict,
 )
+from mixdesk.core.planning.speed_defaults import default_speed_model
 from mixdesk.errors import CalibrationNoisyError
 
 log = logging.getLogger(__name__)
@@ -138,8 +146,8 @@ def fit(runs: list[Run], threads: int) -> SpeedModel:
     """
     defaults = default_speed_model([], threads)
     thin = [r for r in runs if r.label.startswith("thin")]
-    quants = [r for r in runs if not r.label.startswith("thin") and r.label != "memory"]
-    memory = next((r for r in runs if r.label == "memory"), None)
+    quants = [r for r in runs if not r.label.startswith(("thin", "memory"))]
+    memory_runs = [r for r in runs if r.label.startswith("memory")]
     eval_rates = dict(defaults.cpu.eval_bytes_per_s)
     prompt_rates = dict(defaults.cpu.prompt_weights_per_s)
     token_s, layer_s, prompt_layer_s = defaults.token_s, defaults.layer_s, defaults.prompt_layer_s
@@ -158,13 +166,20 @@ def fit(runs: list[Run], threads: int) -> SpeedModel:
             left = r.prompt_s - r.n_layers * prompt_layer_s - _cost(others, prompt_rates)
             if left > 0:
                 prompt_rates[kind] = r.prompt_weights[kind] / left
-    memory_s_per_byte = 0.0
-    if memory is not None:  # what is left of the large model's time is memory's
+    memory_by_type = {}
+    for memory in memory_runs:  # what is left of a large model's time is memory's
         left = memory.eval_s - token_s - memory.n_layers * layer_s
         left -= _cost(memory.eval_bytes, eval_rates)
-        memory_s_per_byte = max(0.0, left / max(sum(memory.eval_bytes.values()), 1.0))
+        kind = max(memory.eval_bytes, key=lambda t: memory.eval_bytes[t])
+        memory_by_type[kind] = max(0.0, left / max(sum(memory.eval_bytes.values()), 1.0))
+    memory_s_per_byte = memory_by_type.get("Q8_0", max(memory_by_type.values(), default=0.0))
     return SpeedModel(
-        cpu=DeviceRates(eval_rates, prompt_rates, memory_s_per_byte=memory_s_per_byte),
+        cpu=DeviceRates(
+            eval_rates,
+            prompt_rates,
+            memory_s_per_byte=memory_s_per_byte,
+            memory_by_type=memory_by_type,
+        ),
         cpu_threads=threads,
         token_s=token_s,
         layer_s=layer_s,
@@ -200,7 +215,7 @@ def _fixed_costs(thin: list[Run], defaults: SpeedModel) -> tuple[float, float, f
 
 def _cpu_cost(model: SpeedModel, eval_bytes: Mapping[str, float]) -> float:
     """Seconds a token's ``eval_bytes`` take at the CPU's rates, memory included."""
-    memory = sum(eval_bytes.values()) * model.cpu.memory_s_per_byte
+    memory = sum(b * model.cpu.memory_cost(t) for t, b in eval_bytes.items())
     return _cost(eval_bytes, model.cpu.eval_bytes_per_s) + memory
 
 
@@ -239,6 +254,7 @@ def _device_rates(
             {t: r * scale for t, r in model.cpu.prompt_weights_per_s.items()},
             hop_s=hop,
             memory_s_per_byte=model.cpu.memory_s_per_byte / scale,
+            memory_by_type={t: v / scale for t, v in model.cpu.memory_by_type.items()},
         )
     flat = sum(everything.eval_bytes.values()) / max(full_s - fixed - hop, 1e-9)
     return DeviceRates(
@@ -305,7 +321,7 @@ def calibrate(
     shapes = shapes or Shapes()
     paths = calibration_models(models_dir, threads=threads, shapes=shapes, on_progress=on_progress)
     choices = LoadChoices(n_gpu_layers=0, n_ctx=1024, n_threads=threads)
-    labels = [*shapes.thin, *FILE_TYPES, "memory"]
+    labels = [*shapes.thin, *FILE_TYPES, *MEMORY_TYPES]
     runs = []
     for i, label in enumerate(labels):
         if on_progress is not None:
