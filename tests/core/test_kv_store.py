@@ -247,3 +247,36 @@ def test_delete_a_conversation_a_model_or_everything(store: KvStore) -> None:
     assert store.clear() > 0
     assert store.used_bytes() == 0
     assert (store.directory / "secret").exists()
+
+
+def test_deleting_a_conversation_or_a_model_deletes_its_states(tmp_path: Path) -> None:
+    from mixdesk.core.hub.library import Library, LibraryEntry
+    from mixdesk.core.workspace.chat_store import ChatStore, kv_conversation
+
+    states = KvStore(tmp_path / "kv")
+    chats = ChatStore(tmp_path / "chats.sqlite", kv_states=states)
+    kept, gone = chats.create(), chats.create()
+    for conv in (kept, gone):
+        saved(states, conversation=kv_conversation(conv.id))
+    chats.delete(gone.id)
+    (left,) = states.directory.glob("*/*.mdkv")
+    assert read_header(left, max_bytes=1 << 20).conversation == kv_conversation(kept.id)
+
+    library = Library(tmp_path / "models", kv_states=states)
+    model = tmp_path / "models" / "m.gguf"
+    model.write_bytes(b"GGUF")
+    library.add(LibraryEntry(name="m", path=str(model)))
+    states.save(dataclasses.replace(header(conversation="x"), model_path=str(model)), STATE)
+    assert len(list(states.directory.glob("*/*.mdkv"))) == 2
+    library.remove("m")
+    assert list(states.directory.glob("*/*.mdkv")) == [left]
+
+
+def test_the_settings_budget_reaches_the_engine_request_and_the_store() -> None:
+    from mixdesk.core.workspace.settings import Settings
+
+    request = Settings(kv_cache_gib=0.5).kv_cache("chat-3")
+    assert (request.conversation, request.disk_budget_bytes) == ("chat-3", 1 << 29)
+    assert request.directory
+    assert Settings(kv_cache_gib=0.0).kv_cache("chat-3").directory == ""  # memory only
+    assert Settings().kv_store().budget_bytes == 4 << 30

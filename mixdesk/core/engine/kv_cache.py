@@ -19,7 +19,7 @@ import queue
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from mixdesk.core.chat.template import ChatMessage, ChatTemplate
@@ -206,7 +206,13 @@ class ConversationCache:
         store = self.store(request)
         found = [] if store is None else [store]
         if request.session_file:
-            found.append(SessionStore(Path(request.session_file), directory=store))
+            found.append(
+                SessionStore(
+                    Path(request.session_file),
+                    directory=store,
+                    budget_bytes=request.disk_budget_bytes,
+                )
+            )
         return found
 
     def forget(self, conversation: str) -> None:
@@ -248,12 +254,22 @@ class SessionStore(KvStore):
     Args:
         path: the session file.
         directory: the cache whose secret it uses (default: the default cache's).
+        budget_bytes: the largest state it keeps (a larger one: the conversation only).
     """
 
-    def __init__(self, path: Path, *, directory: KvStore | None = None) -> None:
+    def __init__(
+        self, path: Path, *, directory: KvStore | None = None, budget_bytes: int = MAX_FILE_BYTES
+    ) -> None:
         cache = directory.directory if directory is not None else default_directory()
         super().__init__(cache, budget_bytes=MAX_FILE_BYTES)
         self.file = path
+        self.state_budget = budget_bytes
+
+    def save(self, header: StateHeader, state: bytes | memoryview) -> Path | None:
+        """Write the session file: the conversation, with its state when it fits the budget."""
+        if header.file_size > self.state_budget:
+            header, state = replace(header, tokens=(), state_size=0), b""
+        return super().save(header, state)
 
     def path_for(self, key: KvKey, conversation: str) -> Path:
         """The session file, whatever the key."""
