@@ -280,3 +280,12 @@ def test_the_settings_budget_reaches_the_engine_request_and_the_store() -> None:
     assert request.directory
     assert Settings(kv_cache_gib=0.0).kv_cache("chat-3").directory == ""  # memory only
     assert Settings().kv_store().budget_bytes == 4 << 30
+
+
+def test_a_damaged_secret_is_replaced_and_voids_the_files(store: KvStore) -> None:
+    path = saved(store)
+    (store.directory / "secret").write_bytes(b"short")
+    fresh = KvStore(store.directory, budget_bytes=store.budget_bytes)
+    assert fresh.load(path, KEY) is None
+    assert len((store.directory / "secret").read_bytes()) == 32
+    assert fresh.load(saved(fresh), KEY) is not None

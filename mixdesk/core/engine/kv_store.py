@@ -18,6 +18,7 @@ import contextlib
 import logging
 import os
 import secrets
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -87,19 +88,28 @@ class KvStore:
         return min(self.budget_bytes, MAX_FILE_BYTES)
 
     def secret(self) -> bytes:
-        """The checksum key of this cache, made once (a new one invalidates every file)."""
+        """The checksum key of this cache, made once (a new one invalidates every file).
+
+        Made in a temporary file and linked into place, so two writers at once (the engine's
+        writer thread, another MixDesk process) end up with the same one.
+        """
         if self._secret is None:
             path = self.directory / "secret"
             paths.ensure_private_dir(self.directory)
-            try:
-                with paths.open_private(path, "r+b") as fh:
-                    value = fh.read(64)
-            except FileNotFoundError:
-                value = b""
-            if len(value) != 32:
-                value = secrets.token_bytes(32)
-                with paths.open_private(path, "wb") as fh:
-                    fh.write(value)
+            value = _read_secret(path)
+            if value is None:
+                _unlink(path)  # missing, or not a key: every file made with it is void anyway
+                fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".secret.", suffix=".tmp")
+                try:
+                    with os.fdopen(fd, "wb") as fh:
+                        fh.write(secrets.token_bytes(32))
+                    with contextlib.suppress(FileExistsError):
+                        os.link(tmp, path)
+                finally:
+                    os.unlink(tmp)
+                value = _read_secret(path)
+            if value is None:
+                raise OSError(f"{path} does not hold a 32-byte key")
             self._secret = value
         return self._secret
 
@@ -245,6 +255,15 @@ class KvStore:
                     elif path.name.endswith(".tmp") and now - info.st_mtime > _STALE_TMP_S:
                         _unlink(path)
         return found
+
+
+def _read_secret(path: Path) -> bytes | None:
+    try:
+        with paths.open_private(path, "r+b") as fh:
+            value = fh.read(64)
+    except FileNotFoundError:
+        return None
+    return value if len(value) == 32 else None
 
 
 def _unlink(path: Path) -> bool:
