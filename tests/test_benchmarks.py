@@ -82,3 +82,16 @@ def test_a_ratio_goal_tolerates_only_the_noise(value: float, verdict: str) -> No
 def test_a_limit_goal_fails_past_it() -> None:
     assert Goal("stall_ms", "stall", 49, 50, False).verdict == OK
     assert Goal("stall_ms", "stall", 51, 50, False).verdict == MISSED
+
+
+def test_kv_resume_benchmark_judges_resumed_answers() -> None:
+    """Small, where a resumed prompt saves little: the figures are judged, the answers equal."""
+    _, result = run_benchmark("kv_resume.py", "--size", "tiny", "--rounds", "1")
+    goals = {g["key"]: g for g in result["goals"]}
+    assert set(goals) == {"memory_ratio", "disk_ratio", "same_answer", "save_ms"}
+    assert goals["same_answer"]["verdict"] == OK
+    assert goals["memory_ratio"]["value"] == result["memory_ratio_median"] > 0
+    assert goals["save_ms"]["value"] == result["save_gap_ms_max"] >= 0
+    (turns,) = result["rounds_detail"]
+    assert [turns[s]["reused_from"] for s in ("memory", "disk")] == ["memory", "disk"]
+    assert turns["disk"]["reused"] == turns["disk"]["prompt_tokens"] - 1
