@@ -19,8 +19,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_engine_speed_benchmark_judges_its_ratios() -> None:
-    _, result = run_benchmark(
-        "engine_speed.py", "--size", "tiny", "--rounds", "1", "--tokens", "16"
+    proc, result = run_benchmark(
+        "engine_speed.py",
+        *["--size", "tiny", "--rounds", "1", "--tokens", "16", "--llama-bench", "off"],
     )
     assert result["rounds"] == 1
     assert result["reference_eval_tps_median"] > 0
@@ -28,6 +29,11 @@ def test_engine_speed_benchmark_judges_its_ratios() -> None:
     assert result["ipc_cpu_us_per_message"] > 0
     assert {g["key"] for g in result["goals"]} == {"eval_ratio", "delivered_ratio"}
     assert result["goals"][0]["value"] == result["eval_ratio_median"] > 0
+    # without llama-bench its goal is skipped, in one sentence (tests/test_llama_bench.py)
+    assert result["llama_bench_skipped"] in proc.stderr
+    assert result["llama_bench_skipped"] == (
+        "The comparison with llama-bench is off (--llama-bench off)."
+    )
 
 
 def test_download_speed_benchmark_judges_its_ratio() -> None:
@@ -76,3 +82,16 @@ def test_a_ratio_goal_tolerates_only_the_noise(value: float, verdict: str) -> No
 def test_a_limit_goal_fails_past_it() -> None:
     assert Goal("stall_ms", "stall", 49, 50, False).verdict == OK
     assert Goal("stall_ms", "stall", 51, 50, False).verdict == MISSED
+
+
+def test_kv_resume_benchmark_judges_resumed_answers() -> None:
+    """Small, where a resumed prompt saves little: the figures are judged, the answers equal."""
+    _, result = run_benchmark("kv_resume.py", "--size", "tiny", "--rounds", "1")
+    goals = {g["key"]: g for g in result["goals"]}
+    assert set(goals) == {"memory_ratio", "disk_ratio", "same_answer", "save_ms"}
+    assert goals["same_answer"]["verdict"] == OK
+    assert goals["memory_ratio"]["value"] == result["memory_ratio_median"] > 0
+    assert goals["save_ms"]["value"] == result["save_gap_ms_max"] >= 0
+    (turns,) = result["rounds_detail"]
+    assert [turns[s]["reused_from"] for s in ("memory", "disk")] == ["memory", "disk"]
+    assert turns["disk"]["reused"] == turns["disk"]["prompt_tokens"] - 1

@@ -8,6 +8,7 @@ import sys
 from collections.abc import Callable, Iterator
 from dataclasses import asdict
 
+from mixdesk.commands.chat_session import ChatSession, open_session
 from mixdesk.commands.common import calibration_store, load_choices, machine, print_json
 from mixdesk.commands.keys import endpoint_key_from
 from mixdesk.commands.terminal import write_control
@@ -174,6 +175,7 @@ def run_chat(args: argparse.Namespace, *, library: Library) -> int:
         raise InvalidArgumentError(
             "Name a MODEL (a .gguf file or a library name) or an --endpoint URL."
         )
+    session = _open_session(args)
     request = load_request(args, library=library)
     store = calibration_store()
     show_progress = sys.stderr.isatty() and not args.json
@@ -188,13 +190,16 @@ def run_chat(args: argparse.Namespace, *, library: Library) -> int:
             sys.stderr.write(f"mixdesk: {info.chat_template_note}\n")
         if info.base_model:
             sys.stderr.write(f"mixdesk: {info.name} {BASE_MODEL_WORDS}.\n")
-        history: list[ChatMessage] = []
-        if args.system:
+        history: list[ChatMessage] = list(session.messages) if session else []
+        if args.system and not history:
             history.append(ChatMessage("system", args.system))
+        cache = session.cache if session else None
         if args.prompt is not None:
             history.append(ChatMessage("user", args.prompt))
-            done = _stream(engine.chat(history, sampling), echo=not args.json)
+            done = _stream(engine.chat(history, sampling, cache=cache), echo=not args.json)
             record_answer_speed(store, outcome, done.stats)
+            if session:
+                sys.stderr.write(session.note(done) + "\n")
             if args.json:
                 print_json({**_json_result(done, info), **_placement(outcome)})
             else:
@@ -208,7 +213,19 @@ def run_chat(args: argparse.Namespace, *, library: Library) -> int:
             history,
             sampling,
             on_done=lambda done: record_answer_speed(store, outcome, done.stats),
+            session=session,
         )
+
+
+def _open_session(args: argparse.Namespace) -> ChatSession | None:
+    """``--session FILE``: the conversation it holds (checked before anything loads)."""
+    if not args.session:
+        return None
+    if args.endpoint:
+        raise InvalidArgumentError("--session keeps a local model's KV state; not with --endpoint.")
+    from mixdesk.core.workspace.settings import Settings
+
+    return open_session(args.session, Settings.load())
 
 
 def _placement(outcome: LoadOutcome) -> dict[str, object]:
@@ -281,9 +298,11 @@ def _interactive(
     info: ModelInfo,
     history: list[ChatMessage],
     sampling: SamplingParams,
+    *,
     on_done: Callable[[ChatDone], object] = lambda _done: None,
+    session: ChatSession | None = None,
 ) -> int:
-    system = list(history)
+    system = [m for m in history if m.role == "system"]
     if sys.stdin.isatty():
         sys.stderr.write(
             f"{info.name}: {placement_words(info.n_gpu_layers, info.n_layers)}, "
@@ -303,9 +322,14 @@ def _interactive(
             sys.stderr.write("mixdesk: conversation cleared.\n")
             continue
         history.append(ChatMessage("user", text))
-        done = _stream(engine.chat(history, sampling), echo=True)
+        if isinstance(engine, Engine) and session:
+            done = _stream(engine.chat(history, sampling, cache=session.cache), echo=True)
+        else:
+            done = _stream(engine.chat(history, sampling), echo=True)
         on_done(done)
         sys.stdout.write("\n")
+        if session and first:
+            sys.stderr.write(session.note(done) + "\n")
         _say_if_no_text(done)
         history.append(ChatMessage("assistant", done.text))
         note = " (stopped)" if done.finish_reason == "cancelled" else ""

@@ -39,6 +39,12 @@ def add_chat(commands: Commands) -> None:
     )
     chat.add_argument("--prompt", help="answer this one message and exit (otherwise: interactive)")
     chat.add_argument("--system", help="system prompt")
+    chat.add_argument(
+        "--session",
+        metavar="FILE",
+        help="keep the conversation and its KV state in FILE; the next run continues it "
+        "without reading it again",
+    )
     add_load_arguments(chat)
     _add_sampling_arguments(chat)
     chat.add_argument(

@@ -98,7 +98,8 @@ class MainWindow(QMainWindow):
             store: the conversations database.
             engine: the engine (a new one by default).
             hardware: the machine (detected off the GUI thread when None).
-            catalog: the first-run page's models (the built-in catalog by default).
+            catalog: the catalog the first-run page and the Models tab show (the built-in one
+                by default).
             quiet: no dialogs (tests): messages go to :attr:`userMessage` only.
             calibration_store: where this machine's measurements are kept (the user's own
                 by default).
@@ -162,7 +163,7 @@ class MainWindow(QMainWindow):
 
         self.offload = OffloadPanel()
         self.offload.set_defaults(LoadChoices.from_settings(self.settings))
-        self.manager = ModelManager(self.hardware, self.models.library)
+        self.manager = ModelManager(self.hardware, self.models.library, catalog=catalog)
         self.hardware_tab = HardwareTab(self.settings)
         self.hardware_label, self.workers_panel = (
             self.hardware_tab.machine,
@@ -282,7 +283,7 @@ class MainWindow(QMainWindow):
     def set_calibration(self, calibration: Calibration) -> None:
         """Plan everywhere with what this machine has measured (read off the GUI thread)."""
         self.calibration = calibration
-        self.manager.calibration = calibration
+        self.manager.set_calibration(calibration)  # its files ranked again
         self.first_run.calibration = calibration
         self.offload.set_calibration(calibration)
         self.hardware_tab.show_calibration(calibration)

@@ -1,11 +1,15 @@
-"""The model manager: catalog and any repo, fit badges before download, a download queue, the library."""
+"""The model manager: catalog and any repo, fit badges before download, a download queue, the library.
+
+A repository's files are ranked for this machine by the plans' predicted generation speed
+(measured on this machine once it is calibrated; :mod:`mixdesk.core.onboarding.repo_files`).
+While the Hub is out of reach the tab says so in one line with Retry, and a catalog entry
+still shows its built-in files with sizes and the planner's verdicts; no dialog opens.
+"""
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 from PySide6.QtCore import Signal
 from PySide6.QtWidgets import (
@@ -15,7 +19,6 @@ from PySide6.QtWidgets import (
     QLineEdit,
     QListWidget,
     QListWidgetItem,
-    QProgressBar,
     QPushButton,
     QTableWidget,
     QTableWidgetItem,
@@ -23,135 +26,48 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from mixdesk.core.hub.api import HubModel, list_models
-from mixdesk.core.hub.catalog import load_catalog
-from mixdesk.core.hub.download_http import DownloadCancelled, DownloadProgress
+from mixdesk.core.gguf.profile import ModelProfile
+from mixdesk.core.hub.api import HubModel
+from mixdesk.core.hub.catalog import CatalogModel, load_catalog
 from mixdesk.core.hub.library import Library
-from mixdesk.core.hub.pull import PullResult, import_model, pull, remote_profile
-from mixdesk.core.loading.choices import LoadChoices
-from mixdesk.core.loading.service import make_plan
-from mixdesk.core.machine.hardware import HardwareInfo, format_bytes, format_rate
+from mixdesk.core.hub.pull import import_model
+from mixdesk.core.machine.hardware import HardwareInfo, format_bytes
+from mixdesk.core.onboarding.repo_files import (
+    FileVerdict,
+    RepoListing,
+    list_repo_files,
+    plan_files,
+    ranked,
+)
 from mixdesk.core.planning.calibration import Calibration
 from mixdesk.core.planning.words import fit_badge, speed_short
 from mixdesk.errors import user_message
+from mixdesk.ui.downloads import DownloadRow
 from mixdesk.ui.plain import ask_yes_no, plain
 from mixdesk.ui.threads import BackgroundTask
 from mixdesk.ui.widgets import readable_headers
 
-
-def _list_task(repo: str, *, report: Any, cancel: threading.Event) -> list[HubModel]:
-    return list_models(repo)
-
-
-def _badges_task(
-    models: list[HubModel],
-    hardware: HardwareInfo,
-    calibration: Calibration,
-    *,
-    report: Any,
-    cancel: threading.Event,
-) -> int:
-    done = 0
-    for m in models:
-        if cancel.is_set():
-            break
-        try:
-            plan = make_plan(remote_profile(m), hardware, LoadChoices(), calibration=calibration)
-            report((m.name, fit_badge(plan), speed_short(plan.speed)))
-        except Exception as err:  # noqa: BLE001 - a badge that cannot be computed says so
-            report((m.name, f"unknown ({type(err).__name__})", ""))
-        done += 1
-    return done
+#: The Models tab's one line while the Hub is out of reach (beside it: Retry).
+OFFLINE_WORDS = "No connection to the Hugging Face Hub"
 
 
-def _pull_task(
-    repo: str, filename: str, library: Library, *, report: Any, cancel: threading.Event
-) -> PullResult:
-    return pull(repo, filename=filename, library=library, on_progress=report, cancel=cancel)
-
-
-class DownloadRow(QWidget):
-    """One download in the queue: progress, speed, ETA, pause/resume/cancel."""
-
-    def __init__(self, manager: ModelManager, repo: str, model: HubModel) -> None:
-        super().__init__()
-        self.manager = manager
-        self.repo = repo
-        self.model = model
-        self.task: BackgroundTask | None = None
-        self.label = plain(QLabel(f"{model.filename} ({format_bytes(model.size)})"))
-        self.bar = QProgressBar()
-        self.bar.setRange(0, 1000)
-        self.detail = plain(QLabel("waiting"))
-        self.pause = QPushButton("Pause")
-        self.cancel = QPushButton("Cancel")
-        row = QHBoxLayout(self)
-        row.addWidget(self.label, 2)
-        row.addWidget(self.bar, 2)
-        row.addWidget(self.detail, 2)
-        row.addWidget(self.pause)
-        row.addWidget(self.cancel)
-        self.pause.clicked.connect(self._pause_or_resume)
-        self.cancel.clicked.connect(self._cancel)
-        self._discard = False
-
-    def start(self) -> None:
-        self.task = BackgroundTask(_pull_task, self.repo, self.model.filename, self.manager.library)
-        self.task.progress.connect(self._progress)
-        self.task.finished.connect(self._finished)
-        self.task.failed.connect(self._failed)
-        self.pause.setText("Pause")
-        self.detail.setText("starting")
-        self.task.start()
-
-    def _progress(self, p: DownloadProgress) -> None:
-        self.bar.setValue(int(1000 * p.done_bytes / max(p.total_bytes, 1)))
-        eta = f", {int(p.eta_s // 60)}m{int(p.eta_s % 60):02d}s left" if p.eta_s else ""
-        self.detail.setText(
-            f"{p.phase}: {format_bytes(p.done_bytes)} at {format_rate(p.speed_bps)}{eta}"
-        )
-
-    def _finished(self, result: PullResult) -> None:
-        self.bar.setValue(1000)
-        self.detail.setText("done" + (" (converted)" if result.converted else ""))
-        self.pause.setEnabled(False)
-        self.cancel.setEnabled(False)
-        self.manager.downloadFinished.emit(result.entry.name)
-        self.manager.refresh_library()
-
-    def _failed(self, err: BaseException) -> None:
-        if self._discard:
-            self.detail.setText("cancelled")
-            self.manager.discard_partial(self.model)
-            return
-        if isinstance(err, DownloadCancelled):  # the user paused it
-            self.detail.setText("paused")
-            self.pause.setText("Resume")
-            return
-        self.detail.setText("failed")
-        self.pause.setText("Retry")
-        self.manager.message.emit(user_message(err))
-
-    def _pause_or_resume(self) -> None:
-        if self.task is not None and self.task.runner_thread.isRunning():
-            self.task.cancel_event.set()
-        else:
-            self.start()
-
-    def _cancel(self) -> None:
-        self._discard = True
-        if self.task is not None and self.task.runner_thread.isRunning():
-            self.task.cancel_event.set()
-        else:
-            self.manager.discard_partial(self.model)
-            self.detail.setText("cancelled")
+def offline_line(listing: RepoListing) -> str:
+    """What the tab says while the Hub is out of reach, in one line."""
+    if listing.models:
+        return f"{OFFLINE_WORDS}: the built-in catalog's files, planned for this machine."
+    return f"{OFFLINE_WORDS}: {listing.repo_id} cannot be listed until it answers."
 
 
 class ModelManager(QWidget):
     """Find, size up, download and manage models.
 
+    Args:
+        hardware: the machine files are planned for.
+        library: where downloads go.
+        catalog: the catalog's models (default: the built-in catalog).
+
     Signals:
-        message(str): a sentence for the user.
+        message(str): a sentence for the user (a download failed).
         downloadFinished(str): a model's library name.
         modelChosen(str): the user wants to load this path.
     """
@@ -161,20 +77,36 @@ class ModelManager(QWidget):
     modelChosen = Signal(str)
 
     def __init__(
-        self, hardware: HardwareInfo, library: Library, parent: QWidget | None = None
+        self,
+        hardware: HardwareInfo,
+        library: Library,
+        parent: QWidget | None = None,
+        *,
+        catalog: Sequence[CatalogModel] | None = None,
     ) -> None:
         super().__init__(parent)
         self.hardware = hardware
-        #: What this machine measured (the window keeps it current).
+        #: What this machine measured (:meth:`set_calibration` keeps it current).
         self.calibration = Calibration()
         #: Asks the user a yes/no question (before deleting a model's files).
         self.confirm: Callable[[str], bool] = self._ask
         self.library = library
+        self.catalog_models = list(catalog) if catalog is not None else load_catalog()
+        self.listing = RepoListing("")
+        #: The listed models, in the order shown (best for this machine first).
         self.models: list[HubModel] = []
+        self.verdicts: dict[str, FileVerdict] = {}
         self.rows: list[DownloadRow] = []
         self._tasks: list[BackgroundTask] = []
+        self._profiles: dict[HubModel, ModelProfile] = {}
+        self._planning: BackgroundTask | None = None
+        self._generation = 0
+        self._build()
+        self._connect()
+        self.refresh_library()
 
-        self.catalog = _catalog_list()
+    def _build(self) -> None:
+        self.catalog = _catalog_list(self.catalog_models)
         self.repo = QLineEdit()
         self.repo.setPlaceholderText(
             "any Hub repository, e.g. TheBloke/Mixtral-8x7B-Instruct-v0.1-GGUF"
@@ -186,6 +118,10 @@ class ModelManager(QWidget):
         )
         readable_headers(self.files)
         self.files.setSelectionBehavior(QTableWidget.SelectionBehavior.SelectRows)
+        self.offline = plain(QLabel(""))  # the one offline line; Retry beside it
+        self.offline.setWordWrap(True)
+        self.retry_button = QPushButton("Retry")
+        self.retry_button.setToolTip("Ask the Hugging Face Hub again")
         self.download_button = QPushButton("Download")
         self.queue = QVBoxLayout()
         self.library_list = QListWidget()
@@ -193,10 +129,15 @@ class ModelManager(QWidget):
         self.delete_button = QPushButton("Delete")
         self.import_button = QPushButton("Import .gguf…")
         self.status = plain(QLabel(""))  # messages may quote the Hub or a file
+        self.status.setWordWrap(True)
+        self._show_offline(False)
 
         top = QHBoxLayout()
         top.addWidget(self.repo, 1)
         top.addWidget(self.list_button)
+        offline = QHBoxLayout()
+        offline.addWidget(self.offline, 1)
+        offline.addWidget(self.retry_button)
         lib_buttons = QHBoxLayout()
         for b in (self.load_button, self.delete_button, self.import_button):
             lib_buttons.addWidget(b)
@@ -204,6 +145,7 @@ class ModelManager(QWidget):
         layout.addWidget(QLabel("<b>Catalog</b>"))
         layout.addWidget(self.catalog, 1)
         layout.addLayout(top)
+        layout.addLayout(offline)
         layout.addWidget(self.files, 2)
         layout.addWidget(self.download_button)
         layout.addWidget(QLabel("<b>Downloads</b>"))
@@ -213,14 +155,15 @@ class ModelManager(QWidget):
         layout.addLayout(lib_buttons)
         layout.addWidget(self.status)
 
+    def _connect(self) -> None:
         self.catalog.currentItemChanged.connect(self._catalog_chosen)
         self.list_button.clicked.connect(lambda: self.list_repo(self.repo.text().strip()))
         self.repo.returnPressed.connect(lambda: self.list_repo(self.repo.text().strip()))
+        self.retry_button.clicked.connect(lambda: self.list_repo(self.listing.repo_id))
         self.download_button.clicked.connect(self._download_selected)
         self.delete_button.clicked.connect(self._delete_selected)
         self.import_button.clicked.connect(self._import)
         self.load_button.clicked.connect(self._load_selected)
-        self.refresh_library()
 
     # -- listing ------------------------------------------------------------------------
 
@@ -244,37 +187,94 @@ class ModelManager(QWidget):
         return task
 
     def list_repo(self, repo: str) -> None:
-        """List a repository's models (off the GUI thread), then their fit badges."""
+        """List a repository's models (off the GUI thread), then plan and rank them."""
         if not repo:
             return
         self.status.setText(f"Listing {repo}…")
-        task = BackgroundTask(_list_task, repo)
-        task.finished.connect(lambda models: self._show_models(repo, models))
-        task.failed.connect(self._failed)
+        self.retry_button.setEnabled(False)
+        task = BackgroundTask(
+            lambda r, catalog, report, cancel: list_repo_files(r, catalog),
+            repo,
+            self.catalog_models,
+        )
+        task.finished.connect(self._show_listing)
+        task.failed.connect(self._list_failed)
         self._run(task)
 
-    def _show_models(self, repo: str, models: list[HubModel]) -> None:
-        self.current_repo = repo
-        self.models = models
-        self.files.setRowCount(len(models))
-        for i, m in enumerate(models):
-            parts = f" ({len(m.files)} parts)" if len(m.files) > 1 else ""
-            for col, text in enumerate(
-                (m.filename + parts, m.quant or "", format_bytes(m.size), "reading header…")
-            ):
-                self.files.setItem(i, col, QTableWidgetItem(text))
-        self.status.setText(f"{len(models)} models in {repo}")
-        task = BackgroundTask(_badges_task, models, self.hardware, self.calibration)
-        task.progress.connect(self._badge)
-        task.failed.connect(self._failed)
-        self._run(task)
+    def _show_offline(self, offline: bool, line: str = "", why: str = "") -> None:
+        self.offline.setText(line)
+        self.offline.setToolTip(why)
+        self.offline.setVisible(offline)
+        self.retry_button.setVisible(offline)
+        self.retry_button.setEnabled(True)
+        self.download_button.setEnabled(not offline)
+        self.download_button.setToolTip("Downloads need the Hub" if offline else "")
 
-    def _badge(self, item: tuple[str, str, str]) -> None:
-        name, badge, speed = item
+    def _show_listing(self, listing: RepoListing) -> None:
+        self.listing = listing
+        self.verdicts = {}
+        self._show_offline(listing.offline, offline_line(listing), listing.problem)
+        self.status.setText(
+            "" if listing.offline else f"{len(listing.models)} models in {listing.repo_id}"
+        )
+        self._fill_rows()
+        self._plan()
+
+    def _list_failed(self, err: BaseException) -> None:
+        """The Hub answered, but not with files (missing, gated): said here, in the tab."""
+        self._show_offline(False)
+        self.status.setText(user_message(err))
+
+    def set_calibration(self, calibration: Calibration) -> None:
+        """Plan with what this machine measured: the listed files are planned and ranked
+        again (from the headers already read: no network)."""
+        self.calibration = calibration
+        if self.listing.models:
+            self._plan()
+
+    def _plan(self) -> None:
+        if self._planning is not None:
+            self._planning.cancel_event.set()
+        self._generation += 1
+        generation = self._generation
+        task = BackgroundTask(  # plan_files takes the task's report and cancel
+            plan_files,
+            self.listing,
+            hardware=self.hardware,
+            calibration=self.calibration,
+            catalog=self.catalog_models,
+            profiles=self._profiles,
+        )
+        task.progress.connect(lambda v: self._badge(v, generation))
+        self._planning = self._run(task)
+
+    def _badge(self, verdict: FileVerdict, generation: int) -> None:
+        if generation == self._generation:  # not a verdict of an older listing or calibration
+            self.verdicts[verdict.name] = verdict
+            self._fill_rows()
+
+    def _fill_rows(self) -> None:
+        """Show the listed models, best for this machine first, keeping the selection."""
+        row = self.files.currentRow()
+        chosen = self.models[row].name if 0 <= row < len(self.models) else None
+        self.models = ranked(self.listing.models, self.verdicts)
+        self.files.setRowCount(len(self.models))
         for i, m in enumerate(self.models):
-            if m.name == name:
-                self.files.setItem(i, 3, QTableWidgetItem(badge))
-                self.files.setItem(i, 4, QTableWidgetItem(speed))
+            parts = f" ({len(m.files)} parts)" if len(m.files) > 1 else ""
+            verdict = self.verdicts.get(m.name)
+            badge, speed = "reading header…", ""
+            if verdict is not None and verdict.plan is not None:
+                badge, speed = fit_badge(verdict.plan), speed_short(verdict.plan.speed)
+            elif verdict is not None:
+                badge = f"unknown ({verdict.problem})"
+            for col, text in enumerate(
+                (m.filename + parts, m.quant or "", format_bytes(m.size), badge, speed)
+            ):
+                item = QTableWidgetItem(text)
+                item.setToolTip(text)
+                self.files.setItem(i, col, item)
+            if m.name == chosen:
+                self.files.selectRow(i)
 
     def speed_texts(self) -> list[str]:
         """The speed column: measured on this machine, or an estimate (tests and screenshots)."""
@@ -295,8 +295,8 @@ class ModelManager(QWidget):
 
     def _download_selected(self) -> None:
         row = self.files.currentRow()
-        if 0 <= row < len(self.models):
-            self.download(self.current_repo, self.models[row])
+        if 0 <= row < len(self.models) and not self.listing.offline:
+            self.download(self.listing.repo_id, self.models[row])
 
     def download(self, repo: str, model: HubModel) -> DownloadRow:
         """Queue and start a download (several can run at once)."""
@@ -305,6 +305,15 @@ class ModelManager(QWidget):
         self.queue.addWidget(row)
         row.start()
         return row
+
+    def download_finished(self, name: str) -> None:
+        """A download is in the library."""
+        self.downloadFinished.emit(name)
+        self.refresh_library()
+
+    def download_failed(self, message: str) -> None:
+        """A download stopped (its row offers Retry)."""
+        self.message.emit(message)
 
     def discard_partial(self, model: HubModel) -> None:
         from mixdesk.core.hub.download import Downloader
@@ -368,11 +377,11 @@ class ModelManager(QWidget):
             self._run(task)
 
 
-def _catalog_list() -> QListWidget:
+def _catalog_list(catalog: Sequence[CatalogModel]) -> QListWidget:
     """The built-in catalog: title and repository of each entry."""
-    catalog = QListWidget()
-    for entry in load_catalog():
+    widget = QListWidget()
+    for entry in catalog:
         item = QListWidgetItem(f"{entry.title}\n{entry.repo_id}")
         item.setData(256, entry.repo_id)
-        catalog.addItem(item)
-    return catalog
+        widget.addItem(item)
+    return widget

@@ -23,6 +23,7 @@ from PySide6.QtCore import QObject, QThread, Signal, Slot
 from mixdesk.core.chat.template import ChatMessage
 from mixdesk.core.engine import ChatDone, Engine, ModelInfo, SamplingParams
 from mixdesk.core.engine.like import EngineLike
+from mixdesk.core.engine.protocol import KvCacheRequest
 from mixdesk.core.engine.stream import AnswerStream
 from mixdesk.core.loading.load import LoadOutcome, load_model, record_answer_speed
 from mixdesk.core.loading.measure import MeasureVariant, run_measure
@@ -105,18 +106,20 @@ class EngineRunner(QObject):
         finally:
             self.measureDone.emit()
 
-    @Slot(int, object, object, float)
+    @Slot(int, object, object, float, object)
     def chat(
         self,
         request_id: int,
         messages: list[ChatMessage],
         sampling: SamplingParams,
         interval: float,
+        cache: KvCacheRequest | None = None,
     ) -> None:
-        """Stream an answer, emitting deltas and the end; its speed is kept for its setting."""
+        """Stream an answer, emitting deltas and the end; its speed is kept for its setting
+        (``cache``: the conversation's KV state kept and resumed)."""
         self._relay(
             request_id,
-            lambda: self.engine.chat(messages, sampling, stream_interval_s=interval),
+            lambda: self.engine.chat(messages, sampling, stream_interval_s=interval, cache=cache),
             on_done=self._keep_speed,
         )
 
@@ -191,13 +194,13 @@ class EngineController(QObject):
     """The GUI thread's handle on the engine runner and its thread.
 
     Signals (emitted here, delivered to the runner in its thread): requestLoad(object),
-    requestMeasure(object, list), requestChat(int, object, object, float),
+    requestMeasure(object, list), requestChat(int, object, object, float, object),
     requestRemoteChat(int, object, object, object), requestUnload().
     """
 
     requestLoad = Signal(object)
     requestMeasure = Signal(object, list)
-    requestChat = Signal(int, object, object, float)
+    requestChat = Signal(int, object, object, float, object)
     requestUnload = Signal()
     requestRemoteChat = Signal(int, object, object, object)
 
@@ -237,11 +240,17 @@ class EngineController(QObject):
         self.requestMeasure.emit(request, variants)
 
     def chat(
-        self, messages: list[ChatMessage], sampling: SamplingParams, *, interval: float = 1 / 60
+        self,
+        messages: list[ChatMessage],
+        sampling: SamplingParams,
+        *,
+        interval: float = 1 / 60,
+        cache: KvCacheRequest | None = None,
     ) -> int:
-        """Start an answer; returns its request id."""
+        """Start an answer (``cache``: keep and resume the conversation's KV state, see
+        ``Settings.kv_cache``); returns its request id."""
         self._next_id += 1
-        self.requestChat.emit(self._next_id, messages, sampling, interval)
+        self.requestChat.emit(self._next_id, messages, sampling, interval, cache)
         return self._next_id
 
     def chat_remote(

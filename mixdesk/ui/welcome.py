@@ -25,6 +25,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from mixdesk.core.gguf.profile import ModelProfile
+from mixdesk.core.hub.api import HubModel
 from mixdesk.core.hub.catalog import CatalogModel
 from mixdesk.core.hub.download_http import DownloadProgress
 from mixdesk.core.hub.library import Library
@@ -43,7 +45,16 @@ from mixdesk.ui.plain import plain
 from mixdesk.ui.threads import BackgroundTask
 from mixdesk.ui.widgets import readable_headers
 
-OFFLINE_LINE = "No connection to the Hugging Face Hub: open a model file or connect to a server."
+#: The one line the page shows while the Hub is out of reach (beside it: Retry).
+OFFLINE_LINE = (
+    "No connection to the Hugging Face Hub: the sizes and verdicts below come from the "
+    "built-in catalog; downloads wait for the connection."
+)
+#: How to get a model file without the Hub (shown while offline).
+ELSEWHERE_LINE = (
+    "To get a file another way: download a .gguf file elsewhere (in a browser, from "
+    "huggingface.co, or on another computer), then press “Open a .gguf file…”."
+)
 
 
 def machine_words(hw: HardwareInfo) -> str:
@@ -64,12 +75,18 @@ def _rank_task(
     hardware: HardwareInfo,
     calibration: Calibration,
     catalog: Sequence[CatalogModel] | None,
+    profiles: dict[HubModel, ModelProfile],
     *,
     report: Any,
     cancel: threading.Event,
 ) -> FirstRunReport:
     return rank_catalog(
-        hardware, calibration=calibration, catalog=catalog, report=report, cancel=cancel
+        hardware,
+        calibration=calibration,
+        catalog=catalog,
+        profiles=profiles,
+        report=report,
+        cancel=cancel,
     )
 
 
@@ -85,6 +102,18 @@ def _pull_task(
     )
 
 
+def _choice_table(columns: Sequence[str]) -> QTableWidget:
+    """A read-only table of rows to choose one of."""
+    table = QTableWidget(0, len(columns))
+    table.setHorizontalHeaderLabels(list(columns))
+    readable_headers(table)
+    table.setSelectionBehavior(QTableWidget.SelectionBehavior.SelectRows)
+    table.setSelectionMode(QTableWidget.SelectionMode.SingleSelection)
+    table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
+    table.verticalHeader().hide()
+    return table
+
+
 class WelcomePage(QWidget):
     """The page itself: the machine, the ranked catalog, download progress, local options.
 
@@ -93,12 +122,14 @@ class WelcomePage(QWidget):
         openFileRequested(): "Open a .gguf file".
         connectRequested(): "Connect to a server".
         calibrateRequested(): "Measure this machine" (the speeds shown are estimates until then).
+        retryRequested(): "Retry" (the Hub was out of reach).
     """
 
     downloadRequested = Signal(object)
     openFileRequested = Signal()
     connectRequested = Signal()
     calibrateRequested = Signal()
+    retryRequested = Signal()
 
     COLUMNS = ("Model", "Download", "On this machine")
 
@@ -106,6 +137,7 @@ class WelcomePage(QWidget):
         super().__init__(parent)
         self.candidates: list[Candidate] = []
         self.speed_bps = 0.0
+        self.offline = False
         title = QLabel("Welcome to MixDesk")
         font = QFont(title.font())
         font.setPointSizeF(font.pointSizeF() * 1.6)
@@ -115,13 +147,13 @@ class WelcomePage(QWidget):
         self.machine.setWordWrap(True)  # a long GPU name must not widen the window
         self.status = plain(QLabel(""))
         self.status.setWordWrap(True)
-        self.table = QTableWidget(0, len(self.COLUMNS))
-        self.table.setHorizontalHeaderLabels(list(self.COLUMNS))
-        readable_headers(self.table)
-        self.table.setSelectionBehavior(QTableWidget.SelectionBehavior.SelectRows)
-        self.table.setSelectionMode(QTableWidget.SelectionMode.SingleSelection)
-        self.table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
-        self.table.verticalHeader().hide()
+        self.retry_button = QPushButton("Retry")
+        self.retry_button.setToolTip("Ask the Hugging Face Hub again")
+        self.retry_button.hide()
+        self.elsewhere = plain(QLabel(ELSEWHERE_LINE))
+        self.elsewhere.setWordWrap(True)
+        self.elsewhere.hide()
+        self.table = _choice_table(self.COLUMNS)
         self.download_button = QPushButton("Download and load")
         self.download_button.setEnabled(False)
         self.progress = QProgressBar()
@@ -132,10 +164,17 @@ class WelcomePage(QWidget):
         self.speeds = plain(QLabel(""))
         self.speeds.setWordWrap(True)
         self.calibrate_button = QPushButton("Measure this machine (about 30 s)")
+        self._lay_out(title)
+        self._connect()
 
+    def _lay_out(self, title: QLabel) -> None:
         layout = QVBoxLayout(self)
-        for w in (title, self.machine, self.status):
+        for w in (title, self.machine):
             layout.addWidget(w)
+        status = QHBoxLayout()  # the one status line; Retry beside it while offline
+        status.addWidget(self.status, 1)
+        status.addWidget(self.retry_button)
+        layout.addLayout(status)
         layout.addWidget(self.table, 1)
         speeds = QHBoxLayout()
         speeds.addWidget(self.speeds, 1)
@@ -146,18 +185,19 @@ class WelcomePage(QWidget):
         row.addWidget(self.progress, 1)
         layout.addLayout(row)
         layout.addWidget(QLabel("Or use what you have:"))
+        layout.addWidget(self.elsewhere)
         local = QHBoxLayout()
         local.addWidget(self.open_button)
         local.addWidget(self.connect_button)
         local.addStretch(1)
         layout.addLayout(local)
-        self._connect()
 
     def _connect(self) -> None:
         self.download_button.clicked.connect(self._download_clicked)
         self.open_button.clicked.connect(lambda _c=False: self.openFileRequested.emit())
         self.connect_button.clicked.connect(lambda _c=False: self.connectRequested.emit())
         self.calibrate_button.clicked.connect(lambda _c=False: self.calibrateRequested.emit())
+        self.retry_button.clicked.connect(lambda _c=False: self.retryRequested.emit())
         self.table.itemSelectionChanged.connect(self._selection_changed)
 
     def show_calibration(self, words: str, measured: bool) -> None:
@@ -178,20 +218,21 @@ class WelcomePage(QWidget):
     def show_checking(self) -> None:
         """The catalog is being planned."""
         self.status.setText("Reading the catalog's file headers to see what fits this machine…")
+        self.retry_button.setEnabled(False)  # one ranking at a time
         self.table.setRowCount(0)
         self.candidates = []
 
     def show_report(self, report: FirstRunReport) -> None:
-        """Show the ranked catalog (or the one line saying the Hub is out of reach)."""
+        """Show the ranked catalog, fastest for this machine first; while the Hub is out of
+        reach, the built-in files with one line saying so, Retry, and another way to a file."""
         self.candidates = list(report.candidates)
+        self.offline = report.offline
         self.table.setRowCount(len(self.candidates))
-        if report.offline:
-            self.status.setText(OFFLINE_LINE)
-            self.table.hide()
-            self.download_button.hide()
-            return
-        self.table.show()
-        self.download_button.show()
+        self.retry_button.setVisible(report.offline)
+        self.retry_button.setEnabled(True)
+        self.elsewhere.setVisible(report.offline)
+        self.table.setVisible(bool(self.candidates))
+        self.download_button.setVisible(not report.offline)
         for i, c in enumerate(self.candidates):
             name = f"{c.title} · {c.model.quant or c.model.filename}"
             cells = (
@@ -208,12 +249,17 @@ class WelcomePage(QWidget):
                     item.setFont(bold)
                 self.table.setItem(i, col, item)
         best = next((i for i, c in enumerate(self.candidates) if c.recommended), -1)
-        self.status.setText(
-            "The recommended file is the largest that fits this machine's RAM and VRAM "
-            "at a useful speed."
-            if best >= 0
-            else "Nothing in the catalog fits this machine; open a smaller model file."
-        )
+        if report.offline:
+            self.status.setText(OFFLINE_LINE)
+            self.status.setToolTip(report.problem)
+        else:
+            self.status.setToolTip("")
+            self.status.setText(
+                "Fastest on this machine first; the recommended file is the largest that fits "
+                "this machine's RAM and VRAM at a useful speed."
+                if best >= 0
+                else "Nothing in the catalog fits this machine; open a smaller model file."
+            )
         if best >= 0:
             self.table.selectRow(best)
         self._selection_changed()
@@ -230,14 +276,14 @@ class WelcomePage(QWidget):
 
     def _selection_changed(self) -> None:
         c = self.selected()
-        ok = c is not None and c.fits
+        ok = c is not None and c.fits and not self.offline
         self.download_button.setEnabled(ok and not self.progress.isVisible())
         quant = (c.model.quant or c.model.filename) if c is not None else ""
         self.download_button.setText(f"Download {quant} and load it" if ok else "Download")
 
     def _download_clicked(self) -> None:
         c = self.selected()
-        if c is not None and c.fits:
+        if c is not None and c.fits and not self.offline:
             self.downloadRequested.emit(c)
 
     def show_progress(self, p: DownloadProgress | None, text: str = "") -> None:
@@ -295,16 +341,28 @@ class FirstRun(QObject):
         self._last: DownloadProgress | None = None
         #: What this machine measured (the window keeps it current).
         self.calibration = Calibration()
+        #: The machine the page was last planned for.
+        self.hardware: HardwareInfo | None = None
+        #: Profiles read from remote headers, kept for ranking again without the network
+        #: (written by the ranking thread only, one ranking at a time).
+        self._profiles: dict[HubModel, ModelProfile] = {}
         page.downloadRequested.connect(self.download)
+        page.retryRequested.connect(self.retry)
 
     def start(self, hardware: HardwareInfo) -> None:
-        """Plan the catalog for ``hardware`` (in a worker thread)."""
+        """Plan the catalog for ``hardware`` (in a worker thread), ranked by the plans'
+        predicted speeds (:func:`~mixdesk.core.onboarding.first_run.rank_key`)."""
+        self.hardware = hardware
         self.page.speed_bps = self.settings.download_speed_bps
         self.page.show_machine(hardware)
         self.page.show_checking()
-        self._run(
-            BackgroundTask(_rank_task, hardware, self.calibration, self.catalog), self._ranked
-        )
+        task = BackgroundTask(_rank_task, hardware, self.calibration, self.catalog, self._profiles)
+        self._run(task, self._ranked)
+
+    def retry(self) -> None:
+        """Ask the Hub again (the page was offline)."""
+        if self.hardware is not None:
+            self.start(self.hardware)
 
     def _ranked(self, report: FirstRunReport) -> None:
         self.page.show_report(report)

@@ -87,7 +87,8 @@ def test_a_load_measures_the_overhead_and_the_next_plan_uses_it(
 
 
 def test_the_store_keeps_what_is_measured_and_survives_damage(tmp_path: Path) -> None:
-    from mixdesk.core.planning.speed import SpeedSource, default_speed_model
+    from mixdesk.core.planning.speed import SpeedSource
+    from mixdesk.core.planning.speed_defaults import default_speed_model
 
     store = CalibrationStore(tmp_path / "calibration.json", "0.3.36")
     assert store.read() == Calibration()  # nothing yet
@@ -95,11 +96,14 @@ def test_the_store_keeps_what_is_measured_and_survives_damage(tmp_path: Path) ->
     assert store.read() == Calibration()  # a damaged file is nothing measured, never a crash
     store.path.write_text('{"0.3.36 CUDA0": 123, "0.3.36 bad": -1}')  # format 1
     assert store.read().overheads == {"CUDA0": 123}
-    model = default_speed_model([], 2)
+    base = default_speed_model([], 2)
+    memory_by_type = {"Q2_K": 1 / 12e9, "Q8_0": 1 / 40e9}
+    model = replace(base, cpu=replace(base.cpu, memory_by_type=memory_by_type))
     store.record_speed_model(model)
     back = store.read().speed
     assert back is not None and back.source is SpeedSource.MEASURED
     assert back.cpu == model.cpu and back.token_s == model.token_s
+    assert back.cpu.memory_by_type == memory_by_type
     assert store.read().overheads == {"CUDA0": 123}  # kept beside it
     store.record_answer("key", 12.5, 0.0)
     assert store.read().seen["key"].eval_tps == 12.5

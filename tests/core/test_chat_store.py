@@ -6,6 +6,7 @@ import json
 import sqlite3
 from dataclasses import fields
 from pathlib import Path
+from typing import Any
 
 from mixdesk.core.engine import GenerationStats, SamplingParams
 from mixdesk.core.engine.protocol import PerfCounters
@@ -43,7 +44,9 @@ def test_rows_written_by_an_older_version_are_read(tmp_path: Path) -> None:
     conv = store.create()
     answer = store.add_message(conv.id, "assistant", "hi")
     store.close()
-    every_stat = {f.name: 1 for f in fields(GenerationStats) if f.name != "perf"}
+    every_stat: dict[str, Any] = {
+        f.name: 1 for f in fields(GenerationStats) if f.name not in ("perf", "reused_from")
+    }
     with sqlite3.connect(path) as db:  # as the app wrote them: plain dicts, a partial sampling
         db.execute(
             "UPDATE conversations SET sampling = ? WHERE id = ?",

@@ -86,7 +86,7 @@ def test_a_device_not_measured_keeps_the_speed_an_estimate(tmp_path: Path) -> No
     from dataclasses import replace
 
     from mixdesk.core.planning.calibration import Calibration
-    from mixdesk.core.planning.speed import default_speed_model
+    from mixdesk.core.planning.speed_defaults import default_speed_model
 
     profile = profile_local(mf.mixtral_header_file(tmp_path, "Q4_K_M", legacy=True))
     measured = replace(default_speed_model([], 8), source=SpeedSource.MEASURED, error=0.1)

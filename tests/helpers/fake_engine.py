@@ -21,6 +21,7 @@ from mixdesk.core.engine.protocol import (
     ChatDone,
     FinishReason,
     GenerationStats,
+    KvCacheRequest,
     LoadConfig,
     ModelInfo,
     SamplingParams,
@@ -154,6 +155,8 @@ class FakeEngine:
         self.speed = speed
         self.configs: list[LoadConfig] = []
         self.dry_runs: list[LoadConfig] = []
+        #: The KV cache request of every answer asked for.
+        self.caches: list[KvCacheRequest | None] = []
         self.on_device_memory: DeviceMemoryHook | None = None
         self.model: ModelInfo | None = None
         self.active: FakeStream | None = None
@@ -208,7 +211,9 @@ class FakeEngine:
         sampling: SamplingParams | None = None,
         *,
         stream_interval_s: float = 0.0,
+        cache: KvCacheRequest | None = None,
     ) -> FakeStream:
+        self.caches.append(cache)
         if self.model is None:
             raise NoModelLoadedError("No model is loaded; load a model first.")
         if self.active is not None:

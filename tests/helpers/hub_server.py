@@ -307,9 +307,9 @@ def _make_handler(state: HubState) -> type[BaseHTTPRequestHandler]:
 
 
 @contextmanager
-def serve_hub(state: HubState) -> Iterator[str]:
-    """Run the fake Hub on a free port; yields its base URL."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(state))
+def serve_hub(state: HubState, *, port: int = 0) -> Iterator[str]:
+    """Run the fake Hub on ``port`` (0: a free one); yields its base URL."""
+    server = ThreadingHTTPServer(("127.0.0.1", port), _make_handler(state))
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()

@@ -228,7 +228,8 @@ def test_model_manager_lists_and_downloads(
     seen: list[int] = []
     details: list[str] = []
     with qtbot.waitSignal(manager.downloadFinished, timeout=30_000) as blocker:
-        row = manager.download("TheBloke/Mixtral-tiny-GGUF", manager.models[1])
+        q4 = next(m for m in manager.models if m.quant == "Q4_K_M")  # rows rank by speed
+        row = manager.download("TheBloke/Mixtral-tiny-GGUF", q4)
         row.bar.valueChanged.connect(seen.append)
         row.bar.valueChanged.connect(lambda _v: details.append(row.detail.text()))
     assert blocker.args[0] == "mixtral-tiny.Q4_K_M"
@@ -465,7 +466,8 @@ def test_speeds_say_when_they_are_measured(
     from dataclasses import replace
 
     from mixdesk.core.planning.calibration import Calibration
-    from mixdesk.core.planning.speed import SpeedSource, default_speed_model
+    from mixdesk.core.planning.speed import SpeedSource
+    from mixdesk.core.planning.speed_defaults import default_speed_model
 
     window.select_model_path(str(models["q4_k_m"]))
     qtbot.waitUntil(lambda: window.offload.plan is not None, timeout=10_000)

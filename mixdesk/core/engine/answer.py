@@ -9,8 +9,9 @@ from __future__ import annotations
 import codecs
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
-from mixdesk.core.engine.protocol import FinishReason
+from mixdesk.core.engine.protocol import FinishReason, GenerationStats, KvSource, PerfCounters
 
 
 def stop_position(text: str, sent: int, stops: tuple[str, ...]) -> tuple[int, int]:
@@ -55,6 +56,9 @@ class Answer:
     finish: FinishReason = "length"
     #: Every token sampled, when the command asked for them.
     token_ids: list[int] | None = None
+    #: Prompt tokens found in the KV cache (not evaluated again), and where.
+    reused: int = 0
+    reused_from: KvSource = "none"
     decoder: codecs.IncrementalDecoder = field(
         default_factory=lambda: codecs.getincrementaldecoder("utf-8")(errors="replace")
     )
@@ -92,3 +96,32 @@ class Answer:
         chunk = self.text[self.sent :]
         self.sent = len(self.text)
         return chunk
+
+    def stats(self, perf: Any, *, context_used: int, context_size: int) -> GenerationStats:
+        """The answer's figures now, with llama.cpp's counters ``perf``
+        (``llama_perf_context``'s prompt and eval times and counts)."""
+        counters = PerfCounters(
+            t_p_eval_ms=perf.t_p_eval_ms,
+            n_p_eval=perf.n_p_eval,
+            t_eval_ms=perf.t_eval_ms,
+            n_eval=perf.n_eval,
+        )
+        return GenerationStats(
+            prompt_tokens=self.n_prompt,
+            prompt_eval_tokens=perf.n_p_eval,
+            prompt_tps=_rate(perf.n_p_eval, perf.t_p_eval_ms),
+            eval_tokens=self.n_generated,
+            eval_tps=_rate(perf.n_eval, perf.t_eval_ms),
+            ttft_s=round(self.ttft, 6),
+            elapsed_s=round(time.perf_counter() - self.start, 6),
+            context_used=context_used,
+            context_size=context_size,
+            perf=counters,
+            prompt_reused=self.reused,
+            reused_from=self.reused_from,
+        )
+
+
+def _rate(count: int, ms: float) -> float:
+    """Tokens per second as llama_perf_context_print computes it."""
+    return round(1e3 * count / ms, 3) if ms > 0 else 0.0

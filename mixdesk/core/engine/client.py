@@ -35,6 +35,7 @@ from mixdesk.core.engine.protocol import (
     DryRunCommand,
     EngineFailure,
     EngineInfo,
+    KvCacheRequest,
     LoadCommand,
     LoadConfig,
     LoadProgress,
@@ -221,6 +222,7 @@ class Engine(EngineProcess):
         *,
         stream_interval_s: float = DEFAULT_STREAM_INTERVAL_S,
         report_tokens: bool = False,
+        cache: KvCacheRequest | None = None,
     ) -> ChatStream:
         """Start an answer to ``messages``; returns the stream of its text.
 
@@ -230,6 +232,8 @@ class Engine(EngineProcess):
             stream_interval_s: the shortest time between two deltas (0: one per token).
             report_tokens: have the prompt's and the answer's token ids in the
                 :class:`ChatDone` (parity checks).
+            cache: keep the conversation's KV state and resume from the longest saved
+                prefix (:class:`KvCacheRequest`); None: only what the KV cache holds now.
 
         Raises:
             NoModelLoadedError: no model is loaded.
@@ -245,7 +249,9 @@ class Engine(EngineProcess):
             raise EngineBusyError("The engine is still answering; stop that answer first.")
         request_id = next(self._ids)
         self._send(
-            ChatCommand(request_id, tuple(messages), sampling, stream_interval_s, report_tokens)
+            ChatCommand(
+                request_id, tuple(messages), sampling, stream_interval_s, report_tokens, cache
+            )
         )
         self._active = ChatStream(self, request_id)
         return self._active

@@ -17,6 +17,7 @@ Imports llama_cpp: only the engine process uses this module.
 
 from __future__ import annotations
 
+import ctypes
 from collections.abc import Sequence
 from types import TracebackType
 from typing import Any
@@ -171,6 +172,33 @@ class KvDecoder:
         """Empty the KV cache."""
         lc.llama_memory_clear(self._memory, True)
         self.tokens = []
+
+    def snapshot(self) -> memoryview:
+        """The state of the sequence (llama.cpp's ``llama_state_seq_get_data``): what
+        :meth:`restore` puts back for :attr:`tokens`."""
+        size = int(lc.llama_state_seq_get_size(self._ctx, 0))
+        buffer = (ctypes.c_uint8 * size)()
+        written = int(lc.llama_state_seq_get_data(self._ctx, buffer, size, 0))
+        if not 0 < written <= size:
+            raise RuntimeError(f"llama_state_seq_get_data wrote {written} of {size} bytes")
+        return memoryview(buffer).cast("B")[:written]
+
+    def restore(self, tokens: Sequence[int], state: bytearray | memoryview) -> bool:
+        """Replace the cache by a state :meth:`snapshot` took when it held ``tokens`` (checked
+        by the caller: only MixDesk's own files reach this). False, and an empty cache, when
+        llama.cpp refuses it or it does not hold exactly those positions."""
+        lc.llama_memory_clear(self._memory, True)
+        self.tokens = []
+        size = len(state)
+        if isinstance(state, memoryview) and state.readonly:
+            state = bytearray(state)
+        buffer = (ctypes.c_uint8 * size).from_buffer(state)
+        read = int(lc.llama_state_seq_set_data(self._ctx, buffer, size, 0))
+        if read != size or lc.llama_memory_seq_pos_max(self._memory, 0) != len(tokens) - 1:
+            lc.llama_memory_clear(self._memory, True)
+            return False
+        self.tokens = list(tokens)
+        return True
 
     def _decode(self, batch: Any) -> None:
         code = lc.llama_decode(self._ctx, batch)

@@ -30,16 +30,17 @@ from mixdesk.core.chat.template import (
 from mixdesk.core.engine import devices, diagnose, llama_adapter, prompt_tokens, session
 from mixdesk.core.engine.answer import Answer
 from mixdesk.core.engine.decoding import DecodeError, KvDecoder, SamplerChain
+from mixdesk.core.engine.kv_cache import ConversationCache, kv_key
 from mixdesk.core.engine.protocol import (
     BufferReport,
     ChatDone,
     DeviceMemory,
     EngineInfo,
     GenerationStats,
+    KvCacheRequest,
     LoadConfig,
     LoadProgress,
     ModelInfo,
-    PerfCounters,
     SamplingParams,
 )
 from mixdesk.core.engine.wire import encode, encode_delta
@@ -78,6 +79,7 @@ class ModelHost:
         self._pieces: dict[int, bytes] = {}
         self._opened: session.OpenedModel | None = None
         self._decoder: KvDecoder | None = None
+        self._kv: ConversationCache | None = None
         self._calibrate = False  # report device memory after the first prompt batch
         # ctypes callbacks must stay referenced while llama.cpp may call them.
         self._abort_cb = llama_cpp.ggml_abort_callback(self._should_abort)
@@ -113,6 +115,7 @@ class ModelHost:
         session.register_devices(config)
         free_before = devices.offload_free_memory() if config.n_gpu_layers else {}
         start = time.perf_counter()
+        self.close()
         try:
             self._opened = session.open_llama(config, progress=progress_cb)
             self._llm = self._opened.llm
@@ -128,6 +131,15 @@ class ModelHost:
         self._template = select_template(metadata)
         model = llama_adapter.model_handle(llm)
         self._special = prompt_tokens.special_tokens(model.vocab)
+        key = kv_key(
+            config,
+            n_vocab=model.n_vocab(),
+            n_ctx=llm.n_ctx(),
+            flash_attn=bool(flash_attn),
+            template=self._template,
+            llama_cpp_version=str(getattr(lc, "__version__", "")),
+        )
+        self._kv = ConversationCache(key, model_path=str(path))
         arch = metadata.get("general.architecture", "unknown")
         n_layers = int(metadata.get(f"{arch}.block_count", "0") or 0)
         log_text = self._log_text()
@@ -180,9 +192,11 @@ class ModelHost:
         *,
         stream_interval_s: float = 0.0,
         report_tokens: bool = False,
+        cache: KvCacheRequest | None = None,
     ) -> None:
         """Generate an answer, streaming deltas with live speed; end with ``done``
-        (with the prompt's and the answer's token ids when ``report_tokens``).
+        (with the prompt's and the answer's token ids when ``report_tokens``), then keep the
+        conversation's KV state as ``cache`` asks (after ``done``: the app never waits for it).
 
         Deltas go out at most every ``stream_interval_s`` (text arriving faster is merged into
         the next one): nobody reads more than 60 updates a second, and every message the app
@@ -232,7 +246,7 @@ class ModelHost:
         seed = (
             sampling.seed if sampling.seed is not None else int.from_bytes(os.urandom(4), "little")
         )
-        self._generate(answer, tokens, sampling, max_tokens, seed)
+        self._generate(answer, tokens, sampling, max_tokens, seed, cache=cache)
         rest = answer.rest()
         if rest:
             self._send(encode_delta(request_id, rest, self._answer_stats(answer)))
@@ -252,6 +266,13 @@ class ModelHost:
             token_ids=tuple(answer.token_ids or ()),
         )
         self._send(encode(done))
+        if self._kv is not None and self._decoder is not None:
+            self._kv.keep(self._decoder, cache, conversation=(*messages, answer.text))
+
+    def close(self) -> None:
+        """Finish the KV state writes under way (before unloading or ending)."""
+        if self._kv is not None:
+            self._kv.close()
 
     def _prompt_tokens(self, request_id: int, messages: Sequence[ChatMessage]) -> list[int]:
         """Render the conversation with the model's template and tokenize it.
@@ -283,6 +304,8 @@ class ModelHost:
         sampling: SamplingParams,
         max_tokens: int,
         seed: int,
+        *,
+        cache: KvCacheRequest | None,
     ) -> None:
         """Run llama.cpp's decode loop into ``answer``, sending deltas as they are due.
 
@@ -299,6 +322,9 @@ class ModelHost:
         # While the prompt is evaluated, llama.cpp polls this callback between graph nodes, so
         # a cancel interrupts even a long prompt; it is removed for generation, where the
         # check between tokens is enough and a Python call per node would cost speed.
+        assert self._kv is not None
+        resumed = self._kv.resume(decoder, tokens, cache)
+        answer.reused, answer.reused_from = resumed.reused, resumed.source
         lc.llama_set_abort_callback(ctx, self._abort_cb, None)
         try:
             decoder.feed_prompt(tokens)
@@ -340,7 +366,9 @@ class ModelHost:
                 feed(token)
 
     def _answer_stats(self, answer: Answer) -> GenerationStats:
-        return self._stats(answer.n_prompt, answer.n_generated, answer.start, answer.ttft)
+        perf = self._lc.llama_perf_context(llama_adapter.context_pointer(self._llm))
+        used = len(self._decoder.tokens) if self._decoder else 0
+        return answer.stats(perf, context_used=used, context_size=int(self._llm.n_ctx()))
 
     # -- helpers ----------------------------------------------------------------------
 
@@ -357,29 +385,3 @@ class ModelHost:
             piece = buf.raw[: max(n, 0)]
             self._pieces[token] = piece
         return piece
-
-    def _stats(self, n_prompt: int, n_generated: int, start: float, ttft: float) -> GenerationStats:
-        perf = self._lc.llama_perf_context(llama_adapter.context_pointer(self._llm))
-        counters = PerfCounters(
-            t_p_eval_ms=perf.t_p_eval_ms,
-            n_p_eval=perf.n_p_eval,
-            t_eval_ms=perf.t_eval_ms,
-            n_eval=perf.n_eval,
-        )
-        return GenerationStats(
-            prompt_tokens=n_prompt,
-            prompt_eval_tokens=perf.n_p_eval,
-            prompt_tps=_rate(perf.n_p_eval, perf.t_p_eval_ms),
-            eval_tokens=n_generated,
-            eval_tps=_rate(perf.n_eval, perf.t_eval_ms),
-            ttft_s=round(ttft, 6),
-            elapsed_s=round(time.perf_counter() - start, 6),
-            context_used=len(self._decoder.tokens) if self._decoder else 0,
-            context_size=int(self._llm.n_ctx()),
-            perf=counters,
-        )
-
-
-def _rate(count: int, ms: float) -> float:
-    """Tokens per second as llama_perf_context_print computes it."""
-    return round(1e3 * count / ms, 3) if ms > 0 else 0.0

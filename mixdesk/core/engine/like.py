@@ -11,7 +11,13 @@ from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from mixdesk.core.chat.template import ChatMessage
-from mixdesk.core.engine.protocol import Buffers, LoadConfig, ModelInfo, SamplingParams
+from mixdesk.core.engine.protocol import (
+    Buffers,
+    KvCacheRequest,
+    LoadConfig,
+    ModelInfo,
+    SamplingParams,
+)
 from mixdesk.core.engine.stream import AnswerStream
 
 #: Called after a load's first prompt batch with the loaded model and each device's free
@@ -49,8 +55,10 @@ class EngineLike(Protocol):
         sampling: SamplingParams | None = None,
         *,
         stream_interval_s: float = ...,
+        cache: KvCacheRequest | None = None,
     ) -> AnswerStream:
-        """Start an answer to ``messages``.
+        """Start an answer to ``messages`` (``cache``: keep and resume the conversation's KV
+        state).
 
         Raises:
             NoModelLoadedError: no model is loaded.

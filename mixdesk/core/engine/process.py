@@ -132,8 +132,10 @@ def main() -> int:
                     command.sampling,
                     stream_interval_s=command.stream_interval_s,
                     report_tokens=command.report_tokens,
+                    cache=command.cache,
                 )
             elif isinstance(command, ShutdownCommand):
+                host.close()
                 return 0
         except MixdeskError as err:
             channel.send(encode(failure(err, str(err), request_id)))

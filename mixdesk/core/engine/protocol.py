@@ -22,6 +22,10 @@ from mixdesk.core.chat.words import ended_at_once
 #: failure that cut it short.
 FinishReason = Literal["stop", "length", "cancelled", "error"]
 
+#: Where an answer's prompt found its cached prefix: nowhere, the KV cache as the last answer
+#: left it, a state kept in the engine's memory, or a state file on disk.
+KvSource = Literal["none", "live", "memory", "disk"]
+
 #: KV cache types a user can pick, as llama.cpp names them.
 KV_CACHE_TYPES = ("f16", "q8_0", "q4_0")
 #: Their ggml_type values (what llama.cpp's type_k / type_v take).
@@ -198,6 +202,9 @@ class GenerationStats:
     context_used: int = 0
     context_size: int = 0
     perf: PerfCounters = field(default_factory=PerfCounters)
+    #: Prompt tokens not evaluated again (already in the KV cache), and where they came from.
+    prompt_reused: int = 0
+    reused_from: KvSource = "none"
 
 
 @dataclass(frozen=True)
@@ -260,6 +267,25 @@ class LoadCommand:
 
 
 @dataclass(frozen=True)
+class KvCacheRequest:
+    """Keep the KV state of a conversation, and resume it from the longest saved prefix.
+
+    After the answer the engine keeps the conversation's state in its memory (the last few
+    conversations, within ``memory_budget_bytes``) and, when ``directory`` is set, in a state
+    file there (:mod:`mixdesk.core.engine.kv_store`, within ``disk_budget_bytes``).
+    """
+
+    #: Names the conversation (the app's cache key, e.g. ``"chat-17"``).
+    conversation: str
+    #: The state cache folder ("" : memory only).
+    directory: str = ""
+    disk_budget_bytes: int = 4 << 30
+    memory_budget_bytes: int = 1 << 30
+    #: ``mixdesk chat --session FILE``: the state (and the conversation) go to this file too.
+    session_file: str = ""
+
+
+@dataclass(frozen=True)
 class ChatCommand:
     """Answer a conversation: :class:`TextDelta` events at most every ``stream_interval_s``,
     then a :class:`ChatDone` (or an :class:`EngineFailure`), all with ``request_id``."""
@@ -270,6 +296,8 @@ class ChatCommand:
     stream_interval_s: float = 0.0
     #: Send the prompt's and the answer's token ids with :class:`ChatDone`.
     report_tokens: bool = False
+    #: Keep and resume the conversation's KV state (None: only the live cache).
+    cache: KvCacheRequest | None = None
 
 
 @dataclass(frozen=True)

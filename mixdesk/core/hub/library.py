@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mixdesk import paths
+from mixdesk.core.engine.kv_store import KvStore, default_directory
 from mixdesk.errors import InvalidArgumentError, MixdeskError
 
 if TYPE_CHECKING:
@@ -96,8 +97,10 @@ class Library:
         root: the models directory (the app's is :func:`models_dir` of its settings).
     """
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, kv_states: KvStore | None = None) -> None:
         self.root = paths.ensure_dir(root)
+        #: The engine's saved KV states (a deleted model's go with its files).
+        self.kv_states = kv_states or KvStore(default_directory())
         self.db_path = self.root / "library.sqlite"
         with self._db() as db:
             db.execute(_SCHEMA)
@@ -218,6 +221,7 @@ class Library:
                 p = Path(part).resolve()
                 if p.is_relative_to(self.root.resolve()) and p not in others:
                     p.unlink(missing_ok=True)
+            self.kv_states.delete_model(entry.path)
         return entry
 
     def entry_of(self, path: Path) -> LibraryEntry | None:

@@ -8,12 +8,18 @@ What is measured (llama.cpp's own counters, in the engine process, at the user's
   Q6_K, Q8_0, F16): a 512-token prompt, then 64 generated tokens with end-of-text ignored (as
   llama-bench does). Each type's throughput is what is left of the time per token after the
   fixed costs and the other types' bytes, divided by its own bytes;
-- each offload device (RPC workers included) with the Q4_K_M model all on it and half on it:
-  its throughput relative to the CPU's, and the cost of a hop to it;
+- three models larger than the caches (Q2_K, Q4_K_M, Q8_0, of a shape of their own): what
+  memory adds per byte beyond those rates, by type (Q2_K's dequantisation waits on memory
+  more per byte than Q8_0's reads; the types between take a value between by bits);
+- each offload device with the large model all on it and half on it: its throughput
+  relative to the CPU's and the cost of a hop to it; an RPC worker (a CPU somewhere else,
+  with threads of its own) is then measured like this CPU, every type's model all on it,
+  because its rates relative to this CPU's differ by type (one worker thread halves Q4_K's
+  dequantisation but not Q8_0's memory-bound reads);
 - a validation model of another shape, predicted before it is measured: the expected error.
 
 The models are generated on this machine once (F32 weights, quantised by llama.cpp) and kept in
-the cache folder; the measuring takes about 20 s on two cores.
+the cache folder; the measuring takes about 45 s on two cores.
 """
 
 from __future__ import annotations
@@ -30,7 +36,12 @@ from mixdesk.core.engine.client import Engine
 from mixdesk.core.engine.protocol import SamplingParams
 from mixdesk.core.engine.quantize import FILE_TYPES
 from mixdesk.core.gguf.profile import ModelProfile, profile_local
-from mixdesk.core.loading.calibrate_models import Progress, Shapes, calibration_models
+from mixdesk.core.loading.calibrate_models import (
+    MEMORY_TYPES,
+    Progress,
+    Shapes,
+    calibration_models,
+)
 from mixdesk.core.loading.choices import LoadChoices
 from mixdesk.core.loading.model import resolve_file
 from mixdesk.core.loading.service import plan_load
@@ -41,10 +52,10 @@ from mixdesk.core.planning.speed import (
     DeviceRates,
     SpeedModel,
     SpeedSource,
-    default_speed_model,
     device_work,
     predict,
 )
+from mixdesk.core.planning.speed_defaults import default_speed_model
 from mixdesk.errors import CalibrationNoisyError
 
 log = logging.getLogger(__name__)
@@ -82,6 +93,8 @@ class CalibrationResult:
     model: SpeedModel
     runs: list[Run] = field(default_factory=list)
     #: The validation model: predicted and measured eval tok/s.
+    #: Each RPC worker's runs (its type models and the large model all on it), by device.
+    device_runs: dict[str, list[Run]] = field(default_factory=dict)
     check_predicted_tps: float = 0.0
     check_measured_tps: float = 0.0
     seconds: float = 0.0
@@ -133,8 +146,8 @@ def fit(runs: list[Run], threads: int) -> SpeedModel:
     """
     defaults = default_speed_model([], threads)
     thin = [r for r in runs if r.label.startswith("thin")]
-    quants = [r for r in runs if not r.label.startswith("thin") and r.label != "memory"]
-    memory = next((r for r in runs if r.label == "memory"), None)
+    quants = [r for r in runs if not r.label.startswith(("thin", "memory"))]
+    memory_runs = [r for r in runs if r.label.startswith("memory")]
     eval_rates = dict(defaults.cpu.eval_bytes_per_s)
     prompt_rates = dict(defaults.cpu.prompt_weights_per_s)
     token_s, layer_s, prompt_layer_s = defaults.token_s, defaults.layer_s, defaults.prompt_layer_s
@@ -153,13 +166,20 @@ def fit(runs: list[Run], threads: int) -> SpeedModel:
             left = r.prompt_s - r.n_layers * prompt_layer_s - _cost(others, prompt_rates)
             if left > 0:
                 prompt_rates[kind] = r.prompt_weights[kind] / left
-    memory_s_per_byte = 0.0
-    if memory is not None:  # what is left of the large model's time is memory's
+    memory_by_type = {}
+    for memory in memory_runs:  # what is left of a large model's time is memory's
         left = memory.eval_s - token_s - memory.n_layers * layer_s
         left -= _cost(memory.eval_bytes, eval_rates)
-        memory_s_per_byte = max(0.0, left / max(sum(memory.eval_bytes.values()), 1.0))
+        kind = max(memory.eval_bytes, key=lambda t: memory.eval_bytes[t])
+        memory_by_type[kind] = max(0.0, left / max(sum(memory.eval_bytes.values()), 1.0))
+    memory_s_per_byte = memory_by_type.get("Q8_0", max(memory_by_type.values(), default=0.0))
     return SpeedModel(
-        cpu=DeviceRates(eval_rates, prompt_rates, memory_s_per_byte=memory_s_per_byte),
+        cpu=DeviceRates(
+            eval_rates,
+            prompt_rates,
+            memory_s_per_byte=memory_s_per_byte,
+            memory_by_type=memory_by_type,
+        ),
         cpu_threads=threads,
         token_s=token_s,
         layer_s=layer_s,
@@ -195,7 +215,7 @@ def _fixed_costs(thin: list[Run], defaults: SpeedModel) -> tuple[float, float, f
 
 def _cpu_cost(model: SpeedModel, eval_bytes: Mapping[str, float]) -> float:
     """Seconds a token's ``eval_bytes`` take at the CPU's rates, memory included."""
-    memory = sum(eval_bytes.values()) * model.cpu.memory_s_per_byte
+    memory = sum(b * model.cpu.memory_cost(t) for t, b in eval_bytes.items())
     return _cost(eval_bytes, model.cpu.eval_bytes_per_s) + memory
 
 
@@ -234,6 +254,7 @@ def _device_rates(
             {t: r * scale for t, r in model.cpu.prompt_weights_per_s.items()},
             hop_s=hop,
             memory_s_per_byte=model.cpu.memory_s_per_byte / scale,
+            memory_by_type={t: v / scale for t, v in model.cpu.memory_by_type.items()},
         )
     flat = sum(everything.eval_bytes.values()) / max(full_s - fixed - hop, 1e-9)
     return DeviceRates(
@@ -241,6 +262,20 @@ def _device_rates(
         {t: r * scale for t, r in model.cpu.prompt_weights_per_s.items()},
         hop_s=hop,
     )
+
+
+def fit_worker(
+    cpu_runs: list[Run], on_worker: list[Run], hop_s: float, threads: int
+) -> DeviceRates:
+    """An RPC worker's rates from the type models and the large model measured all on it
+    (``on_worker``; pure: unit-tested on made-up runs): fitted as this CPU's are
+    (:func:`fit`), with this machine's fixed costs (its thin runs in ``cpu_runs``) and each
+    token's hop to the worker and back (``hop_s``, from the large model all and half on it)
+    taken off first."""
+    thin = [r for r in cpu_runs if r.label.startswith("thin")]
+    less_hop = [replace(r, eval_s=max(r.eval_s - hop_s, 1e-9)) for r in on_worker]
+    fitted = fit(thin + less_hop, threads).cpu
+    return replace(fitted, hop_s=hop_s)
 
 
 def expected_error(
@@ -286,7 +321,7 @@ def calibrate(
     shapes = shapes or Shapes()
     paths = calibration_models(models_dir, threads=threads, shapes=shapes, on_progress=on_progress)
     choices = LoadChoices(n_gpu_layers=0, n_ctx=1024, n_threads=threads)
-    labels = [*shapes.thin, *FILE_TYPES, "memory"]
+    labels = [*shapes.thin, *FILE_TYPES, *MEMORY_TYPES]
     runs = []
     for i, label in enumerate(labels):
         if on_progress is not None:
@@ -295,18 +330,33 @@ def calibrate(
         runs.append(_run(label, profile_local(paths[label]), eval_s, prompt_s))
     model = fit(runs, threads)
     devices = {}
+    device_runs: dict[str, list[Run]] = {}
     shape = profile_local(paths["memory"])
     for gpu in offload_devices(hardware):
         name = buffer_name(gpu)
         only = replace(hardware, gpus=[gpu])
         if on_progress is not None:
             on_progress(f"measuring {gpu.name}", len(labels) / (len(labels) + 2))
-        full_s, _ = _measure(engine, paths["memory"], only, replace(choices, n_gpu_layers=-1))
+        all_on = replace(choices, n_gpu_layers=-1)
+        full_s, full_prompt_s = _measure(engine, paths["memory"], only, all_on)
         half = shape.n_layers // 2
         half_s, _ = _measure(engine, paths["memory"], only, replace(choices, n_gpu_layers=half + 1))
-        devices[name] = _device_rates(
+        rates = _device_rates(
             model, shape, gpu, name, full_s=full_s, half_s=half_s, half_layers=half
         )
+        if gpu.backend == "rpc":
+            on_worker = [
+                _run(
+                    label,
+                    profile_local(paths[label]),
+                    *_measure(engine, paths[label], only, all_on),
+                )
+                for label in FILE_TYPES
+            ]
+            on_worker.append(_run("memory", shape, full_s, full_prompt_s))
+            rates = fit_worker(runs, on_worker, rates.hop_s, threads)
+            device_runs[name] = on_worker
+        devices[name] = rates
     model = replace(model, devices=devices)
     if on_progress is not None:
         on_progress("checking the fit", (len(labels) + 1) / (len(labels) + 2))
@@ -318,6 +368,7 @@ def calibrate(
     return CalibrationResult(
         model=model,
         runs=runs,
+        device_runs=device_runs,
         check_predicted_tps=predicted.eval_tps,
         check_measured_tps=round(measured_tps, 2),
         seconds=round(time.perf_counter() - started, 1),

@@ -37,9 +37,20 @@ THIN_SHAPES = {
 }
 
 
-#: A model larger than the caches (about 600 MB as Q8_0): what memory adds per byte when the
+#: A model larger than the caches (about 640 MB as Q8_0): what memory adds per byte when the
 #: weights come from RAM, beyond the small models' dequantisation (which stay in the caches).
-MEMORY = replace(SHAPE, n_embd=1024, n_ff=2816, n_layers=8, name="MixDesk calibration memory")
+#: Of a shape of its own (not the test models'), measured as Q2_K, Q4_K_M and Q8_0.
+MEMORY = replace(
+    SHAPE,
+    n_embd=1536,
+    n_ff=4096,
+    n_layers=4,
+    n_head=12,
+    n_head_kv=4,
+    name="MixDesk calibration memory",
+)
+#: The large models' labels and file types: what memory adds differs by type.
+MEMORY_TYPES = {"memory-Q2_K": "Q2_K", "memory-Q4_K_M": "Q4_K_M", "memory": "Q8_0"}
 
 
 #: Another shape, predicted before it is measured (the expected error).
@@ -63,6 +74,11 @@ class Shapes:
 Progress = Callable[[str, float], None]
 
 
+def _shape_tag(label: str, spec: ModelSpec) -> str:
+    """The large models' names carry their shape (a file of an earlier shape is not reused)."""
+    return f"-{spec.n_embd}x{spec.n_ff}x{spec.n_layers}" if label in MEMORY_TYPES else ""
+
+
 def calibration_models(
     directory: Path,
     *,
@@ -78,21 +94,25 @@ def calibration_models(
     ]
     wanted += [(file_type, shapes.main, file_type) for file_type in FILE_TYPES]
     wanted.append(("check", shapes.check, "Q4_K_M"))
-    wanted.append(("memory", shapes.memory, "Q8_0"))
+    wanted += [(label, shapes.memory, file_type) for label, file_type in MEMORY_TYPES.items()]
     found = {}
-    for i, (label, spec, file_type) in enumerate(wanted):
-        path = directory / f"calibration-{shapes.key()}{label}.gguf"
-        if not path.exists():
-            if on_progress is not None:
-                on_progress(f"making the {label} model", i / len(wanted))
-            if file_type in ("F32", "F16"):
-                write_model(path.with_suffix(".tmp"), replace(spec, dtype=file_type.lower()))
-            else:
-                source = write_model(directory / f"calibration-{label}.source.gguf", spec)
-                try:
-                    quantize(source, path.with_suffix(".tmp"), file_type, threads=threads)
-                finally:
-                    source.unlink(missing_ok=True)
-            path.with_suffix(".tmp").replace(path)
-        found[label] = path
+    sources: dict[ModelSpec, Path] = {}  # one F32 source per shape, for all its types
+    try:
+        for i, (label, spec, file_type) in enumerate(wanted):
+            path = directory / f"calibration-{shapes.key()}{label}{_shape_tag(label, spec)}.gguf"
+            if not path.exists():
+                if on_progress is not None:
+                    on_progress(f"making the {label} model", i / len(wanted))
+                if file_type in ("F32", "F16"):
+                    write_model(path.with_suffix(".tmp"), replace(spec, dtype=file_type.lower()))
+                else:
+                    if spec not in sources:
+                        source = directory / f"calibration-{label}.source.gguf"
+                        sources[spec] = write_model(source, spec)
+                    quantize(sources[spec], path.with_suffix(".tmp"), file_type, threads=threads)
+                path.with_suffix(".tmp").replace(path)
+            found[label] = path
+    finally:
+        for source in sources.values():
+            source.unlink(missing_ok=True)
     return found

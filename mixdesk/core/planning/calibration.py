@@ -203,10 +203,15 @@ def _rates(value: object) -> DeviceRates | None:
     }
     hop = data.get("hop_s", 0.0)
     memory = data.get("memory_s_per_byte", 0.0)
-    numbers_ok = all(isinstance(n, float | int) and n >= 0 for n in (hop, memory))
+    by_type = _dict(data.get("memory_by_type"))
+    numbers = (hop, memory, *by_type.values())
+    numbers_ok = all(
+        isinstance(n, float | int) and not isinstance(n, bool) and n >= 0 for n in numbers
+    )
     if not eval_rates or not prompt_rates or not numbers_ok:
         return None
-    return DeviceRates(eval_rates, prompt_rates, float(hop), float(memory))
+    memory_by_type = {k: float(v) for k, v in by_type.items()}
+    return DeviceRates(eval_rates, prompt_rates, float(hop), float(memory), memory_by_type)
 
 
 def _positive(value: object) -> bool:

@@ -12,9 +12,9 @@ from mixdesk.core.planning.speed import (
     Speed,
     SpeedModel,
     SpeedSource,
-    default_speed_model,
     predict,
 )
+from mixdesk.core.planning.speed_defaults import default_speed_model
 from mixdesk.core.planning.types import OffloadPlan
 
 

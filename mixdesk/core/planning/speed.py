@@ -30,11 +30,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from enum import Enum
+from itertools import pairwise
 
 from mixdesk.core.gguf.profile import ModelProfile
-from mixdesk.core.machine.hardware import GpuInfo
 from mixdesk.core.planning.expert_names import layers_of, loaded_name
 
 #: Tokens of the prompt the plan quotes a prompt speed for.
@@ -65,10 +65,30 @@ class DeviceRates:
     #: Seconds per byte that memory adds beyond the dequantisation when the weights do not
     #: stay in the caches (measured with a model larger than them; 0: none known).
     memory_s_per_byte: float = 0.0
+    #: The same by ggml type where measured for several (large Q2_K, Q4_K_M and Q8_0 models:
+    #: a dequantisation-bound type waits on memory more per byte than a bandwidth-bound one);
+    #: other types between them by bits per weight.
+    memory_by_type: Mapping[str, float] = field(default_factory=dict)
 
     def eval_rate(self, type_name: str) -> float:
         """Bytes/s for ``type_name``; a type not measured takes its nearest measured one."""
         return _lookup(self.eval_bytes_per_s, type_name)
+
+    def memory_cost(self, type_name: str) -> float:
+        """Seconds per byte of ``type_name`` that memory adds (between the measured types by
+        bits per weight, the nearest one beyond them)."""
+        if not self.memory_by_type:
+            return self.memory_s_per_byte
+        if type_name in self.memory_by_type:
+            return self.memory_by_type[type_name]
+        bits = _BITS.get(type_name, 4.5)
+        points = sorted((_BITS.get(t, 4.5), v) for t, v in self.memory_by_type.items())
+        if bits <= points[0][0]:
+            return points[0][1]
+        for (b0, v0), (b1, v1) in pairwise(points):
+            if bits <= b1:
+                return v0 + (v1 - v0) * (bits - b0) / (b1 - b0) if b1 > b0 else v1
+        return points[-1][1]
 
     def prompt_rate(self, type_name: str) -> float:
         """Weights/s for prompt tokens of ``type_name``."""
@@ -140,110 +160,16 @@ class Speed:
         return prompt_tokens / self.prompt_tps if self.prompt_tps > 0 else math.inf
 
 
-# --- defaults --------------------------------------------------------------------------
+# --- constants of llama.cpp's behaviour ---------------------------------------------
 
-#: Bytes per second per CPU thread while generating, by type (a desktop x86 core with
-#: AVX2: llama.cpp's K-quant dot products; Q2_K and Q3_K are dequantisation-bound, the
-#: others nearer the memory bus). Checked against the published V100 + 8-thread Mixtral
-#: runs (benchmarks/speed_truth.py).
-_CPU_EVAL_PER_THREAD = {
-    "Q2_K": 1.05e9,
-    "Q3_K": 1.5e9,
-    "Q4_0": 3.2e9,
-    "Q4_K": 2.9e9,
-    "Q5_K": 2.6e9,
-    "Q6_K": 2.7e9,
-    "Q8_0": 3.4e9,
-    "F16": 2.6e9,
-    "BF16": 2.2e9,
-    "F32": 3.0e9,
-}
-#: The memory bus caps what threads add (a dual-channel desktop).
-_CPU_BANDWIDTH = 25e9
-#: Weights per second per CPU thread for prompt tokens (flops / 2).
-_CPU_PROMPT_PER_THREAD = 12e9
-
-#: Memory bandwidth by GPU name (GB/s); what generation on a GPU reads at.
-_GPU_BANDWIDTH = {
-    "H200": 4800,
-    "H100": 3350,
-    "A100": 1935,
-    "V100": 900,
-    "A6000": 768,
-    "A10": 600,
-    "L4": 300,
-    "T4": 320,
-    "4090": 1008,
-    "4080": 717,
-    "4070": 504,
-    "4060": 272,
-    "3090": 936,
-    "3080": 760,
-    "3070": 448,
-    "3060": 360,
-    "2080": 448,
-    "7900": 960,
-    "6900": 512,
-    "Apple": 400,
-}
-#: The share of the bus llama.cpp's kernels reach while generating.
-_GPU_EFFICIENCY = 0.6
-#: Half-precision weights per second a GPU computes prompts at, per GB/s of bandwidth.
-_GPU_PROMPT_PER_BANDWIDTH = 30.0
 #: PCIe: op offload copies the CPU's weights to the GPU at this rate for big batches.
 _PCIE_BYTES_PER_S = 12e9
-#: A token's round trip to a local GPU and back (launches, synchronisation, the copy).
-_GPU_HOP_S = 0.25e-3
-#: To an RPC worker: the network round trip and llama.cpp's RPC commands.
-_RPC_HOP_S = 1.5e-3
 #: How alike a prompt's tokens pick experts in the last layer: it routes a batch as if only
 #: one token in 1 + this many chose freely (the first layer: every token). Fitted to the one
 #: published measurement (ik_llama.cpp PR 2262: experts of the last K layers in RAM read
 #: prompts at 2234 tok/s, of the first K at 1811, a 35B MoE with 256 experts on an RTX 3090,
 #: traced there to later layers activating fewer experts per batch); Measure checks it here.
 _ROUTING_CONCENTRATION = 80.0
-#: Fixed per token and per layer (graph building, scheduling, barriers).
-_TOKEN_S = 0.4e-3
-_LAYER_S = 0.02e-3
-_PROMPT_LAYER_S = 0.01e-3
-
-
-def _gpu_bandwidth(gpu: GpuInfo) -> float:
-    for key, gbs in _GPU_BANDWIDTH.items():
-        if key.lower() in gpu.name.lower():
-            return gbs * 1e9
-    return 400e9
-
-
-def default_speed_model(gpus: list[tuple[str, GpuInfo]], threads: int) -> SpeedModel:
-    """The defaults for a machine with these offload devices (llama.cpp name, device) and
-    ``threads`` CPU threads (an estimate until ``mixdesk calibrate`` measures this machine)."""
-    cpu = DeviceRates(
-        {t: min(_CPU_BANDWIDTH, threads * r) for t, r in _CPU_EVAL_PER_THREAD.items()},
-        {t: threads * _CPU_PROMPT_PER_THREAD for t in _CPU_EVAL_PER_THREAD},
-    )
-    devices = {}
-    for name, gpu in gpus:
-        if gpu.backend == "rpc":  # a worker's device is unknown until measured: like this CPU
-            devices[name] = replace(cpu, hop_s=_RPC_HOP_S)
-            continue
-        bandwidth = _gpu_bandwidth(gpu) * _GPU_EFFICIENCY
-        devices[name] = DeviceRates(
-            {t: bandwidth for t in _CPU_EVAL_PER_THREAD},
-            {
-                t: _gpu_bandwidth(gpu) / 1e9 * _GPU_PROMPT_PER_BANDWIDTH * 1e9
-                for t in _CPU_EVAL_PER_THREAD
-            },
-            hop_s=_GPU_HOP_S,
-        )
-    return SpeedModel(
-        cpu=cpu,
-        cpu_threads=threads,
-        devices=devices,
-        token_s=_TOKEN_S,
-        layer_s=_LAYER_S,
-        prompt_layer_s=_PROMPT_LAYER_S,
-    )
 
 
 # --- what each device does per token -----------------------------------------------------
@@ -373,7 +299,7 @@ def predict(
         rates = model.cpu if device == "CPU" else model.devices.get(device, model.cpu)
         scale = cpu_scale if device == "CPU" or device not in model.devices else 1.0
         eval_s += sum(b / (rates.eval_rate(t) * scale) for t, b in w.eval_bytes.items())
-        eval_s += sum(w.eval_bytes.values()) * rates.memory_s_per_byte / scale
+        eval_s += sum(b * rates.memory_cost(t) for t, b in w.eval_bytes.items()) / scale
         if device != "CPU":
             eval_s += crossings.get(device, 0) * rates.hop_s
             faster = fastest is None or rates.prompt_rate("F16") > fastest[1].prompt_rate("F16")

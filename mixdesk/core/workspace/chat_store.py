@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from mixdesk import paths
+from mixdesk.core.engine.kv_store import KvStore, default_directory
 from mixdesk.core.engine.protocol import GenerationStats, SamplingParams
 from mixdesk.core.engine.wire import from_dict
 
@@ -97,15 +98,23 @@ class Conversation:
     updated: float = 0.0
 
 
+def kv_conversation(conversation_id: int) -> str:
+    """The name a conversation's KV states are kept under
+    (:class:`~mixdesk.core.engine.protocol.KvCacheRequest`)."""
+    return f"chat-{conversation_id}"
+
+
 class ChatStore:
     """The conversations database.
 
     Args:
         path: the SQLite file (default: ``<data dir>/chats.sqlite``).
+        kv_states: the engine's saved KV states (a deleted conversation's go with it).
     """
 
-    def __init__(self, path: Path | None = None) -> None:
+    def __init__(self, path: Path | None = None, *, kv_states: KvStore | None = None) -> None:
         self.path = path or paths.ensure_private_dir(paths.data_dir()) / "chats.sqlite"
+        self.kv_states = kv_states or KvStore(default_directory())
         # Conversations are private: the file is 0600 before SQLite opens it, and SQLite gives
         # its -wal and -shm files the database's mode.
         paths.private_file(self.path)
@@ -203,9 +212,10 @@ class ChatStore:
             )
 
     def delete(self, conversation_id: int) -> None:
-        """Delete a conversation and its messages."""
+        """Delete a conversation, its messages and its saved KV states."""
         with self._db() as db:
             db.execute("DELETE FROM conversations WHERE id = ?", (conversation_id,))
+        self.kv_states.delete_conversation(kv_conversation(conversation_id))
 
     # -- messages -------------------------------------------------------------------------
 

@@ -18,7 +18,8 @@ from typing import Any
 
 from mixdesk import paths
 from mixdesk.core.chat.context_window import OverflowPolicy
-from mixdesk.core.engine.protocol import KV_CACHE_TYPES, SamplingParams
+from mixdesk.core.engine.kv_store import KvStore, default_directory
+from mixdesk.core.engine.protocol import KV_CACHE_TYPES, KvCacheRequest, SamplingParams
 from mixdesk.core.workspace.endpoints import Endpoint
 
 log = logging.getLogger(__name__)
@@ -85,6 +86,13 @@ class Settings:
             "prompt and the last message) or stop."
         },
     )
+    kv_cache_gib: float = field(
+        default=4.0,
+        metadata={
+            "doc": "Disk space for conversations' saved KV states, so a long conversation "
+            "resumes without reading its history again (GiB; 0 = none on disk)."
+        },
+    )
     workers: list[str] = field(
         default_factory=list,
         metadata={
@@ -139,6 +147,21 @@ class Settings:
             repeat_penalty=self.repeat_penalty,
             max_tokens=self.max_tokens,
             seed=self.seed,
+        )
+
+    def kv_cache(self, conversation: str) -> KvCacheRequest:
+        """How the engine keeps ``conversation``'s KV state (``Engine.chat(cache=...)``)."""
+        budget = int(max(self.kv_cache_gib, 0.0) * (1 << 30))
+        return KvCacheRequest(
+            conversation,
+            directory=str(default_directory()) if budget else "",
+            disk_budget_bytes=budget,
+        )
+
+    def kv_store(self) -> KvStore:
+        """The KV states on disk, within this budget (Settings shows and clears them)."""
+        return KvStore(
+            default_directory(), budget_bytes=int(max(self.kv_cache_gib, 0.0) * (1 << 30))
         )
 
     def with_sampling(self, sampling: SamplingParams) -> Settings:
