@@ -250,9 +250,10 @@ class ModelBar(QWidget):
         column.addWidget(self.info)
         row.addWidget(QLabel("Model"))
         row.addWidget(self.picker, 1)
-        for w in (self.load_button, self.unload_button, self.progress):
+        for w in (self.load_button, self.unload_button):
             row.addWidget(w)
         more = QHBoxLayout()  # where models come from, on their own row (the window's width)
+        more.addWidget(self.progress)  # the load's progress too: the first row is full at 1024 px
         more.addStretch(1)
         more.addWidget(self.open_button)
         more.addWidget(self.endpoint_button)

@@ -30,12 +30,6 @@ STEPS = (
     shutil.which("Xvfb") is None and not Path("/usr/bin/Xvfb").exists(),
     reason="Xvfb is not installed (Debian: apt-get install xvfb)",
 )
-@pytest.mark.xfail(
-    reason="the model row's load progress bar widens a 1024 px window to 1057 px while a "
-    "model loads (mixdesk/ui/models.py, ModelBar: the bar sits in the first row); the fix "
-    "moves it to the second row. Remove this mark with that fix.",
-    raises=AssertionError,
-)
 def test_the_walkthrough_stays_on_a_1024x700_screen(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(
