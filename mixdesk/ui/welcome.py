@@ -12,10 +12,11 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from PySide6.QtCore import QObject, Signal
+from PySide6.QtCore import QObject, Qt, Signal
 from PySide6.QtGui import QFont
 from PySide6.QtWidgets import (
     QHBoxLayout,
+    QHeaderView,
     QLabel,
     QProgressBar,
     QPushButton,
@@ -31,7 +32,7 @@ from mixdesk.core.hub.catalog import CatalogModel
 from mixdesk.core.hub.download_http import DownloadProgress
 from mixdesk.core.hub.library import Library
 from mixdesk.core.hub.pull import PullResult, pull
-from mixdesk.core.machine.hardware import HardwareInfo, format_bytes
+from mixdesk.core.machine.hardware import HardwareInfo, format_bytes, format_rate
 from mixdesk.core.onboarding.first_run import (
     Candidate,
     FirstRunReport,
@@ -102,6 +103,10 @@ def _pull_task(
     )
 
 
+#: The model column's width (its long names wrap onto a second line).
+NAME_WIDTH = 230
+
+
 def _choice_table(columns: Sequence[str]) -> QTableWidget:
     """A read-only table of rows to choose one of."""
     table = QTableWidget(0, len(columns))
@@ -154,6 +159,13 @@ class WelcomePage(QWidget):
         self.elsewhere.setWordWrap(True)
         self.elsewhere.hide()
         self.table = _choice_table(self.COLUMNS)
+        # the verdict takes the spare width and wraps, the name a fixed share and wraps: no
+        # sideways scrolling beside the offload panel at 1024 or 1280 px
+        readable_headers(self.table, stretch=2)
+        self.table.horizontalHeader().setSectionResizeMode(0, QHeaderView.ResizeMode.Interactive)
+        self.table.setColumnWidth(0, NAME_WIDTH)
+        self.table.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.table.verticalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
         self.download_button = QPushButton("Download and load")
         self.download_button.setEnabled(False)
         self.progress = QProgressBar()
@@ -293,7 +305,7 @@ class WelcomePage(QWidget):
             self.progress.setValue(int(1000 * p.done_bytes / max(p.total_bytes, 1)))
             text = text or (
                 f"{p.phase}: {format_bytes(p.done_bytes)} of {format_bytes(p.total_bytes)} "
-                f"at {p.speed_bps / 1e6:.1f} MB/s"
+                f"at {format_rate(p.speed_bps)}"
             )
         if text:
             self.status.setText(text)

@@ -103,6 +103,17 @@ def test_the_first_run_page_offline_shows_the_built_in_catalog_and_retry_restore
         assert page.verdicts()[i] == verdict(plans[c.model.filename])
     assert "too big for this machine" in page.verdicts()
     assert not page.download_button.isVisible()  # downloads wait for the Hub
+    # at 1280x800 beside the offload panel: no sideways scrolling, names and verdicts wrap
+    window.resize(1280, 760)
+    qtbot.wait(50)
+    assert not page.table.horizontalScrollBar().isVisible()
+    assert page.table.columnWidth(0) >= 200
+    verdict_width = page.table.columnWidth(2)
+    metrics = page.table.fontMetrics()
+    for i in range(page.table.rowCount()):
+        text = page.verdicts()[i]
+        lines = -(-metrics.horizontalAdvance(text) // max(verdict_width - 12, 1))
+        assert page.table.rowHeight(i) >= lines * metrics.height(), text
 
     # the Hub comes up where it was expected; Retry brings the catalog from it
     state = HubState()
