@@ -179,7 +179,7 @@ def add_calibrate(commands: Commands) -> None:
     """``mixdesk calibrate``: measure this machine's speed per quantisation type and device."""
     calibrate = commands.add_parser(
         "calibrate",
-        help="measure this machine (about 30 s) so that the speeds MixDesk shows are measured",
+        help="measure this machine (under a minute) so that the speeds MixDesk shows are measured",
     )
     calibrate.add_argument("--json", action="store_true", help="print the coefficients as JSON")
     calibrate.add_argument(

@@ -58,7 +58,7 @@ def calibration_words(calibration: Calibration) -> str:
     speed = calibration.speed
     if speed is None:
         return (
-            "Speeds are estimates until MixDesk measures this machine (about 30 s, each "
+            "Speeds are estimates until MixDesk measures this machine (under a minute, each "
             "quantisation type on the CPU and on every worker)."
         )
     devices = f" and {len(speed.devices)} worker(s)" if speed.devices else ""
@@ -86,7 +86,7 @@ class HardwareTab(QWidget):
         self.calibration.setWordWrap(True)
         self.calibrate = QPushButton("Measure speed")
         self.calibrate.setToolTip(
-            "Measure this machine (about 30 s) so that the speeds shown are measured ones."
+            "Measure this machine (under a minute) so that the speeds shown are measured ones."
         )
         self.calibrate.clicked.connect(self.calibrateRequested)
         row = QHBoxLayout()

@@ -175,7 +175,7 @@ class WelcomePage(QWidget):
         self.connect_button = QPushButton("Connect to a server…")
         self.speeds = plain(QLabel(""))
         self.speeds.setWordWrap(True)
-        self.calibrate_button = QPushButton("Measure this machine (about 30 s)")
+        self.calibrate_button = QPushButton("Measure this machine (under a minute)")
         self._lay_out(title)
         self._connect()
 
