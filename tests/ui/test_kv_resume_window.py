@@ -1,0 +1,86 @@
+"""The window keeps each conversation's KV state: switching back to a conversation reads only
+its new message, the answer's footer says so, and a deleted conversation's saved states go
+when its deletion becomes final (real window, real engine, generated model)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pytestqt.qtbot import QtBot
+
+from mixdesk.core.engine import GenerationStats
+from mixdesk.core.engine.kv_store import default_directory
+from mixdesk.ui.chat_view import stats_line
+from mixdesk.ui.main_window import MainWindow
+from tests.helpers.window import ask, load, make_window
+
+#: A first message of a few dozen tokens for the tiny model.
+LONG = " ".join(["mixture expert router token layer the"] * 4)
+
+
+def _state_files() -> list[Path]:
+    return sorted(default_directory().glob("*/*.mdkv"))
+
+
+def _answer_in_two_conversations(qtbot: QtBot, window: MainWindow) -> tuple[int, int]:
+    """Answer in a conversation A, then in a new one B; their ids."""
+    window.set_sampling(max_tokens=8, seed=1)
+    ask(qtbot, window, LONG)
+    assert window.conversation is not None
+    first = window.conversation.id
+    window.new_conversation()
+    window.set_sampling(max_tokens=8, seed=1)
+    ask(qtbot, window, "Something else entirely, please.")
+    assert window.conversation is not None
+    return first, window.conversation.id
+
+
+def test_switching_back_reads_only_the_new_message(
+    qtbot: QtBot, tmp_path: Path, models: dict[str, Path]
+) -> None:
+    window = make_window(qtbot, tmp_path)
+    load(qtbot, window, models["f32"])
+    a, _b = _answer_in_two_conversations(qtbot, window)
+    before = window.store.messages(a)
+    window.conversation_panel.chosen.emit(a)  # as a click in the list does
+    assert window.conversation is not None and window.conversation.id == a
+    done = ask(qtbot, window, "And then?")
+    stats = done.stats
+    assert stats.reused_from == "memory"
+    first_prompt = before[-1].stats
+    assert first_prompt is not None
+    # all of the first turn's prompt (and of its answer, as far as the text re-tokenizes the
+    # same) is read from the kept state; only the rest is evaluated
+    assert stats.prompt_reused >= first_prompt.prompt_tokens - 1
+    assert stats.prompt_eval_tokens == stats.prompt_tokens - stats.prompt_reused
+    words = f"{stats.prompt_reused} of {stats.prompt_tokens} prompt tokens cached"
+    assert words in " ".join(window.view.toPlainText().split())
+    assert words in window.statusBar().currentMessage()
+    window.close()
+
+
+def test_a_deleted_conversations_states_go_when_the_deletion_is_final(
+    qtbot: QtBot, tmp_path: Path, models: dict[str, Path]
+) -> None:
+    window = make_window(qtbot, tmp_path)
+    load(qtbot, window, models["f32"])
+    a, b = _answer_in_two_conversations(qtbot, window)
+    qtbot.waitUntil(lambda: len(_state_files()) == 2, timeout=10_000)  # the writer thread
+    window.conversations.delete()  # B, the open one
+    assert len(_state_files()) == 2  # Undo can still bring it back, with its state
+    window.conversations.undo()
+    assert window.conversation is not None and window.conversation.id == b
+    window.conversations.delete()
+    window.conversations.finish_delete()  # what the undo timer's end does
+    files = _state_files()
+    assert len(files) == 1
+    assert window.store.get(b) is None and window.store.get(a) is not None
+    window.close()
+
+
+def test_the_footer_names_a_reused_prompt_only_when_it_is_worth_saying() -> None:
+    # a BOS and a template's first marker shared with another conversation: no words
+    assert "cached" not in stats_line(GenerationStats(prompt_tokens=100, prompt_reused=2))
+    assert "cached" not in stats_line(GenerationStats(prompt_tokens=100, prompt_reused=20))
+    line = stats_line(GenerationStats(prompt_tokens=100, prompt_reused=99, reused_from="disk"))
+    assert line.endswith(" · 99 of 100 prompt tokens cached")
