@@ -4,12 +4,15 @@ when its deletion becomes final (real window, real engine, generated model)."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 from pytestqt.qtbot import QtBot
 
 from mixdesk.core.engine import GenerationStats
+from mixdesk.core.engine.kv_format import read_header
 from mixdesk.core.engine.kv_store import default_directory
+from mixdesk.core.hub.pull import import_model
 from mixdesk.ui.chat_view import stats_line
 from mixdesk.ui.main_window import MainWindow
 from tests.helpers.window import ask, load, make_window
@@ -84,3 +87,34 @@ def test_the_footer_names_a_reused_prompt_only_when_it_is_worth_saying() -> None
     assert "cached" not in stats_line(GenerationStats(prompt_tokens=100, prompt_reused=20))
     line = stats_line(GenerationStats(prompt_tokens=100, prompt_reused=99, reused_from="disk"))
     assert line.endswith(" · 99 of 100 prompt tokens cached")
+
+
+def test_deleting_a_model_in_the_window_deletes_its_states(
+    qtbot: QtBot, tmp_path: Path, models: dict[str, Path]
+) -> None:
+    window = make_window(qtbot, tmp_path)
+    manager = window.manager
+    copy = manager.library.root / "to-delete.gguf"
+    shutil.copy(models["f32"], copy)
+    entry = import_model(copy, library=manager.library)
+    window.set_sampling(max_tokens=8, seed=1)
+    for path, count in ((Path(entry.path), 1), (models["q4_k_m"], 2)):
+        with qtbot.waitSignal(window.models.profileReady, timeout=10_000):
+            window.select_model_path(str(path))  # the second after the first: wait for it
+        with qtbot.waitSignal(window.modelLoaded, timeout=30_000):
+            window.load_selected()
+        info = window.models.info
+        assert info is not None and info.path == str(path.resolve())
+        window.new_conversation()
+        window.set_sampling(max_tokens=8, seed=1)
+        ask(qtbot, window, LONG)
+        qtbot.waitUntil(lambda n=count: len(_state_files()) == n, timeout=10_000)
+    manager.refresh_library()
+    rows = [manager.library_list.item(i).data(256) for i in range(manager.library_list.count())]
+    manager.library_list.setCurrentRow(rows.index(entry.name))
+    manager.confirm = lambda _question: True
+    manager.delete_button.click()
+    assert not copy.exists()
+    (left,) = _state_files()  # the other model's
+    assert read_header(left, max_bytes=1 << 30).model_path == str(models["q4_k_m"].resolve())
+    window.close()
