@@ -5,6 +5,7 @@ when its deletion becomes final (real window, real engine, generated model)."""
 from __future__ import annotations
 
 import shutil
+from functools import partial
 from pathlib import Path
 
 from pytestqt.qtbot import QtBot
@@ -23,6 +24,11 @@ LONG = " ".join(["mixture expert router token layer the"] * 4)
 
 def _state_files() -> list[Path]:
     return sorted(default_directory().glob("*/*.mdkv"))
+
+
+def _saved(count: int) -> bool:
+    """Whether ``count`` state files are there (the engine's writer thread saves them)."""
+    return len(_state_files()) == count
 
 
 def _answer_in_two_conversations(qtbot: QtBot, window: MainWindow) -> tuple[int, int]:
@@ -108,7 +114,7 @@ def test_deleting_a_model_in_the_window_deletes_its_states(
         window.new_conversation()
         window.set_sampling(max_tokens=8, seed=1)
         ask(qtbot, window, LONG)
-        qtbot.waitUntil(lambda n=count: len(_state_files()) == n, timeout=10_000)
+        qtbot.waitUntil(partial(_saved, count), timeout=10_000)
     manager.refresh_library()
     rows = [manager.library_list.item(i).data(256) for i in range(manager.library_list.count())]
     manager.library_list.setCurrentRow(rows.index(entry.name))
