@@ -9,6 +9,7 @@ from dataclasses import replace
 from PySide6.QtCore import QObject, QTimer, Signal
 
 from mixdesk.core.engine import ChatDone, GenerationStats, ModelInfo
+from mixdesk.core.workspace.chat_store import kv_conversation
 from mixdesk.core.workspace.endpoints import Endpoint
 from mixdesk.errors import EngineCrashedError, NoModelLoadedError
 from mixdesk.ui.conversations import ConversationController
@@ -192,7 +193,10 @@ class AnswerController(QObject):
         if isinstance(self.source, Endpoint):
             self._request = self.engine.chat_remote(self.source, history, sampling)
         else:
-            self._request = self.engine.chat(history, sampling, interval=STREAM_INTERVAL_S)
+            cache = conversations.settings.kv_cache(kv_conversation(conv.id))
+            self._request = self.engine.chat(
+                history, sampling, interval=STREAM_INTERVAL_S, cache=cache
+            )
         self.flush_timer.start()
         self.busyChanged.emit(True)
 

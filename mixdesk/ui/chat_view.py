@@ -43,6 +43,9 @@ _ROLE_STYLE = {
 SCROLL_MS = 120
 #: The streaming answer's speed line changes at most this often (seconds).
 FOOTER_EVERY_S = 0.25
+#: The footer says how many prompt tokens came from the KV cache from this many (and at
+#: least a quarter of the prompt).
+REUSE_WORTH_SAYING = 8
 #: Moves of up to this many pixels (a few lines of new text) are steps, not glides.
 GLIDE_FROM_PX = 80
 
@@ -51,10 +54,16 @@ def stats_line(stats: GenerationStats | None) -> str:
     """The speed figures of an answer, as shown under it."""
     if stats is None:
         return ""
-    return (
+    line = (
         f"{stats.eval_tokens} tokens · {stats.eval_tps:.1f} tok/s · "
         f"prompt {stats.prompt_tps:.0f} tok/s · first token {stats.ttft_s:.2f} s"
     )
+    reused = stats.prompt_reused
+    # the conversation's KV state was kept, so only the rest of the prompt was read (a few
+    # shared tokens, a BOS and a template's first marker, are not worth a word)
+    if reused >= REUSE_WORTH_SAYING and 4 * reused >= stats.prompt_tokens:
+        line += f" · {reused} of {stats.prompt_tokens} prompt tokens cached"
+    return line
 
 
 def written_at(created: float) -> str:

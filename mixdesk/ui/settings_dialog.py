@@ -1,5 +1,5 @@
-"""Settings: sampling defaults, system prompt, threads, models folder, and the Hub token;
-and the sampling preset of one conversation."""
+"""Settings: sampling defaults, system prompt, threads, models folder, the Hub token and the
+conversations' saved KV states; and the sampling preset of one conversation."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from PySide6.QtWidgets import (
 from mixdesk.core.chat.context_window import OVERFLOW_POLICIES
 from mixdesk.core.engine import SamplingParams
 from mixdesk.core.workspace.settings import Settings
+from mixdesk.ui.kv_cache_settings import KvCacheSection
 from mixdesk.ui.plain import plain
 
 
@@ -119,6 +120,7 @@ class SettingsDialog(QDialog):
             ("", self.token_state),
         ):
             form.addRow(label, widget)
+        self.kv_cache = KvCacheSection(form, settings)
         _buttons(self, form)
 
     @staticmethod
@@ -146,6 +148,7 @@ class SettingsDialog(QDialog):
 
     def result_settings(self) -> Settings:
         """The edited settings."""
+        kv_cache_gib, kv_memory_gib = self.kv_cache.budgets()
         return replace(
             self.settings.with_sampling(self.sampling.values()),
             system_prompt=self.system_prompt.text(),
@@ -154,6 +157,8 @@ class SettingsDialog(QDialog):
             context_overflow=next(
                 (p for p in OVERFLOW_POLICIES if p == self.overflow.currentData()), "drop_oldest"
             ),
+            kv_cache_gib=kv_cache_gib,
+            kv_memory_gib=kv_memory_gib,
         )
 
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
-from mixdesk.core.chat.context_window import answer_room, fit_messages
+from mixdesk.core.chat.context_window import answer_room, fit_messages, page_starts
 from mixdesk.core.chat.template import ChatMessage
 from mixdesk.errors import ContextOverflowError, user_message
 
@@ -52,3 +54,38 @@ def test_room_for_the_answer_is_at_most_a_quarter_of_the_context() -> None:
     assert answer_room(4096, 256) == 256
     assert answer_room(2048, 0) == 512
     assert answer_room(1024, 4000) == 256
+
+
+def _length(message: ChatMessage) -> int:
+    return len(message.content.split())
+
+
+def test_a_growing_conversation_keeps_its_trimmed_start_for_a_page_of_turns() -> None:
+    """Trimmed a page at a time, a conversation growing turn by turn keeps the start of its
+    prompt for several turns (so a KV cache of that prompt serves them); trimmed as little as
+    possible, it starts elsewhere at every turn."""
+    conversation = [ChatMessage("system", "be brief")]
+    paged: list[int] = []
+    least: list[int] = []
+    for i in range(40):
+        conversation.append(ChatMessage("user", f"question {i} about rivers"))
+        for starts, words in ((paged, _length), (least, None)):
+            fitted = fit_messages(conversation, _words, n_ctx=120, reserve=20, message_tokens=words)
+            assert _words(fitted.messages) <= 100
+            assert fitted.messages[0].role == "system" and fitted.messages[1].role == "user"
+            assert fitted.messages[-1] == conversation[-1]
+            starts.append(fitted.dropped)
+        conversation.append(ChatMessage("assistant", f"answer {i} is a river"))
+    assert paged == sorted(paged) and paged[-1] > 0
+    moves = len([1 for a, b in itertools.pairwise(paged) if a != b])
+    least_moves = len([1 for a, b in itertools.pairwise(least) if a != b])
+    assert least_moves >= 25 and moves <= least_moves // 3
+
+
+def test_pages_depend_only_on_the_turns_before_them() -> None:
+    turns = [ChatMessage("system", "s")]
+    for i in range(10):
+        turns += [ChatMessage("user", "a b c"), ChatMessage("assistant", f"d e {i}")]
+    pages = page_starts(turns, _length, page=10)
+    assert pages == [5, 9, 13, 17]  # every user turn after 10 words or more
+    assert page_starts(turns[:12], _length, page=10) == [5, 9]

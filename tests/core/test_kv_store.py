@@ -289,3 +289,18 @@ def test_a_damaged_secret_is_replaced_and_voids_the_files(store: KvStore) -> Non
     assert fresh.load(path, KEY) is None
     assert len((store.directory / "secret").read_bytes()) == 32
     assert fresh.load(saved(fresh), KEY) is not None
+
+
+def test_deleting_a_model_keeps_another_models_states_larger_than_the_deleters_budget(
+    tmp_path: Path,
+) -> None:
+    """The library's store has the default budget; a state saved under a larger one (the
+    user's setting) is another model's, not an unreadable file to delete."""
+    large = KvStore(tmp_path / "kv", budget_bytes=1 << 20)
+    other = saved(large)  # saved for /models/m.gguf
+    small = KvStore(tmp_path / "kv", budget_bytes=len(STATE) // 2)
+    assert small.delete_model(tmp_path / "another.gguf") == 0
+    assert other.exists()
+    size = other.stat().st_size
+    assert small.delete_model("/models/m.gguf") == size
+    assert not other.exists()

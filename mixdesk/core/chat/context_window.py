@@ -23,6 +23,9 @@ from mixdesk.errors import ContextOverflowError
 #: What to do when a conversation outgrows the context: leave out its oldest turns, or stop.
 OverflowPolicy = Literal["drop_oldest", "stop"]
 OVERFLOW_POLICIES: tuple[OverflowPolicy, ...] = ("drop_oldest", "stop")
+#: A trim leaves out turns of at least 1/PAGES_PER_CONTEXT of the room for the prompt (a
+#: page): half, as llama.cpp's context shift discards half of the context (llama-server).
+PAGES_PER_CONTEXT = 2
 #: Room kept for the answer when its length is not limited (tokens).
 DEFAULT_ANSWER_ROOM = 512
 
@@ -48,8 +51,14 @@ def fit_messages(
     n_ctx: int,
     reserve: int,
     policy: str = "drop_oldest",
+    message_tokens: Callable[[ChatMessage], int] | None = None,
 ) -> FittedPrompt:
     """Leave out what the policy allows until the prompt plus ``reserve`` fits ``n_ctx``.
+
+    The prompt then starts at a user turn. With ``message_tokens`` it starts at a page's
+    first turn (:func:`page_starts`): a trim leaves out a page of the oldest turns at least,
+    so the turns that follow keep the same start (and the engine reads only what is new, the
+    trimmed prompt coming from its KV cache) until they fill that page's room.
 
     Args:
         messages: the conversation, oldest first.
@@ -57,6 +66,8 @@ def fit_messages(
         n_ctx: the context size.
         reserve: tokens to keep free for the answer.
         policy: one of :data:`OVERFLOW_POLICIES`.
+        message_tokens: one message's length in tokens (without the template), to make
+            pages of; None: leave out as few turns as possible.
 
     Raises:
         ContextOverflowError: ``stop`` and the conversation is too long, or even the system
@@ -72,24 +83,59 @@ def fit_messages(
             "setting is 'stop at the limit'): start a new conversation, or choose 'drop the "
             "oldest turns' in the settings."
         )
-    last_user = max((i for i, m in enumerate(kept) if m.role == "user"), default=len(kept))
-    dropped = 0
-    while True:
-        # the oldest message that is neither a system prompt nor the last user message
-        victim = next((i for i, m in enumerate(kept) if m.role != "system" and i < last_user), None)
-        if victim is None:
-            raise ContextOverflowError(
-                f"The last message with the system prompt is too long for the context of "
-                f"{n_ctx} tokens (with {reserve} kept for the answer): shorten it, or load the "
-                "model with a larger context."
-            )
-        del kept[victim]
-        last_user -= 1
-        dropped += 1
-        # a conversation starts with a user turn after the system prompt: drop a lone answer too
-        while victim < last_user and kept[victim].role == "assistant":
-            del kept[victim]
-            last_user -= 1
-            dropped += 1
-        if count_tokens(kept) <= limit:
-            return FittedPrompt(kept, dropped)
+    starts = turn_starts(kept)
+    if message_tokens is not None:
+        pages = page_starts(kept, message_tokens, page=max(1, limit // PAGES_PER_CONTEXT))
+        # a page's start when one fits; past the last one, any turn's (a long last page)
+        starts = [*pages, *(i for i in starts if not pages or i > pages[-1])]
+
+    def without_start(start: int) -> list[ChatMessage]:
+        return [m for i, m in enumerate(kept) if i >= start or m.role == "system"]
+
+    # the first start that fits (the prompt only shrinks as the start moves on)
+    low, high = 0, len(starts)
+    while low < high:
+        middle = (low + high) // 2
+        if count_tokens(without_start(starts[middle])) <= limit:
+            high = middle
+        else:
+            low = middle + 1
+    if low == len(starts):
+        raise ContextOverflowError(
+            f"The last message with the system prompt is too long for the context of "
+            f"{n_ctx} tokens (with {reserve} kept for the answer): shorten it, or load the "
+            "model with a larger context."
+        )
+    start = starts[low]
+    dropped = sum(1 for m in kept[:start] if m.role != "system")
+    return FittedPrompt(without_start(start), dropped)
+
+
+def turn_starts(messages: Sequence[ChatMessage]) -> list[int]:
+    """Where a trimmed prompt may start: every user message after the first message that can
+    be left out, up to the last user message (kept always)."""
+    last_user = max((i for i, m in enumerate(messages) if m.role == "user"), default=-1)
+    first = next((i for i, m in enumerate(messages) if m.role != "system"), len(messages))
+    return [i for i in range(first + 1, last_user + 1) if messages[i].role == "user"]
+
+
+def page_starts(
+    messages: Sequence[ChatMessage], message_tokens: Callable[[ChatMessage], int], *, page: int
+) -> list[int]:
+    """The turn starts (:func:`turn_starts`) at which the turns since the previous one (or
+    since the first turn) hold ``page`` tokens or more.
+
+    Each depends only on the messages before it, so a growing conversation keeps its pages:
+    a prompt trimmed at a page's start keeps that start until the turns after it outgrow
+    the context.
+    """
+    found: list[int] = []
+    since = 0
+    previous = next((i for i, m in enumerate(messages) if m.role != "system"), len(messages))
+    for start in turn_starts(messages):
+        since += sum(message_tokens(m) for m in messages[previous:start] if m.role != "system")
+        previous = start
+        if since >= page:
+            found.append(start)
+            since = 0
+    return found

@@ -206,6 +206,7 @@ class ModelHost:
         if llm is None or self._template is None:
             raise NoModelLoadedError("No model is loaded; load a model before chatting.")
         n_ctx = llm.n_ctx()
+        vocab = llama_adapter.model_handle(llm).vocab
         counted: dict[int, list[int]] = {}
 
         def count(some: list[ChatMessage]) -> int:
@@ -220,6 +221,7 @@ class ModelHost:
                 n_ctx=n_ctx,
                 reserve=answer_room(n_ctx, sampling.max_tokens),
                 policy=sampling.overflow,
+                message_tokens=lambda m: len(prompt_tokens.tokenize(vocab, m.content)),
             )
             tokens = counted[len(fitted.messages)]
         except TemplateCancelledError:

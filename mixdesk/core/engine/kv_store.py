@@ -225,12 +225,13 @@ class KvStore:
 
     def delete_model(self, model_path: Path | str) -> int:
         """Delete the states computed with the model at ``model_path`` (any of its parts);
-        returns the bytes freed."""
+        returns the bytes freed. Headers are read whatever this store's budget (a file saved
+        under a larger one is another model's state, not a damaged file)."""
         target = Path(model_path).resolve()
         freed = 0
         for path, size, _ in self._files():
             try:
-                header = read_header(path, max_bytes=self.max_file_bytes)
+                header = read_header(path, max_bytes=MAX_FILE_BYTES)
             except StateFileError:
                 header = None
             if (header is None or Path(header.model_path).resolve() == target) and _unlink(path):

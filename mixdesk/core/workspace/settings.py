@@ -93,6 +93,13 @@ class Settings:
             "resumes without reading its history again (GiB; 0 = none on disk)."
         },
     )
+    kv_memory_gib: float = field(
+        default=1.0,
+        metadata={
+            "doc": "Memory the engine keeps the last conversations' KV states in, so switching "
+            "back and forth costs nothing (GiB; 0 = the KV cache and the disk only)."
+        },
+    )
     workers: list[str] = field(
         default_factory=list,
         metadata={
@@ -151,18 +158,17 @@ class Settings:
 
     def kv_cache(self, conversation: str) -> KvCacheRequest:
         """How the engine keeps ``conversation``'s KV state (``Engine.chat(cache=...)``)."""
-        budget = int(max(self.kv_cache_gib, 0.0) * (1 << 30))
+        budget = _gib_bytes(self.kv_cache_gib)
         return KvCacheRequest(
             conversation,
             directory=str(default_directory()) if budget else "",
             disk_budget_bytes=budget,
+            memory_budget_bytes=_gib_bytes(self.kv_memory_gib),
         )
 
     def kv_store(self) -> KvStore:
         """The KV states on disk, within this budget (Settings shows and clears them)."""
-        return KvStore(
-            default_directory(), budget_bytes=int(max(self.kv_cache_gib, 0.0) * (1 << 30))
-        )
+        return KvStore(default_directory(), budget_bytes=_gib_bytes(self.kv_cache_gib))
 
     def with_sampling(self, sampling: SamplingParams) -> Settings:
         """These settings with ``sampling`` as the defaults (its stop strings are not kept)."""
@@ -186,6 +192,11 @@ class Settings:
     def describe() -> list[tuple[str, str, str]]:
         """(name, type, description) of every setting."""
         return [(f.name, str(f.type), f.metadata.get("doc", "")) for f in fields(Settings)]
+
+
+def _gib_bytes(gib: float) -> int:
+    """A budget in GiB as bytes (a negative one: none)."""
+    return int(max(gib, 0.0) * (1 << 30))
 
 
 def _fits(value: object, kind: Any) -> bool:
