@@ -23,6 +23,9 @@ TOKEN_S, LAYER_S, PROMPT_LAYER_S = 0.5e-3, 40e-6, 20e-6
 MEMORY_S_PER_BYTE = 1 / 40e9
 #: A dequantisation-bound type waits on memory more per byte than a bandwidth-bound one.
 MEMORY_BY_TYPE = {"Q2_K": 1 / 12e9, "Q4_K": 1 / 25e9, "Q8_0": MEMORY_S_PER_BYTE}
+#: What the type models below read per token (the median): the caches hold that much, so
+#: memory costs only the bytes beyond it.
+FREE = (17.8e6 + 26.9e6) / 2
 #: The large models: label, type, bytes per token.
 LARGE = (("memory-Q2_K", "Q2_K", 50e6), ("memory-Q4_K_M", "Q4_K", 85e6), ("memory", "Q8_0", 150e6))
 EVAL = {"Q2_K": 3e9, "Q4_K": 9e9, "Q6_K": 11e9, "Q8_0": 14e9, "F32": 12e9}
@@ -48,10 +51,16 @@ def test_the_fit_recovers_the_coefficients() -> None:
     ]
     for label, kind, nbytes in LARGE:
         large = _run(label, 8, {kind: nbytes, "F32": 0.5e6})
-        memory_s = (nbytes + 0.5e6) * MEMORY_BY_TYPE[kind]
+        memory_s = (nbytes + 0.5e6 - FREE) * MEMORY_BY_TYPE[kind]
         runs.append(replace(large, eval_s=large.eval_s + memory_s))
     model = fit(runs, threads=2)
     assert model.cpu.memory_s_per_byte == pytest.approx(MEMORY_S_PER_BYTE, rel=0.05)
+    assert model.cpu.memory_free_bytes == pytest.approx(FREE)
+    # a model within the caches pays no memory time; a larger one for its bytes beyond them
+    assert model.cpu.memory_time({"Q4_K": 15e6}) == 0.0
+    assert model.cpu.memory_time({"Q4_K": 4 * FREE}) == pytest.approx(
+        3 * FREE * MEMORY_BY_TYPE["Q4_K"], rel=0.05
+    )
     for kind, memory_s in MEMORY_BY_TYPE.items():  # each large model's own type
         assert model.cpu.memory_cost(kind) == pytest.approx(memory_s, rel=0.05), kind
     # Q3_K (3.44 bits) lies between Q2_K (2.63) and Q4_K (4.5); F16 beyond Q8_0 takes Q8_0's
@@ -85,7 +94,7 @@ def _runs_at(
         eval_s = TOKEN_S + layers * LAYER_S + hop_s
         eval_s += sum(b / rates[t] for t, b in eval_bytes.items())
         if label == "memory":
-            eval_s += sum(eval_bytes.values()) * memory_s
+            eval_s += (sum(eval_bytes.values()) - FREE) * memory_s
         prompt_s = layers * PROMPT_LAYER_S + sum(w / prompt[t] for t, w in weights.items())
         runs.append(Run(label, layers, eval_bytes, weights, eval_s, prompt_s))
     return runs

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import math
+import statistics
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -166,12 +167,15 @@ def fit(runs: list[Run], threads: int) -> SpeedModel:
             left = r.prompt_s - r.n_layers * prompt_layer_s - _cost(others, prompt_rates)
             if left > 0:
                 prompt_rates[kind] = r.prompt_weights[kind] / left
+    # the type models' working set stays in the caches: memory costs the bytes beyond it
+    free = statistics.median(sum(r.eval_bytes.values()) for r in quants) if quants else 0.0
     memory_by_type = {}
     for memory in memory_runs:  # what is left of a large model's time is memory's
         left = memory.eval_s - token_s - memory.n_layers * layer_s
         left -= _cost(memory.eval_bytes, eval_rates)
         kind = max(memory.eval_bytes, key=lambda t: memory.eval_bytes[t])
-        memory_by_type[kind] = max(0.0, left / max(sum(memory.eval_bytes.values()), 1.0))
+        beyond = sum(memory.eval_bytes.values()) - free
+        memory_by_type[kind] = max(0.0, left / beyond) if beyond > 0 else 0.0
     memory_s_per_byte = memory_by_type.get("Q8_0", max(memory_by_type.values(), default=0.0))
     return SpeedModel(
         cpu=DeviceRates(
@@ -179,6 +183,7 @@ def fit(runs: list[Run], threads: int) -> SpeedModel:
             prompt_rates,
             memory_s_per_byte=memory_s_per_byte,
             memory_by_type=memory_by_type,
+            memory_free_bytes=free if memory_runs else 0.0,
         ),
         cpu_threads=threads,
         token_s=token_s,
@@ -215,7 +220,7 @@ def _fixed_costs(thin: list[Run], defaults: SpeedModel) -> tuple[float, float, f
 
 def _cpu_cost(model: SpeedModel, eval_bytes: Mapping[str, float]) -> float:
     """Seconds a token's ``eval_bytes`` take at the CPU's rates, memory included."""
-    memory = sum(b * model.cpu.memory_cost(t) for t, b in eval_bytes.items())
+    memory = model.cpu.memory_time(eval_bytes)
     return _cost(eval_bytes, model.cpu.eval_bytes_per_s) + memory
 
 
@@ -255,6 +260,7 @@ def _device_rates(
             hop_s=hop,
             memory_s_per_byte=model.cpu.memory_s_per_byte / scale,
             memory_by_type={t: v / scale for t, v in model.cpu.memory_by_type.items()},
+            memory_free_bytes=model.cpu.memory_free_bytes,
         )
     flat = sum(everything.eval_bytes.values()) / max(full_s - fixed - hop, 1e-9)
     return DeviceRates(
@@ -354,7 +360,12 @@ def calibrate(
                 for label in FILE_TYPES
             ]
             on_worker.append(_run("memory", shape, full_s, full_prompt_s))
-            rates = fit_worker(runs, on_worker, rates.hop_s, threads)
+            # the hop: a thin model (fixed costs, next to no weights) on the worker against
+            # the same on this CPU; what the large model all and half on it would say is
+            # the small difference of large times (milliseconds off on a loopback worker)
+            thin = min((r for r in runs if r.label in shapes.thin), key=lambda r: r.n_layers)
+            thin_s, _ = _measure(engine, paths[thin.label], only, all_on)
+            rates = fit_worker(runs, on_worker, max(0.0, thin_s - thin.eval_s), threads)
             device_runs[name] = on_worker
         devices[name] = rates
     model = replace(model, devices=devices)

@@ -210,8 +210,13 @@ def _rates(value: object) -> DeviceRates | None:
     )
     if not eval_rates or not prompt_rates or not numbers_ok:
         return None
+    free = data.get("memory_free_bytes", 0.0)
+    if not (isinstance(free, float | int) and not isinstance(free, bool) and free >= 0):
+        return None
     memory_by_type = {k: float(v) for k, v in by_type.items()}
-    return DeviceRates(eval_rates, prompt_rates, float(hop), float(memory), memory_by_type)
+    return DeviceRates(
+        eval_rates, prompt_rates, float(hop), float(memory), memory_by_type, float(free)
+    )
 
 
 def _positive(value: object) -> bool:

@@ -69,6 +69,9 @@ class DeviceRates:
     #: a dequantisation-bound type waits on memory more per byte than a bandwidth-bound one);
     #: other types between them by bits per weight.
     memory_by_type: Mapping[str, float] = field(default_factory=dict)
+    #: Bytes read per token that cost no memory time (the caches hold them: the working set
+    #: of the models the type rates were measured on); the memory cost is for the rest.
+    memory_free_bytes: float = 0.0
 
     def eval_rate(self, type_name: str) -> float:
         """Bytes/s for ``type_name``; a type not measured takes its nearest measured one."""
@@ -89,6 +92,15 @@ class DeviceRates:
             if bits <= b1:
                 return v0 + (v1 - v0) * (bits - b0) / (b1 - b0) if b1 > b0 else v1
         return points[-1][1]
+
+    def memory_time(self, eval_bytes: Mapping[str, float]) -> float:
+        """Seconds memory adds to a token reading ``eval_bytes`` (bytes by type): the share
+        of them beyond :attr:`memory_free_bytes`, at each type's cost."""
+        total = sum(eval_bytes.values())
+        if total <= self.memory_free_bytes or total <= 0:
+            return 0.0
+        beyond = 1.0 - self.memory_free_bytes / total
+        return beyond * sum(b * self.memory_cost(t) for t, b in eval_bytes.items())
 
     def prompt_rate(self, type_name: str) -> float:
         """Weights/s for prompt tokens of ``type_name``."""
@@ -299,7 +311,7 @@ def predict(
         rates = model.cpu if device == "CPU" else model.devices.get(device, model.cpu)
         scale = cpu_scale if device == "CPU" or device not in model.devices else 1.0
         eval_s += sum(b / (rates.eval_rate(t) * scale) for t, b in w.eval_bytes.items())
-        eval_s += sum(b * rates.memory_cost(t) for t, b in w.eval_bytes.items()) / scale
+        eval_s += rates.memory_time(w.eval_bytes) / scale
         if device != "CPU":
             eval_s += crossings.get(device, 0) * rates.hop_s
             faster = fastest is None or rates.prompt_rate("F16") > fastest[1].prompt_rate("F16")
