@@ -17,22 +17,14 @@ import time
 from typing import Any
 
 from PySide6.QtCore import QEasingCurve, QEvent, QPoint, QPropertyAnimation, QUrl, Signal
-from PySide6.QtGui import (
-    QColor,
-    QGuiApplication,
-    QHelpEvent,
-    QTextBlockFormat,
-    QTextCharFormat,
-    QTextCursor,
-    QTextTable,
-    QTextTableCell,
-)
+from PySide6.QtGui import QGuiApplication, QHelpEvent, QPainter, QPaintEvent, QTextCursor
 from PySide6.QtWidgets import QTextBrowser, QToolTip, QWidget
 
 from mixdesk.core.chat.words import ENDED_AT_ONCE_WORDS, ended_at_once
 from mixdesk.core.engine import GenerationStats
 from mixdesk.core.workspace.chat_store import StoredMessage
 from mixdesk.ui.markdown import render_markdown
+from mixdesk.ui.streaming import StreamingAnswer
 
 #: (stripe, tint, name colour) of each role.
 _ROLE_STYLE = {
@@ -87,7 +79,9 @@ def turn_html(role: str, header: str, body: str, *, created: float = 0.0) -> str
 
 
 class ChatView(QTextBrowser):
-    """A conversation rendered as HTML; only the streaming answer is re-rendered as it grows.
+    """A conversation rendered as HTML, and the answer being written growing at its end
+    (:class:`~mixdesk.ui.streaming.StreamingAnswer`: each new piece of text is laid out
+    once, each Markdown block rendered once).
 
     Attributes:
         following: whether the view keeps to the bottom as the answer grows (False once the
@@ -111,12 +105,9 @@ class ChatView(QTextBrowser):
         self.anchorClicked.connect(self._anchor)
         self._codes: list[str] = []
         self._prefix_codes = 0
-        self.streaming_text = ""
-        self._stream_start = 0
-        self._body_end = QTextCursor()  # a null cursor until an answer streams
-        self._footer_cell: QTextTableCell | None = None
+        #: The answer being written (None when none is).
+        self.streaming: StreamingAnswer | None = None
         self._footer_shown = 0.0
-        self._plain = QTextCharFormat()
         self.following = True
         bar = self.verticalScrollBar()
         self.scroll_animation = QPropertyAnimation(bar, b"value", self)
@@ -160,9 +151,7 @@ class ChatView(QTextBrowser):
         if note:
             parts.append(f'<p style="color:#777;font-style:italic">{html.escape(note)}</p>')
         self._prefix_codes = len(self._codes)
-        self.streaming_text = ""
-        self._footer_cell = None
-        self._body_end = QTextCursor()  # nothing streams: hold no cursor into the document
+        self.streaming = None  # nothing streams: hold nothing of the document
         self.scroll_animation.stop()
         self.setHtml("".join(parts))
         if self.following:
@@ -173,78 +162,55 @@ class ChatView(QTextBrowser):
     def start_streaming(self) -> None:
         """Open a new answer at the end of the conversation (the view follows it): its text
         and its live speed line grow inside the answer's own block."""
-        self.streaming_text = ""
         self.following = True
-        cursor = self._end_cursor()
-        # a fresh block with plain formats, so nothing carries over from the user's message
-        cursor.insertBlock(QTextBlockFormat(), QTextCharFormat())
-        cursor.insertHtml(turn_html("assistant", "", "", created=time.time()))
-        cell = self._last_turn_body()
-        self._plain = QTextCharFormat()
-        body = cell.lastCursorPosition()
-        body.insertBlock(QTextBlockFormat(), self._plain)
-        self._stream_start = body.position()
-        footer = cell.lastCursorPosition()
-        footer.insertBlock(QTextBlockFormat(), self._footer_format())
-        #: Where new text goes: the end of the answer's body, before its speed line (a
-        #: QTextCursor follows the edits made before it).
-        self._body_end = QTextCursor(body)
-        self._footer_cell = cell
+        self.streaming = StreamingAnswer(
+            self.document(),
+            name="Assistant",
+            colours=_ROLE_STYLE["assistant"],
+            tooltip=written_at(time.time()),
+            code_base=self._prefix_codes,
+        )
         self._jump_to_bottom()
 
-    def _last_turn_body(self) -> QTextTableCell:
-        """The text cell of the turn added last (the stripe is the first cell)."""
-        table = self.document().rootFrame().childFrames()[-1]
-        assert isinstance(table, QTextTable)
-        return table.cellAt(0, 1)
-
-    @staticmethod
-    def _footer_format() -> QTextCharFormat:
-        fmt = QTextCharFormat()
-        fmt.setForeground(QColor("#777"))
-        fmt.setFontPointSize(max(QGuiApplication.font().pointSizeF() * 0.85, 6.0))
-        return fmt
+    @property
+    def streaming_text(self) -> str:
+        """The streaming answer's text so far ("" when none streams)."""
+        return self.streaming.text if self.streaming is not None else ""
 
     def append_streaming(self, delta: str) -> None:
-        """Add text to the streaming answer: only the new characters are laid out."""
-        if not delta:
+        """Add text to the streaming answer: only the new text is laid out, and a Markdown
+        block it completes is rendered (that block only)."""
+        if self.streaming is None or not delta:
             return
-        self.streaming_text += delta
-        self._body_end.insertText(delta, self._plain)
-        self._follow()
-
-    def render_streaming(self) -> None:
-        """Re-render the streaming answer as Markdown (done a few times a second, not per token)."""
-        cursor = QTextCursor(self.document())
-        cursor.setPosition(self._stream_start)
-        cursor.setPosition(self._body_end.position(), QTextCursor.MoveMode.KeepAnchor)
-        cursor.removeSelectedText()
-        body, codes = render_markdown(
-            self.streaming_text, code_link_prefix=f"copy:{self._prefix_codes}:"
-        )
-        self._codes = self._codes[: self._prefix_codes] + codes
-        cursor.insertHtml(body)
-        self._body_end = cursor
+        self.streaming.append(delta)
+        self._codes[self._prefix_codes :] = self.streaming.codes
         self._follow()
 
     def show_streaming_stats(self, stats: GenerationStats) -> None:
         """The streaming answer's speed line, updated live under its text (at most a few
-        times a second: each update lays out the answer's block again)."""
+        times a second)."""
         now = time.monotonic()
-        if self._footer_cell is None or now - self._footer_shown < FOOTER_EVERY_S:
+        if self.streaming is None or now - self._footer_shown < FOOTER_EVERY_S:
             return
         self._footer_shown = now
-        cursor = self._footer_cell.lastCursorPosition()
-        cursor.movePosition(QTextCursor.MoveOperation.StartOfBlock, QTextCursor.MoveMode.KeepAnchor)
-        cursor.insertText(
-            stats_line(stats) if stats.eval_tokens else "reading the prompt…", self._footer_format()
-        )
+        self.streaming.set_footer(stats_line(stats) if stats.eval_tokens else "reading the prompt…")
 
     def streaming_footer(self) -> str:
         """The live speed line's text (tests)."""
-        if self._footer_cell is None:
-            return ""
-        return self._footer_cell.lastCursorPosition().block().text()
+        return self.streaming.footer() if self.streaming is not None else ""
+
+    def paintEvent(self, e: QPaintEvent) -> None:  # noqa: N802 - Qt's name
+        """The text, and the streaming answer's stripe (a frame has no border of one side)."""
+        super().paintEvent(e)
+        if self.streaming is None:
+            return
+        frame_rect = self.document().documentLayout().frameBoundingRect(self.streaming.frame)
+        stripe = self.streaming.stripe_rect(frame_rect).translated(
+            -self.horizontalScrollBar().value(), -self.verticalScrollBar().value()
+        )
+        painter = QPainter(self.viewport())
+        painter.fillRect(stripe, self.streaming.stripe)
+        painter.end()
 
     # -- scrolling ----------------------------------------------------------------------
 

@@ -75,7 +75,6 @@ def test_the_stream_is_followed_only_while_the_user_has_not_scrolled_up(qtbot: Q
     assert not _following(view)
     with qtbot.assertNotEmitted(view.scroll_animation.finished, wait=SCROLL_WAIT):
         view.append_streaming("more\n" * 40)
-        view.render_streaming()
     assert bar.value() == 0
 
     bar.setValue(bar.maximum())  # back at the end: following again
