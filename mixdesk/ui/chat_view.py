@@ -5,9 +5,11 @@ Each turn is a block of its own (a coloured stripe, a tint and the role's name: 
 ends with its speed figures, and code blocks have "copy" links. What a model writes is
 Markdown rendered by :mod:`mixdesk.ui.markdown` (no HTML of its own, nothing remote).
 
-While an answer streams, the view follows it to the bottom with a short scroll animation,
-unless the user has scrolled up to read: it then stays where the user put it until they
-scroll back to the end.
+While an answer streams, the view keeps its end in view, one step per update (at most ten a
+second), unless the user has scrolled up to read: it then stays where the user put it until
+they scroll back to the end. It does not glide: an animation repaints the whole view 60 times
+a second, and on a 2-core machine that time is taken from llama.cpp (a glide per update
+doubled the window's CPU time while an answer streamed).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import html
 import time
 from typing import Any
 
-from PySide6.QtCore import QEasingCurve, QEvent, QPoint, QPropertyAnimation, QUrl, Signal
+from PySide6.QtCore import QEvent, QPoint, QUrl, Signal
 from PySide6.QtGui import QGuiApplication, QHelpEvent, QPainter, QPaintEvent, QTextCursor
 from PySide6.QtWidgets import QTextBrowser, QToolTip, QWidget
 
@@ -32,11 +34,8 @@ _ROLE_STYLE = {
     "assistant": ("#59a14f", "#f6f8f6", "#2e6b27"),
     "note": ("#bab0ac", "#fafafa", "#666666"),
 }
-SCROLL_MS = 120
 #: The streaming answer's speed line changes at most this often (seconds).
 FOOTER_EVERY_S = 0.25
-#: Moves of up to this many pixels (a few lines of new text) are steps, not glides.
-GLIDE_FROM_PX = 80
 
 
 def stats_line(stats: GenerationStats | None) -> str:
@@ -109,11 +108,7 @@ class ChatView(QTextBrowser):
         self.streaming: StreamingAnswer | None = None
         self._footer_shown = 0.0
         self.following = True
-        bar = self.verticalScrollBar()
-        self.scroll_animation = QPropertyAnimation(bar, b"value", self)
-        self.scroll_animation.setDuration(SCROLL_MS)
-        self.scroll_animation.setEasingCurve(QEasingCurve.Type.OutCubic)
-        bar.valueChanged.connect(self._scrolled)
+        self.verticalScrollBar().valueChanged.connect(self._scrolled)
 
     def loadResource(self, kind: int, name: QUrl | str) -> Any:  # noqa: N802 - Qt's name
         """Never load anything (model output may name remote images)."""
@@ -152,7 +147,6 @@ class ChatView(QTextBrowser):
             parts.append(f'<p style="color:#777;font-style:italic">{html.escape(note)}</p>')
         self._prefix_codes = len(self._codes)
         self.streaming = None  # nothing streams: hold nothing of the document
-        self.scroll_animation.stop()
         self.setHtml("".join(parts))
         if self.following:
             self._jump_to_bottom()
@@ -220,31 +214,14 @@ class ChatView(QTextBrowser):
         return bar.value() >= bar.maximum() - 4
 
     def _scrolled(self, _value: int) -> None:
-        # Moves made by the animation are ours; any other move is the user's (wheel, keys,
-        # the scroll bar): following resumes only when they come back to the end.
-        if self.scroll_animation.state() != QPropertyAnimation.State.Running:
-            self.following = self.at_bottom()
+        # The view's own moves go to the end; any other move is the user's (wheel, keys, the
+        # scroll bar): following resumes only when they come back to the end.
+        self.following = self.at_bottom()
 
     def _follow(self) -> None:
-        """Keep the new end in view, unless the user scrolled up to read: a glide when the
-        end moved by more than a few lines, a plain step for the small moves of streaming
-        text (an animation repaints the whole view 60 times a second; on a 2-core machine
-        that time is taken from llama.cpp)."""
-        if not self.following:
-            return
-        bar = self.verticalScrollBar()
-        distance = bar.maximum() - bar.value()
-        if distance <= 0:
-            return
-        if self.scroll_animation.state() == QPropertyAnimation.State.Running:
-            self.scroll_animation.setEndValue(bar.maximum())  # the glide goes on to the new end
-            return
-        if distance <= GLIDE_FROM_PX:
-            bar.setValue(bar.maximum())
-            return
-        self.scroll_animation.setStartValue(bar.value())
-        self.scroll_animation.setEndValue(bar.maximum())
-        self.scroll_animation.start()
+        """Keep the new end in view, unless the user scrolled up to read."""
+        if self.following:
+            self._jump_to_bottom()
 
     def _jump_to_bottom(self) -> None:
         bar = self.verticalScrollBar()

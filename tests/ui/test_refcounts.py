@@ -37,7 +37,6 @@ SESSION = textwrap.dedent(
         view.set_messages([])
         view.start_streaming()
         view.append_streaming("word " * 20)
-        view.scroll_animation.stop()
         view._jump_to_bottom()
         view.show_streaming_stats(stats)
         app.processEvents()
