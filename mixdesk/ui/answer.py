@@ -15,14 +15,14 @@ from mixdesk.errors import EngineCrashedError, NoModelLoadedError
 from mixdesk.ui.conversations import ConversationController
 from mixdesk.ui.threads import EngineController
 
-# The view is updated at 10 Hz and re-rendered as Markdown once a second: smooth to read,
-# and on a 2-core machine every millisecond the GUI spends is taken from llama.cpp (whose
-# threads wait for each other, so a stolen millisecond costs them more than one). When text
-# arrives faster than anyone reads (hundreds of tokens a second), the view updates at 4 Hz.
+# The view is updated at 10 Hz whatever the token rate (each update lays out only the new
+# text and renders only the Markdown blocks it completes): smooth to read, and on a 2-core
+# machine every millisecond the GUI spends is taken from llama.cpp (whose threads wait for
+# each other, so a stolen millisecond costs them more than one). When text arrives faster
+# than anyone reads (hundreds of tokens a second), the view updates at 4 Hz.
 FLUSH_MS = 100
 FAST_FLUSH_MS = 250
 FAST_TPS = 200.0
-RENDER_S = 1.0
 STREAM_INTERVAL_S = 1 / 20  # the engine merges text arriving faster than this into one delta
 SAVE_S = 0.25  # and save it this often, so a crash loses at most this much
 
@@ -41,8 +41,8 @@ class AnswerController(QObject):
     Signals:
         started(object): an answer begins; the conversation's messages before it (a list of
             :class:`StoredMessage`), to show above the streaming answer.
-        textArrived(str): more text of the streaming answer (at most every ``FLUSH_MS``).
-        renderDue(): time to render the streaming answer as Markdown (every ``RENDER_S``).
+        textArrived(str): more text of the streaming answer (at most every ``FLUSH_MS``: the
+            deltas that arrived since, in one piece).
         speed(object, bool): :class:`GenerationStats` to show; True for the final figures.
         finished(object): the :class:`ChatDone`, after it is saved.
         failed(object): the exception that ended the answer, after what arrived is saved
@@ -53,7 +53,6 @@ class AnswerController(QObject):
 
     started = Signal(object)
     textArrived = Signal(str)
-    renderDue = Signal()
     speed = Signal(object, bool)
     finished = Signal(object)
     failed = Signal(object)
@@ -79,7 +78,6 @@ class AnswerController(QObject):
         self._dirty = False
         #: Messages the last answer's prompt left out (the context was full), and where.
         self.dropped: tuple[int, int] = (0, 0)
-        self._last_render = 0.0
         self._last_save = 0.0
         self.flush_timer = QTimer(self)
         self.flush_timer.setInterval(FLUSH_MS)
@@ -188,7 +186,6 @@ class AnswerController(QObject):
         self._text = ""
         self._shown = 0
         self._stats = None
-        self._last_render = time.monotonic()
         self.flush_timer.setInterval(FLUSH_MS)
         if isinstance(self.source, Endpoint):
             self._request = self.engine.chat_remote(self.source, history, sampling)
@@ -214,9 +211,6 @@ class AnswerController(QObject):
         self.textArrived.emit(self._text[self._shown :])
         self._shown = len(self._text)
         now = time.monotonic()
-        if now - self._last_render >= RENDER_S:
-            self._last_render = now
-            self.renderDue.emit()
         if self._stats is not None:
             self.speed.emit(self._stats, False)
             fast = self._stats.eval_tps > FAST_TPS

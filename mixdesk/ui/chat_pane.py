@@ -121,7 +121,6 @@ class ChatPane(QWidget):
         self.sampling_button.clicked.connect(self._edit_sampling)
         answers.started.connect(self._started)
         answers.textArrived.connect(self.view.append_streaming)
-        answers.renderDue.connect(self.view.render_streaming)
         answers.finished.connect(lambda _done: self._show_messages())
         answers.failed.connect(lambda _err: self._show_messages())
         answers.finished.connect(lambda _done: self.update_buttons())

@@ -5,9 +5,11 @@ Each turn is a block of its own (a coloured stripe, a tint and the role's name: 
 ends with its speed figures, and code blocks have "copy" links. What a model writes is
 Markdown rendered by :mod:`mixdesk.ui.markdown` (no HTML of its own, nothing remote).
 
-While an answer streams, the view follows it to the bottom with a short scroll animation,
-unless the user has scrolled up to read: it then stays where the user put it until they
-scroll back to the end.
+While an answer streams, the view keeps its end in view, one step per update (at most ten a
+second), unless the user has scrolled up to read: it then stays where the user put it until
+they scroll back to the end. It does not glide: an animation repaints the whole view 60 times
+a second, and on a 2-core machine that time is taken from llama.cpp (a glide per update
+doubled the window's CPU time while an answer streamed).
 """
 
 from __future__ import annotations
@@ -16,23 +18,15 @@ import html
 import time
 from typing import Any
 
-from PySide6.QtCore import QEasingCurve, QEvent, QPoint, QPropertyAnimation, QUrl, Signal
-from PySide6.QtGui import (
-    QColor,
-    QGuiApplication,
-    QHelpEvent,
-    QTextBlockFormat,
-    QTextCharFormat,
-    QTextCursor,
-    QTextTable,
-    QTextTableCell,
-)
+from PySide6.QtCore import QEvent, QPoint, QUrl, Signal
+from PySide6.QtGui import QGuiApplication, QHelpEvent, QPainter, QPaintEvent, QTextCursor
 from PySide6.QtWidgets import QTextBrowser, QToolTip, QWidget
 
-from mixdesk.core.chat.words import ENDED_AT_ONCE_WORDS, ended_at_once
+from mixdesk.core.chat.words import no_text_words, prompt_speed_words
 from mixdesk.core.engine import GenerationStats
 from mixdesk.core.workspace.chat_store import StoredMessage
 from mixdesk.ui.markdown import render_markdown
+from mixdesk.ui.streaming import StreamingAnswer
 
 #: (stripe, tint, name colour) of each role.
 _ROLE_STYLE = {
@@ -40,14 +34,11 @@ _ROLE_STYLE = {
     "assistant": ("#59a14f", "#f6f8f6", "#2e6b27"),
     "note": ("#bab0ac", "#fafafa", "#666666"),
 }
-SCROLL_MS = 120
 #: The streaming answer's speed line changes at most this often (seconds).
 FOOTER_EVERY_S = 0.25
 #: The footer says how many prompt tokens came from the KV cache from this many (and at
 #: least a quarter of the prompt).
 REUSE_WORTH_SAYING = 8
-#: Moves of up to this many pixels (a few lines of new text) are steps, not glides.
-GLIDE_FROM_PX = 80
 
 
 def stats_line(stats: GenerationStats | None) -> str:
@@ -56,7 +47,8 @@ def stats_line(stats: GenerationStats | None) -> str:
         return ""
     line = (
         f"{stats.eval_tokens} tokens · {stats.eval_tps:.1f} tok/s · "
-        f"prompt {stats.prompt_tps:.0f} tok/s · first token {stats.ttft_s:.2f} s"
+        f"{prompt_speed_words(stats.prompt_eval_tokens, tps=stats.prompt_tps)} · "
+        f"first token {stats.ttft_s:.2f} s"
     )
     reused = stats.prompt_reused
     # the conversation's KV state was kept, so only the rest of the prompt was read (a few
@@ -96,7 +88,9 @@ def turn_html(role: str, header: str, body: str, *, created: float = 0.0) -> str
 
 
 class ChatView(QTextBrowser):
-    """A conversation rendered as HTML; only the streaming answer is re-rendered as it grows.
+    """A conversation rendered as HTML, and the answer being written growing at its end
+    (:class:`~mixdesk.ui.streaming.StreamingAnswer`: each new piece of text is laid out
+    once, each Markdown block rendered once).
 
     Attributes:
         following: whether the view keeps to the bottom as the answer grows (False once the
@@ -120,18 +114,11 @@ class ChatView(QTextBrowser):
         self.anchorClicked.connect(self._anchor)
         self._codes: list[str] = []
         self._prefix_codes = 0
-        self.streaming_text = ""
-        self._stream_start = 0
-        self._body_end = QTextCursor()  # a null cursor until an answer streams
-        self._footer_cell: QTextTableCell | None = None
+        #: The answer being written (None when none is).
+        self.streaming: StreamingAnswer | None = None
         self._footer_shown = 0.0
-        self._plain = QTextCharFormat()
         self.following = True
-        bar = self.verticalScrollBar()
-        self.scroll_animation = QPropertyAnimation(bar, b"value", self)
-        self.scroll_animation.setDuration(SCROLL_MS)
-        self.scroll_animation.setEasingCurve(QEasingCurve.Type.OutCubic)
-        bar.valueChanged.connect(self._scrolled)
+        self.verticalScrollBar().valueChanged.connect(self._scrolled)
 
     def loadResource(self, kind: int, name: QUrl | str) -> Any:  # noqa: N802 - Qt's name
         """Never load anything (model output may name remote images)."""
@@ -146,8 +133,9 @@ class ChatView(QTextBrowser):
             edit = f' <a href="edit:{m.id}" style="font-size:small">edit</a>{versions}'
             text = html.escape(m.content).replace("\n", "<br>")
             return turn_html("user", edit, f"<p>{text}</p>", created=m.created), []
-        if m.stats and ended_at_once(m.finish_reason, m.stats.eval_tokens, m.content):
-            note = html.escape(ENDED_AT_ONCE_WORDS)
+        why = no_text_words(m.finish_reason, m.stats.eval_tokens if m.stats else 0, m.content)
+        if m.stats and why:  # an answer is never just blank: it says why it has no text
+            note = html.escape(why)
             body = f'<p style="color:#777;font-style:italic">{note}</p>'
             return turn_html("assistant", versions, body, created=m.created), []
         body, codes = render_markdown(m.content, code_link_prefix=f"copy:{len(self._codes)}:")
@@ -169,10 +157,7 @@ class ChatView(QTextBrowser):
         if note:
             parts.append(f'<p style="color:#777;font-style:italic">{html.escape(note)}</p>')
         self._prefix_codes = len(self._codes)
-        self.streaming_text = ""
-        self._footer_cell = None
-        self._body_end = QTextCursor()  # nothing streams: hold no cursor into the document
-        self.scroll_animation.stop()
+        self.streaming = None  # nothing streams: hold nothing of the document
         self.setHtml("".join(parts))
         if self.following:
             self._jump_to_bottom()
@@ -182,78 +167,55 @@ class ChatView(QTextBrowser):
     def start_streaming(self) -> None:
         """Open a new answer at the end of the conversation (the view follows it): its text
         and its live speed line grow inside the answer's own block."""
-        self.streaming_text = ""
         self.following = True
-        cursor = self._end_cursor()
-        # a fresh block with plain formats, so nothing carries over from the user's message
-        cursor.insertBlock(QTextBlockFormat(), QTextCharFormat())
-        cursor.insertHtml(turn_html("assistant", "", "", created=time.time()))
-        cell = self._last_turn_body()
-        self._plain = QTextCharFormat()
-        body = cell.lastCursorPosition()
-        body.insertBlock(QTextBlockFormat(), self._plain)
-        self._stream_start = body.position()
-        footer = cell.lastCursorPosition()
-        footer.insertBlock(QTextBlockFormat(), self._footer_format())
-        #: Where new text goes: the end of the answer's body, before its speed line (a
-        #: QTextCursor follows the edits made before it).
-        self._body_end = QTextCursor(body)
-        self._footer_cell = cell
+        self.streaming = StreamingAnswer(
+            self.document(),
+            name="Assistant",
+            colours=_ROLE_STYLE["assistant"],
+            tooltip=written_at(time.time()),
+            code_base=self._prefix_codes,
+        )
         self._jump_to_bottom()
 
-    def _last_turn_body(self) -> QTextTableCell:
-        """The text cell of the turn added last (the stripe is the first cell)."""
-        table = self.document().rootFrame().childFrames()[-1]
-        assert isinstance(table, QTextTable)
-        return table.cellAt(0, 1)
-
-    @staticmethod
-    def _footer_format() -> QTextCharFormat:
-        fmt = QTextCharFormat()
-        fmt.setForeground(QColor("#777"))
-        fmt.setFontPointSize(max(QGuiApplication.font().pointSizeF() * 0.85, 6.0))
-        return fmt
+    @property
+    def streaming_text(self) -> str:
+        """The streaming answer's text so far ("" when none streams)."""
+        return self.streaming.text if self.streaming is not None else ""
 
     def append_streaming(self, delta: str) -> None:
-        """Add text to the streaming answer: only the new characters are laid out."""
-        if not delta:
+        """Add text to the streaming answer: only the new text is laid out, and a Markdown
+        block it completes is rendered (that block only)."""
+        if self.streaming is None or not delta:
             return
-        self.streaming_text += delta
-        self._body_end.insertText(delta, self._plain)
-        self._follow()
-
-    def render_streaming(self) -> None:
-        """Re-render the streaming answer as Markdown (done a few times a second, not per token)."""
-        cursor = QTextCursor(self.document())
-        cursor.setPosition(self._stream_start)
-        cursor.setPosition(self._body_end.position(), QTextCursor.MoveMode.KeepAnchor)
-        cursor.removeSelectedText()
-        body, codes = render_markdown(
-            self.streaming_text, code_link_prefix=f"copy:{self._prefix_codes}:"
-        )
-        self._codes = self._codes[: self._prefix_codes] + codes
-        cursor.insertHtml(body)
-        self._body_end = cursor
+        self.streaming.append(delta)
+        self._codes[self._prefix_codes :] = self.streaming.codes
         self._follow()
 
     def show_streaming_stats(self, stats: GenerationStats) -> None:
         """The streaming answer's speed line, updated live under its text (at most a few
-        times a second: each update lays out the answer's block again)."""
+        times a second)."""
         now = time.monotonic()
-        if self._footer_cell is None or now - self._footer_shown < FOOTER_EVERY_S:
+        if self.streaming is None or now - self._footer_shown < FOOTER_EVERY_S:
             return
         self._footer_shown = now
-        cursor = self._footer_cell.lastCursorPosition()
-        cursor.movePosition(QTextCursor.MoveOperation.StartOfBlock, QTextCursor.MoveMode.KeepAnchor)
-        cursor.insertText(
-            stats_line(stats) if stats.eval_tokens else "reading the prompt…", self._footer_format()
-        )
+        self.streaming.set_footer(stats_line(stats) if stats.eval_tokens else "reading the prompt…")
 
     def streaming_footer(self) -> str:
         """The live speed line's text (tests)."""
-        if self._footer_cell is None:
-            return ""
-        return self._footer_cell.lastCursorPosition().block().text()
+        return self.streaming.footer() if self.streaming is not None else ""
+
+    def paintEvent(self, e: QPaintEvent) -> None:  # noqa: N802 - Qt's name
+        """The text, and the streaming answer's stripe (a frame has no border of one side)."""
+        super().paintEvent(e)
+        if self.streaming is None:
+            return
+        frame_rect = self.document().documentLayout().frameBoundingRect(self.streaming.frame)
+        stripe = self.streaming.stripe_rect(frame_rect).translated(
+            -self.horizontalScrollBar().value(), -self.verticalScrollBar().value()
+        )
+        painter = QPainter(self.viewport())
+        painter.fillRect(stripe, self.streaming.stripe)
+        painter.end()
 
     # -- scrolling ----------------------------------------------------------------------
 
@@ -263,31 +225,14 @@ class ChatView(QTextBrowser):
         return bar.value() >= bar.maximum() - 4
 
     def _scrolled(self, _value: int) -> None:
-        # Moves made by the animation are ours; any other move is the user's (wheel, keys,
-        # the scroll bar): following resumes only when they come back to the end.
-        if self.scroll_animation.state() != QPropertyAnimation.State.Running:
-            self.following = self.at_bottom()
+        # The view's own moves go to the end; any other move is the user's (wheel, keys, the
+        # scroll bar): following resumes only when they come back to the end.
+        self.following = self.at_bottom()
 
     def _follow(self) -> None:
-        """Keep the new end in view, unless the user scrolled up to read: a glide when the
-        end moved by more than a few lines, a plain step for the small moves of streaming
-        text (an animation repaints the whole view 60 times a second; on a 2-core machine
-        that time is taken from llama.cpp)."""
-        if not self.following:
-            return
-        bar = self.verticalScrollBar()
-        distance = bar.maximum() - bar.value()
-        if distance <= 0:
-            return
-        if self.scroll_animation.state() == QPropertyAnimation.State.Running:
-            self.scroll_animation.setEndValue(bar.maximum())  # the glide goes on to the new end
-            return
-        if distance <= GLIDE_FROM_PX:
-            bar.setValue(bar.maximum())
-            return
-        self.scroll_animation.setStartValue(bar.value())
-        self.scroll_animation.setEndValue(bar.maximum())
-        self.scroll_animation.start()
+        """Keep the new end in view, unless the user scrolled up to read."""
+        if self.following:
+            self._jump_to_bottom()
 
     def _jump_to_bottom(self) -> None:
         bar = self.verticalScrollBar()

@@ -143,3 +143,50 @@ def render_markdown(text: str, *, code_link_prefix: str = "copy:") -> tuple[str,
     codes: list[str] = []
     body = _MD.render(text, {"codes": codes, "prefix": html.escape(code_link_prefix)})
     return body, codes
+
+
+_FENCE = re.compile(r"(`{3,}|~{3,})(.*)")
+
+
+class BlockScanner:
+    """Where the complete Markdown blocks of a growing text end, so that a streaming answer
+    renders each block once, when it is complete, instead of the whole answer again.
+
+    A block ends at a blank line outside a code fence, and at a closing fence. Fences are
+    found at any indentation (so a fence in a list item counts); the rendering while the
+    answer streams may differ from the final one in rare cases (a list split by a blank
+    line), and the finished answer is rendered whole.
+
+    Attributes:
+        scanned: where the first line not scanned yet starts.
+        fence: the open code fence's marker ("```", "~~~~", ...), "" outside one.
+    """
+
+    def __init__(self) -> None:
+        self.scanned = 0
+        self.fence = ""
+
+    def feed(self, text: str) -> int:
+        """Scan the complete lines of ``text`` (the whole text so far) not scanned yet.
+
+        Returns:
+            The end of the last complete block found in them, or -1 when none ended.
+        """
+        end = -1
+        while True:
+            newline = text.find("\n", self.scanned)
+            if newline < 0:
+                return end
+            line = text[self.scanned : newline].strip()
+            self.scanned = newline + 1
+            fence = _FENCE.match(line)
+            if self.fence:
+                marker = fence.group(1) if fence else ""
+                closes = marker[:1] == self.fence[:1] and len(marker) >= len(self.fence)
+                if fence and closes and not fence.group(2).strip():
+                    self.fence = ""
+                    end = self.scanned
+            elif fence and not (fence.group(1)[0] == "`" and "`" in fence.group(2)):
+                self.fence = fence.group(1)
+            elif not line:
+                end = self.scanned

@@ -333,8 +333,8 @@ class BackgroundTask(QObject):
         except Exception as err:  # noqa: BLE001 - the receiver decides by type
             self.failed.emit(err)
             return
-        # Never send None through a Signal(object): PySide6 6.12 on Python 3.11 can then
-        # release None once too often and abort the interpreter ("none_dealloc").
+        # A receiver tells "nothing to report" from a failure by the DONE marker (None was
+        # avoided here for PySide6 6.12's reference-count fault, see mixdesk.ui.refcounts).
         self.finished.emit(result if result is not None else DONE)
 
 

@@ -64,7 +64,8 @@ def test_switching_back_reads_only_the_new_message(
     assert stats.prompt_eval_tokens == stats.prompt_tokens - stats.prompt_reused
     words = f"{stats.prompt_reused} of {stats.prompt_tokens} prompt tokens cached"
     assert words in " ".join(window.view.toPlainText().split())
-    assert words in window.statusBar().currentMessage()
+    # said under the answer; the status bar does not repeat an answer's figures
+    assert "tok/s" not in window.statusBar().currentMessage()
     window.close()
 
 
@@ -89,10 +90,24 @@ def test_a_deleted_conversations_states_go_when_the_deletion_is_final(
 
 def test_the_footer_names_a_reused_prompt_only_when_it_is_worth_saying() -> None:
     # a BOS and a template's first marker shared with another conversation: no words
-    assert "cached" not in stats_line(GenerationStats(prompt_tokens=100, prompt_reused=2))
-    assert "cached" not in stats_line(GenerationStats(prompt_tokens=100, prompt_reused=20))
-    line = stats_line(GenerationStats(prompt_tokens=100, prompt_reused=99, reused_from="disk"))
+    def stats(reused: int, **kw: object) -> GenerationStats:
+        return GenerationStats(
+            prompt_tokens=100,
+            prompt_reused=reused,
+            prompt_eval_tokens=100 - reused,
+            prompt_tps=400.0,
+            **kw,  # type: ignore[arg-type]
+        )
+
+    assert "cached" not in stats_line(stats(2))
+    assert "cached" not in stats_line(stats(20))
+    line = stats_line(stats(99, reused_from="disk"))
     assert line.endswith(" · 99 of 100 prompt tokens cached")
+    # a regenerated answer: only the last token read again, llama.cpp times no prompt speed
+    assert "prompt cached" in stats_line(GenerationStats(prompt_tokens=100, prompt_eval_tokens=1))
+    assert "prompt 0 tok/s" not in stats_line(
+        GenerationStats(prompt_tokens=100, prompt_eval_tokens=1)
+    )
 
 
 def test_deleting_a_model_in_the_window_deletes_its_states(
