@@ -32,6 +32,13 @@ from mixdesk.core.planning.words import explain, speed_short
 from mixdesk.ui.plain import ask_yes_no, plain
 from mixdesk.ui.widgets import DeviceBars, compact
 
+#: The flash-attention box's tooltip, and while a quantised KV cache turns it on.
+FLASH_WORDS = "llama.cpp's flash attention: less memory for long contexts"
+FLASH_FORCED_WORDS = (
+    "A quantised KV cache (q8_0, q4_0) needs flash attention, so it is on; choose f16 to turn "
+    "it off"
+)
+
 
 class MeasureChart(QWidget):
     """Measured tokens/s per setting (the median of its rounds, and their spread), as small
@@ -111,6 +118,8 @@ class OffloadPanel(QWidget):
         self.kv = QComboBox()
         self.kv.addItems(["f16", "q8_0", "q4_0"])
         self.flash = QCheckBox("Flash attention")
+        self.flash.setToolTip(FLASH_WORDS)
+        self._flash_wanted = False
         self.threads, self.op_offload, self.verdict = _tuning_controls()
         self.strategy = compact(QComboBox())
         self.strategy.addItem("Whole layers on the GPU", "layers")
@@ -170,6 +179,7 @@ class OffloadPanel(QWidget):
         self.slider.valueChanged.connect(self._slider_moved)
         self.auto.toggled.connect(self._replan)
         self.ctx.valueChanged.connect(self._replan)
+        self.kv.currentTextChanged.connect(lambda _t: self._flash_follows_kv())
         self.kv.currentTextChanged.connect(self._replan)
         self.flash.toggled.connect(self._replan)
         self.strategy.currentIndexChanged.connect(self._replan)
@@ -321,6 +331,7 @@ class OffloadPanel(QWidget):
         self.ctx.setValue(choices.n_ctx or 0)
         self.kv.setCurrentText(choices.kv_type)
         self.flash.setChecked(choices.flash_attn)
+        self._flash_follows_kv()
         self.threads.setValue(choices.n_threads or 0)
         self.op_offload.setCurrentIndex(max(0, self.op_offload.findData(choices.op_offload)))
         self.strategy.setCurrentIndex(max(0, self.strategy.findData(choices.strategy)))
@@ -330,6 +341,19 @@ class OffloadPanel(QWidget):
             self.slider.setValue(choices.n_gpu_layers)
         for w in controls:
             w.blockSignals(False)
+
+    def _flash_follows_kv(self) -> None:
+        """A quantised KV cache needs flash attention (the engine turns it on): the box shows
+        it on and cannot be turned off; back on f16 it shows the user's own choice again."""
+        quantised = self.kv.currentText() != "f16"
+        if quantised and self.flash.isEnabled():
+            self._flash_wanted = self.flash.isChecked()
+        elif not quantised and not self.flash.isEnabled():
+            self.flash.setChecked(self._flash_wanted)
+        if quantised:
+            self.flash.setChecked(True)
+        self.flash.setEnabled(not quantised)
+        self.flash.setToolTip(FLASH_FORCED_WORDS if quantised else FLASH_WORDS)
 
     def _apply(self) -> None:
         if self.plan is None:

@@ -10,7 +10,9 @@ from PySide6.QtWidgets import (
     QDialog,
     QDialogButtonBox,
     QDoubleSpinBox,
+    QFileDialog,
     QFormLayout,
+    QHBoxLayout,
     QLabel,
     QLineEdit,
     QPushButton,
@@ -20,6 +22,7 @@ from PySide6.QtWidgets import (
 
 from mixdesk.core.chat.context_window import OVERFLOW_POLICIES
 from mixdesk.core.engine import SamplingParams
+from mixdesk.core.hub.library import models_dir
 from mixdesk.core.workspace.settings import Settings
 from mixdesk.ui.kv_cache_settings import KvCacheSection
 from mixdesk.ui.plain import plain
@@ -76,6 +79,30 @@ class SamplingFields:
         )
 
 
+def _models_folder(settings: Settings, parent: QWidget) -> tuple[QLineEdit, QWidget]:
+    """The Models folder field (empty: the default, shown in it) and a Browse button."""
+    edit = QLineEdit(settings.models_dir or "")
+    default = models_dir(replace(settings, models_dir=None))
+    edit.setPlaceholderText(f"{default} (the default)")
+    edit.setToolTip(f"Where downloaded models go; empty: {default}")
+    browse = QPushButton("Browse…")
+    browse.setToolTip("Choose the folder")
+
+    def choose() -> None:
+        start = edit.text().strip() or str(default)
+        chosen = QFileDialog.getExistingDirectory(parent, "Models folder", start)
+        if chosen:
+            edit.setText(chosen)
+
+    browse.clicked.connect(choose)
+    row = QWidget()
+    line = QHBoxLayout(row)
+    line.setContentsMargins(0, 0, 0, 0)
+    line.addWidget(edit, 1)
+    line.addWidget(browse)
+    return edit, row
+
+
 def _buttons(dialog: QDialog, form: QFormLayout) -> None:
     buttons = QDialogButtonBox(
         QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel
@@ -99,7 +126,7 @@ class SettingsDialog(QDialog):
         self.threads.setRange(0, 512)
         self.threads.setSpecialValueText("physical cores")
         self.threads.setValue(settings.threads or 0)
-        self.models_dir = QLineEdit(settings.models_dir or "")
+        self.models_dir, models_row = _models_folder(settings, self)
         self.overflow = QComboBox()
         self.overflow.addItem("Drop the oldest turns (keep the system prompt)", "drop_oldest")
         self.overflow.addItem("Stop at the limit", "stop")
@@ -113,13 +140,19 @@ class SettingsDialog(QDialog):
         for label, widget in (
             ("System prompt", self.system_prompt),
             ("Threads", self.threads),
-            ("Models folder", self.models_dir),
+            ("Models folder", models_row),
             ("Long conversations", self.overflow),
             ("Hugging Face token", self.token),
             ("", save_token),
             ("", self.token_state),
         ):
             form.addRow(label, widget)
+        for widget, tip in (
+            (self.system_prompt, "The system prompt of new conversations (each can have its own)"),
+            (self.threads, "CPU threads llama.cpp uses; 0: one per physical core"),
+            (self.overflow, "What happens when a conversation outgrows the context"),
+        ):
+            widget.setToolTip(tip)
         self.kv_cache = KvCacheSection(form, settings)
         _buttons(self, form)
 
