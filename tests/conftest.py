@@ -104,6 +104,10 @@ def engine(tmp_path: Path) -> Iterator[Engine]:
         eng.close()
 
 
+#: Address space an offload device's process may be given later (tests/helpers/limits.py).
+ANSWER_HEADROOM = 64 << 20
+
+
 @pytest.fixture
 def rpc_servers(workers: Callable[..., WorkerProcess]) -> Callable[..., WorkerProcess]:  # noqa: F811 - the fixture
     """Start offload devices on loopback: real llama.cpp RPC servers (`mixdesk worker`, over
@@ -121,7 +125,7 @@ def rpc_servers(workers: Callable[..., WorkerProcess]) -> Callable[..., WorkerPr
             "--no-cache", env={"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_THRESHOLD_": str(1 << 20)}
         )
         if memory_budget is not None:
-            limit_address_space(worker.proc.pid, memory_budget)
+            limit_address_space(worker.proc.pid, memory_budget, headroom=ANSWER_HEADROOM)
         return worker
 
     return start
