@@ -39,20 +39,6 @@ from tests.helpers.window import CPU, GPU
 
 
 @pytest.fixture
-def fake() -> FakeEngine:
-    return FakeEngine()
-
-
-@pytest.fixture
-def engine(qtbot: QtBot, fake: FakeEngine) -> Iterator[EngineController]:
-    """The engine's Qt handle over the fake; the controllers under test are its children."""
-    controller = EngineController(fake)
-    yield controller
-    controller.shutdown()
-    shiboken6.delete(controller)
-
-
-@pytest.fixture
 def conversations(tmp_path: Path) -> Iterator[ConversationController]:
     store = ChatStore(tmp_path / "chats.sqlite")
     yield ConversationController(store, Settings(system_prompt="Be brief."))

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-import shiboken6
 from PySide6.QtCore import QObject, Signal
 from pytestqt.qtbot import QtBot
 
@@ -28,19 +25,6 @@ class _Relay(QObject):
 
     loaded = Signal(object)
     done = Signal(int, object)
-
-
-@pytest.fixture
-def fake() -> FakeEngine:
-    return FakeEngine()
-
-
-@pytest.fixture
-def engine(qtbot: QtBot, fake: FakeEngine) -> Iterator[EngineController]:
-    controller = EngineController(fake)
-    yield controller
-    controller.shutdown()
-    shiboken6.delete(controller)
 
 
 def test_an_answer_carries_its_conversations_cache_request(

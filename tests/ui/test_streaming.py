@@ -5,11 +5,9 @@ deltas becomes a bounded number of updates showing exactly the streamed text."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
-import pytest
-import shiboken6
 from PySide6.QtCore import QObject, QPointF, Signal
 from PySide6.QtGui import QFont, QTextCursor
 from PySide6.QtWidgets import QApplication
@@ -109,19 +107,6 @@ def test_each_block_is_rendered_once(qtbot: QtBot) -> None:
 
 class _Relay(QObject):
     loaded = Signal(object)
-
-
-@pytest.fixture
-def engine(fake: FakeEngine) -> Iterator[EngineController]:
-    controller = EngineController(fake)
-    yield controller
-    controller.shutdown()
-    shiboken6.delete(controller)
-
-
-@pytest.fixture
-def fake() -> FakeEngine:
-    return FakeEngine()
 
 
 def test_a_burst_of_deltas_is_a_bounded_number_of_updates_of_exactly_the_text(
