@@ -73,3 +73,26 @@ def test_a_file_that_is_not_a_session_is_refused_in_one_sentence(
     (line,) = [x for x in proc.stderr.splitlines() if x.strip()]
     assert "is not a MixDesk chat session" in line
     assert notes.read_text() == "my notes"  # never overwritten
+
+
+def test_the_session_line_follows_the_answer_on_a_line_of_its_own(
+    models: dict[str, Path], tmp_path: Path
+) -> None:
+    """In a terminal the answer (stdout) and the session's line (stderr) share the screen:
+    the answer's line ends first."""
+    proc = subprocess.run(
+        [
+            *MIXDESK,
+            *("chat", str(models["q4_k_m"]), "--session", str(tmp_path / "s.session")),
+            *(*GREEDY, "--prompt", "Hello"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=120,
+        env=os.environ.copy(),
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout
+    (line,) = [x for x in proc.stdout.splitlines() if "a new session" in x]
+    assert line.startswith("mixdesk: a new session"), proc.stdout

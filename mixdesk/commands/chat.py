@@ -161,6 +161,13 @@ def load_request(args: argparse.Namespace, *, library: Library) -> LoadRequest:
     )
 
 
+def _end_answer_line(*, echoed: bool) -> None:
+    """End the streamed answer's line before anything else is said on the terminal."""
+    if echoed:
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+
+
 def run_chat(args: argparse.Namespace, *, library: Library) -> int:
     """Run the chat command; returns the exit status."""
     if args.json and args.prompt is None:
@@ -198,12 +205,12 @@ def run_chat(args: argparse.Namespace, *, library: Library) -> int:
             history.append(ChatMessage("user", args.prompt))
             done = _stream(engine.chat(history, sampling, cache=cache), echo=not args.json)
             record_answer_speed(store, outcome, done.stats)
+            _end_answer_line(echoed=not args.json)
             if session:
                 sys.stderr.write(session.note(done) + "\n")
             if args.json:
                 print_json({**_json_result(done, info), **_placement(outcome)})
             else:
-                sys.stdout.write("\n")
                 _say_if_no_text(done)
                 sys.stderr.write(speed_line(done.stats, load_s=info.load_s) + "\n")
             return 0
