@@ -307,11 +307,9 @@ class BackgroundTask(QObject):
     _alive: ClassVar[set[BackgroundTask]] = set()
 
     def start(self) -> None:
-        """Start the work (from the GUI thread)."""
+        """Start the work."""
         BackgroundTask._alive.add(self)
-        # released in the GUI thread: a lambda here ran in the finishing thread itself and
-        # could delete its QThread while it was still ending (a rare segfault)
-        self.runner_thread.finished.connect(_reaper().release)
+        self.runner_thread.finished.connect(lambda: BackgroundTask._alive.discard(self))
         self.runner_thread.start()
 
     @classmethod
@@ -338,27 +336,6 @@ class BackgroundTask(QObject):
         # A receiver tells "nothing to report" from a failure by the DONE marker (None was
         # avoided here for PySide6 6.12's reference-count fault, see mixdesk.ui.refcounts).
         self.finished.emit(result if result is not None else DONE)
-
-
-class _Reaper(QObject):
-    """Lives in the GUI thread: lets a finished task go once its thread has ended."""
-
-    @Slot()
-    def release(self) -> None:
-        thread = self.sender()
-        for task in [t for t in BackgroundTask._alive if t.runner_thread is thread]:
-            task.runner_thread.wait()
-            BackgroundTask._alive.discard(task)
-
-
-_REAPER: list[_Reaper] = []
-
-
-def _reaper() -> _Reaper:
-    """The one reaper, made in the GUI thread by the first task started there."""
-    if not _REAPER:
-        _REAPER.append(_Reaper())
-    return _REAPER[0]
 
 
 __all__ = ["BackgroundTask", "ChatDone", "EngineController", "EngineRunner"]
