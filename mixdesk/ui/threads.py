@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any, ClassVar
 
-from PySide6.QtCore import QObject, QThread, Signal, Slot
+from PySide6.QtCore import QObject, QThread, QTimer, Signal, Slot
 
 from mixdesk.core.chat.template import ChatMessage
 from mixdesk.core.engine import ChatDone, Engine, ModelInfo, SamplingParams
@@ -278,8 +278,47 @@ class EngineController(QObject):
 DONE = "done"
 
 
+class _TaskWorker(QObject):
+    """The part of a :class:`BackgroundTask` that lives in its thread: runs the function and
+    reports through its own signals, which the task relays in the thread that made it."""
+
+    finished = Signal(object)
+    failed = Signal(object)
+    progress = Signal(object)
+
+    def __init__(
+        self, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any], cancel: threading.Event
+    ) -> None:
+        super().__init__()
+        self._fn = fn
+        self._args = args
+        self._kwargs = kwargs
+        self._cancel = cancel
+
+    @Slot()
+    def run(self) -> None:
+        try:
+            result = self._fn(
+                *self._args, report=self.progress.emit, cancel=self._cancel, **self._kwargs
+            )
+        except Exception as err:  # noqa: BLE001 - the receiver decides by type
+            self.failed.emit(err)
+        else:
+            # A receiver tells "nothing to report" from a failure by the DONE marker (None was
+            # avoided here for PySide6 6.12's reference-count fault, see mixdesk.ui.refcounts).
+            self.finished.emit(result if result is not None else DONE)
+        finally:
+            self.thread().quit()  # thread-safe; its finished signal lets the task go
+
+
 class BackgroundTask(QObject):
     """Runs one blocking function in its own thread and reports the result.
+
+    The task itself stays in the thread that made it (the GUI thread); only its worker moves
+    to the new thread. So whatever is connected to the task's signals, a lambda included,
+    runs in the GUI thread: PySide6 runs a plain callable connected to a signal in the thread
+    of the *sender*, and a task that had moved itself ran its receivers' widget code in its
+    worker thread (random crashes, and queued calls to receivers already gone).
 
     Signals:
         finished(object): the function's return value.
@@ -293,15 +332,17 @@ class BackgroundTask(QObject):
 
     def __init__(self, fn: Any, *args: Any, **kwargs: Any) -> None:
         super().__init__()
-        self._fn = fn
-        self._args = args
-        self._kwargs = kwargs
         self.cancel_event = threading.Event()
         self.runner_thread = QThread()
-        self.moveToThread(self.runner_thread)
-        self.runner_thread.started.connect(self._run)
-        self.finished.connect(self.runner_thread.quit)
-        self.failed.connect(self.runner_thread.quit)
+        self._worker = _TaskWorker(fn, args, kwargs, self.cancel_event)
+        self._worker.moveToThread(self.runner_thread)
+        self.runner_thread.started.connect(self._worker.run)
+        # Signal to signal, received by this task: queued into the thread that made it.
+        self._worker.finished.connect(self.finished)
+        self._worker.failed.connect(self.failed)
+        self._worker.progress.connect(self.progress)
+        # Queued too (the QThread object lives here), and after the worker's last signal.
+        self.runner_thread.finished.connect(self._ended)
 
     #: Tasks whose thread runs: kept referenced until they end, and ended with the app.
     _alive: ClassVar[set[BackgroundTask]] = set()
@@ -309,8 +350,19 @@ class BackgroundTask(QObject):
     def start(self) -> None:
         """Start the work."""
         BackgroundTask._alive.add(self)
-        self.runner_thread.finished.connect(lambda: BackgroundTask._alive.discard(self))
         self.runner_thread.start()
+
+    @Slot()
+    def _ended(self) -> None:
+        # Let go on the next turn of the loop, outside the slot its own thread's signal called.
+        QTimer.singleShot(0, self._release)
+
+    def _release(self) -> None:
+        # Never block here: the ending thread may still need the interpreter to finish.
+        if not self.runner_thread.wait(0):
+            QTimer.singleShot(5, self._release)
+            return
+        BackgroundTask._alive.discard(self)
 
     @classmethod
     def stop_all(cls, wait_ms: int = 10_000) -> None:
@@ -323,19 +375,6 @@ class BackgroundTask(QObject):
             task.runner_thread.quit()
             task.runner_thread.wait(wait_ms)
         cls._alive.difference_update(tasks)
-
-    @Slot()
-    def _run(self) -> None:
-        try:
-            result = self._fn(
-                *self._args, report=self.progress.emit, cancel=self.cancel_event, **self._kwargs
-            )
-        except Exception as err:  # noqa: BLE001 - the receiver decides by type
-            self.failed.emit(err)
-            return
-        # A receiver tells "nothing to report" from a failure by the DONE marker (None was
-        # avoided here for PySide6 6.12's reference-count fault, see mixdesk.ui.refcounts).
-        self.finished.emit(result if result is not None else DONE)
 
 
 __all__ = ["BackgroundTask", "ChatDone", "EngineController", "EngineRunner"]
