@@ -278,7 +278,7 @@ class EngineController(QObject):
 DONE = "done"
 
 
-class _TaskWorker(QObject):
+class _TaskJob(QObject):
     """The part of a :class:`BackgroundTask` that lives in its thread: runs the function and
     reports through its own signals, which the task relays in the thread that made it."""
 
@@ -314,11 +314,11 @@ class _TaskWorker(QObject):
 class BackgroundTask(QObject):
     """Runs one blocking function in its own thread and reports the result.
 
-    The task itself stays in the thread that made it (the GUI thread); only its worker moves
+    The task itself stays in the thread that made it (the GUI thread); only its job moves
     to the new thread. So whatever is connected to the task's signals, a lambda included,
     runs in the GUI thread: PySide6 runs a plain callable connected to a signal in the thread
     of the *sender*, and a task that had moved itself ran its receivers' widget code in its
-    worker thread (random crashes, and queued calls to receivers already gone).
+    own thread (random crashes, and queued calls to receivers already gone).
 
     Signals:
         finished(object): the function's return value.
@@ -334,14 +334,14 @@ class BackgroundTask(QObject):
         super().__init__()
         self.cancel_event = threading.Event()
         self.runner_thread = QThread()
-        self._worker = _TaskWorker(fn, args, kwargs, self.cancel_event)
-        self._worker.moveToThread(self.runner_thread)
-        self.runner_thread.started.connect(self._worker.run)
+        self._job = _TaskJob(fn, args, kwargs, self.cancel_event)
+        self._job.moveToThread(self.runner_thread)
+        self.runner_thread.started.connect(self._job.run)
         # Signal to signal, received by this task: queued into the thread that made it.
-        self._worker.finished.connect(self.finished)
-        self._worker.failed.connect(self.failed)
-        self._worker.progress.connect(self.progress)
-        # Queued too (the QThread object lives here), and after the worker's last signal.
+        self._job.finished.connect(self.finished)
+        self._job.failed.connect(self.failed)
+        self._job.progress.connect(self.progress)
+        # Queued too (the QThread object lives here), and after the job's last signal.
         self.runner_thread.finished.connect(self._ended)
 
     #: Tasks whose thread runs: kept referenced until they end, and ended with the app.
