@@ -14,11 +14,22 @@ from pathlib import Path
 import pytest
 
 from mixdesk.core.engine.quantize import FILE_TYPES
-from mixdesk.core.loading.calibrate import Run, calibrate, fit, fit_worker
+from mixdesk.core.loading.calibrate import (
+    MAX_CONTENTION,
+    WORKER_MEMORY,
+    WORKER_TYPES,
+    Run,
+    calibrate,
+    contention,
+    fit,
+    fit_worker,
+)
 from mixdesk.core.loading.calibrate_models import MEMORY_TYPES, SHAPE, THIN, Shapes
 from mixdesk.core.planning.speed import SpeedSource
 
 TOKEN_S, LAYER_S, PROMPT_LAYER_S = 0.5e-3, 40e-6, 20e-6
+#: A prompt token's cost whatever the layers (this machine: about 17 us).
+PROMPT_TOKEN_S = 17e-6
 #: What memory adds per byte for a model larger than the caches (1 / 40 GB/s).
 MEMORY_S_PER_BYTE = 1 / 40e9
 #: A dequantisation-bound type waits on memory more per byte than a bandwidth-bound one.
@@ -35,7 +46,8 @@ PROMPT = {"Q2_K": 20e9, "Q4_K": 30e9, "Q6_K": 25e9, "Q8_0": 40e9, "F32": 15e9}
 def _run(label: str, layers: int, eval_bytes: dict[str, float]) -> Run:
     weights = {t: b / 0.6 for t, b in eval_bytes.items()}
     eval_s = TOKEN_S + layers * LAYER_S + sum(b / EVAL[t] for t, b in eval_bytes.items())
-    prompt_s = layers * PROMPT_LAYER_S + sum(w / PROMPT[t] for t, w in weights.items())
+    prompt_s = PROMPT_TOKEN_S + layers * PROMPT_LAYER_S
+    prompt_s += sum(w / PROMPT[t] for t, w in weights.items())
     return Run(label, layers, eval_bytes, weights, eval_s, prompt_s)
 
 
@@ -55,7 +67,7 @@ def test_the_fit_recovers_the_coefficients() -> None:
         runs.append(replace(large, eval_s=large.eval_s + memory_s))
     model = fit(runs, threads=2)
     assert model.cpu.memory_s_per_byte == pytest.approx(MEMORY_S_PER_BYTE, rel=0.05)
-    assert model.cpu.memory_free_bytes == pytest.approx(FREE)
+    assert model.cpu.memory_cached_bytes == pytest.approx(FREE)
     # a model within the caches pays no memory time; a larger one for its bytes beyond them
     assert model.cpu.memory_time({"Q4_K": 15e6}) == 0.0
     assert model.cpu.memory_time({"Q4_K": 4 * FREE}) == pytest.approx(
@@ -72,9 +84,44 @@ def test_the_fit_recovers_the_coefficients() -> None:
     assert model.source is SpeedSource.MEASURED and model.cpu_threads == 2
     assert model.token_s == pytest.approx(TOKEN_S, rel=0.05)
     assert model.layer_s == pytest.approx(LAYER_S, rel=0.05)
+    assert model.prompt_token_s == pytest.approx(PROMPT_TOKEN_S, rel=0.05)
+    assert model.prompt_layer_s == pytest.approx(PROMPT_LAYER_S, rel=0.05)
     for kind in ("Q2_K", "Q4_K", "Q6_K", "Q8_0"):
         assert model.cpu.eval_rate(kind) == pytest.approx(EVAL[kind], rel=0.05), kind
         assert model.cpu.prompt_rate(kind) == pytest.approx(PROMPT[kind], rel=0.10), kind
+
+
+#: Rates of a fast CPU (this machine's, measured): far above the defaults the fit starts from.
+FAST = {"Q2_K": 17e9, "Q3_K": 12.8e9, "Q4_K": 26e9, "Q5_K": 21e9, "Q6_K": 24e9, "Q8_0": 26e9}
+
+
+def test_the_fit_follows_a_chain_of_types_to_its_end() -> None:
+    """The type models as llama.cpp quantises them: Q2_K's holds Q3_K, Q3_K_M's Q4_K,
+    Q4_K_M's Q6_K. Starting from default rates, each link settles only after the next one has;
+    a fixed three passes left Q2_K at its default (2.1 GB/s, eight times too slow)."""
+    rates = {**FAST, "F32": 12e9}
+
+    def run(label: str, eval_bytes: dict[str, float]) -> Run:
+        eval_s = TOKEN_S + 6 * LAYER_S + sum(b / rates[t] for t, b in eval_bytes.items())
+        weights = {t: b / 0.6 for t, b in eval_bytes.items()}
+        prompt_s = 6 * PROMPT_LAYER_S + sum(w / 30e9 for w in weights.values())
+        return Run(label, 6, eval_bytes, weights, eval_s, prompt_s)
+
+    common = {"Q8_0": 0.84e6, "F32": 0.12e6}
+    runs = [
+        _run("thin-2", 2, {"F32": 0.5e6}),
+        _run("thin-24", 24, {"F32": 6e6}),
+        _run("thin-wide", 6, {"F32": 23e6}),
+        run("Q2_K", {"Q2_K": 6.71e6, "Q3_K": 4.06e6, "Q5_K": 1.08e6, **common}),
+        run("Q3_K_M", {"Q3_K": 8.79e6, "Q4_K": 5.31e6, "Q5_K": 1.08e6, **common}),
+        run("Q4_K_M", {"Q4_K": 15.04e6, "Q6_K": 2.74e6, "Q5_K": 1.08e6, **common}),
+        run("Q5_K_M", {"Q5_K": 19.46e6, "Q6_K": 2.74e6, **common}),
+        run("Q6_K", {"Q6_K": 25.97e6, **common}),
+        run("Q8_0", {"Q8_0": 34.47e6, "F32": 0.12e6}),
+    ]
+    model = fit(runs, threads=2)
+    for kind, rate in FAST.items():
+        assert model.cpu.eval_rate(kind) == pytest.approx(rate, rel=0.05), kind
 
 
 def _runs_at(
@@ -120,6 +167,59 @@ def test_a_worker_is_fitted_type_by_type() -> None:
     for kind in ("Q2_K", "Q4_K", "Q6_K", "Q8_0"):
         assert rates.eval_rate(kind) == pytest.approx(worker[kind], rel=0.05), kind
         assert rates.prompt_rate(kind) == pytest.approx(worker_prompt[kind], rel=0.10), kind
+
+
+def test_a_type_not_measured_on_a_worker_takes_the_cpus_rate_at_the_workers_ratio() -> None:
+    """To save time a worker measures only some type models; the other types take this CPU's
+    rates at the median ratio of the measured ones (not the defaults, which are for another
+    machine)."""
+    thin = [
+        _run("thin-2", 2, {"F32": 0.5e6}),
+        _run("thin-24", 24, {"F32": 6e6}),
+        _run("thin-wide", 6, {"F32": 23e6}),
+    ]
+    cpu_runs = [*thin, *_runs_at(EVAL, PROMPT, 0.0, 0.0)]
+    cpu = fit(cpu_runs, threads=2).cpu
+    half = {t: r / 2 for t, r in EVAL.items()}
+    on_worker = [r for r in _runs_at(half, PROMPT, 0.0, 1e-3) if r.label != "Q6_K"]
+    rates = fit_worker(cpu_runs, on_worker, 1e-3, threads=2, cpu=cpu)
+    assert rates.eval_rate("Q4_K") == pytest.approx(EVAL["Q4_K"] / 2, rel=0.05)
+    assert rates.eval_rate("Q6_K") == pytest.approx(cpu.eval_rate("Q6_K") / 2, rel=0.05)
+    assert rates.eval_rate("Q5_K") == pytest.approx(cpu.eval_rate("Q5_K") / 2, rel=0.05)
+
+
+def test_contention_is_what_a_split_token_took_beyond_its_parts(tmp_path: Path) -> None:
+    """A worker on this machine shares its cores with the app: a token split between them
+    took longer than the two parts and the hop (the loopback rows of speed_truth); the
+    measured split gives the extra per second of the shorter part, and the plan adds it."""
+    from mixdesk.core.gguf.profile import profile_local
+    from mixdesk.core.planning.speed import predict
+    from mixdesk.core.planning.speed_defaults import default_speed_model
+    from tests.helpers import model_factory as mf
+
+    profile = profile_local(mf.mixtral_header_file(tmp_path, "Q4_K_M", legacy=True))
+    base = default_speed_model([], 2)
+    worker = replace(base.cpu, hop_s=1e-3)
+    name = "RPC0[127.0.0.1:50052]"
+    half = profile.n_layers // 2
+    layers = {i: name for i in range(profile.n_layers - half, profile.n_layers)}
+
+    def seconds(value: float) -> float:
+        model = replace(base, devices={name: replace(worker, contention=value)})
+        speed = predict(model, profile, layer_device=layers, output_device=name, threads=2)
+        return 1.0 / speed.eval_tps
+
+    measured = seconds(0.8)
+    assert measured > seconds(0.0)  # the plan pays it
+    found = contention(
+        base, name, worker, profile, half_layers=half, measured_s=measured, threads=2
+    )
+    assert found == pytest.approx(0.8, abs=0.03)  # tok/s are rounded to 0.01
+    # a worker elsewhere: a split as fast as its parts has none
+    elsewhere = contention(
+        base, name, worker, profile, half_layers=half, measured_s=seconds(0.0), threads=2
+    )
+    assert elsewhere == pytest.approx(0.0, abs=0.03)
 
 
 THREADS = ("--threads", "2", "--json")
@@ -206,13 +306,15 @@ def test_calibrate_measures_a_worker_type_by_type(tmp_path: Path) -> None:
     finally:
         worker.kill()
     name = buffer_name(hardware.gpus[0])
-    assert [r.label for r in result.device_runs[name]] == [*FILE_TYPES, "memory"]
+    assert [r.label for r in result.device_runs[name]] == [*WORKER_TYPES, WORKER_MEMORY]
     assert all(r.eval_s > 0 and r.prompt_s > 0 for r in result.device_runs[name])
     rates = result.model.devices[name]
     assert rates.hop_s >= 0 and rates.memory_s_per_byte >= 0
+    assert 0 <= rates.contention <= MAX_CONTENTION
     # its rates are fitted on its own runs (type by type: tested on made-up runs above; these
     # small models are bound by the fixed costs, so their rates say little)
-    assert rates == fit_worker(result.runs, result.device_runs[name], rates.hop_s, threads=2)
+    fitted = fit_worker(result.runs, result.device_runs[name], rates.hop_s, 2, cpu=result.model.cpu)
+    assert rates == replace(fitted, contention=rates.contention)
 
 
 def test_a_busy_machine_is_not_kept() -> None:
@@ -226,3 +328,18 @@ def test_a_busy_machine_is_not_kept() -> None:
     with pytest.raises(CalibrationNoisyError) as caught:
         expected_error(12.29, 464.44)  # a fit made while other programs ran
     assert "measure again" in user_message(caught.value)
+
+
+def test_memory_is_paid_on_the_weights_held_not_on_a_tokens_bytes() -> None:
+    """A mixture-of-experts token reads a quarter of the experts, but the next token picks
+    others: the working set is what the device holds. A device holding four times what the
+    caches keep misses them for three quarters of every token's bytes, however few a token
+    reads (a loopback worker holding half of the mid model read 20 MB a token, under the
+    type models' 23 MB, and was promised no memory time at all)."""
+    from mixdesk.core.planning.speed import DeviceRates
+
+    rates = DeviceRates({"Q4_K": 20e9}, {"Q4_K": 50e9}, memory_s_per_byte=1e-10)
+    rates = replace(rates, memory_cached_bytes=50e6)
+    assert rates.memory_time({"Q4_K": 20e6}, held_bytes=200e6) == pytest.approx(0.75 * 20e6 * 1e-10)
+    assert rates.memory_time({"Q4_K": 20e6}, held_bytes=40e6) == 0.0  # within the caches
+    assert rates.memory_time({"Q4_K": 100e6}) == pytest.approx(0.5 * 100e6 * 1e-10)

@@ -98,11 +98,14 @@ def test_the_store_keeps_what_is_measured_and_survives_damage(tmp_path: Path) ->
     assert store.read().overheads == {"CUDA0": 123}
     base = default_speed_model([], 2)
     memory_by_type = {"Q2_K": 1 / 12e9, "Q8_0": 1 / 40e9}
-    model = replace(base, cpu=replace(base.cpu, memory_by_type=memory_by_type))
+    model = replace(
+        base, cpu=replace(base.cpu, memory_by_type=memory_by_type), prompt_token_s=17e-6
+    )
     store.record_speed_model(model)
     back = store.read().speed
     assert back is not None and back.source is SpeedSource.MEASURED
     assert back.cpu == model.cpu and back.token_s == model.token_s
+    assert back.prompt_token_s == 17e-6
     assert back.cpu.memory_by_type == memory_by_type
     assert store.read().overheads == {"CUDA0": 123}  # kept beside it
     store.record_answer("key", 12.5, 0.0)

@@ -53,7 +53,9 @@ from mixdesk.core.planning.speed import (
     DeviceRates,
     SpeedModel,
     SpeedSource,
+    Work,
     device_work,
+    miss_share,
     predict,
 )
 from mixdesk.core.planning.speed_defaults import default_speed_model
@@ -65,9 +67,25 @@ log = logging.getLogger(__name__)
 #: A check model further off than this from the fit's prediction: the measurements are
 #: not kept (a busy machine), rather than every later speed being wrong.
 MAX_CHECK_MISS = 0.5
+#: The types measured on an RPC worker (each worker costs the time of its models): the
+#: others take this CPU's rates at the worker's median ratio to them.
+WORKER_TYPES = ("Q2_K", "Q3_K_M", "Q4_K_M", "Q6_K", "Q8_0")
+#: The large model measured on a worker (what memory adds there).
+WORKER_MEMORY = "memory-Q4_K_M"
+#: Words of the prompt before a large model's generation (its prompt speed is not used: a
+#: short one saves seconds).
+SHORT_PROMPT_WORDS = 20
+#: The type model measured split between this CPU and a worker (its last half on the worker).
+SPLIT_MODEL = "Q4_K_M"
+#: The most a split token's contention can be measured at (per second of the shorter part).
+MAX_CONTENTION = 3.0
 #: Tokens generated per measurement (end-of-text ignored), and rounds per model.
-EVAL_TOKENS = 48
+EVAL_TOKENS = 64
 ROUNDS = 2
+#: Words at the end of the measuring prompt that differ between rounds.
+TAIL_WORDS = 20
+#: The most passes the fit takes over the type models (it stops when the rates settle).
+FIT_PASSES = 30
 #: Words in the measuring prompt: about 512 tokens with the template's (3 tokens a word).
 PROMPT_WORDS = 150
 _WORDS = ("the", "of", "and", "to", "in", "is")
@@ -85,6 +103,13 @@ class Run:
     #: Seconds per generated token and per prompt token (llama.cpp's counters).
     eval_s: float
     prompt_s: float
+    #: The weight bytes the device held (0: as many as a token reads).
+    held_bytes: float = 0.0
+
+    @property
+    def held(self) -> float:
+        """The weight bytes held (a token's bytes when not known)."""
+        return self.held_bytes or sum(self.eval_bytes.values())
 
 
 @dataclass(frozen=True)
@@ -105,39 +130,63 @@ def _cpu(hardware: HardwareInfo) -> HardwareInfo:
     return replace(hardware, gpus=[])
 
 
-def measuring_prompt(round_no: int = 0) -> str:
-    """The prompt speeds are measured with: about 512 tokens of the generated vocabulary."""
-    return " ".join(_WORDS[(i + round_no) % len(_WORDS)] for i in range(PROMPT_WORDS))
+def measuring_prompt(round_no: int = 0, *, tail: int = 0) -> str:
+    """The prompt speeds are measured with: about 512 tokens of the generated vocabulary
+    (``round_no``: another prompt, every word moved; ``tail``: the same prompt but for its
+    last :data:`TAIL_WORDS` words)."""
+    words = [_WORDS[(i + round_no) % len(_WORDS)] for i in range(PROMPT_WORDS)]
+    for i in range(PROMPT_WORDS - TAIL_WORDS, PROMPT_WORDS):
+        words[i] = _WORDS[(i + round_no + tail) % len(_WORDS)]
+    return " ".join(words)
 
 
 def _measure(
-    engine: Engine, path: Path, hardware: HardwareInfo, choices: LoadChoices
+    engine: Engine,
+    path: Path,
+    hardware: HardwareInfo,
+    choices: LoadChoices,
+    *,
+    short: bool = False,
 ) -> tuple[float, float]:
-    """(seconds per generated token, seconds per prompt token) of one load: the faster of
-    :data:`ROUNDS` rounds (another program can only make a round slower), each with a prompt of
-    its own (a repeated prompt would be read from the cache, not evaluated)."""
+    """(seconds per generated token, seconds per prompt token) of one load: a prompt of about
+    512 tokens, then :data:`EVAL_TOKENS` tokens generated after it, as every answer is; then
+    the same prompt with its last words changed (only they are read again, the rest stays in
+    the KV cache) and the generation again, at the same depth: the faster of the two (another
+    program can only make a round slower)."""
     setup = plan_load(resolve_file(path), hardware, choices, calibration=Calibration())
     engine.load(setup.config)
-    sampling = SamplingParams(
-        max_tokens=EVAL_TOKENS, ignore_eos=True, seed=1, temperature=0.0, top_k=1
-    )
+    # Sampled as answers are (not greedy): on a model of random weights greedy decoding
+    # repeats a few tokens, so the same few experts stay in the caches and a token reads far
+    # less memory than an answer's do (a loopback worker's rate came out 1.2-1.4x too fast).
+    sampling = SamplingParams(max_tokens=EVAL_TOKENS, ignore_eos=True, seed=1)
     eval_s = prompt_s = math.inf
     for round_no in range(ROUNDS):
-        prompt = measuring_prompt(round_no)
+        prompt = measuring_prompt(tail=round_no)
+        if short:  # a large model: its generation only (the depth moves its time by ~1%)
+            prompt = " ".join(prompt.split()[-SHORT_PROMPT_WORDS:])
         stats = engine.chat([ChatMessage("user", prompt)], sampling).wait().stats
         if stats.eval_tps <= 0 or stats.prompt_tps <= 0:
             raise RuntimeError(f"no speed measured for {path.name}")
         eval_s = min(eval_s, 1.0 / stats.eval_tps)
-        prompt_s = min(prompt_s, 1.0 / stats.prompt_tps)
+        if round_no == 0:
+            prompt_s = 1.0 / stats.prompt_tps
     return eval_s, prompt_s
 
 
 def _run(label: str, profile: ModelProfile, eval_s: float, prompt_s: float) -> Run:
     work = device_work(profile, {}, "CPU")["CPU"]
-    return Run(label, profile.n_layers, work.eval_bytes, work.prompt_weights, eval_s, prompt_s)
+    return Run(
+        label,
+        profile.n_layers,
+        work.eval_bytes,
+        work.prompt_weights,
+        eval_s,
+        prompt_s,
+        held_bytes=float(work.held_bytes),
+    )
 
 
-def fit(runs: list[Run], threads: int) -> SpeedModel:
+def fit(runs: list[Run], threads: int, *, start: DeviceRates | None = None) -> SpeedModel:
     """The CPU's coefficients from measured runs (pure: unit-tested on made-up runs).
 
     The thin F32 runs give the fixed costs and the F32 throughput (least squares over
@@ -149,14 +198,21 @@ def fit(runs: list[Run], threads: int) -> SpeedModel:
     thin = [r for r in runs if r.label.startswith("thin")]
     quants = [r for r in runs if not r.label.startswith(("thin", "memory"))]
     memory_runs = [r for r in runs if r.label.startswith("memory")]
-    eval_rates = dict(defaults.cpu.eval_bytes_per_s)
-    prompt_rates = dict(defaults.cpu.prompt_weights_per_s)
+    first = start or defaults.cpu  # the rates the passes start from
+    eval_rates = dict(first.eval_bytes_per_s)
+    prompt_rates = dict(first.prompt_weights_per_s)
     token_s, layer_s, prompt_layer_s = defaults.token_s, defaults.layer_s, defaults.prompt_layer_s
+    prompt_token_s = defaults.prompt_token_s
     if len(thin) >= 3:
-        token_s, layer_s, eval_rates["F32"], prompt_layer_s, prompt_rates["F32"] = _fixed_costs(
-            thin, defaults
-        )
-    for _ in range(3):
+        fixed = _fixed_costs(thin, defaults)
+        token_s, layer_s, eval_rates["F32"] = fixed.token_s, fixed.layer_s, fixed.f32_bytes_per_s
+        prompt_token_s, prompt_layer_s = fixed.prompt_token_s, fixed.prompt_layer_s
+        prompt_rates["F32"] = fixed.f32_weights_per_s
+    # Each type model holds a little of other types (Q2_K's holds Q3_K, Q3_K_M's Q4_K, ...):
+    # a type's rate needs the others' first, so pass over them until the rates settle (a
+    # chain of types takes a pass per link; three passes left Q2_K at its default).
+    for _ in range(FIT_PASSES):
+        before = (dict(eval_rates), dict(prompt_rates))
         for r in quants:
             kind = max(r.eval_bytes, key=lambda t: r.eval_bytes[t])
             others = {t: v for t, v in r.eval_bytes.items() if t != kind}
@@ -164,17 +220,22 @@ def fit(runs: list[Run], threads: int) -> SpeedModel:
             if left > 0:
                 eval_rates[kind] = r.eval_bytes[kind] / left
             others = {t: v for t, v in r.prompt_weights.items() if t != kind}
-            left = r.prompt_s - r.n_layers * prompt_layer_s - _cost(others, prompt_rates)
+            left = r.prompt_s - prompt_token_s - r.n_layers * prompt_layer_s
+            left -= _cost(others, prompt_rates)
             if left > 0:
                 prompt_rates[kind] = r.prompt_weights[kind] / left
-    # the type models' working set stays in the caches: memory costs the bytes beyond it
-    free = statistics.median(sum(r.eval_bytes.values()) for r in quants) if quants else 0.0
+        if _settled(before, (eval_rates, prompt_rates)):
+            break
+    # the type models stay in the caches (their time is their rates'); a larger model's
+    # token misses them for the share of the weights it holds beyond that
+    free = statistics.median(r.held for r in quants) if quants else 0.0
     memory_by_type = {}
     for memory in memory_runs:  # what is left of a large model's time is memory's
         left = memory.eval_s - token_s - memory.n_layers * layer_s
         left -= _cost(memory.eval_bytes, eval_rates)
         kind = max(memory.eval_bytes, key=lambda t: memory.eval_bytes[t])
-        beyond = sum(memory.eval_bytes.values()) - free
+        share = miss_share(free, memory.eval_bytes, memory.held)
+        beyond = sum(memory.eval_bytes.values()) * share
         memory_by_type[kind] = max(0.0, left / beyond) if beyond > 0 else 0.0
     memory_s_per_byte = memory_by_type.get("Q8_0", max(memory_by_type.values(), default=0.0))
     return SpeedModel(
@@ -183,45 +244,73 @@ def fit(runs: list[Run], threads: int) -> SpeedModel:
             prompt_rates,
             memory_s_per_byte=memory_s_per_byte,
             memory_by_type=memory_by_type,
-            memory_free_bytes=free if memory_runs else 0.0,
+            memory_cached_bytes=free if memory_runs else 0.0,
         ),
         cpu_threads=threads,
         token_s=token_s,
         layer_s=layer_s,
         prompt_layer_s=prompt_layer_s,
+        prompt_token_s=prompt_token_s,
         source=SpeedSource.MEASURED,
         error=0.15,
     )
 
 
-def _fixed_costs(thin: list[Run], defaults: SpeedModel) -> tuple[float, float, float, float, float]:
-    """(token_s, layer_s, F32 bytes/s, prompt layer_s, F32 weights/s) from the thin runs."""
+def _settled(
+    before: tuple[Mapping[str, float], ...], after: tuple[Mapping[str, float], ...]
+) -> bool:
+    """Whether no rate moved by more than 0.1% in a pass."""
+    return all(
+        abs(new[t] - old.get(t, 0.0)) <= 1e-3 * new[t]
+        for old, new in zip(before, after, strict=True)
+        for t in new
+    )
+
+
+@dataclass(frozen=True)
+class FixedCosts:
+    """What the thin models say: the costs that do not depend on the weights, and F32's
+    rates (their few weights are F32)."""
+
+    token_s: float
+    layer_s: float
+    f32_bytes_per_s: float
+    prompt_token_s: float
+    prompt_layer_s: float
+    f32_weights_per_s: float
+
+
+def _fixed_costs(thin: list[Run], defaults: SpeedModel) -> FixedCosts:
+    """The fixed costs from the thin runs: least squares over ``t = per token + layers x
+    per layer + F32 amount / rate``, for generation and for prompts alike."""
     import numpy as np
 
-    f32 = [r.eval_bytes.get("F32", 0.0) for r in thin]
-    a = np.array([[1.0, r.n_layers, b] for r, b in zip(thin, f32, strict=True)])
-    (token_s, layer_s, per_byte), *_ = np.linalg.lstsq(
-        a, np.array([r.eval_s for r in thin]), rcond=None
+    def solve(amounts: list[float], times: list[float]) -> tuple[float, float, float]:
+        a = np.array([[1.0, r.n_layers, x] for r, x in zip(thin, amounts, strict=True)])
+        (per_token, per_layer, per_unit), *_ = np.linalg.lstsq(a, np.array(times), rcond=None)
+        return float(per_token), float(per_layer), float(per_unit)
+
+    token_s, layer_s, per_byte = solve(
+        [r.eval_bytes.get("F32", 0.0) for r in thin], [r.eval_s for r in thin]
     )
-    w = [r.prompt_weights.get("F32", 0.0) for r in thin]
-    p = np.array([[r.n_layers, x] for r, x in zip(thin, w, strict=True)])
-    (prompt_layer_s, per_weight), *_ = np.linalg.lstsq(
-        p, np.array([r.prompt_s for r in thin]), rcond=None
+    prompt_token_s, prompt_layer_s, per_weight = solve(
+        [r.prompt_weights.get("F32", 0.0) for r in thin], [r.prompt_s for r in thin]
     )
     cpu = defaults.cpu
-    return (
-        max(0.0, float(token_s)),
-        max(0.0, float(layer_s)),
-        1.0 / float(per_byte) if per_byte > 0 else cpu.eval_rate("F32"),
-        max(0.0, float(prompt_layer_s)),
-        1.0 / float(per_weight) if per_weight > 0 else cpu.prompt_rate("F32"),
+    return FixedCosts(
+        token_s=max(0.0, token_s),
+        layer_s=max(0.0, layer_s),
+        f32_bytes_per_s=1.0 / per_byte if per_byte > 0 else cpu.eval_rate("F32"),
+        prompt_token_s=max(0.0, prompt_token_s),
+        prompt_layer_s=max(0.0, prompt_layer_s),
+        f32_weights_per_s=1.0 / per_weight if per_weight > 0 else cpu.prompt_rate("F32"),
     )
 
 
-def _cpu_cost(model: SpeedModel, eval_bytes: Mapping[str, float]) -> float:
+def _cpu_cost(model: SpeedModel, work: Work) -> float:
     """Seconds a token's ``eval_bytes`` take at the CPU's rates, memory included."""
-    memory = model.cpu.memory_time(eval_bytes)
-    return _cost(eval_bytes, model.cpu.eval_bytes_per_s) + memory
+    memory = model.cpu.memory_time(work.eval_bytes, work.held_bytes)
+    return _cost(work.eval_bytes, model.cpu.eval_bytes_per_s) + memory
 
 
 def _cost(amounts: Mapping[str, float], rates: Mapping[str, float]) -> float:
@@ -244,11 +333,11 @@ def _device_rates(
     n = profile.n_layers
     fixed = model.token_s + n * model.layer_s
     everything = device_work(profile, {i: "CPU" for i in range(n)}, "CPU")["CPU"]
-    all_cpu_s = _cpu_cost(model, everything.eval_bytes)
+    all_cpu_s = _cpu_cost(model, everything)
     half_map = {i: name for i in range(n - half_layers, n)}
     split = device_work(profile, half_map, name)
-    cpu_part_s = _cpu_cost(model, split["CPU"].eval_bytes) if "CPU" in split else 0.0
-    dev_part_s = _cpu_cost(model, split[name].eval_bytes)
+    cpu_part_s = _cpu_cost(model, split["CPU"]) if "CPU" in split else 0.0
+    dev_part_s = _cpu_cost(model, split[name])
     # full: fixed + all_cpu_s / s + hop; half: fixed + cpu_part_s + dev_part_s / s + hop
     gain = (all_cpu_s - dev_part_s) / max(full_s - half_s + cpu_part_s, 1e-9)
     scale = gain if gain > 0 and math.isfinite(gain) else 1.0
@@ -260,7 +349,7 @@ def _device_rates(
             hop_s=hop,
             memory_s_per_byte=model.cpu.memory_s_per_byte / scale,
             memory_by_type={t: v / scale for t, v in model.cpu.memory_by_type.items()},
-            memory_free_bytes=model.cpu.memory_free_bytes,
+            memory_cached_bytes=model.cpu.memory_cached_bytes,
         )
     flat = sum(everything.eval_bytes.values()) / max(full_s - fixed - hop, 1e-9)
     return DeviceRates(
@@ -271,17 +360,93 @@ def _device_rates(
 
 
 def fit_worker(
-    cpu_runs: list[Run], on_worker: list[Run], hop_s: float, threads: int
+    cpu_runs: list[Run],
+    on_worker: list[Run],
+    hop_s: float,
+    threads: int,
+    cpu: DeviceRates | None = None,
 ) -> DeviceRates:
     """An RPC worker's rates from the type models and the large model measured all on it
     (``on_worker``; pure: unit-tested on made-up runs): fitted as this CPU's are
     (:func:`fit`), with this machine's fixed costs (its thin runs in ``cpu_runs``) and each
-    token's hop to the worker and back (``hop_s``, from the large model all and half on it)
-    taken off first."""
+    token's hop to the worker and back (``hop_s``) taken off first.
+
+    With this CPU's rates (``cpu``), the passes start from them scaled by how much slower
+    the worker ran the same models, and a type with no model of its own on the worker
+    (:data:`WORKER_TYPES` leaves some out, for time) takes this CPU's rate at the median of
+    the measured types' ratios."""
     thin = [r for r in cpu_runs if r.label.startswith("thin")]
     less_hop = [replace(r, eval_s=max(r.eval_s - hop_s, 1e-9)) for r in on_worker]
-    fitted = fit(thin + less_hop, threads).cpu
+    start = None
+    if cpu is not None:
+        by_label = {r.label: r for r in cpu_runs}
+        pairs = [(by_label[r.label], r) for r in less_hop if r.label in by_label]
+        slower = statistics.median(w.eval_s / c.eval_s for c, w in pairs) if pairs else 1.0
+        start = _scaled(cpu, 1.0 / slower, 1.0 / slower)
+    fitted = fit(thin + less_hop, threads, start=start).cpu
+    if cpu is not None:
+        measured = {
+            max(r.eval_bytes, key=lambda t: r.eval_bytes[t])
+            for r in on_worker
+            if not r.label.startswith("memory")
+        }
+        eval_ratio = statistics.median(fitted.eval_rate(t) / cpu.eval_rate(t) for t in measured)
+        prompt_ratio = statistics.median(
+            fitted.prompt_rate(t) / cpu.prompt_rate(t) for t in measured
+        )
+        guessed = _scaled(cpu, eval_ratio, prompt_ratio)
+        fitted = replace(
+            fitted,
+            eval_bytes_per_s={
+                t: fitted.eval_bytes_per_s[t] if t in measured else guessed.eval_bytes_per_s[t]
+                for t in fitted.eval_bytes_per_s
+            },
+            prompt_weights_per_s={
+                t: fitted.prompt_weights_per_s[t]
+                if t in measured
+                else guessed.prompt_weights_per_s[t]
+                for t in fitted.prompt_weights_per_s
+            },
+        )
     return replace(fitted, hop_s=hop_s)
+
+
+def _scaled(rates: DeviceRates, eval_factor: float, prompt_factor: float) -> DeviceRates:
+    return replace(
+        rates,
+        eval_bytes_per_s={t: r * eval_factor for t, r in rates.eval_bytes_per_s.items()},
+        prompt_weights_per_s={t: r * prompt_factor for t, r in rates.prompt_weights_per_s.items()},
+    )
+
+
+def contention(
+    model: SpeedModel,
+    name: str,
+    rates: DeviceRates,
+    profile: ModelProfile,
+    *,
+    half_layers: int,
+    measured_s: float,
+    threads: int,
+) -> float:
+    """The worker ``name``'s contention (:attr:`DeviceRates.contention`; pure: unit-tested)
+    from ``profile`` measured at ``measured_s`` per token with its last ``half_layers`` layers
+    and the output on the worker: what the split token took beyond the two parts and the hop,
+    per second of the shorter part."""
+    layer_device = {i: name for i in range(profile.n_layers - half_layers, profile.n_layers)}
+
+    def seconds(value: float) -> float:
+        probe = replace(model, devices={name: replace(rates, contention=value)})
+        speed = predict(
+            probe, profile, layer_device=layer_device, output_device=name, threads=threads
+        )
+        return 1.0 / speed.eval_tps
+
+    base = seconds(0.0)
+    shorter = seconds(1.0) - base
+    if shorter <= 0:
+        return 0.0
+    return round(min(MAX_CONTENTION, max(0.0, (measured_s - base) / shorter)), 3)
 
 
 def expected_error(
@@ -302,6 +467,47 @@ def expected_error(
             "estimates until then."
         )
     return round(max(0.05, 2 * miss), 3)
+
+
+def _measure_worker(
+    engine: Engine,
+    paths: Mapping[str, Path],
+    hardware: HardwareInfo,
+    choices: LoadChoices,
+    *,
+    model: SpeedModel,
+    cpu_runs: list[Run],
+    name: str,
+) -> tuple[DeviceRates, list[Run]]:
+    """An RPC worker (the one offload device of ``hardware``, llama.cpp's ``name``) measured
+    like this CPU: its type models and a large model all on it, the hop, and a model split
+    between the two; its rates and its runs."""
+    threads = model.cpu_threads
+    all_on = replace(choices, n_gpu_layers=-1)
+    on_worker = [
+        _run(label, profile_local(paths[label]), *_measure(engine, paths[label], hardware, all_on))
+        for label in WORKER_TYPES
+    ]
+    large = profile_local(paths[WORKER_MEMORY])
+    large_s = _measure(engine, paths[WORKER_MEMORY], hardware, all_on, short=True)
+    on_worker.append(_run(WORKER_MEMORY, large, *large_s))
+    # the hop: a thin model (fixed costs, next to no weights) on the worker against the same
+    # on this CPU (a large model all and half on it would give it as the small difference of
+    # large times: milliseconds off on a loopback worker)
+    thin = min((r for r in cpu_runs if r.label.startswith("thin")), key=lambda r: r.n_layers)
+    thin_s, _ = _measure(engine, paths[thin.label], hardware, all_on)
+    rates = fit_worker(cpu_runs, on_worker, max(0.0, thin_s - thin.eval_s), threads, model.cpu)
+    # a token that takes turns between this CPU and the worker: what the two parts cost each
+    # other beyond their sum (a worker sharing this machine's cores)
+    split = profile_local(paths[SPLIT_MODEL])
+    half = split.n_layers // 2
+    split_s, _ = _measure(
+        engine, paths[SPLIT_MODEL], hardware, replace(choices, n_gpu_layers=half + 1)
+    )
+    found = contention(
+        model, name, rates, split, half_layers=half, measured_s=split_s, threads=threads
+    )
+    return replace(rates, contention=found), on_worker
 
 
 def calibrate(
@@ -332,7 +538,8 @@ def calibrate(
     for i, label in enumerate(labels):
         if on_progress is not None:
             on_progress(f"measuring {label}", i / (len(labels) + 2))
-        eval_s, prompt_s = _measure(engine, paths[label], _cpu(hardware), choices)
+        short = label in MEMORY_TYPES
+        eval_s, prompt_s = _measure(engine, paths[label], _cpu(hardware), choices, short=short)
         runs.append(_run(label, profile_local(paths[label]), eval_s, prompt_s))
     model = fit(runs, threads)
     devices = {}
@@ -344,29 +551,18 @@ def calibrate(
         if on_progress is not None:
             on_progress(f"measuring {gpu.name}", len(labels) / (len(labels) + 2))
         all_on = replace(choices, n_gpu_layers=-1)
-        full_s, full_prompt_s = _measure(engine, paths["memory"], only, all_on)
-        half = shape.n_layers // 2
-        half_s, _ = _measure(engine, paths["memory"], only, replace(choices, n_gpu_layers=half + 1))
-        rates = _device_rates(
-            model, shape, gpu, name, full_s=full_s, half_s=half_s, half_layers=half
-        )
-        if gpu.backend == "rpc":
-            on_worker = [
-                _run(
-                    label,
-                    profile_local(paths[label]),
-                    *_measure(engine, paths[label], only, all_on),
-                )
-                for label in FILE_TYPES
-            ]
-            on_worker.append(_run("memory", shape, full_s, full_prompt_s))
-            # the hop: a thin model (fixed costs, next to no weights) on the worker against
-            # the same on this CPU; what the large model all and half on it would say is
-            # the small difference of large times (milliseconds off on a loopback worker)
-            thin = min((r for r in runs if r.label in shapes.thin), key=lambda r: r.n_layers)
-            thin_s, _ = _measure(engine, paths[thin.label], only, all_on)
-            rates = fit_worker(runs, on_worker, max(0.0, thin_s - thin.eval_s), threads)
-            device_runs[name] = on_worker
+        if gpu.backend != "rpc":
+            full_s, _ = _measure(engine, paths["memory"], only, all_on)
+            half = shape.n_layers // 2
+            half_choices = replace(choices, n_gpu_layers=half + 1)
+            half_s, _ = _measure(engine, paths["memory"], only, half_choices)
+            rates = _device_rates(
+                model, shape, gpu, name, full_s=full_s, half_s=half_s, half_layers=half
+            )
+        else:
+            rates, device_runs[name] = _measure_worker(
+                engine, paths, only, choices, model=model, cpu_runs=runs, name=name
+            )
         devices[name] = rates
     model = replace(model, devices=devices)
     if on_progress is not None:

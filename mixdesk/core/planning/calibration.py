@@ -203,19 +203,28 @@ def _rates(value: object) -> DeviceRates | None:
     }
     hop = data.get("hop_s", 0.0)
     memory = data.get("memory_s_per_byte", 0.0)
+    contention = data.get("contention", 0.0)  # not kept before: none known
     by_type = _dict(data.get("memory_by_type"))
-    numbers = (hop, memory, *by_type.values())
+    numbers = (hop, memory, contention, *by_type.values())
     numbers_ok = all(
         isinstance(n, float | int) and not isinstance(n, bool) and n >= 0 for n in numbers
     )
     if not eval_rates or not prompt_rates or not numbers_ok:
         return None
-    free = data.get("memory_free_bytes", 0.0)
+    # what the caches keep, by the weights held (a file from before kept a token's bytes
+    # under another name: read as nothing kept, every byte from memory)
+    free = data.get("memory_cached_bytes", 0.0)
     if not (isinstance(free, float | int) and not isinstance(free, bool) and free >= 0):
         return None
     memory_by_type = {k: float(v) for k, v in by_type.items()}
     return DeviceRates(
-        eval_rates, prompt_rates, float(hop), float(memory), memory_by_type, float(free)
+        eval_rates,
+        prompt_rates,
+        float(hop),
+        float(memory),
+        memory_by_type,
+        memory_cached_bytes=float(free),
+        contention=float(contention),
     )
 
 
@@ -239,6 +248,9 @@ def _speed_model(value: object) -> SpeedModel | None:
     ):
         return None
     token_s, layer_s, prompt_layer_s, error = (float(n) for n in numbers)  # type: ignore[arg-type]
+    prompt_token_s = data.get("prompt_token_s", 0.0)  # not kept before 0.x: no such cost
+    if not isinstance(prompt_token_s, float | int) or prompt_token_s < 0:
+        return None
     return SpeedModel(
         cpu=cpu,
         cpu_threads=threads,
@@ -246,6 +258,7 @@ def _speed_model(value: object) -> SpeedModel | None:
         token_s=token_s,
         layer_s=layer_s,
         prompt_layer_s=prompt_layer_s,
+        prompt_token_s=float(prompt_token_s),
         source=SpeedSource.MEASURED,
         error=error,
     )

@@ -69,9 +69,15 @@ class DeviceRates:
     #: a dequantisation-bound type waits on memory more per byte than a bandwidth-bound one);
     #: other types between them by bits per weight.
     memory_by_type: Mapping[str, float] = field(default_factory=dict)
-    #: Bytes read per token that cost no memory time (the caches hold them: the working set
-    #: of the models the type rates were measured on); the memory cost is for the rest.
-    memory_free_bytes: float = 0.0
+    #: Bytes of weights held on the device that the caches keep (the type models' size):
+    #: a token misses the caches for the share of its bytes beyond them, in proportion to
+    #: what the device holds (tokens pick other experts: the whole of them is the working set).
+    memory_cached_bytes: float = 0.0
+    #: What a token pays, per second of the shorter of this device's part and the CPU's, when
+    #: it takes turns between them on shared cores: a worker on this very machine (a loopback
+    #: worker) and the app's threads slow each other (its relays, the waiting threads' spin);
+    #: measured with a model split between the two, about 0 for a worker elsewhere.
+    contention: float = 0.0
 
     def eval_rate(self, type_name: str) -> float:
         """Bytes/s for ``type_name``; a type not measured takes its nearest measured one."""
@@ -93,14 +99,13 @@ class DeviceRates:
                 return v0 + (v1 - v0) * (bits - b0) / (b1 - b0) if b1 > b0 else v1
         return points[-1][1]
 
-    def memory_time(self, eval_bytes: Mapping[str, float]) -> float:
-        """Seconds memory adds to a token reading ``eval_bytes`` (bytes by type): the share
-        of them beyond :attr:`memory_free_bytes`, at each type's cost."""
-        total = sum(eval_bytes.values())
-        if total <= self.memory_free_bytes or total <= 0:
-            return 0.0
-        beyond = 1.0 - self.memory_free_bytes / total
-        return beyond * sum(b * self.memory_cost(t) for t, b in eval_bytes.items())
+    def memory_time(self, eval_bytes: Mapping[str, float], held_bytes: float = 0.0) -> float:
+        """Seconds memory adds to a token reading ``eval_bytes`` (bytes by type) of the
+        ``held_bytes`` of weights the device holds (0: as many as it reads): the share of them
+        beyond :attr:`memory_cached_bytes` misses the caches, at each type's cost."""
+        return miss_share(self.memory_cached_bytes, eval_bytes, held_bytes) * sum(
+            b * self.memory_cost(t) for t, b in eval_bytes.items()
+        )
 
     def prompt_rate(self, type_name: str) -> float:
         """Weights/s for prompt tokens of ``type_name``."""
@@ -130,6 +135,13 @@ _BITS = {
 }
 
 
+def miss_share(cached: float, eval_bytes: Mapping[str, float], held_bytes: float = 0.0) -> float:
+    """The share of a token's bytes that comes from memory: what the device holds beyond what
+    the caches keep (``held_bytes`` 0: the token's own bytes are all it holds)."""
+    held = held_bytes or sum(eval_bytes.values())
+    return 1.0 - cached / held if held > cached else 0.0
+
+
 def _lookup(rates: Mapping[str, float], type_name: str) -> float:
     if type_name in rates:
         return rates[type_name]
@@ -151,6 +163,9 @@ class SpeedModel:
     layer_s: float = 0.0
     #: Fixed cost per prompt token and layer (the attention and the small ops).
     prompt_layer_s: float = 0.0
+    #: Fixed cost per prompt token whatever the layers (embedding, norms, the batch's set-up):
+    #: what makes a small model's prompt slower than its weights say.
+    prompt_token_s: float = 0.0
     #: Measured on this machine (else defaults).
     source: SpeedSource = SpeedSource.ESTIMATE
     #: The expected relative error of a prediction (0.15: within 15%).
@@ -304,19 +319,25 @@ def predict(
     work = device_work(profile, layer_device, output_device, cpu_tensors)
     n = profile.n_layers
     eval_s = model.token_s + n * model.layer_s
-    prompt_s = n * model.prompt_layer_s
+    prompt_s = model.prompt_token_s + n * model.prompt_layer_s
     crossings = hops(layer_device, output_device, n, layers_of(cpu_tensors))
     fastest = None
+    parts = {}  # each device's seconds of a token's work
     for device, w in work.items():
         rates = model.cpu if device == "CPU" else model.devices.get(device, model.cpu)
         scale = cpu_scale if device == "CPU" or device not in model.devices else 1.0
-        eval_s += sum(b / (rates.eval_rate(t) * scale) for t, b in w.eval_bytes.items())
-        eval_s += rates.memory_time(w.eval_bytes) / scale
+        part = sum(b / (rates.eval_rate(t) * scale) for t, b in w.eval_bytes.items())
+        part += rates.memory_time(w.eval_bytes, w.held_bytes) / scale
+        parts[device] = part
+        eval_s += part
         if device != "CPU":
             eval_s += crossings.get(device, 0) * rates.hop_s
             faster = fastest is None or rates.prompt_rate("F16") > fastest[1].prompt_rate("F16")
             if offloads_ops(device) and faster:
                 fastest = (device, rates)
+    for device, part in parts.items():
+        if device != "CPU" and device in model.devices:
+            eval_s += model.devices[device].contention * min(part, parts.get("CPU", 0.0))
     for device, w in work.items():
         if device == "CPU" and op_offload and fastest is not None:
             # big batches: the CPU's weights go to the GPU once per batch and are computed there
