@@ -45,6 +45,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
         print_json(
             {
                 "seconds": result.seconds,
+                "models_seconds": result.models_seconds,
                 "threads": model.cpu_threads,
                 "error": model.error,
                 "check_predicted_tps": result.check_predicted_tps,
@@ -54,7 +55,12 @@ def run_calibrate(args: argparse.Namespace) -> int:
         )
         return 0
     out = sys.stdout
-    out.write(f"Measured in {result.seconds:.0f} s with {model.cpu_threads} CPU threads.\n")
+    made = (
+        f" (after {result.models_seconds:.0f} s making its models)"
+        if result.models_seconds >= 1
+        else ""
+    )
+    out.write(f"Measured in {result.seconds:.0f} s with {model.cpu_threads} CPU threads{made}.\n")
     out.write("CPU, generating (GB/s of weights read) and reading prompts (G weights/s):\n")
     for kind in sorted(model.cpu.eval_bytes_per_s):
         out.write(
