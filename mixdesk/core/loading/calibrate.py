@@ -70,7 +70,7 @@ log = logging.getLogger(__name__)
 MAX_CHECK_MISS = 0.5
 #: The types measured on an RPC worker (each worker costs the time of its models): the
 #: others take this CPU's rates at the worker's median ratio to them.
-WORKER_TYPES = ("Q2_K", "Q3_K_M", "Q4_K_M", "Q6_K", "Q8_0")
+WORKER_TYPES = ("Q2_K", "Q4_K_M", "Q6_K", "Q8_0")
 #: The large model measured on a worker (what memory adds there).
 WORKER_MEMORY = "memory-Q4_K_M"
 #: Words of the prompt before a large model's generation (its prompt speed is not used: a
@@ -81,7 +81,7 @@ SPLIT_MODEL = "Q4_K_M"
 #: The most a split token's contention can be measured at (per second of the shorter part).
 MAX_CONTENTION = 3.0
 #: Tokens generated per measurement (end-of-text ignored), and rounds per model.
-EVAL_TOKENS = 64
+EVAL_TOKENS = 48
 ROUNDS = 2
 #: Words at the end of the measuring prompt that differ between rounds.
 TAIL_WORDS = 20
