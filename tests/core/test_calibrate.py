@@ -14,12 +14,10 @@ from pathlib import Path
 import pytest
 
 from mixdesk.core.engine.quantize import FILE_TYPES
-from mixdesk.core.loading.calibrate import (
+from mixdesk.core.loading.calibrate import WORKER_MEMORY, WORKER_TYPES, calibrate
+from mixdesk.core.loading.calibrate_fit import (
     MAX_CONTENTION,
-    WORKER_MEMORY,
-    WORKER_TYPES,
     Run,
-    calibrate,
     contention,
     fit,
     fit_worker,
@@ -320,7 +318,7 @@ def test_calibrate_measures_a_worker_type_by_type(tmp_path: Path) -> None:
 def test_a_busy_machine_is_not_kept() -> None:
     """A fit that misses its own check by more than half is refused with one sentence (the
     speeds stay estimates rather than wrong figures); a close one sets the expected error."""
-    from mixdesk.core.loading.calibrate import expected_error
+    from mixdesk.core.loading.calibrate_fit import expected_error
     from mixdesk.errors import CalibrationNoisyError, user_message
 
     assert expected_error(100.0, 98.0) == 0.05
