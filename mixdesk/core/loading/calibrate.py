@@ -240,7 +240,6 @@ def calibrate(
     model = fit(runs, threads)
     devices = {}
     device_runs: dict[str, list[Run]] = {}
-    shape = profile_local(paths["memory"])
     for gpu in offload_devices(hardware):
         name = buffer_name(gpu)
         only = replace(hardware, gpus=[gpu])
@@ -248,6 +247,7 @@ def calibrate(
             on_progress(f"measuring {gpu.name}", len(labels) / (len(labels) + 2))
         all_on = replace(choices, n_gpu_layers=-1)
         if gpu.backend != "rpc":
+            shape = profile_local(paths["memory"])
             full_s, _ = _measure(engine, paths["memory"], only, all_on)
             half = shape.n_layers // 2
             half_choices = replace(choices, n_gpu_layers=half + 1)

@@ -49,6 +49,11 @@ class Run:
     held_bytes: float = 0.0
 
     @property
+    def dominant(self) -> str:
+        """The type the model is mostly made of (the most bytes a token reads)."""
+        return max(self.eval_bytes, key=lambda t: self.eval_bytes[t])
+
+    @property
     def held(self) -> float:
         """The weight bytes held (a token's bytes when not known)."""
         return self.held_bytes or sum(self.eval_bytes.values())
@@ -82,7 +87,7 @@ def fit(runs: list[Run], threads: int, *, start: DeviceRates | None = None) -> S
     for _ in range(FIT_PASSES):
         before = (dict(eval_rates), dict(prompt_rates))
         for r in quants:
-            kind = max(r.eval_bytes, key=lambda t: r.eval_bytes[t])
+            kind = r.dominant
             others = {t: v for t, v in r.eval_bytes.items() if t != kind}
             left = r.eval_s - token_s - r.n_layers * layer_s - _cost(others, eval_rates)
             if left > 0:
@@ -101,7 +106,7 @@ def fit(runs: list[Run], threads: int, *, start: DeviceRates | None = None) -> S
     for memory in memory_runs:  # what is left of a large model's time is memory's
         left = memory.eval_s - token_s - memory.n_layers * layer_s
         left -= _cost(memory.eval_bytes, eval_rates)
-        kind = max(memory.eval_bytes, key=lambda t: memory.eval_bytes[t])
+        kind = memory.dominant
         share = miss_share(free, memory.eval_bytes, memory.held)
         beyond = sum(memory.eval_bytes.values()) * share
         memory_by_type[kind] = max(0.0, left / beyond) if beyond > 0 else 0.0
@@ -253,30 +258,29 @@ def fit_worker(
         start = _scaled(cpu, 1.0 / slower, 1.0 / slower)
     fitted = fit(thin + less_hop, threads, start=start).cpu
     if cpu is not None:
-        measured = {
-            max(r.eval_bytes, key=lambda t: r.eval_bytes[t])
-            for r in on_worker
-            if not r.label.startswith("memory")
-        }
-        eval_ratio = statistics.median(fitted.eval_rate(t) / cpu.eval_rate(t) for t in measured)
-        prompt_ratio = statistics.median(
-            fitted.prompt_rate(t) / cpu.prompt_rate(t) for t in measured
+        measured = {r.dominant for r in on_worker if not r.label.startswith("memory")}
+        guessed = _scaled(
+            cpu,
+            statistics.median(fitted.eval_rate(t) / cpu.eval_rate(t) for t in measured),
+            statistics.median(fitted.prompt_rate(t) / cpu.prompt_rate(t) for t in measured),
         )
-        guessed = _scaled(cpu, eval_ratio, prompt_ratio)
         fitted = replace(
             fitted,
-            eval_bytes_per_s={
-                t: fitted.eval_bytes_per_s[t] if t in measured else guessed.eval_bytes_per_s[t]
-                for t in fitted.eval_bytes_per_s
-            },
-            prompt_weights_per_s={
-                t: fitted.prompt_weights_per_s[t]
-                if t in measured
-                else guessed.prompt_weights_per_s[t]
-                for t in fitted.prompt_weights_per_s
-            },
+            eval_bytes_per_s=_measured_else(
+                measured, fitted.eval_bytes_per_s, guessed.eval_bytes_per_s
+            ),
+            prompt_weights_per_s=_measured_else(
+                measured, fitted.prompt_weights_per_s, guessed.prompt_weights_per_s
+            ),
         )
     return replace(fitted, hop_s=hop_s)
+
+
+def _measured_else(
+    measured: set[str], fitted: Mapping[str, float], guessed: Mapping[str, float]
+) -> dict[str, float]:
+    """``fitted``'s rate for the measured types, ``guessed``'s for the others."""
+    return {t: fitted[t] if t in measured else guessed[t] for t in fitted}
 
 
 def _scaled(rates: DeviceRates, eval_factor: float, prompt_factor: float) -> DeviceRates:

@@ -248,7 +248,7 @@ def _speed_model(value: object) -> SpeedModel | None:
     ):
         return None
     token_s, layer_s, prompt_layer_s, error = (float(n) for n in numbers)  # type: ignore[arg-type]
-    prompt_token_s = data.get("prompt_token_s", 0.0)  # not kept before 0.x: no such cost
+    prompt_token_s = data.get("prompt_token_s", 0.0)  # a file from before: no such cost known
     if not isinstance(prompt_token_s, float | int) or prompt_token_s < 0:
         return None
     return SpeedModel(
